@@ -1,0 +1,237 @@
+"""The ``her2radiomics`` command line (also ``python -m HER2RadiomicsLib``).
+
+Exit codes: 0 all good; 1 some cases failed (they are listed, the others were processed);
+2 bad invocation or unreadable input (a one-line ``error:`` message names the file and the
+problem); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import HER2Error
+
+log = logging.getLogger("HER2RadiomicsLib")
+
+EXIT_OK, EXIT_CASES_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own exit code is also 2; keep its usage line short
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _add_spacing(p):
+    p.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"),
+                   help="pixel spacing in mm (column, row); overrides DICOM/header/sidecar")
+
+
+def _add_extract_options(p):
+    p.add_argument("--params", default="default",
+                   help="params preset name (default, cui2023, yin2024, zhao2025) or a "
+                        "pyradiomics params YAML file (default: %(default)s)")
+    p.add_argument("--rings", default="", help="peritumoral distances in mm, e.g. 3,5,8")
+    p.add_argument("--no-annuli", action="store_true",
+                   help="only expansions 0-d, no annuli between consecutive distances")
+    p.add_argument("--combined", default="",
+                   help="distances d for tumour+ring regions 'tumor+peri_<d>mm' ('all' or 5,8)")
+    p.add_argument("--fov", choices=("auto", "none"), default="auto",
+                   help="clip rings to the detected ultrasound field of view (auto) or only to "
+                        "the image border (none)")
+    p.add_argument("--max-clip-fraction", type=float, default=0.5,
+                   help="flag a ring that loses more than this share to clipping (default 0.5)")
+    p.add_argument("--pixel-units", action="store_true",
+                   help="allow mm-based settings on images of unknown spacing (1 px = 1 mm)")
+    p.add_argument("--label", type=int, help="mask label value (default: any non-zero pixel)")
+    p.add_argument("--min-mask-pixels", type=int, default=16,
+                   help="smallest accepted lesion in pixels (default 16)")
+    p.add_argument("--frame", type=int, help="frame of a multi-frame/cine image")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    ap = _Parser(prog="her2radiomics", description=(
+        "Breast-ultrasound radiomics for HER2 status (research use only, not a diagnostic "
+        "device)."))
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    ap.add_argument("-v", "--verbose", action="count", default=0)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("synth", help="generate the built-in synthetic cohort")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=120, help="number of patients (default 120)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--reader-fraction", type=float, default=0.25,
+                   help="share of patients contoured by three readers (default 0.25)")
+    p.add_argument("--jobs", type=int, default=1)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("presets", help="list the params presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("rings", help="build peritumoral rings for one image")
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", required=True)
+    p.add_argument("--rings", default="3,5,8", help="distances in mm (default 3,5,8)")
+    p.add_argument("--no-annuli", action="store_true")
+    p.add_argument("--combined", default="")
+    p.add_argument("--fov", default="auto",
+                   help="'auto' (detect), 'none' (image border only) or a valid-area mask file")
+    p.add_argument("--max-clip-fraction", type=float, default=0.5)
+    p.add_argument("--label", type=int)
+    p.add_argument("--min-mask-pixels", type=int, default=16)
+    p.add_argument("--frame", type=int)
+    _add_spacing(p)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_rings)
+
+    p = sub.add_parser("extract", help="pyradiomics features for one case or a manifest")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="cohort CSV (case_id,image,mask[,patient_id,...])")
+    src.add_argument("--image", help="single image (with --mask)")
+    p.add_argument("--mask", help="lesion mask for --image")
+    p.add_argument("--case-id", help="case_id for --image (default: image file name)")
+    _add_spacing(p)
+    _add_extract_options(p)
+    p.add_argument("--aggregate", choices=("mean", "median", "first"),
+                   help="also write one row per patient_id (<out>_patients.csv)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel workers (default 1)")
+    p.add_argument("--backend", choices=("loky", "dask"), default="loky")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786) or 'local'")
+    p.add_argument("--resume", action="store_true", help="skip cases finished by an earlier run")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="feature CSV")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("demo", help="run the main job on the built-in synthetic cohort")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--n", type=int, default=120, help="patients in the synthetic cohort")
+    p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_demo)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return ap
+
+
+# Later modules (segmentation, reproducibility, modelling, report) register subcommands here.
+_EXTRA_COMMANDS = []
+
+
+def cmd_synth(a) -> int:
+    from .synth import generate_cohort
+    t = time.time()
+    path = generate_cohort(a.out, n_cases=a.n, seed=a.seed, reader_fraction=a.reader_fraction,
+                           jobs=a.jobs)
+    print(f"synthetic cohort ({a.n} patients) written in {time.time() - t:.1f} s: {path}")
+    return EXIT_OK
+
+
+def cmd_presets(a) -> int:
+    from .features import PARAMS_DIR, list_presets
+    for name in list_presets():
+        first = (PARAMS_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:10s} {first}")
+    return EXIT_OK
+
+
+def cmd_rings(a) -> int:
+    from .io import load_case, read_mask
+    from .rings import build_regions, write_regions
+    loaded, mask = load_case(a.image, a.mask, spacing_mm=a.spacing_mm, frame=a.frame,
+                             label=a.label, min_pixels=a.min_mask_pixels)
+    fov = a.fov
+    if fov not in ("auto", "none"):
+        fov = read_mask(fov, loaded, min_pixels=1)
+    elif fov == "none":
+        fov = None
+    regions = build_regions(loaded.image, mask, a.rings, annuli=not a.no_annuli,
+                            combined=a.combined, fov=fov, max_clip_fraction=a.max_clip_fraction,
+                            spacing_known=loaded.spacing_known, path=loaded.path)
+    path = write_regions(regions, a.out_dir, extra={
+        "image": loaded.path, "spacing_mm": list(loaded.spacing_mm),
+        "spacing_source": loaded.spacing_source})
+    for name, q in regions.qc.items():
+        flag = "  FLAGGED" if q["flagged"] else ""
+        print(f"{name:22s} {q['area_mm2']:9.1f} mm2  clipped {100 * q['clipped_fraction']:5.1f}%"
+              f"{flag}")
+    print(f"regions written to {a.out_dir} ({path.name}, labels.nrrd)")
+    return EXIT_OK
+
+
+def _extract_config(a):
+    from .batch import ExtractConfig
+    from .rings import parse_rings
+    combined = a.combined
+    return ExtractConfig(
+        params=a.params, rings_mm=tuple(parse_rings(a.rings)), annuli=not a.no_annuli,
+        combined="all" if combined == "all" else tuple(parse_rings(combined)),
+        fov=a.fov, max_clip_fraction=a.max_clip_fraction, pixel_units=a.pixel_units,
+        min_mask_pixels=a.min_mask_pixels, label=a.label)
+
+
+def cmd_extract(a) -> int:
+    from .batch import read_manifest, run_batch, summarize
+    from .errors import InputError
+    cfg = _extract_config(a)
+    if a.manifest:
+        rows = read_manifest(a.manifest)
+    else:
+        if not a.mask:
+            raise InputError("--image needs --mask (the lesion mask)")
+        rows = [{"case_id": a.case_id or Path(a.image).name.split(".")[0],
+                 "image": str(Path(a.image).resolve()), "mask": str(Path(a.mask).resolve())}]
+        if a.frame is not None:
+            rows[0]["frame"] = a.frame
+    res = run_batch(rows, a.out, cfg, jobs=a.jobs, backend=a.backend, scheduler=a.scheduler,
+                    resume=a.resume, progress=not a.no_progress, global_spacing=a.spacing_mm,
+                    aggregate=a.aggregate)
+    print(summarize(res))
+    if not a.manifest and res.errors:
+        # single case: the failure is the command's failure (bad input), not a partial cohort
+        return EXIT_BAD_INPUT
+    if res.interrupted:
+        return EXIT_INTERRUPTED
+    return res.exit_code
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+    return run_demo(a)
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(a.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(a, "func", None):
+        ap.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(a.func(a) or 0)
+    except HER2Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # last line of defence: one line, not a traceback
+        if a.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

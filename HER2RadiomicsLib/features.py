@@ -1,0 +1,279 @@
+"""pyradiomics feature extraction driven by one params YAML (pyradiomics' own format).
+
+The params file is the only customisation surface: presets named after the studies ship in
+``HER2RadiomicsLib/params`` (``default``, ``cui2023``, ``yin2024``, ``zhao2025``), and any
+pyradiomics params file can be given instead.
+
+2D handling: images are handed to pyradiomics as true 2D SimpleITK images.  pyradiomics'
+``force2D`` is a 3D-input setting; on a 1-slice 3D image it silently drops LoG ("Image too
+small"), and on a true 2D image it makes the wavelet filter run along one axis only
+(``wavelet-H/L`` instead of ``LL/LH/HL/HH``).  It is therefore removed from the settings for 2D
+input (recorded in the provenance); every other value equals what pyradiomics returns for the
+1-slice 3D image with ``force2D`` (tested).
+
+Feature columns are ``<region>__<pyradiomics key>``, e.g. ``tumor__original_glszm_ZoneEntropy``;
+pyradiomics' ``diagnostics_*`` go to a separate provenance table.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import yaml
+
+from .errors import InputError, SpacingUnknownError
+
+log = logging.getLogger(__name__)
+
+PARAMS_DIR = Path(__file__).parent / "params"
+AGGREGATIONS = ("mean", "median", "first")
+
+
+def list_presets() -> list:
+    """Names of the params presets shipped with the library."""
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def resolve_params(name_or_path) -> Path:
+    """Map a preset name or a file path to the params file path."""
+    if name_or_path is None:
+        name_or_path = "default"
+    p = Path(str(name_or_path))
+    if p.suffix.lower() in (".yaml", ".yml", ".json") and p.exists():
+        return p
+    preset = PARAMS_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    raise InputError(f"{name_or_path}: neither a params file nor a preset "
+                     f"(presets: {', '.join(list_presets())})")
+
+
+def load_params(name_or_path="default") -> tuple:
+    """Load and validate a pyradiomics params file.
+
+    Returns
+    -------
+    (dict, str, str)
+        The parsed params, the file text (kept verbatim in model bundles) and its source path.
+    """
+    path = resolve_params(name_or_path)
+    text = path.read_text()
+    try:
+        params = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(params, dict):
+        raise InputError(f"{path}: params must be a mapping with setting/imageType/featureClass")
+    unknown = set(params) - {"setting", "imageType", "featureClass", "voxelSetting"}
+    if unknown:
+        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)}; pyradiomics params "
+                         "have setting, imageType, featureClass (and voxelSetting)")
+    _validate_with_pyradiomics(params, path)
+    return params, text, str(path)
+
+
+def _quiet_pyradiomics():
+    import radiomics
+    # pyradiomics logs every filter at INFO; keep only its errors (-vv shows ours).
+    radiomics.setVerbosity(logging.ERROR)
+
+
+def _validate_with_pyradiomics(params: dict, path) -> None:
+    from radiomics import featureextractor
+    _quiet_pyradiomics()
+    try:
+        featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(params))
+    except Exception as exc:  # pykwalify raises its own SchemaError with a long message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: invalid pyradiomics params ({first[:200]})") from None
+
+
+def params_hash(text: str) -> str:
+    """sha256 of the params file text (what a model bundle pins)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def uses_physical_units(params: dict) -> list:
+    """Which settings of ``params`` are defined in mm (and so need a known spacing)."""
+    used = []
+    setting = params.get("setting") or {}
+    if setting.get("resampledPixelSpacing"):
+        used.append("resampling (resampledPixelSpacing)")
+    if "LoG" in (params.get("imageType") or {}):
+        used.append("LoG sigma")
+    if "shape2D" in (params.get("featureClass") or {}):
+        used.append("2D shape")
+    return used
+
+
+def versions() -> dict:
+    """Versions of everything that changes feature values."""
+    import radiomics
+    import scipy
+    from . import __version__
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "SimpleITK": sitk.Version_VersionString(), "pyradiomics": radiomics.__version__,
+            "scipy": scipy.__version__, "HER2RadiomicsLib": __version__}
+
+
+class FeatureExtractor:
+    """Configure once, extract many times (the pyradiomics habit).
+
+    Parameters
+    ----------
+    params : str or Path
+        Preset name or params file.
+    pixel_units : bool
+        Allow mm-based settings (resampling, LoG, shape) on images whose spacing is unknown,
+        treating one pixel as 1 mm. Off by default: such values are not comparable across
+        scanners.
+
+    Examples
+    --------
+    >>> fx = FeatureExtractor("cui2023")                     # doctest: +SKIP
+    >>> feats, diag = fx.extract(image, {"tumor": mask})     # doctest: +SKIP
+    """
+
+    def __init__(self, params="default", pixel_units: bool = False):
+        self.params, self.params_text, self.params_source = load_params(params)
+        self.params_hash = params_hash(self.params_text)
+        self.pixel_units = pixel_units
+        self._extractors = {}
+
+    @property
+    def name(self) -> str:
+        return Path(self.params_source).stem
+
+    def effective_params(self, dimension: int) -> dict:
+        """The params actually passed to pyradiomics for an image of this dimension."""
+        p = copy.deepcopy(self.params)
+        if dimension == 2:
+            (p.get("setting") or {}).pop("force2D", None)
+            (p.get("setting") or {}).pop("force2Ddimension", None)
+        return p
+
+    def _extractor(self, dimension: int):
+        if dimension not in self._extractors:
+            from radiomics import featureextractor
+            _quiet_pyradiomics()
+            self._extractors[dimension] = featureextractor.RadiomicsFeatureExtractor(
+                self.effective_params(dimension))
+        return self._extractors[dimension]
+
+    def extract(self, image: sitk.Image, regions: dict, *, spacing_known: bool = True,
+                path: str = "image") -> tuple:
+        """Extract features for every region.
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            2D (preferred) or 3D grey image.
+        regions : dict
+            Region name -> binary SimpleITK mask on the image grid (value 1 = inside).
+        spacing_known : bool
+            False when the spacing is a placeholder; mm-based settings then refuse unless
+            ``pixel_units``.
+        path : str
+            Used in error messages.
+
+        Returns
+        -------
+        (dict, dict)
+            ``{"<region>__<key>": float}`` in a stable order, and the diagnostics
+            ``{"<region>__diagnostics_...": value}``.
+        """
+        if not spacing_known and not self.pixel_units:
+            mm = uses_physical_units(self.params)
+            if mm:
+                raise SpacingUnknownError(path, f"{', '.join(mm)} of params '{self.name}'")
+        ex = self._extractor(image.GetDimension())
+        label = int((self.params.get("setting") or {}).get("label", 1))
+        feats, diags = {}, {}
+        failed = {}
+        template = None
+        for region, mask in regions.items():
+            m = mask if label == 1 else sitk.Cast(mask > 0, sitk.sitkUInt8) * label
+            try:
+                res = ex.execute(image, m, label=label)
+            except Exception as exc:  # pyradiomics raises ValueError/RuntimeError/AssertionError
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if region == "tumor" or len(regions) == 1:
+                    raise InputError(f"{path}: feature extraction failed for region "
+                                     f"'{region}' ({msg[:200]})") from None
+                log.warning("%s: region %s: extraction failed (%s); its features are NaN",
+                            path, region, msg)
+                failed[region] = msg
+                continue
+            keys = [k for k in res if not k.startswith("diagnostics_")]
+            template = template or keys
+            for k in keys:
+                feats[f"{region}__{k}"] = _to_float(res[k])
+            for k, v in res.items():
+                if k.startswith("diagnostics_"):
+                    diags[f"{region}__{k}"] = _jsonable(v)
+        for region, msg in failed.items():
+            for k in template or []:
+                feats[f"{region}__{k}"] = float("nan")
+            diags[f"{region}__diagnostics_error"] = msg
+        ordered = {}
+        for region in regions:  # keep region order, then pyradiomics' key order
+            for k in template or []:
+                col = f"{region}__{k}"
+                if col in feats:
+                    ordered[col] = feats[col]
+        return ordered, diags
+
+
+def _to_float(v) -> float:
+    try:
+        return float(np.asarray(v).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError):
+        return float("nan")
+
+
+def _jsonable(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.size > 1 else _to_float(v)
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return json.dumps({str(k): _jsonable(x) for k, x in v.items()})
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def aggregate_patients(features, patient_ids, how: str = "mean"):
+    """Aggregate image-level feature rows per patient (cui2023 averages a patient's images).
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Rows = images, first column ``case_id``, the rest numeric features.
+    patient_ids : sequence
+        Patient of each row.
+    how : {"mean", "median", "first"}
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per patient; ``case_id`` holds the patient ID, ``n_images`` the count.
+    """
+    import pandas as pd
+    if how not in AGGREGATIONS:
+        raise InputError(f"--aggregate {how!r}: choose one of {', '.join(AGGREGATIONS)}")
+    df = features.drop(columns=["case_id"]).copy()
+    df.insert(0, "_patient", list(patient_ids))
+    g = df.groupby("_patient", sort=False)
+    agg = getattr(g, how)(numeric_only=True) if how != "first" else g.first()
+    agg.insert(0, "n_images", g.size())
+    agg.insert(0, "case_id", agg.index.astype(str))
+    return agg.reset_index(drop=True)

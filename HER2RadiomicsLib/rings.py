@@ -1,0 +1,292 @@
+"""Peritumoral regions in physical millimetres.
+
+Regions come from an exact Euclidean distance map in physical units (scipy's
+``distance_transform_edt`` with the pixel spacing as sampling, so anisotropic pixels are handled
+exactly), computed in-plane on the 2D image.  A pixel belongs to ``peri_a-b mm`` when it lies
+outside the tumour and its distance to the nearest tumour pixel ``d`` satisfies ``a < d <= b``
+(``peri_0-b`` is the expansion by ``b`` mm minus the tumour, as the peritumoral studies define
+it).
+
+Rings are clipped to the valid image area: the ultrasound field of view (detected, or given) and
+the image border.  The distance map is computed on a grid padded by the largest ring width, so the
+area that would have been inside a ring beyond the image border is known and the fraction lost to
+clipping is reported per region.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RINGS_MM = (3.0, 5.0, 8.0)
+DEFAULT_MAX_CLIP_FRACTION = 0.5
+# The tumour must lie inside the detected FOV; if less than this share does, detection has
+# failed (unusual screenshot layout) and the whole image is used instead.
+_FOV_MIN_TUMOUR_SHARE = 0.9
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """A peritumoral band from ``inner_mm`` to ``outer_mm`` outside the tumour boundary."""
+
+    inner_mm: float
+    outer_mm: float
+
+    def __post_init__(self):
+        if not (0 <= self.inner_mm < self.outer_mm) or not math.isfinite(self.outer_mm):
+            raise InputError(f"ring {self.inner_mm}-{self.outer_mm} mm: need 0 <= inner < outer")
+
+    @property
+    def name(self) -> str:
+        return f"peri_{_fmt(self.inner_mm)}-{_fmt(self.outer_mm)}mm"
+
+
+def parse_rings(text) -> list:
+    """Parse ``"3,5,8"`` (or an iterable of numbers) into sorted distances in mm."""
+    if text is None or text == "":
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        vals = sorted({float(v) for v in items if str(v).strip() != ""})
+    except ValueError:
+        raise InputError(f"--rings {text!r}: expected comma-separated distances in mm, e.g. 3,5,8") \
+            from None
+    if any(v <= 0 or not math.isfinite(v) for v in vals):
+        raise InputError(f"--rings {text!r}: distances must be positive numbers of mm")
+    return vals
+
+
+def ring_specs(distances_mm, annuli: bool = True) -> list:
+    """Expansion rings ``0-d`` for every distance, plus the annuli between consecutive ones."""
+    d = parse_rings(distances_mm)
+    specs = [RingSpec(0.0, v) for v in d]
+    if annuli:
+        specs += [RingSpec(a, b) for a, b in zip(d[:-1], d[1:])]
+    return specs
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(1, int(radius))
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Image:
+    """Detect the ultrasound field of view: the convex, non-black region holding the echo data.
+
+    Black background and burned-in annotations (text, depth rulers, logos) on it are excluded:
+    pixels brighter than ``threshold_fraction`` x the 99th percentile are closed, hole-filled
+    and opened (opening removes thin text strokes), the largest component is kept and its
+    convex hull taken (B-mode FOVs, linear or sector, are convex; the hull restores dark
+    shadows that reach the FOV edge).
+
+    Returns
+    -------
+    SimpleITK.Image
+        uint8 {0, 1} with the image's geometry.
+    """
+    from skimage.morphology import convex_hull_image
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    h, w = arr.shape
+    # Work at <= 256 px: the FOV is a large smooth shape and morphology cost grows with size^2.
+    f = max(1, int(math.ceil(max(h, w) / 256)))
+    small = arr[::f, ::f]
+    hi = float(np.percentile(small, 99))
+    fg = small > max(threshold_fraction * hi, 1e-6)
+    r = max(1, round(min(small.shape) * 0.015))
+    fg = ndi.binary_closing(fg, structure=_disk(r), iterations=1, border_value=0)
+    fg = ndi.binary_fill_holes(fg)
+    fg = ndi.binary_opening(fg, structure=_disk(2 * r))
+    lab, n = ndi.label(fg)
+    if n == 0:
+        out = np.ones_like(arr, dtype=np.uint8)
+    else:
+        sizes = ndi.sum(fg, lab, index=np.arange(1, n + 1))
+        keep = lab == (1 + int(np.argmax(sizes)))
+        hull = convex_hull_image(keep)
+        out = np.repeat(np.repeat(hull, f, axis=0), f, axis=1)[:h, :w].astype(np.uint8)
+    res = sitk.GetImageFromArray(out)
+    res.CopyInformation(image)
+    return res
+
+
+@dataclass
+class RegionSet:
+    """Named binary regions on the image grid plus per-region QC.
+
+    ``masks`` maps region name -> uint8 SimpleITK image; ``qc`` maps region name -> dict with
+    ``area_mm2``, ``area_px``, ``unclipped_area_mm2``, ``clipped_fraction`` and ``flagged``.
+    ``label_map`` holds the disjoint partition (tumour + consecutive annuli) and ``labels`` its
+    values.
+    """
+
+    masks: dict = field(default_factory=dict)
+    qc: dict = field(default_factory=dict)
+    fov: sitk.Image | None = None
+    fov_source: str = "none"
+    label_map: sitk.Image | None = None
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list:
+        return list(self.masks)
+
+    @property
+    def flagged(self) -> list:
+        return [k for k, v in self.qc.items() if v.get("flagged")]
+
+
+def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM, *,
+                  annuli: bool = True, combined=(), fov="auto",
+                  max_clip_fraction: float = DEFAULT_MAX_CLIP_FRACTION,
+                  spacing_known: bool = True, path: str = "image") -> RegionSet:
+    """Build the tumour and peritumoral regions.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        2D image (used for FOV detection and geometry); spacing in mm.
+    mask : SimpleITK.Image
+        2D binary tumour mask on the image grid.
+    rings_mm : str or iterable of float
+        Expansion distances in mm, e.g. ``"3,5,8"``.
+    annuli : bool
+        Also produce ``peri_3-5mm``, ``peri_5-8mm``... between consecutive distances.
+    combined : iterable of float or "all"
+        Distances ``d`` for which ``tumor+peri_<d>mm`` (tumour plus its 0-d ring) is produced.
+    fov : "auto", None or SimpleITK.Image
+        Valid-area mask: detected (``"auto"``), the whole image (``None``), or given.
+    max_clip_fraction : float
+        A ring losing more than this share of its area to clipping is flagged.
+    spacing_known : bool
+        False when the spacing is a placeholder; rings then refuse (they are defined in mm).
+    path : str
+        Image path for error messages.
+
+    Returns
+    -------
+    RegionSet
+    """
+    from .errors import SpacingUnknownError
+    distances = parse_rings(rings_mm)
+    if distances and not spacing_known:
+        raise SpacingUnknownError(path, "peritumoral rings")
+    if image.GetDimension() != 2 or mask.GetDimension() != 2:
+        raise InputError(f"{path}: rings need 2D image and mask")
+    sx, sy = mask.GetSpacing()
+    tum = sitk.GetArrayFromImage(mask) > 0
+    if not tum.any():
+        raise InputError(f"{path}: tumour mask is empty")
+    h, w = tum.shape
+
+    if isinstance(fov, sitk.Image):
+        fov_arr = sitk.GetArrayFromImage(fov) > 0
+        if fov_arr.shape != tum.shape:
+            raise InputError(f"{path}: FOV mask size {fov_arr.shape[::-1]} differs from image "
+                             f"{tum.shape[::-1]}")
+        fov_source = "user"
+    elif fov == "auto":
+        fov_arr = sitk.GetArrayFromImage(detect_fov(image)) > 0
+        fov_source = "detected"
+        share = (fov_arr & tum).sum() / tum.sum()
+        if share < _FOV_MIN_TUMOUR_SHARE:
+            log.warning("%s: detected field of view covers only %.0f%% of the tumour; using "
+                        "the whole image", path, 100 * share)
+            fov_arr = np.ones_like(tum)
+            fov_source = "whole-image (detection failed)"
+    else:
+        fov_arr = np.ones_like(tum)
+        fov_source = "whole-image"
+
+    out = RegionSet(fov_source=fov_source)
+    out.fov = _like(fov_arr, mask)
+    px_area = sx * sy
+    out.masks["tumor"] = _like(tum, mask)
+    out.qc["tumor"] = {"area_mm2": float(tum.sum() * px_area), "area_px": int(tum.sum()),
+                       "unclipped_area_mm2": float(tum.sum() * px_area),
+                       "clipped_fraction": float(1 - (tum & fov_arr).sum() / tum.sum()),
+                       "flagged": False}
+    if distances:
+        pad_x = int(math.ceil(max(distances) / sx)) + 1
+        pad_y = int(math.ceil(max(distances) / sy)) + 1
+        tp = np.pad(tum, ((pad_y, pad_y), (pad_x, pad_x)))
+        dist = ndi.distance_transform_edt(~tp, sampling=(sy, sx))
+        valid = fov_arr
+        specs = ring_specs(distances, annuli=annuli)
+        for spec in specs:
+            band = (~tp) & (dist > spec.inner_mm) & (dist <= spec.outer_mm)
+            full = int(band.sum())
+            clipped = band[pad_y:pad_y + h, pad_x:pad_x + w] & valid
+            kept = int(clipped.sum())
+            frac = 1.0 - kept / full if full else 1.0
+            out.masks[spec.name] = _like(clipped, mask)
+            out.qc[spec.name] = {"area_mm2": kept * px_area, "area_px": kept,
+                                 "unclipped_area_mm2": full * px_area,
+                                 "clipped_fraction": frac,
+                                 "flagged": bool(frac > max_clip_fraction or kept == 0)}
+        if combined == "all":
+            combined = distances
+        for d in parse_rings(combined) if combined else []:
+            ring = RingSpec(0.0, d).name
+            if ring not in out.masks:
+                raise InputError(f"combined region tumour+{_fmt(d)} mm needs {_fmt(d)} in --rings")
+            name = f"tumor+peri_{_fmt(d)}mm"
+            arr = tum | (sitk.GetArrayFromImage(out.masks[ring]) > 0)
+            q = out.qc[ring]
+            out.masks[name] = _like(arr, mask)
+            out.qc[name] = {"area_mm2": float(arr.sum() * px_area), "area_px": int(arr.sum()),
+                            "unclipped_area_mm2": q["unclipped_area_mm2"] + out.qc["tumor"]["area_mm2"],
+                            "clipped_fraction": q["clipped_fraction"], "flagged": q["flagged"]}
+        lm = tum.astype(np.uint8)
+        out.labels = {"tumor": 1}
+        edges = [0.0] + distances
+        for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            name = RingSpec(a, b).name
+            arr = sitk.GetArrayFromImage(out.masks[name]) > 0 if name in out.masks else (
+                (~tp) & (dist > a) & (dist <= b))[pad_y:pad_y + h, pad_x:pad_x + w] & valid
+            lm[arr & (lm == 0)] = i + 2
+            out.labels[name] = i + 2
+        out.label_map = _like(lm, mask, binary=False)
+    else:
+        out.label_map = _like(tum, mask)
+        out.labels = {"tumor": 1}
+    for name in out.flagged:
+        log.warning("%s: region %s lost %.0f%% of its area to the image border / field of view",
+                    path, name, 100 * out.qc[name]["clipped_fraction"])
+    return out
+
+
+def _like(arr: np.ndarray, ref: sitk.Image, binary: bool = True) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.CopyInformation(ref)
+    return img
+
+
+def write_regions(regions: RegionSet, out_dir, extra: dict | None = None) -> Path:
+    """Write ``<region>.nrrd`` per region, ``labels.nrrd``, ``fov.nrrd`` and ``rings.json``."""
+    from .io import atomic_write_text, write_image
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, img in regions.masks.items():
+        write_image(img, out_dir / f"{name}.nrrd")
+    write_image(regions.label_map, out_dir / "labels.nrrd")
+    if regions.fov is not None:
+        write_image(regions.fov, out_dir / "fov.nrrd")
+    doc = {"regions": regions.qc, "labels": regions.labels, "fov_source": regions.fov_source,
+           "flagged": regions.flagged, **(extra or {})}
+    atomic_write_text(out_dir / "rings.json", json.dumps(doc, indent=2))
+    return out_dir / "rings.json"

@@ -1,0 +1,319 @@
+"""Training of the lesion-segmentation U-Net (``her2radiomics train-segmenter``).
+
+Data are split by patient, never by image (BUS-BRA has two views of most lesions; an image split
+would leak them across train and validation).  Augmentation is done on whole batches with torch
+(affine warps, flips, gain, gamma, multiplicative speckle, blur), so the CPU data path stays
+cheap.  Every epoch writes a resumable checkpoint; the best validation Dice is kept separately.
+
+Example
+-------
+>>> from HER2RadiomicsLib.segmentation import training  # doctest: +SKIP
+>>> ds = training.load_busbra("../shared/datasets/busbra", size=192)  # doctest: +SKIP
+>>> training.train(ds, out_dir="runs/seg", epochs=60)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .preprocess import Letterbox, normalise_intensity
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = 160
+DEFAULT_ARCH = {"name": "unet2d", "version": 1, "base_channels": 12, "depth": 4}
+# Fixed, documented validation split of BUS-BRA: shuffle the sorted patient IDs with this seed
+# and hold out the last 20 %.  Changing it changes every reported validation number.
+SPLIT_SEED = 20261121
+VAL_FRACTION = 0.2
+
+
+@dataclass
+class SegDataset:
+    """Letterboxed images/masks held in memory (uint8) plus per-image identifiers."""
+
+    images: np.ndarray                # (N, S, S) uint8, normalised grey * 255
+    masks: np.ndarray                 # (N, S, S) uint8 {0, 1}
+    ids: list = field(default_factory=list)
+    patients: list = field(default_factory=list)
+    size: int = DEFAULT_SIZE
+
+    def subset(self, idx) -> "SegDataset":
+        idx = np.asarray(idx, dtype=int)
+        return SegDataset(self.images[idx], self.masks[idx], [self.ids[i] for i in idx],
+                          [self.patients[i] for i in idx], self.size)
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def _read_grey(path) -> np.ndarray:
+    import SimpleITK as sitk
+    img = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        rgb = arr[..., :3]
+        arr = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.squeeze(arr)
+
+
+def _prepare(img: np.ndarray, mask: np.ndarray, size: int):
+    lb = Letterbox(img.shape[0], img.shape[1], size)
+    x = lb.forward(normalise_intensity(img))
+    y = lb.forward((mask > 0).astype(np.float32)) >= 0.5
+    return (x * 255 + 0.5).astype(np.uint8), y.astype(np.uint8)
+
+
+def load_pairs(pairs, size: int = DEFAULT_SIZE, progress: bool = True) -> SegDataset:
+    """Load ``(image_path, mask_path, case_id, patient_id)`` tuples into a :class:`SegDataset`."""
+    from tqdm.auto import tqdm
+    pairs = list(pairs)
+    xs = np.zeros((len(pairs), size, size), np.uint8)
+    ys = np.zeros_like(xs)
+    ids, pats = [], []
+    for i, (ip, mp, cid, pid) in enumerate(tqdm(pairs, desc="loading", disable=not progress)):
+        xs[i], ys[i] = _prepare(_read_grey(ip), _read_grey(mp), size)
+        ids.append(str(cid))
+        pats.append(str(pid))
+    return SegDataset(xs, ys, ids, pats, size)
+
+
+def busbra_pairs(root):
+    """Yield BUS-BRA ``(image, mask, ID, Case)`` tuples from its ``bus_data.csv``."""
+    root = Path(root)
+    with open(root / "bus_data.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            stem = row["ID"]
+            yield (root / "images" / f"{stem}.png",
+                   root / "masks" / f"{stem.replace('bus_', 'mask_')}.png", stem, row["Case"])
+
+
+def manifest_pairs(manifest):
+    """Yield pairs from a CSV with columns ``case_id,image,mask`` (and optional ``patient_id``).
+
+    Relative paths are resolved against the manifest's folder.
+    """
+    manifest = Path(manifest)
+    with open(manifest, newline="") as fh:
+        for row in csv.DictReader(fh):
+            base = manifest.parent
+            yield (base / row["image"], base / row["mask"], row["case_id"],
+                   row.get("patient_id") or row["case_id"])
+
+
+def folder_pairs(image_dir, mask_dir):
+    """Pair ``image_dir/X.ext`` with the mask of the same stem (or ``mask_`` for ``bus_``)."""
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file()}
+    for ip in sorted(p for p in image_dir.iterdir() if p.is_file()):
+        stem = ip.stem
+        mp = masks.get(stem) or masks.get(stem.replace("bus_", "mask_"))
+        if mp is None:
+            raise FileNotFoundError(f"{ip}: no mask with the same name in {mask_dir}")
+        yield ip, mp, stem, stem
+
+
+def patient_split(patients, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED):
+    """Split image indices by patient: returns ``(train_idx, val_idx)``.
+
+    The sorted unique patient IDs are shuffled with ``seed``; the last ``val_fraction`` of them
+    (rounded) are validation patients.  All images of a patient fall on one side.
+    """
+    uniq = sorted(set(patients), key=lambda s: (len(s), s))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    n_val = int(round(len(uniq) * val_fraction))
+    val_p = {uniq[i] for i in order[len(uniq) - n_val:]}
+    val = [i for i, p in enumerate(patients) if p in val_p]
+    train = [i for i, p in enumerate(patients) if p not in val_p]
+    return np.array(train, int), np.array(val, int)
+
+
+def augment(x, y, generator):
+    """Ultrasound-plausible augmentation of a batch ``x``, ``y`` of shape (N, 1, S, S) in [0, 1].
+
+    Horizontal flips (probe orientation), rotation +-12 deg, scale 0.8-1.2, shifts +-10 %; gain
+    0.75-1.3, gamma 0.7-1.5, multiplicative speckle (Rayleigh-like, smoothed), Gaussian blur.
+    No vertical flips: depth (attenuation, shadowing) has a direction in ultrasound.
+    """
+    import torch
+    import torch.nn.functional as F
+    n = x.shape[0]
+    dev = x.device
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, device=dev, generator=generator)
+
+    ang = u(-12, 12) * math.pi / 180
+    sc = u(0.8, 1.2)
+    flip = torch.where(torch.rand(n, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+    tx, ty = u(-0.1, 0.1), u(-0.1, 0.1)
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
+                         torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+         >= 0.5).float()
+    gain = u(0.75, 1.3).view(n, 1, 1, 1)
+    gamma = u(0.7, 1.5).view(n, 1, 1, 1)
+    x = (x.clamp(0, 1) ** gamma) * gain
+    # speckle: multiplicative noise with a short correlation length, strength 0-25 %
+    noise = torch.randn(x.shape, device=dev, generator=generator)
+    noise = F.avg_pool2d(noise, 3, stride=1, padding=1) * 3
+    x = x * (1 + u(0, 0.25).view(n, 1, 1, 1) * noise)
+    # blur on half of the batch (lower-resolution scanners)
+    k = torch.tensor([1., 4., 6., 4., 1.], device=dev)
+    k = (k[:, None] * k[None, :]) / 256
+    blurred = F.conv2d(x, k.view(1, 1, 5, 5), padding=2)
+    pick = (torch.rand(n, device=dev, generator=generator) < 0.5).view(n, 1, 1, 1)
+    x = torch.where(pick, blurred, x)
+    return x.clamp(0, 1.5), y
+
+
+def dice_loss(logits, target, eps: float = 1.0):
+    import torch
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((1, 2, 3))
+    den = p.sum((1, 2, 3)) + target.sum((1, 2, 3))
+    return (1 - (2 * inter + eps) / (den + eps)).mean()
+
+
+def batch_dice(logits, target) -> np.ndarray:
+    """Per-image hard Dice at threshold 0.5; 1.0 when both prediction and target are empty."""
+    pred = (logits > 0).float()
+    inter = (pred * target).sum((1, 2, 3))
+    den = pred.sum((1, 2, 3)) + target.sum((1, 2, 3))
+    d = (2 * inter / den.clamp(min=1)).cpu().numpy()
+    d[(den == 0).cpu().numpy()] = 1.0
+    return d
+
+
+def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | None = None,
+          epochs: int = 60, batch_size: int = 16, lr: float = 2e-3, patience: int = 12,
+          seed: int = 0, device: str = "cpu", threads: int | None = None,
+          max_minutes: float | None = None, resume: bool = True, progress: bool = True) -> dict:
+    """Train the U-Net; resumable, early-stopped on validation Dice.
+
+    Parameters
+    ----------
+    train_ds, val_ds : SegDataset
+        Letterboxed data (see :func:`load_pairs`), already split by patient.
+    out_dir : path
+        Receives ``last.pt`` (full training state, rewritten atomically every epoch),
+        ``best.pt`` (weights with the best validation Dice) and ``history.jsonl``.
+    max_minutes : float, optional
+        Stop cleanly (checkpoint written) after this wall time; rerun to continue.
+
+    Returns
+    -------
+    dict
+        ``{"best_dice": float, "best_epoch": int, "epochs_run": int, "stopped": str}``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from .networks import build_network
+
+    arch = dict(arch or DEFAULT_ARCH)
+    if threads:
+        torch.set_num_threads(int(threads))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    net = build_network(arch).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    use_amp = device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    last = out_dir / "last.pt"
+    if resume and last.exists():
+        ck = torch.load(last, map_location=device, weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        state = ck["state"]
+        gen.set_state(ck["gen"])
+        rng.bit_generator.state = ck["rng"]
+        log.info("resumed from %s at epoch %d", last, state["epoch"])
+
+    xt = torch.from_numpy(train_ds.images)
+    yt = torch.from_numpy(train_ds.masks)
+    xv = torch.from_numpy(val_ds.images).float().div(255).unsqueeze(1)
+    yv = torch.from_numpy(val_ds.masks).float().unsqueeze(1)
+    bce = torch.nn.BCEWithLogitsLoss()
+    t0 = time.time()
+    stopped = "epochs"
+    while state["epoch"] < epochs:
+        net.train()
+        order = rng.permutation(len(train_ds))
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state['epoch'] + 1}/{epochs}",
+                   disable=not progress, leave=False)
+        for s in bar:
+            idx = torch.from_numpy(order[s * batch_size:(s + 1) * batch_size])
+            xb = xt[idx].float().div(255).unsqueeze(1).to(device)
+            yb = yt[idx].float().unsqueeze(1).to(device)
+            xb, yb = augment(xb, yb, gen)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                logits = net(xb)
+                loss = bce(logits.float(), yb) + dice_loss(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        dices = []
+        net.eval()
+        with torch.no_grad():
+            for s in range(0, len(val_ds), 32):
+                dices.append(batch_dice(net(xv[s:s + 32].to(device)), yv[s:s + 32].to(device)))
+        vd = float(np.concatenate(dices).mean()) if dices else float("nan")
+        state["epoch"] += 1
+        improved = vd > state["best_dice"]
+        if improved:
+            state.update(best_dice=vd, best_epoch=state["epoch"], bad_epochs=0)
+            _atomic_save({"arch": arch, "model": net.state_dict(), "epoch": state["epoch"],
+                          "val_dice": vd, "size": train_ds.size}, out_dir / "best.pt")
+        else:
+            state["bad_epochs"] += 1
+        _atomic_save({"model": net.state_dict(), "opt": opt.state_dict(),
+                      "sched": sched.state_dict(), "state": state, "gen": gen.get_state(),
+                      "rng": rng.bit_generator.state, "arch": arch}, last)
+        rec = {"epoch": state["epoch"], "loss": float(np.mean(losses)), "val_dice": vd,
+               "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+        with open(out_dir / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        log.info("epoch %(epoch)d loss %(loss).4f val_dice %(val_dice).4f", rec)
+        if progress:
+            print(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  val Dice {vd:.4f}"
+                  f"{'  *' if improved else ''}", flush=True)
+        if state["bad_epochs"] >= patience:
+            stopped = "early-stopping"
+            break
+        if max_minutes and (time.time() - t0) / 60 > max_minutes:
+            stopped = "time-limit"
+            break
+    return {"best_dice": state["best_dice"], "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"], "stopped": stopped}
+
+
+def _atomic_save(obj, path: Path):
+    import torch
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,40 @@
+# HER2Radiomics — developer entry points.  `make demo` and `make test` are the only two set-up
+# commands a fresh machine needs; both build .venv first (once: the stamp file makes a second run
+# skip the ~2.5 min install unless pyproject.toml, constraints.txt or this Makefile changed).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# Threads: 2-core machines; keep BLAS from oversubscribing when joblib runs workers in parallel.
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	# pyradiomics 3.0.1 is an sdist whose setup.py imports numpy and versioneer: put the build
+	# tools in the venv first, then build it without isolation (isolation hides numpy from it).
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q numpy setuptools wheel versioneer -c constraints.txt
+	$(PIP) install -q --no-build-isolation pyradiomics==3.0.1 -c constraints.txt
+	# torch pinned to the local CPU wheel: an unpinned torch pulls gigabytes of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation -e ".[dev,torch]" -c constraints.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/her2radiomics demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_segment.py
+	$(PY) benchmarks/bench_icc.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

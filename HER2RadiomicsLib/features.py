@@ -197,10 +197,15 @@ class FeatureExtractor:
         feats, diags = {}, {}
         failed = {}
         template = None
+        shared = self._shared_filters_ok(ex)
+        filtered = None
         for region, mask in regions.items():
             m = mask if label == 1 else sitk.Cast(mask > 0, sitk.sitkUInt8) * label
             try:
-                res = ex.execute(image, m, label=label)
+                if shared:
+                    res, filtered = _execute_shared(ex, image, m, filtered)
+                else:
+                    res = ex.execute(image, m, label=label)
             except Exception as exc:  # pyradiomics raises ValueError/RuntimeError/AssertionError
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if region == "tumor" or len(regions) == 1:
@@ -228,6 +233,56 @@ class FeatureExtractor:
                 if col in feats:
                     ordered[col] = feats[col]
         return ordered, diags
+
+
+    @staticmethod
+    def _shared_filters_ok(ex) -> bool:
+        """True when filtered images do not depend on the mask, so regions can share them.
+
+        pyradiomics 3.0.1 filters read the mask only for LBP3D; resampling, pre-cropping and
+        resegmentation make the image itself mask-dependent.  Voxel-based mode is not used.
+        """
+        st = ex.settings
+        return not (st.get("resampledPixelSpacing") or st.get("preCrop")
+                    or st.get("resegmentRange") is not None or "LBP3D" in ex.enabledImagetypes)
+
+
+def _execute_shared(ex, image, mask, filtered):
+    """pyradiomics' ``execute`` for one region, reusing filtered images across regions.
+
+    Mirrors ``RadiomicsFeatureExtractor.execute`` (3.0.1) step by step for segment-based
+    extraction; the filtered images are generated once (first region) and reused.  Values are
+    identical to separate ``execute`` calls (tested).
+    """
+    from radiomics import generalinfo, imageoperations
+    st = ex.settings.copy()
+    label = st.get("label", 1)
+    info = None
+    if st.get("additionalInfo", False):
+        info = generalinfo.GeneralInfo()
+        info.addGeneralSettings(st)
+        info.addEnabledImageTypes(ex.enabledImagetypes)
+    img, msk = ex.loadImage(image, mask, info, **st)
+    bbox, corrected = imageoperations.checkMask(img, msk, **st)
+    if corrected is not None:
+        if info is not None:
+            info.addMaskElements(img, corrected, label, "corrected")
+        msk = corrected
+    vec = {}
+    if info is not None:
+        vec.update(info.getGeneralInfo())
+    vec.update(ex.computeShape(img, msk, bbox, **st))
+    if filtered is None:
+        filtered = []
+        for image_type, custom in ex.enabledImagetypes.items():
+            args = st.copy()
+            args.update(custom)
+            gen = getattr(imageoperations, f"get{image_type}Image")(img, msk, **args)
+            filtered.extend(gen)
+    for fimg, type_name, kwargs in filtered:
+        cimg, cmsk = imageoperations.cropToTumorMask(fimg, msk, bbox, padDistance=0)
+        vec.update(ex.computeFeatures(cimg, cmsk, type_name, **kwargs))
+    return vec, filtered
 
 
 def _to_float(v) -> float:

@@ -148,3 +148,23 @@ def test_aggregate_patients(how):
     expected = {"mean": (3.0, 3.0), "median": (2.0, 1.0), "first": (1.0, 0.0)}[how]
     assert (a["f"], a["g"]) == expected
     assert a["n_images"] == 3 and list(out.columns[:2]) == ["case_id", "n_images"]
+
+
+@pytest.mark.parametrize("preset", ["default", "zhao2025", "yin2024"])
+def test_shared_filter_path_equals_separate_execute(preset, phantom):
+    """Regions share filtered images; values must equal one pyradiomics execute per region."""
+    img, msk = phantom
+    from HER2RadiomicsLib.rings import build_regions
+    regs = build_regions(img, msk, "2,4", fov=None)
+    fx = FeatureExtractor(preset)
+    ours, diags = fx.extract(img, regs.masks)
+    ex = featureextractor.RadiomicsFeatureExtractor(fx.effective_params(2))
+    for region, m in regs.masks.items():
+        ref = ex.execute(img, m)
+        for k, v in ref.items():
+            if k.startswith("diagnostics_"):
+                if "Versions" not in k and "Configuration" not in k:
+                    assert str(diags[f"{region}__{k}"]) == str(
+                        __import__("HER2RadiomicsLib.features", fromlist=["x"])._jsonable(v)), k
+            else:
+                assert ours[f"{region}__{k}"] == float(v), (region, k)

@@ -123,8 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-# Later modules (segmentation, reproducibility, modelling, report) register subcommands here.
-_EXTRA_COMMANDS = []
+def _register_segmentation(sub):
+    from .segmentation import commands
+    commands.register(sub)
+
+
+# Each feature area registers its own subcommands (kept beside its code).
+_EXTRA_COMMANDS = [_register_segmentation]
 
 
 def cmd_synth(a) -> int:

@@ -275,7 +275,7 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
             scaler.step(opt)
             scaler.update()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         dices = []
         net.eval()

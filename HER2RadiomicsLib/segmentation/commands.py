@@ -1,0 +1,285 @@
+"""CLI commands of the segmentation CNN: ``segment``, ``eval-segmenter``, ``train-segmenter``."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HER2Error, InputError
+
+log = logging.getLogger(__name__)
+
+_SEGMENTERS = {}
+
+
+def get_segmenter(model=None, device="cpu", threads=None):
+    """Cached per process (batch workers load the model once)."""
+    from .inference import DEFAULT_MODEL, Segmenter
+    key = (str(model or DEFAULT_MODEL), device)
+    if key not in _SEGMENTERS:
+        if threads:
+            import torch
+            torch.set_num_threads(int(threads))
+        _SEGMENTERS[key] = Segmenter.load(model or DEFAULT_MODEL, device=device)
+    return _SEGMENTERS[key]
+
+
+def register(sub):
+    p = sub.add_parser("segment", help="CNN auto-mask of the lesion (one image or a manifest)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image")
+    src.add_argument("--manifest", help="CSV with case_id,image")
+    pr = p.add_mutually_exclusive_group()
+    pr.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                    help="pixel box around the lesion (column, row)")
+    pr.add_argument("--click", nargs=2, type=float, metavar=("X", "Y"),
+                    help="pixel inside the lesion (column, row)")
+    p.add_argument("--out", help="output mask (NRRD) for --image")
+    p.add_argument("--prob-out", help="probability map output for --image")
+    p.add_argument("--out-dir", help="output folder for --manifest (<case_id>.nrrd)")
+    p.add_argument("--model", help="weights file (default: the shipped BUS-BRA model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--frame", type=int)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("eval-segmenter", help="Dice/IoU/HD95 of CNN masks against reference masks")
+    p.add_argument("--manifest", required=True, help="CSV with case_id,image,mask (reference)")
+    p.add_argument("--pred-dir", help="folder of predicted <case_id>.nrrd (default: run the model)")
+    p.add_argument("--model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="per-case metrics CSV (summary JSON beside it)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train-segmenter", help="train the lesion segmentation U-Net")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--busbra", help="BUS-BRA folder (bus_data.csv, images/, masks/)")
+    src.add_argument("--manifest", help="CSV with case_id,image,mask[,patient_id]")
+    src.add_argument("--images", help="image folder (with --masks)")
+    p.add_argument("--masks")
+    p.add_argument("--extra-manifest", action="append", default=[],
+                   help="additional training-only manifest(s), e.g. synthetic cases")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, history)")
+    p.add_argument("--export", help="deployable weights path (default: OUT/model.pt)")
+    p.add_argument("--epochs", type=int, default=45)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--size", type=int, default=160, help="network input size (px)")
+    p.add_argument("--base-channels", type=int, default=12)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--patience", type=int, default=12)
+    p.add_argument("--no-resume", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def _segment_one(row, model, device, box, click, threads=None):
+    from ..io import read_image, write_image
+    try:
+        loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
+        seg = get_segmenter(model, device, threads)
+        res = seg.predict(loaded.image, box=box, click=click)
+        if not res.info["lesion_px"]:
+            raise InputError(f"{row['image']}: the model found no lesion (give a --box or "
+                             "--click prompt)")
+        write_image(res.mask, row["_out"])
+        return {"case_id": row["case_id"], "lesion_px": res.info["lesion_px"]}
+    except HER2Error as exc:
+        return {"case_id": row["case_id"], "error": str(exc)}
+    except Exception as exc:  # keep the cohort going; the error table names the case
+        return {"case_id": row["case_id"], "error": f"{row['image']}: {type(exc).__name__}: {exc}"}
+
+
+def cmd_segment(a) -> int:
+    from ..io import read_image, write_image
+    if a.image:
+        if not a.out:
+            raise InputError("--image needs --out MASK.nrrd")
+        loaded = read_image(a.image, frame=a.frame)
+        t = time.perf_counter()
+        res = get_segmenter(a.model, a.device).predict(loaded.image, box=a.box, click=a.click)
+        dt = time.perf_counter() - t
+        if not res.info["lesion_px"]:
+            raise InputError(f"{a.image}: the model found no lesion (give a --box or --click)")
+        write_image(res.mask, a.out)
+        if a.prob_out:
+            write_image(res.probability, a.prob_out)
+        print(f"mask written to {a.out} ({res.info['lesion_px']} lesion pixels, "
+              f"prompt {res.info['prompt']}, {dt:.2f} s)")
+        return 0
+    if not a.out_dir:
+        raise InputError("--manifest needs --out-dir DIR")
+    if a.box or a.click:
+        raise InputError("--box/--click apply to a single --image, not a manifest")
+    from ..batch import read_manifest
+    from ..io import atomic_write_text
+    import pandas as pd
+    from tqdm.auto import tqdm
+    rows = read_manifest(a.manifest, require_mask=False)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for r in rows:
+        r["_out"] = str(out / f"{r['case_id']}.nrrd")
+        if not (a.resume and Path(r["_out"]).exists()):
+            todo.append(r)
+    bar = tqdm(total=len(todo), desc="segment", unit="case", disable=a.no_progress,
+               file=sys.stderr)
+    results = []
+    threads = 1 if a.jobs > 1 else None
+    try:
+        if a.jobs > 1 and len(todo) > 1:
+            from joblib import Parallel, delayed
+            gen = Parallel(n_jobs=a.jobs, return_as="generator_unordered")(
+                delayed(_segment_one)(r, a.model, a.device, None, None, threads) for r in todo)
+        else:
+            gen = (_segment_one(r, a.model, a.device, None, None) for r in todo)
+        for res in gen:
+            results.append(res)
+            bar.update()
+    except KeyboardInterrupt:
+        print("interrupted: finished masks are kept; rerun with --resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    errors = [r for r in results if "error" in r]
+    err_ids = {e["case_id"] for e in errors}
+    man = []
+    for r in rows:
+        if r["case_id"] in err_ids or not Path(r["_out"]).exists():
+            continue
+        row = {k: v for k, v in r.items() if not k.startswith("_")}
+        row["mask"] = r["_out"]
+        man.append(row)
+    atomic_write_text(out / "manifest.csv", pd.DataFrame(man).to_csv(index=False))
+    atomic_write_text(out / "errors.csv", pd.DataFrame(errors, columns=["case_id", "error"])
+                      .to_csv(index=False))
+    print(f"{len(man)}/{len(rows)} masks in {out} (manifest for extraction: "
+          f"{out / 'manifest.csv'})")
+    for e in errors[:20]:
+        print(f"  {e['case_id']}: {e['error']}")
+    return 1 if errors else 0
+
+
+def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
+    """Per-case Dice, IoU, HD95/HD/MSD (mm when spacing known, else px) against reference masks."""
+    import SimpleITK as sitk
+    from tqdm.auto import tqdm
+    from ..io import load_case
+    from ..metrics import compare_masks
+    out = []
+    for r in tqdm(rows, desc="evaluate", disable=not progress, file=sys.stderr):
+        rec = {"case_id": r["case_id"]}
+        try:
+            loaded, ref = load_case(r["image"], r["mask"], min_pixels=1)
+            if pred_dir:
+                pp = Path(pred_dir) / f"{r['case_id']}.nrrd"
+                if not pp.exists():
+                    raise InputError(f"{pp}: predicted mask not found")
+                pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pp))) > 0
+                t = float("nan")
+            else:
+                t0 = time.perf_counter()
+                pred = sitk.GetArrayFromImage(segmenter.predict(loaded.image).mask) > 0
+                t = time.perf_counter() - t0
+            unit = "mm" if loaded.spacing_known else "px"
+            sp = loaded.spacing_mm if loaded.spacing_known else (1.0, 1.0)
+            m = compare_masks(sitk.GetArrayFromImage(ref) > 0, pred, sp)
+            rec.update(dice=m["dice"], iou=m["jaccard"], hd95=m["hd95"], hd=m["hd"],
+                       msd=m["msd"], distance_unit=unit, seconds=t)
+        except HER2Error as exc:
+            rec["error"] = str(exc)
+        out.append(rec)
+    return out
+
+
+def summarize_metrics(recs) -> dict:
+    ok = [r for r in recs if "dice" in r]
+    d = np.array([r["dice"] for r in ok])
+    hd = np.array([r["hd95"] for r in ok], dtype=float)
+    s = {"n": len(ok), "n_failed": len(recs) - len(ok)}
+    if ok:
+        s.update(mean_dice=float(d.mean()), median_dice=float(np.median(d)),
+                 mean_iou=float(np.mean([r["iou"] for r in ok])),
+                 median_hd95=float(np.nanmedian(hd)), mean_hd95=float(np.nanmean(hd)),
+                 miss_rate_dice_lt_0_1=float((d < 0.1).mean()),
+                 distance_unit=ok[0]["distance_unit"])
+    return s
+
+
+def cmd_eval(a) -> int:
+    import pandas as pd
+    from ..batch import read_manifest
+    from ..io import atomic_write_text
+    rows = read_manifest(a.manifest)
+    seg = None if a.pred_dir else get_segmenter(a.model, a.device)
+    recs = evaluate(rows, seg, a.pred_dir, progress=not a.no_progress)
+    atomic_write_text(a.out, pd.DataFrame(recs).to_csv(index=False))
+    summ = summarize_metrics(recs)
+    sp = Path(a.out).with_suffix(".summary.json")
+    atomic_write_text(sp, json.dumps(summ, indent=2))
+    print(json.dumps(summ, indent=2))
+    print(f"per-case metrics: {a.out}; summary: {sp}")
+    return 1 if summ["n_failed"] else 0
+
+
+def cmd_train(a) -> int:
+    from . import training as T
+    if a.busbra:
+        pairs = list(T.busbra_pairs(a.busbra))
+    elif a.manifest:
+        pairs = list(T.manifest_pairs(a.manifest))
+    else:
+        if not a.masks:
+            raise InputError("--images needs --masks")
+        pairs = list(T.folder_pairs(a.images, a.masks))
+    print(f"loading {len(pairs)} images at {a.size} px ...", flush=True)
+    ds = T.load_pairs(pairs, size=a.size)
+    tr, va = T.patient_split(ds.patients, a.val_fraction, T.SPLIT_SEED)
+    train_ds = ds.subset(tr)
+    if a.extra_manifest:
+        import numpy as _np
+        extra = T.load_pairs([p for m in a.extra_manifest for p in T.manifest_pairs(m)],
+                             size=a.size)
+        train_ds = T.SegDataset(_np.concatenate([train_ds.images, extra.images]),
+                                _np.concatenate([train_ds.masks, extra.masks]),
+                                train_ds.ids + extra.ids, train_ds.patients + extra.patients,
+                                a.size)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "split.json").write_text(json.dumps({
+        "seed": T.SPLIT_SEED, "val_fraction": a.val_fraction,
+        "val_ids": [ds.ids[i] for i in va], "train_ids": train_ds.ids}, indent=0))
+    print(f"train {len(train_ds)} images, validation {len(va)} images "
+          f"({len(set(ds.patients[i] for i in va))} patients)", flush=True)
+    arch = {"name": "unet2d", "version": 1, "base_channels": a.base_channels, "depth": 4}
+    res = T.train(train_ds, ds.subset(va), out, arch=arch, epochs=a.epochs,
+                  batch_size=a.batch_size, lr=a.lr, patience=a.patience, seed=a.seed,
+                  device=a.device, threads=a.threads, max_minutes=a.max_minutes,
+                  resume=not a.no_resume)
+    print(json.dumps(res))
+    export = Path(a.export) if a.export else out / "model.pt"
+    from .inference import Segmenter, export_model
+    export_model(out / "best.pt", export, {"name": export.stem, "training": res})
+    seg = Segmenter.load(export, device=a.device)
+    val_pairs = [pairs[i] for i in va]
+    recs = evaluate([{"case_id": p[2], "image": str(p[0]), "mask": str(p[1])} for p in val_pairs],
+                    seg)
+    summ = summarize_metrics(recs)
+    card = json.loads((export.with_suffix(".json")).read_text())
+    card["validation"] = {**summ, "images": len(val_pairs),
+                          "patients": len({p[3] for p in val_pairs})}
+    export.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    print(json.dumps(summ, indent=2))
+    print(f"model: {export} (+ model card {export.with_suffix('.json').name})")
+    return 0

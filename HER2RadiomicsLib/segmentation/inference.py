@@ -1,0 +1,324 @@
+"""CNN auto-mask of the breast lesion: inference, prompts, post-processing, model loading.
+
+Pipeline for one 2D image (any size, any spacing):
+
+1. region of interest: the whole ultrasound field of view (detected, so black margins and
+   annotation bands do not shrink the lesion in the network's view), or the user's box
+   prompt expanded by 25 %;
+2. robust intensity normalisation (0.5-99.5th percentile to [0, 1]) and letterboxing to the
+   network size; horizontal-flip test-time augmentation (mean of two passes);
+3. the probability map is mapped back exactly onto the original pixel grid;
+4. post-processing: threshold 0.5, keep one component (the largest probability mass, or the
+   one under / nearest the click prompt), fill holes, optional morphological smoothing.
+
+The result keeps the input's geometry (spacing, origin, direction).  A click prompt runs a second
+pass on a crop around the chosen component ("refine").
+
+Weights are a plain ``state_dict`` loaded with ``torch.load(weights_only=True)`` (no code runs
+on load), with a JSON model card beside them whose sha256 must match.
+
+Example
+-------
+>>> seg = Segmenter.from_default()                          # doctest: +SKIP
+>>> result = seg.predict(loaded.image, click=(210, 140))    # doctest: +SKIP
+>>> result.mask, result.probability                         # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from ..errors import InputError, ModelError
+from .networks import ARCHITECTURE_NAME, ARCHITECTURE_VERSION, build_network
+from .preprocess import Letterbox, normalise_intensity
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "busbra_unet.pt"
+BOX_MARGIN = 0.25       # box prompts are loose in practice; 25 % context helps the network
+REFINE_MARGIN = 0.6     # crop around the clicked component, +60 % of its size on each side
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def card_path(weights) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+@dataclass
+class SegmentationResult:
+    """``mask`` (uint8 0/1) and ``probability`` (float32) on the input grid, plus details."""
+
+    mask: sitk.Image
+    probability: sitk.Image
+    info: dict = field(default_factory=dict)
+
+
+class Segmenter:
+    """A loaded segmentation network (see module docstring).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Network in eval mode.
+    size : int
+        Square network input size (pixels).
+    device : str
+        ``"cpu"`` or ``"cuda"`` (``"cuda:N"``).
+    card : dict
+        The model card.
+    """
+
+    def __init__(self, net, size: int, device: str = "cpu", card: dict | None = None,
+                 tta: bool = True, threshold: float = 0.5):
+        self.net = net
+        self.size = int(size)
+        self.device = device
+        self.card = card or {}
+        self.tta = tta
+        self.threshold = float(threshold)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def from_default(cls, device: str = "cpu", **kw) -> "Segmenter":
+        return cls.load(DEFAULT_MODEL, device=device, **kw)
+
+    @classmethod
+    def load(cls, weights, device: str = "cpu", **kw) -> "Segmenter":
+        """Load weights + model card; verify sha256 and architecture.
+
+        Raises
+        ------
+        ModelError
+            Missing files, sha256 mismatch, unknown architecture, weights not matching it,
+            unusable device.
+        """
+        import torch
+        weights = Path(weights)
+        if not weights.exists():
+            raise ModelError(f"{weights}: model weights not found")
+        cp = card_path(weights)
+        if not cp.exists():
+            raise ModelError(f"{weights}: model card {cp.name} not found beside the weights")
+        try:
+            card = json.loads(cp.read_text())
+        except ValueError as exc:
+            raise ModelError(f"{cp}: model card is not valid JSON ({exc})") from None
+        digest = sha256_of(weights)
+        if card.get("sha256") != digest:
+            raise ModelError(f"{weights}: sha256 {digest[:12]}… does not match the model card "
+                             f"({str(card.get('sha256'))[:12]}…): corrupt or replaced weights")
+        arch = card.get("architecture") or {}
+        if arch.get("name") != ARCHITECTURE_NAME or int(arch.get("version", -1)) != \
+                ARCHITECTURE_VERSION:
+            raise ModelError(f"{cp}: architecture {arch.get('name')!r} v{arch.get('version')} "
+                             f"is not supported by this library ({ARCHITECTURE_NAME!r} "
+                             f"v{ARCHITECTURE_VERSION})")
+        dev = _check_device(device)
+        net = build_network(arch)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError variants
+            first = str(exc).strip().splitlines()[0][:200]
+            raise ModelError(f"{weights}: weights do not fit the architecture in the model "
+                             f"card ({first})") from None
+        net.eval().to(dev)
+        return cls(net, int(card.get("input_size", 160)), dev, card,
+                   threshold=float(card.get("threshold", 0.5)), **kw)
+
+    # -- inference --------------------------------------------------------------------------
+    def probability(self, arr: np.ndarray) -> np.ndarray:
+        """Lesion probability for a 2D grey array (any size), on the same pixel grid."""
+        import torch
+        lb = Letterbox(arr.shape[0], arr.shape[1], self.size)
+        x = torch.from_numpy(lb.forward(normalise_intensity(arr)))[None, None].to(self.device)
+        with torch.inference_mode():
+            logits = self.net(x)
+            if self.tta:
+                logits = 0.5 * (logits + torch.flip(self.net(torch.flip(x, dims=[3])), dims=[3]))
+            p = torch.sigmoid(logits)[0, 0].float().cpu().numpy()
+        return np.clip(lb.inverse(p), 0.0, 1.0)
+
+    def predict(self, image: sitk.Image, box=None, click=None, smooth_px: int = 1,
+                use_fov: bool = True) -> SegmentationResult:
+        """Segment the lesion in a 2D image.
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            2D grey image (spacing/origin/direction are copied to the outputs).
+        box : (x0, y0, x1, y1), optional
+            Pixel box (column, row; inclusive) around the lesion.
+        click : (x, y), optional
+            Pixel (column, row) inside the lesion.
+        smooth_px : int
+            Radius of the morphological opening/closing that smooths the contour (0 = off).
+        use_fov : bool
+            Restrict the unprompted search to the detected ultrasound field of view.
+
+        Returns
+        -------
+        SegmentationResult
+
+        Raises
+        ------
+        InputError
+            Prompts outside the image, or not 2D.
+        """
+        if image.GetDimension() != 2:
+            raise InputError("segmentation needs a 2D image")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError("segmentation needs a grey image (convert colour first)")
+        arr = sitk.GetArrayFromImage(image).astype(np.float32)
+        h, w = arr.shape
+        info = {"prompt": "none"}
+        if box is not None:
+            x0, y0, x1, y1 = _check_box(box, w, h)
+            roi = _expand((x0, y0, x1, y1), BOX_MARGIN, w, h)
+            info.update(prompt="box", box=[x0, y0, x1, y1])
+        elif use_fov:
+            from ..rings import detect_fov
+            fov = sitk.GetArrayFromImage(detect_fov(image)) > 0
+            ys, xs = np.nonzero(fov)
+            roi = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if ys.size \
+                else (0, 0, w - 1, h - 1)
+        else:
+            roi = (0, 0, w - 1, h - 1)
+        prob = np.zeros((h, w), np.float32)
+        prob[roi[1]:roi[3] + 1, roi[0]:roi[2] + 1] = self.probability(
+            arr[roi[1]:roi[3] + 1, roi[0]:roi[2] + 1])
+        if box is not None:   # nothing outside the user's box belongs to the lesion
+            inside = np.zeros_like(prob, bool)
+            inside[y0:y1 + 1, x0:x1 + 1] = True
+            prob[~inside] = 0
+        seed = None
+        if click is not None:
+            cx, cy = _check_click(click, w, h)
+            seed = (cy, cx)
+            info.update(prompt="click", click=[cx, cy])
+            comp = _pick_component(prob >= self.threshold, prob, seed)
+            if comp.any():
+                ys, xs = np.nonzero(comp)
+                r = _expand((xs.min(), ys.min(), xs.max(), ys.max()), REFINE_MARGIN, w, h)
+            else:   # nothing found at the click: look at a 20 mm-ish window around it
+                half = max(16, min(h, w) // 6)
+                r = (max(0, cx - half), max(0, cy - half), min(w - 1, cx + half),
+                     min(h - 1, cy + half))
+            refined = self.probability(arr[r[1]:r[3] + 1, r[0]:r[2] + 1])
+            prob2 = np.zeros_like(prob)
+            prob2[r[1]:r[3] + 1, r[0]:r[2] + 1] = refined
+            prob = prob2
+            info["refine_box"] = [int(v) for v in r]
+        mask = postprocess(prob, self.threshold, seed=seed, smooth_px=smooth_px)
+        info["lesion_px"] = int(mask.sum())
+        info["model"] = self.card.get("name", "custom")
+        m = sitk.GetImageFromArray(mask.astype(np.uint8))
+        m.CopyInformation(image)
+        p = sitk.GetImageFromArray(prob.astype(np.float32))
+        p.CopyInformation(image)
+        return SegmentationResult(m, p, info)
+
+
+def _check_device(device: str) -> str:
+    import torch
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ModelError(f"--device {device}: choose cpu or cuda")
+    return device
+
+
+def _check_box(box, w, h):
+    try:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    except (TypeError, ValueError):
+        raise InputError(f"--box {box!r}: expected four pixel coordinates x0 y0 x1 y1") from None
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    if x1 < 0 or y1 < 0 or x0 >= w or y0 >= h or x1 - x0 < 3 or y1 - y0 < 3:
+        raise InputError(f"--box {x0} {y0} {x1} {y1}: must overlap the {w}x{h} image and be "
+                         "at least 4 pixels wide and high")
+    return max(0, x0), max(0, y0), min(w - 1, x1), min(h - 1, y1)
+
+
+def _check_click(click, w, h):
+    try:
+        cx, cy = (int(round(float(v))) for v in click)
+    except (TypeError, ValueError):
+        raise InputError(f"--click {click!r}: expected two pixel coordinates x y") from None
+    if not (0 <= cx < w and 0 <= cy < h):
+        raise InputError(f"--click {cx} {cy}: outside the {w}x{h} image")
+    return cx, cy
+
+
+def _expand(b, frac, w, h):
+    x0, y0, x1, y1 = b
+    dx, dy = int(math.ceil((x1 - x0 + 1) * frac)), int(math.ceil((y1 - y0 + 1) * frac))
+    return (max(0, x0 - dx), max(0, y0 - dy), min(w - 1, x1 + dx), min(h - 1, y1 + dy))
+
+
+def _pick_component(binary, prob, seed=None):
+    lab, n = ndi.label(binary)
+    if n == 0:
+        return np.zeros_like(binary)
+    if seed is not None:
+        if lab[seed]:
+            return lab == lab[seed]
+        # nearest component to the click
+        dist, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
+        return lab == lab[iy[seed], ix[seed]]
+    mass = ndi.sum(prob, lab, index=np.arange(1, n + 1))
+    return lab == (1 + int(np.argmax(mass)))
+
+
+def postprocess(prob: np.ndarray, threshold: float = 0.5, seed=None,
+                smooth_px: int = 1) -> np.ndarray:
+    """Threshold, keep one component (largest probability mass or the seed's), fill holes,
+    smooth with an opening+closing of radius ``smooth_px``."""
+    comp = _pick_component(prob >= threshold, prob, seed)
+    comp = ndi.binary_fill_holes(comp)
+    if smooth_px > 0 and comp.any():
+        st = _disk(smooth_px)
+        sm = ndi.binary_closing(ndi.binary_opening(comp, st), st)
+        if sm.any():
+            comp = _pick_component(sm, prob, seed if (seed is not None and sm[seed]) else None)
+            comp = ndi.binary_fill_holes(comp)
+    return comp
+
+
+def _disk(r):
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
+    """Write deployable weights (state_dict only) + model card with sha256 from a checkpoint."""
+    import torch
+    ck = torch.load(best_ckpt, map_location="cpu", weights_only=False)
+    out_weights = Path(out_weights)
+    out_weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in ck["model"].items()}, out_weights)
+    card = {"name": card_extra.pop("name", out_weights.stem),
+            "architecture": ck["arch"], "input_size": ck.get("size", 160),
+            "normalisation": "per image: 0.5th-99.5th percentile -> [0, 1], clipped",
+            "letterbox": "aspect-preserving resize into a square canvas, black padding",
+            "threshold": 0.5, "test_time_augmentation": "horizontal flip (mean of 2 passes)",
+            **card_extra, "sha256": sha256_of(out_weights)}
+    card_path(out_weights).write_text(json.dumps(card, indent=2))
+    return out_weights

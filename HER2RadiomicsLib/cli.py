@@ -129,7 +129,12 @@ def _register_segmentation(sub):
 
 
 # Each feature area registers its own subcommands (kept beside its code).
-_EXTRA_COMMANDS = [_register_segmentation]
+def _register_readerstudy(sub):
+    from . import readerstudy
+    readerstudy.register(sub)
+
+
+_EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy]
 
 
 def cmd_synth(a) -> int:

@@ -80,8 +80,10 @@ def load_params(name_or_path="default") -> tuple:
 
 def _quiet_pyradiomics():
     import radiomics
-    # pyradiomics logs every filter at INFO; keep only its errors (-vv shows ours).
+    # pyradiomics logs every filter at INFO; keep only its errors (-vv shows ours). Its handler
+    # level alone is not enough: records would still propagate to the root handler.
     radiomics.setVerbosity(logging.ERROR)
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
 
 
 def _validate_with_pyradiomics(params: dict, path) -> None:

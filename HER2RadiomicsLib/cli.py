@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=120, help="patients in the synthetic cohort")
     p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     for register in _EXTRA_COMMANDS:
@@ -134,7 +135,12 @@ def _register_readerstudy(sub):
     readerstudy.register(sub)
 
 
-_EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy]
+def _register_modelling(sub):
+    from . import modelcommands
+    modelcommands.register(sub)
+
+
+_EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_modelling]
 
 
 def cmd_synth(a) -> int:

@@ -80,6 +80,8 @@ def register(sub):
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--patience", type=int, default=12)
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--init-from", help="start from these weights (fine-tuning)")
+    p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle")
     p.set_defaults(func=cmd_train)
 
 
@@ -266,7 +268,7 @@ def cmd_train(a) -> int:
     res = T.train(train_ds, ds.subset(va), out, arch=arch, epochs=a.epochs,
                   batch_size=a.batch_size, lr=a.lr, patience=a.patience, seed=a.seed,
                   device=a.device, threads=a.threads, max_minutes=a.max_minutes,
-                  resume=not a.no_resume)
+                  resume=not a.no_resume, init_from=a.init_from, schedule=a.schedule)
     print(json.dumps(res))
     export = Path(a.export) if a.export else out / "model.pt"
     from .inference import Segmenter, export_model

@@ -200,7 +200,8 @@ def batch_dice(logits, target) -> np.ndarray:
 def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | None = None,
           epochs: int = 60, batch_size: int = 16, lr: float = 2e-3, patience: int = 12,
           seed: int = 0, device: str = "cpu", threads: int | None = None,
-          max_minutes: float | None = None, resume: bool = True, progress: bool = True) -> dict:
+          max_minutes: float | None = None, resume: bool = True, progress: bool = True,
+          init_from=None, schedule: str = "onecycle") -> dict:
     """Train the U-Net; resumable, early-stopped on validation Dice.
 
     Parameters
@@ -212,6 +213,11 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
         ``best.pt`` (weights with the best validation Dice) and ``history.jsonl``.
     max_minutes : float, optional
         Stop cleanly (checkpoint written) after this wall time; rerun to continue.
+    init_from : path, optional
+        Start from these weights (a ``best.pt`` of an earlier run): fine-tuning.
+    schedule : {"onecycle", "cosine"}
+        One-cycle warm-up/anneal for training from scratch; cosine decay from ``lr`` for
+        fine-tuning (e.g. to finish the annealing of a run stopped by its time limit).
 
     Returns
     -------
@@ -229,10 +235,17 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = build_network(arch).to(device)
+    if init_from is not None:
+        net.load_state_dict(torch.load(init_from, map_location=device,
+                                       weights_only=False)["model"])
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, math.ceil(len(train_ds) / batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.1)
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
+                                                    total_steps=epochs * steps_per_epoch,
+                                                    pct_start=0.1)
     use_amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -1,0 +1,148 @@
+"""CLI commands of the modelling side: ``train``, ``predict``, ``recipes``."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+
+def register(sub):
+    p = sub.add_parser("recipes", help="list the study recipes")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("train", help="run a study recipe on a feature table")
+    p.add_argument("--recipe", required=True, help="cui2023, zhao2025, peritumoral2025, yin2024 "
+                                                   "or a recipe YAML")
+    p.add_argument("--features", required=True, help="feature CSV from 'extract'")
+    p.add_argument("--labels", required=True, help="CSV with case_id, label, site, clinical "
+                                                   "(e.g. the synthetic cohort.csv)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--icc", help="reader-study icc.csv for the stable-feature filter")
+    p.add_argument("--functions", help="feature,function table for cui2023's URF-module")
+    p.add_argument("--repeats", type=int, help="repeated random splits (recipe default)")
+    ext = p.add_mutually_exclusive_group()
+    ext.add_argument("--external-site", help="site held out for external validation")
+    ext.add_argument("--no-external", action="store_true")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--jobs", type=int, default=1)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict new patients with a model bundle")
+    p.add_argument("--bundle", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image")
+    src.add_argument("--manifest", help="CSV with case_id,image,mask[,site, clinical...]")
+    src.add_argument("--features", help="feature CSV already extracted with the bundle's params")
+    p.add_argument("--mask")
+    p.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"))
+    p.add_argument("--site", help="scanner site (for bundles that harmonise with ComBat)")
+    p.add_argument("--clinical", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="clinical values for the nomogram, e.g. age=52 ki67=30")
+    p.add_argument("--trust", action="store_true",
+                   help="allow joblib/pickle bundles and untrusted types (runs code!)")
+    p.add_argument("--out", help="CSV (or JSON for --image) with the predictions")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_recipes(a) -> int:
+    from .study import list_recipes, load_recipe
+    for name in list_recipes():
+        print(f"{name:26s} {load_recipe(name).get('title', '')}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from .study import run
+    ext = None if a.no_external else (a.external_site or "recipe")
+    s = run(a.recipe, a.features, a.labels, a.out, icc=a.icc, functions=a.functions,
+            repeats=a.repeats, external_site=ext, n_boot=a.bootstrap, jobs=a.jobs, seed=a.seed)
+    m = s["models"][s["primary"]]
+    key = "auc" if s["positive"] is not None else "auc_macro"
+    for split in ("test", "external"):
+        if m.get(split):
+            d = m[split]
+            lo = d.get(f"{key}_delong_ci_low", d.get(f"{key}_ci_low"))
+            hi = d.get(f"{key}_delong_ci_high", d.get(f"{key}_ci_high"))
+            print(f"{s['primary']}: {split} {key} {d[key]:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    for n in s["notes"]:
+        print(f"note: {n}")
+    print(f"report: {s['report']}\nbundle: {s.get('bundle')}\nmetrics: {Path(a.out) / 'metrics.json'}")
+    return 0
+
+
+def _clinical(pairs):
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise InputError(f"--clinical {p!r}: expected NAME=VALUE")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = float(v)
+        except ValueError:
+            raise InputError(f"--clinical {p!r}: value must be a number") from None
+    return out
+
+
+def cmd_predict(a) -> int:
+    import pandas as pd
+    from .bundle import load_bundle
+    from .io import atomic_write_text
+    from .predict import predict_case, predict_rows
+    b = load_bundle(a.bundle, trust=a.trust)
+    for w in b.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    clinical = _clinical(a.clinical)
+    if a.image:
+        if not a.mask:
+            raise InputError("--image needs --mask (draw or auto-segment the lesion first)")
+        pr = predict_case(b, a.image, a.mask, spacing_mm=a.spacing_mm, site=a.site,
+                          clinical=clinical)
+        print(f"case {pr.case_id}: predicted {pr.predicted_class}")
+        for k, v in pr.probabilities.items():
+            print(f"  P({k}) = {v:.3f}")
+        if pr.rad_score is not None:
+            print(f"  Rad-score = {pr.rad_score:+.3f}")
+            for c in pr.contributions:
+                print(f"    {c['contribution']:+.3f}  {c['feature']}")
+        if pr.nomogram_probability is not None:
+            print(f"  nomogram probability = {pr.nomogram_probability:.3f}")
+        print("  QC: " + ", ".join(f"{k} {v}" for k, v in pr.qc.items()))
+        for w in pr.warnings:
+            print(f"  warning: {w}")
+        if a.out:
+            atomic_write_text(a.out, json.dumps(pr.__dict__, indent=2, default=str))
+        return 0
+    if a.features:
+        from .study import load_table
+        rows = load_table(a.features, "feature")
+        preds = predict_rows(b, rows, site=a.site, clinical=rows)
+        errors = []
+    else:
+        from .batch import read_manifest
+        rows = read_manifest(a.manifest)
+        preds, errors = [], []
+        from .errors import HER2Error
+        for r in rows:
+            try:
+                sp = (float(r["spacing_x_mm"]), float(r["spacing_y_mm"])) \
+                    if r.get("spacing_x_mm") else a.spacing_mm
+                clin = {**clinical, **{k: float(v) for k, v in r.items()
+                                       if k in (b.meta.get("clinical") or []) and v not in ("", None)}}
+                preds.append(predict_case(b, r["image"], r["mask"], spacing_mm=sp,
+                                          site=r.get(b.meta.get("batch_col", "site")) or a.site,
+                                          clinical=clin, case_id=r["case_id"]))
+            except HER2Error as exc:
+                errors.append({"case_id": r["case_id"], "error": str(exc)})
+    table = pd.DataFrame([p.as_row() for p in preds])
+    text = table.to_csv(index=False, float_format="%.4f")
+    if a.out:
+        atomic_write_text(a.out, text)
+        print(f"{len(preds)} predictions -> {a.out}")
+    else:
+        print(text)
+    for e in errors:
+        print(f"  {e['case_id']}: {e['error']}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,701 @@
+"""Run a published study's protocol (a recipe) on a feature table: ``her2radiomics train``.
+
+A recipe (YAML in ``HER2RadiomicsLib/recipes``) names the params preset, regions (or several
+region *scenarios*), the task, the pipeline steps, the classifiers, the clinical nomogram
+predictors and the evaluation design.  The run:
+
+1. joins features (``case_id`` + ``<region>__<feature>`` columns) with the labels table
+   (``case_id``, label, site, clinical columns; the synthetic ``cohort.csv`` is one), aggregating
+   per patient when the recipe says so;
+2. holds out the external site entirely (external validation), then splits the rest 70/30 by
+   patient, stratified by label;
+3. fits each classifier's full pipeline on the training part only; the decision threshold is the
+   Youden optimum of the training part's out-of-fold predictions, applied unchanged to test and
+   external data;
+4. evaluates (AUC with DeLong and bootstrap CIs, threshold metrics with CIs, calibration,
+   decision curves), compares models with DeLong's test, repeats random 70/30 splits;
+5. fits the Rad-score + clinical nomogram (binary tasks), writes plots, ``metrics.json``,
+   ``predictions.csv``, ``report.html`` and the model bundle of the primary classifier.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+TASKS = {
+    "pos_vs_neg": {"positive": ["positive"], "negative": ["low", "zero"]},
+    "low_vs_zero": {"positive": ["low"], "negative": ["zero"]},
+    "lowpos_vs_zero": {"positive": ["low", "positive"], "negative": ["zero"]},
+    "three_class": {"classes": ["zero", "low", "positive"]},
+    "hierarchical": {"classes": ["zero", "low", "positive"], "hierarchical": True},
+}
+STEP_NAMES = ("impute", "variance", "stable", "combat", "scale", "smote", "univariate", "urf",
+              "correlation", "lasso")
+
+
+# -- recipes and data -----------------------------------------------------------------------------
+
+def list_recipes() -> list:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path) -> dict:
+    """Load and validate a recipe (name of a shipped one, or a YAML path)."""
+    import yaml
+    p = Path(str(name_or_path))
+    if not (p.suffix in (".yaml", ".yml") and p.exists()):
+        p = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        raise InputError(f"{name_or_path}: no such recipe (shipped: {', '.join(list_recipes())})")
+    try:
+        r = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    for key in ("task", "pipeline", "classifiers"):
+        if key not in r:
+            raise InputError(f"{p}: recipe needs '{key}'")
+    from .modeling import CLASSIFIERS
+    for c in r["classifiers"]:
+        if c not in CLASSIFIERS:
+            raise InputError(f"{p}: unknown classifier {c!r} (choose from {CLASSIFIERS})")
+    for st in r["pipeline"]:
+        name = st if isinstance(st, str) else next(iter(st))
+        if name not in STEP_NAMES:
+            raise InputError(f"{p}: unknown pipeline step {name!r} (steps: {STEP_NAMES})")
+    r.setdefault("name", p.stem)
+    r.setdefault("label_col", "her2")
+    r.setdefault("batch_col", "site")
+    r.setdefault("clinical", [])
+    r.setdefault("primary", r["classifiers"][0])
+    r.setdefault("evaluation", {})
+    r["_path"] = str(p)
+    r["_text"] = p.read_text()
+    return r
+
+
+def task_spec(task) -> dict:
+    if isinstance(task, dict):
+        return task
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r} (tasks: {', '.join(TASKS)})")
+    return TASKS[task]
+
+
+def load_table(path, what: str) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} table not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read {what} table ({exc})") from None
+    if "case_id" not in df.columns:
+        raise InputError(f"{path}: {what} table needs a case_id column")
+    df["case_id"] = df["case_id"].astype(str)
+    return df
+
+
+def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict) -> pd.DataFrame:
+    """Join features and labels (aggregating per patient when the recipe says so)."""
+    label_col = recipe["label_col"]
+    if label_col not in labels.columns:
+        raise InputError(f"labels table has no column {label_col!r}")
+    feats = features.copy()
+    agg = recipe.get("aggregate")
+    if agg:
+        from .features import aggregate_patients
+        if "patient_id" not in labels.columns:
+            raise InputError("recipe aggregates per patient but the labels have no patient_id")
+        pid = labels.set_index("case_id")["patient_id"].astype(str)
+        missing = set(feats["case_id"]) - set(pid.index)
+        if missing:
+            raise InputError(f"{len(missing)} feature rows have no label row, e.g. "
+                             f"{sorted(missing)[:3]}")
+        already = feats["case_id"].isin(set(pid.values)).all()
+        if not already:
+            feats = aggregate_patients(feats.drop(columns=["n_images"], errors="ignore"),
+                                       pid.loc[feats["case_id"]].to_numpy(), agg)
+        labels = labels.drop_duplicates("patient_id").assign(
+            case_id=lambda d: d["patient_id"].astype(str))
+    feature_cols = [c for c in feats.columns if "__" in c]
+    if not feature_cols:
+        raise InputError("the feature table has no '<region>__<feature>' columns")
+    meta_cols = [c for c in labels.columns if c not in feats.columns or c == "case_id"]
+    df = feats[["case_id"] + feature_cols].merge(labels[meta_cols], on="case_id", how="inner")
+    if df.empty:
+        raise InputError("no case_id in common between the feature and label tables")
+    dropped = len(feats) - len(df)
+    if dropped:
+        log.warning("%d feature rows have no label and were left out", dropped)
+    if "patient_id" not in df.columns:
+        df["patient_id"] = df["case_id"]
+    return df
+
+
+def make_target(df: pd.DataFrame, recipe: dict):
+    """Filter rows for the task and return (df, y, classes, positive_class)."""
+    spec = task_spec(recipe["task"])
+    lab = df[recipe["label_col"]].astype(str)
+    if "classes" in spec:
+        classes = [str(c) for c in spec["classes"]]
+        keep = lab.isin(classes)
+        return df[keep].reset_index(drop=True), lab[keep].to_numpy(), classes, None
+    pos = [str(c) for c in spec["positive"]]
+    neg = [str(c) for c in spec["negative"]]
+    keep = lab.isin(pos + neg)
+    d = df[keep].reset_index(drop=True)
+    y = lab[keep].isin(pos).astype(int).to_numpy()
+    if len(np.unique(y)) < 2:
+        raise InputError(f"task {recipe['task']}: both classes are needed (found "
+                         f"{sorted(set(lab[keep]))})")
+    return d, y, [0, 1], "+".join(pos)
+
+
+def required_rings(regions) -> dict:
+    """Ring distances/annuli/combined needed to extract the given region names."""
+    dist, annuli, combined = set(), False, set()
+    for r in regions:
+        m = re.fullmatch(r"peri_([\d.]+)-([\d.]+)mm", r)
+        c = re.fullmatch(r"tumor\+peri_([\d.]+)mm", r)
+        if m:
+            a, b = float(m.group(1)), float(m.group(2))
+            dist.add(b)
+            if a > 0:
+                dist.add(a)
+                annuli = True
+        elif c:
+            dist.add(float(c.group(1)))
+            combined.add(float(c.group(1)))
+        elif r != "tumor":
+            raise InputError(f"unknown region {r!r}")
+    return {"rings_mm": sorted(dist), "annuli": annuli, "combined": sorted(combined)}
+
+
+# -- pipelines ------------------------------------------------------------------------------------
+
+def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, functions=None,
+                   use_combat=True, y_train=None, seed: int = 0):
+    """The recipe's pipeline for one classifier (an imbalanced-learn Pipeline)."""
+    from imblearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from .harmonization import ComBat
+    from .modeling import (ColumnSelector, CorrelationFilter, LassoSelector, MedianImputer,
+                           StableFeatureFilter, UnivariateFilter, URFModule, VarianceFilter,
+                           make_classifier)
+    batch = recipe["batch_col"]
+    steps_cfg = [(s, {}) if isinstance(s, str) else next(iter(s.items())) for s in
+                 recipe["pipeline"]]
+    combat = use_combat and any(n == "combat" for n, _ in steps_cfg)
+    steps = [("select", ColumnSelector(regions=list(regions),
+                                       columns=[batch] if combat else []))]
+    for name, kw in steps_cfg:
+        kw = dict(kw or {})
+        if name == "impute":
+            steps.append(("impute", MedianImputer()))
+        elif name == "variance":
+            steps.append(("variance", VarianceFilter()))
+        elif name == "stable":
+            steps.append(("stable", StableFeatureFilter(icc_values=icc_values,
+                                                        threshold=kw.get("threshold", 0.75))))
+        elif name == "combat":
+            if combat:
+                # external centres: their site effects are estimated from their own features
+                kw.setdefault("unknown_site", "estimate")
+                steps.append(("combat", ComBat(batch_col=batch, forbidden_covariates=(
+                    recipe["label_col"],), **kw)))
+        elif name == "scale":
+            steps.append(("scale", StandardScaler().set_output(transform="pandas")))
+        elif name == "smote":
+            from imblearn.over_sampling import SMOTE
+            k = 5
+            if y_train is not None:
+                k = int(max(1, min(5, pd.Series(y_train).value_counts().min() - 1)))
+            steps.append(("smote", SMOTE(k_neighbors=k, random_state=seed)))
+        elif name == "univariate":
+            steps.append(("univariate", UnivariateFilter(**kw)))
+        elif name == "urf":
+            sel = UnivariateFilter(test=kw.pop("test", "mannwhitney"),
+                                   p_threshold=kw.pop("p_threshold", 0.05),
+                                   fold_change=kw.pop("fold_change", 1.0),
+                                   min_features=kw.pop("min_features", 3))
+            steps.append(("urf", URFModule(selector=sel, functions=functions, **kw)))
+        elif name == "correlation":
+            steps.append(("correlation", CorrelationFilter(**kw)))
+        elif name == "lasso":
+            kw.setdefault("random_state", seed)
+            steps.append(("lasso", LassoSelector(**kw)))
+    task = task_spec(recipe["task"])
+    if task.get("hierarchical"):
+        clf = HierarchicalClassifier(make_classifier(classifier, random_state=seed))
+    else:
+        clf = make_classifier(classifier, random_state=seed)
+    steps.append(("classifier", clf))
+    return Pipeline(steps)
+
+
+from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402  (estimator below)
+
+
+class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
+    """Two binary stages: HER2-positive vs not, then HER2-low vs zero among the rest.
+
+    P(positive) = p1; P(low) = (1 - p1) p2; P(zero) = (1 - p1)(1 - p2).
+    """
+
+    def __init__(self, estimator=None, classes=("zero", "low", "positive")):
+        self.estimator = estimator
+        self.classes = classes
+
+    def fit(self, X, y):
+        from sklearn.base import clone
+        y = np.asarray(y).astype(str)
+        zero, low, pos = self.classes
+        self.stage1_ = clone(self.estimator).fit(X, (y == pos).astype(int))
+        neg = y != pos
+        Xn = X[neg] if hasattr(X, "iloc") else np.asarray(X)[neg]
+        self.stage2_ = clone(self.estimator).fit(Xn, (y[neg] == low).astype(int))
+        self.classes_ = np.array(self.classes)
+        return self
+
+    def predict_proba(self, X):
+        p1 = self.stage1_.predict_proba(X)[:, 1]
+        p2 = self.stage2_.predict_proba(X)[:, 1]
+        return np.column_stack([(1 - p1) * (1 - p2), (1 - p1) * p2, p1])
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def _proba(model, X, classes, positive):
+    P = model.predict_proba(X)
+    if positive is not None:
+        return P[:, list(model.classes_).index(1)]
+    order = [list(model.classes_).index(c) for c in classes]
+    return P[:, order]
+
+
+def patient_split(df, y, test_size, seed):
+    """Stratified train/test split of patients (all images of a patient on one side)."""
+    from sklearn.model_selection import train_test_split
+    pats = pd.DataFrame({"p": df["patient_id"].astype(str).to_numpy(), "y": y}).groupby(
+        "p", sort=True)["y"].first()
+    tr, te = train_test_split(pats.index.to_numpy(), test_size=test_size, stratify=pats.to_numpy(),
+                              random_state=seed)
+    trs = set(tr)
+    mask = df["patient_id"].astype(str).isin(trs).to_numpy()
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
+
+
+def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
+                    with_radscore=False):
+    """Out-of-fold predictions on the training part (grouped by patient, stratified).
+
+    With ``with_radscore`` the same fold models also give out-of-fold Rad-scores (for the
+    nomogram), so no pipeline is fitted twice. Returns (predictions, radscores or None).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+    from .modeling import rad_score
+    k = int(max(2, min(folds, pd.Series(y).value_counts().min())))
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    out = np.zeros(len(y)) if positive is not None else np.zeros((len(y), len(classes)))
+    rs = np.zeros(len(y)) if with_radscore else None
+    for tr, va in cv.split(X, y, groups):
+        m = make_model(y[tr]).fit(X.iloc[tr], y[tr])
+        out[va] = _proba(m, X.iloc[va], classes, positive)
+        if with_radscore:
+            rs[va] = rad_score(m, X.iloc[va])
+    return out, rs
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, repeats=None,
+        external_site="recipe", n_boot=None, jobs=1, seed=None, make_bundle=True,
+        progress=True) -> dict:
+    """Run a recipe end to end; returns the summary written to ``metrics.json``."""
+    from . import evaluation as E
+    from .io import atomic_write_text
+    from .modeling import function_sets_from_table, icc_values_from_table
+    t0 = time.time()
+    recipe = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
+    ev = dict(recipe.get("evaluation") or {})
+    seed = int(ev.get("seed", 42) if seed is None else seed)
+    n_boot = int(n_boot or ev.get("bootstrap", 2000))
+    repeats = int(ev.get("repeats", 20) if repeats is None else repeats)
+    ext = ev.get("external_site") if external_site == "recipe" else external_site
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    feats = load_table(features_csv, "feature")
+    labels = load_table(labels_csv, "label")
+    df = prepare(feats, labels, recipe)
+    df, y, classes, positive = make_target(df, recipe)
+    binary = positive is not None
+    icc_values = icc_values_from_table(icc) if icc is not None else None
+    fsets = function_sets_from_table(functions) if functions is not None else None
+    batch = recipe["batch_col"]
+    scenarios = recipe.get("scenarios") or {"main": recipe.get("regions", ["tumor"])}
+    notes = []
+    if icc_values is None and any((s if isinstance(s, str) else next(iter(s))) == "stable"
+                                  for s in recipe["pipeline"]):
+        notes.append("no ICC table given (--icc): the stable-feature filter kept every feature")
+
+    # external site held out entirely
+    ext_mask = np.zeros(len(df), bool)
+    if ext:
+        if batch not in df.columns:
+            raise InputError(f"external site {ext!r} requested but the labels have no "
+                             f"{batch!r} column")
+        ext_mask = (df[batch].astype(str) == str(ext)).to_numpy()
+        if ext_mask.all() or not ext_mask.any():
+            notes.append(f"external site {ext!r} not usable (has {int(ext_mask.sum())} of "
+                         f"{len(df)} cases): no external validation")
+            ext_mask[:] = False
+            ext = None
+    dev = df[~ext_mask].reset_index(drop=True)
+    ydev = y[~ext_mask]
+    dext = df[ext_mask].reset_index(drop=True)
+    yext = y[ext_mask]
+    if ext and binary and len(np.unique(yext)) < 2:
+        notes.append(f"external site {ext!r} has a single class: AUC not computable there")
+    tr_idx, te_idx = patient_split(dev, ydev, float(ev.get("test_size", 0.3)), seed)
+    Xtr, ytr, Xte, yte = dev.iloc[tr_idx], ydev[tr_idx], dev.iloc[te_idx], ydev[te_idx]
+    groups_tr = Xtr["patient_id"].astype(str).to_numpy()
+    use_combat = batch in dev.columns and Xtr[batch].nunique() >= 2
+    if any((s if isinstance(s, str) else next(iter(s))) == "combat" for s in recipe["pipeline"]) \
+            and not use_combat:
+        notes.append("ComBat skipped: the training data has fewer than two sites")
+
+    def maker(regions, clf):
+        return lambda yt=None: build_pipeline(recipe, regions, clf, icc_values=icc_values,
+                                              functions=fsets, use_combat=use_combat,
+                                              y_train=yt, seed=seed)
+
+    results = {}        # (scenario, classifier) -> dict
+    preds = {}
+    for scen, regions in scenarios.items():
+        for clf in recipe["classifiers"]:
+            key = f"{scen}/{clf}" if len(scenarios) > 1 else clf
+            mk = maker(regions, clf)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = mk(ytr).fit(Xtr, ytr)
+                oof, oof_rs = oof_predictions(mk, Xtr, ytr, groups_tr, classes, positive, seed,
+                                              with_radscore=binary and "lasso" in
+                                              model.named_steps)
+            p_te = _proba(model, Xte, classes, positive)
+            p_ext = _proba(model, dext, classes, positive) if len(dext) else None
+            r = {"scenario": scen, "classifier": clf, "regions": list(regions), "model": model,
+                 "make": mk, "oof_radscore": oof_rs}
+            if binary:
+                thr = E.youden_threshold(ytr, oof)
+                r["threshold"] = thr
+                r["train_oof"] = E.evaluate_binary(ytr, oof, thr, n_boot, seed)
+                r["test"] = E.evaluate_binary(yte, p_te, thr, n_boot, seed)
+                if p_ext is not None and len(np.unique(yext)) == 2:
+                    r["external"] = E.evaluate_binary(yext, p_ext, thr, n_boot, seed)
+            else:
+                r["train_oof"] = E.evaluate_multiclass(ytr, oof, classes, n_boot, seed)
+                r["test"] = E.evaluate_multiclass(yte, p_te, classes, n_boot, seed)
+                if p_ext is not None and len(np.unique(yext)) == len(classes):
+                    r["external"] = E.evaluate_multiclass(yext, p_ext, classes, n_boot, seed)
+            r["n_selected"] = _n_selected(model)
+            results[key] = r
+            preds[key] = (oof, p_te, p_ext)
+            if progress:
+                auc = r["test"].get("auc", r["test"].get("auc_macro"))
+                print(f"  {key:28s} test AUC {auc:.3f}", flush=True)
+
+    # choose the primary model: the recipe's classifier in the best scenario (training OOF AUC)
+    prim = [k for k, r in results.items() if r["classifier"] == recipe["primary"]]
+    aucname = "auc" if binary else "auc_macro"
+    best = max(prim, key=lambda k: results[k]["train_oof"][aucname])
+    primary = results[best]
+
+    comparisons = []
+    if binary:
+        for k, r in results.items():
+            if k == best:
+                continue
+            d = E.delong_test(yte, preds[best][1], preds[k][1])
+            comparisons.append({"model_a": best, "model_b": k, **d})
+
+    # repeated random splits of the development data (cui2023's perturbations)
+    rep_aucs = []
+    if repeats > 0:
+        rep_aucs = repeated_splits(primary["make"], dev, ydev, classes, positive, repeats, seed,
+                                   float(ev.get("test_size", 0.3)), jobs)
+
+    # Rad-score + clinical nomogram
+    nomo, nomo_res = None, {}
+    clinical = [c for c in recipe.get("clinical") or []]
+    has_lasso = "lasso" in primary["model"].named_steps
+    if binary and has_lasso:
+        from .modeling import rad_score
+        missing = [c for c in clinical if c not in dev.columns]
+        if missing:
+            notes.append(f"clinical column(s) {missing} missing: nomogram without them")
+            clinical = [c for c in clinical if c in dev.columns]
+        rs_tr = primary["oof_radscore"]
+        from .nomogram import NomogramModel
+        preds_cols = ["rad_score"] + clinical
+        Ztr = Xtr[clinical].astype(float).assign(rad_score=rs_tr)[preds_cols]
+        ok = ~Ztr.isna().any(axis=1).to_numpy()
+        nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr[ok], ytr[ok])
+        thr_n = E.youden_threshold(ytr[ok], nomo.predict_proba(Ztr[ok])[:, 1])
+        nomo_res = {"predictors": preds_cols, "threshold": thr_n,
+                    "odds_ratios": nomo.odds_ratios().to_dict(orient="records")}
+        for name, Xs, ys in (("test", Xte, yte), ("external", dext, yext)):
+            if len(Xs) and len(np.unique(ys)) == 2:
+                Z = Xs[clinical].astype(float).assign(
+                    rad_score=rad_score(primary["model"], Xs))[preds_cols]
+                okz = ~Z.isna().any(axis=1).to_numpy()
+                pz = nomo.predict_proba(Z[okz])[:, 1]
+                nomo_res[name] = E.evaluate_binary(ys[okz], pz, thr_n, n_boot, seed)
+                preds[f"nomogram:{name}"] = (ys[okz], pz)
+                if name == "test":
+                    preds["radscore:test"] = (ys[okz], rad_score(primary["model"], Xs[okz]))
+        if "test" in nomo_res:
+            nomo_res["delong_vs_radiomics"] = E.delong_test(
+                *_aligned(yte, preds[best][1], preds["nomogram:test"], Xte, clinical))
+    elif binary and not has_lasso:
+        notes.append("the primary pipeline has no LASSO step: no Rad-score / nomogram")
+
+    summary = _summary(recipe, results, best, comparisons, rep_aucs, nomo_res, notes, classes,
+                       positive, df, dev, dext, ydev, yext, ytr, yte, ext, t0)
+    _write_predictions(out, results, preds, Xtr, Xte, dext, ytr, yte, yext, classes, positive,
+                       best)
+    figs = _plots(out / "plots", results, preds, best, yte, yext, ytr, rep_aucs, nomo,
+                  binary, classes, recipe)
+    summary["figures"] = {k: str(v) for k, v in figs.items()}
+    if make_bundle:
+        summary["bundle"] = str(_bundle(out, recipe, primary, nomo, nomo_res, summary, feats,
+                                        features_csv, df, classes, positive, batch))
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
+    from .studyreport import write_report
+    summary["report"] = str(write_report(out, summary, results, figs))
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
+    return summary
+
+
+def _aligned(yte, p_best, nomo_pair, Xte, clinical):
+    y_n, p_n = nomo_pair
+    ok = ~Xte[clinical].astype(float).isna().any(axis=1).to_numpy() if clinical else \
+        np.ones(len(yte), bool)
+    return yte[ok], p_best[ok], p_n
+
+
+def _n_selected(model):
+    for name in ("lasso", "urf", "correlation", "univariate"):
+        if name in model.named_steps:
+            return len(model.named_steps[name].selected_features_)
+    return None
+
+
+def repeated_splits(make, dev, ydev, classes, positive, repeats, seed, test_size, jobs=1):
+    """Test AUCs of the primary pipeline over ``repeats`` random patient-level 70/30 splits."""
+    from joblib import Parallel, delayed
+
+    def one(r):
+        from sklearn.metrics import roc_auc_score
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tr, te = patient_split(dev, ydev, test_size, seed + 1000 + r)
+            m = make(ydev[tr]).fit(dev.iloc[tr], ydev[tr])
+            p = _proba(m, dev.iloc[te], classes, positive)
+            if positive is not None:
+                return float(roc_auc_score(ydev[te], p))
+            return float(np.mean([roc_auc_score((ydev[te] == c).astype(int), p[:, j])
+                                  for j, c in enumerate(classes)]))
+    return list(Parallel(n_jobs=jobs)(delayed(one)(r) for r in range(repeats)))
+
+
+def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, positive, df,
+             dev, dext, ydev, yext, ytr, yte, ext, t0):
+    def counts(v):
+        return {str(k): int(c) for k, c in zip(*np.unique(v, return_counts=True))}
+    models = {}
+    for k, r in results.items():
+        models[k] = {kk: r[kk] for kk in ("scenario", "classifier", "regions", "threshold",
+                                          "train_oof", "test", "external", "n_selected")
+                     if kk in r}
+    primary = results[best]
+    sel = {}
+    if "lasso" in primary["model"].named_steps:
+        ls = primary["model"].named_steps["lasso"]
+        sel = {"features": list(ls.coef_features_), "coef": [float(c) for c in ls.coef_],
+               "intercept": float(ls.intercept_)}
+    elif "urf" in primary["model"].named_steps:
+        u = primary["model"].named_steps["urf"]
+        sel = {"features": list(u.selected_features_),
+               "differential": list(u.differential_features_),
+               "auxiliary": list(u.auxiliary_features_)}
+    return {
+        "recipe": recipe["name"], "title": recipe.get("title", recipe["name"]),
+        "task": recipe["task"], "label_col": recipe["label_col"],
+        "classes": [str(c) for c in classes], "positive": positive,
+        "n": {"all": int(len(df)), "train": int(len(ytr)), "test": int(len(yte)),
+              "external": int(len(yext))},
+        "class_counts": {"train": counts(ytr), "test": counts(yte),
+                         "external": counts(yext) if len(yext) else {}},
+        "external_site": ext, "primary": best, "models": models,
+        "comparisons": comparisons,
+        "repeated_splits": {"n": len(rep), "aucs": rep,
+                            **({"median": float(np.median(rep)),
+                                "p2.5": float(np.percentile(rep, 2.5)),
+                                "p97.5": float(np.percentile(rep, 97.5)),
+                                "iqr": [float(np.percentile(rep, 25)),
+                                        float(np.percentile(rep, 75))]} if rep else {})},
+        "selected_features": sel, "nomogram": nomo_res, "notes": notes,
+        "seconds": round(time.time() - t0, 1)}
+
+
+def _write_predictions(out, results, preds, Xtr, Xte, dext, ytr, yte, yext, classes, positive,
+                       best):
+    from .io import atomic_write_text
+    rows = []
+    oof, pte, pext = preds[best]
+    for split, X, yy, p in (("train_oof", Xtr, ytr, oof), ("test", Xte, yte, pte),
+                            ("external", dext, yext, pext)):
+        if p is None or not len(X):
+            continue
+        d = pd.DataFrame({"case_id": X["case_id"].to_numpy(), "split": split, "label": yy})
+        if positive is not None:
+            d["probability"] = p
+        else:
+            for j, c in enumerate(classes):
+                d[f"p_{c}"] = p[:, j]
+        rows.append(d)
+    atomic_write_text(out / "predictions.csv", pd.concat(rows).to_csv(index=False,
+                                                                     float_format="%.10g"))
+
+
+def _plots(pdir, results, preds, best, yte, yext, ytr, rep, nomo, binary, classes, recipe):
+    from . import evaluation as E
+    figs = {}
+    if binary:
+        test_curves = {k: (yte, preds[k][1]) for k in results}
+        if "nomogram:test" in preds:
+            test_curves["nomogram (Rad-score + clinical)"] = preds["nomogram:test"]
+        figs["roc_test"] = E.plot_roc(test_curves, pdir / "roc_test", title="ROC — test set")
+        if "external" in results[best]:
+            ext_curves = {k: (yext, preds[k][2]) for k in results if preds[k][2] is not None}
+            if "nomogram:external" in preds:
+                ext_curves["nomogram"] = preds["nomogram:external"]
+            figs["roc_external"] = E.plot_roc(ext_curves, pdir / "roc_external",
+                                              title="ROC — external site")
+        cal = {f"{best} (test)": (yte, preds[best][1])}
+        if "nomogram:test" in preds:
+            cal["nomogram (test)"] = preds["nomogram:test"]
+        figs["calibration"] = E.plot_calibration(cal, pdir / "calibration")
+        figs["decision_curve"] = E.plot_decision_curve(cal, pdir / "decision_curve")
+        figs["confusion"] = E.plot_confusion(results[best]["test"], pdir / "confusion",
+                                             title=f"{best}, test set")
+        if nomo is not None:
+            from .nomogram import plot_nomogram
+            figs["nomogram"] = plot_nomogram(nomo, pdir / "nomogram",
+                                             labels={"rad_score": "Rad-score"},
+                                             title="Nomogram: Rad-score + clinical")
+    else:
+        curves = {f"{c} vs rest": ((yte == c).astype(int), preds[best][1][:, j])
+                  for j, c in enumerate(classes)}
+        figs["roc_test"] = E.plot_roc(curves, pdir / "roc_test",
+                                      title=f"One-vs-rest ROC — {best}, test set")
+        pos_j = len(classes) - 1
+        cal = {f"{classes[pos_j]} vs rest": ((yte == classes[pos_j]).astype(int),
+                                             preds[best][1][:, pos_j])}
+        figs["calibration"] = E.plot_calibration(cal, pdir / "calibration")
+        figs["decision_curve"] = E.plot_decision_curve(cal, pdir / "decision_curve")
+        figs["confusion"] = _plot_confusion_multi(yte, preds[best][1], classes,
+                                                  pdir / "confusion")
+    if rep:
+        figs["repeated_splits"] = E.plot_auc_distribution(rep, pdir / "repeated_splits")
+    return figs
+
+
+def _plot_confusion_multi(y, P, classes, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .evaluation import _save
+    pred = np.asarray(classes)[P.argmax(axis=1)]
+    m = np.array([[int(((y == a) & (pred == b)).sum()) for b in classes] for a in classes])
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(m, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=11,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), [f"pred {c}" for c in classes], fontsize=8)
+    ax.set_yticks(range(len(classes)), [f"true {c}" for c in classes], fontsize=8)
+    ax.set_title("Confusion matrix (arg-max), test set", fontsize=9)
+    return _save(fig, path)
+
+
+def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, df, classes,
+            positive, batch):
+    from .bundle import save_bundle
+    from .features import load_params, params_hash
+    params_name = recipe.get("params", "default")
+    prov = Path(features_csv).with_name(Path(features_csv).stem + "_provenance.csv")
+    text = load_params(params_name)[1]
+    if prov.exists():
+        p = pd.read_csv(prov, usecols=lambda c: c in ("params", "params_hash"))
+        if len(p) and "params_hash" in p and p["params_hash"].nunique() == 1:
+            if p["params_hash"].iloc[0] != params_hash(text):
+                try:
+                    t2 = load_params(p["params"].iloc[0])[1]
+                    if params_hash(t2) == p["params_hash"].iloc[0]:
+                        text, params_name = t2, p["params"].iloc[0]
+                except InputError:
+                    pass
+                if params_hash(text) != p["params_hash"].iloc[0]:
+                    raise InputError(f"{features_csv}: features were extracted with params "
+                                     f"{p['params'].iloc[0]!r} (hash differs from recipe "
+                                     f"params {params_name!r}); cannot record them in the "
+                                     "bundle")
+    sel = primary["model"].named_steps["select"]
+    input_cols = list(sel.selected_features_)
+    regions = list(primary["regions"])
+    sites = list(map(str, primary["model"].named_steps["combat"].sites_)) \
+        if "combat" in primary["model"].named_steps else []
+    meta = {
+        "name": f"{recipe['name']}", "recipe": recipe["name"], "recipe_yaml": recipe["_text"],
+        "task": recipe["task"], "label_col": recipe["label_col"],
+        "classes": [str(c) for c in classes] if positive is None else ["negative", "positive"],
+        "positive_class": positive,
+        "threshold": primary.get("threshold"), "input_columns": input_cols,
+        "regions": regions, "rings": required_rings(regions),
+        "aggregate": recipe.get("aggregate"), "params_name": str(params_name),
+        "params_yaml": text, "params_hash": params_hash(text), "batch_col": batch,
+        "sites": sites, "clinical": list(nomo.predictors[1:]) if nomo is not None else [],
+        "nomogram_threshold": nomo_res.get("threshold"),
+        "metrics": {"test": primary["test"], "external": primary.get("external"),
+                    "train_oof": primary["train_oof"]},
+        "training": {"n": summary["n"], "class_counts": summary["class_counts"],
+                     "primary": summary["primary"], "external_site": summary["external_site"]},
+        "research_use_only": True}
+    return save_bundle(out / "model_bundle.zip", {"pipeline": primary["model"], "nomogram": nomo},
+                       meta)
+
+
+def _json(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, pd.DataFrame):
+        return o.to_dict(orient="records")
+    return str(o)

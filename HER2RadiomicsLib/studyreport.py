@@ -1,0 +1,140 @@
+"""HTML report of one training run (``report.html`` beside ``metrics.json``)."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from . import htmlreport as H
+
+
+def _img(path) -> str:
+    p = Path(path)
+    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
+
+
+def _ci(d, key, pre="") -> str:
+    if not d or key not in d or d[key] is None:
+        return ""
+    lo, hi = d.get(f"{pre or key}_ci_low"), d.get(f"{pre or key}_ci_high")
+    return f"{d[key]:.3f} ({lo:.3f}–{hi:.3f})" if lo is not None else f"{d[key]:.3f}"
+
+
+def model_table(summary) -> pd.DataFrame:
+    rows = []
+    binary = summary["positive"] is not None
+    for k, m in summary["models"].items():
+        row = {"model": k + (" ★" if k == summary["primary"] else ""),
+               "features": m.get("n_selected")}
+        for split in ("train_oof", "test", "external"):
+            d = m.get(split)
+            if not d:
+                continue
+            if binary:
+                row[f"{split} AUC (DeLong 95% CI)"] = (
+                    f"{d['auc']:.3f} ({d['auc_delong_ci_low']:.3f}–{d['auc_delong_ci_high']:.3f})")
+                if split != "train_oof":
+                    row[f"{split} AUC (bootstrap CI)"] = (
+                        f"{d['auc_boot_ci_low']:.3f}–{d['auc_boot_ci_high']:.3f}")
+            else:
+                row[f"{split} macro AUC (95% CI)"] = (
+                    f"{d['auc_macro']:.3f} ({d['auc_macro_ci_low']:.3f}–"
+                    f"{d['auc_macro_ci_high']:.3f})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def threshold_table(m) -> pd.DataFrame:
+    rows = []
+    for split in ("test", "external"):
+        d = m.get(split)
+        if not d or "sensitivity" not in d:
+            continue
+        rows.append({"set": split, "n": d["n"],
+                     **{name: _ci(d, name) for name in ("sensitivity", "specificity", "ppv",
+                                                        "npv", "accuracy", "f1")},
+                     "Brier": f"{d['brier']:.3f}",
+                     "cal. slope": f"{d['calibration_slope']:.2f}",
+                     "cal. intercept": f"{d['calibration_intercept']:.2f}"})
+    return pd.DataFrame(rows)
+
+
+def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
+    from .io import atomic_write_text
+    binary = summary["positive"] is not None
+    prim = summary["models"][summary["primary"]]
+    n = summary["n"]
+    kp = [("train / test / external", f"{n['train']} / {n['test']} / {n['external']}")]
+    if binary:
+        kp += [("test AUC (primary)", f"{prim['test']['auc']:.3f}")]
+        if prim.get("external"):
+            kp += [("external AUC", f"{prim['external']['auc']:.3f}")]
+    else:
+        kp += [("test macro AUC", f"{prim['test']['auc_macro']:.3f}")]
+    rs = summary["repeated_splits"]
+    if rs.get("n"):
+        kp += [(f"median AUC, {rs['n']} random splits", f"{rs['median']:.3f}")]
+    task = summary["task"]
+    sections = [("Summary", H.kpis(kp) + (
+        f"<p>Recipe <b>{html.escape(summary['title'])}</b>. Task: "
+        f"<b>{html.escape(str(task))}</b> (label column <code>{summary['label_col']}</code>"
+        + (f", positive = {html.escape(summary['positive'])}" if binary else "")
+        + f"). External site: {html.escape(str(summary['external_site']))}. "
+        "Thresholds are chosen on the training set's out-of-fold predictions (Youden) and "
+        "applied unchanged to test and external data; every data-dependent step (imputation, "
+        "ComBat, scaling, SMOTE, selection) is fitted on training data only.</p>"
+        + H.table(pd.DataFrame([{"set": k, **v} for k, v in
+                                summary["class_counts"].items() if v]).fillna(0)))),
+        ("Models", H.table(model_table(summary))
+         + "<p class='muted'>★ primary model (bundle). DeLong CI: normal approximation; "
+           "bootstrap: 2,000 stratified resamples (percentile).</p>")]
+    if summary["comparisons"]:
+        comp = pd.DataFrame(summary["comparisons"])[["model_a", "model_b", "auc_a", "auc_b",
+                                                     "z", "p"]]
+        sections.append(("DeLong comparison on the test set", H.table(comp)))
+    if binary:
+        sections.append(("Operating point (primary model)", H.table(threshold_table(prim))
+                         + f"<p class='muted'>Threshold {prim['threshold']:.3f} (Youden on "
+                           "training out-of-fold predictions). Wilson 95% CIs; F1 by "
+                           "bootstrap.</p>"))
+    order = [("roc_test", "ROC, test set (95% bootstrap bands)"),
+             ("roc_external", "ROC, external site"), ("calibration", "Calibration"),
+             ("decision_curve", "Decision curves (net benefit)"),
+             ("confusion", "Confusion matrix at the Youden threshold"),
+             ("repeated_splits", "Test AUC over repeated random 70/30 splits"),
+             ("nomogram", "Nomogram")]
+    figs_html = "".join(H.figure(_img(figs[k]), cap) for k, cap in order if k in figs)
+    sections.append(("Figures", f"<div class='figs'>{figs_html}</div>"))
+    sel = summary.get("selected_features") or {}
+    if sel.get("coef"):
+        t = pd.DataFrame({"feature": sel["features"], "coefficient": sel["coef"]})
+        formula = " ".join(f"{c:+.3f}·[{f}]" for f, c in zip(sel["features"], sel["coef"]))
+        sections.append(("Rad-score", f"<p><code>Rad-score = {sel['intercept']:+.3f} "
+                         f"{html.escape(formula)}</code> (z-scored features)</p>" + H.table(t)))
+    elif sel.get("features"):
+        sections.append(("Selected features", H.table(pd.DataFrame({
+            "feature": sel["features"],
+            "role": ["differential" if f in sel.get("differential", []) else "auxiliary"
+                     for f in sel["features"]]}))))
+    nom = summary.get("nomogram") or {}
+    if nom.get("odds_ratios"):
+        orr = pd.DataFrame(nom["odds_ratios"])
+        txt = ""
+        for split in ("test", "external"):
+            if nom.get(split):
+                txt += f"{split} AUC {_ci(nom[split], 'auc', 'auc_delong')}; "
+        if nom.get("delong_vs_radiomics"):
+            d = nom["delong_vs_radiomics"]
+            txt += f"DeLong vs radiomics-only on the test set: p = {d['p']:.3f}"
+        sections.append(("Clinical-radiomic nomogram (logistic regression)",
+                         f"<p>{html.escape(txt)}</p>" + H.table(orr)))
+    if summary["notes"]:
+        sections.append(("Notes", "<ul>" + "".join(f"<li>{html.escape(n)}</li>"
+                                                   for n in summary["notes"]) + "</ul>"))
+    page = H.page(f"HER2Radiomics model report — {summary['recipe']}", summary["title"],
+                  sections, footer=f"run time {summary['seconds']} s")
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path

@@ -1,0 +1,107 @@
+"""Evaluation statistics against independent references (brute force, sklearn, statsmodels)."""
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from HER2RadiomicsLib import evaluation as E
+
+
+def brute_delong(y, a, b):
+    """DeLong 1988 from its definition: structural components by pairwise comparison."""
+    y = np.asarray(y).astype(bool)
+
+    def comps(s):
+        X, Y = s[y], s[~y]
+        psi = (X[:, None] > Y[None]).astype(float) + 0.5 * (X[:, None] == Y[None])
+        return psi.mean(), psi.mean(axis=1), psi.mean(axis=0)
+    (A1, V10a, V01a), (A2, V10b, V01b) = comps(a), comps(b)
+    m, n = y.sum(), (~y).sum()
+    S10 = np.cov(np.vstack([V10a, V10b]))
+    S01 = np.cov(np.vstack([V01a, V01b]))
+    S = S10 / m + S01 / n
+    return np.array([A1, A2]), S
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_delong_matches_definition(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 80)
+    a = np.round(y + rng.normal(size=80), 1)          # ties on purpose
+    b = np.round(0.5 * y + rng.normal(size=80), 1)
+    aucs, cov = E.delong(y, np.vstack([a, b]))
+    ref_aucs, ref_cov = brute_delong(y, a, b)
+    assert np.allclose(aucs, ref_aucs, atol=1e-12)
+    assert np.allclose(cov, ref_cov, atol=1e-12)
+    assert aucs[0] == pytest.approx(roc_auc_score(y, a))
+    t = E.delong_test(y, a, b)
+    z = (ref_aucs[0] - ref_aucs[1]) / np.sqrt(ref_cov[0, 0] + ref_cov[1, 1] - 2 * ref_cov[0, 1])
+    assert t["z"] == pytest.approx(z) and t["p"] == pytest.approx(2 * stats.norm.sf(abs(z)))
+
+
+def test_bootstrap_vectorised_equals_sklearn_per_resample():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 60)
+    s = np.round(y + rng.normal(size=60), 1)
+    res = E.auc_bootstrap_ci(y, s, n_boot=50, seed=3)
+    pi, ni = E._bootstrap_matrix(y, 50, 3)
+    for r in (0, 17, 49):
+        idx = np.concatenate([pi[r], ni[r]])
+        assert res["boot"][r] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-12)
+    assert res["ci_low"] < res["auc"] < res["ci_high"]
+    # stratified: every resample keeps the class sizes
+    assert pi.shape[1] == (y == 1).sum() and ni.shape[1] == (y == 0).sum()
+
+
+def test_wilson_matches_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+    for k, n in ((0, 10), (3, 10), (45, 50), (7, 7)):
+        lo, hi = E.wilson_ci(k, n)
+        rlo, rhi = proportion_confint(k, n, method="wilson")
+        assert (lo, hi) == pytest.approx((rlo, rhi), abs=1e-12)
+
+
+def test_youden_and_threshold_metrics():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    t = E.youden_threshold(y, s)
+    assert t == pytest.approx(0.7)          # sens 0.75, spec 1.0 -> J = 0.75 (max)
+    m = E.threshold_metrics(y, s, t, n_boot=100)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (3, 0, 4, 1)
+    assert m["sensitivity"] == 0.75 and m["specificity"] == 1.0 and m["ppv"] == 1.0
+    assert m["npv"] == pytest.approx(0.8) and m["f1"] == pytest.approx(6 / 7)
+
+
+def test_calibration_slope_of_a_perfect_model_is_one():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.98, 20000)
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    c = E.calibration(y, p)
+    assert c["slope"] == pytest.approx(1.0, abs=0.06)
+    assert c["intercept"] == pytest.approx(0.0, abs=0.05)
+    assert c["brier"] == pytest.approx(np.mean(p * (1 - p)), abs=0.005)
+    # an over-confident model (logits doubled) has slope ~ 0.5
+    lg = np.log(p / (1 - p)) * 2
+    c2 = E.calibration(y, 1 / (1 + np.exp(-lg)))
+    assert c2["slope"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_decision_curve_formula():
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.6, 0.2, 0.1])
+    d = E.decision_curve(y, p, thresholds=[0.5]).iloc[0]
+    # at 0.5: TP = 1, FP = 1 of n = 5; weight 1
+    assert d["model"] == pytest.approx(1 / 5 - 1 / 5)
+    assert d["treat_all"] == pytest.approx(0.4 - 0.6)
+    assert d["treat_none"] == 0
+
+
+def test_multiclass_macro_auc():
+    rng = np.random.default_rng(1)
+    y = np.array(["zero", "low", "positive"] * 30)
+    P = rng.dirichlet([1, 1, 1], size=90)
+    r = E.evaluate_multiclass(y, P, ["zero", "low", "positive"], n_boot=100)
+    ref = np.mean([roc_auc_score(y == c, P[:, j]) for j, c in enumerate(["zero", "low",
+                                                                         "positive"])])
+    assert r["auc_macro"] == pytest.approx(ref)
+    assert r["auc_low_vs_rest"] == pytest.approx(roc_auc_score(y == "low", P[:, 1]))

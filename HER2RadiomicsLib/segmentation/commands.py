@@ -278,10 +278,24 @@ def cmd_train(a) -> int:
     recs = evaluate([{"case_id": p[2], "image": str(p[0]), "mask": str(p[1])} for p in val_pairs],
                     seg)
     summ = summarize_metrics(recs)
-    card = json.loads((export.with_suffix(".json")).read_text())
-    card["validation"] = {**summ, "images": len(val_pairs),
-                          "patients": len({p[3] for p in val_pairs})}
-    export.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    from .inference import BUSBRA_CITATION, measure_latency, update_model_card
+    from ..io import read_image
+    source = ("BUS-BRA (1,635 B-mode images, 927 patients, 4 scanners; expert masks)"
+              if a.busbra else str(a.manifest or a.images))
+    update_model_card(
+        export,
+        validation={**summ, "images": len(val_pairs),
+                    "patients": len({p[3] for p in val_pairs}),
+                    "resolution": "original pixel grid (predictions mapped back)"},
+        training_data={"source": source, "train_images": len(train_ds),
+                       "split": f"by patient; sorted IDs shuffled with seed {T.SPLIT_SEED}, "
+                                f"last {a.val_fraction:.0%} of patients = validation",
+                       "extra_training_manifests": a.extra_manifest,
+                       "augmentation": "h-flip, rotation 12 deg, scale 0.8-1.2, shift 10%, gain, "
+                                       "gamma, speckle, blur"},
+        citation=BUSBRA_CITATION if a.busbra else "",
+        latency=measure_latency(export, [read_image(p[0]).image for p in val_pairs[:10]]),
+        intended_use="lesion auto-mask proposal for human editing; research use only")
     print(json.dumps(summ, indent=2))
     print(f"model: {export} (+ model card {export.with_suffix('.json').name})")
     return 0

@@ -322,3 +322,50 @@ def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
             **card_extra, "sha256": sha256_of(out_weights)}
     card_path(out_weights).write_text(json.dumps(card, indent=2))
     return out_weights
+
+
+BUSBRA_CITATION = ("W. Gómez-Flores, M. J. Gregorio-Calas, W. C. de Albuquerque Pereira, "
+                   "\"BUS-BRA: A breast ultrasound dataset for assessing computer-aided diagnosis "
+                   "systems\", Medical Physics 51(4):3110-3123, 2024, doi:10.1002/mp.16812")
+
+
+def update_model_card(weights, **fields) -> dict:
+    """Add/replace model-card fields (the sha256 of the weights is re-checked, not changed)."""
+    cp = card_path(weights)
+    card = json.loads(cp.read_text())
+    if card.get("sha256") != sha256_of(weights):
+        raise ModelError(f"{weights}: sha256 does not match its card; re-export the model")
+    card.update(fields)
+    cp.write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    return card
+
+
+def measure_latency(weights, images, repeats: int = 20, threads: int = 2) -> dict:
+    """Median CPU seconds of ``Segmenter.predict`` (pre/post-processing included)."""
+    import statistics
+    import time
+    import torch
+    torch.set_num_threads(threads)
+    seg = Segmenter.load(weights, device="cpu")
+    seg.predict(images[0])
+    ts = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        seg.predict(images[i % len(images)])
+        ts.append(time.perf_counter() - t)
+    out = {"cpu_threads": threads, "cpu_predict_s_median": round(statistics.median(ts), 4),
+           "image_sizes": sorted({tuple(i.GetSize()) for i in images})[:3]}
+    if torch.cuda.is_available():
+        g = Segmenter.load(weights, device="cuda")
+        g.predict(images[0])
+        tg = []
+        for i in range(repeats):
+            t = time.perf_counter()
+            g.predict(images[i % len(images)])
+            torch.cuda.synchronize()
+            tg.append(time.perf_counter() - t)
+        out["cuda_predict_s_median"] = round(statistics.median(tg), 4)
+    else:
+        out["cuda_predict_s_median"] = None
+        out["cuda_note"] = "not measured: no GPU was available where the model was trained"
+    return out

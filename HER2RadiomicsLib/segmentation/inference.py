@@ -340,31 +340,31 @@ def update_model_card(weights, **fields) -> dict:
     return card
 
 
-def measure_latency(weights, images, repeats: int = 20, threads: int = 2) -> dict:
-    """Median CPU seconds of ``Segmenter.predict`` (pre/post-processing included)."""
+def _median_predict_s(seg, images, repeats, sync=None) -> float:
     import statistics
     import time
-    import torch
-    torch.set_num_threads(threads)
-    seg = Segmenter.load(weights, device="cpu")
-    seg.predict(images[0])
+    seg.predict(images[0])                      # warm-up
     ts = []
     for i in range(repeats):
         t = time.perf_counter()
         seg.predict(images[i % len(images)])
+        if sync:
+            sync()
         ts.append(time.perf_counter() - t)
-    out = {"cpu_threads": threads, "cpu_predict_s_median": round(statistics.median(ts), 4),
+    return round(statistics.median(ts), 4)
+
+
+def measure_latency(weights, images, repeats: int = 20, threads: int = 2) -> dict:
+    """Median seconds of ``Segmenter.predict`` (pre/post-processing included), CPU and CUDA."""
+    import torch
+    torch.set_num_threads(threads)
+    out = {"cpu_threads": threads,
+           "cpu_predict_s_median": _median_predict_s(Segmenter.load(weights, device="cpu"),
+                                                     images, repeats),
            "image_sizes": sorted({tuple(i.GetSize()) for i in images})[:3]}
     if torch.cuda.is_available():
-        g = Segmenter.load(weights, device="cuda")
-        g.predict(images[0])
-        tg = []
-        for i in range(repeats):
-            t = time.perf_counter()
-            g.predict(images[i % len(images)])
-            torch.cuda.synchronize()
-            tg.append(time.perf_counter() - t)
-        out["cuda_predict_s_median"] = round(statistics.median(tg), 4)
+        out["cuda_predict_s_median"] = _median_predict_s(
+            Segmenter.load(weights, device="cuda"), images, repeats, torch.cuda.synchronize)
     else:
         out["cuda_predict_s_median"] = None
         out["cuda_note"] = "not measured: no GPU was available where the model was trained"

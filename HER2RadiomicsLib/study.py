@@ -236,10 +236,16 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
             kw.setdefault("random_state", seed)
             steps.append(("lasso", LassoSelector(**kw)))
     task = task_spec(recipe["task"])
+    clf = make_classifier(classifier, random_state=seed)
+    if recipe.get("tune"):
+        # nested CV: the inner grid search runs inside every outer training fit
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+        from .modeling import TUNING_GRIDS
+        clf = GridSearchCV(clf, TUNING_GRIDS[classifier],
+                           cv=StratifiedKFold(3, shuffle=True, random_state=seed),
+                           scoring="roc_auc" if "classes" not in task else "roc_auc_ovr")
     if task.get("hierarchical"):
-        clf = HierarchicalClassifier(make_classifier(classifier, random_state=seed))
-    else:
-        clf = make_classifier(classifier, random_state=seed)
+        clf = HierarchicalClassifier(clf)
     steps.append(("classifier", clf))
     return Pipeline(steps)
 

@@ -280,3 +280,28 @@ def test_combat_estimates_an_external_site_from_its_own_features():
     assert abs(c.mean() - a.mean()) < 0.5 and abs(c.std() / a.std() - 1) < 0.35
     # the transform of the known sites is unchanged by the presence of the new one
     pd.testing.assert_frame_equal(out.iloc[:60], cb.transform(df.iloc[:60]))
+
+
+def test_hierarchical_classifier_probabilities():
+    from HER2RadiomicsLib.study import HierarchicalClassifier
+    rng = np.random.default_rng(9)
+    X = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    y = np.where(X.a > 0.6, "positive", np.where(X.b > 0, "low", "zero"))
+    h = HierarchicalClassifier(make_classifier("logistic")).fit(X, y)
+    P = h.predict_proba(X)
+    assert np.allclose(P.sum(axis=1), 1)
+    p1 = h.stage1_.predict_proba(X)[:, 1]
+    p2 = h.stage2_.predict_proba(X)[:, 1]
+    assert np.allclose(P[:, 2], p1) and np.allclose(P[:, 1], (1 - p1) * p2)
+    assert (h.predict(X) == y).mean() > 0.85
+
+
+def test_nested_tuning_wraps_classifier():
+    from HER2RadiomicsLib.study import build_pipeline, load_recipe
+    r = load_recipe("yin2024")
+    r["tune"] = True
+    X, y = _frame(10, n=90)
+    pl = build_pipeline(r, ["tumor"], "logistic", use_combat=False).fit(X, y)
+    gs = pl.named_steps["classifier"]
+    assert gs.best_params_["C"] in (0.01, 0.1, 1, 10)
+    assert pl.predict_proba(X).shape == (90, 2)

@@ -675,10 +675,14 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
     regions = list(primary["regions"])
     sites = list(map(str, primary["model"].named_steps["combat"].sites_)) \
         if "combat" in primary["model"].named_steps else []
+    spec = task_spec(recipe["task"])
+    binary_names = ["+".join(map(str, spec.get("negative", ["negative"]))),
+                    "+".join(map(str, spec.get("positive", ["positive"])))]
     meta = {
         "name": f"{recipe['name']}", "recipe": recipe["name"], "recipe_yaml": recipe["_text"],
         "task": recipe["task"], "label_col": recipe["label_col"],
-        "classes": [str(c) for c in classes] if positive is None else ["negative", "positive"],
+        # binary bundles name their classes after the task (e.g. zero / low), not 0 / 1
+        "classes": [str(c) for c in classes] if positive is None else binary_names,
         "positive_class": positive,
         "threshold": primary.get("threshold"), "input_columns": input_cols,
         "regions": regions, "rings": required_rings(regions),

@@ -103,7 +103,8 @@ def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
     pr = predict_case(b, study_data / "cohort" / c.image, study_data / "cohort" / c["mask"],
                       site=c.site, clinical={k: c[k] for k in b.meta["clinical"]},
                       case_id=row.case_id)
-    assert pr.probabilities["positive"] == pytest.approx(row.probability, abs=1e-8)
+    assert b.meta["classes"] == ["zero", "low"]                   # the task's own names
+    assert pr.probabilities["low"] == pytest.approx(row.probability, abs=1e-8)
     assert pr.rad_score is not None and len(pr.contributions) >= 1
     assert pr.nomogram_probability is not None and 0 < pr.nomogram_probability < 1
     assert pr.qc["spacing_source"] == "dicom-us-region"

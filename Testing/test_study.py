@@ -138,6 +138,18 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert main(["predict", "--bundle", bundle, "--image", img, "--mask", mask, "--site", "A",
                  "--clinical", "age"]) == 2
+    # manifest form: one good case, one with a missing mask -> exit 1, the good one predicted
+    coh = pd.read_csv(study_data / "cohort" / "cohort.csv").iloc[:2].copy()
+    coh["image"] = [str(study_data / "cohort" / p) for p in coh.image]
+    coh["mask"] = [str(study_data / "cohort" / p) for p in coh["mask"]]
+    coh.loc[coh.index[1], "mask"] = str(tmp_path / "missing.png")
+    coh.to_csv(tmp_path / "m.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", "--bundle", bundle, "--manifest", str(tmp_path / "m.csv"),
+                 "--out", str(tmp_path / "preds.csv")]) == 1
+    out = pd.read_csv(tmp_path / "preds.csv")
+    assert out.case_id.tolist() == [coh.case_id.iloc[0]]
+    assert "missing.png" in capsys.readouterr().err
 
 
 def test_recipe_and_task_errors(study_data, tmp_path):

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-pdf", action="store_true", help="skip report.pdf (needs Chromium)")
     p.set_defaults(func=cmd_demo)
 
     for register in _EXTRA_COMMANDS:

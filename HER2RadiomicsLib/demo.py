@@ -8,7 +8,8 @@
 5. train and evaluate the yin2024 and peritumoral2025 recipes with site C held out;
 6. save the bundle and predict an unseen patient from its image alone (CNN mask -> rings ->
    features -> bundle), as the Slicer panel does;
-7. write ``demo-output/index.html`` linking everything, with the timings.
+7. write ``demo-output/report.html`` (self-contained, every figure embedded) and, when Chromium
+   is installed, ``report.pdf``; the time per stage is printed at the end.
 
 Every stage caches its outputs: a rerun skips finished stages.  To fit the five-minute budget on
 two cores the demo extracts the original-image feature set (the ``cui2023`` params); the
@@ -24,16 +25,35 @@ DEMO_PARAMS = "cui2023"
 
 
 def _stage(times, name):
+    """Time a stage; the body sets ``st.cached = True`` when it reused earlier outputs."""
     class _T:
+        cached = False
+
         def __enter__(self):
             self.t = time.time()
             print(f"[demo] {name} ...", flush=True)
+            return self
 
         def __exit__(self, *exc):
-            times[name] = round(time.time() - self.t, 1)
+            times[name] = {"seconds": round(time.time() - self.t, 1), "cached": self.cached}
             if exc[0] is None:
-                print(f"[demo] {name}: {times[name]} s", flush=True)
+                print(f"[demo] {name}: {times[name]['seconds']} s"
+                      + (" (cached)" if self.cached else ""), flush=True)
     return _T()
+
+
+def _merge_timings(path: Path, times: dict) -> dict:
+    """This run's stage times plus, per stage, the time of the last run that computed it."""
+    old = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text()).get("computed", {})
+        except (ValueError, AttributeError):
+            old = {}
+    computed = {k: (old.get(k) if v["cached"] and k in old else v["seconds"])
+                for k, v in times.items()}
+    return {"this_run": {k: v["seconds"] for k, v in times.items()},
+            "cached": [k for k, v in times.items() if v["cached"]], "computed": computed}
 
 
 def run_demo(a) -> int:
@@ -46,25 +66,29 @@ def run_demo(a) -> int:
     times = {}
     cohort = out / "cohort"
     n = getattr(a, "n", 120)
-    with _stage(times, "1 synthetic cohort"):
-        if not (cohort / "cohort.csv").exists():
+    with _stage(times, "1 synthetic cohort") as st:
+        st.cached = (cohort / "cohort.csv").exists()
+        if not st.cached:
             generate_cohort(cohort, n_cases=n, seed=a.seed, jobs=a.jobs)
     rows = read_manifest(cohort / "cohort.csv")
 
     seg_summary = None
-    with _stage(times, "2 CNN auto-mask"):
+    with _stage(times, "2 CNN auto-mask") as st:
+        st.cached = (out / "segmentation_metrics.csv").exists()
         seg_summary = _segment_all(rows, out, a.jobs)
 
-    with _stage(times, "3 rings + features"):
+    with _stage(times, "3 rings + features") as st:
+        st.cached = (out / "features.csv").exists()
         cfg = ExtractConfig(params=DEMO_PARAMS, rings_mm=(3.0, 5.0, 8.0), annuli=False)
         res = run_batch(rows, out / "features.csv", cfg, jobs=a.jobs, resume=True,
                         progress=not getattr(a, "no_progress", False))
         print(summarize(res))
 
     rs_doc = None
-    with _stage(times, "4 reader study"):
+    with _stage(times, "4 reader study") as st:
         from .readerstudy import run_reader_study
-        if not (out / "reader_study" / "summary.json").exists():
+        st.cached = (out / "reader_study" / "summary.json").exists()
+        if not st.cached:
             rs_doc = run_reader_study(cohort / "readers.csv", out / "reader_study",
                                       params=DEMO_PARAMS, rings="3,5,8", jobs=a.jobs,
                                       resume=True, progress=False)
@@ -72,8 +96,10 @@ def run_demo(a) -> int:
             rs_doc = json.loads((out / "reader_study" / "summary.json").read_text())
 
     runs = {}
-    with _stage(times, "5 models (yin2024, peritumoral2025)"):
+    with _stage(times, "5 models (yin2024, peritumoral2025)") as st:
         from .study import load_recipe, run
+        st.cached = all((out / "models" / m / "metrics.json").exists()
+                        for m in ("yin2024", "peritumoral2025"))
         for name in ("yin2024", "peritumoral2025"):
             mpath = out / "models" / name / "metrics.json"
             if mpath.exists():
@@ -89,13 +115,25 @@ def run_demo(a) -> int:
     with _stage(times, "6 predict an unseen patient"):
         card = _predict_new_case(out, a.seed)
 
-    with _stage(times, "7 summary page"):
-        page = _index(out, times, seg_summary, rs_doc, runs, card, res)
-    atomic_write_text(out / "timings.json", json.dumps(times, indent=2))
-    total = sum(times.values())
-    print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in times.items())
-          + f"; total {total:.1f}")
-    print(f"open {page}")
+    settings = {"patients": n, "seed": a.seed, "jobs": a.jobs, "feature params": DEMO_PARAMS,
+                "rings (mm)": "3, 5, 8 (expansions)", "recipes": ", ".join(runs),
+                "repeated splits": 10, "external site": "C",
+                "CNN model": "HER2RadiomicsLib/models/busbra_unet.pt",
+                "output": str(out.resolve())}
+    with _stage(times, "7 report (HTML + PDF)"):
+        from .demoreport import write_demo_report
+        rep = write_demo_report(out, _merge_timings(out / "timings.json", times), seg_summary, rs_doc, runs, card, settings,
+                                pdf=not getattr(a, "no_pdf", False))
+    timings = _merge_timings(out / "timings.json", times)
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
+    print("\nstage times (s): " + ", ".join(
+        f"{k} {v['seconds']}" + (" cached" if v["cached"] else "") for k, v in times.items())
+          + f"; total {sum(timings['this_run'].values()):.1f}")
+    print(f"report: {rep['html']}")
+    if rep["pdf"]:
+        print(f"pdf:    {rep['pdf']}")
+    elif rep["pdf_error"]:
+        print(f"no PDF: {rep['pdf_error']}")
     return 0
 
 
@@ -141,6 +179,7 @@ def _predict_new_case(out: Path, seed: int):
     import pandas as pd
     from .bundle import load_bundle
     from .io import atomic_write_text, write_image
+    from .casereport import overlay_figure
     from .predict import predict_case
     from .synth import generate_cohort
     new = out / "new_patient"
@@ -159,55 +198,21 @@ def _predict_new_case(out: Path, seed: int):
         if res.info["lesion_px"]:
             mask = new / "cnn_mask.nrrd"
             write_image(res.mask, mask)
-    bundle = load_bundle(out / "models" / "peritumoral2025" / "model_bundle.zip")
+    recipe = "peritumoral2025"
+    bundle = load_bundle(out / "models" / recipe / "model_bundle.zip")
     clinical = {k: float(row[k]) for k in bundle.meta["clinical"]}
+    ctx = {}
     pr = predict_case(bundle, image, mask, site=row.site, clinical=clinical,
-                      case_id=str(row.case_id))
-    card = {**pr.__dict__, "true_label": row.her2, "mask": str(mask)}
+                      case_id=str(row.case_id), context=ctx)
+    pr.qc = {"mask_source": "CNN auto-mask (not reviewed)" if mask.name == "cnn_mask.nrrd"
+             else "generator ground truth", **pr.qc}
+    fig = overlay_figure(ctx["loaded"].image, {r: ctx["regions"].masks[r]
+                                               for r in bundle.meta["regions"]})
+    fig.savefig(new / "overlay.png", dpi=130, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    card = {**pr.__dict__, "true_label": row.her2, "mask": str(mask), "bundle_recipe": recipe}
     atomic_write_text(new / "prediction.json", json.dumps(card, indent=2, default=str))
     print(f"[demo] unseen patient {pr.case_id}: predicted {pr.predicted_class} "
           f"(P = {max(pr.probabilities.values()):.2f}); generator label {row.her2}")
     return card
-
-
-def _index(out, times, seg, rs, runs, card, res):
-    import html
-    from . import htmlreport as H
-    from .io import atomic_write_text
-    items = []
-    if seg:
-        items.append(("CNN auto-mask vs ground truth", H.kpis([
-            ("images", seg["n"]), ("mean Dice", f"{seg['mean_dice']:.3f}"),
-            ("median Dice", f"{seg['median_dice']:.3f}"),
-            ("median HD95 (mm)", f"{seg['median_hd95_mm']:.2f}"),
-            ("misses (Dice < 0.1)", f"{100 * seg['miss_rate']:.1f}%")])))
-    if rs:
-        items.append(("Reader study", H.kpis([
-            ("cases", rs["n_cases"]), ("readers", rs["n_readers"]),
-            ("stable features", f"{rs['n_stable']} / {rs['n_features']}"),
-            ("mean Dice", f"{rs['mean_dice']:.3f}")])
-            + "<p><a href='reader_study/summary.html'>reader-study summary</a></p>"))
-    for name, s in runs.items():
-        m = s["models"][s["primary"]]
-        kp = [("primary", s["primary"]), ("test AUC", f"{m['test']['auc']:.3f} "
-                                                      f"({m['test']['auc_delong_ci_low']:.2f}–"
-                                                      f"{m['test']['auc_delong_ci_high']:.2f})")]
-        if m.get("external"):
-            kp.append(("external AUC", f"{m['external']['auc']:.3f}"))
-        items.append((f"Model: {name}", H.kpis(kp)
-                       + f"<p><a href='models/{name}/report.html'>full report</a></p>"))
-    if card:
-        probs = ", ".join(f"{k} {v:.2f}" for k, v in card["probabilities"].items())
-        items.append(("Prediction for an unseen patient", H.kpis([
-            ("case", card["case_id"]), ("predicted", card["predicted_class"]),
-            ("generator label", card["true_label"])])
-            + f"<p>Probabilities: {html.escape(probs)}; Rad-score "
-              f"{card['rad_score']:+.3f}; nomogram probability "
-              f"{card['nomogram_probability'] or float('nan'):.2f}.</p>"))
-    t = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in times.items())
-    items.append(("Stage times (s)", f"<table>{t}</table>"))
-    page = H.page("HER2Radiomics demo", "synthetic cohort — the whole study in one command",
-                  items)
-    path = out / "index.html"
-    atomic_write_text(path, page)
-    return path

@@ -475,6 +475,12 @@ def write_image(img: sitk.Image, path, compress: bool = True) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path, text: str) -> Path:
     """Write text atomically (temporary file then rename): readers never see half a file."""
     return atomic_write_bytes(path, text.encode("utf-8"))
@@ -488,6 +494,8 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        # mkstemp creates 0600; give the result the permissions a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

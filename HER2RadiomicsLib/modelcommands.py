@@ -46,6 +46,21 @@ def register(sub):
     p.add_argument("--out", help="CSV (or JSON for --image) with the predictions")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("report", help="per-patient prediction report (HTML or PDF)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", help="lesion mask (default: the shipped CNN's auto-mask)")
+    p.add_argument("--out", required=True, help="case.html or case.pdf")
+    p.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"))
+    p.add_argument("--frame", type=int, help="frame of a multi-frame image")
+    p.add_argument("--site", help="scanner site (for bundles that harmonise with ComBat)")
+    p.add_argument("--clinical", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="clinical values for the nomogram points, e.g. age=52 ki67=30")
+    p.add_argument("--case-id")
+    p.add_argument("--trust", action="store_true",
+                   help="allow joblib/pickle bundles and untrusted types (runs code!)")
+    p.set_defaults(func=cmd_report)
+
 
 def cmd_recipes(a) -> int:
     from .study import list_recipes, load_recipe
@@ -146,3 +161,27 @@ def cmd_predict(a) -> int:
     for e in errors:
         print(f"  {e['case_id']}: {e['error']}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def cmd_report(a) -> int:
+    import tempfile
+    from .bundle import load_bundle
+    from .casereport import write_case_report
+    b = load_bundle(a.bundle, trust=a.trust)
+    mask, source = a.mask, "reader"
+    if mask is None:
+        from .io import read_image, write_image
+        from .segmentation.commands import get_segmenter
+        loaded = read_image(a.image, spacing_mm=a.spacing_mm, frame=a.frame)
+        res = get_segmenter(None, "cpu").predict(loaded.image)
+        if not res.info["lesion_px"]:
+            raise InputError(f"{a.image}: the CNN found no lesion; draw a mask and pass --mask")
+        mask = Path(tempfile.mkdtemp(prefix="h2r_report_")) / "cnn_mask.nrrd"
+        write_image(res.mask, mask)
+        source = "CNN auto-mask (not reviewed)"
+    out, pr = write_case_report(b, a.image, mask, a.out, spacing_mm=a.spacing_mm, site=a.site,
+                                clinical=_clinical(a.clinical), case_id=a.case_id,
+                                frame=a.frame, mask_source=source)
+    print(f"case {pr.case_id}: predicted {pr.predicted_class} "
+          f"(P = {pr.probabilities[pr.predicted_class]:.3f}) -> {out}")
+    return 0

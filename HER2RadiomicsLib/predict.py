@@ -52,8 +52,12 @@ def extractor_for(bundle):
 
 
 def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, label=None,
-                      fx=None, loaded=None):
-    """Extract the bundle's regions and features for one image; returns (row dict, qc dict)."""
+                      fx=None, loaded=None, context: dict | None = None):
+    """Extract the bundle's regions and features for one image.
+
+    Returns ``(features, qc, loaded, mask)``; when ``context`` is a dict it also receives the
+    ``regions`` (a :class:`~HER2RadiomicsLib.rings.RegionSet`) for overlays.
+    """
     from .io import load_case
     from .rings import build_regions
     if loaded is None:
@@ -74,6 +78,8 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
             qc[f"{r}_clipped"] = f"{100 * regs.qc[r]['clipped_fraction']:.0f}%"
     if regs.flagged:
         qc["flagged_rings"] = ",".join(regs.flagged)
+    if context is not None:
+        context.update(regions=regs, loaded=loaded, mask=mask)
     return feats, qc, loaded, mask
 
 
@@ -149,9 +155,14 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
 
 
 def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict | None = None,
-                 case_id=None, frame=None, label=None):
-    """Extract the bundle's features for one image + mask and predict."""
-    feats, qc, loaded, mask = features_for_case(bundle, image, mask, spacing_mm, frame, label)
+                 case_id=None, frame=None, label=None, context: dict | None = None):
+    """Extract the bundle's features for one image + mask and predict.
+
+    ``context``, when a dict, receives the loaded image, mask and regions (see
+    :func:`features_for_case`).
+    """
+    feats, qc, loaded, mask = features_for_case(bundle, image, mask, spacing_mm, frame, label,
+                                                context=context)
     row = pd.DataFrame([{"case_id": case_id or Path(str(image)).name.split(".")[0], **feats}])
     clin = pd.DataFrame([clinical]) if clinical else None
     pr = predict_rows(bundle, row, site=site, clinical=clin)[0]

@@ -93,6 +93,16 @@ def task_spec(task) -> dict:
     return TASKS[task]
 
 
+def class_names(task) -> list:
+    """Human-readable class names: ``[negative, positive]`` of a binary task (e.g.
+    ``["zero", "low+positive"]``), or the classes of a multi-class task."""
+    spec = task_spec(task)
+    if "classes" in spec:
+        return list(spec["classes"])
+    return ["+".join(map(str, spec.get("negative", ["negative"]))),
+            "+".join(map(str, spec.get("positive", ["positive"])))]
+
+
 def load_table(path, what: str) -> pd.DataFrame:
     try:
         df = pd.read_csv(path)
@@ -550,6 +560,7 @@ def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, 
         "recipe": recipe["name"], "title": recipe.get("title", recipe["name"]),
         "task": recipe["task"], "label_col": recipe["label_col"],
         "classes": [str(c) for c in classes], "positive": positive,
+        "class_names": class_names(recipe["task"]),
         "n": {"all": int(len(df)), "train": int(len(ytr)), "test": int(len(yte)),
               "external": int(len(yext))},
         "class_counts": {"train": counts(ytr), "test": counts(yte),
@@ -675,9 +686,7 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
     regions = list(primary["regions"])
     sites = list(map(str, primary["model"].named_steps["combat"].sites_)) \
         if "combat" in primary["model"].named_steps else []
-    spec = task_spec(recipe["task"])
-    binary_names = ["+".join(map(str, spec.get("negative", ["negative"]))),
-                    "+".join(map(str, spec.get("positive", ["positive"])))]
+    binary_names = class_names(recipe["task"])
     meta = {
         "name": f"{recipe['name']}", "recipe": recipe["name"], "recipe_yaml": recipe["_text"],
         "task": recipe["task"], "label_col": recipe["label_col"],

@@ -1,38 +1,66 @@
 """The demo at a reduced size: every artefact exists and is consistent, and a rerun reuses
 the cached stages instead of recomputing them."""
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
 
+from HER2RadiomicsLib.htmlreport import find_browser
+
+
+def _card(html):
+    m = re.search(r"<script type='application/json' class='prediction'>(.*?)</script>", html)
+    assert m, "the report has no prediction card"
+    return json.loads(m.group(1))
+
 
 @pytest.mark.slow
 def test_demo_reduced(tmp_path):
+    import pandas as pd
     from HER2RadiomicsLib.bundle import load_bundle
     from HER2RadiomicsLib.demo import run_demo
     from HER2RadiomicsLib.predict import predict_case
-    args = SimpleNamespace(out=str(tmp_path / "demo"), n=60, jobs=2, seed=42, no_progress=True)
+    args = SimpleNamespace(out=str(tmp_path / "demo"), n=60, jobs=2, seed=42, no_progress=True,
+                           no_pdf=find_browser() is None)
     assert run_demo(args) == 0
     out = tmp_path / "demo"
-    for rel in ("index.html", "features.csv", "segmentation_metrics.csv",
+    for rel in ("report.html", "features.csv", "segmentation_metrics.csv",
                 "reader_study/summary.html", "reader_study/icc.csv",
                 "models/yin2024/report.html", "models/peritumoral2025/model_bundle.zip",
-                "new_patient/prediction.json", "timings.json"):
+                "new_patient/prediction.json", "new_patient/overlay.png", "timings.json"):
         assert (out / rel).exists(), rel
-    card = json.loads((out / "new_patient" / "prediction.json").read_text())
+    html = (out / "report.html").read_text()
+    # self-contained: every image is embedded, nothing is fetched from disk or network
+    assert "Research use only" in html
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 12 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r"""(src|href)=["']https?://""", html)
+    for heading in ("Cohort", "Example images", "Segmentation quality", "Reader study",
+                    "Model yin2024", "Model peritumoral2025", "Prediction card",
+                    "Versions and settings", "Confusion matrix", "Decision curves",
+                    "Calibration", "Nomogram"):
+        assert heading.lower() in html.lower(), heading
+    # the bundle reloads and predicts the probability the report shows
+    shown = _card(html)
     b = load_bundle(out / "models" / "peritumoral2025" / "model_bundle.zip")
-    import pandas as pd
+    card = json.loads((out / "new_patient" / "prediction.json").read_text())
     row = pd.read_csv(out / "new_patient" / "cohort.csv").iloc[0]
     again = predict_case(b, out / "new_patient" / row.image, card["mask"], site=row.site,
                          clinical={k: float(row[k]) for k in b.meta["clinical"]},
                          case_id=str(row.case_id))
-    for k, v in card["probabilities"].items():
+    assert shown["predicted_class"] == again.predicted_class
+    for k, v in shown["probabilities"].items():
         assert again.probabilities[k] == pytest.approx(v, abs=1e-12)
-    html = (out / "index.html").read_text()
-    assert "Research use only" in html and "reader_study/summary.html" in html
-    # rerun: cached stages are reused (files not rewritten)
+    assert f"{again.probabilities[again.predicted_class]:.3f}" in html
+    if not args.no_pdf:
+        assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    # rerun: cached stages are reused (files not rewritten), the report is rebuilt
     stamps = {p: p.stat().st_mtime_ns for p in (out / "models" / "yin2024" / "metrics.json",
                                                  out / "segmentation_metrics.csv",
                                                  out / "reader_study" / "summary.json")}
     assert run_demo(args) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    t = json.loads((out / "timings.json").read_text())
+    assert set(t["cached"]) == {k for k in t["this_run"] if k[0] in "12345"}
+    assert all(t["computed"][k] >= t["this_run"][k] for k in t["cached"])

@@ -151,6 +151,28 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
     assert out.case_id.tolist() == [coh.case_id.iloc[0]]
     assert "missing.png" in capsys.readouterr().err
 
+    # report: the same prediction as `predict`, with nomogram points, as HTML (and PDF)
+    import re
+    from HER2RadiomicsLib.htmlreport import find_browser
+    clin = ["age=50", "menopausal=1", "er=1", "pr=1", "ki67=20", "lesion_size_mm=14"]
+    assert main(["report", "--bundle", bundle, "--image", img, "--mask", mask, "--site", c.site,
+                 "--clinical", *clin, "--out", str(tmp_path / "case.html")]) == 0
+    html = (tmp_path / "case.html").read_text()
+    shown = json.loads(re.search(r"class='prediction'>(.*?)</script>", html).group(1))
+    assert shown["probabilities"] == pytest.approx(doc["probabilities"], abs=1e-12)
+    assert "Nomogram points" in html and "Model card" in html and "Research use only" in html
+    assert "mask_source</th><td>reader" in html
+    assert main(["report", "--bundle", bundle, "--image", img, "--mask", mask, "--site", "A",
+                 "--out", str(tmp_path / "case.docx")]) == 2
+    assert ".html or .pdf" in capsys.readouterr().err
+    assert main(["report", "--bundle", bundle, "--image", img, "--site", c.site,
+                 "--out", str(tmp_path / "cnn.html")]) == 0               # CNN auto-mask
+    assert "CNN auto-mask (not reviewed)" in (tmp_path / "cnn.html").read_text()
+    if find_browser():
+        assert main(["report", "--bundle", bundle, "--image", img, "--mask", mask,
+                     "--site", c.site, "--out", str(tmp_path / "case.pdf")]) == 0
+        assert (tmp_path / "case.pdf").read_bytes()[:5] == b"%PDF-"
+
 
 def test_recipe_and_task_errors(study_data, tmp_path):
     from HER2RadiomicsLib.study import load_recipe, required_rings, run

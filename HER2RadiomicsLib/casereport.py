@@ -1,0 +1,290 @@
+"""Per-patient prediction report (``her2radiomics report``; the Slicer panel's Report button).
+
+One self-contained HTML page (or a PDF of it) with: the image and the lesion/ring overlay, the
+predicted class with per-class probabilities and the model's calibration on its test set, the
+Rad-score and its top feature contributions, nomogram points when clinical values are given, QC
+flags (spacing source, ring clipping, version warnings) and the model card.
+
+Usage
+-----
+>>> from HER2RadiomicsLib.bundle import load_bundle                      # doctest: +SKIP
+>>> from HER2RadiomicsLib.casereport import write_case_report             # doctest: +SKIP
+>>> write_case_report(load_bundle("model_bundle.zip"), "us.dcm", "mask.nrrd",
+...                   "case.pdf", site="A", clinical={"age": 52})         # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import htmlreport as H
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Distinct, colour-blind-friendly contour colours (Okabe-Ito), tumour first.
+REGION_COLOURS = ["#FF3B1F", "#F0E442", "#56B4E9", "#00C08B", "#CC79A7", "#E69F00", "#0072B2"]
+# Field of view shown around the lesion, beyond its outermost ring (mm; px when spacing unknown).
+VIEW_MARGIN_MM = 6.0
+
+
+def region_colour(i: int) -> str:
+    return REGION_COLOURS[i % len(REGION_COLOURS)]
+
+
+def overlay_figure(image, masks: dict, title: str = "", spacing_known: bool = True,
+                   margin_mm: float = VIEW_MARGIN_MM, ax=None):
+    """Image cropped around the lesion with each region's outline (matplotlib Figure).
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        2D grey image; its spacing (mm) sets the physical aspect and the scale bar.
+    masks : dict
+        Region name -> 2D binary SimpleITK image on the image grid, tumour first.
+    spacing_known : bool
+        When False the scale bar is in pixels.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import SimpleITK as sitk
+    from matplotlib.lines import Line2D
+    arr = sitk.GetArrayFromImage(image).astype(float)
+    sx, sy = image.GetSpacing()
+    union = np.zeros(arr.shape, bool)
+    mk = {}
+    for name, m in masks.items():
+        mk[name] = sitk.GetArrayFromImage(m) > 0
+        union |= mk[name]
+    if not union.any():
+        raise InputError("overlay: every region is empty")
+    ys, xs = np.nonzero(union)
+    py, px = int(np.ceil(margin_mm / sy)), int(np.ceil(margin_mm / sx))
+    y0, y1 = max(ys.min() - py, 0), min(ys.max() + py + 1, arr.shape[0])
+    x0, x1 = max(xs.min() - px, 0), min(xs.max() + px + 1, arr.shape[1])
+    crop = arr[y0:y1, x0:x1]
+    lo, hi = np.percentile(crop, [1, 99.5])
+    own = ax is None
+    if own:
+        h_mm, w_mm = (y1 - y0) * sy, (x1 - x0) * sx
+        fig, ax = plt.subplots(figsize=(5.0, min(7.0, max(2.5, 5.0 * h_mm / max(w_mm, 1e-6)))))
+    else:
+        fig = ax.figure
+    ext = (0, (x1 - x0) * sx, (y1 - y0) * sy, 0)
+    ax.imshow(crop, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, extent=ext,
+              interpolation="nearest")
+    yy = (np.arange(y1 - y0) + 0.5) * sy
+    xx = (np.arange(x1 - x0) + 0.5) * sx
+    handles = []
+    for i, (name, m) in enumerate(mk.items()):
+        sub = m[y0:y1, x0:x1]
+        if not sub.any():
+            continue
+        ax.contour(xx, yy, sub.astype(float), levels=[0.5], colors=[region_colour(i)],
+                   linewidths=1.6 if i == 0 else 1.1)
+        handles.append(Line2D([], [], color=region_colour(i), lw=2, label=name))
+    # scale bar: 10 mm (or 50 px) in the lower left corner
+    bar = 10.0 if spacing_known else 50.0 * sx
+    if bar < ext[1] * 0.6:
+        bx, by = ext[1] * 0.05, ext[2] * 0.93
+        ax.plot([bx, bx + bar], [by, by], color="white", lw=3, solid_capstyle="butt")
+        ax.text(bx + bar / 2, by - ext[2] * 0.03, "10 mm" if spacing_known else "50 px",
+                color="white", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.75)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _prob_bars(probs: dict, predicted: str, threshold=None, positive=None) -> str:
+    rows = []
+    for i, (k, v) in enumerate(probs.items()):
+        bold = " style='font-weight:600'" if k == predicted else ""
+        colour = "#16324f" if k == predicted else "#9fb3c8"
+        rows.append(
+            f"<tr><td{bold}>{html.escape(str(k))}</td><td style='width:60%'>"
+            f"<div style='background:#eef2f6;border-radius:3px;position:relative;height:14px'>"
+            f"<div style='background:{colour};width:{100 * v:.1f}%;height:14px;"
+            f"border-radius:3px'></div>"
+            + (f"<div title='decision threshold' style='position:absolute;top:-3px;"
+               f"left:{100 * threshold:.1f}%;width:2px;height:20px;background:#e0a100'></div>"
+               if threshold is not None and k == positive else "")
+            + f"</div></td><td{bold}>{v:.3f}</td></tr>")
+    return "<table style='width:100%'>" + "".join(rows) + "</table>"
+
+
+def _contrib_table(contribs) -> str:
+    if not contribs:
+        return ""
+    m = max(abs(c["contribution"]) for c in contribs) or 1.0
+    rows = []
+    for c in contribs:
+        v = c["contribution"]
+        w = 50 * abs(v) / m
+        left = 50 if v >= 0 else 50 - w
+        colour = "#c0392b" if v >= 0 else "#2471a3"
+        rows.append(
+            f"<tr><td><code>{html.escape(c['feature'])}</code></td><td style='width:30%'>"
+            f"<div style='position:relative;height:12px;background:#eef2f6'>"
+            f"<div style='position:absolute;left:{left:.1f}%;width:{w:.1f}%;height:12px;"
+            f"background:{colour}'></div><div style='position:absolute;left:50%;width:1px;"
+            f"height:12px;background:#5a6877'></div></div></td><td>{v:+.3f}</td></tr>")
+    return ("<table style='width:100%'><tr><th>feature (z-scored)</th><th>contribution</th>"
+            "<th>log-odds</th></tr>" + "".join(rows) + "</table>")
+
+
+def task_text(meta: dict) -> str:
+    """Plain words for what a bundle predicts, e.g. ``her2: low vs zero``."""
+    cls = meta.get("classes") or []
+    if meta.get("positive_class") is not None and len(cls) == 2:
+        return f"{meta.get('label_col', 'label')}: {cls[1]} vs {cls[0]}"
+    return f"{meta.get('label_col', 'label')}: " + " / ".join(map(str, cls))
+
+
+def model_card_html(meta: dict) -> str:
+    """The bundle's model card: what it was trained on, how well it did, what it needs."""
+    m = meta.get("metrics") or {}
+    rows = [("recipe", meta.get("recipe")), ("task", task_text(meta)),
+            ("classes", ", ".join(map(str, meta.get("classes", []))))]
+    tr = meta.get("training") or {}
+    if tr.get("n"):
+        n = tr["n"]
+        rows.append(("patients train / test / external",
+                     f"{n.get('train')} / {n.get('test')} / {n.get('external')}"))
+    if tr.get("primary"):
+        rows.append(("classifier", tr["primary"]))
+    for split in ("test", "external"):
+        d = m.get(split) or {}
+        if "auc" in d:
+            rows.append((f"{split} AUC (95% CI)", f"{d['auc']:.3f} ({d['auc_delong_ci_low']:.2f}"
+                                                 f"–{d['auc_delong_ci_high']:.2f}), n = {d['n']}"))
+        elif "auc_macro" in d:
+            rows.append((f"{split} macro AUC", f"{d['auc_macro']:.3f}, n = {d['n']}"))
+    if meta.get("threshold") is not None:
+        rows.append(("decision threshold", f"{meta['threshold']:.3f} (Youden, training "
+                                           "out-of-fold)"))
+    rows += [("regions", ", ".join(meta.get("regions", []))),
+             ("feature params", f"{meta.get('params_name')} (sha256 "
+                                f"{str(meta.get('params_hash', ''))[:12]}…)"),
+             ("input features", len(meta.get("input_columns", []))),
+             ("sites (ComBat)", ", ".join(meta.get("sites") or []) or "not harmonised"),
+             ("clinical inputs", ", ".join(meta.get("clinical") or []) or "none"),
+             ("created", meta.get("created")),
+             ("versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())),
+             ("model sha256", str(meta.get("model_sha256", ""))[:16] + "…")]
+    return H.kv_table(rows)
+
+
+def prediction_card_html(pred, meta: dict, overlay_uri: str | None = None,
+                         true_label=None) -> str:
+    """The inner HTML of one patient's prediction card (shared by the demo report)."""
+    left = ""
+    if overlay_uri:
+        left = H.figure(overlay_uri, "lesion mask and the peritumoral regions the model uses")
+    test = (meta.get("metrics") or {}).get("test") or {}
+    cal = ""
+    if "brier" in test:
+        cal = (f"<p class='muted'>Calibration of this model on its test set (n = {test['n']}): "
+               f"Brier {test['brier']:.3f}, slope {test['calibration_slope']:.2f}, intercept "
+               f"{test['calibration_intercept']:+.2f}; sensitivity "
+               f"{test['sensitivity']:.2f} and specificity {test['specificity']:.2f} at the "
+               f"threshold.</p>")
+    pos = meta.get("positive_class")
+    positive_name = (meta.get("classes") or [None, None])[1] if pos is not None else None
+    head = H.kpis([("predicted", pred.predicted_class),
+                   (f"P({pred.predicted_class})", f"{pred.probabilities[pred.predicted_class]:.2f}")]
+                  + ([("Rad-score", f"{pred.rad_score:+.2f}")] if pred.rad_score is not None
+                     else [])
+                  + ([("nomogram P", f"{pred.nomogram_probability:.2f}")]
+                     if pred.nomogram_probability is not None else [])
+                  + ([("reference label", true_label)] if true_label is not None else []))
+    body = (f"<p>Model task: <b>{html.escape(task_text(meta))}</b>. Case "
+            f"<code>{html.escape(pred.case_id)}</code>.</p>" + head
+            + "<h3>Probabilities</h3>"
+            + _prob_bars(pred.probabilities, pred.predicted_class, meta.get("threshold"),
+                         positive_name)
+            + (f"<p class='muted'>Orange tick: decision threshold "
+               f"{meta['threshold']:.3f} for {html.escape(str(positive_name))}.</p>"
+               if meta.get("threshold") is not None else "") + cal)
+    if pred.contributions:
+        body += ("<h3>Top Rad-score contributions</h3>" + _contrib_table(pred.contributions)
+                 + "<p class='muted'>Red pushes towards "
+                 + html.escape(str(positive_name or "the positive class"))
+                 + ", blue away from it.</p>")
+    if pred.nomogram_points:
+        import pandas as pd
+        pts = pd.DataFrame([{"predictor": k, "points": v} for k, v in pred.nomogram_points.items()])
+        body += "<h3>Nomogram points</h3>" + H.table(pts, "{:.1f}")
+    flags = "".join(f"<li>{html.escape(w)}</li>" for w in pred.warnings)
+    if pred.qc.get("spacing_source") in ("unknown", "header"):
+        flags += (f"<li>pixel spacing from {html.escape(pred.qc['spacing_source'])}: check it "
+                  "(the rings are in mm)</li>")
+    # rings.build_regions flags a ring that loses more than half its area to clipping
+    for r in filter(None, str(pred.qc.get("flagged_rings", "")).split(",")):
+        flags += (f"<li>{html.escape(r)} loses {pred.qc.get(r + '_clipped', '?')} of its area "
+                  "at the image edge / field of view</li>")
+    left += ("<h3>Quality control</h3>" + H.kv_table(pred.qc.items())
+             + (f"<ul class='flags'>{flags}</ul>" if flags else
+                "<p class='muted'>No QC flags.</p>"))
+    # machine-readable copy of what the card shows (lets tools and tests check the report)
+    data = json.dumps({k: getattr(pred, k) for k in (
+        "case_id", "predicted_class", "probabilities", "rad_score", "nomogram_probability")})
+    data = data.replace("<", "\\u003c")  # a "</script>" in a case id must not end the block
+    return (f"<script type='application/json' class='prediction'>{data}"
+            "</script><div style='display:flex;gap:24px;flex-wrap:wrap'>"
+            f"<div style='flex:0 1 420px'>{left}</div>"
+            f"<div style='flex:1 1 420px'>{body}</div></div>")
+
+
+def case_report_html(pred, meta: dict, overlay_uri: str | None = None, true_label=None,
+                     source: str = "") -> str:
+    """A complete per-patient HTML page."""
+    sections = [("Prediction", prediction_card_html(pred, meta, overlay_uri, true_label)),
+                ("Model card", model_card_html(meta))]
+    return H.page(f"HER2Radiomics — case {pred.case_id}",
+                  f"{task_text(meta)} · model {meta.get('recipe')}", sections, footer=source)
+
+
+def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
+                      clinical: dict | None = None, case_id=None, frame=None, label=None,
+                      true_label=None, mask_source: str = "reader"):
+    """Predict one patient with ``bundle`` and write the report to ``out`` (.html or .pdf).
+
+    Returns
+    -------
+    (Path, Prediction)
+        The written file and the prediction shown in it.
+    """
+    from .io import atomic_write_text
+    from .predict import predict_case
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm", ".pdf"):
+        raise InputError(f"{out}: report must end in .html or .pdf")
+    ctx = {}
+    pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site, clinical=clinical,
+                        case_id=case_id, frame=frame, label=label, context=ctx)
+    pred.qc = {"mask_source": mask_source, **pred.qc}
+    regs = ctx["regions"]
+    masks = {r: regs.masks[r] for r in bundle.meta["regions"] if r in regs.masks}
+    fig = overlay_figure(ctx["loaded"].image, masks, spacing_known=ctx["loaded"].spacing_known)
+    page = case_report_html(pred, bundle.meta, H.fig_to_data_uri(fig, dpi=130), true_label,
+                            source=f"image {Path(str(image)).name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".pdf":
+        tmp = out.with_suffix(".html.tmp.html")
+        tmp.write_text(page, encoding="utf-8")
+        try:
+            H.html_to_pdf(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        atomic_write_text(out, page)
+    return out, pred

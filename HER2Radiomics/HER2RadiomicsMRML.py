@@ -103,3 +103,229 @@ def sitkToVolumeNode(img: sitk.Image, scene, name="volume", labelmap=False, node
         m.SetElement(r, 3, originRas[r])
     node.SetIJKToRASMatrix(m)
     return node
+
+
+# -- segmentations ------------------------------------------------------------------------------
+
+#: segment colours (RGB 0-1): tumour red, then rings from warm to cool, readable on grey speckle
+REGION_COLORS = [(0.93, 0.20, 0.12), (0.94, 0.89, 0.26), (0.34, 0.71, 0.91),
+                 (0.0, 0.75, 0.55), (0.80, 0.47, 0.65), (0.90, 0.62, 0.0), (0.0, 0.45, 0.70)]
+#: segment tag recording which library region a segment holds (feature column prefix)
+REGION_TAG = "HER2Radiomics.region"
+
+
+def regionColor(index):
+    return REGION_COLORS[index % len(REGION_COLORS)]
+
+
+def regionDisplayName(region):
+    """A readable segment name for a library region name (``peri_3-5mm`` -> ``ring 3-5 mm``)."""
+    if region == "tumor":
+        return "tumour"
+    if region.startswith("tumor+peri_"):
+        return "tumour + " + region[len("tumor+peri_"):-2] + " mm"
+    if region.startswith("peri_"):
+        return "ring " + region[len("peri_"):-2] + " mm"
+    return region
+
+
+def ensureSegmentationConverters():
+    """Register the labelmap <-> surface conversion rules if nobody has.
+
+    Slicer's Segmentations module registers them at start-up; bare MRML (``slicer-core``, a
+    scripted CLI) has none, and then even an empty labelmap segment cannot be created.
+    """
+    import slicer
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if len(factory.GetConverterRules()) == 0:
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def segmentTag(segment, key):
+    """A segment tag's value, or None (vtkSegment.GetTag returns it through a reference)."""
+    import vtk
+    value = vtk.reference("")
+    return str(value) if segment is not None and segment.GetTag(key, value) else None
+
+
+def findSegmentId(segmentationNode, name=None, region=None):
+    """Id of the first segment with this name (or region tag), or None."""
+    seg = segmentationNode.GetSegmentation()
+    for i in range(seg.GetNumberOfSegments()):
+        s = seg.GetNthSegment(i)
+        if region is not None and segmentTag(s, REGION_TAG) == region:
+            return seg.GetNthSegmentID(i)
+        if name is not None and s.GetName() == name:
+            return seg.GetNthSegmentID(i)
+    return None
+
+
+def segmentIds(segmentationNode):
+    seg = segmentationNode.GetSegmentation()
+    return [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+
+
+def segmentToSitk(segmentationNode, segmentId, referenceVolumeNode, keep3D=False):
+    """One segment as a binary uint8 SimpleITK image on the reference volume's grid (LPS).
+
+    The segment is resampled to the reference geometry by Slicer's own export, so masks drawn
+    on another grid (a reader's segmentation) still line up with the image.
+    """
+    import slicer
+    import vtk
+    scene = segmentationNode.GetScene()
+    if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+        raise ValueError(f"segmentation '{segmentationNode.GetName()}' has no segment "
+                         f"{segmentId!r}")
+    labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "_her2_export")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segmentId)
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentationNode, ids, labelNode, referenceVolumeNode)
+        if not ok:
+            raise ValueError(f"segment {segmentId!r} could not be exported on the grid of "
+                             f"'{referenceVolumeNode.GetName()}'")
+        img = volumeNodeToSitk(labelNode, keep3D=keep3D)
+    finally:
+        _removeNode(scene, labelNode)
+    mask = sitk.Cast(img > 0, sitk.sitkUInt8)
+    return mask
+
+
+def sitkToSegment(mask, segmentationNode, referenceVolumeNode, name, color=None, region=None,
+                  segmentId=None):
+    """Create or replace a segment from a binary SimpleITK mask on the reference grid.
+
+    An existing segment with the same region tag (or name) is updated in place, so manual
+    edits elsewhere and the segment's id survive a re-run. Returns the segment id.
+    """
+    import slicer
+    ensureSegmentationConverters()
+    scene = segmentationNode.GetScene()
+    if segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+    segmentId = segmentId or findSegmentId(segmentationNode, region=region) \
+        or findSegmentId(segmentationNode, name=name)
+    seg = segmentationNode.GetSegmentation()
+    if segmentId is None:
+        segmentId = seg.AddEmptySegment("", name, list(color) if color else [0.5, 0.5, 0.5])
+    else:
+        seg.GetSegment(segmentId).SetName(name)
+        if color:
+            seg.GetSegment(segmentId).SetColor(*color)
+    if region is not None:
+        seg.GetSegment(segmentId).SetTag(REGION_TAG, region)
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+    labelNode = sitkToVolumeNode(binary, scene, "_her2_import", labelmap=True)
+    try:
+        oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+            labelNode)
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oriented, segmentationNode, segmentId,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        if not ok:
+            raise ValueError(f"could not write segment '{name}'")
+    finally:
+        _removeNode(scene, labelNode)
+    return segmentId
+
+
+def addRegionSegments(regionSet, segmentationNode, referenceVolumeNode, skipTumour=True):
+    """Write a library RegionSet's rings as named, coloured segments; returns region -> id."""
+    out = {}
+    for i, (region, mask) in enumerate(regionSet.masks.items()):
+        if region == "tumor" and skipTumour:
+            continue
+        out[region] = sitkToSegment(mask, segmentationNode, referenceVolumeNode,
+                                    regionDisplayName(region), regionColor(i), region=region)
+    return out
+
+
+def _removeNode(scene, node):
+    for i in range(node.GetNumberOfDisplayNodes()):
+        dn = node.GetNthDisplayNode(i)
+        if dn is not None:
+            scene.RemoveNode(dn)
+    storage = node.GetStorageNode()
+    if storage is not None:
+        scene.RemoveNode(storage)
+    scene.RemoveNode(node)
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+def dataFrameToTableNode(df, tableNode):
+    """Fill a table node from a pandas DataFrame (numbers as double columns, others as text)."""
+    import pandas as pd
+    import vtk
+    table = tableNode.GetTable()
+    table.Initialize()
+    for col in df.columns:
+        values = df[col]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            arr = vtk.vtkDoubleArray()
+            arr.SetName(str(col))
+            for v in values.to_numpy(dtype=float):
+                arr.InsertNextValue(float(v))
+        else:
+            arr = vtk.vtkStringArray()
+            arr.SetName(str(col))
+            for v in values:
+                arr.InsertNextValue("" if v is None or (isinstance(v, float) and v != v)
+                                    else str(v))
+        table.AddColumn(arr)
+    tableNode.Modified()
+    return tableNode
+
+
+def tableNodeToDataFrame(tableNode):
+    """A table node as a pandas DataFrame (double columns become floats)."""
+    import pandas as pd
+    table = tableNode.GetTable()
+    data = {}
+    for c in range(table.GetNumberOfColumns()):
+        arr = table.GetColumn(c)
+        n = arr.GetNumberOfTuples()
+        if arr.IsA("vtkStringArray"):
+            data[arr.GetName()] = [arr.GetValue(i) for i in range(n)]
+        else:
+            data[arr.GetName()] = [arr.GetTuple1(i) for i in range(n)]
+    return pd.DataFrame(data)
+
+
+def featuresToLongFrame(features: dict):
+    """``{column: value}`` of one case -> rows ``region, feature, value`` (readable in a table)."""
+    import pandas as pd
+    rows = []
+    for key, value in features.items():
+        region, _, name = key.partition("__")
+        rows.append({"region": region, "feature": name, "value": float(value)})
+    return pd.DataFrame(rows, columns=["region", "feature", "value"])
+
+
+# -- markups prompts ----------------------------------------------------------------------------
+
+def markupsToPrompt(markupsNode, volumeNode):
+    """CNN prompt from a markups node: one point -> click, two points -> box corners.
+
+    Returns ``(kind, values)`` with ``kind`` in ``{"click", "box", None}`` and pixel (column,
+    row) coordinates on the volume's grid.
+    """
+    import vtk
+    if markupsNode is None or markupsNode.GetNumberOfControlPoints() == 0:
+        return None, None
+    m = vtk.vtkMatrix4x4()
+    volumeNode.GetRASToIJKMatrix(m)
+    ras2ijk = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    pts = []
+    for i in range(min(markupsNode.GetNumberOfControlPoints(), 2)):
+        ras = [0.0, 0.0, 0.0]
+        markupsNode.GetNthControlPointPositionWorld(i, ras)
+        ijk = ras2ijk @ np.array(list(ras) + [1.0])
+        pts.append((float(ijk[0]), float(ijk[1])))
+    if len(pts) == 1:
+        return "click", pts[0]
+    (x0, y0), (x1, y1) = pts
+    return "box", (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))

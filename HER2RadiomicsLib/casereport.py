@@ -255,13 +255,15 @@ def case_report_html(pred, meta: dict, overlay_uri: str | None = None, true_labe
 
 def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
                       clinical: dict | None = None, case_id=None, frame=None, label=None,
-                      true_label=None, mask_source: str = "reader"):
+                      true_label=None, mask_source: str = "reader", loaded=None):
     """Predict one patient with ``bundle`` and write the report to ``out`` (.html or .pdf).
 
     Returns
     -------
     (Path, Prediction)
         The written file and the prediction shown in it.
+
+    ``loaded`` (LoadedImage) with a SimpleITK ``mask`` reports on in-memory data (Slicer).
     """
     from .io import atomic_write_text
     from .predict import predict_case
@@ -270,13 +272,13 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
         raise InputError(f"{out}: report must end in .html or .pdf")
     ctx = {}
     pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site, clinical=clinical,
-                        case_id=case_id, frame=frame, label=label, context=ctx)
+                        case_id=case_id, frame=frame, label=label, context=ctx, loaded=loaded)
     pred.qc = {"mask_source": mask_source, **pred.qc}
     regs = ctx["regions"]
     masks = {r: regs.masks[r] for r in bundle.meta["regions"] if r in regs.masks}
     fig = overlay_figure(ctx["loaded"].image, masks, spacing_known=ctx["loaded"].spacing_known)
     page = case_report_html(pred, bundle.meta, H.fig_to_data_uri(fig, dpi=130), true_label,
-                            source=f"image {Path(str(image)).name}")
+                            source=f"image {Path(str(image or ctx['loaded'].path)).name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".pdf":
         tmp = out.with_suffix(".html.tmp.html")

@@ -27,3 +27,7 @@ class SpacingUnknownError(InputError):
 
 class ModelError(HER2Error):
     """A model file (weights, bundle) is missing, corrupt, untrusted or mismatched."""
+
+
+class Cancelled(HER2Error):
+    """The user cancelled a running job (finished work is kept)."""

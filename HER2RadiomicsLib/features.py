@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from .errors import InputError, SpacingUnknownError
+from .errors import Cancelled, InputError, SpacingUnknownError
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class FeatureExtractor:
         return self._extractors[dimension]
 
     def extract(self, image: sitk.Image, regions: dict, *, spacing_known: bool = True,
-                path: str = "image") -> tuple:
+                path: str = "image", progress=None) -> tuple:
         """Extract features for every region.
 
         Parameters
@@ -183,6 +183,10 @@ class FeatureExtractor:
             ``pixel_units``.
         path : str
             Used in error messages.
+        progress : callable, optional
+            ``progress(done, total, next_region)`` before each region and once at the end;
+            returning ``False`` cancels
+            (raises :class:`~HER2RadiomicsLib.errors.Cancelled`). Used by the Slicer panel.
 
         Returns
         -------
@@ -201,7 +205,9 @@ class FeatureExtractor:
         template = None
         shared = self._shared_filters_ok(ex)
         filtered = None
-        for region, mask in regions.items():
+        for done, (region, mask) in enumerate(regions.items()):
+            if progress is not None and progress(done, len(regions), region) is False:
+                raise Cancelled(f"{path}: feature extraction cancelled")
             m = mask if label == 1 else sitk.Cast(mask > 0, sitk.sitkUInt8) * label
             try:
                 if shared:
@@ -224,6 +230,8 @@ class FeatureExtractor:
             for k, v in res.items():
                 if k.startswith("diagnostics_"):
                     diags[f"{region}__{k}"] = _jsonable(v)
+        if progress is not None:
+            progress(len(regions), len(regions), "")
         for region, msg in failed.items():
             for k in template or []:
                 feats[f"{region}__{k}"] = float("nan")

@@ -155,15 +155,18 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
 
 
 def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict | None = None,
-                 case_id=None, frame=None, label=None, context: dict | None = None):
+                 case_id=None, frame=None, label=None, context: dict | None = None,
+                 loaded=None):
     """Extract the bundle's features for one image + mask and predict.
 
     ``context``, when a dict, receives the loaded image, mask and regions (see
-    :func:`features_for_case`).
+    :func:`features_for_case`). ``loaded`` (a :class:`~HER2RadiomicsLib.io.LoadedImage`) with a
+    SimpleITK ``mask`` skips reading files (the Slicer module passes in-memory volumes).
     """
     feats, qc, loaded, mask = features_for_case(bundle, image, mask, spacing_mm, frame, label,
-                                                context=context)
-    row = pd.DataFrame([{"case_id": case_id or Path(str(image)).name.split(".")[0], **feats}])
+                                                loaded=loaded, context=context)
+    row = pd.DataFrame([{"case_id": case_id or Path(str(image or loaded.path)).name.split(".")[0],
+                         **feats}])
     clin = pd.DataFrame([clinical]) if clinical else None
     pr = predict_rows(bundle, row, site=site, clinical=clin)[0]
     pr.qc.update(qc)

@@ -1,0 +1,486 @@
+"""The HER2Radiomics panel's behaviour on MRML nodes: needs MRML classes only, never Qt.
+
+``HER2RadiomicsLogic`` (in ``HER2Radiomics.py``) inherits from :class:`HER2RadiomicsCoreLogic`;
+all computation is in HER2RadiomicsLib, and the node conversions are in
+:mod:`HER2RadiomicsMRML`. The same class runs in Slicer and, in the tests, on the PyPI package
+``slicer-core`` (``slicer.mrmlScene`` set by the caller; no ``slicer.app``).
+
+Example (Slicer's Python console)::
+
+    from HER2RadiomicsCore import HER2RadiomicsCoreLogic
+    logic = HER2RadiomicsCoreLogic()
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    logic.autoSegment(getNode("US"), seg)                 # CNN -> "tumour" segment
+    logic.buildRings(getNode("US"), seg, [3, 5, 8])       # ring segments + clipping QC
+    bundle = logic.loadBundle("model_bundle.zip")
+    prediction = logic.predict(bundle, getNode("US"), seg, site="A")
+"""
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+import HER2RadiomicsMRML as M
+
+log = logging.getLogger(__name__)
+
+#: node attribute holding the pixel-spacing source the user confirmed or entered
+SPACING_SOURCE_ATTRIBUTE = "HER2Radiomics.SpacingSource"
+#: segment tag recording how the tumour segment was made (CNN, reader)
+SOURCE_TAG = "HER2Radiomics.source"
+#: formats that carry no physical spacing (Slicer then shows 1 x 1 mm, a placeholder)
+UNCALIBRATED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+
+
+@dataclass
+class SpacingInfo:
+    """Pixel spacing (mm) the panel uses, where it came from, and a note for the user."""
+
+    spacing_mm: tuple
+    source: str
+    known: bool
+    note: str = ""
+
+
+class Job:
+    """A long task on a worker thread with progress and cancel (polled by the widget's timer).
+
+    Pure Python so the tests drive it without Qt: ``start()``, then ``progress`` (0-1),
+    ``message``, ``cancel()``, ``wait()``; ``result`` or ``error`` when ``done``.
+    """
+
+    def __init__(self, name, function):
+        self.name = name
+        self._function = function
+        self.progress = 0.0
+        self.message = ""
+        self.result = None
+        self.error = None
+        self.cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"HER2Radiomics-{name}",
+                                        daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        try:
+            self.result = self._function(self)
+        except Exception as exc:  # reported to the GUI as a one-line message, never lost
+            self.error = exc
+        finally:
+            self.progress = 1.0 if self.error is None else self.progress
+
+    def report(self, fraction, message=""):
+        """Called by the task: returns False once the user has cancelled."""
+        self.progress = float(fraction)
+        self.message = message
+        return not self.cancelled.is_set()
+
+    def cancel(self):
+        self.cancelled.set()
+
+    @property
+    def done(self):
+        return not self._thread.is_alive() and self._thread.ident is not None
+
+    def wait(self, timeout=None):
+        self._thread.join(timeout)
+        return self.done
+
+
+class HER2RadiomicsCoreLogic:
+    """Every step of the panel, on MRML nodes. Raises ``ValueError`` with a one-line message."""
+
+    def __init__(self):
+        self._segmenter = None
+
+    # -- 1. input ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _storagePath(volumeNode):
+        storage = volumeNode.GetStorageNode()
+        name = storage.GetFileName() if storage is not None else None
+        return Path(name) if name else None
+
+    def spacingInfo(self, volumeNode):
+        """The spacing to use and its source: user > calibrated file > volume geometry.
+
+        A DICOM ultrasound file is re-read by the library, because Slicer's DICOM reader does
+        not apply the ultrasound-region calibration. A PNG/JPEG has no spacing: Slicer's
+        1 x 1 mm is a placeholder, reported as unknown.
+        """
+        spacing = tuple(float(s) for s in volumeNode.GetSpacing()[:2])
+        source = volumeNode.GetAttribute(SPACING_SOURCE_ATTRIBUTE)
+        if source:
+            return SpacingInfo(spacing, source, source != "unknown")
+        path = self._storagePath(volumeNode)
+        if path is not None and path.exists():
+            try:
+                from HER2RadiomicsLib.io import read_image
+                loaded = read_image(path)
+            except Exception as exc:  # unreadable by the library: fall back to the node
+                log.info("%s: %s", path, exc)
+            else:
+                if loaded.spacing_known:
+                    lib = tuple(float(s) for s in loaded.spacing_mm)
+                    note = "" if np.allclose(lib, spacing, rtol=1e-3) else (
+                        f"calibrated spacing {lib[0]:.4g} x {lib[1]:.4g} mm from the file "
+                        f"replaces the volume's {spacing[0]:.4g} x {spacing[1]:.4g} mm")
+                    return SpacingInfo(lib, loaded.spacing_source, True, note)
+                return SpacingInfo(spacing, "unknown", False,
+                                   f"{path.name} carries no pixel spacing; enter it")
+            if path.suffix.lower() in UNCALIBRATED_SUFFIXES:
+                return SpacingInfo(spacing, "unknown", False,
+                                   f"{path.name} carries no pixel spacing; enter it")
+        return SpacingInfo(spacing, "volume", True)
+
+    def setUserSpacing(self, volumeNode, spacingX_mm, spacingY_mm):
+        """Record a user-entered pixel spacing on the volume (saved with the scene)."""
+        if not (spacingX_mm > 0 and spacingY_mm > 0):
+            raise ValueError("pixel spacing must be two positive numbers in mm")
+        z = volumeNode.GetSpacing()[2]
+        volumeNode.SetSpacing(float(spacingX_mm), float(spacingY_mm), z)
+        volumeNode.SetAttribute(SPACING_SOURCE_ATTRIBUTE, "user")
+
+    def loadedImage(self, volumeNode):
+        """The volume as the library's LoadedImage (2D grey float32, spacing resolved)."""
+        from HER2RadiomicsLib.io import LoadedImage, _to_grey
+        if volumeNode is None:
+            raise ValueError("select an image first")
+        dims = volumeNode.GetImageData().GetDimensions() if volumeNode.GetImageData() else None
+        if dims is None:
+            raise ValueError(f"volume '{volumeNode.GetName()}' has no image data")
+        if dims[2] != 1:
+            raise ValueError(f"volume '{volumeNode.GetName()}' has {dims[2]} slices; "
+                             "HER2Radiomics works on a single 2D image (pick one frame)")
+        info = self.spacingInfo(volumeNode)
+        prov = {"spacing_source": info.source}
+        img = _to_grey(M.volumeNodeToSitk(volumeNode), prov)
+        img.SetSpacing(info.spacing_mm)
+        return LoadedImage(img, volumeNode.GetName(), info.source, prov)
+
+    # -- 2. segmentation ---------------------------------------------------------------------
+
+    def segmenter(self):
+        if self._segmenter is None:
+            from HER2RadiomicsLib.segmentation.commands import get_segmenter
+            self._segmenter = get_segmenter(None, "cpu")
+        return self._segmenter
+
+    def segmenterAvailable(self):
+        """(bool, reason): the CNN needs torch and the shipped weights."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return False, "The CNN needs PyTorch: install the PyTorch extension, then restart."
+        from HER2RadiomicsLib.segmentation.inference import DEFAULT_MODEL
+        if not DEFAULT_MODEL.exists():
+            return False, f"The CNN model file is missing ({DEFAULT_MODEL.name})."
+        return True, ""
+
+    def autoSegment(self, volumeNode, segmentationNode, markupsNode=None, segmenter=None):
+        """CNN auto-mask into the ``tumour`` segment (created or replaced); returns its id."""
+        loaded = self.loadedImage(volumeNode)
+        kind, values = M.markupsToPrompt(markupsNode, volumeNode)
+        seg = segmenter or self.segmenter()
+        res = seg.predict(loaded.image, box=values if kind == "box" else None,
+                          click=values if kind == "click" else None)
+        if not res.info.get("lesion_px"):
+            raise ValueError("the CNN found no lesion: place a point inside it (or two points "
+                             "around it) in the prompt markups, or draw it")
+        segmentId = M.sitkToSegment(res.mask, segmentationNode, volumeNode, "tumour",
+                                    M.regionColor(0), region="tumor")
+        segmentationNode.GetSegmentation().GetSegment(segmentId).SetTag(
+            SOURCE_TAG, "CNN auto-mask" + (f" ({kind} prompt)" if kind else ""))
+        return segmentId
+
+    def tumourSegmentId(self, segmentationNode):
+        """The tumour segment: tagged by us, else named tumour/tumor/lesion, else the only one."""
+        if segmentationNode is None:
+            return None
+        sid = M.findSegmentId(segmentationNode, region="tumor")
+        for name in ("tumour", "tumor", "lesion", "Tumour", "Tumor", "Lesion"):
+            sid = sid or M.findSegmentId(segmentationNode, name=name)
+        ids = M.segmentIds(segmentationNode)
+        if sid is None and len(ids) == 1:
+            sid = ids[0]
+        return sid
+
+    def tumourMask(self, volumeNode, segmentationNode):
+        sid = self.tumourSegmentId(segmentationNode)
+        if sid is None:
+            raise ValueError("no tumour segment: run Auto-segment or draw a segment named "
+                             "'tumour'")
+        mask = M.segmentToSitk(segmentationNode, sid, volumeNode)
+        if sitk.GetArrayViewFromImage(mask).sum() == 0:
+            raise ValueError(f"the tumour segment of '{segmentationNode.GetName()}' is empty")
+        return mask
+
+    def maskSource(self, segmentationNode):
+        sid = self.tumourSegmentId(segmentationNode)
+        s = segmentationNode.GetSegmentation().GetSegment(sid) if sid else None
+        value = M.segmentTag(s, SOURCE_TAG)
+        return value or f"segment '{s.GetName() if s else '?'}' of '{segmentationNode.GetName()}'"
+
+    # -- 3. rings ----------------------------------------------------------------------------
+
+    def buildRings(self, volumeNode, segmentationNode, rings_mm, annuli=False):
+        """Peritumoral regions as segments; returns (RegionSet, QC DataFrame).
+
+        ``annuli=False`` gives expansions (0-3, 0-5, 0-8 mm), ``True`` adds the bands between
+        consecutive distances (3-5, 5-8 mm) as the peritumoral studies compare both.
+        """
+        import pandas as pd
+        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib.rings import build_regions
+        loaded = self.loadedImage(volumeNode)
+        if not loaded.spacing_known:
+            raise ValueError(f"'{volumeNode.GetName()}': pixel spacing is unknown; rings are in "
+                             "mm, so enter the spacing first")
+        mask = self.tumourMask(volumeNode, segmentationNode)
+        try:
+            regs = build_regions(loaded.image, mask, list(rings_mm), annuli=bool(annuli),
+                                 spacing_known=True, path=volumeNode.GetName())
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+        M.addRegionSegments(regs, segmentationNode, volumeNode)
+        qc = pd.DataFrame([{"region": r, "area_mm2": q["area_mm2"],
+                            "clipped_pct": 100 * q["clipped_fraction"],
+                            "flagged": bool(q.get("flagged"))}
+                           for r, q in regs.qc.items()])
+        return regs, qc
+
+    def regionMasks(self, volumeNode, segmentationNode):
+        """Tumour + every ring segment the panel made, as masks keyed by library region name."""
+        masks = {"tumor": self.tumourMask(volumeNode, segmentationNode)}
+        seg = segmentationNode.GetSegmentation()
+        for sid in M.segmentIds(segmentationNode):
+            region = M.segmentTag(seg.GetSegment(sid), M.REGION_TAG)
+            if region and region != "tumor":
+                masks[region] = M.segmentToSitk(segmentationNode, sid, volumeNode)
+        return masks
+
+    # -- 4. features -------------------------------------------------------------------------
+
+    def extractFeatures(self, volumeNode, segmentationNode, params="default", tableNode=None,
+                        progress=None):
+        """Features of the tumour and ring segments; fills ``tableNode`` (region/feature/value).
+
+        ``progress(fraction, message)`` returning False cancels (raises ``Cancelled``).
+        """
+        from HER2RadiomicsLib.errors import Cancelled, HER2Error
+        from HER2RadiomicsLib.features import FeatureExtractor
+        loaded = self.loadedImage(volumeNode)
+        masks = self.regionMasks(volumeNode, segmentationNode)
+
+        def cb(done, total, region):
+            if progress is None:
+                return True
+            return progress(done / max(total, 1), f"region {region}" if region else "done")
+        try:
+            fx = FeatureExtractor(params)
+            feats, _ = fx.extract(loaded.image, masks, spacing_known=loaded.spacing_known,
+                                  path=volumeNode.GetName(), progress=cb)
+        except Cancelled:
+            raise
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+        if tableNode is not None:
+            M.dataFrameToTableNode(M.featuresToLongFrame(feats), tableNode)
+        return feats
+
+    def startFeatureExtraction(self, volumeNode, segmentationNode, params="default",
+                               tableNode=None):
+        """Run :meth:`extractFeatures` on a worker thread; returns the started :class:`Job`.
+
+        The masks and image are read from MRML on this (the GUI) thread first: MRML is not
+        thread-safe, so the worker only touches SimpleITK images; the table node is filled by
+        :meth:`finishFeatureExtraction` back on the GUI thread.
+        """
+        from HER2RadiomicsLib.errors import Cancelled, HER2Error
+        from HER2RadiomicsLib.features import FeatureExtractor
+        loaded = self.loadedImage(volumeNode)
+        masks = self.regionMasks(volumeNode, segmentationNode)
+        name = volumeNode.GetName()
+
+        def work(job):
+            fx = FeatureExtractor(params)
+
+            def cb(done, total, region):
+                return job.report(done / max(total, 1), f"region {region}" if region else "")
+            try:
+                feats, _ = fx.extract(loaded.image, masks, spacing_known=loaded.spacing_known,
+                                      path=name, progress=cb)
+            except Cancelled:
+                raise
+            except HER2Error as exc:
+                raise ValueError(str(exc)) from None
+            return feats
+        job = Job("feature extraction", work)
+        job.tableNode = tableNode
+        return job.start()
+
+    def finishFeatureExtraction(self, job):
+        """On the GUI thread once ``job.done``: fill the table; returns the features or raises."""
+        if job.error is not None:
+            raise job.error
+        if getattr(job, "tableNode", None) is not None:
+            M.dataFrameToTableNode(M.featuresToLongFrame(job.result), job.tableNode)
+        return job.result
+
+    # -- 5. prediction -----------------------------------------------------------------------
+
+    def loadBundle(self, path, trust=False):
+        from HER2RadiomicsLib.bundle import load_bundle
+        from HER2RadiomicsLib.errors import HER2Error
+        try:
+            return load_bundle(path, trust=trust)
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+
+    @staticmethod
+    def bundleNeeds(bundle):
+        meta = bundle.meta
+        return {"rings": bool((meta.get("rings") or {}).get("rings_mm")),
+                "site": meta.get("batch_col", "site") in meta.get("input_columns", []),
+                "sites": list(meta.get("sites") or []),
+                "clinical": list(meta.get("clinical") or [])}
+
+    @staticmethod
+    def modelCardText(bundle):
+        """A few plain lines for the panel (the report has the full card)."""
+        from HER2RadiomicsLib.casereport import task_text
+        meta = bundle.meta
+        test = (meta.get("metrics") or {}).get("test") or {}
+        lines = [f"Model: {meta.get('recipe')} — {task_text(meta)}"]
+        if "auc" in test:
+            lines.append(f"Test AUC {test['auc']:.3f} ({test['auc_delong_ci_low']:.2f}–"
+                         f"{test['auc_delong_ci_high']:.2f}), n = {test['n']}")
+        ext = (meta.get("metrics") or {}).get("external") or {}
+        if "auc" in ext:
+            lines.append(f"External AUC {ext['auc']:.3f}, n = {ext['n']}")
+        lines.append("Regions: " + ", ".join(meta.get("regions", [])) + f"; params "
+                     f"{meta.get('params_name')}")
+        if meta.get("sites"):
+            lines.append("Scanner sites: " + ", ".join(meta["sites"]))
+        lines.append("Research use only. Not a diagnostic device.")
+        return "\n".join(lines)
+
+    def bundleWarnings(self, bundle, volumeNode=None, params=None):
+        """Non-blocking mismatches between the bundle and the current input/settings."""
+        out = list(bundle.warnings)
+        if params and str(params) != str(bundle.meta.get("params_name")):
+            out.append(f"the panel's feature params '{params}' differ from the model's "
+                       f"'{bundle.meta.get('params_name')}'; prediction uses the model's own")
+        if volumeNode is not None:
+            info = self.spacingInfo(volumeNode)
+            if not info.known and self.bundleNeeds(bundle)["rings"]:
+                out.append("pixel spacing unknown: this model's rings are in mm")
+            elif info.source in ("header", "volume", "user"):
+                out.append(f"pixel spacing from '{info.source}', not a calibrated DICOM: check "
+                           "it, the rings and texture scale depend on it")
+        return out
+
+    def predict(self, bundle, volumeNode, segmentationNode, site=None, clinical=None,
+                tableNode=None):
+        """Predict with the bundle from the tumour segment; fills ``tableNode`` if given."""
+        import pandas as pd
+        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib.predict import predict_case
+        loaded = self.loadedImage(volumeNode)
+        mask = self.tumourMask(volumeNode, segmentationNode)
+        try:
+            pred = predict_case(bundle, None, mask, site=site or None, clinical=clinical or None,
+                                case_id=volumeNode.GetName(), loaded=loaded)
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+        pred.qc = {"mask_source": self.maskSource(segmentationNode), **pred.qc}
+        if tableNode is not None:
+            rows = [{"item": "predicted class", "value": pred.predicted_class}]
+            rows += [{"item": f"P({k})", "value": f"{v:.4f}"}
+                     for k, v in pred.probabilities.items()]
+            if pred.rad_score is not None:
+                rows.append({"item": "Rad-score", "value": f"{pred.rad_score:+.4f}"})
+            if pred.nomogram_probability is not None:
+                rows.append({"item": "nomogram probability",
+                             "value": f"{pred.nomogram_probability:.4f}"})
+            rows += [{"item": f"contribution: {c['feature']}",
+                      "value": f"{c['contribution']:+.4f}"} for c in pred.contributions]
+            rows += [{"item": f"QC: {k}", "value": str(v)} for k, v in pred.qc.items()]
+            rows += [{"item": "warning", "value": w} for w in pred.warnings]
+            M.dataFrameToTableNode(pd.DataFrame(rows), tableNode)
+        return pred
+
+    # -- 6. reader study ---------------------------------------------------------------------
+
+    def readerAgreement(self, volumeNode, segmentationNodes, tableNode=None):
+        """Dice / HD95 (mm) between every pair of readers' tumour segments."""
+        import itertools
+
+        import pandas as pd
+        from HER2RadiomicsLib.metrics import compare_masks
+        if len(segmentationNodes) < 2:
+            raise ValueError("pick at least two segmentations (one per reader)")
+        info = self.spacingInfo(volumeNode)
+        masks = {n.GetName(): sitk.GetArrayFromImage(self.tumourMask(volumeNode, n)) > 0
+                 for n in segmentationNodes}
+        if len(masks) < len(segmentationNodes):
+            raise ValueError("two of the picked segmentations have the same name")
+        rows = []
+        for a, b in itertools.combinations(masks, 2):
+            m = compare_masks(masks[a], masks[b], info.spacing_mm)
+            rows.append({"reader A": a, "reader B": b, "dice": m["dice"],
+                         "hd95_mm" if info.known else "hd95_px": m["hd95"],
+                         "area_diff_pct": m["area_diff_pct"]})
+        df = pd.DataFrame(rows)
+        if tableNode is not None:
+            M.dataFrameToTableNode(df, tableNode)
+        return df
+
+    # -- 7. report ---------------------------------------------------------------------------
+
+    def saveReport(self, bundle, volumeNode, segmentationNode, path, site=None, clinical=None):
+        """Write the per-patient HTML or PDF report (same code as ``her2radiomics report``)."""
+        from HER2RadiomicsLib.casereport import write_case_report
+        from HER2RadiomicsLib.errors import HER2Error
+        loaded = self.loadedImage(volumeNode)
+        mask = self.tumourMask(volumeNode, segmentationNode)
+        try:
+            out, pred = write_case_report(bundle, None, mask, path, site=site or None,
+                                          clinical=clinical or None,
+                                          case_id=volumeNode.GetName(),
+                                          mask_source=self.maskSource(segmentationNode),
+                                          loaded=loaded)
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+        return out
+
+
+def exampleBundle(workdir, nPatients=60, seed=5):
+    """Train a small peritumoral2025 bundle on a synthetic cohort (for the self-test).
+
+    Returns (bundle path, cohort folder). About 30 s on two cores.
+    """
+    from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
+    from HER2RadiomicsLib.study import load_recipe, run
+    from HER2RadiomicsLib.synth import generate_cohort
+    workdir = Path(workdir)
+    cohort = workdir / "cohort"
+    if not (cohort / "cohort.csv").exists():
+        generate_cohort(cohort, n_cases=nPatients, seed=seed, reader_fraction=0.1,
+                        second_view_fraction=0)
+    features = workdir / "features.csv"
+    run_batch(read_manifest(cohort / "cohort.csv"), features,
+              ExtractConfig(params="cui2023", rings_mm=(3.0,), annuli=False), jobs=1,
+              resume=True, progress=False)
+    recipe = load_recipe("peritumoral2025")
+    recipe["params"] = "cui2023"
+    recipe["scenarios"] = {"intra+peri3mm": ["tumor", "peri_0-3mm"]}   # one scenario: fast
+    recipe["evaluation"] = {**recipe.get("evaluation", {}), "repeats": 0, "bootstrap": 200}
+    run(recipe, features, cohort / "cohort.csv", workdir / "model", progress=False)
+    return workdir / "model" / "model_bundle.zip", cohort

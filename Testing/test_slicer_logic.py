@@ -1,0 +1,250 @@
+"""The panel's Logic on real MRML (slicer-core): segmentation/table conversions, every step
+end to end on a synthetic case, the worker-thread job with cancel, and bad input."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML for these tests")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2Radiomics"))
+import HER2RadiomicsCore as C  # noqa: E402
+import HER2RadiomicsMRML as M  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    s = slicer.vtkMRMLScene()
+    slicer.mrmlScene = s
+    yield s
+    s.Clear(1)
+
+
+def _oblique_image(spacing=(0.2, 0.3)):
+    rng = np.random.default_rng(1)
+    img = sitk.GetImageFromArray(rng.rayleigh(30, (60, 80)).astype(np.float32))
+    img.SetSpacing(spacing)
+    img.SetOrigin((12.0, -4.0))
+    a = np.deg2rad(25)
+    img.SetDirection([np.cos(a), -np.sin(a), np.sin(a), np.cos(a)])
+    return img
+
+
+def _disk(img, centre=(40, 30), radius_px=9):
+    yy, xx = np.indices(sitk.GetArrayViewFromImage(img).shape)
+    m = ((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius_px ** 2).astype(np.uint8)
+    mask = sitk.GetImageFromArray(m)
+    mask.CopyInformation(img)
+    return mask
+
+
+def test_segment_round_trip_on_oblique_grid(scene):
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    mask = _disk(img)
+    sid = M.sitkToSegment(mask, seg, vol, "tumour", (1, 0, 0), region="tumor")
+    back = M.segmentToSitk(seg, sid, vol)
+    assert back.GetDimension() == 2
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(mask))
+    assert back.GetSpacing() == pytest.approx(img.GetSpacing())
+    assert back.GetOrigin() == pytest.approx(img.GetOrigin())
+    assert back.GetDirection() == pytest.approx(img.GetDirection())
+    # updating by region tag keeps the id and replaces the content
+    smaller = _disk(img, radius_px=4)
+    assert M.sitkToSegment(smaller, seg, vol, "tumour", region="tumor") == sid
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1
+    assert sitk.GetArrayFromImage(M.segmentToSitk(seg, sid, vol)).sum() == \
+        sitk.GetArrayFromImage(smaller).sum()
+
+
+def test_segment_export_resamples_to_reference_grid(scene):
+    """A reader's segmentation drawn on another volume still lines up physically."""
+    img = _oblique_image((0.2, 0.2))
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    coarse = sitk.Image([40, 30], sitk.sitkFloat32)
+    coarse.SetSpacing((0.4, 0.4))
+    coarse.SetOrigin(img.GetOrigin())
+    coarse.SetDirection(img.GetDirection())
+    other = M.sitkToVolumeNode(coarse, scene, "coarse")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    cm = _disk(coarse, (20, 15), 5)
+    sid = M.sitkToSegment(cm, seg, other, "lesion")
+    fine = M.segmentToSitk(seg, sid, vol)
+    # same physical disk: area in mm2 agrees within a pixel ring, centroid within 0.2 mm
+    area = lambda m: sitk.GetArrayFromImage(m).sum() * np.prod(m.GetSpacing())  # noqa: E731
+    assert area(fine) == pytest.approx(area(cm), rel=0.12)
+    f = sitk.LabelShapeStatisticsImageFilter()
+    f.Execute(fine)
+    c1 = f.GetCentroid(1)
+    f.Execute(cm)
+    assert np.allclose(c1, f.GetCentroid(1), atol=0.2)
+
+
+def test_table_round_trip(scene):
+    t = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    df = pd.DataFrame({"region": ["tumor", "peri_0-3mm"], "value": [1.5, np.nan],
+                       "n": [3, 4]})
+    M.dataFrameToTableNode(df, t)
+    back = M.tableNodeToDataFrame(t)
+    assert back["region"].tolist() == ["tumor", "peri_0-3mm"]
+    assert back["value"].iloc[0] == 1.5 and np.isnan(back["value"].iloc[1])
+    assert back["n"].tolist() == [3.0, 4.0]
+
+
+def test_markups_prompt_in_pixels(scene):
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    mk = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    # physical LPS point of pixel (30, 20) -> RAS for the markups
+    lps = img.TransformContinuousIndexToPhysicalPoint((30.0, 20.0))
+    mk.AddControlPointWorld([-lps[0], -lps[1], 0.0])
+    kind, xy = M.markupsToPrompt(mk, vol)
+    assert kind == "click" and xy == pytest.approx((30.0, 20.0), abs=1e-6)
+    lps2 = img.TransformContinuousIndexToPhysicalPoint((10.0, 45.0))
+    mk.AddControlPointWorld([-lps2[0], -lps2[1], 0.0])
+    kind, box = M.markupsToPrompt(mk, vol)
+    assert kind == "box" and box == pytest.approx((10.0, 20.0, 30.0, 45.0), abs=1e-6)
+
+
+def test_spacing_sources(scene, tmp_path):
+    logic = C.HER2RadiomicsCoreLogic()
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    assert logic.spacingInfo(vol).source == "volume"
+    # a PNG carries no spacing: Slicer's 1 x 1 mm is a placeholder -> unknown
+    png = tmp_path / "scan.png"
+    sitk.WriteImage(sitk.Cast(sitk.RescaleIntensity(img), sitk.sitkUInt8), str(png))
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(png))
+    vol.SetAndObserveStorageNodeID(storage.GetID())
+    info = logic.spacingInfo(vol)
+    assert not info.known and "scan.png" in info.note
+    with pytest.raises(ValueError, match="spacing is unknown"):
+        logic.buildRings(vol, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"), [3])
+    logic.setUserSpacing(vol, 0.1, 0.1)
+    info = logic.spacingInfo(vol)
+    assert info.known and info.source == "user" and info.spacing_mm == (0.1, 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        logic.setUserSpacing(vol, 0, 0.1)
+
+
+def test_multi_slice_volume_is_refused(scene):
+    logic = C.HER2RadiomicsCoreLogic()
+    v = M.sitkToVolumeNode(sitk.Image([10, 10, 3], sitk.sitkFloat32), scene, "cine")
+    with pytest.raises(ValueError, match="3 slices"):
+        logic.loadedImage(v)
+
+
+@pytest.fixture(scope="module")
+def example_bundle(tmp_path_factory):
+    return C.exampleBundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.mark.slow
+def test_end_to_end_like_the_panel(scene, example_bundle, tmp_path):
+    """Load -> CNN -> rings -> features (thread) -> predict -> reader Dice -> report, compared
+    with the library's own file-based prediction of the same image and mask."""
+    from HER2RadiomicsLib.io import load_case
+    from HER2RadiomicsLib.predict import predict_case
+    bundle_path, cohort = example_bundle
+    logic = C.HER2RadiomicsCoreLogic()
+    row = pd.read_csv(cohort / "cohort.csv").query("site != 'C'").iloc[0]
+    loaded, truth = load_case(cohort / row["image"], cohort / row["mask"])
+    vol = M.sitkToVolumeNode(loaded.image, scene, str(row.case_id))
+    vol.SetAttribute(C.SPACING_SOURCE_ATTRIBUTE, loaded.spacing_source)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "R0")
+
+    ok, why = logic.segmenterAvailable()
+    assert ok, why
+    sid = logic.autoSegment(vol, seg)
+    cnn = sitk.GetArrayFromImage(M.segmentToSitk(seg, sid, vol)) > 0
+    gt = sitk.GetArrayFromImage(truth) > 0
+    assert 2 * (cnn & gt).sum() / (cnn.sum() + gt.sum()) > 0.8      # CNN found the lesion
+    assert "CNN" in logic.maskSource(seg)
+
+    # replace the CNN mask by the reference mask (as a reader's correction would)
+    M.sitkToSegment(truth, seg, vol, "tumour", region="tumor")
+    regs, qc = logic.buildRings(vol, seg, [3, 5], annuli=True)
+    names = [seg.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(seg.GetSegmentation().GetNumberOfSegments())]
+    assert names == ["tumour", "ring 0-3 mm", "ring 0-5 mm", "ring 3-5 mm"]
+    assert set(qc.region) == {"tumor", "peri_0-3mm", "peri_0-5mm", "peri_3-5mm"}
+    assert qc.set_index("region").loc["peri_0-3mm", "area_mm2"] > 0
+
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    job = logic.startFeatureExtraction(vol, seg, "cui2023", table)
+    assert job.wait(120)
+    feats = logic.finishFeatureExtraction(job)
+    direct, _ = __import__("HER2RadiomicsLib.features", fromlist=["x"]).FeatureExtractor(
+        "cui2023").extract(loaded.image, {r: m for r, m in regs.masks.items()})
+    assert feats.keys() == direct.keys()
+    assert np.allclose([feats[k] for k in direct], list(direct.values()), equal_nan=True)
+    long = M.tableNodeToDataFrame(table)
+    assert len(long) == len(feats) and set(long.region) == set(regs.masks)
+
+    bundle = logic.loadBundle(bundle_path)
+    needs = logic.bundleNeeds(bundle)
+    assert needs["rings"] and needs["site"]
+    clinical = {k: float(row[k]) for k in needs["clinical"]}
+    ptable = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    pred = logic.predict(bundle, vol, seg, site=row.site, clinical=clinical, tableNode=ptable)
+    ref = predict_case(bundle, cohort / row["image"], cohort / row["mask"], site=row.site,
+                       clinical=clinical)
+    for k, v in ref.probabilities.items():
+        assert pred.probabilities[k] == pytest.approx(v, abs=1e-9)
+    items = M.tableNodeToDataFrame(ptable).set_index("item")["value"]
+    assert items["predicted class"] == ref.predicted_class
+    with pytest.raises(ValueError, match="site"):
+        logic.predict(bundle, vol, seg, site=None)
+    assert "Research use only" in logic.modelCardText(bundle)
+
+    # reader study: two readers
+    seg2 = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "R2")
+    M.sitkToSegment(sitk.BinaryErode(truth, [2, 2]), seg2, vol, "tumour", region="tumor")
+    agree = logic.readerAgreement(vol, [seg, seg2])
+    a, b = gt, sitk.GetArrayFromImage(sitk.BinaryErode(truth, [2, 2])) > 0
+    assert agree.dice.iloc[0] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+    assert "hd95_mm" in agree
+
+    out = logic.saveReport(bundle, vol, seg, tmp_path / "case.html", site=row.site,
+                           clinical=clinical)
+    html = out.read_text()
+    assert "Research use only" in html and f"{pred.probabilities[pred.predicted_class]:.3f}" in html
+
+
+def test_feature_job_cancel_keeps_gui_state(scene):
+    logic = C.HER2RadiomicsCoreLogic()
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    M.sitkToSegment(_disk(img), seg, vol, "tumour", region="tumor")
+    logic.buildRings(vol, seg, [1, 2, 3], annuli=True)
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    job = logic.startFeatureExtraction(vol, seg, "default", table)
+    job.cancel()
+    assert job.wait(120)
+    from HER2RadiomicsLib.errors import Cancelled
+    with pytest.raises(Cancelled):
+        logic.finishFeatureExtraction(job)
+    assert table.GetTable().GetNumberOfColumns() == 0      # nothing half-written
+
+
+def test_bad_input_is_a_one_line_value_error(scene):
+    logic = C.HER2RadiomicsCoreLogic()
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(ValueError, match="no tumour segment"):
+        logic.extractFeatures(vol, seg)
+    empty = sitk.Image(img.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(img)
+    seg.GetSegmentation().AddEmptySegment("", "tumour")
+    with pytest.raises(ValueError, match="empty"):
+        logic.tumourMask(vol, seg)
+    with pytest.raises(ValueError, match="model|bundle|zip|not"):
+        logic.loadBundle(Path(__file__))
+    with pytest.raises(ValueError, match="at least two"):
+        logic.readerAgreement(vol, [seg])

@@ -1,0 +1,457 @@
+"""HER2Radiomics: the 3D Slicer panel (Module / Widget / Logic / Test).
+
+A thin shell: the Widget only binds the .ui to a typed parameter node and displays what the
+controller (:mod:`HER2RadiomicsController`) says can run; the Logic inherits every behaviour
+from :class:`HER2RadiomicsCore.HER2RadiomicsCoreLogic` (MRML only, tested on ``slicer-core``);
+all computation is in ``HER2RadiomicsLib``.
+"""
+import os
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode, vtkMRMLTableNode)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from HER2RadiomicsController import PanelState, parseRingsText, stepStatus
+from HER2RadiomicsCore import HER2RadiomicsCoreLogic
+
+#: shipped params presets (HER2RadiomicsLib/params); listed here so the panel loads before the
+#: library's dependencies are installed
+PRESETS = ["default", "cui2023", "yin2024", "zhao2025"]
+#: how often the widget polls a background job (ms): smooth progress, negligible load
+POLL_MS = 200
+
+
+class HER2Radiomics(ScriptedLoadableModule):
+    """Module metadata."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("HER2Radiomics")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["HER2Radiomics contributors"]
+        self.parent.helpText = _(
+            "Breast-ultrasound radiomics for HER2 status (positive / low / zero): CNN auto-mask, "
+            "peritumoral rings in mm, pyradiomics features, model bundles, reports. "
+            "<b>Research use only. Not a diagnostic device.</b>")
+        self.parent.acknowledgementText = _(
+            "Uses pyradiomics (van Griethuysen et al., Cancer Res 2017). The auto-mask CNN was "
+            "trained on BUS-BRA (Gomez-Flores et al., Med Phys 2024).")
+
+
+@parameterNodeWrapper
+class HER2RadiomicsParameterNode:
+    """Panel state, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    spacingX_mm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    spacingY_mm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    segmentation: vtkMRMLSegmentationNode
+    promptMarkups: vtkMRMLMarkupsFiducialNode
+    rings_mm: str = "3,5,8"
+    annuli: bool = False
+    preset: Annotated[str, Choice(PRESETS)] = "default"
+    paramsFile: Path
+    featureTable: vtkMRMLTableNode
+    bundleFile: Path
+    site: str = ""
+    clinicalText: str = ""
+    predictionTable: vtkMRMLTableNode
+    readerTable: vtkMRMLTableNode
+    reportFile: Path
+
+
+class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the .ui to the parameter node; never computes."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._bundle = None
+        self._prediction = None
+        self._job = None
+        self._timer = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/HER2Radiomics.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = HER2RadiomicsLogic()
+
+        for preset in PRESETS:
+            self.ui.presetComboBox.addItem(preset)
+        self.ui.reportPathLineEdit.filters = ctkPathFilters()
+        editorNode = slicer.mrmlScene.GetSingletonNode("HER2Radiomics", "vtkMRMLSegmentEditorNode")
+        if editorNode is None:
+            editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+            editorNode.SetSingletonTag("HER2Radiomics")
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(editorNode)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.setSpacingButton.connect("clicked(bool)", self.onSetSpacingButton)
+        self.ui.autoSegmentButton.connect("clicked(bool)", self.onAutoSegmentButton)
+        self.ui.buildRingsButton.connect("clicked(bool)", self.onBuildRingsButton)
+        self.ui.extractButton.connect("clicked(bool)", self.onExtractButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.loadBundleButton.connect("clicked(bool)", self.onLoadBundleButton)
+        self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
+        self.ui.compareReadersButton.connect("clicked(bool)", self.onCompareReadersButton)
+        self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReportButton)
+        self.ui.siteComboBox.connect("currentTextChanged(QString)", self.onSiteChanged)
+        self.ui.readerSegmentationsSelector.connect("checkedNodesChanged()", self.updateGUI)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_MS)
+        self._timer.connect("timeout()", self.onPollJob)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+        if self._job is not None:
+            self._job.cancel()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    # -- state -> GUI (the controller decides, the widget displays) ------------------------------
+
+    def panelState(self):
+        p = self._parameterNode
+        volume, seg = p.inputVolume, p.segmentation
+        state = PanelState(volumeSelected=volume is not None,
+                           ringsText=p.rings_mm, site=p.site,
+                           busy=self._job.name if self._job is not None else "")
+        if volume is not None:
+            state.spacingKnown = self.logic.spacingInfo(volume).known
+        ok, why = self.logic.segmenterAvailable()
+        state.segmenterAvailable, state.segmenterProblem = ok, why
+        state.tumourSegment = seg is not None and self.logic.tumourSegmentId(seg) is not None
+        if p.paramsFile and str(p.paramsFile) not in ("", ".") and not Path(p.paramsFile).exists():
+            state.paramsValid, state.paramsProblem = False, f"{p.paramsFile} does not exist."
+        if self._bundle is not None:
+            needs = self.logic.bundleNeeds(self._bundle)
+            state.bundleLoaded = True
+            state.bundleNeedsRings, state.bundleNeedsSite = needs["rings"], needs["site"]
+        state.predictionDone = self._prediction is not None
+        state.readerSegmentations = len(self.ui.readerSegmentationsSelector.checkedNodes())
+        return state
+
+    def updateGUI(self, caller=None, event=None):
+        if self._parameterNode is None:
+            return
+        state = self.panelState()
+        status = stepStatus(state)
+        for step, button in (("autoSegment", self.ui.autoSegmentButton),
+                             ("rings", self.ui.buildRingsButton),
+                             ("features", self.ui.extractButton),
+                             ("predict", self.ui.predictButton),
+                             ("readerStudy", self.ui.compareReadersButton),
+                             ("report", self.ui.saveReportButton)):
+            button.enabled = status[step].enabled
+            button.toolTip = status[step].reason
+        volume = self._parameterNode.inputVolume
+        self.ui.setSpacingButton.enabled = volume is not None and not state.busy
+        self.ui.loadBundleButton.enabled = bool(self._parameterNode.bundleFile) and not state.busy
+        if volume is not None:
+            info = self.logic.spacingInfo(volume)
+            self.ui.spacingLabel.text = (
+                f"{info.spacing_mm[0]:.4g} x {info.spacing_mm[1]:.4g} mm ({info.source})"
+                if info.known else _("unknown: enter it below")) + (
+                f"<br><i>{info.note}</i>" if info.note else "")
+        else:
+            self.ui.spacingLabel.text = _("select an image")
+        seg = self._parameterNode.segmentation
+        self.ui.segmentEditorWidget.setSegmentationNode(seg)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        blocked = [f"{k}: {v.reason}" for k, v in status.items() if not v.enabled]
+        self.ui.statusLabel.text = blocked[0] if blocked and not state.volumeSelected else ""
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    def _ensureDependencies(self):
+        import HER2RadiomicsDependencies as D
+        return D.ensureDependencies(
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "HER2Radiomics"))
+
+    def _outputNode(self, attribute, className, name):
+        node = getattr(self._parameterNode, attribute)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass(className, name)
+            setattr(self._parameterNode, attribute, node)
+        return node
+
+    def onSetSpacingButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to set the spacing."), waitCursor=True):
+            p = self._parameterNode
+            self.logic.setUserSpacing(p.inputVolume, p.spacingX_mm, p.spacingY_mm)
+            self.updateGUI()
+
+    def onAutoSegmentButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Auto-segmentation failed."), waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            seg = self._outputNode("segmentation", "vtkMRMLSegmentationNode", "HER2 segmentation")
+            seg.CreateDefaultDisplayNodes()
+            self.logic.autoSegment(p.inputVolume, seg, p.promptMarkups)
+            self.updateGUI()
+
+    def onBuildRingsButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Creating the rings failed."), waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            rings = parseRingsText(p.rings_mm)
+            _regs, qc = self.logic.buildRings(p.inputVolume, p.segmentation, rings, p.annuli)
+            lines = [f"{r.region}: {r.area_mm2:.1f} mm², {r.clipped_pct:.0f}% clipped"
+                     + (" ⚠ flagged" if r.flagged else "") for r in qc.itertuples()]
+            self.ui.ringsQcLabel.text = "<br>".join(lines)
+            self.updateGUI()
+
+    def onExtractButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Feature extraction failed."), waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            params = str(p.paramsFile) if p.paramsFile and str(p.paramsFile) not in ("", ".") \
+                else p.preset
+            table = self._outputNode("featureTable", "vtkMRMLTableNode", "HER2 features")
+            self._job = self.logic.startFeatureExtraction(p.inputVolume, p.segmentation, params,
+                                                          table)
+            self.ui.progressBar.visible = True
+            self.ui.progressBar.value = 0
+            self.ui.cancelButton.enabled = True
+            self._timer.start()
+            self.updateGUI()
+
+    def onCancelButton(self):
+        if self._job is not None:
+            self._job.cancel()
+
+    def onPollJob(self):
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        self.ui.progressBar.value = int(100 * job.progress)
+        self.ui.progressBar.format = f"%p% {job.message}"
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.visible = False
+        from HER2RadiomicsLib.errors import Cancelled
+        try:
+            feats = self.logic.finishFeatureExtraction(job)
+            slicer.util.showStatusMessage(f"{len(feats)} features extracted", 3000)
+            table = self._parameterNode.featureTable
+            if table is not None:
+                slicer.app.layoutManager().setLayout(
+                    slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+                slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+                slicer.app.applicationLogic().PropagateTableSelection()
+        except Cancelled:
+            slicer.util.showStatusMessage(_("Feature extraction cancelled"), 3000)
+        except Exception as exc:  # shown to the user as one line, not a traceback
+            slicer.util.errorDisplay(_("Feature extraction failed: ") + str(exc))
+        self.updateGUI()
+
+    def onLoadBundleButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Loading the model failed."), waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            p = self._parameterNode
+            self._bundle = self.logic.loadBundle(str(p.bundleFile))
+            self._prediction = None
+            card = self.logic.modelCardText(self._bundle)
+            warnings = self.logic.bundleWarnings(self._bundle, p.inputVolume, p.preset)
+            self.ui.modelCardLabel.text = card.replace("\n", "<br>") + "".join(
+                f"<br><span style='color:#a05a00'>⚠ {w}</span>" for w in warnings)
+            sites = self.logic.bundleNeeds(self._bundle)["sites"]
+            self.ui.siteComboBox.clear()
+            for s in [""] + sites:
+                self.ui.siteComboBox.addItem(s)
+            if p.site in sites:
+                self.ui.siteComboBox.currentText = p.site
+            self.updateGUI()
+
+    def onSiteChanged(self, text):
+        if self._parameterNode is not None:
+            self._parameterNode.site = text
+
+    def _clinical(self):
+        values = {}
+        for part in self._parameterNode.clinicalText.replace(";", ",").split(","):
+            if part.strip():
+                if "=" not in part:
+                    raise ValueError(f"clinical value '{part.strip()}': expected name=value")
+                k, v = part.split("=", 1)
+                values[k.strip()] = float(v)
+        return values
+
+    def onPredictButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
+            p = self._parameterNode
+            table = self._outputNode("predictionTable", "vtkMRMLTableNode", "HER2 prediction")
+            pred = self.logic.predict(self._bundle, p.inputVolume, p.segmentation, p.site,
+                                      self._clinical(), table)
+            self._prediction = pred
+            self.ui.predictionLabel.text = predictionHtml(pred)
+            self.ui.warningsLabel.text = "<br>".join(f"⚠ {w}" for w in pred.warnings)
+            self.updateGUI()
+
+    def onCompareReadersButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Reader comparison failed."), waitCursor=True):
+            p = self._parameterNode
+            table = self._outputNode("readerTable", "vtkMRMLTableNode", "HER2 reader agreement")
+            nodes = list(self.ui.readerSegmentationsSelector.checkedNodes())
+            self.logic.readerAgreement(p.inputVolume, nodes, table)
+            slicer.util.showStatusMessage(_("Reader agreement written to the table"), 3000)
+
+    def onSaveReportButton(self):
+        with slicer.util.tryWithErrorDisplay(_("Saving the report failed."), waitCursor=True):
+            p = self._parameterNode
+            path = str(p.reportFile) if p.reportFile and str(p.reportFile) not in ("", ".") \
+                else os.path.join(slicer.app.temporaryPath, "HER2Radiomics-report.html")
+            out = self.logic.saveReport(self._bundle, p.inputVolume, p.segmentation, path,
+                                        p.site, self._clinical())
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(out)))
+
+
+def ctkPathFilters():
+    """ctkPathLineEdit filter for a file to write (any name, writable)."""
+    import ctk
+    return ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Writable
+
+
+def predictionHtml(pred):
+    """Class, per-class probability bars (text), Rad-score and top contributions."""
+    rows = []
+    for k, v in pred.probabilities.items():
+        bar = "█" * int(round(20 * v)) + "░" * (20 - int(round(20 * v)))
+        bold = ("<b>", "</b>") if k == pred.predicted_class else ("", "")
+        rows.append(f"{bold[0]}{k}{bold[1]} <tt>{bar}</tt> {v:.2f}")
+    text = f"<b>Predicted: {pred.predicted_class}</b><br>" + "<br>".join(rows)
+    if pred.rad_score is not None:
+        text += f"<br>Rad-score {pred.rad_score:+.3f}"
+    if pred.nomogram_probability is not None:
+        text += f"; nomogram probability {pred.nomogram_probability:.2f}"
+    for c in pred.contributions:
+        text += f"<br><tt>{c['contribution']:+.3f}</tt> {c['feature']}"
+    return text + "<br><i>Research use only. Not a diagnostic device.</i>"
+
+
+class HER2RadiomicsLogic(ScriptedLoadableModuleLogic, HER2RadiomicsCoreLogic):
+    """Slicer's logic class: parameter node handling; every step from HER2RadiomicsCoreLogic."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        HER2RadiomicsCoreLogic.__init__(self)
+
+    def getParameterNode(self):
+        return HER2RadiomicsParameterNode(super().getParameterNode())
+
+
+class HER2RadiomicsTest(ScriptedLoadableModuleTest):
+    """Self-test: the real logic end to end on a synthetic case (nothing skipped)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_HER2Radiomics_EndToEnd()
+
+    def test_HER2Radiomics_EndToEnd(self):
+        import tempfile
+
+        import HER2RadiomicsDependencies as D
+        import HER2RadiomicsMRML as M
+        from HER2RadiomicsCore import SPACING_SOURCE_ATTRIBUTE, exampleBundle
+        self.delayDisplay("Checking dependencies")
+        self.assertTrue(D.ensureDependencies(confirm=lambda text: True))
+        work = Path(tempfile.mkdtemp(prefix="HER2RadiomicsTest"))
+        self.delayDisplay("Training a small model on a synthetic cohort (about 30 s)")
+        bundlePath, cohort = exampleBundle(work)
+        import pandas as pd
+        row = pd.read_csv(cohort / "cohort.csv").query("site != 'C'").iloc[0]
+        from HER2RadiomicsLib.io import load_case
+        loaded, truth = load_case(cohort / row["image"], cohort / row["mask"])
+        volume = M.sitkToVolumeNode(loaded.image, slicer.mrmlScene, str(row.case_id))
+        volume.SetAttribute(SPACING_SOURCE_ATTRIBUTE, loaded.spacing_source)
+        volume.CreateDefaultDisplayNodes()
+
+        logic = HER2RadiomicsLogic()
+        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        seg.CreateDefaultDisplayNodes()
+        self.delayDisplay("Auto-segment")
+        logic.autoSegment(volume, seg)
+        self.assertIsNotNone(logic.tumourSegmentId(seg))
+        M.sitkToSegment(truth, seg, volume, "tumour", region="tumor")
+        self.delayDisplay("Rings")
+        _regs, qc = logic.buildRings(volume, seg, [3, 5, 8])
+        self.assertEqual(seg.GetSegmentation().GetNumberOfSegments(), 4)
+        self.delayDisplay("Features (background job)")
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
+        job = logic.startFeatureExtraction(volume, seg, "cui2023", table)
+        self.assertTrue(job.wait(300))
+        feats = logic.finishFeatureExtraction(job)
+        self.assertEqual(table.GetNumberOfRows(), len(feats))
+        self.delayDisplay("Predict")
+        bundle = logic.loadBundle(str(bundlePath))
+        clinical = {k: float(row[k]) for k in logic.bundleNeeds(bundle)["clinical"]}
+        pred = logic.predict(bundle, volume, seg, site=row.site, clinical=clinical)
+        self.assertAlmostEqual(sum(pred.probabilities.values()), 1.0, places=6)
+        self.delayDisplay("Report")
+        out = logic.saveReport(bundle, volume, seg, work / "case.html", row.site, clinical)
+        self.assertIn("Research use only", Path(out).read_text())
+        self.delayDisplay("Test passed")

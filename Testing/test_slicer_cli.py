@@ -1,0 +1,67 @@
+"""The scripted CLI run as Slicer runs it (arguments from the XML), on synthetic cases."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2RadiomicsCLI"))
+import HER2RadiomicsCLI as CLI  # noqa: E402
+
+
+def test_single_image_with_label(cohort, tmp_path, capsys):
+    from HER2RadiomicsLib.features import FeatureExtractor
+    from HER2RadiomicsLib.io import load_case
+    from HER2RadiomicsLib.rings import build_regions
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    img, mask = str(cohort / row["image"]), str(cohort / row["mask"])
+    rc = CLI.main(["--inputVolume", img, "--inputLabel", mask, "--rings", "3,5", "--annuli",
+                   "--preset", "cui2023", "--outputLabel", str(tmp_path / "labels.nrrd"),
+                   "--outputTable", str(tmp_path / "out.tsv")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    fractions = [float(v) for v in
+                 __import__("re").findall(r"<filter-progress>([\d.]+)</filter-progress>", out)]
+    assert fractions[0] < fractions[-1] == 1.0 and fractions == sorted(fractions)
+    t = pd.read_csv(tmp_path / "out.tsv", sep="\t")
+    loaded, m = load_case(img, mask)
+    regs = build_regions(loaded.image, m, "3,5", annuli=True)
+    ref, _ = FeatureExtractor("cui2023").extract(loaded.image, regs.masks)
+    assert np.allclose(t.loc[0, list(ref)].to_numpy(float), list(ref.values()), equal_nan=True)
+    assert t.loc[0, "mask_source"] == "label map"
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nrrd")))
+    assert set(np.unique(lab)) == {0, 1, 2, 3}            # tumour, 0-3 mm, 3-5 mm
+    assert (lab == 1).sum() == (sitk.GetArrayFromImage(m) > 0).sum()
+
+
+def test_cnn_when_no_label_and_manifest_keeps_going(cohort, tmp_path, capsys):
+    rows = pd.read_csv(cohort / "cohort.csv").iloc[:2]
+    man = pd.DataFrame({"case_id": list(rows.case_id) + ["BAD"],
+                        "image": [str(cohort / p) for p in rows.image] + [str(tmp_path / "no.png")],
+                        "mask": [str(cohort / p) for p in rows["mask"]] + [""]})
+    man.to_csv(tmp_path / "m.csv", index=False)
+    rc = CLI.main(["--manifest", str(tmp_path / "m.csv"), "--preset", "cui2023", "--rings", "3",
+                   "--outputTable", str(tmp_path / "m.csv.out.csv")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "BAD" in err and "no.png" in err and "Traceback" not in err
+    t = pd.read_csv(tmp_path / "m.csv.out.csv")
+    assert t.case_id.tolist() == list(rows.case_id)
+    # single image without a label: the CNN draws it
+    rc = CLI.main(["--inputVolume", str(cohort / rows.image.iloc[0]), "--preset", "cui2023",
+                   "--rings", "3", "--outputTable", str(tmp_path / "cnn.tsv")])
+    assert rc == 0
+    assert pd.read_csv(tmp_path / "cnn.tsv", sep="\t").loc[0, "mask_source"] == "CNN auto-mask"
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "--inputVolume"),
+    (["--inputVolume", "x.png", "--spacingMm", "0,1"], "two positive numbers"),
+    (["--inputVolume", "x.png", "--clinical", "age"], "name=value"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, words, capsys):
+    assert CLI.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1

@@ -1,0 +1,267 @@
+"""Static contracts of the Slicer layer that CI can check without Slicer:
+
+- the .ui and the widget code agree (every ``self.ui.<name>`` exists with the expected class;
+  every ``SlicerParameterName`` is a typed parameter-node field of a compatible type);
+- the scripted CLI's XML parameters and its argparse definitions are the same;
+- CMake lists every file of the extension; requirements match pyproject.toml;
+- the dependency installer never replaces Slicer's packages and handles pyradiomics' trap;
+- nothing heavy is imported when Slicer loads the module.
+"""
+import ast
+import re
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "HER2Radiomics" / "HER2Radiomics.py"
+UI = ROOT / "HER2Radiomics" / "Resources" / "UI" / "HER2Radiomics.ui"
+CLI_PY = ROOT / "HER2RadiomicsCLI" / "HER2RadiomicsCLI.py"
+CLI_XML = ROOT / "HER2RadiomicsCLI" / "HER2RadiomicsCLI.xml"
+
+# widget name suffix -> acceptable Qt/CTK/MRML classes (Slicer's naming habit)
+SUFFIX_CLASSES = {
+    "CollapsibleButton": {"ctkCollapsibleButton"},
+    "Button": {"QPushButton", "QToolButton"},
+    "Selector": {"qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"},
+    "PathLineEdit": {"ctkPathLineEdit"},
+    "LineEdit": {"QLineEdit"},
+    "ComboBox": {"QComboBox", "ctkComboBox"},
+    "CheckBox": {"QCheckBox"},
+    "SpinBox": {"QDoubleSpinBox", "QSpinBox", "ctkDoubleSpinBox"},
+    "ProgressBar": {"QProgressBar"},
+    "Label": {"QLabel"},
+    "EditorWidget": {"qMRMLSegmentEditorWidget"},
+}
+# parameter type -> widget classes the parameterNodeWrapper can bind it to
+TYPE_CLASSES = {
+    "vtkMRML": {"qMRMLNodeComboBox"},
+    "Path": {"ctkPathLineEdit"},
+    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget"},
+    "bool": {"QCheckBox"},
+    "str": {"QLineEdit", "QComboBox"},
+}
+
+
+def _ui_widgets():
+    tree = ET.parse(UI)
+    out = {}
+    for w in tree.iter("widget"):
+        param = None
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                param = prop.find("string").text
+        out[w.get("name")] = (w.get("class"), param)
+    return out
+
+
+def _parameter_fields():
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef)
+               and n.name == "HER2RadiomicsParameterNode")
+    fields = {}
+    for st in cls.body:
+        if isinstance(st, ast.AnnAssign):
+            ann = st.annotation
+            if isinstance(ann, ast.Subscript):          # Annotated[float, ...]
+                ann = ann.slice.elts[0]
+            fields[st.target.id] = ast.unparse(ann)
+    return fields
+
+
+def test_every_ui_reference_exists_with_the_expected_class():
+    widgets = _ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert len(used) > 20
+    for name in sorted(used):
+        assert name in widgets, f"self.ui.{name} is not in {UI.name}"
+        cls = widgets[name][0]
+        suffix = next(s for s in SUFFIX_CLASSES if name.lower().endswith(s.lower()))
+        assert cls in SUFFIX_CLASSES[suffix], f"{name} is a {cls}"
+
+
+def test_every_parameter_binding_is_a_typed_field():
+    widgets = _ui_widgets()
+    fields = _parameter_fields()
+    bound = {param: (name, cls) for name, (cls, param) in widgets.items() if param}
+    assert len(bound) >= 12
+    for param, (name, cls) in bound.items():
+        assert param in fields, f"{name} binds unknown parameter {param!r}"
+        t = fields[param]
+        kind = "vtkMRML" if t.startswith("vtkMRML") else t
+        assert cls in TYPE_CLASSES[kind], f"{name} ({cls}) cannot hold a {t}"
+
+
+def test_ui_scene_connections_and_buttons_start_disabled():
+    tree = ET.parse(UI)
+    receivers = {c.find("receiver").text for c in tree.iter("connection")}
+    widgets = _ui_widgets()
+    mrml = {n for n, (c, _) in widgets.items() if c.startswith("qMRML") and n != "HER2Radiomics"}
+    assert mrml <= receivers, f"not connected to the scene: {mrml - receivers}"
+    for w in tree.iter("widget"):
+        if w.get("class") == "QPushButton" and w.get("name") != "cancelButton":
+            enabled = [p for p in w.findall("property") if p.get("name") == "enabled"]
+            assert enabled and enabled[0].find("bool").text == "false", w.get("name")
+
+
+def test_module_follows_the_template_roles():
+    tree = ast.parse(MODULE.read_text())
+    classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body
+               if isinstance(n, ast.ClassDef)}
+    assert "ScriptedLoadableModule" in classes["HER2Radiomics"]
+    assert "ScriptedLoadableModuleWidget" in classes["HER2RadiomicsWidget"]
+    assert "HER2RadiomicsCoreLogic" in classes["HER2RadiomicsLogic"]
+    assert "ScriptedLoadableModuleTest" in classes["HER2RadiomicsTest"]
+    src = MODULE.read_text()
+    assert "@parameterNodeWrapper" in src and "tryWithErrorDisplay" in src
+    # the self-test runs the real logic (no skips)
+    test = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "HER2RadiomicsTest")
+    body = ast.unparse(test)
+    for step in ("autoSegment", "buildRings", "startFeatureExtraction", "predict", "saveReport"):
+        assert f"logic.{step}(" in body
+    assert "skiptest" not in body.lower() and "self.skip" not in body.lower()
+
+
+# -- scripted CLI -------------------------------------------------------------------------------
+
+def _xml_parameters():
+    root = ET.parse(CLI_XML).getroot()
+    out = {}
+    for group in root.findall("parameters"):
+        for p in group:
+            if p.tag in ("label", "description"):
+                continue
+            out[p.find("longflag").text] = {
+                "tag": p.tag, "default": (p.find("default").text or "") if p.find("default")
+                is not None else None,
+                "elements": [e.text for e in p.findall("element")],
+                "channel": p.findtext("channel")}
+    return out
+
+
+def _parser():
+    sys.path.insert(0, str(CLI_PY.parent))
+    import HER2RadiomicsCLI
+    return HER2RadiomicsCLI.buildParser()
+
+
+def test_cli_xml_and_argparse_are_the_same():
+    xml = _xml_parameters()
+    actions = {a.option_strings[0][2:]: a for a in _parser()._actions if a.option_strings
+               and a.option_strings[0] != "-h"}
+    assert set(xml) == set(actions)
+    for flag, spec in xml.items():
+        a = actions[flag]
+        if spec["tag"] == "boolean":
+            assert a.const is True and a.default is (spec["default"] == "true"), flag
+        elif spec["tag"] == "string-enumeration":
+            assert list(a.choices) == spec["elements"] and a.default == spec["default"], flag
+        elif spec["default"] is not None:
+            assert str(a.default) == spec["default"], flag
+        else:
+            assert a.default is None, flag
+
+
+def test_cli_has_python_real_shebang_and_progress():
+    src = CLI_PY.read_text()
+    assert src.startswith("#!/usr/bin/env python-real\n")
+    assert "<filter-progress>" in src
+    for line in src.splitlines():
+        if line.startswith(("import ", "from ")):
+            assert not re.search(r"\b(slicer|qt|ctk|vtk)\b", line), line
+
+
+# -- packaging ----------------------------------------------------------------------------------
+
+def _cmake_list(path):
+    text = path.read_text()
+    return set(re.findall(r"^\s+([\w./${}]+\.(?:py|ui|png|yaml|pt|json))\s*$", text, re.M))
+
+
+def test_cmake_lists_every_file():
+    lib = _cmake_list(ROOT / "HER2RadiomicsLib" / "CMakeLists.txt")
+    shipped = {str(p.relative_to(ROOT / "HER2RadiomicsLib")) for p in
+               (ROOT / "HER2RadiomicsLib").rglob("*")
+               if p.suffix in (".py", ".yaml", ".pt", ".json") and "__pycache__" not in p.parts}
+    assert shipped == lib, (shipped ^ lib)
+    mod = {m.replace("${MODULE_NAME}", "HER2Radiomics")
+           for m in _cmake_list(ROOT / "HER2Radiomics" / "CMakeLists.txt")}
+    files = {str(p.relative_to(ROOT / "HER2Radiomics")) for p in
+             (ROOT / "HER2Radiomics").rglob("*")
+             if p.suffix in (".py", ".ui", ".png") and "__pycache__" not in p.parts}
+    assert files == mod, (files ^ mod)
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for sub in ("HER2RadiomicsLib", "HER2Radiomics", "HER2RadiomicsCLI"):
+        assert f"add_subdirectory({sub})" in top
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY \"Quantification\"",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS \"PyTorch\"",
+                "find_package(Slicer REQUIRED)"):
+        assert key in top, key
+    assert "WITH_SUBDIR" in (ROOT / "HER2RadiomicsLib" / "CMakeLists.txt").read_text()
+
+
+def test_requirements_match_pyproject():
+    from HER2RadiomicsLib import requirements as R
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    strip = lambda s: s.split("#")[0].replace(" ", "")  # noqa: E731
+    assert sorted(map(strip, deps)) == sorted(R.names())
+    assert R.names(R.SLICER) == ["numpy>=1.24", "SimpleITK>=2.2"]
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def pipEnsure(self, reqs):
+        self.calls.append(("ensure", list(reqs)))
+
+    def pipInstall(self, args):
+        self.calls.append(("pip", list(args)))
+
+    def installTorch(self):
+        self.calls.append(("torch",))
+
+
+def test_dependency_installer_order_and_never_replaces_slicer_packages(monkeypatch):
+    sys.path.insert(0, str(ROOT / "HER2Radiomics"))
+    import HER2RadiomicsDependencies as D
+    monkeypatch.setattr(D, "_satisfied", lambda r: False)       # a bare Slicer
+    asked = []
+    rec = Recorder()
+    assert D.ensureDependencies(confirm=lambda t: asked.append(t) or True, installer=rec)
+    assert len(asked) == 1 and "pyradiomics==3.0.1" in asked[0]
+    flat = [a for c in rec.calls for a in (c[1] if len(c) > 1 else [])]
+    assert not any(a.lower().startswith(("numpy", "simpleitk")) for a in flat)
+    i_tools = rec.calls.index(("pip", ["setuptools", "wheel", "versioneer"]))
+    i_rad = rec.calls.index(("pip", ["--no-build-isolation", "--no-deps", "pyradiomics==3.0.1"]))
+    assert i_tools < i_rad and ("torch",) in rec.calls
+    # declined: nothing installed
+    rec2 = Recorder()
+    assert not D.ensureDependencies(confirm=lambda t: False, installer=rec2)
+    assert rec2.calls == []
+    # all present: no question asked
+    monkeypatch.setattr(D, "_satisfied", lambda r: True)
+    assert D.ensureDependencies(confirm=lambda t: pytest.fail("asked"), installer=Recorder())
+
+
+ALLOWED_AT_IMPORT = {"os", "sys", "logging", "threading", "dataclasses", "pathlib", "typing",
+                     "importlib", "numpy", "SimpleITK", "qt", "ctk", "vtk", "slicer",
+                     "HER2RadiomicsController", "HER2RadiomicsCore", "HER2RadiomicsMRML",
+                     "HER2RadiomicsDependencies"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "HER2Radiomics").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_module_imports_nothing_installable_at_load(path):
+    """Slicer loads the module before asking to install anything: only Slicer's own packages
+    (and the standard library) may be imported at module level."""
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""]
+            for n in names:
+                assert n.split(".")[0] in ALLOWED_AT_IMPORT, f"{path.name} imports {n}"

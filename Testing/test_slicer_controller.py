@@ -1,0 +1,68 @@
+"""The panel's 'can this step run now, and why' rules, without Qt or Slicer."""
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2Radiomics"))
+from HER2RadiomicsController import STEPS, PanelState, parseRingsText, stepStatus  # noqa: E402
+
+READY = PanelState(volumeSelected=True, spacingKnown=True, tumourSegment=True,
+                   bundleLoaded=True, predictionDone=True, readerSegmentations=2)
+
+
+def test_everything_enabled_when_ready():
+    st = stepStatus(READY)
+    assert set(st) == set(STEPS)
+    assert all(s.enabled for s in st.values()), {k: v.reason for k, v in st.items()}
+
+
+def test_nothing_but_input_without_a_volume():
+    st = stepStatus(PanelState())
+    assert not any(s.enabled for s in st.values())
+    assert "image" in st["autoSegment"].reason.lower()
+
+
+@pytest.mark.parametrize("change, step, words", [
+    ({"tumourSegment": False}, "rings", "tumour segment"),
+    ({"spacingKnown": False}, "rings", "pixel spacing"),
+    ({"ringsText": "3,x"}, "rings", "'x' is not a number"),
+    ({"ringsText": "3,3"}, "rings", "different"),
+    ({"ringsText": "0"}, "rings", "between 0 and 50"),
+    ({"segmenterAvailable": False}, "autoSegment", "PyTorch"),
+    ({"paramsValid": False, "paramsProblem": "x.yaml does not exist."}, "features",
+     "x.yaml does not exist"),
+    ({"bundleLoaded": False}, "predict", "Load a model bundle"),
+    ({"bundleNeedsSite": True}, "predict", "scanner site"),
+    ({"bundleNeedsRings": True, "spacingKnown": False}, "predict", "pixel spacing"),
+    ({"bundleProblems": ["trained on mammography"]}, "predict", "trained on mammography"),
+    ({"readerSegmentations": 1}, "readerStudy", "at least two"),
+    ({"predictionDone": False}, "report", "Predict first"),
+])
+def test_each_block_says_why(change, step, words):
+    st = stepStatus(replace(READY, **change))
+    assert not st[step].enabled
+    assert words in st[step].reason
+    others = [k for k, v in stepStatus(READY).items() if k != step]
+    # the change does not block unrelated steps (except where it is a shared precondition)
+    shared = {"tumourSegment": {"features", "predict"}, "spacingKnown": {"predict", "rings"}}
+    for k in others:
+        if not any(k in shared.get(c, ()) for c in change):
+            assert st[k].enabled, (k, st[k].reason)
+
+
+def test_site_given_unblocks_prediction():
+    st = stepStatus(replace(READY, bundleNeedsSite=True, site="A"))
+    assert st["predict"].enabled
+
+
+def test_busy_job_blocks_every_step_with_its_name():
+    st = stepStatus(replace(READY, busy="feature extraction"))
+    assert all(not s.enabled and "feature extraction" in s.reason for s in st.values())
+
+
+def test_parse_rings():
+    assert parseRingsText(" 8; 3 ,5") == [3.0, 5.0, 8.0]
+    with pytest.raises(ValueError, match="at least one"):
+        parseRingsText(" , ")

@@ -15,7 +15,10 @@ Example (Slicer's Python console)::
     bundle = logic.loadBundle("model_bundle.zip")
     prediction = logic.predict(bundle, getNode("US"), seg, site="A")
 """
+import importlib.util
 import logging
+import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,11 @@ import SimpleITK as sitk
 import HER2RadiomicsMRML as M
 
 log = logging.getLogger(__name__)
+
+# Installed extension: HER2RadiomicsLib is a sibling scripted-module package and importable.
+# Source tree (--additional-module-paths HER2Radiomics): it sits one folder up.
+if importlib.util.find_spec("HER2RadiomicsLib") is None:
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: node attribute holding the pixel-spacing source the user confirmed or entered
 SPACING_SOURCE_ATTRIBUTE = "HER2Radiomics.SpacingSource"

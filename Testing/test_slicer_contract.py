@@ -265,3 +265,10 @@ def test_module_imports_nothing_installable_at_load(path):
                 else [node.module or ""]
             for n in names:
                 assert n.split(".")[0] in ALLOWED_AT_IMPORT, f"{path.name} imports {n}"
+
+
+def test_extension_urls_point_at_files_in_the_repository():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for url in re.findall(r'"(https://raw\.githubusercontent\.com/[^"]+)"', top):
+        rel = url.split("/main/", 1)[1]
+        assert (ROOT / rel).exists(), rel

@@ -94,8 +94,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HER2RadiomicsLogic()
 
-        for preset in PRESETS:
-            self.ui.presetComboBox.addItem(preset)
+        # presetComboBox is filled by the parameter node's Choice annotation (connectGui)
         self.ui.reportPathLineEdit.filters = ctkPathFilters()
         editorNode = slicer.mrmlScene.GetSingletonNode("HER2Radiomics", "vtkMRMLSegmentEditorNode")
         if editorNode is None:

@@ -106,6 +106,7 @@ class HER2RadiomicsCoreLogic:
 
     def __init__(self):
         self._segmenter = None
+        self._fileSpacing = {}   # (path, mtime) -> (spacing, source): the GUI asks often
 
     # -- 1. input ----------------------------------------------------------------------------
 
@@ -128,18 +129,24 @@ class HER2RadiomicsCoreLogic:
             return SpacingInfo(spacing, source, source != "unknown")
         path = self._storagePath(volumeNode)
         if path is not None and path.exists():
-            try:
-                from HER2RadiomicsLib.io import read_image
-                loaded = read_image(path)
-            except Exception as exc:  # unreadable by the library: fall back to the node
-                log.info("%s: %s", path, exc)
-            else:
-                if loaded.spacing_known:
-                    lib = tuple(float(s) for s in loaded.spacing_mm)
+            key = (str(path), path.stat().st_mtime_ns)
+            if key not in self._fileSpacing:
+                try:
+                    from HER2RadiomicsLib.io import read_image
+                    loaded = read_image(path)
+                    self._fileSpacing[key] = (tuple(float(s) for s in loaded.spacing_mm),
+                                              loaded.spacing_source)
+                except Exception as exc:  # unreadable by the library: fall back to the node
+                    log.info("%s: %s", path, exc)
+                    self._fileSpacing[key] = None
+            cached = self._fileSpacing[key]
+            if cached is not None:
+                lib, libSource = cached
+                if libSource != "unknown":
                     note = "" if np.allclose(lib, spacing, rtol=1e-3) else (
                         f"calibrated spacing {lib[0]:.4g} x {lib[1]:.4g} mm from the file "
                         f"replaces the volume's {spacing[0]:.4g} x {spacing[1]:.4g} mm")
-                    return SpacingInfo(lib, loaded.spacing_source, True, note)
+                    return SpacingInfo(lib, libSource, True, note)
                 return SpacingInfo(spacing, "unknown", False,
                                    f"{path.name} carries no pixel spacing; enter it")
             if path.suffix.lower() in UNCALIBRATED_SUFFIXES:

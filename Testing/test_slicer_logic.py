@@ -254,3 +254,22 @@ def test_bad_input_is_a_one_line_value_error(scene):
         logic.loadBundle(Path(__file__))
     with pytest.raises(ValueError, match="at least two"):
         logic.readerAgreement(vol, [seg])
+
+
+def test_calibrated_dicom_spacing_replaces_the_volume_geometry(scene, cohort):
+    """Slicer's DICOM reader ignores the ultrasound-region calibration; the panel re-reads it."""
+    from HER2RadiomicsLib.io import read_image
+    logic = C.HER2RadiomicsCoreLogic()
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    ref = read_image(cohort / row["image"])
+    assert ref.spacing_source == "dicom-us-region"
+    img = sitk.Image(list(ref.image.GetSize()), sitk.sitkFloat32)     # 1 x 1 mm, as loaded
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(cohort / row["image"]))
+    vol.SetAndObserveStorageNodeID(storage.GetID())
+    info = logic.spacingInfo(vol)
+    assert info.known and info.source == "dicom-us-region"
+    assert info.spacing_mm == pytest.approx(ref.spacing_mm)
+    assert "replaces the volume's 1 x 1 mm" in info.note
+    assert logic.loadedImage(vol).image.GetSpacing() == pytest.approx(ref.spacing_mm)

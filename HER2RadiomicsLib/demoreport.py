@@ -29,14 +29,6 @@ MODEL_FIGURES = [("roc_test", "ROC, internal test set, with 95% bootstrap band")
                  ("nomogram", "Clinical-radiomic nomogram")]
 
 
-def _png(path) -> str | None:
-    import base64
-    p = Path(path)
-    if not p.exists():
-        return None
-    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
-
-
 def _examples_figure(cohort_dir: Path, cohort: pd.DataFrame):
     """One example image per site, tumour outline and the 3/5/8 mm expansions."""
     import matplotlib
@@ -123,9 +115,10 @@ def _reader_section(out: Path, rs: dict | None):
     agree = pd.read_csv(out / "reader_study" / "agreement_summary.csv")
     pairs = agree[agree.level == "pair"][["group", "n", "dice_mean", "dice_median",
                                           "hd95_median", "area_diff_pct_mean"]]
+    plots = out / "reader_study" / "plots"
     figs = "".join(H.figure(u, cap) for cap, u in (
-        ("ICC by feature class and region", _png(out / "reader_study/plots/icc_by_class.png")),
-        ("Dice per reader pair", _png(out / "reader_study/plots/dice_per_pair.png"))) if u)
+        ("ICC by feature class and region", H.png_file_uri(plots / "icc_by_class.png")),
+        ("Dice per reader pair", H.png_file_uri(plots / "dice_per_pair.png"))) if u)
     return (H.kpis([("cases", rs["n_cases"]), ("readers", rs["n_readers"]),
                     ("stable features", f"{rs['n_stable']} / {rs['n_features']}"),
                     (f"median {form}", f"{np.nanmedian(vals):.3f}"),
@@ -160,7 +153,7 @@ def _model_section(out: Path, name: str, s: dict):
                        f"{e['auc']:.3f} ({e['auc_delong_ci_low']:.2f}–"
                        f"{e['auc_delong_ci_high']:.2f})"))
     figs = "".join(H.figure(u, cap, wide=k == "nomogram") for k, cap in MODEL_FIGURES
-                   if (u := _png(out / "models" / name / "plots" / f"{k}.png")))
+                   if (u := H.png_file_uri(out / "models" / name / "plots" / f"{k}.png")))
     inner = (H.kpis(kp) + f"<p>{html.escape(s['title'])}. Every data-dependent step is fitted "
              "on the training split only; the threshold is the Youden point of the training "
              "out-of-fold predictions; site " + html.escape(str(s["external_site"]))
@@ -263,7 +256,7 @@ def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, run
         pred = SimpleNamespace(**{k: card[k] for k in (
             "case_id", "predicted_class", "probabilities", "rad_score", "contributions",
             "nomogram_probability", "nomogram_points", "qc", "warnings")})
-        uri = _png(out / "new_patient" / "overlay.png")
+        uri = H.png_file_uri(out / "new_patient" / "overlay.png")
         sections.append(("Prediction card: an unseen patient",
                          "<p>A new synthetic patient, never part of the cohort, taken through "
                          "what the Slicer panel does: CNN auto-mask → rings → features → model "

@@ -69,6 +69,14 @@ def fig_to_data_uri(fig, dpi: int = 110) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def png_file_uri(path) -> str | None:
+    """A PNG file as an embedded data URI (None when the file does not exist)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
+
+
 def figure(uri: str, caption: str, wide: bool = False) -> str:
     """An embedded image with caption; ``wide`` spans the whole row (e.g. a nomogram)."""
     cls = ' class="wide"' if wide else ""

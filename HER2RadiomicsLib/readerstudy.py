@@ -375,12 +375,10 @@ def make_plots(icc, agree, long, pdir: Path, form: str, bland_altman=None) -> di
 
 
 def write_summary_html(out: Path, doc, icc, agree, summary, plots, rob, stable) -> Path:
-    import base64
     import html as _h
     from . import htmlreport as H
     from .io import atomic_write_text
-    figs = "".join(H.figure("data:image/png;base64," + base64.b64encode(p.read_bytes()).decode(),
-                            cap) for cap, p in (
+    figs = "".join(H.figure(H.png_file_uri(p), cap) for cap, p in (
         ("ICC by feature class and region", plots.get("icc_by_class")),
         ("Dice per reader pair", plots.get("dice_pairs")),
         ("Bland–Altman", plots.get("bland_altman"))) if p)

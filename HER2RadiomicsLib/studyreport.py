@@ -1,18 +1,12 @@
 """HTML report of one training run (``report.html`` beside ``metrics.json``)."""
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
 import pandas as pd
 
 from . import htmlreport as H
-
-
-def _img(path) -> str:
-    p = Path(path)
-    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
 
 
 def _ci(d, key, pre="") -> str:
@@ -105,7 +99,7 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
              ("confusion", "Confusion matrix at the Youden threshold"),
              ("repeated_splits", "Test AUC over repeated random 70/30 splits"),
              ("nomogram", "Nomogram")]
-    figs_html = "".join(H.figure(_img(figs[k]), cap) for k, cap in order if k in figs)
+    figs_html = "".join(H.figure(H.png_file_uri(figs[k]), cap) for k, cap in order if k in figs)
     sections.append(("Figures", f"<div class='figs'>{figs_html}</div>"))
     sel = summary.get("selected_features") or {}
     if sel.get("coef"):

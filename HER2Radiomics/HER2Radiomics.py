@@ -328,14 +328,8 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.site = text
 
     def _clinical(self):
-        values = {}
-        for part in self._parameterNode.clinicalText.replace(";", ",").split(","):
-            if part.strip():
-                if "=" not in part:
-                    raise ValueError(f"clinical value '{part.strip()}': expected name=value")
-                k, v = part.split("=", 1)
-                values[k.strip()] = float(v)
-        return values
+        from HER2RadiomicsLib.predict import parse_clinical
+        return parse_clinical(self._parameterNode.clinicalText, "clinical value")
 
     def onPredictButton(self):
         with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):

@@ -57,17 +57,6 @@ def _spacing(text):
     return tuple(parts[:2])
 
 
-def _clinical(text):
-    out = {}
-    for part in str(text or "").replace(";", ",").split(","):
-        if part.strip():
-            if "=" not in part:
-                raise ValueError(f"--clinical {part.strip()!r}: expected name=value")
-            k, v = part.split("=", 1)
-            out[k.strip()] = float(v)
-    return out
-
-
 def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None,
                 spacing=None, writeLabel=None, report=None):
     """One case -> a table row (features, and the prediction with a bundle)."""
@@ -111,7 +100,8 @@ def main(argv=None):
         if not args.inputVolume and not args.manifest:
             raise ValueError("give --inputVolume (one image) or --manifest (a cohort)")
         spacing = _spacing(args.spacingMm)
-        clinical = _clinical(args.clinical)
+        from HER2RadiomicsLib.predict import parse_clinical
+        clinical = parse_clinical(args.clinical)
         bundle = None
         if args.bundle:
             from HER2RadiomicsLib.bundle import load_bundle

@@ -88,19 +88,6 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _clinical(pairs):
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise InputError(f"--clinical {p!r}: expected NAME=VALUE")
-        k, v = p.split("=", 1)
-        try:
-            out[k] = float(v)
-        except ValueError:
-            raise InputError(f"--clinical {p!r}: value must be a number") from None
-    return out
-
-
 def cmd_predict(a) -> int:
     import pandas as pd
     from .bundle import load_bundle
@@ -109,7 +96,8 @@ def cmd_predict(a) -> int:
     b = load_bundle(a.bundle, trust=a.trust)
     for w in b.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    clinical = _clinical(a.clinical)
+    from .predict import parse_clinical
+    clinical = parse_clinical(a.clinical)
     if a.image:
         if not a.mask:
             raise InputError("--image needs --mask (draw or auto-segment the lesion first)")
@@ -167,6 +155,7 @@ def cmd_report(a) -> int:
     import tempfile
     from .bundle import load_bundle
     from .casereport import write_case_report
+    from .predict import parse_clinical
     b = load_bundle(a.bundle, trust=a.trust)
     mask, source = a.mask, "reader"
     if mask is None:
@@ -180,7 +169,7 @@ def cmd_report(a) -> int:
         write_image(res.mask, mask)
         source = "CNN auto-mask (not reviewed)"
     out, pr = write_case_report(b, a.image, mask, a.out, spacing_mm=a.spacing_mm, site=a.site,
-                                clinical=_clinical(a.clinical), case_id=a.case_id,
+                                clinical=parse_clinical(a.clinical), case_id=a.case_id,
                                 frame=a.frame, mask_source=source)
     print(f"case {pr.case_id}: predicted {pr.predicted_class} "
           f"(P = {pr.probabilities[pr.predicted_class]:.3f}) -> {out}")

@@ -43,6 +43,28 @@ class Prediction:
         return row
 
 
+def parse_clinical(values, what: str = "--clinical") -> dict:
+    """Clinical values for the nomogram from ``"age=52, er=1"`` or ``["age=52", "er=1"]``.
+
+    Shared by the ``predict``/``report`` commands, the Slicer CLI and the panel.
+    """
+    if isinstance(values, str):
+        values = values.replace(";", ",").split(",")
+    out = {}
+    for part in values or []:
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise InputError(f"{what} {part!r}: expected name=value")
+        key, value = part.split("=", 1)
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"{what} {part!r}: value must be a number") from None
+    return out
+
+
 def extractor_for(bundle):
     """A FeatureExtractor configured with the bundle's params text (verbatim)."""
     from .features import FeatureExtractor

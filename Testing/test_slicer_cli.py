@@ -65,3 +65,14 @@ def test_bad_arguments_exit_2_with_one_line(args, words, capsys):
     assert CLI.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+def test_clinical_values_in_every_accepted_form():
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.predict import parse_clinical
+    want = {"age": 52.0, "er": 1.0, "ki67": 30.5}
+    assert parse_clinical("age=52, er=1; ki67=30.5") == want          # panel / Slicer CLI
+    assert parse_clinical(["age=52", "er=1", "ki67=30.5"]) == want    # her2radiomics --clinical
+    assert parse_clinical("") == {}
+    with pytest.raises(InputError, match="must be a number"):
+        parse_clinical("age=old")

@@ -282,40 +282,11 @@ class HER2RadiomicsCoreLogic:
 
     # -- 4. features -------------------------------------------------------------------------
 
-    def extractFeatures(self, volumeNode, segmentationNode, params="default", tableNode=None,
-                        progress=None):
-        """Features of the tumour and ring segments; fills ``tableNode`` (region/feature/value).
+    def _featureTask(self, volumeNode, segmentationNode, params):
+        """Read image and masks from MRML now; return ``task(report) -> features``.
 
-        ``progress(fraction, message)`` returning False cancels (raises ``Cancelled``).
-        """
-        from HER2RadiomicsLib.errors import Cancelled, HER2Error
-        from HER2RadiomicsLib.features import FeatureExtractor
-        loaded = self.loadedImage(volumeNode)
-        masks = self.regionMasks(volumeNode, segmentationNode)
-
-        def cb(done, total, region):
-            if progress is None:
-                return True
-            return progress(done / max(total, 1), f"region {region}" if region else "done")
-        try:
-            fx = FeatureExtractor(params)
-            feats, _ = fx.extract(loaded.image, masks, spacing_known=loaded.spacing_known,
-                                  path=volumeNode.GetName(), progress=cb)
-        except Cancelled:
-            raise
-        except HER2Error as exc:
-            raise ValueError(str(exc)) from None
-        if tableNode is not None:
-            M.dataFrameToTableNode(M.featuresToLongFrame(feats), tableNode)
-        return feats
-
-    def startFeatureExtraction(self, volumeNode, segmentationNode, params="default",
-                               tableNode=None):
-        """Run :meth:`extractFeatures` on a worker thread; returns the started :class:`Job`.
-
-        The masks and image are read from MRML on this (the GUI) thread first: MRML is not
-        thread-safe, so the worker only touches SimpleITK images; the table node is filled by
-        :meth:`finishFeatureExtraction` back on the GUI thread.
+        The task touches only SimpleITK images, so it may run on a worker thread (MRML is not
+        thread-safe). ``report(fraction, message)`` returning False cancels (``Cancelled``).
         """
         from HER2RadiomicsLib.errors import Cancelled, HER2Error
         from HER2RadiomicsLib.features import FeatureExtractor
@@ -323,20 +294,40 @@ class HER2RadiomicsCoreLogic:
         masks = self.regionMasks(volumeNode, segmentationNode)
         name = volumeNode.GetName()
 
-        def work(job):
-            fx = FeatureExtractor(params)
-
+        def task(report):
             def cb(done, total, region):
-                return job.report(done / max(total, 1), f"region {region}" if region else "")
+                return report(done / max(total, 1), f"region {region}" if region else "done")
             try:
-                feats, _ = fx.extract(loaded.image, masks, spacing_known=loaded.spacing_known,
-                                      path=name, progress=cb)
+                feats, _ = FeatureExtractor(params).extract(
+                    loaded.image, masks, spacing_known=loaded.spacing_known, path=name,
+                    progress=cb)
             except Cancelled:
                 raise
             except HER2Error as exc:
                 raise ValueError(str(exc)) from None
             return feats
-        job = Job("feature extraction", work)
+        return task
+
+    def extractFeatures(self, volumeNode, segmentationNode, params="default", tableNode=None,
+                        progress=None):
+        """Features of the tumour and ring segments; fills ``tableNode`` (region/feature/value).
+
+        ``progress(fraction, message)`` returning False cancels (raises ``Cancelled``).
+        """
+        task = self._featureTask(volumeNode, segmentationNode, params)
+        feats = task(progress or (lambda fraction, message: True))
+        if tableNode is not None:
+            M.dataFrameToTableNode(M.featuresToLongFrame(feats), tableNode)
+        return feats
+
+    def startFeatureExtraction(self, volumeNode, segmentationNode, params="default",
+                               tableNode=None):
+        """Run the extraction on a worker thread; returns the started :class:`Job`.
+
+        The table node is filled by :meth:`finishFeatureExtraction` back on the GUI thread.
+        """
+        task = self._featureTask(volumeNode, segmentationNode, params)
+        job = Job("feature extraction", lambda job: task(job.report))
         job.tableNode = tableNode
         return job.start()
 

@@ -273,3 +273,21 @@ def test_calibrated_dicom_spacing_replaces_the_volume_geometry(scene, cohort):
     assert info.spacing_mm == pytest.approx(ref.spacing_mm)
     assert "replaces the volume's 1 x 1 mm" in info.note
     assert logic.loadedImage(vol).image.GetSpacing() == pytest.approx(ref.spacing_mm)
+
+
+def test_synchronous_extraction_reports_progress_and_cancels(scene):
+    from HER2RadiomicsLib.errors import Cancelled
+    logic = C.HER2RadiomicsCoreLogic()
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    M.sitkToSegment(_disk(img), seg, vol, "tumour", region="tumor")
+    logic.buildRings(vol, seg, [1, 2])
+    seen = []
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    feats = logic.extractFeatures(vol, seg, "cui2023", table,
+                                  progress=lambda f, m: seen.append(f) or True)
+    assert seen == [0.0, 1 / 3, 2 / 3, 1.0]                 # tumour + two rings
+    assert table.GetNumberOfRows() == len(feats) > 0
+    with pytest.raises(Cancelled):
+        logic.extractFeatures(vol, seg, "cui2023", progress=lambda f, m: f < 0.5)

@@ -64,96 +64,59 @@ def parseRingsText(text):
     return sorted(values)
 
 
+def _first(rules, okReason):
+    """The first (blocked, reason) rule that applies, else the step is enabled."""
+    for blocked, reason in rules:
+        if blocked:
+            return StepStatus(False, reason)
+    return StepStatus(True, okReason)
+
+
 def stepStatus(state: PanelState) -> dict:
     """For each step in :data:`STEPS`, whether it can run now and a one-line reason."""
-    out = {}
-
-    def block(step, reason):
-        out[step] = StepStatus(False, reason)
-
-    def ok(step, reason):
-        out[step] = StepStatus(True, reason)
-
-    busy = f"Wait: {state.busy} is running (or cancel it)." if state.busy else ""
-    noVolume = "Select the ultrasound or mammography image first."
-    noTumour = "Create the tumour segment first (Auto-segment, or draw it in the Segment Editor)."
-
-    # 2. segmentation
-    if busy:
-        block("autoSegment", busy)
-    elif not state.volumeSelected:
-        block("autoSegment", noVolume)
-    elif not state.segmenterAvailable:
-        block("autoSegment", state.segmenterProblem or "The CNN needs PyTorch (install the "
-                                                        "PyTorch extension).")
-    else:
-        ok("autoSegment", "Run the CNN on the image (a markups point or two-point box guides it).")
-
-    # 3. rings
     try:
         rings = parseRingsText(state.ringsText)
         ringsError = ""
     except ValueError as exc:
         rings, ringsError = [], str(exc)
-    if busy:
-        block("rings", busy)
-    elif not state.volumeSelected:
-        block("rings", noVolume)
-    elif not state.tumourSegment:
-        block("rings", noTumour)
-    elif not state.spacingKnown:
-        block("rings", "Rings are in millimetres: enter the pixel spacing of this image first.")
-    elif ringsError:
-        block("rings", ringsError[0].upper() + ringsError[1:] + ".")
-    else:
-        ok("rings", "Create ring segments at " + ", ".join(f"{r:g}" for r in rings) + " mm.")
-
-    # 4. features
-    if busy:
-        block("features", busy)
-    elif not state.volumeSelected:
-        block("features", noVolume)
-    elif not state.tumourSegment:
-        block("features", noTumour)
-    elif not state.paramsValid:
-        block("features", state.paramsProblem or "Choose a valid params file.")
-    else:
-        ok("features", "Extract features of the tumour" + (" and rings" if state.ringsBuilt
-                                                             else "") + " into a table.")
-
-    # 5. prediction
-    if busy:
-        block("predict", busy)
-    elif not state.bundleLoaded:
-        block("predict", "Load a model bundle first.")
-    elif not state.volumeSelected:
-        block("predict", noVolume)
-    elif not state.tumourSegment:
-        block("predict", noTumour)
-    elif state.bundleNeedsRings and not state.spacingKnown:
-        block("predict", "This model uses peritumoral rings in mm: enter the pixel spacing.")
-    elif state.bundleNeedsSite and not state.site:
-        block("predict", "This model harmonises scanners: choose the scanner site.")
-    elif state.bundleProblems:
-        block("predict", state.bundleProblems[0])
-    else:
-        ok("predict", "Predict HER2 status with the loaded model.")
-
-    # 6. reader study
-    if busy:
-        block("readerStudy", busy)
-    elif not state.volumeSelected:
-        block("readerStudy", noVolume)
-    elif state.readerSegmentations < 2:
-        block("readerStudy", "Pick at least two segmentations (one per reader).")
-    else:
-        ok("readerStudy", f"Compare {state.readerSegmentations} readers' contours (Dice, HD95).")
-
-    # 7. report
-    if busy:
-        block("report", busy)
-    elif not state.predictionDone:
-        block("report", "Predict first: the report shows the prediction.")
-    else:
-        ok("report", "Save the HTML or PDF report of this prediction.")
-    return out
+    # shared preconditions, in the order the user meets them
+    busy = (bool(state.busy), f"Wait: {state.busy} is running (or cancel it).")
+    volume = (not state.volumeSelected, "Select the ultrasound or mammography image first.")
+    tumour = (not state.tumourSegment, "Create the tumour segment first (Auto-segment, or "
+                                       "draw it in the Segment Editor).")
+    return {
+        "autoSegment": _first([
+            busy, volume,
+            (not state.segmenterAvailable,
+             state.segmenterProblem or "The CNN needs PyTorch (install the PyTorch extension)."),
+        ], "Run the CNN on the image (a markups point or two-point box guides it)."),
+        "rings": _first([
+            busy, volume, tumour,
+            (not state.spacingKnown,
+             "Rings are in millimetres: enter the pixel spacing of this image first."),
+            (bool(ringsError), ringsError[:1].upper() + ringsError[1:] + "."),
+        ], "Create ring segments at " + ", ".join(f"{r:g}" for r in rings) + " mm."),
+        "features": _first([
+            busy, volume, tumour,
+            (not state.paramsValid, state.paramsProblem or "Choose a valid params file."),
+        ], "Extract features of the tumour" + (" and rings" if state.ringsBuilt else "")
+           + " into a table."),
+        "predict": _first([
+            busy,
+            (not state.bundleLoaded, "Load a model bundle first."),
+            volume, tumour,
+            (state.bundleNeedsRings and not state.spacingKnown,
+             "This model uses peritumoral rings in mm: enter the pixel spacing."),
+            (state.bundleNeedsSite and not state.site,
+             "This model harmonises scanners: choose the scanner site."),
+            (bool(state.bundleProblems), (state.bundleProblems or [""])[0]),
+        ], "Predict HER2 status with the loaded model."),
+        "readerStudy": _first([
+            busy, volume,
+            (state.readerSegmentations < 2, "Pick at least two segmentations (one per reader)."),
+        ], f"Compare {state.readerSegmentations} readers' contours (Dice, HD95)."),
+        "report": _first([
+            busy,
+            (not state.predictionDone, "Predict first: the report shows the prediction."),
+        ], "Save the HTML or PDF report of this prediction."),
+    }

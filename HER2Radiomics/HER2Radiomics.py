@@ -241,6 +241,9 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             seg = self._outputNode("segmentation", "vtkMRMLSegmentationNode", "HER2 segmentation")
             seg.CreateDefaultDisplayNodes()
             self.logic.autoSegment(p.inputVolume, seg, p.promptMarkups)
+            flags = self.logic.lastSegmentationFlags
+            if flags:   # low confidence, colour overlay, noise: say so before anyone uses it
+                slicer.util.warningDisplay("\n".join(flags), windowTitle=_("Check the mask"))
             self.updateGUI()
 
     def onBuildRingsButton(self):

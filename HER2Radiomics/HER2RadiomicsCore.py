@@ -106,6 +106,7 @@ class HER2RadiomicsCoreLogic:
 
     def __init__(self):
         self._segmenter = None
+        self.lastSegmentationFlags = []   # doubts about the last auto-mask, for the panel
         self._fileSpacing = {}   # (path, mtime) -> (spacing, source): the GUI asks often
 
     # -- 1. input ----------------------------------------------------------------------------
@@ -200,7 +201,13 @@ class HER2RadiomicsCoreLogic:
 
     def autoSegment(self, volumeNode, segmentationNode, markupsNode=None, segmenter=None):
         """CNN auto-mask into the ``tumour`` segment (created or replaced); returns its id."""
+        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib.segmentation.inference import check_ultrasound
         loaded = self.loadedImage(volumeNode)
+        try:
+            flags = check_ultrasound(loaded)
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
         kind, values = M.markupsToPrompt(markupsNode, volumeNode)
         seg = segmenter or self.segmenter()
         res = seg.predict(loaded.image, box=values if kind == "box" else None,
@@ -210,8 +217,11 @@ class HER2RadiomicsCoreLogic:
                              "around it) in the prompt markups, or draw it")
         segmentId = M.sitkToSegment(res.mask, segmentationNode, volumeNode, "tumour",
                                     M.regionColor(0), region="tumor")
+        conf = res.info.get("confidence")
         segmentationNode.GetSegmentation().GetSegment(segmentId).SetTag(
-            SOURCE_TAG, "CNN auto-mask" + (f" ({kind} prompt)" if kind else ""))
+            SOURCE_TAG, "CNN auto-mask" + (f" ({kind} prompt)" if kind else "")
+            + (f", confidence {conf:.2f}" if conf is not None else ""))
+        self.lastSegmentationFlags = flags + list(res.info.get("flags", []))
         return segmentId
 
     def tumourSegmentId(self, segmentationNode):

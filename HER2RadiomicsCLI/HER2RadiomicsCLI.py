@@ -110,7 +110,7 @@ def main(argv=None):
         rows, errors = [], []
         if args.manifest:
             from HER2RadiomicsLib.batch import read_manifest
-            cases = read_manifest(args.manifest)
+            cases = read_manifest(args.manifest, empty_mask_ok=True)   # empty: CNN mask
             for i, c in enumerate(cases):
                 try:
                     cs = (float(c["spacing_x_mm"]), float(c["spacing_y_mm"])) \

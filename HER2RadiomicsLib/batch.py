@@ -21,12 +21,12 @@ import csv
 import hashlib
 import json
 import logging
-import shutil
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import HER2Error, InputError
+from .errors import HER2Error, InputError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +63,38 @@ class BatchResult:
     n_skipped: int = 0
     errors: list = field(default_factory=list)
     interrupted: bool = False
+    kept_previous: str = ""          # why the previous tables were kept ('' = replaced)
+    staged_dir: Path | None = None   # where this run's tables are when they were not swapped in
+    manifest_ids: set = field(default_factory=set)
 
     @property
     def exit_code(self) -> int:
         return 1 if (self.errors or self.interrupted) else 0
 
 
-def read_manifest(path, require_mask: bool = True) -> list:
-    """Read and validate a manifest; returns rows with paths resolved to absolute.
+def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False) -> list:
+    """Read and validate a manifest once, before any work; rows come back with paths absolute.
+
+    ``require_mask`` needs a ``mask`` column whose files exist; ``empty_mask_ok`` lets a row
+    leave it empty (the Slicer CLI then draws the mask with the CNN).
+
+    Every problem is collected (column names, empty or duplicate case IDs, files that do not
+    exist, spacing given for one axis only or not a positive number, frames and label values
+    that are not integers) and reported together.
 
     Raises
     ------
-    InputError
-        Unreadable file, missing columns, empty, duplicate case IDs.
+    ManifestError
+        One line per problem (``<manifest>: row N (case X): <problem>``).
     """
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise InputError(f"{path}: manifest not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-            cols = rows[0].keys() if rows else []
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            cols = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read manifest CSV ({exc})") from None
     if not rows:
@@ -91,23 +102,62 @@ def read_manifest(path, require_mask: bool = True) -> list:
     need = list(REQUIRED_COLUMNS) + (["mask"] if require_mask else [])
     missing = [c for c in need if c not in cols]
     if missing:
-        raise InputError(f"{path}: manifest lacks column(s) {missing} (has {list(cols)})")
-    seen = set()
+        raise InputError(f"{path}: manifest lacks column(s) {missing} (has {cols})")
+    base = path.resolve().parent
+    problems = []
+    seen = {}
     for i, r in enumerate(rows):
-        cid = (r.get("case_id") or "").strip()
+        r.pop(None, None)                       # cells beyond the header
+        for k in list(r):
+            r[k] = (r[k] or "").strip()
+        cid = r["case_id"]
+        where = f"row {i + 2}" + (f" ({cid})" if cid else "")
         if not cid:
-            raise InputError(f"{path}: row {i + 2} has an empty case_id")
-        if cid in seen:
-            raise InputError(f"{path}: duplicate case_id {cid!r} (row {i + 2})")
-        if any(c in cid for c in "/\\") or cid in (".", ".."):
-            raise InputError(f"{path}: case_id {cid!r} must not contain path separators")
-        seen.add(cid)
-        r["case_id"] = cid
+            problems.append(f"{where}: empty case_id")
+        elif cid in seen:
+            problems.append(f"{where}: duplicate case_id {cid!r} (first on row {seen[cid]})")
+        elif any(c in cid for c in "/\\") or cid in (".", ".."):
+            problems.append(f"{where}: case_id {cid!r} must not contain path separators")
+        seen.setdefault(cid, i + 2)
         for col in ("image", "mask", "fov"):
             if r.get(col):
                 p = Path(r[col])
-                r[col] = str(p if p.is_absolute() else (path.parent / p))
+                r[col] = str(p if p.is_absolute() else (base / p))
+                if (col != "mask" or require_mask) and not Path(r[col]).is_file():
+                    problems.append(f"{where}: {col} file not found: {r[col]}")
+            elif col == "image" or (col == "mask" and require_mask and not empty_mask_ok):
+                problems.append(f"{where}: empty {col}")
+        problems += [f"{where}: {m}" for m in _row_value_problems(r)]
+    if problems:
+        raise ManifestError(path, problems)
     return rows
+
+
+def _row_value_problems(r: dict) -> list:
+    import math
+    out = []
+    sx, sy = r.get("spacing_x_mm", ""), r.get("spacing_y_mm", "")
+    if bool(sx) != bool(sy):
+        out.append("spacing_x_mm and spacing_y_mm must be given together (one is empty)")
+    for col, v in (("spacing_x_mm", sx), ("spacing_y_mm", sy)):
+        if v:
+            try:
+                f = float(v)
+                if not (math.isfinite(f) and f > 0):
+                    raise ValueError
+            except ValueError:
+                out.append(f"{col} {v!r} is not a positive number of mm")
+    if r.get("frame"):
+        if not r["frame"].isdigit():
+            out.append(f"frame {r['frame']!r} is not a frame number (0, 1, 2, ...)")
+    if r.get("label"):
+        v = r["label"]
+        if not v.isdigit() or int(v) < 1:
+            hint = ("; class labels (benign/malignant, HER2 status) belong in another column, "
+                    "e.g. 'diagnosis'") if not v.lstrip("-").replace(".", "").isdigit() else ""
+            out.append(f"label {v!r}: the 'label' column is the mask's label value, a positive "
+                       f"integer{hint}")
+    return out
 
 
 def _spacing_of(row):
@@ -150,10 +200,16 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
             "spacing_source": loaded.spacing_source,
             "spacing_x_mm": loaded.spacing_mm[0], "spacing_y_mm": loaded.spacing_mm[1],
             "grey_conversion": loaded.provenance.get("grey_conversion"),
+            "photometric": loaded.provenance.get("photometric", ""),
+            "intensity_min": loaded.provenance.get("intensity_range", [None, None])[0],
+            "intensity_max": loaded.provenance.get("intensity_range", [None, None])[1],
+            "intensity_note": loaded.provenance.get("intensity_note", ""),
             "params": fx.name, "params_hash": fx.params_hash, "fov_source": regions.fov_source,
             "flagged_regions": ";".join(regions.flagged)}
+    # without a known spacing an area is in pixels: name it so, never "mm2"
+    area = "area_mm2" if loaded.spacing_known else "area_px2"
     for reg, q in regions.qc.items():
-        prov[f"{reg}__area_mm2"] = q["area_mm2"]
+        prov[f"{reg}__{area}"] = q["area_mm2"] if loaded.spacing_known else q["area_px"]
         prov[f"{reg}__clipped_fraction"] = q["clipped_fraction"]
     prov.update({f"version_{k}": v for k, v in versions().items()})
     prov.update(diags)
@@ -217,12 +273,13 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     parts = Path(str(out_csv) + ".parts")
     _, ptext, _ = load_params(cfg.params)  # fail fast on bad params (exit 2), before any work
     digest = cfg.digest(params_hash(ptext))
-    if parts.exists() and not resume:
-        shutil.rmtree(parts)
+    # Old parts are never deleted up front: a rerun without --resume recomputes every case and
+    # overwrites its part, but until it finishes the earlier parts (and tables) stay intact.
     parts.mkdir(parents=True, exist_ok=True)
     res = BatchResult(out_csv, out_csv.with_name(out_csv.stem + "_provenance.csv"),
-                      out_csv.with_name(out_csv.stem + "_errors.csv"), n_cases=len(rows))
-    todo = []
+                      out_csv.with_name(out_csv.stem + "_errors.csv"), n_cases=len(rows),
+                      manifest_ids={str(r["case_id"]) for r in rows})
+    todo, this_run = [], set()
     for r in rows:
         part = parts / f"{r['case_id']}.json"
         if resume and part.exists():
@@ -230,6 +287,7 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
                 doc = json.loads(part.read_text())
                 if doc.get("digest") == digest and "error" not in doc:
                     res.n_skipped += 1
+                    this_run.add(r["case_id"])
                     continue
             except ValueError:
                 pass  # a torn part from a killed run: recompute it
@@ -238,6 +296,7 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     def store(result):
         result["digest"] = digest
         _atomic_json(parts / f"{result['case_id']}.json", result)
+        this_run.add(result["case_id"])
 
     bar = tqdm(total=len(todo), desc="extract", unit="case", disable=not progress,
                file=sys.stderr)
@@ -266,7 +325,8 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         log.warning("interrupted: finished cases are kept in %s; rerun with --resume", parts)
     finally:
         bar.close()
-    _assemble(rows, parts, res, aggregate)
+    _assemble([r for r in rows if r["case_id"] in this_run], parts, res, aggregate,
+              n_cases=len(rows))
     return res
 
 
@@ -301,10 +361,11 @@ def _run_dask(todo, cfg, global_spacing, scheduler, jobs, store, bar):
 
 def _atomic_json(path: Path, obj) -> None:
     from .io import atomic_write_text
-    atomic_write_text(path, json.dumps(obj, default=_json_default))
+    atomic_write_text(path, json.dumps(obj, default=json_default))
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps`` fallback: numpy scalars and arrays as plain values, the rest as str."""
     try:
         import numpy as np
         if isinstance(o, np.generic):
@@ -316,7 +377,14 @@ def _json_default(o):
     return str(o)
 
 
-def _assemble(rows, parts: Path, res: BatchResult, aggregate):
+def _assemble(rows, parts: Path, res: BatchResult, aggregate, n_cases: int):
+    """Build the tables from this run's parts in ``<out>.parts/run/``, then swap them in.
+
+    The finished tables replace the previous ones only when the run was not interrupted and,
+    if a previous table exists, extracted at least one case and lost none of the cases the
+    previous table held (of those still in the manifest). Otherwise the previous tables stay, this run's stay in the staging
+    folder, and ``res.kept_previous`` says why.
+    """
     import pandas as pd
     from .io import atomic_write_text
     feats, provs, errs = [], [], []
@@ -339,29 +407,71 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate):
     fdf = pd.DataFrame(feats)
     if not fdf.empty:
         fdf = fdf[["case_id"] + [c for c in fdf.columns if c != "case_id"]]
-    atomic_write_text(res.features_csv, fdf.to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(res.provenance_csv, pd.DataFrame(provs).to_csv(index=False))
-    atomic_write_text(res.errors_csv, pd.DataFrame(errs, columns=["case_id", "image", "error"])
+    stage = parts / "run"
+    stage.mkdir(exist_ok=True)
+    staged = {res.features_csv: stage / res.features_csv.name,
+              res.provenance_csv: stage / res.provenance_csv.name,
+              res.errors_csv: stage / res.errors_csv.name}
+    atomic_write_text(staged[res.errors_csv],
+                      pd.DataFrame(errs, columns=["case_id", "image", "error"])
                       .to_csv(index=False))
+    atomic_write_text(staged[res.provenance_csv], pd.DataFrame(provs).to_csv(index=False))
     if aggregate and not fdf.empty:
         from .features import aggregate_patients
         pid = {r["case_id"]: (r.get("patient_id") or r["case_id"]) for r in rows}
         agg = aggregate_patients(fdf, [pid[c] for c in fdf["case_id"]], aggregate)
         path = res.features_csv.with_name(res.features_csv.stem + "_patients.csv")
-        atomic_write_text(path, agg.to_csv(index=False, float_format="%.10g"))
+        staged[path] = stage / path.name
+        atomic_write_text(staged[path], agg.to_csv(index=False, float_format="%.10g"))
         res.patients_csv = path
+    # the feature table last: it is what a reader checks for, so it lands last
+    atomic_write_text(staged[res.features_csv], fdf.to_csv(index=False, float_format="%.10g"))
+    res.kept_previous = _why_keep_previous(res, fdf, n_cases)
+    if res.kept_previous:
+        res.staged_dir = stage
+        return
+    for final in [p for p in staged if p != res.features_csv] + [res.features_csv]:
+        os.replace(staged[final], final)
+
+
+def _why_keep_previous(res: BatchResult, fdf, n_cases: int) -> str:
+    """Why this run's tables must not replace the previous ones ('' when they may)."""
+    if res.interrupted:
+        return "the run was interrupted"
+    prev = res.features_csv
+    if not prev.exists():
+        return ""          # nothing to protect: the cases that worked and the error table
+    if res.n_ok == 0:
+        return "no case was extracted"
+    try:
+        import pandas as pd
+        old = set(pd.read_csv(prev, usecols=["case_id"], dtype=str)["case_id"])
+    except Exception:  # an unreadable previous table protects nothing
+        return ""
+    lost = sorted(old & res.manifest_ids - set(fdf["case_id"].astype(str)))
+    if lost:
+        return (f"this run failed for {len(lost)} case(s) the previous table holds "
+                f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''})")
+    return ""
 
 
 def summarize(res: BatchResult) -> str:
     """Human summary line(s) for the CLI."""
+    dest = res.staged_dir if res.kept_previous else res.features_csv
     lines = [f"{res.n_ok}/{res.n_cases} cases extracted"
              + (f" ({res.n_skipped} resumed from earlier parts)" if res.n_skipped else "")
-             + f" -> {res.features_csv}"]
+             + f" -> {dest}"]
     if res.errors:
         lines.append(f"{len(res.errors)} case(s) failed (details in {res.errors_csv}):")
         lines += [f"  {e['case_id']}: {e['error']}" for e in res.errors[:20]]
         if len(res.errors) > 20:
             lines.append(f"  ... and {len(res.errors) - 20} more")
+    if res.kept_previous:
+        if res.features_csv.exists():
+            lines.append(f"kept the previous {res.features_csv.name} and its tables: "
+                         f"{res.kept_previous}; this run's tables are in {res.staged_dir}")
+        else:
+            lines.append(f"no table written: {res.kept_previous}")
     if res.interrupted:
         lines.append("interrupted: rerun the same command with --resume to finish")
     return "\n".join(lines)

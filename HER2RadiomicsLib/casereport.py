@@ -255,7 +255,8 @@ def case_report_html(pred, meta: dict, overlay_uri: str | None = None, true_labe
 
 def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
                       clinical: dict | None = None, case_id=None, frame=None, label=None,
-                      true_label=None, mask_source: str = "reader", loaded=None):
+                      true_label=None, mask_source: str = "reader", loaded=None,
+                      pixel_units: bool = False, mask_flags=()):
     """Predict one patient with ``bundle`` and write the report to ``out`` (.html or .pdf).
 
     Returns
@@ -272,8 +273,10 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
         raise InputError(f"{out}: report must end in .html or .pdf")
     ctx = {}
     pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site, clinical=clinical,
-                        case_id=case_id, frame=frame, label=label, context=ctx, loaded=loaded)
+                        case_id=case_id, frame=frame, label=label, context=ctx, loaded=loaded,
+                        pixel_units=pixel_units)
     pred.qc = {"mask_source": mask_source, **pred.qc}
+    pred.warnings = list(mask_flags) + pred.warnings      # auto-mask doubts come first
     regs = ctx["regions"]
     masks = {r: regs.masks[r] for r in bundle.meta["regions"] if r in regs.masks}
     fig = overlay_figure(ctx["loaded"].image, masks, spacing_known=ctx["loaded"].spacing_known)

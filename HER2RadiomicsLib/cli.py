@@ -132,8 +132,8 @@ def _register_segmentation(sub):
 
 # Each feature area registers its own subcommands (kept beside its code).
 def _register_readerstudy(sub):
-    from . import readerstudy
-    readerstudy.register(sub)
+    from . import readercommands
+    readercommands.register(sub)
 
 
 def _register_modelling(sub):
@@ -226,6 +226,63 @@ def cmd_demo(a) -> int:
     return run_demo(a)
 
 
+# Commands whose --out is a folder (every other --out is a file; --out-dir is always a folder).
+_DIR_OUT = {"synth", "demo", "train", "train-segmenter", "reader-study"}
+
+
+def validate_args(a) -> None:
+    """Check option values before any work (one line each, exit 2), not deep inside a run."""
+    from .errors import InputError
+    import math
+    checks = [
+        ("jobs", lambda v: v >= 1, "must be at least 1"),
+        ("n", lambda v: v >= 1, "must be at least 1"),
+        ("min_mask_pixels", lambda v: v >= 1, "must be at least 1 pixel"),
+        ("max_clip_fraction", lambda v: 0 <= v <= 1, "must be a fraction between 0 and 1"),
+        ("frame", lambda v: v >= 0, "must be 0 or more (frames count from 0)"),
+        ("label", lambda v: v >= 1, "must be a positive label value"),
+        ("reader_fraction", lambda v: 0 <= v <= 1, "must be a fraction between 0 and 1"),
+        ("threshold", lambda v: math.isfinite(v), "must be a number"),
+        ("bootstrap", lambda v: v >= 1, "must be at least 1"),
+        ("repeats", lambda v: v >= 0, "must be 0 or more"),
+    ]
+    for name, ok, why in checks:
+        v = getattr(a, name, None)
+        if v is not None and not ok(v):
+            raise InputError(f"--{name.replace('_', '-')} {v}: {why}")
+    sp = getattr(a, "spacing_mm", None)
+    if sp is not None and not all(math.isfinite(x) and x > 0 for x in sp):
+        raise InputError(f"--spacing-mm {sp[0]:g} {sp[1]:g}: spacing must be positive mm")
+    for opt in ("rings", "combined"):
+        v = getattr(a, opt, None)
+        if isinstance(v, str) and v not in ("", "all"):
+            from .rings import parse_rings
+            parse_rings(v)
+
+
+def output_targets(a) -> list:
+    """``(path, kind)`` of every output the command writes, for up-front checks and locking."""
+    out = []
+    if getattr(a, "out", None):
+        out.append((a.out, "dir" if a.command in _DIR_OUT else "file"))
+    if getattr(a, "out_dir", None):
+        out.append((a.out_dir, "dir"))
+    return out
+
+
+def _run(a) -> int:
+    from contextlib import ExitStack
+    from .outputs import check_output, output_lock
+    validate_args(a)
+    targets = output_targets(a)
+    for path, kind in targets:
+        check_output(path, kind)
+    with ExitStack() as stack:
+        for path, _ in targets:
+            stack.enter_context(output_lock(path))
+        return int(a.func(a) or 0)
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
@@ -235,9 +292,10 @@ def main(argv=None) -> int:
         ap.print_help()
         return EXIT_BAD_INPUT
     try:
-        return int(a.func(a) or 0)
+        return _run(a)
     except HER2Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:   # one line per problem
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -25,6 +25,20 @@ class SpacingUnknownError(InputError):
         self.operation = operation
 
 
+class ManifestError(InputError):
+    """A manifest has problems; all of them are listed, one line each, before any work."""
+
+    MAX_LINES = 50
+
+    def __init__(self, path, problems: list):
+        self.path = path
+        self.problems = list(problems)
+        lines = [f"{path}: {p}" for p in self.problems[:self.MAX_LINES]]
+        if len(self.problems) > self.MAX_LINES:
+            lines.append(f"{path}: ... and {len(self.problems) - self.MAX_LINES} more problems")
+        super().__init__("\n".join(lines))
+
+
 class ModelError(HER2Error):
     """A model file (weights, bundle) is missing, corrupt, untrusted or mismatched."""
 

@@ -54,6 +54,11 @@ def resolve_params(name_or_path) -> Path:
                      f"(presets: {', '.join(list_presets())})")
 
 
+# Grey levels per region above which we refuse (GLCM: levels^2 x 4 angles x 8 bytes, so 5,000
+# levels already need 0.8 GB per region); IBSI-style binning gives 16-256.
+MAX_GREY_LEVELS = 5000
+
+
 def load_params(name_or_path="default") -> tuple:
     """Load and validate a pyradiomics params file.
 
@@ -68,6 +73,9 @@ def load_params(name_or_path="default") -> tuple:
         params = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not text.strip() or params == {}:
+        raise InputError(f"{path}: the params file is empty; it must name imageType and "
+                         "featureClass (pyradiomics would silently extract its defaults)")
     if not isinstance(params, dict):
         raise InputError(f"{path}: params must be a mapping with setting/imageType/featureClass")
     unknown = set(params) - {"setting", "imageType", "featureClass", "voxelSetting"}
@@ -122,6 +130,12 @@ def versions() -> dict:
     return {"python": platform.python_version(), "numpy": np.__version__,
             "SimpleITK": sitk.Version_VersionString(), "pyradiomics": radiomics.__version__,
             "scipy": scipy.__version__, "HER2RadiomicsLib": __version__}
+
+
+def engine_info() -> dict:
+    """The feature engine and its version (recorded in bundles so features are reproducible)."""
+    import radiomics
+    return {"name": "pyradiomics", "version": radiomics.__version__}
 
 
 class FeatureExtractor:
@@ -198,6 +212,7 @@ class FeatureExtractor:
             mm = uses_physical_units(self.params)
             if mm:
                 raise SpacingUnknownError(path, f"{', '.join(mm)} of params '{self.name}'")
+        self.check_input(image, regions, path)
         ex = self._extractor(image.GetDimension())
         label = int((self.params.get("setting") or {}).get("label", 1))
         feats, diags = {}, {}
@@ -244,6 +259,39 @@ class FeatureExtractor:
                     ordered[col] = feats[col]
         return ordered, diags
 
+    def check_input(self, image: sitk.Image, regions: dict, path: str = "image") -> None:
+        """Refuse inputs pyradiomics would choke on with an unhelpful message.
+
+        NaN/Inf pixels (they spread through every filter and histogram), and a bin width so
+        fine for the region's grey range that the texture matrices would not fit in memory
+        (pyradiomics answers "Maximum allowed size exceeded" or MemoryError).
+        """
+        arr = sitk.GetArrayViewFromImage(image)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise InputError(f"{path}: the image has {int(bad.sum())} NaN/Inf pixel(s); "
+                             "radiomics needs finite grey values (fix or mask them first)")
+        st = self.params.get("setting") or {}
+        if st.get("binCount") or not regions:
+            return
+        width = float(st.get("binWidth", 25))
+        vals = arr.astype(np.float64)
+        if st.get("normalize"):   # pyradiomics normalises with the whole image's mean and SD
+            sd = vals.std()
+            vals = float(st.get("normalizeScale", 1)) * (vals - vals.mean()) / (sd or 1.0)
+        union = np.zeros(arr.shape, bool)
+        for m in regions.values():
+            union |= sitk.GetArrayViewFromImage(m) > 0
+        if not union.any():
+            return
+        inside = vals[union]
+        levels = (inside.max() - inside.min()) / width
+        if levels > MAX_GREY_LEVELS:
+            raise InputError(
+                f"{path}: binWidth {width:g} on grey values spanning {inside.min():.4g} to "
+                f"{inside.max():.4g} gives {levels:,.0f} grey levels (at most "
+                f"{MAX_GREY_LEVELS:,}: the texture matrices would need "
+                f"~{4 * 8 * levels ** 2 / 2 ** 30:,.0f} GB); raise binWidth or use binCount")
 
     @staticmethod
     def _shared_filters_ok(ex) -> bool:

@@ -141,6 +141,11 @@ def _validate_spacing(spacing_mm, path) -> tuple:
     return sp
 
 
+# A pixel counts as coloured when its channels differ by more than this share of the range;
+# grey-scale exports saved as RGB differ by 0-2 levels of 255 (JPEG chroma noise).
+COLOUR_CHROMA = 0.15
+
+
 def _to_grey(img: sitk.Image, prov: dict) -> sitk.Image:
     ncomp = img.GetNumberOfComponentsPerPixel()
     if ncomp == 1:
@@ -151,6 +156,11 @@ def _to_grey(img: sitk.Image, prov: dict) -> sitk.Image:
     if ncomp >= 3:
         grey = arr[..., :3] @ _GREY_WEIGHTS
         prov["grey_conversion"] = GREY_FORMULA
+        rgb = arr[..., :3]
+        span = float(rgb.max() - rgb.min()) or 1.0
+        # colour Doppler boxes and coloured annotations: pixels whose channels differ clearly
+        prov["colour_fraction"] = float(((rgb.max(-1) - rgb.min(-1)) > COLOUR_CHROMA * span)
+                                        .mean())
     else:  # grey + alpha
         grey = arr[..., 0]
         prov["grey_conversion"] = "first channel of grey+alpha"
@@ -233,6 +243,32 @@ def _find_sidecar(path: Path):
     return None
 
 
+def _record_intensity(img: sitk.Image, ds, prov: dict, path) -> None:
+    """Record the grey range and DICOM photometry, and say when they are not what a user
+    comparing with 8-bit exports of the same scan would expect."""
+    arr = sitk.GetArrayViewFromImage(img)
+    finite = arr[np.isfinite(arr)]
+    prov["intensity_range"] = [float(finite.min()), float(finite.max())] if finite.size \
+        else [float("nan"), float("nan")]
+    if ds is None:
+        return
+    photo = str(getattr(ds, "PhotometricInterpretation", "")).strip()
+    prov["photometric"] = photo
+    if photo == "MONOCHROME1":
+        # SimpleITK/GDCM inverts MONOCHROME1 on reading (value -> max - value), so tissue that
+        # the scanner showed white is high; say so instead of "none"
+        conv = prov.get("grey_conversion", "none")
+        prov["grey_conversion"] = ("MONOCHROME1 inverted on reading (max - value)"
+                                   + ("" if conv == "none" else f"; {conv}"))
+    wide = photo == "PALETTE COLOR" or int(getattr(ds, "BitsAllocated", 8) or 8) > 8
+    if finite.size and finite.max() > 255 and wide:
+        note = (f"{photo or 'DICOM'} image with grey values up to {finite.max():.0f} "
+                f"({int(getattr(ds, 'BitsAllocated', 16))}-bit): an 8-bit export of the same "
+                "scan spans 0-255, so bin-width-based features differ between the two")
+        prov["intensity_note"] = note
+        log.warning("%s: %s", path, note)
+
+
 def read_image(path, spacing_mm=None, frame=None) -> LoadedImage:
     """Read a 2D image into a :class:`LoadedImage` with its spacing resolved.
 
@@ -269,7 +305,9 @@ def read_image(path, spacing_mm=None, frame=None) -> LoadedImage:
     img2d, used_frame = _to_2d(raw, path, frame)
     img = _to_grey(img2d, prov)
     prov.update(format="dicom" if is_dicom else _suffix(path).lstrip("."),
-                size=list(img.GetSize()), frame=used_frame)
+                size=list(img.GetSize()), frame=used_frame,
+                pixel_type=raw.GetPixelIDTypeAsString())
+    _record_intensity(img, ds, prov, path)
 
     loaded = LoadedImage(img, str(path), "unknown", prov)
     if is_dicom:
@@ -440,6 +478,11 @@ def read_mask(path, ref: LoadedImage, label: int | None = None,
     return out
 
 
+# A lesion mask covering more than this share of the image is refused: breast lesions fill a
+# fraction of an ultrasound frame, and a whole-image mask leaves no room for any ring.
+MAX_LESION_FRACTION = 0.9
+
+
 def load_case(image_path, mask_path=None, spacing_mm=None, frame=None, label=None,
               min_pixels: int = DEFAULT_MIN_MASK_PIXELS):
     """Read an image and (optionally) its mask, resolving multi-region DICOM calibration.
@@ -452,6 +495,11 @@ def load_case(image_path, mask_path=None, spacing_mm=None, frame=None, label=Non
     mask = None
     if mask_path is not None:
         mask = read_mask(mask_path, loaded, label=label, min_pixels=min_pixels)
+        share = float(sitk.GetArrayViewFromImage(mask).mean())
+        if share > MAX_LESION_FRACTION:
+            raise InputError(f"{mask_path if isinstance(mask_path, (str, Path)) else 'mask'}: "
+                             f"the mask covers {100 * share:.0f}% of the image, which is no "
+                             "lesion contour (an inverted mask, or a field-of-view mask?)")
         resolve_us_region(loaded, mask)
         mask.CopyInformation(loaded.image)
     if loaded.provenance.get("spacing_note") and not loaded.spacing_known:

@@ -43,6 +43,9 @@ def register(sub):
                    help="clinical values for the nomogram, e.g. age=52 ki67=30")
     p.add_argument("--trust", action="store_true",
                    help="allow joblib/pickle bundles and untrusted types (runs code!)")
+    p.add_argument("--pixel-units", action="store_true",
+                   help="treat images as 1 px = 1 mm, as a bundle trained on uncalibrated "
+                        "images was")
     p.add_argument("--out", help="CSV (or JSON for --image) with the predictions")
     p.set_defaults(func=cmd_predict)
 
@@ -57,6 +60,9 @@ def register(sub):
     p.add_argument("--clinical", nargs="*", default=[], metavar="NAME=VALUE",
                    help="clinical values for the nomogram points, e.g. age=52 ki67=30")
     p.add_argument("--case-id")
+    p.add_argument("--pixel-units", action="store_true",
+                   help="treat the image as 1 px = 1 mm, as a bundle trained on uncalibrated "
+                        "images was")
     p.add_argument("--trust", action="store_true",
                    help="allow joblib/pickle bundles and untrusted types (runs code!)")
     p.set_defaults(func=cmd_report)
@@ -70,10 +76,14 @@ def cmd_recipes(a) -> int:
 
 
 def cmd_train(a) -> int:
+    from .outputs import staged_dir
     from .study import run
     ext = None if a.no_external else (a.external_site or "recipe")
-    s = run(a.recipe, a.features, a.labels, a.out, icc=a.icc, functions=a.functions,
-            repeats=a.repeats, external_site=ext, n_boot=a.bootstrap, jobs=a.jobs, seed=a.seed)
+    # built aside and swapped in at the end: a failed run leaves an earlier model folder intact
+    with staged_dir(a.out) as stage:
+        s = run(a.recipe, a.features, a.labels, stage, icc=a.icc, functions=a.functions,
+                repeats=a.repeats, external_site=ext, n_boot=a.bootstrap, jobs=a.jobs,
+                seed=a.seed)
     m = s["models"][s["primary"]]
     key = "auc" if s["positive"] is not None else "auc_macro"
     for split in ("test", "external"):
@@ -84,7 +94,9 @@ def cmd_train(a) -> int:
             print(f"{s['primary']}: {split} {key} {d[key]:.3f} (95% CI {lo:.3f}-{hi:.3f})")
     for n in s["notes"]:
         print(f"note: {n}")
-    print(f"report: {s['report']}\nbundle: {s.get('bundle')}\nmetrics: {Path(a.out) / 'metrics.json'}")
+    out = Path(a.out)
+    print(f"report: {out / s['report']}\nbundle: {out / s['bundle'] if s.get('bundle') else None}"
+          f"\nmetrics: {out / 'metrics.json'}")
     return 0
 
 
@@ -94,15 +106,16 @@ def cmd_predict(a) -> int:
     from .io import atomic_write_text
     from .predict import predict_case, predict_rows
     b = load_bundle(a.bundle, trust=a.trust)
-    for w in b.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    if not a.image:   # one image: its warnings (bundle's included) are printed with it
+        for w in b.warnings:
+            print(f"warning: {w}", file=sys.stderr)
     from .predict import parse_clinical
     clinical = parse_clinical(a.clinical)
     if a.image:
         if not a.mask:
             raise InputError("--image needs --mask (draw or auto-segment the lesion first)")
         pr = predict_case(b, a.image, a.mask, spacing_mm=a.spacing_mm, site=a.site,
-                          clinical=clinical)
+                          clinical=clinical, pixel_units=a.pixel_units)
         print(f"case {pr.case_id}: predicted {pr.predicted_class}")
         for k, v in pr.probabilities.items():
             print(f"  P({k}) = {v:.3f}")
@@ -136,7 +149,8 @@ def cmd_predict(a) -> int:
                                        if k in (b.meta.get("clinical") or []) and v not in ("", None)}}
                 preds.append(predict_case(b, r["image"], r["mask"], spacing_mm=sp,
                                           site=r.get(b.meta.get("batch_col", "site")) or a.site,
-                                          clinical=clin, case_id=r["case_id"]))
+                                          clinical=clin, case_id=r["case_id"],
+                                          pixel_units=a.pixel_units))
             except HER2Error as exc:
                 errors.append({"case_id": r["case_id"], "error": str(exc)})
     table = pd.DataFrame([p.as_row() for p in preds])
@@ -157,20 +171,24 @@ def cmd_report(a) -> int:
     from .casereport import write_case_report
     from .predict import parse_clinical
     b = load_bundle(a.bundle, trust=a.trust)
-    mask, source = a.mask, "reader"
+    mask, source, flags = a.mask, "reader", []
     if mask is None:
         from .io import read_image, write_image
         from .segmentation.commands import get_segmenter
+        from .segmentation.inference import check_ultrasound
         loaded = read_image(a.image, spacing_mm=a.spacing_mm, frame=a.frame)
+        flags = check_ultrasound(loaded)
         res = get_segmenter(None, "cpu").predict(loaded.image)
         if not res.info["lesion_px"]:
             raise InputError(f"{a.image}: the CNN found no lesion; draw a mask and pass --mask")
         mask = Path(tempfile.mkdtemp(prefix="h2r_report_")) / "cnn_mask.nrrd"
         write_image(res.mask, mask)
-        source = "CNN auto-mask (not reviewed)"
+        flags += res.info["flags"]
+        source = f"CNN auto-mask (not reviewed; confidence {res.info['confidence']:.2f})"
     out, pr = write_case_report(b, a.image, mask, a.out, spacing_mm=a.spacing_mm, site=a.site,
                                 clinical=parse_clinical(a.clinical), case_id=a.case_id,
-                                frame=a.frame, mask_source=source)
+                                frame=a.frame, mask_source=source, pixel_units=a.pixel_units,
+                                mask_flags=flags)
     print(f"case {pr.case_id}: predicted {pr.predicted_class} "
           f"(P = {pr.probabilities[pr.predicted_class]:.3f}) -> {out}")
     return 0

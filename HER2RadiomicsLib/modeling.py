@@ -645,6 +645,25 @@ def rad_score(pipeline, X) -> np.ndarray:
     return contrib.sum(axis=1).to_numpy() + icpt
 
 
+def transform_until(pipeline, X, stop: str | None = None):
+    """``X`` passed through the pipeline's steps before ``stop`` (default: the last step),
+    as at prediction time (samplers such as SMOTE do nothing there)."""
+    steps = list(pipeline.named_steps.items())
+    Xt = X
+    for name, step in steps[:-1]:
+        if name == stop:
+            break
+        if hasattr(step, "fit_resample") and not hasattr(step, "transform"):
+            continue
+        Xt = step.transform(Xt)
+    return _as_frame(Xt)
+
+
+def model_feature_names(pipeline, X) -> list:
+    """The features that reach the classifier (after every selection step)."""
+    return [str(c) for c in transform_until(pipeline, X).columns]
+
+
 def rad_score_contributions(pipeline, X):
     """Per-feature contributions ``coef * value`` to the Rad-score, and the intercept."""
     steps = list(pipeline.named_steps.items()) if hasattr(pipeline, "named_steps") else []

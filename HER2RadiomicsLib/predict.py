@@ -17,6 +17,12 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 TOP_CONTRIBUTIONS = 5
+# A model input (or the Rad-score) is flagged as out of distribution when it lies outside its
+# training range widened by this share of the range on each side: values just past the
+# training extremes are ordinary in a new cohort, values half a range beyond them are not.
+OOD_MARGIN = 0.5
+# A calibrated pixel spacing this much beyond the training spacings' range is flagged.
+SPACING_TOLERANCE = 0.25
 
 
 @dataclass
@@ -73,6 +79,47 @@ def extractor_for(bundle):
     return FeatureExtractor(str(tmp))
 
 
+def check_spacing_units(bundle, loaded, pixel_units: bool = False) -> list:
+    """Make the image's pixel units agree with the bundle's training images.
+
+    A bundle trained on images of unknown spacing (pixel units, 1 px = 1 mm) gives different
+    features for a calibrated image, and the reverse; both are refused unless ``pixel_units``
+    asks to treat the image as the training images were (1 px = 1 mm, recorded in QC).
+    Returns warnings (spacing outside the training range).
+    """
+    ts = bundle.meta.get("training_spacing") or {}
+    units = ts.get("units")
+    where = loaded.path
+    if units == "pixel":
+        if loaded.spacing_known and not pixel_units:
+            sx, sy = loaded.spacing_mm
+            raise InputError(
+                f"{where}: the bundle was trained on images of unknown spacing (pixel units, "
+                f"1 px = 1 mm) but this image is calibrated ({sx:.4g} x {sy:.4g} mm, "
+                f"{loaded.spacing_source}): its features would not match; pass --pixel-units "
+                "to treat it as the training images were")
+        if loaded.spacing_known:
+            loaded.set_spacing((1.0, 1.0), "pixel-units (as the bundle's training images)")
+        return []
+    if units == "mm" and not loaded.spacing_known:
+        if not pixel_units:
+            raise InputError(
+                f"{where}: the bundle was trained on calibrated images (mm) but this image's "
+                "pixel spacing is unknown; give it with --spacing-mm X Y (or --pixel-units to "
+                "force 1 px = 1 mm)")
+        return ["pixel spacing unknown: treated as 1 x 1 mm (--pixel-units); the bundle was "
+                "trained on calibrated images, so this prediction is unreliable"]
+    out = []
+    for ax, s in zip("xy", loaded.spacing_mm):
+        rng = ts.get(f"spacing_{ax}_mm_range")
+        if rng and loaded.spacing_known:
+            lo, hi = rng
+            if s < lo / (1 + SPACING_TOLERANCE) or s > hi * (1 + SPACING_TOLERANCE):
+                out.append(f"pixel spacing {ax} {s:.4g} mm is outside the training images' "
+                           f"{lo:.4g}-{hi:.4g} mm: features may not transfer")
+    return out
+
+
 def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, label=None,
                       fx=None, loaded=None, context: dict | None = None):
     """Extract the bundle's regions and features for one image.
@@ -103,6 +150,32 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
     if context is not None:
         context.update(regions=regs, loaded=loaded, mask=mask)
     return feats, qc, loaded, mask
+
+
+def out_of_distribution(bundle, row: pd.Series, rad_score=None) -> list:
+    """Messages for model inputs and a Rad-score far outside their training ranges."""
+    ranges = bundle.meta.get("training_ranges") or {}
+    far = []
+    for col, (lo, hi) in (ranges.get("features") or {}).items():
+        v = pd.to_numeric(pd.Series([row.get(col)]), errors="coerce").iloc[0]
+        m = OOD_MARGIN * (hi - lo)
+        if not np.isfinite(v):
+            far.append((col, v, lo, hi))
+        elif v < lo - m or v > hi + m:
+            far.append((col, v, lo, hi))
+    out = []
+    if far:
+        ex = ", ".join(f"{c} = {v:.4g} (training {lo:.4g} to {hi:.4g})" for c, v, lo, hi in far[:3])
+        out.append(f"{len(far)} of {len(ranges['features'])} model input(s) far outside the "
+                   f"training range: {ex}; the prediction is an extrapolation")
+    rs = ranges.get("rad_score")
+    if rs and rad_score is not None:
+        lo, hi = rs
+        m = OOD_MARGIN * (hi - lo)
+        if not np.isfinite(rad_score) or rad_score < lo - m or rad_score > hi + m:
+            out.append(f"Rad-score {rad_score:+.3f} is far outside the training range "
+                       f"{lo:+.3f} to {hi:+.3f}: the prediction is an extrapolation")
+    return out
 
 
 def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame | None = None):
@@ -151,7 +224,8 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         if binary:
             p1 = float(P[i, classes.index("1")])
             probs = {names[0]: 1 - p1, names[1]: p1}
-            thr = meta.get("threshold") or 0.5
+            thr = meta.get("threshold")
+            thr = 0.5 if thr is None else float(thr)   # a threshold of 0.0 stays 0.0
             cls = names[1] if p1 >= thr else names[0]
         else:
             probs = {c: float(P[i, classes.index(c)]) for c in names}
@@ -163,6 +237,10 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
             pr.rad_score = float(c.sum() + icpt)
             top = c.reindex(c.abs().sort_values(ascending=False).index)[:TOP_CONTRIBUTIONS]
             pr.contributions = [{"feature": k, "contribution": float(v)} for k, v in top.items()]
+        ood = out_of_distribution(bundle, X.iloc[i], pr.rad_score)
+        if ood:
+            pr.warnings += ood
+            pr.qc["out_of_distribution"] = "yes"
         if bundle.nomogram is not None and clinical is not None and pr.rad_score is not None:
             need_c = list(bundle.nomogram.predictors[1:])
             have = clinical.iloc[i] if i < len(clinical) else pd.Series(dtype=float)
@@ -178,20 +256,32 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
 
 def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict | None = None,
                  case_id=None, frame=None, label=None, context: dict | None = None,
-                 loaded=None):
+                 loaded=None, pixel_units: bool = False):
     """Extract the bundle's features for one image + mask and predict.
 
     ``context``, when a dict, receives the loaded image, mask and regions (see
     :func:`features_for_case`). ``loaded`` (a :class:`~HER2RadiomicsLib.io.LoadedImage`) with a
     SimpleITK ``mask`` skips reading files (the Slicer module passes in-memory volumes).
     """
-    feats, qc, loaded, mask = features_for_case(bundle, image, mask, spacing_mm, frame, label,
-                                                loaded=loaded, context=context)
+    from .io import load_case
+    if loaded is None:
+        loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
+    spacing_warnings = check_spacing_units(bundle, loaded, pixel_units)
+    feats, qc, loaded, mask = features_for_case(bundle, image, mask, loaded=loaded,
+                                                context=context)
     row = pd.DataFrame([{"case_id": case_id or Path(str(image or loaded.path)).name.split(".")[0],
                          **feats}])
     clin = pd.DataFrame([clinical]) if clinical else None
     pr = predict_rows(bundle, row, site=site, clinical=clin)[0]
     pr.qc.update(qc)
+    pr.warnings += spacing_warnings
+    if bundle.meta.get("engine"):
+        from .features import engine_info
+        used, trained = engine_info(), bundle.meta["engine"]
+        pr.qc["engine"] = f"{used['name']} {used['version']}"
+        if (used["name"], used["version"]) != (trained.get("name"), trained.get("version")):
+            pr.qc["engine"] += f" (bundle trained with {trained.get('name')} " \
+                               f"{trained.get('version')})"
     if bundle.meta.get("aggregate"):
         pr.warnings.append("the bundle was trained on per-patient mean features; one image is "
                            "used here")

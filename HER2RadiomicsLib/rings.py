@@ -55,16 +55,24 @@ class RingSpec:
         return f"peri_{_fmt(self.inner_mm)}-{_fmt(self.outer_mm)}mm"
 
 
+# Largest padded grid (pixels) a ring computation may allocate: 200 Mpx is ~2 GB of working
+# arrays; a true 0.05 mm ultrasound with 8 mm rings needs ~1 Mpx, a wrong spacing terabytes.
+MAX_RING_GRID_PX = 200_000_000
+
+
 def parse_rings(text) -> list:
     """Parse ``"3,5,8"`` (or an iterable of numbers) into sorted distances in mm."""
     if text is None or text == "":
         return []
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
-        vals = sorted({float(v) for v in items if str(v).strip() != ""})
+        given = [float(v) for v in items if str(v).strip() != ""]
     except ValueError:
         raise InputError(f"--rings {text!r}: expected comma-separated distances in mm, e.g. 3,5,8") \
             from None
+    vals = sorted(set(given))
+    if len(vals) != len(given):
+        raise InputError(f"--rings {text!r}: a distance is given twice")
     if any(v <= 0 or not math.isfinite(v) for v in vals):
         raise InputError(f"--rings {text!r}: distances must be positive numbers of mm")
     return vals
@@ -223,6 +231,13 @@ def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM
     if distances:
         pad_x = int(math.ceil(max(distances) / sx)) + 1
         pad_y = int(math.ceil(max(distances) / sy)) + 1
+        grid = (h + 2 * pad_y) * (w + 2 * pad_x)
+        if grid > MAX_RING_GRID_PX:
+            # bool + float64 distance + a band mask per ring: ~10 bytes a pixel at least
+            raise InputError(
+                f"{path}: a {max(distances):g} mm ring at {sx:.4g} x {sy:.4g} mm pixels needs a "
+                f"{w + 2 * pad_x:,} x {h + 2 * pad_y:,} px working grid (~{10 * grid / 2**30:,.0f}"
+                " GB); check the pixel spacing")
         tp = np.pad(tum, ((pad_y, pad_y), (pad_x, pad_x)))
         dist = ndi.distance_transform_edt(~tp, sampling=(sy, sx))
         valid = fov_arr

@@ -493,13 +493,16 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
                        best)
     figs = _plots(out / "plots", results, preds, best, yte, yext, ytr, rep_aucs, nomo,
                   binary, classes, recipe)
-    summary["figures"] = {k: str(v) for k, v in figs.items()}
+    # paths inside metrics.json are relative to the output folder, so the folder can be moved
+    # (the CLI builds it aside and swaps it into place when the run succeeds)
+    summary["figures"] = {k: Path(v).relative_to(out).as_posix() for k, v in figs.items()}
     if make_bundle:
-        summary["bundle"] = str(_bundle(out, recipe, primary, nomo, nomo_res, summary, feats,
-                                        features_csv, df, classes, positive, batch))
+        summary["bundle"] = _bundle(out, recipe, primary, nomo, nomo_res, summary, feats,
+                                    features_csv, df, classes, positive, batch, Xtr) \
+            .relative_to(out).as_posix()
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
     from .studyreport import write_report
-    summary["report"] = str(write_report(out, summary, results, figs))
+    summary["report"] = write_report(out, summary, results, figs).relative_to(out).as_posix()
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
     return summary
 
@@ -659,15 +662,71 @@ def _plot_confusion_multi(y, P, classes, path):
     return _save(fig, path)
 
 
+def training_spacing(prov: pd.DataFrame | None, case_ids) -> dict:
+    """Units and pixel-spacing range of the training images (from the features' provenance).
+
+    ``units`` is ``"pixel"`` when the spacing of the training images was unknown (features in
+    pixel units), ``"mm"`` when it was known for all of them, ``"mixed"`` otherwise, and
+    ``"unrecorded"`` without provenance.
+    """
+    if prov is None or "spacing_source" not in prov or "case_id" not in prov:
+        return {"units": "unrecorded"}
+    p = prov[prov["case_id"].astype(str).isin(set(map(str, case_ids)))]
+    if p.empty:
+        return {"units": "unrecorded"}
+    unknown = (p["spacing_source"].astype(str) == "unknown").to_numpy()
+    units = "pixel" if unknown.all() else ("mm" if not unknown.any() else "mixed")
+    out = {"units": units, "sources": {str(k): int(v) for k, v in
+                                       p["spacing_source"].value_counts().items()}}
+    known = p[~unknown]
+    for ax in ("x", "y"):
+        col = f"spacing_{ax}_mm"
+        if col in known and len(known):
+            v = known[col].astype(float)
+            out[f"{col}_range"] = [float(v.min()), float(v.max())]
+    return out
+
+
+def training_ranges(pipeline, Xtr: pd.DataFrame) -> dict:
+    """Training ranges of the model's inputs (raw values) and of its Rad-score.
+
+    Recorded in the bundle for the out-of-distribution check at prediction time.
+    """
+    from .modeling import model_feature_names, rad_score
+    try:
+        used = model_feature_names(pipeline, Xtr)
+    except Exception:  # an exotic pipeline: fall back to every input column
+        used = []
+    used = [c for c in used if c in Xtr.columns] or [
+        c for c in pipeline.named_steps["select"].selected_features_ if c in Xtr.columns]
+    out = {"features": {}}
+    for c in used:
+        v = pd.to_numeric(Xtr[c], errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out["features"][c] = [float(v.min()), float(v.max())]
+    try:
+        rs = rad_score(pipeline, Xtr)
+        out["rad_score"] = [float(np.nanmin(rs)), float(np.nanmax(rs))]
+    except InputError:
+        pass
+    return out
+
+
 def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, df, classes,
-            positive, batch):
+            positive, batch, Xtr):
     from .bundle import save_bundle
+    from .features import engine_info
     from .features import load_params, params_hash
     params_name = recipe.get("params", "default")
     prov = Path(features_csv).with_name(Path(features_csv).stem + "_provenance.csv")
     text = load_params(params_name)[1]
+    prov_df = None
     if prov.exists():
-        p = pd.read_csv(prov, usecols=lambda c: c in ("params", "params_hash"))
+        prov_df = pd.read_csv(prov, usecols=lambda c: c in (
+            "case_id", "params", "params_hash", "spacing_source", "spacing_x_mm",
+            "spacing_y_mm"))
+        p = prov_df
         if len(p) and "params_hash" in p and p["params_hash"].nunique() == 1:
             if p["params_hash"].iloc[0] != params_hash(text):
                 try:
@@ -699,6 +758,10 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
         "params_yaml": text, "params_hash": params_hash(text), "batch_col": batch,
         "sites": sites, "clinical": list(nomo.predictors[1:]) if nomo is not None else [],
         "nomogram_threshold": nomo_res.get("threshold"),
+        "engine": engine_info(),
+        "training_spacing": training_spacing(prov_df, Xtr["case_id"] if "case_id" in Xtr
+                                             else []),
+        "training_ranges": training_ranges(primary["model"], Xtr),
         "metrics": {"test": primary["test"], "external": primary.get("external"),
                     "train_oof": primary["train_oof"]},
         "training": {"n": summary["n"], "class_counts": summary["class_counts"],

@@ -43,3 +43,18 @@ def speckle_case(tmp_path):
     sitk.WriteImage(img, str(ip))
     sitk.WriteImage(msk, str(mp))
     return ip, mp
+
+
+def interrupt_at_call(monkeypatch, n: int):
+    """Make the batch engine's n-th case raise KeyboardInterrupt (Ctrl-C mid-run); returns
+    the real worker function so a test can put it back."""
+    import HER2RadiomicsLib.batch as batch
+    real, calls = batch._safe_case, {"n": 0}
+
+    def flaky(row, cfg, gs=None):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(row, cfg, gs)
+    monkeypatch.setattr(batch, "_safe_case", flaky)
+    return real

@@ -13,7 +13,10 @@ from HER2RadiomicsLib.errors import InputError
 
 @pytest.fixture
 def manifest(cohort, tmp_path):
-    """The cohort manifest plus one broken case (missing mask file) and one empty-mask case."""
+    """The cohort manifest plus one broken case (unreadable mask file) and one empty-mask case.
+
+    (A missing file is refused for the whole manifest before any work: see test_reliability.)
+    """
     rows = list(csv.DictReader(open(cohort / "cohort.csv")))[:4]
     for r in rows:
         for c in ("image", "mask"):
@@ -23,7 +26,9 @@ def manifest(cohort, tmp_path):
     empty = tmp_path / "empty.png"
     ref = sitk.ReadImage(rows[0]["mask"])
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros(ref.GetSize()[::-1], np.uint8)), str(empty))
-    bad = dict(rows[0], case_id="BAD-missing", mask=str(tmp_path / "nope.png"))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG but not really")
+    bad = dict(rows[0], case_id="BAD-missing", mask=str(corrupt))
     bad2 = dict(rows[1], case_id="BAD-empty", mask=str(empty))
     rows = rows[:2] + [bad] + rows[2:] + [bad2]
     p = tmp_path / "m.csv"
@@ -72,17 +77,9 @@ def test_resume_skips_done_cases(manifest, tmp_path):
 
 def test_interrupt_keeps_finished_parts(manifest, tmp_path, monkeypatch):
     import HER2RadiomicsLib.batch as batch
+    from conftest import interrupt_at_call
     rows = read_manifest(manifest)
-    real = batch._safe_case
-    calls = {"n": 0}
-
-    def flaky(row, cfg, gs=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(row, cfg, gs)
-
-    monkeypatch.setattr(batch, "_safe_case", flaky)
+    real = interrupt_at_call(monkeypatch, 3)
     out = tmp_path / "f.csv"
     res = run_batch(rows, out, ExtractConfig(params="cui2023"), progress=False)
     assert res.interrupted and res.n_ok == 2

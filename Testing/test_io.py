@@ -219,3 +219,51 @@ def test_raster_mask_adopts_image_geometry(cohort):
     li2 = read_image(cohort / "images" / "P0001-1.png")
     assert li2.spacing_source == "sidecar" and li2.spacing_mm == pytest.approx(li.spacing_mm)
     assert pydicom.dcmread(str(cohort / "images" / "P0001-1.dcm")).Modality == "US"
+
+
+def _mono(path, photo, arr, bits=8):
+    write_us_dicom(path, np.zeros(arr.shape, np.uint8))
+    ds = pydicom.dcmread(str(path))
+    ds.PhotometricInterpretation = photo
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelData = np.ascontiguousarray(arr, dtype=np.uint8 if bits == 8 else np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def test_monochrome1_inversion_and_intensity_range_are_recorded(tmp_path):
+    arr = np.tile(np.arange(0, 200, 10, dtype=np.uint8), (6, 1))
+    m1 = read_image(_mono(tmp_path / "m1.dcm", "MONOCHROME1", arr))
+    m2 = read_image(_mono(tmp_path / "m2.dcm", "MONOCHROME2", arr))
+    a1 = sitk.GetArrayFromImage(m1.image)
+    # the reader turned the stored values around: brightest stored -> darkest shown
+    assert np.array_equal(a1[0], 255 - arr[0].astype(np.float32))
+    assert m1.provenance["grey_conversion"].startswith("MONOCHROME1 inverted")
+    assert m2.provenance["grey_conversion"] == "none"
+    assert m2.provenance["intensity_range"] == [0.0, 190.0]
+    assert m2.provenance["photometric"] == "MONOCHROME2" and "intensity_note" not in m2.provenance
+
+
+def test_16_bit_dicom_is_noted_against_8_bit_exports(tmp_path):
+    arr = np.tile(np.arange(0, 60000, 3000, dtype=np.uint16), (6, 1))
+    ld = read_image(_mono(tmp_path / "w.dcm", "MONOCHROME2", arr, bits=16))
+    assert ld.provenance["intensity_range"] == [0.0, 57000.0]
+    assert "0-255" in ld.provenance["intensity_note"]
+
+
+def test_area_is_named_px2_when_spacing_is_unknown(cohort, tmp_path):
+    import csv
+    from HER2RadiomicsLib.batch import ExtractConfig, process_case
+    import shutil
+    r = next(csv.DictReader(open(cohort / "cohort.csv")))
+    shutil.copy(cohort / "images" / (r["case_id"] + ".png"), tmp_path / "x.png")  # no sidecar
+    png = {"case_id": "x", "image": str(tmp_path / "x.png"), "mask": str(cohort / r["mask"])}
+    prov = process_case(png, ExtractConfig(params="cui2023"))["provenance"]
+    assert "tumor__area_px2" in prov and "tumor__area_mm2" not in prov
+    m = sitk.GetArrayFromImage(sitk.ReadImage(png["mask"])) > 0
+    assert prov["tumor__area_px2"] == int(m.sum())
+    dcm = dict(png, image=str(cohort / r["image"]))
+    prov = process_case(dcm, ExtractConfig(params="cui2023"))["provenance"]
+    sx, sy = prov["spacing_x_mm"], prov["spacing_y_mm"]
+    assert prov["tumor__area_mm2"] == pytest.approx(m.sum() * sx * sy)

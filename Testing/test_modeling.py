@@ -1,7 +1,6 @@
 """Modelling building blocks: sklearn conventions, ComBat vs neuroCombat, selectors, bundles."""
 import io
 import json
-import pickle
 import zipfile
 
 import numpy as np
@@ -207,36 +206,6 @@ def test_bundle_round_trip_and_integrity(tmp_path):
         load_bundle(bad)
 
 
-def test_malicious_pickle_never_runs_on_default_load(tmp_path):
-    from HER2RadiomicsLib.bundle import load_bundle
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            import os
-            return (os.system, (f"touch {marker}",))
-    blob = pickle.dumps({"pipeline": Evil()})
-    import hashlib
-    meta = {"model_file": "model.joblib", "model_format": "joblib",
-            "model_sha256": hashlib.sha256(blob).hexdigest(), "classes": []}
-    p = tmp_path / "evil.zip"
-    with zipfile.ZipFile(p, "w") as z:
-        z.writestr("bundle.json", json.dumps(meta))
-        z.writestr("model.joblib", blob)
-    with pytest.raises(ModelError, match="--trust"):
-        load_bundle(p)
-    assert not marker.exists()
-    # the same bytes disguised as a skops model are rejected too
-    meta.update(model_file="model.skops", model_format="skops")
-    p2 = tmp_path / "evil2.zip"
-    with zipfile.ZipFile(p2, "w") as z:
-        z.writestr("bundle.json", json.dumps(meta))
-        z.writestr("model.skops", blob)
-    with pytest.raises(ModelError):
-        load_bundle(p2)
-    assert not marker.exists()
-
-
 def test_untrusted_type_in_skops_is_refused(tmp_path):
     import skops.io as sio
     from HER2RadiomicsLib.bundle import load_bundle, save_bundle
@@ -250,7 +219,8 @@ def test_untrusted_type_in_skops_is_refused(tmp_path):
                    for t in sio.get_untrusted_types(data=z.read("model.skops")))
     with pytest.raises(ModelError, match="allow-list"):
         load_bundle(p)
-    assert load_bundle(p, trust=True).pipeline is not None
+    # trusted: the very function comes back (not a stand-in)
+    assert load_bundle(p, trust=True).pipeline.func is os.getcwd
 
 
 def test_joblib_bundle_needs_trust(tmp_path):

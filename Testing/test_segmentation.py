@@ -196,6 +196,7 @@ def test_cli_segment_and_eval(cohort, tmp_path, capsys, monkeypatch):
     assert m.GetSize() == ref.GetSize()
     assert sitk.ReadImage(str(tmp_path / "p.nrrd")).GetPixelID() == sitk.sitkFloat32
     man = tmp_path / "man.csv"
+    (tmp_path / "missing.png").write_bytes(b"not a png")      # exists, but unreadable
     man.write_text("case_id,image\nA,%s\nB,%s\n" % (cohort / "images" / "P0002-1.dcm",
                                                      tmp_path / "missing.png"))
     rc = main(["segment", "--manifest", str(man), "--out-dir", str(tmp_path / "seg"),

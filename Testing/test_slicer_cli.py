@@ -38,6 +38,7 @@ def test_single_image_with_label(cohort, tmp_path, capsys):
 
 def test_cnn_when_no_label_and_manifest_keeps_going(cohort, tmp_path, capsys):
     rows = pd.read_csv(cohort / "cohort.csv").iloc[:2]
+    (tmp_path / "no.png").write_bytes(b"exists but unreadable")   # missing files: refused up front
     man = pd.DataFrame({"case_id": list(rows.case_id) + ["BAD"],
                         "image": [str(cohort / p) for p in rows.image] + [str(tmp_path / "no.png")],
                         "mask": [str(cohort / p) for p in rows["mask"]] + [""]})

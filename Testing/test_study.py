@@ -138,10 +138,12 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert main(["predict", "--bundle", bundle, "--image", img, "--mask", mask, "--site", "A",
                  "--clinical", "age"]) == 2
-    # manifest form: one good case, one with a missing mask -> exit 1, the good one predicted
+    # manifest form: one good case, one with an unreadable mask -> exit 1, the good one
+    # predicted (a missing file is refused up front for the whole manifest, exit 2)
     coh = pd.read_csv(study_data / "cohort" / "cohort.csv").iloc[:2].copy()
     coh["image"] = [str(study_data / "cohort" / p) for p in coh.image]
     coh["mask"] = [str(study_data / "cohort" / p) for p in coh["mask"]]
+    (tmp_path / "missing.png").write_bytes(b"not a png")
     coh.loc[coh.index[1], "mask"] = str(tmp_path / "missing.png")
     coh.to_csv(tmp_path / "m.csv", index=False)
     capsys.readouterr()
@@ -167,7 +169,7 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
     assert ".html or .pdf" in capsys.readouterr().err
     assert main(["report", "--bundle", bundle, "--image", img, "--site", c.site,
                  "--out", str(tmp_path / "cnn.html")]) == 0               # CNN auto-mask
-    assert "CNN auto-mask (not reviewed)" in (tmp_path / "cnn.html").read_text()
+    assert "CNN auto-mask (not reviewed; confidence 0." in (tmp_path / "cnn.html").read_text()
     if find_browser():
         assert main(["report", "--bundle", bundle, "--image", img, "--mask", mask,
                      "--site", c.site, "--out", str(tmp_path / "case.pdf")]) == 0
@@ -187,3 +189,90 @@ def test_recipe_and_task_errors(study_data, tmp_path):
     with pytest.raises(InputError, match="label"):
         run(_recipe("yin2024", label_col="nothere"), study_data / "features.csv",
             study_data / "cohort" / "cohort.csv", tmp_path / "x", progress=False)
+
+
+def test_bundle_records_engine_spacing_and_training_ranges(study_data, tmp_path, capsys):
+    """The bundle pins what changes a prediction and flags an input far from its training."""
+    import SimpleITK as sitk
+    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.cli import main
+    from HER2RadiomicsLib.predict import predict_case
+    from HER2RadiomicsLib.study import run
+    run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
+        study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
+    b = load_bundle(tmp_path / "y" / "model_bundle.zip")
+    import radiomics
+    assert b.meta["engine"] == {"name": "pyradiomics", "version": radiomics.__version__}
+    ts = b.meta["training_spacing"]
+    prov = pd.read_csv(study_data / "features_provenance.csv")
+    assert ts["units"] == "mm" and ts["sources"] == {"dicom-us-region": ts["sources"][
+        "dicom-us-region"]}
+    assert ts["spacing_x_mm_range"][0] >= prov.spacing_x_mm.min() - 1e-12
+    assert ts["spacing_x_mm_range"][1] <= prov.spacing_x_mm.max() + 1e-12
+    # the ranges cover the features the LASSO kept, taken from the training split only
+    kept = list(b.pipeline.named_steps["lasso"].selected_features_)
+    assert set(b.meta["training_ranges"]["features"]) == set(kept)
+    f = pd.read_csv(study_data / "features.csv").set_index("case_id")
+    for col, (lo, hi) in b.meta["training_ranges"]["features"].items():
+        assert f[col].min() <= lo <= hi <= f[col].max()
+    # an ordinary cohort case is not flagged; the same image with grey values x 20 is
+    c = pd.read_csv(study_data / "cohort" / "cohort.csv").iloc[0]
+    img, mask = study_data / "cohort" / c.image, study_data / "cohort" / c["mask"]
+    pr = predict_case(b, img, mask, site=c.site)
+    assert "out_of_distribution" not in pr.qc, pr.warnings
+    from HER2RadiomicsLib.io import read_image
+    ld = read_image(img)
+    bright = sitk.Cast(ld.image * 20.0, sitk.sitkFloat32)
+    sitk.WriteImage(bright, str(tmp_path / "bright.nrrd"))
+    m = sitk.ReadImage(str(mask))
+    m.CopyInformation(bright)
+    sitk.WriteImage(m, str(tmp_path / "bright_mask.nrrd"))
+    capsys.readouterr()
+    assert main(["predict", "--bundle", str(tmp_path / "y" / "model_bundle.zip"),
+                 "--image", str(tmp_path / "bright.nrrd"), "--mask",
+                 str(tmp_path / "bright_mask.nrrd"), "--site", c.site]) == 0
+    out = capsys.readouterr().out
+    assert "far outside the training range" in out and "extrapolation" in out
+
+
+def test_documented_chain_from_another_folder(study_data, tmp_path, monkeypatch):
+    """segment -> extract -> train -> predict -> report, every path relative to a folder that
+    is neither the data's nor the outputs'."""
+    import shutil
+    from HER2RadiomicsLib.cli import main
+    data = tmp_path / "data"
+    shutil.copytree(study_data / "cohort", data / "cohort")
+    c = pd.read_csv(data / "cohort" / "cohort.csv")
+    c.iloc[:2].to_csv(data / "cohort" / "two.csv", index=False)
+    recipe = tmp_path / "data" / "fast.yaml"
+    from HER2RadiomicsLib.study import load_recipe
+    import yaml
+    r = load_recipe("yin2024")
+    r.pop("_text", None)
+    r.update(params="cui2023", classifiers=["logistic"], primary="logistic")
+    recipe.write_text(yaml.safe_dump(r))
+    shutil.copy(study_data / "features.csv", data / "features.csv")
+    shutil.copy(study_data / "features_provenance.csv", data / "features_provenance.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["segment", "--manifest", "../data/cohort/two.csv", "--out-dir", "cnn",
+                 "--no-progress"]) == 0
+    assert main(["extract", "--manifest", "cnn/manifest.csv", "--params", "cui2023",
+                 "--out", "cnn_features.csv", "--no-progress"]) == 0
+    assert len(pd.read_csv("cnn_features.csv")) == 2
+    assert main(["train", "--recipe", "../data/fast.yaml", "--features", "../data/features.csv",
+                 "--labels", "../data/cohort/cohort.csv", "--out", "model", "--repeats", "0",
+                 "--bootstrap", "200"]) == 0
+    assert (work / "model" / "model_bundle.zip").exists()
+    import json
+    assert json.loads((work / "model" / "metrics.json").read_text())["bundle"] == \
+        "model_bundle.zip"
+    assert main(["predict", "--bundle", "model/model_bundle.zip", "--manifest",
+                 "cnn/manifest.csv", "--out", "preds.csv"]) == 0
+    assert len(pd.read_csv("preds.csv")) == 2
+    first = pd.read_csv("cnn/manifest.csv").iloc[0]
+    assert main(["report", "--bundle", "model/model_bundle.zip", "--image", first.image,
+                 "--mask", "cnn/" + first["mask"], "--site", first.site,
+                 "--out", "case.html"]) == 0
+    assert "Research use only" in (work / "case.html").read_text()

@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import HER2Error, InputError
 
 log = logging.getLogger(__name__)
@@ -87,15 +85,19 @@ def register(sub):
 
 def _segment_one(row, model, device, box, click, threads=None):
     from ..io import read_image, write_image
+    from .inference import check_ultrasound
     try:
         loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
+        flags = check_ultrasound(loaded)
         seg = get_segmenter(model, device, threads)
         res = seg.predict(loaded.image, box=box, click=click)
         if not res.info["lesion_px"]:
             raise InputError(f"{row['image']}: the model found no lesion (give a --box or "
                              "--click prompt)")
         write_image(res.mask, row["_out"])
-        return {"case_id": row["case_id"], "lesion_px": res.info["lesion_px"]}
+        return {"case_id": row["case_id"], "lesion_px": res.info["lesion_px"],
+                "cnn_confidence": round(res.info["confidence"], 4),
+                "cnn_flags": "; ".join(flags + res.info["flags"])}
     except HER2Error as exc:
         return {"case_id": row["case_id"], "error": str(exc)}
     except Exception as exc:  # keep the cohort going; the error table names the case
@@ -104,10 +106,12 @@ def _segment_one(row, model, device, box, click, threads=None):
 
 def cmd_segment(a) -> int:
     from ..io import read_image, write_image
+    from .inference import check_ultrasound
     if a.image:
         if not a.out:
             raise InputError("--image needs --out MASK.nrrd")
         loaded = read_image(a.image, frame=a.frame)
+        flags = check_ultrasound(loaded)
         t = time.perf_counter()
         res = get_segmenter(a.model, a.device).predict(loaded.image, box=a.box, click=a.click)
         dt = time.perf_counter() - t
@@ -117,7 +121,10 @@ def cmd_segment(a) -> int:
         if a.prob_out:
             write_image(res.probability, a.prob_out)
         print(f"mask written to {a.out} ({res.info['lesion_px']} lesion pixels, "
-              f"prompt {res.info['prompt']}, {dt:.2f} s)")
+              f"confidence {res.info['confidence']:.2f}, prompt {res.info['prompt']}, "
+              f"{dt:.2f} s)")
+        for f in flags + res.info["flags"]:
+            print(f"  flag: {f}")
         return 0
     if not a.out_dir:
         raise InputError("--manifest needs --out-dir DIR")
@@ -156,12 +163,18 @@ def cmd_segment(a) -> int:
         bar.close()
     errors = [r for r in results if "error" in r]
     err_ids = {e["case_id"] for e in errors}
+    done = {r["case_id"]: r for r in results if "error" not in r}
     man = []
     for r in rows:
         if r["case_id"] in err_ids or not Path(r["_out"]).exists():
             continue
         row = {k: v for k, v in r.items() if not k.startswith("_")}
-        row["mask"] = r["_out"]
+        # relative to the manifest's own folder, which is how manifests are read; images keep
+        # the absolute paths read_manifest resolved, so the manifest works from any folder
+        row["mask"] = Path(r["_out"]).name
+        info = done.get(r["case_id"], {})
+        row["cnn_confidence"] = info.get("cnn_confidence", "")
+        row["cnn_flags"] = info.get("cnn_flags", "")
         man.append(row)
     atomic_write_text(out / "manifest.csv", pd.DataFrame(man).to_csv(index=False))
     atomic_write_text(out / "errors.csv", pd.DataFrame(errors, columns=["case_id", "error"])
@@ -175,6 +188,7 @@ def cmd_segment(a) -> int:
 
 def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
     """Per-case Dice, IoU, HD95/HD/MSD (mm when spacing known, else px) against reference masks."""
+    import numpy as np
     import SimpleITK as sitk
     from tqdm.auto import tqdm
     from ..io import load_case
@@ -186,10 +200,14 @@ def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
             loaded, ref = load_case(r["image"], r["mask"], min_pixels=1)
             if pred_dir:
                 pp = Path(pred_dir) / f"{r['case_id']}.nrrd"
-                if not pp.exists():
-                    raise InputError(f"{pp}: predicted mask not found")
-                pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pp))) > 0
                 t = float("nan")
+                if pp.exists():
+                    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pp))) > 0
+                else:
+                    # 'segment' writes no mask where the model found no lesion: that image is
+                    # a miss (Dice 0), not a case to leave out of the statistics
+                    pred = np.zeros(sitk.GetArrayViewFromImage(ref).shape, bool)
+                    rec["note"] = f"no predicted mask {pp.name}: counted as a miss"
             else:
                 t0 = time.perf_counter()
                 pred = sitk.GetArrayFromImage(segmenter.predict(loaded.image).mask) > 0
@@ -198,7 +216,8 @@ def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
             sp = loaded.spacing_mm if loaded.spacing_known else (1.0, 1.0)
             m = compare_masks(sitk.GetArrayFromImage(ref) > 0, pred, sp)
             rec.update(dice=m["dice"], iou=m["jaccard"], hd95=m["hd95"], hd=m["hd"],
-                       msd=m["msd"], distance_unit=unit, seconds=t)
+                       msd=m["msd"], distance_unit=unit, seconds=t,
+                       lesion_found=bool(pred.any()))
         except HER2Error as exc:
             rec["error"] = str(exc)
         out.append(rec)
@@ -206,10 +225,14 @@ def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
 
 
 def summarize_metrics(recs) -> dict:
+    import numpy as np
     ok = [r for r in recs if "dice" in r]
     d = np.array([r["dice"] for r in ok])
     hd = np.array([r["hd95"] for r in ok], dtype=float)
-    s = {"n": len(ok), "n_failed": len(recs) - len(ok)}
+    s = {"n": len(ok), "n_failed": len(recs) - len(ok),
+         # images where the model drew nothing: in Dice and the miss rate (as Dice 0); HD95
+         # is undefined for them and is summarised over the others
+         "n_no_lesion_found": sum(1 for r in ok if not r.get("lesion_found", True))}
     if ok:
         s.update(mean_dice=float(d.mean()), median_dice=float(np.median(d)),
                  mean_iou=float(np.mean([r["iou"] for r in ok])),

@@ -1,0 +1,302 @@
+"""Results are never destroyed, two runs never race, bad input is refused before any work
+with one line per problem, and the commands fit together from any working directory."""
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from HER2RadiomicsLib.cli import main
+
+
+def _rows(cohort, n=4):
+    rows = list(csv.DictReader(open(cohort / "cohort.csv")))[:n]
+    for r in rows:
+        for c in ("image", "mask"):
+            r[c] = str(cohort / r[c])
+    return rows
+
+
+def _write_manifest(path, rows, fields=None):
+    fields = fields or list(rows[0])
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _err_lines(capsys):
+    return [ln for ln in capsys.readouterr().err.strip().splitlines() if ln]
+
+
+# -- outputs are replaced only by complete, successful results ---------------------------------
+
+def test_failing_rerun_keeps_good_single_case_result(cohort, tmp_path, capsys):
+    img, m = cohort / "images" / "P0001-1.dcm", cohort / "masks" / "P0001-1.png"
+    out = tmp_path / "keep.csv"
+    assert main(["extract", "--image", str(img), "--mask", str(m), "--params", "cui2023",
+                 "--out", str(out), "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("keep*.csv")}
+    assert len(before) == 3 and len(pd.read_csv(out)) == 1
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"not an image at all")
+    capsys.readouterr()
+    assert main(["extract", "--image", str(img), "--mask", str(bad), "--params", "cui2023",
+                 "--out", str(out), "--no-progress"]) == 2
+    after = {p.name: p.read_bytes() for p in tmp_path.glob("keep*.csv")}
+    assert after == before                       # table, provenance, errors: untouched
+    assert "kept the previous keep.csv" in capsys.readouterr().out
+
+
+def test_interrupted_rerun_without_resume_keeps_table_and_parts(cohort, tmp_path,
+                                                                  monkeypatch, capsys):
+    import HER2RadiomicsLib.batch as batch
+    from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
+    man = _write_manifest(tmp_path / "m.csv", _rows(cohort, 6))
+    rows = read_manifest(man)
+    out = tmp_path / "f.csv"
+    cfg = ExtractConfig(params="cui2023")
+    assert run_batch(rows, out, cfg, progress=False).n_ok == 6
+    table = out.read_bytes()
+    prov = (tmp_path / "f_provenance.csv").read_bytes()
+    parts = sorted(p.name for p in (tmp_path / "f.csv.parts").glob("*.json"))
+    from conftest import interrupt_at_call
+    real = interrupt_at_call(monkeypatch, 3)
+    res = run_batch(read_manifest(man), out, cfg, progress=False)     # no --resume
+    assert res.interrupted and res.kept_previous
+    assert out.read_bytes() == table and (tmp_path / "f_provenance.csv").read_bytes() == prov
+    assert sorted(p.name for p in (tmp_path / "f.csv.parts").glob("*.json")) == parts
+    # a complete rerun replaces the table (same values)
+    monkeypatch.setattr(batch, "_safe_case", real)
+    res = run_batch(read_manifest(man), out, cfg, resume=True, progress=False)
+    assert res.n_ok == 6 and not res.kept_previous
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(pd.io.common.BytesIO(table)))
+
+
+def test_rerun_that_loses_a_case_keeps_previous_but_one_that_adds_replaces(cohort, tmp_path,
+                                                                           capsys):
+    rows = _rows(cohort, 3)
+    man = _write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "f.csv"
+    args = ["extract", "--manifest", str(man), "--params", "cui2023", "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    table = out.read_bytes()
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"garbage")
+    rows[1]["mask"] = str(bad)
+    _write_manifest(man, rows)
+    capsys.readouterr()
+    assert main(args) == 1
+    assert out.read_bytes() == table
+    text = capsys.readouterr().out
+    assert "kept the previous f.csv" in text and rows[1]["case_id"] in text
+    # a new case that fails beside all the old ones working: the table is replaced
+    rows[1]["mask"] = str(cohort / "masks" / (rows[1]["case_id"] + ".png"))
+    rows.append(dict(rows[0], case_id="NEW-bad", mask=str(bad)))
+    _write_manifest(man, rows)
+    assert main(args) == 1
+    f = pd.read_csv(out)
+    assert len(f) == 3 and pd.read_csv(tmp_path / "f_errors.csv").case_id.tolist() == ["NEW-bad"]
+
+
+def test_second_run_on_same_output_is_refused_and_told_who(cohort, tmp_path, capsys):
+    out = tmp_path / "f.csv"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from HER2RadiomicsLib.outputs import output_lock
+        with output_lock({str(out)!r}):
+            print("held", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        img, m = cohort / "images" / "P0001-1.dcm", cohort / "masks" / "P0001-1.png"
+        rc = main(["extract", "--image", str(img), "--mask", str(m), "--params", "cui2023",
+                   "--out", str(out), "--no-progress"])
+        err = _err_lines(capsys)
+        assert rc == 2 and len(err) == 1
+        assert "another run is writing it" in err[0] and f"pid {holder.pid}" in err[0]
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # a killed holder leaves no live lock: the next run proceeds
+    assert main(["extract", "--image", str(img), "--mask", str(m), "--params", "cui2023",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert not (tmp_path / "f.csv.lock").exists()
+
+
+def test_staged_dir_keeps_old_folder_on_failure(tmp_path):
+    from HER2RadiomicsLib.outputs import staged_dir
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "metrics.json").write_text("good")
+    with pytest.raises(RuntimeError):
+        with staged_dir(out) as st:
+            (st / "metrics.json").write_text("half")
+            raise RuntimeError("boom")
+    assert (out / "metrics.json").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]       # no staging left behind
+    with staged_dir(out) as st:
+        (st / "metrics.json").write_text("new")
+    assert (out / "metrics.json").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# -- manifests and option values are checked before any work ----------------------------------
+
+def test_manifest_problems_all_listed_nothing_computed(cohort, tmp_path, capsys):
+    rows = _rows(cohort, 4)
+    fields = list(rows[0]) + ["label", "spacing_x_mm", "spacing_y_mm", "frame"]
+    rows[0].update(label="benign")
+    rows[1].update(spacing_x_mm="0.1")
+    rows[2].update(spacing_x_mm="abc", spacing_y_mm="0.1", frame="x")
+    rows[3].update(mask=str(tmp_path / "nope.png"))
+    rows.append(dict(rows[0], label="", case_id=rows[1]["case_id"]))
+    man = _write_manifest(tmp_path / "m.csv", rows, fields)
+    out = tmp_path / "f.csv"
+    rc = main(["extract", "--manifest", str(man), "--params", "cui2023", "--out", str(out),
+               "--no-progress"])
+    err = _err_lines(capsys)
+    assert rc == 2
+    assert all(ln.startswith(f"error: {man}: row ") for ln in err), err
+    text = "\n".join(err)
+    for expect in ("label 'benign'", "belong in another column",
+                   "spacing_x_mm and spacing_y_mm must be given together",
+                   "spacing_x_mm 'abc' is not a positive number", "frame 'x'",
+                   "mask file not found", "duplicate case_id"):
+        assert expect in text, expect
+    assert len(err) == 6
+    assert not out.exists() and not (tmp_path / "f.csv.parts").exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--jobs", "0"], "--jobs 0: must be at least 1"),
+    (["--min-mask-pixels", "-1"], "--min-mask-pixels -1"),
+    (["--max-clip-fraction", "-0.1"], "--max-clip-fraction -0.1"),
+    (["--rings", "3,3,5"], "given twice"),
+    (["--spacing-mm", "0", "0.1"], "--spacing-mm 0 0.1"),
+    (["--frame", "-2"], "--frame -2"),
+])
+def test_bad_option_values_refused_up_front(args, expect, cohort, tmp_path, capsys):
+    img, m = cohort / "images" / "P0001-1.dcm", cohort / "masks" / "P0001-1.png"
+    rc = main(["extract", "--image", str(img), "--mask", str(m), "--params", "cui2023",
+               "--out", str(tmp_path / "f.csv"), "--no-progress", *args])
+    err = _err_lines(capsys)
+    assert rc == 2 and len(err) == 1 and expect in err[0], err
+    assert not list(tmp_path.iterdir())                     # nothing written, nothing locked
+
+
+def test_bad_outputs_and_params_refused_up_front(cohort, tmp_path, capsys):
+    img, m = cohort / "images" / "P0001-1.dcm", cohort / "masks" / "P0001-1.png"
+    base = ["extract", "--image", str(img), "--mask", str(m), "--no-progress"]
+    d = tmp_path / "adir"
+    d.mkdir()
+    cases = [
+        (["--params", "cui2023", "--out", str(d)], "is a folder"),
+        (["--params", "cui2023", "--out", "/dev/null/f.csv"], "is a file, not a folder"),
+    ]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    cases.append((["--params", str(empty), "--out", str(tmp_path / "f.csv")],
+                  "the params file is empty"))
+    for extra, expect in cases:
+        rc = main(base + extra)
+        err = _err_lines(capsys)
+        assert rc == 2 and len(err) == 1 and expect in err[0], err
+        assert "unexpected" not in err[0]
+
+
+def test_absurd_spacing_for_rings_is_refused_with_memory_estimate(cohort, tmp_path, capsys):
+    img, m = cohort / "images" / "P0001-1.dcm", cohort / "masks" / "P0001-1.png"
+    rc = main(["extract", "--image", str(img), "--mask", str(m), "--params", "cui2023",
+               "--rings", "3,5,8", "--spacing-mm", "1e-6", "1e-6",
+               "--out", str(tmp_path / "f.csv"), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 2
+    assert "working grid" in out.out and "check the pixel spacing" in out.out
+
+
+def _case(tmp_path, arr, mask):
+    img = sitk.GetImageFromArray(arr.astype(np.float32))
+    img.SetSpacing((0.1, 0.1))
+    ip, mp = tmp_path / "i.nrrd", tmp_path / "m.nrrd"
+    sitk.WriteImage(img, str(ip))
+    mk = sitk.GetImageFromArray(mask.astype(np.uint8))
+    mk.CopyInformation(img)
+    sitk.WriteImage(mk, str(mp))
+    return ip, mp
+
+
+@pytest.mark.parametrize("what", ["nan", "binwidth", "whole"])
+def test_bad_pixels_bins_and_masks_say_what_is_wrong(what, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100, 20, (80, 80))
+    mask = np.zeros((80, 80), bool)
+    mask[20:50, 20:50] = True
+    params = "cui2023"
+    if what == "nan":
+        arr[30, 30] = np.nan
+        expect = "NaN/Inf pixel"
+    elif what == "binwidth":
+        p = tmp_path / "fine.yaml"
+        p.write_text("setting: {binWidth: 0.00001}\nimageType: {Original: {}}\n"
+                     "featureClass: {glcm: }\n")
+        params = str(p)
+        expect = "grey levels"
+    else:
+        mask[:] = True
+        expect = "covers 100% of the image"
+    ip, mp = _case(tmp_path, arr, mask)
+    rc = main(["extract", "--image", str(ip), "--mask", str(mp), "--params", params,
+               "--out", str(tmp_path / "f.csv"), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 2
+    assert expect in out.out + out.err
+    assert "MemoryError" not in out.out + out.err and "Maximum allowed" not in out.out
+
+
+# -- the documented steps fit together ----------------------------------------------------------
+
+def test_eval_segmenter_counts_images_without_lesion_as_misses(cohort, tmp_path):
+    import json
+    rows = _rows(cohort, 2)
+    man = _write_manifest(tmp_path / "m.csv", rows)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    ref = sitk.ReadImage(rows[0]["mask"])
+    sitk.WriteImage(ref, str(pred / f"{rows[0]['case_id']}.nrrd"))     # perfect; second: none
+    assert main(["eval-segmenter", "--manifest", str(man), "--pred-dir", str(pred),
+                 "--out", str(tmp_path / "e.csv"), "--no-progress"]) == 0
+    s = json.loads((tmp_path / "e.summary.json").read_text())
+    assert s["n"] == 2 and s["n_no_lesion_found"] == 1
+    assert s["mean_dice"] == pytest.approx(0.5) and s["miss_rate_dice_lt_0_1"] == 0.5
+
+
+def test_segment_manifest_feeds_extract_from_another_folder(cohort, tmp_path, monkeypatch):
+    from HER2RadiomicsLib.segmentation import commands
+    from HER2RadiomicsLib.segmentation.inference import Segmenter
+    from test_segmentation import DarknessNet
+    monkeypatch.setattr(commands, "get_segmenter",
+                        lambda *a, **k: Segmenter(DarknessNet(), size=96))
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [{k: os.path.relpath(v, work) if k in ("image", "mask") else v
+             for k, v in r.items()} for r in _rows(cohort, 2)]
+    _write_manifest(work / "all.csv", rows)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["segment", "--manifest", "../work/all.csv", "--out-dir", "cnn",
+                 "--no-progress"]) == 0
+    monkeypatch.chdir(tmp_path)                 # read from yet another folder
+    assert main(["extract", "--manifest", "elsewhere/cnn/manifest.csv", "--params", "cui2023",
+                 "--out", "f.csv", "--no-progress"]) == 0
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 2

@@ -155,7 +155,10 @@ def cmd_predict(a) -> int:
                 errors.append({"case_id": r["case_id"], "error": str(exc)})
     table = pd.DataFrame([p.as_row() for p in preds])
     text = table.to_csv(index=False, float_format="%.4f")
-    if a.out:
+    if a.out and not preds:
+        # nothing succeeded: an earlier table at --out is worth more than an empty one
+        print(f"no case could be predicted; {a.out} was not written")
+    elif a.out:
         atomic_write_text(a.out, text)
         print(f"{len(preds)} predictions -> {a.out}")
     else:

@@ -300,3 +300,22 @@ def test_segment_manifest_feeds_extract_from_another_folder(cohort, tmp_path, mo
     assert main(["extract", "--manifest", "elsewhere/cnn/manifest.csv", "--params", "cui2023",
                  "--out", "f.csv", "--no-progress"]) == 0
     assert len(pd.read_csv(tmp_path / "f.csv")) == 2
+
+
+def test_predict_manifest_with_no_success_keeps_previous_table(cohort, tmp_path, capsys):
+    from test_bundle_security import _frame, _meta, _pipeline
+    from HER2RadiomicsLib.bundle import save_bundle
+    X, y = _frame()
+    b = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
+                    _meta(X))
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"garbage")
+    rows = _rows(cohort, 1)
+    rows[0]["mask"] = str(bad)
+    man = _write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "preds.csv"
+    out.write_text("case_id,predicted_class\nold,low\n")
+    rc = main(["predict", "--bundle", str(b), "--manifest", str(man), "--out", str(out)])
+    assert rc == 1
+    assert out.read_text() == "case_id,predicted_class\nold,low\n"
+    assert "was not written" in capsys.readouterr().out

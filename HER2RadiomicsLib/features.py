@@ -59,6 +59,9 @@ def resolve_params(name_or_path) -> Path:
 MAX_GREY_LEVELS = 5000
 
 
+_VALIDATED = set()
+
+
 def load_params(name_or_path="default") -> tuple:
     """Load and validate a pyradiomics params file.
 
@@ -82,7 +85,9 @@ def load_params(name_or_path="default") -> tuple:
     if unknown:
         raise InputError(f"{path}: unknown top-level keys {sorted(unknown)}; pyradiomics params "
                          "have setting, imageType, featureClass (and voxelSetting)")
-    _validate_with_pyradiomics(params, path)
+    if text not in _VALIDATED:   # pyradiomics' schema check costs ~80 ms; once per text
+        _validate_with_pyradiomics(params, path)
+        _VALIDATED.add(text)
     return params, text, str(path)
 
 

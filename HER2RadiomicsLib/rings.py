@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage as ndi
 
 from .errors import InputError
 
@@ -107,6 +106,7 @@ def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Imag
     SimpleITK.Image
         uint8 {0, 1} with the image's geometry.
     """
+    from scipy import ndimage as ndi     # imported here: `parse_rings` alone must stay light
     from skimage.morphology import convex_hull_image
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     h, w = arr.shape
@@ -207,6 +207,10 @@ def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM
             raise InputError(f"{path}: FOV mask size {fov_arr.shape[::-1]} differs from image "
                              f"{tum.shape[::-1]}")
         fov_source = "user"
+    elif fov == "auto" and not distances:
+        # the field of view only clips rings: without rings there is nothing to detect it for
+        fov_arr = np.ones_like(tum)
+        fov_source = "not needed (no rings)"
     elif fov == "auto":
         fov_arr = sitk.GetArrayFromImage(detect_fov(image)) > 0
         fov_source = "detected"
@@ -229,6 +233,7 @@ def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM
                        "clipped_fraction": float(1 - (tum & fov_arr).sum() / tum.sum()),
                        "flagged": False}
     if distances:
+        from scipy import ndimage as ndi
         pad_x = int(math.ceil(max(distances) / sx)) + 1
         pad_y = int(math.ceil(max(distances) / sy)) + 1
         grid = (h + 2 * pad_y) * (w + 2 * pad_x)

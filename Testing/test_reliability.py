@@ -319,3 +319,26 @@ def test_predict_manifest_with_no_success_keeps_previous_table(cohort, tmp_path,
     assert rc == 1
     assert out.read_text() == "case_id,predicted_class\nold,low\n"
     assert "was not written" in capsys.readouterr().out
+
+
+def test_command_line_start_up_imports_only_what_the_command_needs(cohort, tmp_path):
+    """Start-up time is set by imports: --help must not load pandas/scipy/torch, and a
+    one-case extract without rings must not load pandas, scikit-image or scikit-learn."""
+    img, m = cohort / "images" / "P0001-1.dcm", cohort / "masks" / "P0001-1.png"
+    code = textwrap.dedent(f"""
+        import sys
+        from HER2RadiomicsLib.cli import build_parser, main
+        build_parser()
+        after_parser = set(sys.modules)
+        rc = main(["extract", "--image", {str(img)!r}, "--mask", {str(m)!r}, "--params",
+                   "cui2023", "--out", {str(tmp_path / "f.csv")!r}])
+        heavy = lambda mods: sorted(x for x in ("pandas", "scipy", "torch", "skimage", "tqdm",
+                                                "sklearn", "matplotlib") if x in mods)
+        print(rc, heavy(after_parser), heavy(set(sys.modules)))
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    rc, parser_mods, extract_mods = r.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert rc == "0", r.stderr
+    assert parser_mods == "[]", parser_mods
+    # pyradiomics itself needs scipy and pydicom imports tqdm; nothing else heavy
+    assert set(eval(extract_mods)) <= {"scipy", "tqdm"}, extract_mods

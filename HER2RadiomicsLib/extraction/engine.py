@@ -1,0 +1,228 @@
+"""Radiomics features in plain numpy, with pyradiomics 3.0.1's definitions.
+
+Each function takes the grey image as a 2D numpy array, the region as a boolean array of the
+same shape, and the relevant settings, and returns ``{feature name: value}`` with pyradiomics'
+names. The definitions (discretisation, GLCM angles and normalisation, the handling of empty
+grey levels and angles, the ``eps`` guards) follow pyradiomics' documentation, so that values
+agree to floating-point rounding (tested to 1e-9 relative against pyradiomics itself).
+
+Only 2D images are handled: breast ultrasound and mammography frames.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EPS = np.spacing(1)      # pyradiomics guards every log2 and division with machine epsilon
+
+FIRSTORDER = ("10Percentile", "90Percentile", "Energy", "Entropy", "InterquartileRange",
+              "Kurtosis", "Maximum", "MeanAbsoluteDeviation", "Mean", "Median", "Minimum",
+              "Range", "RobustMeanAbsoluteDeviation", "RootMeanSquared", "Skewness",
+              "TotalEnergy", "Uniformity", "Variance")
+FIRSTORDER_OPTIONAL = ("StandardDeviation",)       # off unless asked for (equals sqrt(Variance))
+
+GLCM = ("Autocorrelation", "JointAverage", "ClusterProminence", "ClusterShade",
+        "ClusterTendency", "Contrast", "Correlation", "DifferenceAverage", "DifferenceEntropy",
+        "DifferenceVariance", "JointEnergy", "JointEntropy", "Imc1", "Imc2", "Idm", "MCC",
+        "Idmn", "Id", "Idn", "InverseVariance", "MaximumProbability", "SumAverage",
+        "SumEntropy", "SumSquares")
+
+
+# -- discretisation ------------------------------------------------------------------------
+
+def bin_edges(values: np.ndarray, bin_width: float = 25.0, bin_count: int | None = None):
+    """Bin edges of the region's grey values.
+
+    Fixed bin width: edges are multiples of ``bin_width`` from the largest one not above the
+    minimum up to beyond the maximum, so every bin is half-open ``[lower, upper)``. Fixed bin
+    count: ``bin_count`` equal bins over ``[min, max]``, the top edge nudged up by one so the
+    maximum falls in the last bin.
+    """
+    if bin_count is not None:
+        edges = np.histogram(values, int(bin_count))[1]
+        edges[-1] += 1
+        return edges
+    lo, hi = values.min(), values.max()
+    edges = np.arange(lo - (lo % bin_width), hi + 2 * bin_width, bin_width)
+    if len(edges) == 1:          # a flat region: one bin around its single value
+        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+    return edges
+
+
+def discretise(image: np.ndarray, mask: np.ndarray, bin_width: float = 25.0,
+               bin_count: int | None = None) -> np.ndarray:
+    """Grey levels 1, 2, ... inside the mask (0 outside), by ``numpy.digitize`` on the edges."""
+    out = np.zeros(image.shape, dtype=np.int64)
+    vals = image[mask]
+    out[mask] = np.digitize(vals, bin_edges(vals, bin_width, bin_count))
+    return out
+
+
+# -- first order ----------------------------------------------------------------------------
+
+def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
+               bin_count=None, voxel_array_shift=0.0, names=None) -> dict:
+    """First-order statistics of the grey values inside ``mask``.
+
+    ``Entropy`` and ``Uniformity`` use the discretised values; ``Energy``, ``TotalEnergy`` and
+    ``RootMeanSquared`` add ``voxel_array_shift`` first; ``TotalEnergy`` multiplies by the pixel
+    area (mm²); ``Kurtosis`` is m4 / m2² (not the excess).
+    """
+    x = image[mask].astype(np.float64)
+    levels = discretise(image, mask, bin_width, bin_count)[mask]
+    _, counts = np.unique(levels, return_counts=True)
+    p = counts / counts.sum()
+    n = x.size
+    shifted = x + voxel_array_shift
+    mean = x.mean()
+    dev = x - mean
+    m2, m3, m4 = (dev ** 2).mean(), (dev ** 3).mean(), (dev ** 4).mean()
+    p10, p90 = np.percentile(x, 10), np.percentile(x, 90)
+    inner = x[(x >= p10) & (x <= p90)]
+    energy = float(np.sum(shifted ** 2))
+    flat = m2 == 0
+    out = {
+        "10Percentile": p10, "90Percentile": p90,
+        "Energy": energy,
+        "TotalEnergy": energy * float(np.prod(spacing)),
+        "Entropy": -np.sum(p * np.log2(p + EPS)),
+        "InterquartileRange": np.percentile(x, 75) - np.percentile(x, 25),
+        "Kurtosis": 0.0 if flat else m4 / m2 ** 2.0,
+        "Maximum": x.max(), "Minimum": x.min(), "Mean": mean, "Median": np.median(x),
+        "MeanAbsoluteDeviation": np.abs(dev).mean(),
+        "Range": x.max() - x.min(),
+        "RobustMeanAbsoluteDeviation": np.abs(inner - inner.mean()).mean(),
+        "RootMeanSquared": math.sqrt(energy / n),
+        "Skewness": 0.0 if flat else m3 / m2 ** 1.5,
+        "StandardDeviation": x.std(),
+        "Uniformity": np.sum(p ** 2),
+        "Variance": x.std() ** 2,
+    }
+    return {k: float(out[k]) for k in (names or FIRSTORDER)}
+
+
+# -- GLCM -------------------------------------------------------------------------------------
+
+def angles_2d(distances=(1,)) -> np.ndarray:
+    """Offsets (row, column) at Chebyshev distance d for each d, one of each +/- pair (the one
+    whose first non-zero element is positive), in pyradiomics' order."""
+    out = []
+    for d in sorted(set(int(v) for v in distances)):
+        for dy in range(d, -d - 1, -1):
+            for dx in range(d, -d - 1, -1):
+                if max(abs(dy), abs(dx)) != d:
+                    continue
+                if dy < 0 or (dy == 0 and dx <= 0):
+                    continue
+                out.append((dy, dx))
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _pairs(levels: np.ndarray, dy: int, dx: int):
+    """Grey levels at p and p + (dy, dx) for every pair of region pixels (0 = outside)."""
+    h, w = levels.shape
+    a = levels[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+    b = levels[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+    keep = (a > 0) & (b > 0)
+    return a[keep], b[keep]
+
+
+def glcm_matrices(levels: np.ndarray, spacing=(1.0, 1.0), distances=(1,), symmetrical=True,
+                  weighting_norm=None):
+    """Normalised co-occurrence matrices, one per non-empty angle (shape ``(G, G, A)``, ``G`` =
+    grey levels present in the region), and those levels."""
+    present = np.unique(levels[levels > 0])
+    ng = int(present.max())
+    angles = angles_2d(distances)
+    P = np.zeros((ng, ng, len(angles)))
+    for k, (dy, dx) in enumerate(angles):
+        i, j = _pairs(levels, int(dy), int(dx))
+        P[:, :, k] = np.bincount((i - 1) * ng + (j - 1), minlength=ng * ng).reshape(ng, ng)
+    P = P[np.ix_(present - 1, present - 1)]          # drop levels absent from the region
+    if symmetrical:
+        P = P + P.transpose(1, 0, 2)
+    if weighting_norm is not None:
+        sp = np.asarray(spacing, dtype=np.float64)[::-1]        # (row, column) spacing
+        w = np.empty(len(angles))
+        for k, a in enumerate(np.abs(angles) * sp):
+            w[k] = {"infinity": lambda: math.exp(-max(a) ** 2),
+                    "euclidean": lambda: math.exp(-np.sum(a ** 2)),
+                    "manhattan": lambda: math.exp(-np.sum(a) ** 2)}.get(weighting_norm,
+                                                                         lambda: 1.0)()
+        P = np.sum(P * w[None, None, :], 2, keepdims=True)
+    sums = P.sum((0, 1))
+    if P.shape[2] > 1:
+        P, sums = P[:, :, sums > 0], sums[sums > 0]
+    sums = np.where(sums == 0, np.nan, sums)
+    return P / sums[None, None, :], present
+
+
+def glcm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
+         bin_count=None, distances=(1,), symmetrical=True, weighting_norm=None,
+         names=None) -> dict:
+    """GLCM features, each computed per angle and averaged over angles."""
+    levels = discretise(image, mask, bin_width, bin_count)
+    P, present = glcm_matrices(levels, spacing, distances, symmetrical, weighting_norm)
+    ng = int(present.max())
+    g = present.astype(np.float64)
+    i, j = g[:, None, None], g[None, :, None]
+    px, py = P.sum(1, keepdims=True), P.sum(0, keepdims=True)          # (G,1,A), (1,G,A)
+    ux, uy = (i * P).sum((0, 1)), (j * P).sum((0, 1))                  # (A,)
+    k_sum = np.arange(2, 2 * ng + 1, dtype=np.float64)
+    k_diff = np.arange(0, ng, dtype=np.float64)
+    s, d = (i + j)[:, :, 0], np.abs(i - j)[:, :, 0]
+    p_sum = np.stack([P[s == k].sum(0) for k in k_sum])               # (K, A)
+    p_diff = np.stack([P[d == k].sum(0) for k in k_diff])
+    hxy = -np.sum(P * np.log2(P + EPS), (0, 1))
+    c = (i + j) - ux - uy
+    out = {}
+    out["Autocorrelation"] = np.sum(P * i * j, (0, 1))
+    out["JointAverage"] = ux
+    out["ClusterProminence"] = np.sum(P * c ** 4, (0, 1))
+    out["ClusterShade"] = np.sum(P * c ** 3, (0, 1))
+    out["ClusterTendency"] = np.sum(P * c ** 2, (0, 1))
+    out["Contrast"] = np.sum(P * np.abs(i - j) ** 2, (0, 1))
+    sigx = np.sqrt(np.sum(P * (i - ux) ** 2, (0, 1)))
+    sigy = np.sqrt(np.sum(P * (j - uy) ** 2, (0, 1)))
+    corm = np.sum(P * (i - ux) * (j - uy), (0, 1))
+    out["Correlation"] = np.where(sigx * sigy == 0, 1.0, corm / (sigx * sigy + EPS))
+    davg = np.sum(k_diff[:, None] * p_diff, 0)
+    out["DifferenceAverage"] = davg
+    out["DifferenceEntropy"] = -np.sum(p_diff * np.log2(p_diff + EPS), 0)
+    out["DifferenceVariance"] = np.sum(p_diff * (k_diff[:, None] - davg) ** 2, 0)
+    out["JointEnergy"] = np.sum(P ** 2, (0, 1))
+    out["JointEntropy"] = hxy
+    hx = -np.sum(px * np.log2(px + EPS), (0, 1))
+    hy = -np.sum(py * np.log2(py + EPS), (0, 1))
+    hxy1 = -np.sum(P * np.log2(px * py + EPS), (0, 1))
+    hxy2 = -np.sum(px * py * np.log2(px * py + EPS), (0, 1))
+    div = np.fmax(hx, hy)
+    out["Imc1"] = np.where(div != 0, (hxy - hxy1) / np.where(div != 0, div, 1.0), 0.0)
+    out["Imc2"] = np.where(hxy2 == hxy, 0.0, (1 - np.e ** (-2 * (hxy2 - hxy))) ** 0.5)
+    out["Idm"] = np.sum(p_diff / (1 + k_diff[:, None] ** 2), 0)
+    out["Idmn"] = np.sum(p_diff / (1 + k_diff[:, None] ** 2 / ng ** 2), 0)
+    out["Id"] = np.sum(p_diff / (1 + k_diff[:, None]), 0)
+    out["Idn"] = np.sum(p_diff / (1 + k_diff[:, None] / ng), 0)
+    out["InverseVariance"] = np.sum(p_diff[1:] / k_diff[1:, None] ** 2, 0)
+    out["MaximumProbability"] = P.max((0, 1))
+    out["SumAverage"] = np.sum(k_sum[:, None] * p_sum, 0)
+    out["SumEntropy"] = -np.sum(p_sum * np.log2(p_sum + EPS), 0)
+    out["SumSquares"] = np.sum(P * (i - ux) ** 2, (0, 1))
+    out["MCC"] = _mcc(P, px, py)
+    return {k: float(np.nanmean(out[k])) if k != "MCC" else out[k] for k in (names or GLCM)}
+
+
+def _mcc(P, px, py) -> float:
+    """Maximal correlation coefficient: sqrt of the second-largest eigenvalue of
+    Q(i, j) = sum_k P(i, k) P(j, k) / (p_x(i) p_y(k)), per angle, averaged."""
+    if P.shape[0] < 2:
+        return 1.0           # a flat region
+    vals = []
+    for a in range(P.shape[2]):
+        Pa = P[:, :, a]
+        Q = (Pa[:, None, :] * Pa[None, :, :] / (px[:, 0, a][:, None, None] * py[0, :, a][None, None, :]
+                                                + EPS)).sum(2)
+        ev = np.sort(np.linalg.eigvals(Q))
+        vals.append(np.sqrt(ev[-2]))
+    return float(np.nanmean(np.array(vals)).real)

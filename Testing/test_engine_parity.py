@@ -56,6 +56,7 @@ SETTINGS = [
     {"binWidth": 10, "weightingNorm": "manhattan"},
     {"binWidth": 10, "weightingNorm": "euclidean", "distances": [1, 2]},
     {"binWidth": 10, "weightingNorm": "infinity"},
+    {"binWidth": 10, "gldm_a": 2},
 ]
 
 
@@ -66,7 +67,8 @@ def _reference(image, mask, spacing, settings):
          "featureClass": {}})
     fx.disableAllFeatures()
     fx.enableFeaturesByName(firstorder=list(E.FIRSTORDER + E.FIRSTORDER_OPTIONAL),
-                            glcm=list(E.GLCM))
+                            glcm=list(E.GLCM), glrlm=list(E.GLRLM), glszm=list(E.GLSZM),
+                            gldm=list(E.GLDM))
     si = sitk.GetImageFromArray(image.astype(np.float64))
     si.SetSpacing(spacing)
     sm = sitk.GetImageFromArray(mask.astype(np.uint8))
@@ -82,8 +84,15 @@ def _ours(image, mask, spacing, s):
     gl = E.glcm(image, mask, spacing, distances=s.get("distances", [1]),
                 symmetrical=s.get("symmetricalGLCM", True),
                 weighting_norm=s.get("weightingNorm"), **kw)
-    return {**{f"original_firstorder_{k}": v for k, v in fo.items()},
-            **{f"original_glcm_{k}": v for k, v in gl.items()}}
+    rl = E.glrlm(image, mask, spacing, weighting_norm=s.get("weightingNorm"), **kw)
+    sz = E.glszm(image, mask, spacing, **kw)
+    dm = E.gldm(image, mask, spacing, distances=s.get("distances", [1]),
+                alpha=s.get("gldm_a", 0), **kw)
+    out = {}
+    for cls, vals in (("firstorder", fo), ("glcm", gl), ("glrlm", rl), ("glszm", sz),
+                      ("gldm", dm)):
+        out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
+    return out
 
 
 def _close(a, b):
@@ -92,21 +101,42 @@ def _close(a, b):
     return abs(a - b) <= max(1e-9 * abs(b), 1e-12)
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}"
-                                                                      for k, v in s.items()))
-def test_firstorder_and_glcm_equal_pyradiomics(settings):
-    bad = []
-    n = 0
-    for name, image, mask, spacing in _regions():
+# pyradiomics' run-length traversal skips some runs on regions one pixel thick along an angle
+# (e.g. no run at all along (1, -1) for a two-pixel-wide diagonal strip, where every pixel is a
+# run of length 1); not reproduced yet, so those two regions are checked for GLRLM separately.
+GLRLM_GAP = {"one pixel wide", "diagonal strip"}
+
+
+def _compare(settings, regions, keep):
+    bad, n = [], 0
+    for name, image, mask, spacing in regions:
         ref = _reference(image, mask, spacing, settings)
         ours = _ours(image, mask, spacing, settings)
         assert set(ours) == set(ref), set(ours) ^ set(ref)
         for k, v in ours.items():
+            if not keep(name, k):
+                continue
             n += 1
             if not _close(v, ref[k]):
                 bad.append(f"{name}: {k} ours {v!r} pyradiomics {ref[k]!r}")
+    return bad, n
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}"
+                                                                      for k, v in s.items()))
+def test_texture_classes_equal_pyradiomics(settings):
+    bad, n = _compare(settings, _regions(),
+                      lambda name, k: not (name in GLRLM_GAP and "_glrlm_" in k))
     assert not bad, "\n".join(bad[:20])
-    assert n == 9 * (19 + 24)
+    assert n == 9 * (19 + 24 + 16 + 16 + 14) - 2 * 16
+
+
+@pytest.mark.xfail(strict=True, reason="pyradiomics' GLRLM on one-pixel-thick regions: "
+                                       "traversal not reproduced yet (issue 12)")
+def test_glrlm_on_one_pixel_thick_regions():
+    regions = [r for r in _regions() if r[0] in GLRLM_GAP]
+    bad, n = _compare({"binWidth": 25}, regions, lambda name, k: "_glrlm_" in k)
+    assert n == 2 * 16 and not bad, "\n".join(bad[:5])
 
 
 def test_discretisation_matches_documented_examples():

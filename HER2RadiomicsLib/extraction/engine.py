@@ -226,3 +226,176 @@ def _mcc(P, px, py) -> float:
         ev = np.sort(np.linalg.eigvals(Q))
         vals.append(np.sqrt(ev[-2]))
     return float(np.nanmean(np.array(vals)).real)
+
+
+# -- run-length, size-zone and dependence matrices -----------------------------------------------
+
+GLRLM = ("ShortRunEmphasis", "LongRunEmphasis", "GrayLevelNonUniformity",
+         "GrayLevelNonUniformityNormalized", "RunLengthNonUniformity",
+         "RunLengthNonUniformityNormalized", "RunPercentage", "GrayLevelVariance",
+         "RunVariance", "RunEntropy", "LowGrayLevelRunEmphasis", "HighGrayLevelRunEmphasis",
+         "ShortRunLowGrayLevelEmphasis", "ShortRunHighGrayLevelEmphasis",
+         "LongRunLowGrayLevelEmphasis", "LongRunHighGrayLevelEmphasis")
+GLSZM = ("SmallAreaEmphasis", "LargeAreaEmphasis", "GrayLevelNonUniformity",
+         "GrayLevelNonUniformityNormalized", "SizeZoneNonUniformity",
+         "SizeZoneNonUniformityNormalized", "ZonePercentage", "GrayLevelVariance",
+         "ZoneVariance", "ZoneEntropy", "LowGrayLevelZoneEmphasis", "HighGrayLevelZoneEmphasis",
+         "SmallAreaLowGrayLevelEmphasis", "SmallAreaHighGrayLevelEmphasis",
+         "LargeAreaLowGrayLevelEmphasis", "LargeAreaHighGrayLevelEmphasis")
+GLDM = ("SmallDependenceEmphasis", "LargeDependenceEmphasis", "GrayLevelNonUniformity",
+        "DependenceNonUniformity", "DependenceNonUniformityNormalized", "GrayLevelVariance",
+        "DependenceVariance", "DependenceEntropy", "LowGrayLevelEmphasis",
+        "HighGrayLevelEmphasis", "SmallDependenceLowGrayLevelEmphasis",
+        "SmallDependenceHighGrayLevelEmphasis", "LargeDependenceLowGrayLevelEmphasis",
+        "LargeDependenceHighGrayLevelEmphasis")
+
+# The three matrices share one family of features; each class names them its own way.
+_FAMILY = ("Small", "Large", "GLN", "GLNN", "SizeNU", "SizeNUN", "Percentage", "GLV",
+           "SizeVariance", "Entropy", "LowGL", "HighGL", "SmallLow", "SmallHigh", "LargeLow",
+           "LargeHigh")
+_NAMES = {"glrlm": dict(zip(_FAMILY, GLRLM)), "glszm": dict(zip(_FAMILY, GLSZM)),
+          "gldm": dict(zip([f for f in _FAMILY if f not in ("GLNN", "Percentage")], GLDM))}
+
+
+def _family(P, ivector, jvector, N, Np=None) -> dict:
+    """The shared features of a (grey level x size, angle) matrix ``P`` normalised by ``N``
+    (runs, zones or voxels per angle); ``Np`` (pixels) for the percentage."""
+    pg, ps = P.sum(1), P.sum(0)                                   # (G, A), (S, A)
+    i, j = ivector[:, None], jvector[:, None]
+    out = {
+        "Small": np.sum(ps / j ** 2, 0) / N,
+        "Large": np.sum(ps * j ** 2, 0) / N,
+        "GLN": np.sum(pg ** 2, 0) / N,
+        "GLNN": np.sum(pg ** 2, 0) / N ** 2,
+        "SizeNU": np.sum(ps ** 2, 0) / N,
+        "SizeNUN": np.sum(ps ** 2, 0) / N ** 2,
+        "LowGL": np.sum(pg / i ** 2, 0) / N,
+        "HighGL": np.sum(pg * i ** 2, 0) / N,
+    }
+    if Np is not None:
+        out["Percentage"] = N / Np
+    pgn, psn = pg / N, ps / N
+    ui, uj = np.sum(pgn * i, 0), np.sum(psn * j, 0)
+    out["GLV"] = np.sum(pgn * (i - ui) ** 2, 0)
+    out["SizeVariance"] = np.sum(psn * (j - uj) ** 2, 0)
+    p = P / N
+    out["Entropy"] = -np.sum(p * np.log2(p + EPS), (0, 1))
+    i3, j3 = ivector[:, None, None], jvector[None, :, None]
+    out["SmallLow"] = np.sum(P / (i3 ** 2 * j3 ** 2), (0, 1)) / N
+    out["SmallHigh"] = np.sum(P * i3 ** 2 / j3 ** 2, (0, 1)) / N
+    out["LargeLow"] = np.sum(P * j3 ** 2 / i3 ** 2, (0, 1)) / N
+    out["LargeHigh"] = np.sum(P * i3 ** 2 * j3 ** 2, (0, 1)) / N
+    return out
+
+
+def _named(cls: str, values: dict, names) -> dict:
+    table = _NAMES[cls]
+    got = {table[k]: float(np.nanmean(v)) for k, v in values.items() if k in table}
+    return {k: got[k] for k in (names or table.values())}
+
+
+def _runs_1d(lines: np.ndarray):
+    """(level, length) of every run of equal non-zero levels in the rows of ``lines``."""
+    flat = np.concatenate([np.pad(r, (0, 1)) for r in lines]) if len(lines) else np.zeros(0)
+    if flat.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.flatnonzero(np.diff(np.concatenate(([0], flat))) != 0)
+    bounds = np.append(change, flat.size)
+    starts, ends = bounds[:-1], bounds[1:]
+    lv = flat[starts]
+    keep = lv > 0
+    return lv[keep].astype(np.int64), (ends - starts)[keep].astype(np.int64)
+
+
+def _lines(levels: np.ndarray, dy: int, dx: int) -> list:
+    """The image's lines along direction (dy, dx) in {(1,1), (1,0), (1,-1), (0,1)}."""
+    if (dy, dx) == (0, 1):
+        return list(levels)
+    if (dy, dx) == (1, 0):
+        return list(levels.T)
+    a = levels if dx == 1 else levels[:, ::-1]
+    h, w = a.shape
+    return [np.diagonal(a, k) for k in range(-h + 1, w)]
+
+
+def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
+          bin_count=None, weighting_norm=None, names=None) -> dict:
+    """Grey-level run-length features, per angle then averaged."""
+    levels = discretise(image, mask, bin_width, bin_count)
+    present = np.unique(levels[levels > 0])
+    ng = int(present.max())
+    angles = angles_2d([1])
+    runs = [_runs_1d(_lines(levels, int(dy), int(dx))) for dy, dx in angles]
+    nr = max(1, max((int(ln.max()) for _, ln in runs if ln.size), default=1))
+    P = np.zeros((ng, nr, len(angles)))
+    for k, (lv, ln) in enumerate(runs):
+        P[:, :, k] = np.bincount((lv - 1) * nr + (ln - 1), minlength=ng * nr).reshape(ng, nr)
+    P = P[present - 1]
+    if weighting_norm is not None:
+        sp = np.asarray(spacing, dtype=np.float64)[::-1]
+        w = np.array([{"infinity": lambda a: max(a), "euclidean": lambda a: math.sqrt(np.sum(a ** 2)),
+                       "manhattan": lambda a: np.sum(a)}.get(weighting_norm, lambda a: 1.0)(
+                           np.abs(ang) * sp) for ang in angles])
+        P = np.sum(P * w[None, None, :], 2, keepdims=True)
+    N = P.sum((0, 1))
+    if P.shape[2] > 1:
+        P, N = P[:, :, N > 0], N[N > 0]
+    N = np.where(N == 0, np.nan, N)
+    jvector = np.arange(1, nr + 1, dtype=np.float64)
+    used = P.sum((0, 2)) > 0
+    P, jvector = P[:, used], jvector[used]
+    Np = np.sum(P.sum(0) * jvector[:, None], 0)
+    return _named("glrlm", _family(P, present.astype(np.float64), jvector, N, Np), names)
+
+
+def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
+          bin_count=None, names=None) -> dict:
+    """Grey-level size-zone features: zones are 8-connected pixels of one grey level."""
+    from scipy import ndimage as ndi
+    levels = discretise(image, mask, bin_width, bin_count)
+    present = np.unique(levels[levels > 0])
+    zl, zs = [], []
+    for g in present:
+        lab, n = ndi.label(levels == g, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(lab.ravel())[1:]
+        zl.append(np.full(n, g))
+        zs.append(sizes)
+    zl, zs = np.concatenate(zl), np.concatenate(zs)
+    idx = np.searchsorted(present, zl)
+    ns = int(zs.max())
+    P = np.zeros((len(present), ns))
+    np.add.at(P, (idx, zs - 1), 1)
+    jvector = np.arange(1, ns + 1, dtype=np.float64)
+    N = P.sum()
+    Np = np.sum(P.sum(0) * jvector)
+    used = P.sum(0) > 0
+    P, jvector = P[:, used][:, :, None], jvector[used]
+    return _named("glszm", _family(P, present.astype(np.float64), jvector,
+                                   np.array([N]), np.array([Np])), names)
+
+
+def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
+         bin_count=None, distances=(1,), alpha=0.0, names=None) -> dict:
+    """Grey-level dependence features: a pixel's dependence is 1 + the number of neighbours
+    (every offset at the given Chebyshev distances, both ways) in the region whose grey level
+    differs from its own by at most ``alpha``."""
+    levels = discretise(image, mask, bin_width, bin_count)
+    present = np.unique(levels[levels > 0])
+    h, w = levels.shape
+    dep = np.ones(levels.shape, dtype=np.int64)
+    for dy, dx in angles_2d(distances):
+        for sy, sx in ((dy, dx), (-dy, -dx)):
+            a = levels[max(0, -sy):h - max(0, sy), max(0, -sx):w - max(0, sx)]
+            b = levels[max(0, sy):h + min(0, sy), max(0, sx):w + min(0, sx)]
+            ok = (a > 0) & (b > 0) & (np.abs(a - b) <= alpha)
+            dep[max(0, -sy):h - max(0, sy), max(0, -sx):w - max(0, sx)] += ok
+    inside = levels > 0
+    lv, dv = levels[inside], dep[inside]
+    nd = int(dv.max())
+    P = np.zeros((len(present), nd))
+    np.add.at(P, (np.searchsorted(present, lv), dv - 1), 1)
+    jvector = np.arange(1, nd + 1, dtype=np.float64)
+    used = P.sum(0) > 0
+    P, jvector = P[:, used][:, :, None], jvector[used]
+    return _named("gldm", _family(P, present.astype(np.float64), jvector,
+                                  np.array([P.sum()])), names)

@@ -399,3 +399,59 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     P, jvector = P[:, used][:, :, None], jvector[used]
     return _named("gldm", _family(P, present.astype(np.float64), jvector,
                                   np.array([P.sum()])), names)
+
+
+# -- NGTDM ------------------------------------------------------------------------------------
+
+NGTDM = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
+
+
+def _neighbour_sums(levels: np.ndarray, distances=(1,)):
+    """Per pixel: number of neighbours in the region (every offset at the given Chebyshev
+    distances, both ways) and the sum of their grey levels."""
+    h, w = levels.shape
+    count = np.zeros(levels.shape, dtype=np.int64)
+    total = np.zeros(levels.shape, dtype=np.float64)
+    for dy, dx in angles_2d(distances):
+        for sy, sx in ((dy, dx), (-dy, -dx)):
+            a = (slice(max(0, -sy), h - max(0, sy)), slice(max(0, -sx), w - max(0, sx)))
+            b = levels[max(0, sy):h + min(0, sy), max(0, sx):w + min(0, sx)]
+            count[a] += b > 0
+            total[a] += b
+    return count, total
+
+
+def ngtdm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
+          bin_count=None, distances=(1,), names=None) -> dict:
+    """Neighbouring grey-tone difference features. A pixel takes part when at least one of its
+    neighbours is in the region: s_i sums |i - mean of its neighbours| over pixels of level i."""
+    levels = discretise(image, mask, bin_width, bin_count)
+    count, total = _neighbour_sums(levels, distances)
+    use = (levels > 0) & (count > 0)
+    lv = levels[use]
+    diff = np.abs(lv - total[use] / count[use])
+    present = np.unique(lv)
+    idx = np.searchsorted(present, lv)
+    n = np.bincount(idx, minlength=len(present)).astype(np.float64)
+    s = np.bincount(idx, weights=diff, minlength=len(present))
+    i = present.astype(np.float64)
+    nvp = n.sum()
+    p = n / nvp
+    ngp = len(present)
+    out = {}
+    ps = np.sum(p * s)
+    out["Coarseness"] = 1.0 / ps if ps != 0 else 1e6
+    div = ngp * (ngp - 1)
+    out["Contrast"] = (np.sum(p[:, None] * p[None, :] * (i[:, None] - i[None, :]) ** 2)
+                       * np.sum(s) / nvp / div) if div != 0 else 0.0
+    ip = i * p
+    absdiff = np.sum(np.abs(ip[:, None] - ip[None, :]))
+    out["Busyness"] = ps / absdiff if absdiff != 0 else 0.0
+    psi = p * s
+    denom = p[:, None] + p[None, :]
+    out["Complexity"] = np.sum(np.abs(i[:, None] - i[None, :]) * (psi[:, None] + psi[None, :])
+                               / np.where(denom == 0, 1, denom)) / nvp
+    ss = np.sum(s)
+    out["Strength"] = (np.sum((p[:, None] + p[None, :]) * (i[:, None] - i[None, :]) ** 2) / ss
+                       if ss != 0 else 0.0)
+    return {k: float(out[k]) for k in (names or NGTDM)}

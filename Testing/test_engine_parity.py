@@ -68,7 +68,7 @@ def _reference(image, mask, spacing, settings):
     fx.disableAllFeatures()
     fx.enableFeaturesByName(firstorder=list(E.FIRSTORDER + E.FIRSTORDER_OPTIONAL),
                             glcm=list(E.GLCM), glrlm=list(E.GLRLM), glszm=list(E.GLSZM),
-                            gldm=list(E.GLDM), ngtdm=list(E.NGTDM))
+                            gldm=list(E.GLDM), ngtdm=list(E.NGTDM), shape2D=list(E.SHAPE2D))
     si = sitk.GetImageFromArray(image.astype(np.float64))
     si.SetSpacing(spacing)
     sm = sitk.GetImageFromArray(mask.astype(np.uint8))
@@ -91,7 +91,7 @@ def _ours(image, mask, spacing, s):
     nt = E.ngtdm(image, mask, spacing, distances=s.get("distances", [1]), **kw)
     out = {}
     for cls, vals in (("firstorder", fo), ("glcm", gl), ("glrlm", rl), ("glszm", sz),
-                      ("gldm", dm), ("ngtdm", nt)):
+                      ("gldm", dm), ("ngtdm", nt), ("shape2D", E.shape2d(mask, spacing))):
         out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
     return out
 
@@ -129,7 +129,7 @@ def test_texture_classes_equal_pyradiomics(settings):
     bad, n = _compare(settings, _regions(),
                       lambda name, k: not (name in GLRLM_GAP and "_glrlm_" in k))
     assert not bad, "\n".join(bad[:20])
-    assert n == 9 * (19 + 24 + 16 + 16 + 14 + 5) - 2 * 16
+    assert n == 9 * (19 + 24 + 16 + 16 + 14 + 5 + 9) - 2 * 16
 
 
 @pytest.mark.xfail(strict=True, reason="pyradiomics' GLRLM on one-pixel-thick regions: "
@@ -164,3 +164,23 @@ def test_glcm_matrix_counts_pairs_by_hand():
     counts = P[:, :, 0] * 4                      # 4 pairs along (1, 1), normalised
     assert counts.tolist() == [[0, 0, 1], [2, 0, 0], [0, 1, 0]]
     assert present.tolist() == [1, 2, 3]
+
+
+def test_shape_on_diagonal_neighbours_and_by_hand():
+    """Diagonal neighbours are separate contours (pyradiomics' marching squares), and a
+    2 x 3 pixel rectangle at 0.5 x 2 mm: contour through the outer pixel-edge midpoints."""
+    cb = np.zeros((8, 8), bool)
+    cb[2, 2] = cb[3, 3] = cb[2, 4] = cb[4, 4] = cb[5, 5] = True
+    ref = _reference(np.zeros((8, 8)), cb, (0.3, 0.2), {})
+    ours = E.shape2d(cb, (0.3, 0.2))
+    for k, v in ours.items():
+        assert _close(v, ref[f"original_shape2D_{k}"]), k
+    rect = np.zeros((6, 7), bool)
+    rect[2:4, 2:5] = True                            # 2 rows x 3 columns
+    f = E.shape2d(rect, (0.5, 2.0))                  # x = 0.5 mm (columns), y = 2 mm (rows)
+    # vertices at half-pixel offsets: an octagon of 3 x 2 px minus four corner triangles
+    w, h = 3 * 0.5, 2 * 2.0
+    assert f["PixelSurface"] == pytest.approx(w * h)
+    assert f["MeshSurface"] == pytest.approx(w * h - 4 * 0.5 * 0.25 * 1.0)
+    assert f["Perimeter"] == pytest.approx(2 * (w - 0.5) + 2 * (h - 2.0)
+                                           + 4 * np.hypot(0.25, 1.0))

@@ -102,12 +102,6 @@ def _close(a, b):
     return abs(a - b) <= max(1e-9 * abs(b), 1e-12)
 
 
-# pyradiomics' run-length traversal skips some runs on regions one pixel thick along an angle
-# (e.g. no run at all along (1, -1) for a two-pixel-wide diagonal strip, where every pixel is a
-# run of length 1); not reproduced yet, so those two regions are checked for GLRLM separately.
-GLRLM_GAP = {"one pixel wide", "diagonal strip"}
-
-
 def _compare(settings, regions, keep):
     bad, n = [], 0
     for name, image, mask, spacing in regions:
@@ -126,18 +120,22 @@ def _compare(settings, regions, keep):
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}"
                                                                       for k, v in s.items()))
 def test_texture_classes_equal_pyradiomics(settings):
-    bad, n = _compare(settings, _regions(),
-                      lambda name, k: not (name in GLRLM_GAP and "_glrlm_" in k))
+    bad, n = _compare(settings, _regions(), lambda name, k: True)
     assert not bad, "\n".join(bad[:20])
-    assert n == 9 * (19 + 24 + 16 + 16 + 14 + 5 + 9) - 2 * 16
+    assert n == 9 * (19 + 24 + 16 + 16 + 14 + 5 + 9)
 
 
-@pytest.mark.xfail(strict=True, reason="pyradiomics' GLRLM on one-pixel-thick regions: "
-                                       "traversal not reproduced yet (issue 12)")
-def test_glrlm_on_one_pixel_thick_regions():
-    regions = [r for r in _regions() if r[0] in GLRLM_GAP]
-    bad, n = _compare({"binWidth": 25}, regions, lambda name, k: "_glrlm_" in k)
-    assert n == 2 * 16 and not bad, "\n".join(bad[:5])
+def test_glrlm_drops_angles_along_which_the_region_is_one_pixel_thick():
+    """A vertical line: along every angle but (1, 0) each pixel would be a run of length 1;
+    those angles are dropped, so the run features are those of the single vertical angle."""
+    line = np.zeros((12, 9), bool)
+    line[2:10, 4] = True
+    img = np.where(np.arange(12)[:, None] < 6, 10.0, 60.0) * np.ones((12, 9))
+    f = E.glrlm(img, line, bin_width=25)
+    # along (1, 0): two runs of length 4 (levels 1 and 3 of bins [0,25), [50,75))
+    assert f["ShortRunEmphasis"] == pytest.approx(1 / 16)
+    assert f["LongRunEmphasis"] == pytest.approx(16.0)
+    assert f["RunPercentage"] == pytest.approx(2 / 8)
 
 
 def test_discretisation_matches_documented_examples():

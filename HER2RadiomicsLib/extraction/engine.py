@@ -325,7 +325,16 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     present = np.unique(levels[levels > 0])
     ng = int(present.max())
     angles = angles_2d([1])
-    runs = [_runs_1d(_lines(levels, int(dy), int(dx))) for dy, dx in angles]
+    runs = []
+    for dy, dx in angles:
+        lines = _lines(levels, int(dy), int(dx))
+        if max(int(np.count_nonzero(ln)) for ln in lines) < 2:
+            # no line along this angle crosses two region pixels: the region is flat in this
+            # direction, and the angle is dropped (pyradiomics does the same) instead of
+            # counting every pixel as a run of length 1
+            runs.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        else:
+            runs.append(_runs_1d(lines))
     nr = max(1, max((int(ln.max()) for _, ln in runs if ln.size), default=1))
     P = np.zeros((ng, nr, len(angles)))
     for k, (lv, ln) in enumerate(runs):

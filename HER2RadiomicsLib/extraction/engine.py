@@ -432,13 +432,15 @@ def _neighbour_sums(levels: np.ndarray, distances=(1,)):
 
 def ngtdm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
           bin_count=None, distances=(1,), names=None) -> dict:
-    """Neighbouring grey-tone difference features. A pixel takes part when at least one of its
-    neighbours is in the region: s_i sums |i - mean of its neighbours| over pixels of level i."""
+    """Neighbouring grey-tone difference features: s_i sums |i - mean of the neighbours in the
+    region| over the pixels of level i; a pixel without any neighbour in the region counts in
+    n_i with a difference of 0 (as pyradiomics counts it)."""
     levels = discretise(image, mask, bin_width, bin_count)
     count, total = _neighbour_sums(levels, distances)
-    use = (levels > 0) & (count > 0)
+    use = levels > 0
     lv = levels[use]
-    diff = np.abs(lv - total[use] / count[use])
+    c = count[use]
+    diff = np.where(c > 0, np.abs(lv - total[use] / np.maximum(c, 1)), 0.0)
     present = np.unique(lv)
     idx = np.searchsorted(present, lv)
     n = np.bincount(idx, minlength=len(present)).astype(np.float64)

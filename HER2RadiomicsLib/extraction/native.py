@@ -1,0 +1,124 @@
+"""The params-YAML driver of our own engine: pyradiomics' params in, its feature keys out.
+
+``NativeExtractor(params).execute(image, mask)`` returns ``{"original_<class>_<feature>":
+value}`` in pyradiomics' order (shape first, then the classes as the YAML lists them, each
+class's features as listed, or all of its default features in name order). Settings and image
+types the engine does not implement yet are refused up front, by name.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from . import engine as E
+
+CLASSES = {"firstorder": E.FIRSTORDER, "glcm": E.GLCM, "glrlm": E.GLRLM, "glszm": E.GLSZM,
+           "gldm": E.GLDM, "ngtdm": E.NGTDM, "shape2D": E.SHAPE2D}
+OPTIONAL = {"firstorder": E.FIRSTORDER_OPTIONAL}
+# Settings that change nothing for a 2D original image, or that the driver implements.
+SETTINGS = {"label", "binWidth", "binCount", "voxelArrayShift", "distances", "symmetricalGLCM",
+            "weightingNorm", "gldm_a", "normalize", "normalizeScale", "removeOutliers",
+            "minimumROIDimensions", "minimumROISize", "force2D", "force2Ddimension",
+            "additionalInfo", "geometryTolerance", "correctMask", "preCrop", "padDistance",
+            "enableCExtensions"}
+IMAGE_TYPES = {"Original"}
+
+
+class NativeExtractor:
+    """Configure once from a params dict (as loaded from the YAML), extract many times."""
+
+    def __init__(self, params: dict, source: str = "params"):
+        params = params or {}
+        self.settings = dict(params.get("setting") or {})
+        unknown = sorted(set(self.settings) - SETTINGS)
+        if unknown:
+            raise InputError(f"{source}: setting {unknown[0]!r} is not implemented by the "
+                             "native engine yet (use --engine pyradiomics)")
+        types = params.get("imageType") or {"Original": {}}
+        other = sorted(set(types) - IMAGE_TYPES)
+        if other:
+            raise InputError(f"{source}: image type {other[0]!r} is not implemented by the "
+                             "native engine yet (use --engine pyradiomics)")
+        classes = params.get("featureClass")
+        if classes is None:
+            classes = {c: None for c in CLASSES}
+        bad = sorted(set(classes) - set(CLASSES))
+        if bad:
+            raise InputError(f"{source}: feature class {bad[0]!r} is not implemented by the "
+                             "native engine (shape is 3D-only; 2D images use shape2D)")
+        self.classes = {}
+        for cls, names in classes.items():
+            allowed = set(CLASSES[cls]) | set(OPTIONAL.get(cls, ()))
+            # pyradiomics lists a class's defaults in the order of its get<Name>FeatureValue
+            # methods' names ("MeanAbsoluteDeviation" before "Mean")
+            names = list(names) if names else sorted(CLASSES[cls],
+                                                     key=lambda n: n + "FeatureValue")
+            wrong = [n for n in names if n not in allowed]
+            if wrong:
+                raise InputError(f"{source}: {cls} has no feature {wrong[0]!r}")
+            self.classes[cls] = names
+
+    def _image_array(self, image: sitk.Image) -> np.ndarray:
+        st = self.settings
+        if st.get("normalize"):
+            # pyradiomics: SimpleITK's Normalize on the whole image, outliers clipped at +-n SD,
+            # then the scale
+            image = sitk.Normalize(image)
+            arr = sitk.GetArrayFromImage(image)
+            n = st.get("removeOutliers")
+            if n is not None:
+                arr = np.clip(arr, -n, n)
+            return arr * st.get("normalizeScale", 1)
+        return sitk.GetArrayFromImage(image)
+
+    def execute(self, image: sitk.Image, mask: sitk.Image) -> dict:
+        """Features of one region (``mask == label``) of a 2D image."""
+        if image.GetDimension() != 2:
+            raise InputError("the native engine handles 2D images")
+        st = self.settings
+        label = int(st.get("label", 1))
+        arr = self._image_array(image)
+        roi = sitk.GetArrayFromImage(mask) == label
+        if not roi.any():
+            raise InputError(f"label {label} not present in the mask")
+        ys, xs = np.nonzero(roi)
+        ndims = int(ys.max() > ys.min()) + int(xs.max() > xs.min())
+        need = int(st.get("minimumROIDimensions", 2))
+        if ndims < need:
+            raise InputError(f"mask has too few dimensions (number of dimensions {ndims}, "
+                             f"minimum required {need})")
+        size = st.get("minimumROISize")
+        if size is not None and roi.sum() <= size:
+            raise InputError(f"size of the ROI is too small (minimum size: {size})")
+        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        img, m = arr[box], roi[box]
+        spacing = image.GetSpacing()
+        kw = dict(bin_width=st.get("binWidth", 25), bin_count=st.get("binCount"))
+        dist = st.get("distances", [1])
+        out = {}
+        order = (["shape2D"] if "shape2D" in self.classes else []) + [
+            c for c in self.classes if c != "shape2D"]
+        for cls in order:
+            names = self.classes[cls]
+            if cls == "shape2D":
+                vals = E.shape2d(m, spacing, names=names)
+            elif cls == "firstorder":
+                vals = E.firstorder(img, m, spacing, voxel_array_shift=st.get(
+                    "voxelArrayShift", 0), names=names, **kw)
+            elif cls == "glcm":
+                vals = E.glcm(img, m, spacing, distances=dist,
+                              symmetrical=st.get("symmetricalGLCM", True),
+                              weighting_norm=st.get("weightingNorm"), names=names, **kw)
+            elif cls == "glrlm":
+                vals = E.glrlm(img, m, spacing, weighting_norm=st.get("weightingNorm"),
+                               names=names, **kw)
+            elif cls == "glszm":
+                vals = E.glszm(img, m, spacing, names=names, **kw)
+            elif cls == "gldm":
+                vals = E.gldm(img, m, spacing, distances=dist, alpha=st.get("gldm_a", 0),
+                              names=names, **kw)
+            else:
+                vals = E.ngtdm(img, m, spacing, distances=dist, names=names, **kw)
+            out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
+        return out

@@ -295,11 +295,11 @@ def _named(cls: str, values: dict, names) -> dict:
 
 
 def _runs_1d(lines: np.ndarray):
-    """(level, length) of every run of equal non-zero levels in the rows of ``lines``."""
-    flat = np.concatenate([np.pad(r, (0, 1)) for r in lines]) if len(lines) else np.zeros(0)
+    """(level, length) of every run of equal non-zero levels along the rows of ``lines``."""
+    flat = np.pad(lines, ((0, 0), (0, 1))).ravel()        # a 0 ends every line
     if flat.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    change = np.flatnonzero(np.diff(np.concatenate(([0], flat))) != 0)
+    change = np.flatnonzero(np.diff(flat, prepend=0) != 0)
     bounds = np.append(change, flat.size)
     starts, ends = bounds[:-1], bounds[1:]
     lv = flat[starts]
@@ -307,15 +307,20 @@ def _runs_1d(lines: np.ndarray):
     return lv[keep].astype(np.int64), (ends - starts)[keep].astype(np.int64)
 
 
-def _lines(levels: np.ndarray, dy: int, dx: int) -> list:
-    """The image's lines along direction (dy, dx) in {(1,1), (1,0), (1,-1), (0,1)}."""
+def _lines(levels: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The image's lines along direction (dy, dx) in {(1,1), (1,0), (1,-1), (0,1)}, one per row,
+    padded with 0 (outside the region)."""
     if (dy, dx) == (0, 1):
-        return list(levels)
+        return levels
     if (dy, dx) == (1, 0):
-        return list(levels.T)
+        return levels.T
     a = levels if dx == 1 else levels[:, ::-1]
     h, w = a.shape
-    return [np.diagonal(a, k) for k in range(-h + 1, w)]
+    # shear: pixel (y, x) goes to column x - y + h - 1, so each column holds one diagonal
+    sheared = np.zeros((h, w + h - 1), dtype=a.dtype)
+    ys, xs = np.indices((h, w))
+    sheared[ys, xs - ys + h - 1] = a
+    return sheared.T
 
 
 def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
@@ -328,7 +333,7 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     runs = []
     for dy, dx in angles:
         lines = _lines(levels, int(dy), int(dx))
-        if max(int(np.count_nonzero(ln)) for ln in lines) < 2:
+        if int((lines > 0).sum(1).max()) < 2:
             # no line along this angle crosses two region pixels: the region is flat in this
             # direction, and the angle is dropped (pyradiomics does the same) instead of
             # counting every pixel as a run of length 1

@@ -62,7 +62,7 @@ def discretise(image: np.ndarray, mask: np.ndarray, bin_width: float = 25.0,
 # -- first order ----------------------------------------------------------------------------
 
 def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
-               bin_count=None, voxel_array_shift=0.0, names=None) -> dict:
+               bin_count=None, voxel_array_shift=0.0, names=None, levels=None) -> dict:
     """First-order statistics of the grey values inside ``mask``.
 
     ``Entropy`` and ``Uniformity`` use the discretised values; ``Energy``, ``TotalEnergy`` and
@@ -70,8 +70,10 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
     area (mm²); ``Kurtosis`` is m4 / m2² (not the excess).
     """
     x = image[mask].astype(np.float64)
-    levels = discretise(image, mask, bin_width, bin_count)[mask]
-    _, counts = np.unique(levels, return_counts=True)
+    if levels is None:          # the driver discretises once for every class
+        levels = discretise(image, mask, bin_width, bin_count)
+    counts = np.bincount(levels[mask])
+    counts = counts[counts > 0]
     p = counts / counts.sum()
     n = x.size
     shifted = x + voxel_array_shift
@@ -159,10 +161,11 @@ def glcm_matrices(levels: np.ndarray, spacing=(1.0, 1.0), distances=(1,), symmet
 
 
 def glcm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
-         bin_count=None, distances=(1,), symmetrical=True, weighting_norm=None,
+         bin_count=None, levels=None, distances=(1,), symmetrical=True, weighting_norm=None,
          names=None) -> dict:
     """GLCM features, each computed per angle and averaged over angles."""
-    levels = discretise(image, mask, bin_width, bin_count)
+    if levels is None:          # the driver discretises once for every class
+        levels = discretise(image, mask, bin_width, bin_count)
     P, present = glcm_matrices(levels, spacing, distances, symmetrical, weighting_norm)
     ng = int(present.max())
     g = present.astype(np.float64)
@@ -324,9 +327,10 @@ def _lines(levels: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
-          bin_count=None, weighting_norm=None, names=None) -> dict:
+          bin_count=None, levels=None, weighting_norm=None, names=None) -> dict:
     """Grey-level run-length features, per angle then averaged."""
-    levels = discretise(image, mask, bin_width, bin_count)
+    if levels is None:          # the driver discretises once for every class
+        levels = discretise(image, mask, bin_width, bin_count)
     present = np.unique(levels[levels > 0])
     ng = int(present.max())
     angles = angles_2d([1])
@@ -363,10 +367,11 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
 
 
 def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
-          bin_count=None, names=None) -> dict:
+          bin_count=None, levels=None, names=None) -> dict:
     """Grey-level size-zone features: zones are 8-connected pixels of one grey level."""
     from scipy import ndimage as ndi
-    levels = discretise(image, mask, bin_width, bin_count)
+    if levels is None:          # the driver discretises once for every class
+        levels = discretise(image, mask, bin_width, bin_count)
     present = np.unique(levels[levels > 0])
     zl, zs = [], []
     for g in present:
@@ -377,8 +382,8 @@ def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     zl, zs = np.concatenate(zl), np.concatenate(zs)
     idx = np.searchsorted(present, zl)
     ns = int(zs.max())
-    P = np.zeros((len(present), ns))
-    np.add.at(P, (idx, zs - 1), 1)
+    P = np.bincount(idx * ns + zs - 1, minlength=len(present) * ns).reshape(len(present), ns)
+    P = P.astype(np.float64)
     jvector = np.arange(1, ns + 1, dtype=np.float64)
     N = P.sum()
     Np = np.sum(P.sum(0) * jvector)
@@ -389,11 +394,12 @@ def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
 
 
 def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
-         bin_count=None, distances=(1,), alpha=0.0, names=None) -> dict:
+         bin_count=None, levels=None, distances=(1,), alpha=0.0, names=None) -> dict:
     """Grey-level dependence features: a pixel's dependence is 1 + the number of neighbours
     (every offset at the given Chebyshev distances, both ways) in the region whose grey level
     differs from its own by at most ``alpha``."""
-    levels = discretise(image, mask, bin_width, bin_count)
+    if levels is None:          # the driver discretises once for every class
+        levels = discretise(image, mask, bin_width, bin_count)
     present = np.unique(levels[levels > 0])
     h, w = levels.shape
     dep = np.ones(levels.shape, dtype=np.int64)
@@ -406,8 +412,9 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     inside = levels > 0
     lv, dv = levels[inside], dep[inside]
     nd = int(dv.max())
-    P = np.zeros((len(present), nd))
-    np.add.at(P, (np.searchsorted(present, lv), dv - 1), 1)
+    idx = np.searchsorted(present, lv)
+    P = np.bincount(idx * nd + dv - 1, minlength=len(present) * nd).reshape(len(present), nd)
+    P = P.astype(np.float64)
     jvector = np.arange(1, nd + 1, dtype=np.float64)
     used = P.sum(0) > 0
     P, jvector = P[:, used][:, :, None], jvector[used]
@@ -436,11 +443,12 @@ def _neighbour_sums(levels: np.ndarray, distances=(1,)):
 
 
 def ngtdm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
-          bin_count=None, distances=(1,), names=None) -> dict:
+          bin_count=None, levels=None, distances=(1,), names=None) -> dict:
     """Neighbouring grey-tone difference features: s_i sums |i - mean of the neighbours in the
     region| over the pixels of level i; a pixel without any neighbour in the region counts in
     n_i with a difference of 0 (as pyradiomics counts it)."""
-    levels = discretise(image, mask, bin_width, bin_count)
+    if levels is None:          # the driver discretises once for every class
+        levels = discretise(image, mask, bin_width, bin_count)
     count, total = _neighbour_sums(levels, distances)
     use = levels > 0
     lv = levels[use]

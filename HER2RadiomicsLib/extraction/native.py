@@ -95,6 +95,7 @@ class NativeExtractor:
         img, m = arr[box], roi[box]
         spacing = image.GetSpacing()
         kw = dict(bin_width=st.get("binWidth", 25), bin_count=st.get("binCount"))
+        kw["levels"] = E.discretise(img, m, **kw)       # once, for every texture class
         dist = st.get("distances", [1])
         out = {}
         order = (["shape2D"] if "shape2D" in self.classes else []) + [

@@ -50,6 +50,12 @@ def bin_edges(values: np.ndarray, bin_width: float = 25.0, bin_count: int | None
     return edges
 
 
+def present_levels(levels: np.ndarray) -> np.ndarray:
+    """The grey levels that occur in the region (levels 1, 2, ...; 0 is outside)."""
+    found = np.flatnonzero(np.bincount(levels.ravel()))
+    return found[found > 0]
+
+
 def discretise(image: np.ndarray, mask: np.ndarray, bin_width: float = 25.0,
                bin_count: int | None = None) -> np.ndarray:
     """Grey levels 1, 2, ... inside the mask (0 outside), by ``numpy.digitize`` on the edges."""
@@ -80,7 +86,7 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
     mean = x.mean()
     dev = x - mean
     m2, m3, m4 = (dev ** 2).mean(), (dev ** 3).mean(), (dev ** 4).mean()
-    p10, p90 = np.percentile(x, 10), np.percentile(x, 90)
+    p10, p25, p75, p90 = np.percentile(x, [10, 25, 75, 90])
     inner = x[(x >= p10) & (x <= p90)]
     energy = float(np.sum(shifted ** 2))
     flat = m2 == 0
@@ -89,7 +95,7 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
         "Energy": energy,
         "TotalEnergy": energy * float(np.prod(spacing)),
         "Entropy": -np.sum(p * np.log2(p + EPS)),
-        "InterquartileRange": np.percentile(x, 75) - np.percentile(x, 25),
+        "InterquartileRange": p75 - p25,
         "Kurtosis": 0.0 if flat else m4 / m2 ** 2.0,
         "Maximum": x.max(), "Minimum": x.min(), "Mean": mean, "Median": np.median(x),
         "MeanAbsoluteDeviation": np.abs(dev).mean(),
@@ -134,7 +140,7 @@ def glcm_matrices(levels: np.ndarray, spacing=(1.0, 1.0), distances=(1,), symmet
                   weighting_norm=None):
     """Normalised co-occurrence matrices, one per non-empty angle (shape ``(G, G, A)``, ``G`` =
     grey levels present in the region), and those levels."""
-    present = np.unique(levels[levels > 0])
+    present = present_levels(levels)
     ng = int(present.max())
     angles = angles_2d(distances)
     P = np.zeros((ng, ng, len(angles)))
@@ -331,7 +337,7 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     """Grey-level run-length features, per angle then averaged."""
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
-    present = np.unique(levels[levels > 0])
+    present = present_levels(levels)
     ng = int(present.max())
     angles = angles_2d([1])
     runs = []
@@ -372,7 +378,7 @@ def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     from scipy import ndimage as ndi
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
-    present = np.unique(levels[levels > 0])
+    present = present_levels(levels)
     zl, zs = [], []
     for g in present:
         lab, n = ndi.label(levels == g, structure=np.ones((3, 3), bool))
@@ -400,7 +406,7 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     differs from its own by at most ``alpha``."""
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
-    present = np.unique(levels[levels > 0])
+    present = present_levels(levels)
     h, w = levels.shape
     dep = np.ones(levels.shape, dtype=np.int64)
     for dy, dx in angles_2d(distances):

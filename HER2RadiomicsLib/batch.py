@@ -46,6 +46,7 @@ class ExtractConfig:
     pixel_units: bool = False
     min_mask_pixels: int = 16
     label: int | None = None
+    engine: str = "pyradiomics"       # or "native" (our numpy engine; original-image params)
 
     def digest(self, params_hash: str) -> str:
         blob = json.dumps({**asdict(self), "params_hash": params_hash}, sort_keys=True,
@@ -175,11 +176,11 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
     HER2Error
         For any bad input of this case (the batch loop records it and goes on).
     """
-    from .features import versions
+    from .features import engine_info, versions
     from .io import load_case, read_mask
     from .rings import build_regions
 
-    fx = _extractor_cache(cfg.params, cfg.pixel_units)
+    fx = _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)
     spacing = global_spacing or _spacing_of(row)
     frame = int(row["frame"]) if row.get("frame") not in (None, "") else None
     label = int(row["label"]) if row.get("label") not in (None, "") else cfg.label
@@ -205,6 +206,7 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
             "intensity_max": loaded.provenance.get("intensity_range", [None, None])[1],
             "intensity_note": loaded.provenance.get("intensity_note", ""),
             "params": fx.name, "params_hash": fx.params_hash, "fov_source": regions.fov_source,
+            "engine": fx.engine, "engine_version": engine_info(fx.engine)["version"],
             "flagged_regions": ";".join(regions.flagged)}
     # without a known spacing an area is in pixels: name it so, never "mm2"
     area = "area_mm2" if loaded.spacing_known else "area_px2"
@@ -219,11 +221,11 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
 _FX = {}
 
 
-def _extractor_cache(params, pixel_units):
+def _extractor_cache(params, pixel_units, engine="pyradiomics"):
     from .features import FeatureExtractor
-    key = (str(params), pixel_units)
+    key = (str(params), pixel_units, engine)
     if key not in _FX:
-        _FX[key] = FeatureExtractor(params, pixel_units=pixel_units)
+        _FX[key] = FeatureExtractor(params, pixel_units=pixel_units, engine=engine)
     return _FX[key]
 
 
@@ -271,6 +273,8 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     parts = Path(str(out_csv) + ".parts")
     _, ptext, _ = load_params(cfg.params)  # fail fast on bad params (exit 2), before any work
+    if cfg.engine != "pyradiomics":        # and on params the chosen engine cannot do
+        _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)
     digest = cfg.digest(params_hash(ptext))
     # Old parts are never deleted up front: a rerun without --resume recomputes every case and
     # overwrites its part, but until it finishes the earlier parts (and tables) stay intact.

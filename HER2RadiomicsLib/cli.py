@@ -53,6 +53,9 @@ def _add_extract_options(p):
     p.add_argument("--min-mask-pixels", type=int, default=16,
                    help="smallest accepted lesion in pixels (default 16)")
     p.add_argument("--frame", type=int, help="frame of a multi-frame/cine image")
+    p.add_argument("--engine", choices=("pyradiomics", "native"), default="pyradiomics",
+                   help="feature engine: pyradiomics (reference) or native (our numpy engine, "
+                        "identical values; original-image params only so far)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +196,7 @@ def _extract_config(a):
         params=a.params, rings_mm=tuple(parse_rings(a.rings)), annuli=not a.no_annuli,
         combined="all" if combined == "all" else tuple(parse_rings(combined)),
         fov=a.fov, max_clip_fraction=a.max_clip_fraction, pixel_units=a.pixel_units,
-        min_mask_pixels=a.min_mask_pixels, label=a.label)
+        min_mask_pixels=a.min_mask_pixels, label=a.label, engine=a.engine)
 
 
 def cmd_extract(a) -> int:

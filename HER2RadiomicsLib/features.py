@@ -137,8 +137,15 @@ def versions() -> dict:
             "scipy": scipy.__version__, "HER2RadiomicsLib": __version__}
 
 
-def engine_info() -> dict:
+# "native": our numpy engine (extraction/engine.py), so far for original-image params only.
+ENGINES = ("pyradiomics", "native")
+
+
+def engine_info(engine: str = "pyradiomics") -> dict:
     """The feature engine and its version (recorded in bundles so features are reproducible)."""
+    if engine == "native":
+        from . import __version__
+        return {"name": "native", "version": __version__}
     import radiomics
     return {"name": "pyradiomics", "version": radiomics.__version__}
 
@@ -161,11 +168,19 @@ class FeatureExtractor:
     >>> feats, diag = fx.extract(image, {"tumor": mask})     # doctest: +SKIP
     """
 
-    def __init__(self, params="default", pixel_units: bool = False):
+    def __init__(self, params="default", pixel_units: bool = False,
+                 engine: str = "pyradiomics"):
         self.params, self.params_text, self.params_source = load_params(params)
         self.params_hash = params_hash(self.params_text)
         self.pixel_units = pixel_units
         self._extractors = {}
+        if engine not in ENGINES:
+            raise InputError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+        self.engine = engine
+        self._native = None
+        if engine == "native":   # refuses, by name, what it does not implement yet: fail fast
+            from .extraction.native import NativeExtractor
+            self._native = NativeExtractor(self.params, source=self.params_source)
 
     @property
     def name(self) -> str:
@@ -218,19 +233,24 @@ class FeatureExtractor:
             if mm:
                 raise SpacingUnknownError(path, f"{', '.join(mm)} of params '{self.name}'")
         self.check_input(image, regions, path)
-        ex = self._extractor(image.GetDimension())
         label = int((self.params.get("setting") or {}).get("label", 1))
         feats, diags = {}, {}
         failed = {}
         template = None
-        shared = self._shared_filters_ok(ex)
+        if self._native is not None:
+            ex, shared = None, False
+        else:
+            ex = self._extractor(image.GetDimension())
+            shared = self._shared_filters_ok(ex)
         filtered = None
         for done, (region, mask) in enumerate(regions.items()):
             if progress is not None and progress(done, len(regions), region) is False:
                 raise Cancelled(f"{path}: feature extraction cancelled")
             m = mask if label == 1 else sitk.Cast(mask > 0, sitk.sitkUInt8) * label
             try:
-                if shared:
+                if self._native is not None:
+                    res = self._native.execute(image, m)
+                elif shared:
                     res, filtered = _execute_shared(ex, image, m, filtered)
                 else:
                     res = ex.execute(image, m, label=label)

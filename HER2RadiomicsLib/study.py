@@ -725,7 +725,7 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
     if prov.exists():
         prov_df = pd.read_csv(prov, usecols=lambda c: c in (
             "case_id", "params", "params_hash", "spacing_source", "spacing_x_mm",
-            "spacing_y_mm"))
+            "spacing_y_mm", "engine"))
         p = prov_df
         if len(p) and "params_hash" in p and p["params_hash"].nunique() == 1:
             if p["params_hash"].iloc[0] != params_hash(text):
@@ -758,7 +758,9 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
         "params_yaml": text, "params_hash": params_hash(text), "batch_col": batch,
         "sites": sites, "clinical": list(nomo.predictors[1:]) if nomo is not None else [],
         "nomogram_threshold": nomo_res.get("threshold"),
-        "engine": engine_info(),
+        "engine": engine_info(prov_df["engine"].iloc[0] if prov_df is not None and
+                              "engine" in prov_df and prov_df["engine"].nunique() == 1
+                              else "pyradiomics"),
         "training_spacing": training_spacing(prov_df, Xtr["case_id"] if "case_id" in Xtr
                                              else []),
         "training_ranges": training_ranges(primary["model"], Xtr),

@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_segment.py
 	$(PY) benchmarks/bench_icc.py
 	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_engine.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

@@ -1,0 +1,83 @@
+"""Feature-engine benchmark: our numpy engine against pyradiomics (prints JSON).
+
+Single thread (OMP_NUM_THREADS=1 is set before numpy loads). Both engines run on the same
+cases in one run, interleaved case by case, through HER2RadiomicsLib's FeatureExtractor (the
+pyradiomics path already shares filtered images across regions). Reports the median seconds
+per case and the ratios for:
+- cui2023, tumour only;
+- cui2023, tumour + 3 rings (0-3, 0-5, 0-8 mm);
+- zhao2025, tumour + 3 rings: only once the native engine implements its filters (until then
+  it is reported as "not supported").
+Targets (issue 12): >= 5x faster than pyradiomics for cui2023 tumour + 3 rings, >= 3x for
+zhao2025 tumour + 3 rings, tumour + 3 rings <= 2.5x the cost of tumour alone.
+
+Usage: python benchmarks/bench_engine.py [--cases 20] [--out results.json]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    import csv
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.features import FeatureExtractor
+    from HER2RadiomicsLib.io import load_case
+    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.synth import generate_cohort
+    res = {"cases": a.cases, "threads": os.environ["OMP_NUM_THREADS"]}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        generate_cohort(d, n_cases=a.cases, seed=9, reader_fraction=0,
+                        second_view_fraction=0)
+        cases = []
+        for r in list(csv.DictReader(open(d / "cohort.csv")))[:a.cases]:
+            li, m = load_case(d / r["image"], d / r["mask"])
+            regs = build_regions(li.image, m, "3,5,8", annuli=False)
+            cases.append((li, regs.masks))
+        for preset in ("cui2023", "zhao2025"):
+            try:
+                engines = {e: FeatureExtractor(preset, engine=e)
+                           for e in ("pyradiomics", "native")}
+            except InputError as exc:
+                res[f"{preset}"] = {"native": f"not supported yet: {exc}"}
+                continue
+            for scope in ("tumour", "tumour+3rings"):
+                t = {e: [] for e in engines}
+                for li, masks in cases:
+                    regions = {"tumor": masks["tumor"]} if scope == "tumour" else masks
+                    for e, fx in engines.items():          # interleaved, same case
+                        t0 = time.perf_counter()
+                        fx.extract(li.image, regions, spacing_known=li.spacing_known)
+                        t[e].append(time.perf_counter() - t0)
+                med = {e: statistics.median(v) for e, v in t.items()}
+                res[f"{preset}/{scope}"] = {
+                    "pyradiomics_s": round(med["pyradiomics"], 4),
+                    "native_s": round(med["native"], 4),
+                    "speedup": round(med["pyradiomics"] / med["native"], 2)}
+        for e in ("pyradiomics", "native"):
+            k1, k2 = "cui2023/tumour", "cui2023/tumour+3rings"
+            if k1 in res and k2 in res:
+                res[f"cui2023_rings_cost_over_tumour_{e}"] = round(
+                    res[k2][f"{e}_s"] / res[k1][f"{e}_s"], 2)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

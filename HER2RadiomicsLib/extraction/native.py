@@ -22,7 +22,31 @@ SETTINGS = {"label", "binWidth", "binCount", "voxelArrayShift", "distances", "sy
             "minimumROIDimensions", "minimumROISize", "force2D", "force2Ddimension",
             "additionalInfo", "geometryTolerance", "correctMask", "preCrop", "padDistance",
             "enableCExtensions"}
-IMAGE_TYPES = {"Original"}
+IMAGE_TYPES = {"Original", "Square", "SquareRoot", "Logarithm", "Exponential"}
+PREFIX = {"Original": "original", "Square": "square", "SquareRoot": "squareroot",
+          "Logarithm": "logarithm", "Exponential": "exponential"}
+
+
+def pointwise_filter(arr: np.ndarray, kind: str) -> np.ndarray:
+    """pyradiomics' grey-value transforms of the whole image (float64), each scaled back to
+    the original image's largest absolute value."""
+    im = arr.astype(np.float64)
+    big = np.max(np.abs(im))
+    if kind == "Square":
+        return ((1 / np.sqrt(big)) * im) ** 2
+    if kind == "SquareRoot":
+        out = im.copy()
+        out[im > 0] = np.sqrt(im[im > 0] * big)
+        out[im < 0] = -np.sqrt(-im[im < 0] * big)
+        return out
+    if kind == "Logarithm":
+        out = im.copy()
+        out[im > 0] = np.log(im[im > 0] + 1)
+        out[im < 0] = -np.log(-(im[im < 0] - 1))
+        return out * (big / np.max(np.abs(out)))
+    if kind == "Exponential":
+        return np.exp((np.log(big) / big) * im)
+    return arr
 
 
 class NativeExtractor:
@@ -31,11 +55,13 @@ class NativeExtractor:
     def __init__(self, params: dict, source: str = "params"):
         params = params or {}
         self.settings = dict(params.get("setting") or {})
-        unknown = sorted(set(self.settings) - SETTINGS)
+        unknown = sorted(set(self.settings) - SETTINGS
+                         | ({"preCrop"} if self.settings.get("preCrop") else set()))
         if unknown:
             raise InputError(f"{source}: setting {unknown[0]!r} is not implemented by the "
                              "native engine yet (use --engine pyradiomics)")
         types = params.get("imageType") or {"Original": {}}
+        self.image_types = {t: dict(kw or {}) for t, kw in types.items()}
         other = sorted(set(types) - IMAGE_TYPES)
         if other:
             raise InputError(f"{source}: image type {other[0]!r} is not implemented by the "
@@ -92,19 +118,26 @@ class NativeExtractor:
         if size is not None and roi.sum() <= size:
             raise InputError(f"size of the ROI is too small (minimum size: {size})")
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-        img, m = arr[box], roi[box]
+        m = roi[box]
         spacing = image.GetSpacing()
+        out = {}
+        if "shape2D" in self.classes:      # shape: once, on the original image's mask
+            vals = E.shape2d(m, spacing, names=self.classes["shape2D"])
+            out.update({f"original_shape2D_{k}": v for k, v in vals.items()})
+        for kind, custom in self.image_types.items():
+            img = (arr if kind == "Original" else pointwise_filter(arr, kind))[box]
+            out.update(self._texture(img, m, spacing, {**st, **custom}, PREFIX[kind]))
+        return out
+
+    def _texture(self, img, m, spacing, st, prefix) -> dict:
         kw = dict(bin_width=st.get("binWidth", 25), bin_count=st.get("binCount"))
         kw["levels"] = E.discretise(img, m, **kw)       # once, for every texture class
         dist = st.get("distances", [1])
         out = {}
-        order = (["shape2D"] if "shape2D" in self.classes else []) + [
-            c for c in self.classes if c != "shape2D"]
-        for cls in order:
-            names = self.classes[cls]
+        for cls, names in self.classes.items():
             if cls == "shape2D":
-                vals = E.shape2d(m, spacing, names=names)
-            elif cls == "firstorder":
+                continue
+            if cls == "firstorder":
                 vals = E.firstorder(img, m, spacing, voxel_array_shift=st.get(
                     "voxelArrayShift", 0), names=names, **kw)
             elif cls == "glcm":
@@ -121,5 +154,5 @@ class NativeExtractor:
                               names=names, **kw)
             else:
                 vals = E.ngtdm(img, m, spacing, distances=dist, names=names, **kw)
-            out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
+            out.update({f"{prefix}_{cls}_{k}": v for k, v in vals.items()})
         return out

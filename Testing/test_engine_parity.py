@@ -196,7 +196,8 @@ featureClass: {shape2D: , firstorder: , glcm: , glrlm: , glszm: , gldm: , ngtdm:
 
 POINTWISE = """
 setting: {binWidth: 5, minimumROIDimensions: 2}
-imageType: {Original: {}, Square: {}, SquareRoot: {}, Logarithm: {binWidth: 2}, Exponential: {}}
+imageType: {Original: {}, Square: {}, SquareRoot: {}, Logarithm: {binWidth: 2}, Exponential: {},
+            LoG: {sigma: [0.5, 1.0, 3.0], binWidth: 2}, Gradient: {}, LBP2D: {binWidth: 1}}
 featureClass: {shape2D: , firstorder: , glcm: , glrlm: , glszm: , gldm: , ngtdm: }
 """
 

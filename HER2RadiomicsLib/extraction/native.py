@@ -21,10 +21,45 @@ SETTINGS = {"label", "binWidth", "binCount", "voxelArrayShift", "distances", "sy
             "weightingNorm", "gldm_a", "normalize", "normalizeScale", "removeOutliers",
             "minimumROIDimensions", "minimumROISize", "force2D", "force2Ddimension",
             "additionalInfo", "geometryTolerance", "correctMask", "preCrop", "padDistance",
-            "enableCExtensions"}
-IMAGE_TYPES = {"Original", "Square", "SquareRoot", "Logarithm", "Exponential"}
-PREFIX = {"Original": "original", "Square": "square", "SquareRoot": "squareroot",
-          "Logarithm": "logarithm", "Exponential": "exponential"}
+            "enableCExtensions", "sigma", "lbp2DRadius", "lbp2DSamples", "lbp2DMethod",
+            "gradientUseSpacing"}
+IMAGE_TYPES = {"Original", "Square", "SquareRoot", "Logarithm", "Exponential", "LoG",
+               "Gradient", "LBP2D"}
+PREFIX = {"Square": "square", "SquareRoot": "squareroot", "Logarithm": "logarithm",
+          "Exponential": "exponential"}
+
+
+def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
+    """``(key prefix, array)`` for each image one image type yields (LoG: one per sigma)."""
+    if kind == "Original":
+        yield "original", arr
+    elif kind in PREFIX:
+        yield PREFIX[kind], pointwise_filter(arr, kind)
+    else:
+        src = sitk.GetImageFromArray(arr)
+        src.CopyInformation(image)
+        if kind == "Gradient":
+            f = sitk.GradientMagnitudeImageFilter()
+            f.SetUseImageSpacing(bool(st.get("gradientUseSpacing", True)))
+            yield "gradient", sitk.GetArrayFromImage(f.Execute(src))
+        elif kind == "LBP2D":
+            from skimage.feature import local_binary_pattern
+            yield "lbp-2D", local_binary_pattern(arr, P=st.get("lbp2DSamples", 8),
+                                                 R=st.get("lbp2DRadius", 1),
+                                                 method=st.get("lbp2DMethod", "uniform"))
+        elif kind == "LoG":
+            size = np.array(image.GetSize())
+            spacing = np.array(image.GetSpacing())
+            if np.min(size) < 4:          # pyradiomics yields no LoG image for tiny images
+                return
+            for sigma in st.get("sigma", []):
+                # sigmas that do not fit the image are skipped, as pyradiomics skips them
+                if sigma > 0 and np.all(size >= np.ceil(sigma / spacing) + 1):
+                    f = sitk.LaplacianRecursiveGaussianImageFilter()
+                    f.SetNormalizeAcrossScale(True)
+                    f.SetSigma(sigma)
+                    name = "log-sigma-%s-mm-3D" % str(sigma).replace(".", "-")
+                    yield name, sitk.GetArrayFromImage(f.Execute(src))
 
 
 def pointwise_filter(arr: np.ndarray, kind: str) -> np.ndarray:
@@ -55,6 +90,7 @@ class NativeExtractor:
     def __init__(self, params: dict, source: str = "params"):
         params = params or {}
         self.settings = dict(params.get("setting") or {})
+        self._cache_image, self._cache = None, []
         unknown = sorted(set(self.settings) - SETTINGS
                          | ({"preCrop"} if self.settings.get("preCrop") else set()))
         if unknown:
@@ -84,6 +120,16 @@ class NativeExtractor:
             if wrong:
                 raise InputError(f"{source}: {cls} has no feature {wrong[0]!r}")
             self.classes[cls] = names
+
+    def _filtered(self, image, arr):
+        """Every filtered image of ``image``, computed once for all its regions."""
+        if self._cache_image is not image:
+            self._cache = [(prefix, full, {**self.settings, **custom})
+                           for kind, custom in self.image_types.items()
+                           for prefix, full in filtered_images(
+                               image, arr, kind, {**self.settings, **custom})]
+            self._cache_image = image   # held, so the identity check cannot be fooled
+        return self._cache
 
     def _image_array(self, image: sitk.Image) -> np.ndarray:
         st = self.settings
@@ -124,9 +170,8 @@ class NativeExtractor:
         if "shape2D" in self.classes:      # shape: once, on the original image's mask
             vals = E.shape2d(m, spacing, names=self.classes["shape2D"])
             out.update({f"original_shape2D_{k}": v for k, v in vals.items()})
-        for kind, custom in self.image_types.items():
-            img = (arr if kind == "Original" else pointwise_filter(arr, kind))[box]
-            out.update(self._texture(img, m, spacing, {**st, **custom}, PREFIX[kind]))
+        for prefix, full, kw in self._filtered(image, arr):
+            out.update(self._texture(full[box], m, spacing, kw, prefix))
         return out
 
     def _texture(self, img, m, spacing, st, prefix) -> dict:

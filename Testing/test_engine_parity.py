@@ -197,7 +197,8 @@ featureClass: {shape2D: , firstorder: , glcm: , glrlm: , glszm: , gldm: , ngtdm:
 POINTWISE = """
 setting: {binWidth: 5, minimumROIDimensions: 2}
 imageType: {Original: {}, Square: {}, SquareRoot: {}, Logarithm: {binWidth: 2}, Exponential: {},
-            LoG: {sigma: [0.5, 1.0, 3.0], binWidth: 2}, Gradient: {}, LBP2D: {binWidth: 1}}
+            LoG: {sigma: [0.5, 1.0, 3.0], binWidth: 2}, Gradient: {}, LBP2D: {binWidth: 1},
+            Wavelet: {level: 2, start_level: 1, binWidth: 3}}
 featureClass: {shape2D: , firstorder: , glcm: , glrlm: , glszm: , gldm: , ngtdm: }
 """
 
@@ -235,8 +236,8 @@ def test_native_driver_equals_pyradiomics_on_cohort_rings(params, cohort, tmp_pa
 def test_native_driver_refuses_what_it_does_not_implement(tmp_path):
     from HER2RadiomicsLib.errors import InputError
     from HER2RadiomicsLib.extraction.native import NativeExtractor
-    with pytest.raises(InputError, match="image type 'Wavelet' is not implemented"):
-        NativeExtractor({"imageType": {"Original": {}, "Wavelet": {}}}, "x.yaml")
+    with pytest.raises(InputError, match="image type 'LBP3D' is not implemented"):
+        NativeExtractor({"imageType": {"Original": {}, "LBP3D": {}}}, "x.yaml")
     with pytest.raises(InputError, match="setting 'resampledPixelSpacing'"):
         NativeExtractor({"setting": {"resampledPixelSpacing": [1, 1]}}, "x.yaml")
     with pytest.raises(InputError, match="glcm has no feature 'Nope'"):
@@ -259,7 +260,7 @@ def test_extract_with_native_engine_equals_pyradiomics_table(cohort, tmp_path, c
     assert set(prov.engine) == {"native"}
     # a params file the native engine cannot do yet: refused up front, by name
     capsys.readouterr()
-    rc = main(["extract", "--manifest", str(cohort / "cohort.csv"), "--params", "default",
+    rc = main(["extract", "--manifest", str(cohort / "cohort.csv"), "--params", "yin2024",
                "--engine", "native", "--out", str(tmp_path / "x.csv"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "is not implemented by the native engine" in err[0]

@@ -22,9 +22,9 @@ SETTINGS = {"label", "binWidth", "binCount", "voxelArrayShift", "distances", "sy
             "minimumROIDimensions", "minimumROISize", "force2D", "force2Ddimension",
             "additionalInfo", "geometryTolerance", "correctMask", "preCrop", "padDistance",
             "enableCExtensions", "sigma", "lbp2DRadius", "lbp2DSamples", "lbp2DMethod",
-            "gradientUseSpacing"}
+            "gradientUseSpacing", "wavelet", "level", "start_level"}
 IMAGE_TYPES = {"Original", "Square", "SquareRoot", "Logarithm", "Exponential", "LoG",
-               "Gradient", "LBP2D"}
+               "Gradient", "LBP2D", "Wavelet"}
 PREFIX = {"Square": "square", "SquareRoot": "squareroot", "Logarithm": "logarithm",
           "Exponential": "exponential"}
 
@@ -47,6 +47,8 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
             yield "lbp-2D", local_binary_pattern(arr, P=st.get("lbp2DSamples", 8),
                                                  R=st.get("lbp2DRadius", 1),
                                                  method=st.get("lbp2DMethod", "uniform"))
+        elif kind == "Wavelet":
+            yield from wavelet_images(arr, st)
         elif kind == "LoG":
             size = np.array(image.GetSize())
             spacing = np.array(image.GetSpacing())
@@ -60,6 +62,32 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
                     f.SetSigma(sigma)
                     name = "log-sigma-%s-mm-3D" % str(sigma).replace(".", "-")
                     yield name, sitk.GetArrayFromImage(f.Execute(src))
+
+
+def wavelet_images(arr: np.ndarray, st: dict):
+    """Stationary wavelet decomposition as pyradiomics defines it: odd axes padded by one
+    wrapped row/column, ``start_level`` approximations skipped, then ``level`` single-level
+    decompositions, each named after its (x, y) low/high pass (``wavelet-LH``, ``wavelet2-HL``
+    ...), the last approximation (``wavelet-LL``) at the end; padding removed again."""
+    import pywt
+    wavelet = pywt.Wavelet(st.get("wavelet", "coif1"))
+    level, start = int(st.get("level", 1)), int(st.get("start_level", 0))
+    axes = (1, 0)                              # x first, as pyradiomics orders the names
+    shape = arr.shape
+    crop = tuple(slice(None, -1 if n % 2 else None) for n in shape)
+    data = np.pad(arr, tuple((0, n % 2) for n in shape), "wrap")
+    for _ in range(start):
+        data = pywt.swtn(data, wavelet, level=1, start_level=0, axes=axes)[0]["aa"].copy()
+    details = []
+    for _ in range(start, start + level):
+        dec = pywt.swtn(data, wavelet, level=1, start_level=0, axes=axes)[0]
+        data = dec["aa"].copy()
+        details.append({k.replace("a", "L").replace("d", "H"): v[crop]
+                        for k, v in dec.items() if k != "aa"})
+    for idx, wl in enumerate(details, start=1):
+        for name, im in wl.items():
+            yield ("wavelet-%s" % name if idx == 1 else "wavelet%s-%s" % (idx, name)), im
+    yield ("wavelet-LL" if len(details) == 1 else "wavelet%s-LL" % len(details)), data[crop]
 
 
 def pointwise_filter(arr: np.ndarray, kind: str) -> np.ndarray:

@@ -238,8 +238,8 @@ def test_native_driver_refuses_what_it_does_not_implement(tmp_path):
     from HER2RadiomicsLib.extraction.native import NativeExtractor
     with pytest.raises(InputError, match="image type 'LBP3D' is not implemented"):
         NativeExtractor({"imageType": {"Original": {}, "LBP3D": {}}}, "x.yaml")
-    with pytest.raises(InputError, match="setting 'resampledPixelSpacing'"):
-        NativeExtractor({"setting": {"resampledPixelSpacing": [1, 1]}}, "x.yaml")
+    with pytest.raises(InputError, match="setting 'resegmentRange'"):
+        NativeExtractor({"setting": {"resegmentRange": [0, 100]}}, "x.yaml")
     with pytest.raises(InputError, match="glcm has no feature 'Nope'"):
         NativeExtractor({"featureClass": {"glcm": ["Nope"]}}, "x.yaml")
 
@@ -260,8 +260,33 @@ def test_extract_with_native_engine_equals_pyradiomics_table(cohort, tmp_path, c
     assert set(prov.engine) == {"native"}
     # a params file the native engine cannot do yet: refused up front, by name
     capsys.readouterr()
-    rc = main(["extract", "--manifest", str(cohort / "cohort.csv"), "--params", "yin2024",
+    reseg = tmp_path / "reseg.yaml"
+    reseg.write_text("setting: {resegmentRange: [0, 100]}\nimageType: {Original: {}}\n"
+                     "featureClass: {firstorder: }\n")
+    rc = main(["extract", "--manifest", str(cohort / "cohort.csv"), "--params", str(reseg),
                "--engine", "native", "--out", str(tmp_path / "x.csv"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "is not implemented by the native engine" in err[0]
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("preset", ["yin2024", "zhao2025", "default"])
+def test_shipped_presets_equal_pyradiomics(preset, cohort):
+    """Every shipped preset, whole (yin2024: normalisation, 1 x 1 mm B-spline resampling around
+    each region, nine image types), on two cohort cases, tumour and the 0-5 mm ring."""
+    import csv
+    from HER2RadiomicsLib.features import FeatureExtractor
+    from HER2RadiomicsLib.io import load_case
+    from HER2RadiomicsLib.rings import build_regions
+    ref, nat = FeatureExtractor(preset), FeatureExtractor(preset, engine="native")
+    n = 0
+    for r in list(csv.DictReader(open(cohort / "cohort.csv")))[:2]:
+        li, mask = load_case(cohort / r["image"], cohort / r["mask"])
+        regs = build_regions(li.image, mask, "5", annuli=False)
+        a, _ = ref.extract(li.image, regs.masks)
+        b, _ = nat.extract(li.image, regs.masks)
+        assert list(a) == list(b)
+        for k, v in a.items():
+            n += 1
+            assert _close(b[k], v), (r["case_id"], k, b[k], v)
+    assert n > 2 * 2 * 80

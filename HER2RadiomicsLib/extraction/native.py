@@ -22,7 +22,8 @@ SETTINGS = {"label", "binWidth", "binCount", "voxelArrayShift", "distances", "sy
             "minimumROIDimensions", "minimumROISize", "force2D", "force2Ddimension",
             "additionalInfo", "geometryTolerance", "correctMask", "preCrop", "padDistance",
             "enableCExtensions", "sigma", "lbp2DRadius", "lbp2DSamples", "lbp2DMethod",
-            "gradientUseSpacing", "wavelet", "level", "start_level"}
+            "gradientUseSpacing", "wavelet", "level", "start_level", "resampledPixelSpacing",
+            "interpolator"}
 IMAGE_TYPES = {"Original", "Square", "SquareRoot", "Logarithm", "Exponential", "LoG",
                "Gradient", "LBP2D", "Wavelet"}
 PREFIX = {"Square": "square", "SquareRoot": "squareroot", "Logarithm": "logarithm",
@@ -179,6 +180,13 @@ class NativeExtractor:
         st = self.settings
         label = int(st.get("label", 1))
         arr = self._image_array(image)
+        if st.get("resampledPixelSpacing") is not None and st.get("interpolator",
+                                                                   "sitkBSpline") is not None:
+            # resampling follows the region, so each region gets its own image and filters
+            src = sitk.GetImageFromArray(arr)
+            src.CopyInformation(image)
+            image, mask = resample_like_pyradiomics(src, mask, st)
+            arr = sitk.GetArrayFromImage(image)
         roi = sitk.GetArrayFromImage(mask) == label
         if not roi.any():
             raise InputError(f"label {label} not present in the mask")
@@ -229,3 +237,54 @@ class NativeExtractor:
                 vals = E.ngtdm(img, m, spacing, distances=dist, names=names, **kw)
             out.update({f"{prefix}_{cls}_{k}": v for k, v in vals.items()})
         return out
+
+
+def resample_like_pyradiomics(image: sitk.Image, mask: sitk.Image, st: dict):
+    """Resample image and mask to ``resampledPixelSpacing`` on a grid around the region, as
+    pyradiomics does: the region's bounding box scaled to the new spacing and widened by
+    ``padDistance`` pixels (clipped to the image), the first new pixel centred so that the new
+    grid covers the old pixels' extent, ``interpolator`` for the image and nearest neighbour for
+    the mask. Spacing already equal: the image is only cropped to the box plus padDistance."""
+    label = int(st.get("label", 1))
+    pad = st.get("padDistance", 5)
+    mask_sp = np.array(mask.GetSpacing())
+    new_sp = np.array(st["resampledPixelSpacing"], dtype=np.float64)
+    if len(new_sp) != mask.GetDimension():
+        raise InputError(f"resampledPixelSpacing {list(new_sp)}: give {mask.GetDimension()} "
+                         "values for a 2D image")
+    new_sp = np.where(new_sp == 0, mask_sp, new_sp)
+    ls = sitk.LabelShapeStatisticsImageFilter()
+    ls.Execute(mask)
+    if label not in ls.GetLabels():
+        raise InputError(f"label {label} not present in the mask")
+    nd = mask.GetDimension()
+    bb = np.array(ls.GetBoundingBox(label))
+    new_sp = np.where(bb[nd:] != 1, new_sp, mask_sp)   # no resampling along a flat axis
+    if np.allclose(np.array(image.GetSpacing()), new_sp):
+        lo = np.maximum(bb[:nd] - pad, 0)
+        hi = np.minimum(bb[:nd] + bb[nd:] - 1 + pad, np.array(mask.GetSize()) - 1)
+        box = tuple(slice(int(lo[d]), int(hi[d]) + 1) for d in range(nd))
+        return image[box], mask[box]
+    ratio = mask_sp / new_sp
+    lo = np.floor((bb[:nd] - 0.5) * ratio - pad)
+    hi = np.ceil((bb[:nd] + bb[nd:] - 0.5) * ratio + pad)
+    top = np.ceil(np.array(mask.GetSize()) * ratio) - 1
+    lo = np.where(lo < 0, 0, lo)
+    hi = np.where(hi > top, top, hi)
+    size = np.array(hi - lo + 1, dtype="int").tolist()
+    origin_index = np.array(.5 * (new_sp - mask_sp) / mask_sp) + lo / ratio
+    origin = mask.TransformContinuousIndexToPhysicalPoint(origin_index)
+    interp = st.get("interpolator", sitk.sitkBSpline)
+    if isinstance(interp, str):
+        interp = getattr(sitk, interp, sitk.sitkBSpline)
+    f = sitk.ResampleImageFilter()
+    f.SetOutputSpacing(new_sp)
+    f.SetOutputDirection(np.array(mask.GetDirection()))
+    f.SetSize(size)
+    f.SetOutputOrigin(origin)
+    f.SetOutputPixelType(image.GetPixelID())
+    f.SetInterpolator(interp)
+    out_image = f.Execute(image)
+    f.SetOutputPixelType(mask.GetPixelID())
+    f.SetInterpolator(sitk.sitkNearestNeighbor)
+    return out_image, f.Execute(mask)

@@ -1,8 +1,8 @@
 """HER2Radiomics: the 3D Slicer panel (Module / Widget / Logic / Test).
 
 A thin shell: the Widget only binds the .ui to a typed parameter node and displays what the
-controller (:mod:`HER2RadiomicsController`) says can run; the Logic inherits every behaviour
-from :class:`HER2RadiomicsCore.HER2RadiomicsCoreLogic` (MRML only, tested on ``slicer-core``);
+controller (:mod:`HER2RadiomicsModuleLib.controller`) says can run; the Logic inherits every behaviour
+from :class:`HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (MRML only, tested on ``slicer-core``);
 all computation is in ``HER2RadiomicsLib``.
 """
 import os
@@ -22,8 +22,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from HER2RadiomicsController import PanelState, parseRingsText, stepStatus
-from HER2RadiomicsCore import HER2RadiomicsCoreLogic
+from HER2RadiomicsModuleLib.controller import PanelState, parseRingsText, stepStatus
+from HER2RadiomicsModuleLib.core import HER2RadiomicsCoreLogic
 
 #: shipped params presets (HER2RadiomicsLib/params); listed here so the panel loads before the
 #: library's dependencies are installed
@@ -216,7 +216,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- actions ----------------------------------------------------------------------------------
 
     def _ensureDependencies(self):
-        import HER2RadiomicsDependencies as D
+        from HER2RadiomicsModuleLib import dependencies as D
         return D.ensureDependencies(
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "HER2Radiomics"))
 
@@ -410,9 +410,9 @@ class HER2RadiomicsTest(ScriptedLoadableModuleTest):
     def test_HER2Radiomics_EndToEnd(self):
         import tempfile
 
-        import HER2RadiomicsDependencies as D
-        import HER2RadiomicsMRML as M
-        from HER2RadiomicsCore import SPACING_SOURCE_ATTRIBUTE, exampleBundle
+        from HER2RadiomicsModuleLib import dependencies as D
+        from HER2RadiomicsModuleLib import mrml as M
+        from HER2RadiomicsModuleLib.core import SPACING_SOURCE_ATTRIBUTE, exampleBundle
         self.delayDisplay("Checking dependencies")
         self.assertTrue(D.ensureDependencies(confirm=lambda text: True))
         work = Path(tempfile.mkdtemp(prefix="HER2RadiomicsTest"))

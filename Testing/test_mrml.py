@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML for these tests")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2Radiomics"))
-import HER2RadiomicsMRML as M  # noqa: E402
+from HER2RadiomicsModuleLib import mrml as M  # noqa: E402
 
 
 def _rotation(deg):

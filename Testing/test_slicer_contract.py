@@ -206,6 +206,18 @@ def test_cmake_lists_every_file():
     assert "WITH_SUBDIR" in (ROOT / "HER2RadiomicsLib" / "CMakeLists.txt").read_text()
 
 
+def test_only_the_module_file_sits_in_the_module_folder():
+    """Slicer's scripted-module factory treats every .py in qt-scripted-modules as a module:
+    the source folder and the CMake install list put helpers in a package, never beside it."""
+    loose = sorted(p.name for p in (ROOT / "HER2Radiomics").glob("*.py"))
+    assert loose == ["HER2Radiomics.py"], loose
+    installed = {m.replace("${MODULE_NAME}", "HER2Radiomics")
+                 for m in _cmake_list(ROOT / "HER2Radiomics" / "CMakeLists.txt")}
+    top_level_py = sorted(m for m in installed if m.endswith(".py") and "/" not in m)
+    assert top_level_py == ["HER2Radiomics.py"], top_level_py
+    assert "HER2RadiomicsModuleLib/__init__.py" in installed
+
+
 def test_requirements_match_pyproject():
     from HER2RadiomicsLib import requirements as R
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -230,7 +242,7 @@ class Recorder:
 
 def test_dependency_installer_order_and_never_replaces_slicer_packages(monkeypatch):
     sys.path.insert(0, str(ROOT / "HER2Radiomics"))
-    import HER2RadiomicsDependencies as D
+    from HER2RadiomicsModuleLib import dependencies as D
     monkeypatch.setattr(D, "_satisfied", lambda r: False)       # a bare Slicer
     asked = []
     rec = Recorder()
@@ -252,11 +264,10 @@ def test_dependency_installer_order_and_never_replaces_slicer_packages(monkeypat
 
 ALLOWED_AT_IMPORT = {"os", "sys", "logging", "threading", "dataclasses", "pathlib", "typing",
                      "importlib", "numpy", "SimpleITK", "qt", "ctk", "vtk", "slicer",
-                     "HER2RadiomicsController", "HER2RadiomicsCore", "HER2RadiomicsMRML",
-                     "HER2RadiomicsDependencies"}
+                     "HER2RadiomicsModuleLib"}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "HER2Radiomics").glob("*.py")),
+@pytest.mark.parametrize("path", sorted((ROOT / "HER2Radiomics").rglob("*.py")),
                          ids=lambda p: p.name)
 def test_module_imports_nothing_installable_at_load(path):
     """Slicer loads the module before asking to install anything: only Slicer's own packages
@@ -264,6 +275,8 @@ def test_module_imports_nothing_installable_at_load(path):
     tree = ast.parse(path.read_text())
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue                            # relative: within the helper package
             names = [a.name for a in node.names] if isinstance(node, ast.Import) \
                 else [node.module or ""]
             for n in names:

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML for these tests")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2Radiomics"))
-import HER2RadiomicsCore as C  # noqa: E402
-import HER2RadiomicsMRML as M  # noqa: E402
+from HER2RadiomicsModuleLib import core as C  # noqa: E402
+from HER2RadiomicsModuleLib import mrml as M  # noqa: E402
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ installed. The list comes from ``HER2RadiomicsLib/requirements.py`` (kept in syn
 
 Example (Slicer's Python console)::
 
-    import HER2RadiomicsDependencies as D
+    from HER2RadiomicsModuleLib import dependencies as D
     D.missingRequirements()        # [] when everything is there
     D.ensureDependencies(confirm=lambda text: slicer.util.confirmOkCancelDisplay(text))
 """
@@ -29,7 +29,7 @@ def _requirementsModule():
     try:
         from HER2RadiomicsLib import requirements
     except ImportError:  # running from a source tree: the library sits beside this folder
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         from HER2RadiomicsLib import requirements
     return requirements
 

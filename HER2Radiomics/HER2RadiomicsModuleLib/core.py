@@ -2,12 +2,12 @@
 
 ``HER2RadiomicsLogic`` (in ``HER2Radiomics.py``) inherits from :class:`HER2RadiomicsCoreLogic`;
 all computation is in HER2RadiomicsLib, and the node conversions are in
-:mod:`HER2RadiomicsMRML`. The same class runs in Slicer and, in the tests, on the PyPI package
+:mod:`HER2RadiomicsModuleLib.mrml`. The same class runs in Slicer and, in the tests, on the PyPI package
 ``slicer-core`` (``slicer.mrmlScene`` set by the caller; no ``slicer.app``).
 
 Example (Slicer's Python console)::
 
-    from HER2RadiomicsCore import HER2RadiomicsCoreLogic
+    from HER2RadiomicsModuleLib.core import HER2RadiomicsCoreLogic
     logic = HER2RadiomicsCoreLogic()
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     logic.autoSegment(getNode("US"), seg)                 # CNN -> "tumour" segment
@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-import HER2RadiomicsMRML as M
+from . import mrml as M
 
 log = logging.getLogger(__name__)
 
 # Installed extension: HER2RadiomicsLib is a sibling scripted-module package and importable.
-# Source tree (--additional-module-paths HER2Radiomics): it sits one folder up.
+# Source tree (--additional-module-paths HER2Radiomics): it sits two folders up
+# (HER2Radiomics/HER2RadiomicsModuleLib/core.py -> repository root).
 if importlib.util.find_spec("HER2RadiomicsLib") is None:
-    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 #: node attribute holding the pixel-spacing source the user confirmed or entered
 SPACING_SOURCE_ATTRIBUTE = "HER2Radiomics.SpacingSource"

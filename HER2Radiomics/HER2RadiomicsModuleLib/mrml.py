@@ -12,7 +12,7 @@ pyradiomics needs, see HER2RadiomicsLib.features), and back to a one-slice volum
 
 Example (in Slicer's Python console)::
 
-    import HER2RadiomicsMRML as M
+    from HER2RadiomicsModuleLib import mrml as M
     image = M.volumeNodeToSitk(getNode("US"))
     node = M.sitkToVolumeNode(mask, slicer.mrmlScene, name="lesion", labelmap=True)
 """

@@ -88,8 +88,8 @@ ALLOWED_TYPES = frozenset({
     "sklearn.tree._tree.Tree",
 })
 
-# Metadata fields that are bookkeeping only; every other field is covered by the digest too,
-# but a mismatch in one of these is still refused (the digest covers the whole document).
+# The metadata entry that holds the per-field hashes and the digest (every other entry,
+# bookkeeping such as "created" included, is covered by them).
 _INTEGRITY_KEY = "integrity"
 
 

@@ -127,11 +127,18 @@ def angles_2d(distances=(1,)) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
+def _shift(levels: np.ndarray, dy: int, dx: int):
+    """``(centre, neighbour)``: the slices of the pixels p whose p + (dy, dx) is inside the
+    image, and the levels at p + (dy, dx) for them (same shape as ``levels[centre]``)."""
+    h, w = levels.shape
+    centre = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
+    return centre, levels[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+
+
 def _pairs(levels: np.ndarray, dy: int, dx: int):
     """Grey levels at p and p + (dy, dx) for every pair of region pixels (0 = outside)."""
-    h, w = levels.shape
-    a = levels[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-    b = levels[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+    centre, b = _shift(levels, dy, dx)
+    a = levels[centre]
     keep = (a > 0) & (b > 0)
     return a[keep], b[keep]
 
@@ -407,14 +414,12 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
     present = present_levels(levels)
-    h, w = levels.shape
     dep = np.ones(levels.shape, dtype=np.int64)
     for dy, dx in angles_2d(distances):
         for sy, sx in ((dy, dx), (-dy, -dx)):
-            a = levels[max(0, -sy):h - max(0, sy), max(0, -sx):w - max(0, sx)]
-            b = levels[max(0, sy):h + min(0, sy), max(0, sx):w + min(0, sx)]
-            ok = (a > 0) & (b > 0) & (np.abs(a - b) <= alpha)
-            dep[max(0, -sy):h - max(0, sy), max(0, -sx):w - max(0, sx)] += ok
+            centre, b = _shift(levels, int(sy), int(sx))
+            a = levels[centre]
+            dep[centre] += (a > 0) & (b > 0) & (np.abs(a - b) <= alpha)
     inside = levels > 0
     lv, dv = levels[inside], dep[inside]
     nd = int(dv.max())
@@ -436,15 +441,13 @@ NGTDM = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 def _neighbour_sums(levels: np.ndarray, distances=(1,)):
     """Per pixel: number of neighbours in the region (every offset at the given Chebyshev
     distances, both ways) and the sum of their grey levels."""
-    h, w = levels.shape
     count = np.zeros(levels.shape, dtype=np.int64)
     total = np.zeros(levels.shape, dtype=np.float64)
     for dy, dx in angles_2d(distances):
         for sy, sx in ((dy, dx), (-dy, -dx)):
-            a = (slice(max(0, -sy), h - max(0, sy)), slice(max(0, -sx), w - max(0, sx)))
-            b = levels[max(0, sy):h + min(0, sy), max(0, sx):w + min(0, sx)]
-            count[a] += b > 0
-            total[a] += b
+            centre, b = _shift(levels, int(sy), int(sx))
+            count[centre] += b > 0
+            total[centre] += b
     return count, total
 
 

@@ -46,7 +46,7 @@ class ExtractConfig:
     pixel_units: bool = False
     min_mask_pixels: int = 16
     label: int | None = None
-    engine: str = "pyradiomics"       # or "native" (our numpy engine; original-image params)
+    engine: str = "pyradiomics"       # or "native" (our numpy engine, same values)
 
     def digest(self, params_hash: str) -> str:
         blob = json.dumps({**asdict(self), "params_hash": params_hash}, sort_keys=True,

@@ -55,7 +55,7 @@ def _add_extract_options(p):
     p.add_argument("--frame", type=int, help="frame of a multi-frame/cine image")
     p.add_argument("--engine", choices=("pyradiomics", "native"), default="pyradiomics",
                    help="feature engine: pyradiomics (reference) or native (our numpy engine, "
-                        "identical values; original-image params only so far)")
+                        "identical values; every shipped preset, not resegmentation or 3D)")
 
 
 def build_parser() -> argparse.ArgumentParser:

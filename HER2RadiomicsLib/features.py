@@ -137,7 +137,7 @@ def versions() -> dict:
             "scipy": scipy.__version__, "HER2RadiomicsLib": __version__}
 
 
-# "native": our numpy engine (extraction/engine.py), so far for original-image params only.
+# "native": our numpy engine (extraction/), equal to pyradiomics on every shipped preset.
 ENGINES = ("pyradiomics", "native")
 
 

@@ -9,20 +9,21 @@ STAMP  := $(VENV)/.installed
 # Threads: 2-core machines; keep BLAS from oversubscribing when joblib runs workers in parallel.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench install-check clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	# pyradiomics 3.0.1 is an sdist whose setup.py imports numpy and versioneer: put the build
-	# tools in the venv first, then build it without isolation (isolation hides numpy from it).
+	# pyradiomics 3.0.1 (the reference engine the tests compare against; not a runtime need) is an
+	# sdist whose setup.py imports numpy and versioneer: put the build tools in the venv first,
+	# then build it without isolation (isolation hides numpy from it).
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q numpy setuptools wheel versioneer -c constraints.txt
 	$(PIP) install -q --no-build-isolation pyradiomics==3.0.1 -c constraints.txt
 	# torch pinned to the local CPU wheel: an unpinned torch pulls gigabytes of CUDA packages.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e ".[dev,torch]" -c constraints.txt
+	$(PIP) install -q --no-build-isolation -e ".[dev,torch,pyradiomics]" -c constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +38,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_icc.py
 	$(PY) benchmarks/bench_startup.py
 	$(PY) benchmarks/bench_engine.py
+
+# Installs the Slicer requirements from wheels only on pyenv's Python 3.12 (numpy 2.0.x) and 3.9
+# (numpy 1.26.x), as Slicer 5.10+ and 5.8 would, and compares the features with this venv's.
+install-check: $(STAMP)
+	$(PY) scripts/check_install.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

@@ -43,10 +43,11 @@ class HER2Radiomics(ScriptedLoadableModule):
         self.parent.contributors = ["HER2Radiomics contributors"]
         self.parent.helpText = _(
             "Breast-ultrasound radiomics for HER2 status (positive / low / zero): CNN auto-mask, "
-            "peritumoral rings in mm, pyradiomics features, model bundles, reports. "
+            "peritumoral rings in mm, radiomics features, model bundles, reports. "
             "<b>Research use only. Not a diagnostic device.</b>")
         self.parent.acknowledgementText = _(
-            "Uses pyradiomics (van Griethuysen et al., Cancer Res 2017). The auto-mask CNN was "
+            "Feature definitions follow pyradiomics (van Griethuysen et al., Cancer Res 2017), "
+            "computed by HER2Radiomics' own engine. The auto-mask CNN was "
             "trained on BUS-BRA (Gomez-Flores et al., Med Phys 2024).")
 
 

@@ -46,7 +46,7 @@ class ExtractConfig:
     pixel_units: bool = False
     min_mask_pixels: int = 16
     label: int | None = None
-    engine: str = "pyradiomics"       # or "native" (our numpy engine, same values)
+    engine: str = "native"            # or "pyradiomics" (the optional reference, same values)
 
     def digest(self, params_hash: str) -> str:
         blob = json.dumps({**asdict(self), "params_hash": params_hash}, sort_keys=True,
@@ -213,7 +213,7 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
     for reg, q in regions.qc.items():
         prov[f"{reg}__{area}"] = q["area_mm2"] if loaded.spacing_known else q["area_px"]
         prov[f"{reg}__clipped_fraction"] = q["clipped_fraction"]
-    prov.update({f"version_{k}": v for k, v in versions().items()})
+    prov.update({f"version_{k}": v for k, v in versions(fx.engine).items()})
     prov.update(diags)
     return {"case_id": row["case_id"], "features": feats, "provenance": prov}
 
@@ -221,7 +221,7 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
 _FX = {}
 
 
-def _extractor_cache(params, pixel_units, engine="pyradiomics"):
+def _extractor_cache(params, pixel_units, engine="native"):
     from .features import FeatureExtractor
     key = (str(params), pixel_units, engine)
     if key not in _FX:
@@ -273,8 +273,8 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     parts = Path(str(out_csv) + ".parts")
     _, ptext, _ = load_params(cfg.params)  # fail fast on bad params (exit 2), before any work
-    if cfg.engine != "pyradiomics":        # and on params the chosen engine cannot do
-        _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)
+    # and on params the chosen engine cannot do (or an engine that is not installed)
+    _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)
     digest = cfg.digest(params_hash(ptext))
     # Old parts are never deleted up front: a rerun without --resume recomputes every case and
     # overwrites its part, but until it finishes the earlier parts (and tables) stay intact.

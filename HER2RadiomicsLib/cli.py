@@ -53,9 +53,11 @@ def _add_extract_options(p):
     p.add_argument("--min-mask-pixels", type=int, default=16,
                    help="smallest accepted lesion in pixels (default 16)")
     p.add_argument("--frame", type=int, help="frame of a multi-frame/cine image")
-    p.add_argument("--engine", choices=("pyradiomics", "native"), default="pyradiomics",
-                   help="feature engine: pyradiomics (reference) or native (our numpy engine, "
-                        "identical values; every shipped preset, not resegmentation or 3D)")
+    p.add_argument("--engine", choices=("native", "pyradiomics"), default="native",
+                   help="feature engine: native (default; ours, no compiled code) or "
+                        "pyradiomics (the optional reference engine, same values; install "
+                        "HER2RadiomicsLib[pyradiomics]); native covers every shipped preset, "
+                        "not resegmentation, LBP3D or voxel-based settings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_rings)
 
-    p = sub.add_parser("extract", help="pyradiomics features for one case or a manifest")
+    p = sub.add_parser("extract", help="radiomics features for one case or a manifest")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="cohort CSV (case_id,image,mask[,patient_id,...])")
     src.add_argument("--image", help="single image (with --mask)")

@@ -1,10 +1,16 @@
-"""pyradiomics feature extraction driven by one params YAML (pyradiomics' own format).
+"""Radiomics feature extraction driven by one params YAML (pyradiomics' own format).
 
 The params file is the only customisation surface: presets named after the studies ship in
 ``HER2RadiomicsLib/params`` (``default``, ``cui2023``, ``yin2024``, ``zhao2025``), and any
 pyradiomics params file can be given instead.
 
-2D handling: images are handed to pyradiomics as true 2D SimpleITK images.  pyradiomics'
+Engines: ``native`` (the default) is our own numpy engine in :mod:`.extraction`; it needs no
+compiled code and installs from wheels on every Python Slicer ships. ``pyradiomics`` (3.0.1)
+is the optional reference engine (``pip install HER2RadiomicsLib[pyradiomics]``); the two
+agree to 1e-9 on every shipped preset (tested). Params are validated without pyradiomics
+(:mod:`.extraction.params`, the same rules as pyradiomics' schema).
+
+2D handling: images are handled as true 2D SimpleITK images.  pyradiomics'
 ``force2D`` is a 3D-input setting; on a 1-slice 3D image it silently drops LoG ("Image too
 small"), and on a true 2D image it makes the wavelet filter run along one axis only
 (``wavelet-H/L`` instead of ``LL/LH/HL/HH``).  It is therefore removed from the settings for 2D
@@ -12,7 +18,7 @@ input (recorded in the provenance); every other value equals what pyradiomics re
 1-slice 3D image with ``force2D`` (tested).
 
 Feature columns are ``<region>__<pyradiomics key>``, e.g. ``tumor__original_glszm_ZoneEntropy``;
-pyradiomics' ``diagnostics_*`` go to a separate provenance table.
+pyradiomics' ``diagnostics_*`` (reference engine only) go to a separate provenance table.
 """
 from __future__ import annotations
 
@@ -85,28 +91,32 @@ def load_params(name_or_path="default") -> tuple:
     if unknown:
         raise InputError(f"{path}: unknown top-level keys {sorted(unknown)}; pyradiomics params "
                          "have setting, imageType, featureClass (and voxelSetting)")
-    if text not in _VALIDATED:   # pyradiomics' schema check costs ~80 ms; once per text
-        _validate_with_pyradiomics(params, path)
+    if text not in _VALIDATED:   # once per text: batch workers load the same file per case
+        from .extraction.params import validate_params
+        validate_params(params, str(path))
         _VALIDATED.add(text)
     return params, text, str(path)
 
 
+PYRADIOMICS_MISSING = ("the pyradiomics reference engine is not installed (pip install "
+                       "'HER2RadiomicsLib[pyradiomics]'; it builds from source, on Python "
+                       "<= 3.11 with a C compiler); the default engine, native, needs nothing")
+
+
+def _import_pyradiomics():
+    try:
+        import radiomics
+    except ImportError:
+        raise InputError(PYRADIOMICS_MISSING) from None
+    return radiomics
+
+
 def _quiet_pyradiomics():
-    import radiomics
+    radiomics = _import_pyradiomics()
     # pyradiomics logs every filter at INFO; keep only its errors (-vv shows ours). Its handler
     # level alone is not enough: records would still propagate to the root handler.
     radiomics.setVerbosity(logging.ERROR)
     logging.getLogger("radiomics").setLevel(logging.ERROR)
-
-
-def _validate_with_pyradiomics(params: dict, path) -> None:
-    from radiomics import featureextractor
-    _quiet_pyradiomics()
-    try:
-        featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(params))
-    except Exception as exc:  # pykwalify raises its own SchemaError with a long message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: invalid pyradiomics params ({first[:200]})") from None
 
 
 def params_hash(text: str) -> str:
@@ -127,27 +137,33 @@ def uses_physical_units(params: dict) -> list:
     return used
 
 
-def versions() -> dict:
-    """Versions of everything that changes feature values."""
-    import radiomics
+def versions(engine: str = "native") -> dict:
+    """Versions of everything that changes feature values with ``engine``."""
     import scipy
     from . import __version__
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "SimpleITK": sitk.Version_VersionString(), "pyradiomics": radiomics.__version__,
-            "scipy": scipy.__version__, "HER2RadiomicsLib": __version__}
+    out = {"python": platform.python_version(), "numpy": np.__version__,
+           "SimpleITK": sitk.Version_VersionString(), "scipy": scipy.__version__,
+           "HER2RadiomicsLib": __version__}
+    if engine == "pyradiomics":
+        out["pyradiomics"] = _import_pyradiomics().__version__
+    else:   # the filters of the native engine; metadata, not imports (skimage costs 0.2 s)
+        from importlib.metadata import version
+        out.update({"PyWavelets": version("PyWavelets"), "scikit-image": version("scikit-image")})
+    return out
 
 
-# "native": our numpy engine (extraction/), equal to pyradiomics on every shipped preset.
-ENGINES = ("pyradiomics", "native")
+#: "native": our numpy engine (extraction/), the default; "pyradiomics": the optional reference,
+#: equal to it on every shipped preset (Testing/test_engine_parity.py).
+ENGINES = ("native", "pyradiomics")
+DEFAULT_ENGINE = "native"
 
 
-def engine_info(engine: str = "pyradiomics") -> dict:
+def engine_info(engine: str = DEFAULT_ENGINE) -> dict:
     """The feature engine and its version (recorded in bundles so features are reproducible)."""
     if engine == "native":
-        from . import __version__
-        return {"name": "native", "version": __version__}
-    import radiomics
-    return {"name": "pyradiomics", "version": radiomics.__version__}
+        from .extraction import ENGINE_VERSION
+        return {"name": "native", "version": ENGINE_VERSION}
+    return {"name": "pyradiomics", "version": _import_pyradiomics().__version__}
 
 
 class FeatureExtractor:
@@ -169,7 +185,7 @@ class FeatureExtractor:
     """
 
     def __init__(self, params="default", pixel_units: bool = False,
-                 engine: str = "pyradiomics"):
+                 engine: str = DEFAULT_ENGINE):
         self.params, self.params_text, self.params_source = load_params(params)
         self.params_hash = params_hash(self.params_text)
         self.pixel_units = pixel_units
@@ -178,6 +194,8 @@ class FeatureExtractor:
             raise InputError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
         self.engine = engine
         self._native = None
+        if engine == "pyradiomics":
+            _import_pyradiomics()        # fail now, with the install hint, not per case
         if engine == "native":   # refuses, by name, what it does not implement yet: fail fast
             from .extraction.native import NativeExtractor
             self._native = NativeExtractor(self.params, source=self.params_source)
@@ -233,6 +251,10 @@ class FeatureExtractor:
             if mm:
                 raise SpacingUnknownError(path, f"{', '.join(mm)} of params '{self.name}'")
         self.check_input(image, regions, path)
+        if self._native is not None and image.GetDimension() == 3 and image.GetSize()[2] == 1:
+            # a one-slice volume (Slicer's 2D images) is the 2D image the native engine wants
+            image = image[:, :, 0]
+            regions = {r: m[:, :, 0] for r, m in regions.items()}
         label = int((self.params.get("setting") or {}).get("label", 1))
         feats, diags = {}, {}
         failed = {}
@@ -337,6 +359,7 @@ def _execute_shared(ex, image, mask, filtered):
     extraction; the filtered images are generated once (first region) and reused.  Values are
     identical to separate ``execute`` calls (tested).
     """
+    _import_pyradiomics()
     from radiomics import generalinfo, imageoperations
     st = ex.settings.copy()
     label = st.get("label", 1)

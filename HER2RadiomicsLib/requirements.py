@@ -9,16 +9,13 @@ Each entry: (requirement, how Slicer gets it, why).
 
 #: install modes inside Slicer
 PIP = "pip"                 # slicer.packaging.pip_ensure / slicer.util.pip_install
-PIP_NO_DEPS = "pip-no-deps"  # installed with --no-deps so Slicer's own packages stay in place
 SLICER = "slicer"           # shipped with Slicer: never installed or replaced
 PYTORCH = "pytorch"         # via the PyTorch extension's PyTorchUtils (picks the CUDA build)
 
 REQUIREMENTS = [
     ("numpy>=1.24", SLICER, "Slicer ships numpy; replacing it breaks Slicer's compiled modules"),
     ("SimpleITK>=2.2", SLICER, "Slicer ships its own SimpleITK build; never replace it"),
-    ("pyradiomics==3.0.1", PIP_NO_DEPS,
-     "3.1.0's sdist is broken; built with --no-build-isolation after versioneer, and --no-deps "
-     "so it does not pull a second SimpleITK/numpy"),
+    ("PyWavelets>=1.4", PIP, "wavelet image type of the feature engine (wheels for 3.9-3.13)"),
     ("scikit-learn>=1.3", PIP, "set_output(transform='pandas') used across the pipeline"),
     ("scipy>=1.10", PIP, "distance transforms for the rings"),
     ("scikit-image>=0.21", PIP, "contours, FOV hull, resizing"),
@@ -32,12 +29,6 @@ REQUIREMENTS = [
     ("skops>=0.10", PIP, "allow-listed model bundle format (no code runs on load)"),
     ("statsmodels>=0.14", PIP, "calibration fits and nomogram odds ratios"),
 ]
-
-#: pyradiomics' own runtime dependencies, installed separately because it goes in --no-deps
-PYRADIOMICS_DEPENDENCIES = ["PyWavelets>=1.0", "pykwalify>=1.6", "six>=1.10"]
-
-#: build tools pyradiomics' sdist imports in setup.py (it cannot use build isolation)
-PYRADIOMICS_BUILD_TOOLS = ["setuptools", "wheel", "versioneer"]
 
 #: optional extra: the CNN auto-mask
 TORCH = ("torch>=2.1", PYTORCH, "CNN auto-mask; the PyTorch extension picks a CUDA/CPU build")

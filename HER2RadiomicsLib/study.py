@@ -662,6 +662,21 @@ def _plot_confusion_multi(y, P, classes, path):
     return _save(fig, path)
 
 
+def training_engine(prov: pd.DataFrame | None) -> dict:
+    """The engine (name, version) the training features came from, as their provenance says.
+
+    Tables written before engines were recorded came from pyradiomics 3.0.1, the only engine
+    then.
+    """
+    if prov is None or "engine" not in prov or prov["engine"].nunique() != 1:
+        return {"name": "pyradiomics", "version": "3.0.1"}
+    name = str(prov["engine"].iloc[0])
+    if "engine_version" in prov and prov["engine_version"].nunique() == 1:
+        return {"name": name, "version": str(prov["engine_version"].iloc[0])}
+    from .features import engine_info
+    return engine_info(name)
+
+
 def training_spacing(prov: pd.DataFrame | None, case_ids) -> dict:
     """Units and pixel-spacing range of the training images (from the features' provenance).
 
@@ -716,7 +731,6 @@ def training_ranges(pipeline, Xtr: pd.DataFrame) -> dict:
 def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, df, classes,
             positive, batch, Xtr):
     from .bundle import save_bundle
-    from .features import engine_info
     from .features import load_params, params_hash
     params_name = recipe.get("params", "default")
     prov = Path(features_csv).with_name(Path(features_csv).stem + "_provenance.csv")
@@ -725,7 +739,7 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
     if prov.exists():
         prov_df = pd.read_csv(prov, usecols=lambda c: c in (
             "case_id", "params", "params_hash", "spacing_source", "spacing_x_mm",
-            "spacing_y_mm", "engine"))
+            "spacing_y_mm", "engine", "engine_version"))
         p = prov_df
         if len(p) and "params_hash" in p and p["params_hash"].nunique() == 1:
             if p["params_hash"].iloc[0] != params_hash(text):
@@ -758,9 +772,7 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
         "params_yaml": text, "params_hash": params_hash(text), "batch_col": batch,
         "sites": sites, "clinical": list(nomo.predictors[1:]) if nomo is not None else [],
         "nomogram_threshold": nomo_res.get("threshold"),
-        "engine": engine_info(prov_df["engine"].iloc[0] if prov_df is not None and
-                              "engine" in prov_df and prov_df["engine"].nunique() == 1
-                              else "pyradiomics"),
+        "engine": training_engine(prov_df),
         "training_spacing": training_spacing(prov_df, Xtr["case_id"] if "case_id" in Xtr
                                              else []),
         "training_ranges": training_ranges(primary["model"], Xtr),

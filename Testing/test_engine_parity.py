@@ -214,7 +214,7 @@ def test_native_driver_equals_pyradiomics_on_cohort_rings(params, cohort, tmp_pa
         p = tmp_path / f"{params}.yaml"
         p.write_text(ORIGINAL_ALL if params == "original_all" else POINTWISE)
         params = str(p)
-    ref_fx = FeatureExtractor(params)
+    ref_fx = FeatureExtractor(params, engine="pyradiomics")
     ours = NativeExtractor(ref_fx.params, source=params)
     n = 0
     rows = list(csv.DictReader(open(cohort / "cohort.csv")))
@@ -223,7 +223,8 @@ def test_native_driver_equals_pyradiomics_on_cohort_rings(params, cohort, tmp_pa
         regs = build_regions(li.image, mask, "3,5,8")
         ref, _ = ref_fx.extract(li.image, regs.masks)
         for region, m in regs.masks.items():
-            got = ours.execute(li.image, m)
+            got = {k: v for k, v in ours.execute(li.image, m).items()
+                   if not k.startswith("diagnostics_")}
             want = {k.split("__", 1)[1]: v for k, v in ref.items()
                     if k.startswith(region + "__")}
             assert list(got) == list(want), region            # same keys, same order
@@ -249,8 +250,8 @@ def test_extract_with_native_engine_equals_pyradiomics_table(cohort, tmp_path, c
     from HER2RadiomicsLib.cli import main
     base = ["extract", "--manifest", str(cohort / "cohort.csv"), "--params", "cui2023",
             "--rings", "3,5,8", "--no-progress"]
-    assert main(base + ["--out", str(tmp_path / "ref.csv")]) == 0
-    assert main(base + ["--engine", "native", "--out", str(tmp_path / "nat.csv")]) == 0
+    assert main(base + ["--engine", "pyradiomics", "--out", str(tmp_path / "ref.csv")]) == 0
+    assert main(base + ["--out", str(tmp_path / "nat.csv")]) == 0       # native: the default
     ref = pd.read_csv(tmp_path / "ref.csv").set_index("case_id")
     nat = pd.read_csv(tmp_path / "nat.csv").set_index("case_id")
     assert list(nat.columns) == list(ref.columns) and list(nat.index) == list(ref.index)
@@ -263,11 +264,17 @@ def test_extract_with_native_engine_equals_pyradiomics_table(cohort, tmp_path, c
     reseg = tmp_path / "reseg.yaml"
     reseg.write_text("setting: {resegmentRange: [0, 100]}\nimageType: {Original: {}}\n"
                      "featureClass: {firstorder: }\n")
-    rc = main(["extract", "--manifest", str(cohort / "cohort.csv"), "--params", str(reseg),
-               "--engine", "native", "--out", str(tmp_path / "x.csv"), "--no-progress"])
+    args = ["extract", "--manifest", str(cohort / "cohort.csv"), "--params", str(reseg),
+            "--out", str(tmp_path / "x.csv"), "--no-progress"]
+    rc = main(args)
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "is not implemented by the native engine" in err[0]
+    assert rc == 2 and len(err) == 1, err
+    assert "'resegmentRange' is not implemented by the native engine" in err[0]
+    assert "--engine pyradiomics" in err[0]
     assert not (tmp_path / "x.csv").exists()
+    # the reference engine, when asked for, does it
+    assert main(args + ["--engine", "pyradiomics"]) == 0
+    assert set(pd.read_csv(tmp_path / "x_provenance.csv").engine) == {"pyradiomics"}
 
 
 @pytest.mark.parametrize("preset", ["yin2024", "zhao2025", "default"])
@@ -278,7 +285,8 @@ def test_shipped_presets_equal_pyradiomics(preset, cohort):
     from HER2RadiomicsLib.features import FeatureExtractor
     from HER2RadiomicsLib.io import load_case
     from HER2RadiomicsLib.rings import build_regions
-    ref, nat = FeatureExtractor(preset), FeatureExtractor(preset, engine="native")
+    ref = FeatureExtractor(preset, engine="pyradiomics")
+    nat = FeatureExtractor(preset, engine="native")
     n = 0
     for r in list(csv.DictReader(open(cohort / "cohort.csv")))[:2]:
         li, mask = load_case(cohort / r["image"], cohort / r["mask"])

@@ -6,9 +6,9 @@ installed. The list comes from ``HER2RadiomicsLib/requirements.py`` (kept in syn
 
 - numpy and SimpleITK ship with Slicer and are never installed or replaced (replacing them
   breaks Slicer's compiled modules);
-- pyradiomics 3.0.1 is an sdist whose ``setup.py`` imports numpy and versioneer: its build
-  tools are installed first and it is built with ``--no-build-isolation``; ``--no-deps`` keeps
-  it from pulling a second SimpleITK, so its own small dependencies are installed separately;
+- every other entry ships wheels for the Pythons Slicer bundles (3.9 in 5.8, 3.12 in 5.10+):
+  nothing is compiled, so no C compiler is needed (pyradiomics, which needs one, is not
+  installed: the features come from the library's own engine);
 - torch comes from the PyTorch extension's ``PyTorchUtils`` (which picks the CUDA/CPU build).
 
 Example (Slicer's Python console)::
@@ -70,10 +70,6 @@ class SlicerInstaller:
         else:
             slicer.util.pip_install(requirements)
 
-    def pipInstall(self, args):
-        import slicer
-        slicer.util.pip_install(args)
-
     def installTorch(self):
         try:
             import PyTorchUtils
@@ -108,11 +104,6 @@ def ensureDependencies(confirm=None, installer=None, includeTorch=True):
     pip = [r for r, mode, _ in missing if mode == R.PIP]
     if pip:
         installer.pipEnsure(pip)
-    for r, mode, _ in missing:
-        if mode == R.PIP_NO_DEPS:
-            installer.pipInstall(list(R.PYRADIOMICS_BUILD_TOOLS))
-            installer.pipInstall(["--no-build-isolation", "--no-deps", r])
-            installer.pipInstall(list(R.PYRADIOMICS_DEPENDENCIES))
     if any(mode == R.PYTORCH for _, mode, _ in missing):
         installer.installTorch()
     return True

@@ -1,7 +1,11 @@
 """Feature extraction: our own radiomics engine (numpy only, pyradiomics-exact definitions).
 
-Toward replacing pyradiomics at run time: :mod:`.engine` computes every feature class on a 2D
-image and region, :mod:`.native` reads pyradiomics params (filters, normalisation,
-resampling) and returns pyradiomics' keys; tested against pyradiomics 3.0.1 to 1e-9 on every
-shipped preset. Chosen with ``--engine native``; pyradiomics is still the default.
+:mod:`.engine` computes every feature class on a 2D image and region, :mod:`.native` reads
+pyradiomics params (filters, normalisation, resampling) and returns pyradiomics' keys, and
+:mod:`.params` validates params files with pyradiomics' schema rules. Tested against
+pyradiomics 3.0.1 to 1e-9 on every shipped preset; the default engine everywhere
+(``--engine pyradiomics`` selects the optional reference engine).
 """
+#: version of the feature values: bumped whenever any value the engine returns changes, so
+#: bundles can tell whether features computed now equal those they were trained on
+ENGINE_VERSION = "1.0.0"

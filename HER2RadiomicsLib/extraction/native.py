@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from . import ENGINE_VERSION
 from . import engine as E
 
 CLASSES = {"firstorder": E.FIRSTORDER, "glcm": E.GLCM, "glrlm": E.GLRLM, "glszm": E.GLSZM,
@@ -113,6 +114,13 @@ def pointwise_filter(arr: np.ndarray, kind: str) -> np.ndarray:
     return arr
 
 
+def _sha1(arr: np.ndarray) -> str:
+    """``SimpleITK.Hash`` of an image (SHA1 of its pixel buffer), from its array: the same
+    digest, ten times faster (hashlib instead of SimpleITK's filter pipeline)."""
+    import hashlib
+    return hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
 class NativeExtractor:
     """Configure once from a params dict (as loaded from the YAML), extract many times."""
 
@@ -120,6 +128,7 @@ class NativeExtractor:
         params = params or {}
         self.settings = dict(params.get("setting") or {})
         self._cache_image, self._cache = None, []
+        self._diag_image, self._diag = None, {}
         unknown = sorted(set(self.settings) - SETTINGS
                          | ({"preCrop"} if self.settings.get("preCrop") else set()))
         if unknown:
@@ -173,12 +182,54 @@ class NativeExtractor:
             return arr * st.get("normalizeScale", 1)
         return sitk.GetArrayFromImage(image)
 
+    def diagnostics(self, image: sitk.Image, mask: sitk.Image, label: int) -> dict:
+        """pyradiomics' cheap provenance entries for the image and region, same names and values.
+
+        The image's entries are computed once per image (pyradiomics redoes them, hashes
+        included, for every region: 40 ms a call on ultrasound frames).
+        """
+        if self._diag_image is not image:
+            arr = sitk.GetArrayViewFromImage(image).astype(float)
+            self._diag = {
+                "diagnostics_Versions_Engine": f"HER2RadiomicsLib native {ENGINE_VERSION}",
+                "diagnostics_Image-original_Hash": _sha1(sitk.GetArrayViewFromImage(image)),
+                "diagnostics_Image-original_Dimensionality": f"{image.GetDimension()}D",
+                "diagnostics_Image-original_Spacing": image.GetSpacing(),
+                "diagnostics_Image-original_Size": image.GetSize(),
+                "diagnostics_Image-original_Mean": float(np.mean(arr)),
+                "diagnostics_Image-original_Minimum": float(np.min(arr)),
+                "diagnostics_Image-original_Maximum": float(np.max(arr))}
+            self._diag_image = image
+        from scipy import ndimage
+        roi = sitk.GetArrayViewFromImage(mask) == label
+        ys, xs = np.nonzero(roi)
+        out = dict(self._diag)
+        # pyradiomics hashes the mask after casting it to UInt32
+        out["diagnostics_Mask-original_Hash"] = _sha1(
+            sitk.GetArrayViewFromImage(mask).astype(np.uint32))
+        out["diagnostics_Mask-original_Spacing"] = mask.GetSpacing()
+        out["diagnostics_Mask-original_Size"] = mask.GetSize()
+        if len(xs):
+            out["diagnostics_Mask-original_BoundingBox"] = (
+                int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                int(ys.max() - ys.min() + 1))
+            out["diagnostics_Mask-original_VoxelNum"] = int(len(xs))
+            # fully connected, as pyradiomics counts "volumes" (8-neighbourhood in 2D)
+            out["diagnostics_Mask-original_VolumeNum"] = int(
+                ndimage.label(roi, structure=np.ones((3, 3)))[1])
+            centre = (float(xs.mean()), float(ys.mean()))
+            out["diagnostics_Mask-original_CenterOfMassIndex"] = centre
+            out["diagnostics_Mask-original_CenterOfMass"] = \
+                mask.TransformContinuousIndexToPhysicalPoint(centre)
+        return out
+
     def execute(self, image: sitk.Image, mask: sitk.Image) -> dict:
-        """Features of one region (``mask == label``) of a 2D image."""
+        """Features of one region (``mask == label``) of a 2D image, diagnostics first."""
         if image.GetDimension() != 2:
             raise InputError("the native engine handles 2D images")
         st = self.settings
         label = int(st.get("label", 1))
+        diag = self.diagnostics(image, mask, label) if st.get("additionalInfo", True) else {}
         arr = self._image_array(image)
         if st.get("resampledPixelSpacing") is not None and st.get("interpolator",
                                                                    "sitkBSpline") is not None:
@@ -202,7 +253,7 @@ class NativeExtractor:
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         m = roi[box]
         spacing = image.GetSpacing()
-        out = {}
+        out = diag
         if "shape2D" in self.classes:      # shape: once, on the original image's mask
             vals = E.shape2d(m, spacing, names=self.classes["shape2D"])
             out.update({f"original_shape2D_{k}": v for k, v in vals.items()})

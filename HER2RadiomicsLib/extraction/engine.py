@@ -11,6 +11,7 @@ Only 2D images are handled: breast ultrasound and mammography frames.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -50,10 +51,51 @@ def bin_edges(values: np.ndarray, bin_width: float = 25.0, bin_count: int | None
     return edges
 
 
+class _Region:
+    """What every texture class of one discretised region needs, computed once: the region's
+    pixels, their levels, the levels present, and each pixel's neighbour at an offset (GLCM
+    pairs, GLDM dependences and NGTDM sums all read the same neighbours)."""
+
+    def __init__(self, levels: np.ndarray):
+        self.levels = levels
+        self.inside = levels > 0
+        self.ys, self.xs = np.nonzero(self.inside)
+        self.lv = levels[self.ys, self.xs]
+        found = np.flatnonzero(np.bincount(self.lv, minlength=1))
+        self.present = found[found > 0]
+        self._padded = {}
+        self._nbr = {}
+
+    def neighbour(self, dy: int, dx: int) -> np.ndarray:
+        """Level of the pixel at (+dy, +dx) from each region pixel (0: outside region/image)."""
+        key = (dy, dx)
+        if key not in self._nbr:
+            r = max(abs(dy), abs(dx))
+            if r not in self._padded:
+                pad = np.pad(self.levels, r)
+                self._padded[r] = (pad.ravel(), (self.ys + r) * pad.shape[1] + self.xs + r,
+                                   pad.shape[1])
+            flat, at, width = self._padded[r]
+            self._nbr[key] = flat[at + dy * width + dx]
+        return self._nbr[key]
+
+
+_LAST = threading.local()     # per thread: Dask workers extract in threads
+
+
+def _region(levels: np.ndarray) -> _Region:
+    """The :class:`_Region` of ``levels``, reused while the driver passes the same array to
+    each texture class (the cache holds the array, so its identity cannot be recycled)."""
+    r = getattr(_LAST, "region", None)
+    if r is None or r.levels is not levels:
+        r = _Region(levels)
+        _LAST.region = r
+    return r
+
+
 def present_levels(levels: np.ndarray) -> np.ndarray:
     """The grey levels that occur in the region (levels 1, 2, ...; 0 is outside)."""
-    found = np.flatnonzero(np.bincount(levels.ravel()))
-    return found[found > 0]
+    return _region(levels).present
 
 
 def discretise(image: np.ndarray, mask: np.ndarray, bin_width: float = 25.0,
@@ -85,10 +127,13 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
     shifted = x + voxel_array_shift
     mean = x.mean()
     dev = x - mean
-    m2, m3, m4 = (dev ** 2).mean(), (dev ** 3).mean(), (dev ** 4).mean()
-    p10, p25, p75, p90 = np.percentile(x, [10, 25, 75, 90])
+    dev2 = dev * dev          # products, not ** 3 / ** 4: numpy's pow is ~20x slower
+    m2, m3, m4 = dev2.mean(), (dev2 * dev).mean(), (dev2 * dev2).mean()
+    xs = np.sort(x)           # one sort for every quantile (np.percentile re-partitions)
+    p10, p25, p75, p90 = (_quantile(xs, q) for q in (0.10, 0.25, 0.75, 0.90))
+    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
     inner = x[(x >= p10) & (x <= p90)]
-    energy = float(np.sum(shifted ** 2))
+    energy = float(np.sum(shifted * shifted))
     flat = m2 == 0
     out = {
         "10Percentile": p10, "90Percentile": p90,
@@ -97,9 +142,9 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
         "Entropy": -np.sum(p * np.log2(p + EPS)),
         "InterquartileRange": p75 - p25,
         "Kurtosis": 0.0 if flat else m4 / m2 ** 2.0,
-        "Maximum": x.max(), "Minimum": x.min(), "Mean": mean, "Median": np.median(x),
+        "Maximum": xs[-1], "Minimum": xs[0], "Mean": mean, "Median": median,
         "MeanAbsoluteDeviation": np.abs(dev).mean(),
-        "Range": x.max() - x.min(),
+        "Range": xs[-1] - xs[0],
         "RobustMeanAbsoluteDeviation": np.abs(inner - inner.mean()).mean(),
         "RootMeanSquared": math.sqrt(energy / n),
         "Skewness": 0.0 if flat else m3 / m2 ** 1.5,
@@ -108,6 +153,18 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
         "Variance": x.std() ** 2,
     }
     return {k: float(out[k]) for k in (names or FIRSTORDER)}
+
+
+def _quantile(xs: np.ndarray, q: float) -> float:
+    """``numpy.percentile(x, 100 q)`` (linear method) of the sorted values ``xs``: the same
+    virtual index and the same two-sided interpolation numpy uses."""
+    v = (len(xs) - 1) * q
+    lo = math.floor(v)
+    hi = min(lo + 1, len(xs) - 1)
+    t = v - lo
+    a, b = float(xs[lo]), float(xs[hi])
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 # -- GLCM -------------------------------------------------------------------------------------
@@ -127,20 +184,12 @@ def angles_2d(distances=(1,)) -> np.ndarray:
     return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
-def _shift(levels: np.ndarray, dy: int, dx: int):
-    """``(centre, neighbour)``: the slices of the pixels p whose p + (dy, dx) is inside the
-    image, and the levels at p + (dy, dx) for them (same shape as ``levels[centre]``)."""
-    h, w = levels.shape
-    centre = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
-    return centre, levels[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
-
-
 def _pairs(levels: np.ndarray, dy: int, dx: int):
-    """Grey levels at p and p + (dy, dx) for every pair of region pixels (0 = outside)."""
-    centre, b = _shift(levels, dy, dx)
-    a = levels[centre]
-    keep = (a > 0) & (b > 0)
-    return a[keep], b[keep]
+    """Grey levels at p and p + (dy, dx) for every pair of region pixels."""
+    reg = _region(levels)
+    b = reg.neighbour(dy, dx)
+    keep = b > 0
+    return reg.lv[keep], b[keep]
 
 
 def glcm_matrices(levels: np.ndarray, spacing=(1.0, 1.0), distances=(1,), symmetrical=True,
@@ -187,9 +236,12 @@ def glcm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     ux, uy = (i * P).sum((0, 1)), (j * P).sum((0, 1))                  # (A,)
     k_sum = np.arange(2, 2 * ng + 1, dtype=np.float64)
     k_diff = np.arange(0, ng, dtype=np.float64)
-    s, d = (i + j)[:, :, 0], np.abs(i - j)[:, :, 0]
-    p_sum = np.stack([P[s == k].sum(0) for k in k_sum])               # (K, A)
-    p_diff = np.stack([P[d == k].sum(0) for k in k_diff])
+    # p_{x+y}(k) and p_{x-y}(k): each cell of P added to its bin of i + j and |i - j|
+    s = ((i + j)[:, :, 0] - 2).astype(np.intp).ravel()
+    d = np.abs(i - j)[:, :, 0].astype(np.intp).ravel()
+    flat = P.reshape(-1, P.shape[2])
+    p_sum = np.stack([np.bincount(s, flat[:, a], len(k_sum)) for a in range(P.shape[2])], 1)
+    p_diff = np.stack([np.bincount(d, flat[:, a], len(k_diff)) for a in range(P.shape[2])], 1)
     hxy = -np.sum(P * np.log2(P + EPS), (0, 1))
     c = (i + j) - ux - uy
     out = {}
@@ -225,8 +277,28 @@ def glcm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     out["SumAverage"] = np.sum(k_sum[:, None] * p_sum, 0)
     out["SumEntropy"] = -np.sum(p_sum * np.log2(p_sum + EPS), 0)
     out["SumSquares"] = np.sum(P * (i - ux) ** 2, (0, 1))
-    out["MCC"] = _mcc(P, px, py)
-    return {k: float(np.nanmean(out[k])) if k != "MCC" else out[k] for k in (names or GLCM)}
+    keys = [k for k in (names or GLCM) if k != "MCC"]
+    mean = _angle_means([out[k] for k in keys])
+    res = dict(zip(keys, mean))
+    if "MCC" in (names or GLCM):
+        res["MCC"] = _mcc(P, px, py)
+    return {k: res[k] for k in (names or GLCM)}
+
+
+def _angle_means(rows) -> list:
+    """Each feature's mean over the angles where it is defined (NaN where none is), in one
+    call: per-feature ``numpy.nanmean`` costs more than the feature itself."""
+    try:                     # the usual case: every feature has one value per angle
+        a = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+    except ValueError:
+        shape = np.broadcast_shapes(*(np.shape(r) for r in rows))
+        a = np.array([np.broadcast_to(np.asarray(r, dtype=np.float64), shape) for r in rows],
+                     dtype=np.float64).reshape(len(rows), -1)
+    ok = ~np.isnan(a)
+    n = ok.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(ok, a, 0.0).sum(1) / n
+    return [float(v) if c else float("nan") for v, c in zip(m, n)]
 
 
 def _mcc(P, px, py) -> float:
@@ -306,37 +378,41 @@ def _family(P, ivector, jvector, N, Np=None) -> dict:
 
 def _named(cls: str, values: dict, names) -> dict:
     table = _NAMES[cls]
-    got = {table[k]: float(np.nanmean(v)) for k, v in values.items() if k in table}
+    keys = [k for k in values if k in table]
+    got = dict(zip((table[k] for k in keys), _angle_means([values[k] for k in keys])))
     return {k: got[k] for k in (names or table.values())}
 
 
-def _runs_1d(lines: np.ndarray):
-    """(level, length) of every run of equal non-zero levels along the rows of ``lines``."""
-    flat = np.pad(lines, ((0, 0), (0, 1))).ravel()        # a 0 ends every line
-    if flat.size == 0:
+def _runs(levels: np.ndarray, dy: int, dx: int):
+    """(level, length) of every run of equal levels along direction (dy, dx), or nothing when
+    no line in that direction holds two region pixels.
+
+    A run starts at a region pixel whose predecessor along the direction has another level
+    (or is outside) and ends at one whose successor does; starts and ends are paired in order
+    along each line. Pixels come in row-major order, in which every line's pixels already run
+    in the direction's order, so a stable sort by line pairs them.
+    """
+    reg = _region(levels)
+    ys, xs, lv = reg.ys, reg.xs, reg.lv
+    line = {(0, 1): ys, (1, 0): xs, (1, 1): xs - ys, (1, -1): xs + ys}[(dy, dx)]
+    pos = xs if (dy, dx) == (0, 1) else ys
+    line = line - line.min() if line.size else line
+    if line.size == 0 or int(np.bincount(line).max()) < 2:
+        # the region is one pixel thick across every line: the angle is dropped (as
+        # pyradiomics does) instead of counting every pixel as a run of length 1
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    change = np.flatnonzero(np.diff(flat, prepend=0) != 0)
-    bounds = np.append(change, flat.size)
-    starts, ends = bounds[:-1], bounds[1:]
-    lv = flat[starts]
-    keep = lv > 0
-    return lv[keep].astype(np.int64), (ends - starts)[keep].astype(np.int64)
-
-
-def _lines(levels: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """The image's lines along direction (dy, dx) in {(1,1), (1,0), (1,-1), (0,1)}, one per row,
-    padded with 0 (outside the region)."""
-    if (dy, dx) == (0, 1):
-        return levels
-    if (dy, dx) == (1, 0):
-        return levels.T
-    a = levels if dx == 1 else levels[:, ::-1]
-    h, w = a.shape
-    # shear: pixel (y, x) goes to column x - y + h - 1, so each column holds one diagonal
-    sheared = np.zeros((h, w + h - 1), dtype=a.dtype)
-    ys, xs = np.indices((h, w))
-    sheared[ys, xs - ys + h - 1] = a
-    return sheared.T
+    start = reg.neighbour(-dy, -dx) != lv
+    end = reg.neighbour(dy, dx) != lv
+    if (dy, dx) == (0, 1):              # row-major order is this direction's order
+        s_pos, e_pos, s_lv = pos[start], pos[end], lv[start]
+    else:                               # int16 keys: numpy's stable sort is a radix sort
+        key = line.astype(np.int16 if line.max() < 2 ** 15 else np.int64)
+        s_idx = np.flatnonzero(start)
+        e_idx = np.flatnonzero(end)
+        s_idx = s_idx[np.argsort(key[s_idx], kind="stable")]
+        e_idx = e_idx[np.argsort(key[e_idx], kind="stable")]
+        s_pos, e_pos, s_lv = pos[s_idx], pos[e_idx], lv[s_idx]
+    return s_lv.astype(np.int64), (e_pos - s_pos + 1).astype(np.int64)
 
 
 def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
@@ -349,14 +425,7 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     angles = angles_2d([1])
     runs = []
     for dy, dx in angles:
-        lines = _lines(levels, int(dy), int(dx))
-        if int((lines > 0).sum(1).max()) < 2:
-            # no line along this angle crosses two region pixels: the region is flat in this
-            # direction, and the angle is dropped (pyradiomics does the same) instead of
-            # counting every pixel as a run of length 1
-            runs.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
-        else:
-            runs.append(_runs_1d(lines))
+        runs.append(_runs(levels, int(dy), int(dx)))
     nr = max(1, max((int(ln.max()) for _, ln in runs if ln.size), default=1))
     P = np.zeros((ng, nr, len(angles)))
     for k, (lv, ln) in enumerate(runs):
@@ -382,17 +451,17 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
 def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
           bin_count=None, levels=None, names=None) -> dict:
     """Grey-level size-zone features: zones are 8-connected pixels of one grey level."""
-    from scipy import ndimage as ndi
+    from skimage.measure import label
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
     present = present_levels(levels)
-    zl, zs = [], []
-    for g in present:
-        lab, n = ndi.label(levels == g, structure=np.ones((3, 3), bool))
-        sizes = np.bincount(lab.ravel())[1:]
-        zl.append(np.full(n, g))
-        zs.append(sizes)
-    zl, zs = np.concatenate(zl), np.concatenate(zs)
+    # one pass for every grey level: scikit-image labels 8-connected runs of equal value
+    # (scipy's label is binary, so it would take one pass over the image per level)
+    lab = label(levels, background=0, connectivity=2).ravel()
+    zs = np.bincount(lab)[1:]
+    first = np.zeros(len(zs) + 1, dtype=np.intp)
+    first[lab[::-1]] = np.arange(lab.size - 1, -1, -1)        # one pixel of each zone
+    zl = levels.ravel()[first[1:]]
     idx = np.searchsorted(present, zl)
     ns = int(zs.max())
     P = np.bincount(idx * ns + zs - 1, minlength=len(present) * ns).reshape(len(present), ns)
@@ -413,15 +482,13 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     differs from its own by at most ``alpha``."""
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
-    present = present_levels(levels)
-    dep = np.ones(levels.shape, dtype=np.int64)
-    for dy, dx in angles_2d(distances):
-        for sy, sx in ((dy, dx), (-dy, -dx)):
-            centre, b = _shift(levels, int(sy), int(sx))
-            a = levels[centre]
-            dep[centre] += (a > 0) & (b > 0) & (np.abs(a - b) <= alpha)
-    inside = levels > 0
-    lv, dv = levels[inside], dep[inside]
+    reg = _region(levels)
+    present, lv = reg.present, reg.lv
+    dv = np.ones(lv.size, dtype=np.int64)
+    for b in _neighbour_levels(levels, distances):
+        # only region pixels are counted, so the centre is in the region; a neighbour must
+        # be too (level > 0), which equality to the centre's level already implies
+        dv += (b == lv) if alpha == 0 else (b > 0) & (np.abs(lv - b) <= alpha)
     nd = int(dv.max())
     idx = np.searchsorted(present, lv)
     P = np.bincount(idx * nd + dv - 1, minlength=len(present) * nd).reshape(len(present), nd)
@@ -438,16 +505,23 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
 NGTDM = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 
 
-def _neighbour_sums(levels: np.ndarray, distances=(1,)):
-    """Per pixel: number of neighbours in the region (every offset at the given Chebyshev
-    distances, both ways) and the sum of their grey levels."""
-    count = np.zeros(levels.shape, dtype=np.int64)
-    total = np.zeros(levels.shape, dtype=np.float64)
+def _neighbour_levels(levels: np.ndarray, distances=(1,)):
+    """For every offset at the given Chebyshev distances (both ways), the level of each region
+    pixel's neighbour at that offset (0 when outside the region or the image)."""
+    reg = _region(levels)
     for dy, dx in angles_2d(distances):
         for sy, sx in ((dy, dx), (-dy, -dx)):
-            centre, b = _shift(levels, int(sy), int(sx))
-            count[centre] += b > 0
-            total[centre] += b
+            yield reg.neighbour(int(sy), int(sx))
+
+
+def _neighbour_sums(levels: np.ndarray, distances=(1,)):
+    """Per region pixel: number of neighbours in the region (every offset at the given
+    Chebyshev distances, both ways) and the sum of their grey levels."""
+    count = np.zeros(_region(levels).lv.size, dtype=np.int64)
+    total = np.zeros(count.size, dtype=np.float64)
+    for b in _neighbour_levels(levels, distances):
+        count += b > 0
+        total += b
     return count, total
 
 
@@ -458,12 +532,10 @@ def ngtdm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     n_i with a difference of 0 (as pyradiomics counts it)."""
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
-    count, total = _neighbour_sums(levels, distances)
-    use = levels > 0
-    lv = levels[use]
-    c = count[use]
-    diff = np.where(c > 0, np.abs(lv - total[use] / np.maximum(c, 1)), 0.0)
-    present = np.unique(lv)
+    c, total = _neighbour_sums(levels, distances)
+    lv = _region(levels).lv
+    diff = np.where(c > 0, np.abs(lv - total / np.maximum(c, 1)), 0.0)
+    present = present_levels(levels)
     idx = np.searchsorted(present, lv)
     n = np.bincount(idx, minlength=len(present)).astype(np.float64)
     s = np.bincount(idx, weights=diff, minlength=len(present))
@@ -587,7 +659,15 @@ def shape2d(mask: np.ndarray, spacing=(1.0, 1.0), names=None):
 
 
 def _max_distance(V: np.ndarray) -> float:
-    """Largest distance between two points, in blocks (memory stays small for long contours)."""
+    """Largest distance between two points. The farthest pair are corners of the convex
+    hull, so only those are compared (a ring's contour has thousands of vertices, its hull a
+    few hundred); the same pairwise arithmetic as comparing all points, in blocks."""
+    if len(V) > 64:
+        from scipy.spatial import ConvexHull, QhullError
+        try:
+            V = V[ConvexHull(V).vertices]
+        except (QhullError, ValueError):   # collinear points: no 2D hull, compare them all
+            pass
     best = 0.0
     for s in range(0, len(V), 2048):
         d = V[s:s + 2048, None, :] - V[None, :, :]

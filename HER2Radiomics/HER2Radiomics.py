@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from HER2RadiomicsModuleLib.controller import PanelState, parseRingsText, stepStatus
+from HER2RadiomicsModuleLib.controller import PanelState, chosenPath, parseRingsText, stepStatus
 from HER2RadiomicsModuleLib.core import HER2RadiomicsCoreLogic
 
 #: shipped params presets (HER2RadiomicsLib/params); listed here so the panel loads before the
@@ -174,7 +174,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ok, why = self.logic.segmenterAvailable()
         state.segmenterAvailable, state.segmenterProblem = ok, why
         state.tumourSegment = seg is not None and self.logic.tumourSegmentId(seg) is not None
-        if p.paramsFile and str(p.paramsFile) not in ("", ".") and not Path(p.paramsFile).exists():
+        if chosenPath(p.paramsFile) and not Path(p.paramsFile).exists():
             state.paramsValid, state.paramsProblem = False, f"{p.paramsFile} does not exist."
         if self._bundle is not None:
             needs = self.logic.bundleNeeds(self._bundle)
@@ -199,7 +199,8 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.toolTip = status[step].reason
         volume = self._parameterNode.inputVolume
         self.ui.setSpacingButton.enabled = volume is not None and not state.busy
-        self.ui.loadBundleButton.enabled = bool(self._parameterNode.bundleFile) and not state.busy
+        self.ui.loadBundleButton.enabled = bool(chosenPath(self._parameterNode.bundleFile)) \
+            and not state.busy
         if volume is not None:
             info = self.logic.spacingInfo(volume)
             self.ui.spacingLabel.text = (
@@ -218,8 +219,15 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _ensureDependencies(self):
         from HER2RadiomicsModuleLib import dependencies as D
-        return D.ensureDependencies(
+        missing = bool(D.missingRequirements())
+        ok = D.ensureDependencies(
             confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "HER2Radiomics"))
+        if missing and ok:
+            # spacings read (or not) before the install are stale: a calibrated DICOM could
+            # not be read then
+            self.logic.clearSpacingCache()
+            self.updateGUI()
+        return ok
 
     def _outputNode(self, attribute, className, name):
         node = getattr(self._parameterNode, attribute)
@@ -264,7 +272,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._ensureDependencies():
                 return
             p = self._parameterNode
-            params = str(p.paramsFile) if p.paramsFile and str(p.paramsFile) not in ("", ".") \
+            params = chosenPath(p.paramsFile) if chosenPath(p.paramsFile) \
                 else p.preset
             table = self._outputNode("featureTable", "vtkMRMLTableNode", "HER2 features")
             self._job = self.logic.startFeatureExtraction(p.inputVolume, p.segmentation, params,
@@ -313,18 +321,26 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self._ensureDependencies():
                 return
             p = self._parameterNode
-            self._bundle = self.logic.loadBundle(str(p.bundleFile))
+            if not chosenPath(p.bundleFile):
+                raise RuntimeError("choose a model bundle file first")
+            self._bundle = self.logic.loadBundle(chosenPath(p.bundleFile))
             self._prediction = None
             card = self.logic.modelCardText(self._bundle)
             warnings = self.logic.bundleWarnings(self._bundle, p.inputVolume, p.preset)
             self.ui.modelCardLabel.text = card.replace("\n", "<br>") + "".join(
                 f"<br><span style='color:#a05a00'>⚠ {w}</span>" for w in warnings)
             sites = self.logic.bundleNeeds(self._bundle)["sites"]
-            self.ui.siteComboBox.clear()
-            for s in [""] + sites:
-                self.ui.siteComboBox.addItem(s)
-            if p.site in sites:
-                self.ui.siteComboBox.currentText = p.site
+            saved = p.site
+            # clearing would report "" as the new site and wipe the saved one: refill silently
+            wasBlocked = self.ui.siteComboBox.blockSignals(True)
+            try:
+                self.ui.siteComboBox.clear()
+                for s in [""] + sites:
+                    self.ui.siteComboBox.addItem(s)
+                self.ui.siteComboBox.currentText = saved if saved in sites else ""
+            finally:
+                self.ui.siteComboBox.blockSignals(wasBlocked)
+            p.site = saved if saved in sites else ""
             self.updateGUI()
 
     def onSiteChanged(self, text):
@@ -332,7 +348,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.site = text
 
     def _clinical(self):
-        from HER2RadiomicsLib.predict import parse_clinical
+        from HER2RadiomicsLib.modelling.predict import parse_clinical
         return parse_clinical(self._parameterNode.clinicalText, "clinical value")
 
     def onPredictButton(self):
@@ -348,6 +364,8 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCompareReadersButton(self):
         with slicer.util.tryWithErrorDisplay(_("Reader comparison failed."), waitCursor=True):
+            if not self._ensureDependencies():     # the agreement table needs pandas/scipy
+                return
             p = self._parameterNode
             table = self._outputNode("readerTable", "vtkMRMLTableNode", "HER2 reader agreement")
             nodes = list(self.ui.readerSegmentationsSelector.checkedNodes())
@@ -357,7 +375,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSaveReportButton(self):
         with slicer.util.tryWithErrorDisplay(_("Saving the report failed."), waitCursor=True):
             p = self._parameterNode
-            path = str(p.reportFile) if p.reportFile and str(p.reportFile) not in ("", ".") \
+            path = chosenPath(p.reportFile) if chosenPath(p.reportFile) \
                 else os.path.join(slicer.app.temporaryPath, "HER2Radiomics-report.html")
             out = self.logic.saveReport(self._bundle, p.inputVolume, p.segmentation, path,
                                         p.site, self._clinical())
@@ -421,7 +439,7 @@ class HER2RadiomicsTest(ScriptedLoadableModuleTest):
         bundlePath, cohort = exampleBundle(work)
         import pandas as pd
         row = pd.read_csv(cohort / "cohort.csv").query("site != 'C'").iloc[0]
-        from HER2RadiomicsLib.io import load_case
+        from HER2RadiomicsLib.imaging.io import load_case
         loaded, truth = load_case(cohort / row["image"], cohort / row["mask"])
         volume = M.sitkToVolumeNode(loaded.image, slicer.mrmlScene, str(row.case_id))
         volume.SetAttribute(SPACING_SOURCE_ATTRIBUTE, loaded.spacing_source)

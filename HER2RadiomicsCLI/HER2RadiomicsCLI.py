@@ -60,9 +60,9 @@ def _spacing(text):
 def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None,
                 spacing=None, writeLabel=None, report=None):
     """One case -> a table row (features, and the prediction with a bundle)."""
-    from HER2RadiomicsLib.features import FeatureExtractor
-    from HER2RadiomicsLib.io import load_case, read_image, write_image
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case, read_image, write_image
+    from HER2RadiomicsLib.imaging.rings import build_regions
     if mask:
         loaded, maskImage = load_case(image, mask, spacing_mm=spacing)
     else:
@@ -83,7 +83,7 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     row = {"case_id": caseId, "mask_source": "label map" if mask else "CNN auto-mask",
            "spacing_source": loaded.spacing_source, **feats}
     if bundle is not None:
-        from HER2RadiomicsLib.predict import predict_case
+        from HER2RadiomicsLib.modelling.predict import predict_case
         pr = predict_case(bundle, None, maskImage, site=site or None,
                           clinical=clinical or None, case_id=caseId, loaded=loaded)
         row.update({f"prediction_{k}": v for k, v in pr.as_row().items() if k != "case_id"})
@@ -95,21 +95,21 @@ def main(argv=None):
     _addLibraryPath()
     import pandas as pd
     from HER2RadiomicsLib.errors import HER2Error
-    from HER2RadiomicsLib.io import atomic_write_text
+    from HER2RadiomicsLib.imaging.io import atomic_write_text
     try:
         if not args.inputVolume and not args.manifest:
             raise ValueError("give --inputVolume (one image) or --manifest (a cohort)")
         spacing = _spacing(args.spacingMm)
-        from HER2RadiomicsLib.predict import parse_clinical
+        from HER2RadiomicsLib.modelling.predict import parse_clinical
         clinical = parse_clinical(args.clinical)
         bundle = None
         if args.bundle:
-            from HER2RadiomicsLib.bundle import load_bundle
+            from HER2RadiomicsLib.modelling.bundle import load_bundle
             bundle = load_bundle(args.bundle)
         progress(0.02)
         rows, errors = [], []
         if args.manifest:
-            from HER2RadiomicsLib.batch import read_manifest
+            from HER2RadiomicsLib.extraction.batch import read_manifest
             cases = read_manifest(args.manifest, empty_mask_ok=True)   # empty: CNN mask
             for i, c in enumerate(cases):
                 try:

@@ -137,12 +137,12 @@ def _register_segmentation(sub):
 
 # Each feature area registers its own subcommands (kept beside its code).
 def _register_readerstudy(sub):
-    from . import readercommands
+    from .readers import commands as readercommands
     readercommands.register(sub)
 
 
 def _register_modelling(sub):
-    from . import modelcommands
+    from .modelling import commands as modelcommands
     modelcommands.register(sub)
 
 
@@ -150,7 +150,7 @@ _EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_mode
 
 
 def cmd_synth(a) -> int:
-    from .synth import generate_cohort
+    from .imaging.synth import generate_cohort
     t = time.time()
     path = generate_cohort(a.out, n_cases=a.n, seed=a.seed, reader_fraction=a.reader_fraction,
                            jobs=a.jobs)
@@ -159,7 +159,7 @@ def cmd_synth(a) -> int:
 
 
 def cmd_presets(a) -> int:
-    from .features import PARAMS_DIR, list_presets
+    from .extraction.features import PARAMS_DIR, list_presets
     for name in list_presets():
         first = (PARAMS_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
         print(f"{name:10s} {first}")
@@ -167,8 +167,8 @@ def cmd_presets(a) -> int:
 
 
 def cmd_rings(a) -> int:
-    from .io import load_case, read_mask
-    from .rings import build_regions, write_regions
+    from .imaging.io import load_case, read_mask
+    from .imaging.rings import build_regions, write_regions
     loaded, mask = load_case(a.image, a.mask, spacing_mm=a.spacing_mm, frame=a.frame,
                              label=a.label, min_pixels=a.min_mask_pixels)
     fov = a.fov
@@ -191,8 +191,8 @@ def cmd_rings(a) -> int:
 
 
 def _extract_config(a):
-    from .batch import ExtractConfig
-    from .rings import parse_rings
+    from .extraction.batch import ExtractConfig
+    from .imaging.rings import parse_rings
     combined = a.combined
     return ExtractConfig(
         params=a.params, rings_mm=tuple(parse_rings(a.rings)), annuli=not a.no_annuli,
@@ -202,7 +202,7 @@ def _extract_config(a):
 
 
 def cmd_extract(a) -> int:
-    from .batch import read_manifest, run_batch, summarize
+    from .extraction.batch import read_manifest, run_batch, summarize
     from .errors import InputError
     cfg = _extract_config(a)
     if a.manifest:
@@ -261,7 +261,7 @@ def validate_args(a) -> None:
     for opt in ("rings", "combined"):
         v = getattr(a, opt, None)
         if isinstance(v, str) and v not in ("", "all"):
-            from .rings import parse_rings
+            from .imaging.rings import parse_rings
             parse_rings(v)
 
 

@@ -58,9 +58,9 @@ def _merge_timings(path: Path, times: dict) -> dict:
 
 def run_demo(a) -> int:
     import pandas as pd
-    from .batch import ExtractConfig, read_manifest, run_batch, summarize
-    from .io import atomic_write_text
-    from .synth import generate_cohort
+    from .extraction.batch import ExtractConfig, read_manifest, run_batch, summarize
+    from .imaging.io import atomic_write_text
+    from .imaging.synth import generate_cohort
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     times = {}
@@ -86,7 +86,7 @@ def run_demo(a) -> int:
 
     rs_doc = None
     with _stage(times, "4 reader study") as st:
-        from .readerstudy import run_reader_study
+        from .readers.study import run_reader_study
         st.cached = (out / "reader_study" / "summary.json").exists()
         if not st.cached:
             rs_doc = run_reader_study(cohort / "readers.csv", out / "reader_study",
@@ -97,7 +97,7 @@ def run_demo(a) -> int:
 
     runs = {}
     with _stage(times, "5 models (yin2024, peritumoral2025)") as st:
-        from .study import load_recipe, run
+        from .modelling.study import load_recipe, run
         st.cached = all((out / "models" / m / "metrics.json").exists()
                         for m in ("yin2024", "peritumoral2025"))
         for name in ("yin2024", "peritumoral2025"):
@@ -121,7 +121,7 @@ def run_demo(a) -> int:
                 "CNN model": "HER2RadiomicsLib/models/busbra_unet.pt",
                 "output": str(out.resolve())}
     with _stage(times, "7 report (HTML + PDF)"):
-        from .demoreport import write_demo_report
+        from .reports.demo import write_demo_report
         rep = write_demo_report(out, _merge_timings(out / "timings.json", times), seg_summary, rs_doc, runs, card, settings,
                                 pdf=not getattr(a, "no_pdf", False))
     timings = _merge_timings(out / "timings.json", times)
@@ -142,8 +142,8 @@ def _segment_all(rows, out: Path, jobs: int):
     import numpy as np
     import pandas as pd
     import SimpleITK as sitk
-    from .io import atomic_write_text, load_case
-    from .metrics import compare_masks
+    from .imaging.io import atomic_write_text, load_case
+    from .readers.metrics import compare_masks
     from .segmentation.inference import DEFAULT_MODEL
     metrics = out / "segmentation_metrics.csv"
     if metrics.exists():
@@ -177,11 +177,11 @@ def _segment_all(rows, out: Path, jobs: int):
 def _predict_new_case(out: Path, seed: int):
     """An unseen synthetic patient: CNN mask -> bundle prediction (what the panel does)."""
     import pandas as pd
-    from .bundle import load_bundle
-    from .io import atomic_write_text, write_image
-    from .casereport import overlay_figure
-    from .predict import predict_case
-    from .synth import generate_cohort
+    from .modelling.bundle import load_bundle
+    from .imaging.io import atomic_write_text, write_image
+    from .reports.case import overlay_figure
+    from .modelling.predict import predict_case
+    from .imaging.synth import generate_cohort
     new = out / "new_patient"
     if not (new / "cohort.csv").exists():
         generate_cohort(new, n_cases=1, seed=seed + 1000, reader_fraction=0,
@@ -191,7 +191,7 @@ def _predict_new_case(out: Path, seed: int):
     mask = new / row["mask"]
     from .segmentation.inference import DEFAULT_MODEL
     if DEFAULT_MODEL.exists():
-        from .io import read_image
+        from .imaging.io import read_image
         from .segmentation.commands import get_segmenter
         loaded = read_image(image)
         res = get_segmenter(None, "cpu").predict(loaded.image)

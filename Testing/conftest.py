@@ -23,7 +23,7 @@ def disk_mask(shape, center_px, radius_mm, spacing):
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory):
     """8-patient synthetic cohort (some second views, 4 multi-reader cases)."""
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, n_cases=8, seed=3, reader_fraction=0.5, second_view_fraction=0.3)
     return out
@@ -48,7 +48,7 @@ def speckle_case(tmp_path):
 def interrupt_at_call(monkeypatch, n: int):
     """Make the batch engine's n-th case raise KeyboardInterrupt (Ctrl-C mid-run); returns
     the real worker function so a test can put it back."""
-    import HER2RadiomicsLib.batch as batch
+    import HER2RadiomicsLib.extraction.batch as batch
     real, calls = batch._safe_case, {"n": 0}
 
     def flaky(row, cfg, gs=None):

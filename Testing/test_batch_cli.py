@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
+from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
 from HER2RadiomicsLib.cli import main
 from HER2RadiomicsLib.errors import InputError
 
@@ -76,7 +76,7 @@ def test_resume_skips_done_cases(manifest, tmp_path):
 
 
 def test_interrupt_keeps_finished_parts(manifest, tmp_path, monkeypatch):
-    import HER2RadiomicsLib.batch as batch
+    import HER2RadiomicsLib.extraction.batch as batch
     from conftest import interrupt_at_call
     rows = read_manifest(manifest)
     real = interrupt_at_call(monkeypatch, 3)

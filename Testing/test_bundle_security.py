@@ -31,7 +31,7 @@ def _frame(seed=0, n=120, p=8):
 def _pipeline(X, y):
     from imblearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-    from HER2RadiomicsLib.modeling import ColumnSelector, LassoSelector, make_classifier
+    from HER2RadiomicsLib.modelling.transformers import ColumnSelector, LassoSelector, make_classifier
     return Pipeline([("select", ColumnSelector()),
                      ("scale", StandardScaler().set_output(transform="pandas")),
                      ("lasso", LassoSelector(cv=3, n_alphas=5)),
@@ -50,8 +50,8 @@ def _meta(X, **over):
 @pytest.fixture
 def good(tmp_path):
     """A genuine bundle, its features as CSV, and the pipeline it holds."""
-    from HER2RadiomicsLib.bundle import save_bundle
-    from HER2RadiomicsLib.study import training_ranges
+    from HER2RadiomicsLib.modelling.bundle import save_bundle
+    from HER2RadiomicsLib.modelling.study import training_ranges
     X, y = _frame()
     pl = _pipeline(X, y)
     meta = _meta(X, training_ranges=training_ranges(pl, X))
@@ -75,7 +75,7 @@ def _write(path, entries):
 
 def _reseal(doc):
     """Recompute hashes and digest, as an attacker who knows the format would."""
-    from HER2RadiomicsLib.bundle import integrity_record
+    from HER2RadiomicsLib.modelling.bundle import integrity_record
     doc = {k: v for k, v in doc.items() if k != "integrity"}
     doc["integrity"] = integrity_record(doc)
     return doc
@@ -169,7 +169,7 @@ def test_code_in_skops_never_runs(attack, good, tmp_path, capsys):
     msg = _refused(capsys, bad, csv, marker, match="allow-list")
     assert "." + node["__class__"] in msg or node["__class__"] in msg   # the type is named
     # the library call refuses too, and names the type
-    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
     with pytest.raises(ModelError, match="allow-list"):
         load_bundle(bad)
     assert not marker.exists()
@@ -232,6 +232,35 @@ def test_tampered_model_bytes_and_digest(good, tmp_path, capsys):
     _refused(capsys, _write(tmp_path / "b2.zip", e), csv, match="integrity digest")
 
 
+def test_bundle_saved_before_the_package_layout_still_loads(good, tmp_path, capsys):
+    """0.1 bundles name their classes by the old flat modules (HER2RadiomicsLib.modeling...):
+    they load through aliases, predict the same, and the aliases do not outlive the load."""
+    import sys
+    from HER2RadiomicsLib.modelling.bundle import LEGACY_MODULES, load_bundle
+    p, csv, pl, X = good
+    e = _entries(p)
+    inner = zipfile.ZipFile(io.BytesIO(e["model.skops"]))
+    files = {n: inner.read(n) for n in inner.namelist()}
+    text = files["schema.json"].decode()
+    for old, new in LEGACY_MODULES.items():
+        text = text.replace(f'"{new}"', f'"{old}"')
+    assert '"HER2RadiomicsLib.modeling"' in text
+    files["schema.json"] = text.encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    doc = json.loads(e["bundle.json"])
+    doc["model_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    old = _write(tmp_path / "old.zip", {"bundle.json": json.dumps(_reseal(doc)),
+                                         "model.skops": buf.getvalue()})
+    b = load_bundle(old)
+    assert not any(m in sys.modules for m in LEGACY_MODULES)
+    np.testing.assert_array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))
+    rc, err = _cli(capsys, old, csv)
+    assert rc == 0, err
+
+
 def test_newer_format_and_format_without_digest(good, tmp_path, capsys):
     p, csv, _, _ = good
     e = _entries(p)
@@ -244,7 +273,7 @@ def test_newer_format_and_format_without_digest(good, tmp_path, capsys):
     e["bundle.json"] = json.dumps(doc).encode()
     old = _write(tmp_path / "old.zip", e)
     _refused(capsys, old, csv, match="no integrity digest")
-    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
     assert load_bundle(old, trust=True).meta["format_version"] == 1
 
 
@@ -259,7 +288,7 @@ def test_unexpected_or_traversal_entries(name, good, tmp_path, capsys):
 
 
 def test_size_caps_checked_before_reading(good, tmp_path, capsys, monkeypatch):
-    import HER2RadiomicsLib.bundle as B
+    import HER2RadiomicsLib.modelling.bundle as B
     p, csv, _, _ = good
     e = _entries(p)
     # a 40 MB entry that deflates to ~40 kB: refused on its declared size, never inflated
@@ -310,7 +339,7 @@ def test_not_a_zip_and_missing_file(tmp_path, good, capsys):
 
 
 def test_json_nesting_scanner_ignores_brackets_in_strings():
-    from HER2RadiomicsLib.bundle import json_nesting
+    from HER2RadiomicsLib.modelling.bundle import json_nesting
     assert json_nesting('{"a": "[[[[{{{{", "b": [1, [2]]}') == 3
     assert json_nesting('"\\"[["') == 0
     assert json_nesting("[]") == 1
@@ -327,7 +356,7 @@ DANGEROUS_MODULES = {"builtins", "os", "posix", "nt", "subprocess", "pickle", "_
 
 def test_allow_list_is_exact_and_harmless():
     from sklearn.base import BaseEstimator
-    from HER2RadiomicsLib.bundle import ALLOWED_TYPES
+    from HER2RadiomicsLib.modelling.bundle import ALLOWED_TYPES
     import sklearn.metrics
     for name in ALLOWED_TYPES:
         mod, _, attr = name.rpartition(".")
@@ -351,9 +380,9 @@ def _pipelines_of_every_recipe():
     classifiers, tuned and not (the three-class recipe also hierarchical); each of the seven
     classifiers once (types do not depend on the selection steps before it); a nomogram."""
     import warnings
-    from HER2RadiomicsLib.modeling import CLASSIFIERS
-    from HER2RadiomicsLib.nomogram import NomogramModel
-    from HER2RadiomicsLib.study import build_pipeline, list_recipes, load_recipe, task_spec
+    from HER2RadiomicsLib.modelling.transformers import CLASSIFIERS
+    from HER2RadiomicsLib.modelling.nomogram import NomogramModel
+    from HER2RadiomicsLib.modelling.study import build_pipeline, list_recipes, load_recipe, task_spec
     rng = np.random.default_rng(0)
     n = 72
     regions = ["tumor", "peri_0-3mm", "peri_0-5mm", "peri_0-8mm"]
@@ -393,7 +422,7 @@ def _pipelines_of_every_recipe():
 @pytest.mark.slow
 def test_allow_list_covers_every_shipped_recipe():
     import skops.io as sio
-    from HER2RadiomicsLib.bundle import ALLOWED_TYPES
+    from HER2RadiomicsLib.modelling.bundle import ALLOWED_TYPES
     seen = set()
     for pl in _pipelines_of_every_recipe():
         seen |= set(sio.get_untrusted_types(data=sio.dumps({"pipeline": pl})))
@@ -407,8 +436,8 @@ def test_allow_list_covers_every_shipped_recipe():
 # -- threshold, spacing units, out-of-distribution --------------------------------------------
 
 def test_threshold_zero_stays_zero(tmp_path):
-    from HER2RadiomicsLib.bundle import load_bundle, save_bundle
-    from HER2RadiomicsLib.predict import predict_rows
+    from HER2RadiomicsLib.modelling.bundle import load_bundle, save_bundle
+    from HER2RadiomicsLib.modelling.predict import predict_rows
     X, y = _frame()
     pl = _pipeline(X, y)
     p = save_bundle(tmp_path / "t0.zip", {"pipeline": pl, "nomogram": None},
@@ -420,8 +449,8 @@ def test_threshold_zero_stays_zero(tmp_path):
 
 
 def test_out_of_distribution_inputs_and_rad_score_are_flagged(good):
-    from HER2RadiomicsLib.bundle import load_bundle
-    from HER2RadiomicsLib.predict import predict_rows
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.predict import predict_rows
     p, _, pl, X = good
     b = load_bundle(p)
     used = list(b.meta["training_ranges"]["features"])
@@ -451,7 +480,7 @@ class _FakeBundle:
 
 def _loaded(spacing, source):
     import SimpleITK as sitk
-    from HER2RadiomicsLib.io import LoadedImage
+    from HER2RadiomicsLib.imaging.io import LoadedImage
     img = sitk.GetImageFromArray(np.zeros((8, 8), np.float32))
     img.SetSpacing(spacing)
     return LoadedImage(image=img, path="scan.dcm", spacing_source=source, provenance={})
@@ -459,7 +488,7 @@ def _loaded(spacing, source):
 
 def test_pixel_unit_bundle_refuses_calibrated_image_unless_asked():
     from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.predict import check_spacing_units
+    from HER2RadiomicsLib.modelling.predict import check_spacing_units
     b = _FakeBundle("pixel")
     with pytest.raises(InputError, match="--pixel-units"):
         check_spacing_units(b, _loaded((0.1, 0.1), "dicom-us-region"))

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import disk_mask, make_image
-from HER2RadiomicsLib import htmlreport as H
-from HER2RadiomicsLib.casereport import overlay_figure, prediction_card_html, task_text
+from HER2RadiomicsLib.reports import html as H
+from HER2RadiomicsLib.reports.case import overlay_figure, prediction_card_html, task_text
 
 
 def _disk(spacing=(0.2, 0.3), radius=4.0, centre=(60, 40), shape=(90, 130)):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from HER2RadiomicsLib.htmlreport import find_browser
+from HER2RadiomicsLib.reports.html import find_browser
 
 
 def _card(html):
@@ -18,9 +18,9 @@ def _card(html):
 @pytest.mark.slow
 def test_demo_reduced(tmp_path):
     import pandas as pd
-    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.demo import run_demo
-    from HER2RadiomicsLib.predict import predict_case
+    from HER2RadiomicsLib.modelling.predict import predict_case
     args = SimpleNamespace(out=str(tmp_path / "demo"), n=60, jobs=2, seed=42, no_progress=True,
                            no_pdf=find_browser() is None)
     assert run_demo(args) == 0

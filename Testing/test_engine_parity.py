@@ -207,9 +207,9 @@ featureClass: {shape2D: , firstorder: , glcm: , glrlm: , glszm: , gldm: , ngtdm:
 def test_native_driver_equals_pyradiomics_on_cohort_rings(params, cohort, tmp_path):
     import csv
     from HER2RadiomicsLib.extraction.native import NativeExtractor
-    from HER2RadiomicsLib.features import FeatureExtractor
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
     if params in ("original_all", "pointwise"):
         p = tmp_path / f"{params}.yaml"
         p.write_text(ORIGINAL_ALL if params == "original_all" else POINTWISE)
@@ -282,9 +282,9 @@ def test_shipped_presets_equal_pyradiomics(preset, cohort):
     """Every shipped preset, whole (yin2024: normalisation, 1 x 1 mm B-spline resampling around
     each region, nine image types), on two cohort cases, tumour and the 0-5 mm ring."""
     import csv
-    from HER2RadiomicsLib.features import FeatureExtractor
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
     ref = FeatureExtractor(preset, engine="pyradiomics")
     nat = FeatureExtractor(preset, engine="native")
     n = 0

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from HER2RadiomicsLib import evaluation as E
+from HER2RadiomicsLib.modelling import evaluation as E
 
 
 def brute_delong(y, a, b):

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from radiomics import featureextractor
 
 from HER2RadiomicsLib.errors import InputError, SpacingUnknownError
-from HER2RadiomicsLib.features import (FeatureExtractor, aggregate_patients, list_presets,
+from HER2RadiomicsLib.extraction.features import (FeatureExtractor, aggregate_patients, list_presets,
                                        load_params)
 
 radiomics.setVerbosity(logging.ERROR)
@@ -111,8 +111,8 @@ def test_parity_with_direct_pyradiomics(phantom, engine):
 def test_native_diagnostics_equal_pyradiomics(phantom):
     """The provenance entries the native engine writes carry pyradiomics' names and values."""
     img, msk = phantom
-    from HER2RadiomicsLib.features import _jsonable
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.features import _jsonable
+    from HER2RadiomicsLib.imaging.rings import build_regions
     regs = build_regions(img, msk, "3", fov=None)
     _, diags = FeatureExtractor("cui2023").extract(img, regs.masks)
     ex = featureextractor.RadiomicsFeatureExtractor(load_params("cui2023")[0])
@@ -132,7 +132,7 @@ def test_native_diagnostics_equal_pyradiomics(phantom):
 
 def test_multi_region_columns(phantom):
     img, msk = phantom
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.imaging.rings import build_regions
     regs = build_regions(img, msk, "2", fov=None)
     feats, _ = FeatureExtractor("cui2023").extract(img, regs.masks)
     assert len(feats) == 2 * 86
@@ -188,7 +188,7 @@ def test_aggregate_patients(how):
 def test_shared_filter_path_equals_separate_execute(preset, phantom):
     """Regions share filtered images; values must equal one pyradiomics execute per region."""
     img, msk = phantom
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.imaging.rings import build_regions
     regs = build_regions(img, msk, "2,4", fov=None)
     fx = FeatureExtractor(preset, engine="pyradiomics")
     ours, diags = fx.extract(img, regs.masks)
@@ -199,6 +199,6 @@ def test_shared_filter_path_equals_separate_execute(preset, phantom):
             if k.startswith("diagnostics_"):
                 if "Versions" not in k and "Configuration" not in k:
                     assert str(diags[f"{region}__{k}"]) == str(
-                        __import__("HER2RadiomicsLib.features", fromlist=["x"])._jsonable(v)), k
+                        __import__("HER2RadiomicsLib.extraction.features", fromlist=["x"])._jsonable(v)), k
             else:
                 assert ours[f"{region}__{k}"] == float(v), (region, k)

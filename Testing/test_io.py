@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from HER2RadiomicsLib.errors import InputError, SpacingUnknownError
-from HER2RadiomicsLib.io import load_case, read_image, read_mask
+from HER2RadiomicsLib.imaging.io import load_case, read_image, read_mask
 
 
 def write_us_dicom(path, arr, regions=(), pixel_spacing=None, frames=1, imager=None):
@@ -254,7 +254,7 @@ def test_16_bit_dicom_is_noted_against_8_bit_exports(tmp_path):
 
 def test_area_is_named_px2_when_spacing_is_unknown(cohort, tmp_path):
     import csv
-    from HER2RadiomicsLib.batch import ExtractConfig, process_case
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, process_case
     import shutil
     r = next(csv.DictReader(open(cohort / "cohort.csv")))
     shutil.copy(cohort / "images" / (r["case_id"] + ".png"), tmp_path / "x.png")  # no sidecar

@@ -9,11 +9,11 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from HER2RadiomicsLib.errors import InputError, ModelError
-from HER2RadiomicsLib.harmonization import ComBat
-from HER2RadiomicsLib.modeling import (ColumnSelector, CorrelationFilter, LassoSelector,
+from HER2RadiomicsLib.modelling.harmonization import ComBat
+from HER2RadiomicsLib.modelling.transformers import (ColumnSelector, CorrelationFilter, LassoSelector,
                                        MedianImputer, StableFeatureFilter, UnivariateFilter,
                                        URFModule, VarianceFilter, make_classifier, rad_score)
-from HER2RadiomicsLib.nomogram import NomogramModel
+from HER2RadiomicsLib.modelling.nomogram import NomogramModel
 
 # ComBat needs a DataFrame with a site column and NomogramModel named predictors, so
 # scikit-learn's generic array-based checks do not apply to them; they are tested below.
@@ -176,7 +176,7 @@ def test_nomogram_odds_ratios_match_statsmodels_and_points():
 def _tiny_bundle(tmp_path, fmt="skops"):
     from imblearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-    from HER2RadiomicsLib.bundle import save_bundle
+    from HER2RadiomicsLib.modelling.bundle import save_bundle
     X, y = _frame(7)
     pl = Pipeline([("select", ColumnSelector()), ("scale", StandardScaler().set_output(
         transform="pandas")), ("lasso", LassoSelector(cv=3, n_alphas=5)),
@@ -189,7 +189,7 @@ def _tiny_bundle(tmp_path, fmt="skops"):
 
 
 def test_bundle_round_trip_and_integrity(tmp_path):
-    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
     p, pl, X = _tiny_bundle(tmp_path)
     b = load_bundle(p)
     assert np.array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))
@@ -208,7 +208,7 @@ def test_bundle_round_trip_and_integrity(tmp_path):
 
 def test_untrusted_type_in_skops_is_refused(tmp_path):
     import skops.io as sio
-    from HER2RadiomicsLib.bundle import load_bundle, save_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle, save_bundle
     from sklearn.preprocessing import FunctionTransformer
     # a FunctionTransformer holding an arbitrary function: its type is outside the allow-list
     import os
@@ -224,7 +224,7 @@ def test_untrusted_type_in_skops_is_refused(tmp_path):
 
 
 def test_joblib_bundle_needs_trust(tmp_path):
-    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
     p, pl, X = _tiny_bundle(tmp_path, fmt="joblib")
     with pytest.raises(ModelError, match="--trust"):
         load_bundle(p)
@@ -233,7 +233,7 @@ def test_joblib_bundle_needs_trust(tmp_path):
 
 
 def test_version_mismatch_warns(tmp_path):
-    from HER2RadiomicsLib.bundle import version_warnings
+    from HER2RadiomicsLib.modelling.bundle import version_warnings
     w = version_warnings({"scikit-learn": "0.1", "numpy": np.__version__})
     assert len(w) == 1 and "scikit-learn" in w[0]
 
@@ -253,7 +253,7 @@ def test_combat_estimates_an_external_site_from_its_own_features():
 
 
 def test_hierarchical_classifier_probabilities():
-    from HER2RadiomicsLib.study import HierarchicalClassifier
+    from HER2RadiomicsLib.modelling.study import HierarchicalClassifier
     rng = np.random.default_rng(9)
     X = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     y = np.where(X.a > 0.6, "positive", np.where(X.b > 0, "low", "zero"))
@@ -267,7 +267,7 @@ def test_hierarchical_classifier_probabilities():
 
 
 def test_nested_tuning_wraps_classifier():
-    from HER2RadiomicsLib.study import build_pipeline, load_recipe
+    from HER2RadiomicsLib.modelling.study import build_pipeline, load_recipe
     r = load_recipe("yin2024")
     r["tune"] = True
     X, y = _frame(10, n=90)

@@ -56,8 +56,8 @@ def test_failing_rerun_keeps_good_single_case_result(cohort, tmp_path, capsys):
 
 def test_interrupted_rerun_without_resume_keeps_table_and_parts(cohort, tmp_path,
                                                                   monkeypatch, capsys):
-    import HER2RadiomicsLib.batch as batch
-    from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
+    import HER2RadiomicsLib.extraction.batch as batch
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
     man = _write_manifest(tmp_path / "m.csv", _rows(cohort, 6))
     rows = read_manifest(man)
     out = tmp_path / "f.csv"
@@ -304,7 +304,7 @@ def test_segment_manifest_feeds_extract_from_another_folder(cohort, tmp_path, mo
 
 def test_predict_manifest_with_no_success_keeps_previous_table(cohort, tmp_path, capsys):
     from test_bundle_security import _frame, _meta, _pipeline
-    from HER2RadiomicsLib.bundle import save_bundle
+    from HER2RadiomicsLib.modelling.bundle import save_bundle
     X, y = _frame()
     b = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
                     _meta(X))
@@ -334,11 +334,17 @@ def test_command_line_start_up_imports_only_what_the_command_needs(cohort, tmp_p
                    "cui2023", "--out", {str(tmp_path / "f.csv")!r}])
         heavy = lambda mods: sorted(x for x in ("pandas", "scipy", "torch", "skimage", "tqdm",
                                                 "sklearn", "matplotlib") if x in mods)
+        print(sorted(m for m in sys.modules if m.startswith("skimage.")
+                     and m.count(".") == 1 and not m.startswith("skimage._")))
         print(rc, heavy(after_parser), heavy(set(sys.modules)))
         """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     rc, parser_mods, extract_mods = r.stdout.strip().splitlines()[-1].split(" ", 2)
     assert rc == "0", r.stderr
     assert parser_mods == "[]", parser_mods
-    # pyradiomics itself needs scipy and pydicom imports tqdm; nothing else heavy
-    assert set(eval(extract_mods)) <= {"scipy", "tqdm"}, extract_mods
+    # the engine needs scipy, pydicom imports tqdm, and GLSZM zones come from scikit-image's
+    # label (its lazy loader loads that one function: 5 ms); nothing else heavy, and no other
+    # part of scikit-image (filters, transforms, features cost ~0.2 s)
+    assert set(eval(extract_mods)) <= {"scipy", "tqdm", "skimage"}, extract_mods
+    skimage_parts = eval(r.stdout.strip().splitlines()[-2])
+    assert set(skimage_parts) <= {"skimage.measure", "skimage.util"}, skimage_parts

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from HER2RadiomicsLib.errors import InputError
-from HER2RadiomicsLib.reproducibility import (FORMS, band, consensus_masks, icc_arrays,
+from HER2RadiomicsLib.readers.reproducibility import (FORMS, band, consensus_masks, icc_arrays,
                                               icc_table, perturb_contour, stable_features)
 
 PG_NAMES = dict(zip(FORMS, ["ICC(1,1)", "ICC(A,1)", "ICC(C,1)", "ICC(1,k)", "ICC(A,k)",

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from HER2RadiomicsLib.cli import main
 from HER2RadiomicsLib.errors import InputError, SpacingUnknownError
-from HER2RadiomicsLib.rings import RingSpec, build_regions, detect_fov, parse_rings, ring_specs
+from HER2RadiomicsLib.imaging.rings import RingSpec, build_regions, detect_fov, parse_rings, ring_specs
 
 from conftest import disk_mask, make_image
 
@@ -106,7 +106,7 @@ def test_unknown_spacing_refuses():
 
 def test_fov_detection_on_synthetic_scans(cohort):
     import csv
-    from HER2RadiomicsLib.io import load_case
+    from HER2RadiomicsLib.imaging.io import load_case
     rows = list(csv.DictReader(open(cohort / "cohort.csv")))
     for r in rows[:4]:
         li, mask = load_case(cohort / r["image"], cohort / r["mask"])
@@ -122,7 +122,7 @@ def test_fov_detection_on_synthetic_scans(cohort):
 
 def test_rings_clipped_to_fov(cohort):
     import csv
-    from HER2RadiomicsLib.io import load_case
+    from HER2RadiomicsLib.imaging.io import load_case
     r = next(csv.DictReader(open(cohort / "cohort.csv")))
     li, mask = load_case(cohort / r["image"], cohort / r["mask"])
     regs = build_regions(li.image, mask, "3,5,8")

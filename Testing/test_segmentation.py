@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from HER2RadiomicsLib.errors import InputError, ModelError
-from HER2RadiomicsLib.metrics import compare_masks
+from HER2RadiomicsLib.readers.metrics import compare_masks
 from HER2RadiomicsLib.segmentation.inference import (Segmenter, export_model, postprocess,
                                                      sha256_of)
 from HER2RadiomicsLib.segmentation.networks import build_network

@@ -24,8 +24,8 @@ def test_weights_and_card_ship_together():
 def test_segments_synthetic_lesions(cohort):
     """Dice against the generator's ground truth on the fixture cohort's images."""
     import csv
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.metrics import dice
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.readers.metrics import dice
     seg = Segmenter.from_default()
     rows = list(csv.DictReader(open(cohort / "cohort.csv")))
     scores = []
@@ -43,9 +43,9 @@ def test_auto_mask_stays_inside_the_field_of_view_and_reports_confidence(cohort)
     """On every fixture image (sector scans included) the CNN draws only inside the detected
     field of view, and a good mask comes with a high confidence and no flags."""
     import csv
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.metrics import dice
-    from HER2RadiomicsLib.rings import detect_fov
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.readers.metrics import dice
+    from HER2RadiomicsLib.imaging.rings import detect_fov
     from HER2RadiomicsLib.segmentation.inference import LOW_CONFIDENCE
     seg = Segmenter.from_default()
     for r in csv.DictReader(open(cohort / "cohort.csv")):
@@ -98,7 +98,7 @@ def test_non_ultrasound_dicom_is_refused_colour_is_flagged(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "modality MG, not ultrasound" in err[0]
     assert not (tmp_path / "m.nrrd").exists()
     # a grey scan saved as RGB with a coloured (Doppler-like) box
-    from HER2RadiomicsLib.io import read_image
+    from HER2RadiomicsLib.imaging.io import read_image
     from HER2RadiomicsLib.segmentation.inference import check_ultrasound
     grey = rng.rayleigh(40, (120, 160)).clip(0, 255)
     rgb = np.repeat(grey[..., None], 3, axis=2)

@@ -12,9 +12,9 @@ import HER2RadiomicsCLI as CLI  # noqa: E402
 
 
 def test_single_image_with_label(cohort, tmp_path, capsys):
-    from HER2RadiomicsLib.features import FeatureExtractor
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
     row = pd.read_csv(cohort / "cohort.csv").iloc[0]
     img, mask = str(cohort / row["image"]), str(cohort / row["mask"])
     rc = CLI.main(["--inputVolume", img, "--inputLabel", mask, "--rings", "3,5", "--annuli",
@@ -70,7 +70,7 @@ def test_bad_arguments_exit_2_with_one_line(args, words, capsys):
 
 def test_clinical_values_in_every_accepted_form():
     from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.predict import parse_clinical
+    from HER2RadiomicsLib.modelling.predict import parse_clinical
     want = {"age": 52.0, "er": 1.0, "ki67": 30.5}
     assert parse_clinical("age=52, er=1; ki67=30.5") == want          # panel / Slicer CLI
     assert parse_clinical(["age=52", "er=1", "ki67=30.5"]) == want    # her2radiomics --clinical

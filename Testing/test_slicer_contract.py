@@ -290,3 +290,43 @@ def test_extension_urls_point_at_files_in_the_repository():
     for url in re.findall(r'"(https://raw\.githubusercontent\.com/[^"]+)"', top):
         rel = url.split("/main/", 1)[1]
         assert (ROOT / rel).exists(), rel
+
+
+def _widget_methods():
+    tree = ast.parse(MODULE.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef)
+                  and n.name == "HER2RadiomicsWidget")
+    return {f.name: f for f in widget.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_every_action_that_needs_the_library_ensures_dependencies_first():
+    """Actions whose logic step imports HER2RadiomicsLib ask for the packages first (the
+    reader comparison did not: issue 15, item 9)."""
+    sys.path.insert(0, str(ROOT / "HER2Radiomics"))
+    core = ast.parse((ROOT / "HER2Radiomics" / "HER2RadiomicsModuleLib" / "core.py").read_text())
+    logic = next(n for n in core.body if isinstance(n, ast.ClassDef)
+                 and n.name == "HER2RadiomicsCoreLogic")
+    needs = {f.name for f in logic.body if isinstance(f, ast.FunctionDef)
+             and "HER2RadiomicsLib" in ast.unparse(f) and f.name != "spacingInfo"}
+    assert {"readerAgreement", "loadBundle"} <= needs
+    checked = 0
+    for name, fn in _widget_methods().items():
+        src = ast.unparse(fn)
+        used = {m for m in needs if f"self.logic.{m}(" in src}
+        if name.startswith("on") and used:
+            checked += 1
+            if "self._bundle" in src and used <= {"predict", "saveReport", "modelCardText"}:
+                continue            # needs a loaded bundle: loading it ensured the packages
+            assert "self._ensureDependencies()" in src, (name, used)
+            assert src.index("self._ensureDependencies()") < min(
+                src.index(f"self.logic.{m}(") for m in used), name
+    assert checked >= 4
+
+
+def test_refilling_the_site_list_keeps_the_saved_site():
+    """Clearing the combo box emits currentTextChanged("") and wiped the saved site."""
+    src = ast.unparse(_widget_methods()["onLoadBundleButton"])
+    clear = src.index("self.ui.siteComboBox.clear()")
+    assert src.index("saved = p.site") < clear
+    assert src.index("self.ui.siteComboBox.blockSignals(True)") < clear
+    assert "self.ui.siteComboBox.blockSignals(wasBlocked)" in src[clear:]

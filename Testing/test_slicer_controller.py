@@ -66,3 +66,20 @@ def test_parse_rings():
     assert parseRingsText(" 8; 3 ,5") == [3.0, 5.0, 8.0]
     with pytest.raises(ValueError, match="at least one"):
         parseRingsText(" , ")
+
+
+def test_an_unset_path_parameter_is_not_a_file():
+    """Path() is what a parameter-node Path field holds before a file is chosen: it prints
+    "." and is truthy, so "Load model" was enabled with nothing chosen (issue 15, item 6)."""
+    from HER2RadiomicsModuleLib.controller import chosenPath
+    assert bool(Path()) and str(Path()) == "."          # the trap
+    for unset in (None, "", ".", " ", Path(), Path("")):
+        assert chosenPath(unset) is None, unset
+    assert chosenPath(Path("/data/model_bundle.zip")) == "/data/model_bundle.zip"
+    assert chosenPath("bundle.zip") == "bundle.zip"
+    # the widget decides with it everywhere a Path parameter is read
+    import re
+    src = (Path(__file__).resolve().parents[1] / "HER2Radiomics" / "HER2Radiomics.py").read_text()
+    reads = [line for line in src.splitlines()
+             if re.search(r"\.(bundleFile|paramsFile|reportFile)\b", line) and 'f"' not in line]
+    assert len(reads) >= 5 and all("chosenPath(" in line for line in reads), reads

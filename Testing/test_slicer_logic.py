@@ -147,8 +147,8 @@ def example_bundle(tmp_path_factory):
 def test_end_to_end_like_the_panel(scene, example_bundle, tmp_path):
     """Load -> CNN -> rings -> features (thread) -> predict -> reader Dice -> report, compared
     with the library's own file-based prediction of the same image and mask."""
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.predict import predict_case
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.modelling.predict import predict_case
     bundle_path, cohort = example_bundle
     logic = C.HER2RadiomicsCoreLogic()
     row = pd.read_csv(cohort / "cohort.csv").query("site != 'C'").iloc[0]
@@ -178,7 +178,7 @@ def test_end_to_end_like_the_panel(scene, example_bundle, tmp_path):
     job = logic.startFeatureExtraction(vol, seg, "cui2023", table)
     assert job.wait(120)
     feats = logic.finishFeatureExtraction(job)
-    direct, _ = __import__("HER2RadiomicsLib.features", fromlist=["x"]).FeatureExtractor(
+    direct, _ = __import__("HER2RadiomicsLib.extraction.features", fromlist=["x"]).FeatureExtractor(
         "cui2023").extract(loaded.image, {r: m for r, m in regs.masks.items()})
     assert feats.keys() == direct.keys()
     assert np.allclose([feats[k] for k in direct], list(direct.values()), equal_nan=True)
@@ -258,7 +258,7 @@ def test_bad_input_is_a_one_line_value_error(scene):
 
 def test_calibrated_dicom_spacing_replaces_the_volume_geometry(scene, cohort):
     """Slicer's DICOM reader ignores the ultrasound-region calibration; the panel re-reads it."""
-    from HER2RadiomicsLib.io import read_image
+    from HER2RadiomicsLib.imaging.io import read_image
     logic = C.HER2RadiomicsCoreLogic()
     row = pd.read_csv(cohort / "cohort.csv").iloc[0]
     ref = read_image(cohort / row["image"])
@@ -291,3 +291,64 @@ def test_synchronous_extraction_reports_progress_and_cancels(scene):
     assert table.GetNumberOfRows() == len(feats) > 0
     with pytest.raises(Cancelled):
         logic.extractFeatures(vol, seg, "cui2023", progress=lambda f, m: f < 0.5)
+
+
+def test_failed_calibration_read_is_not_cached(scene, cohort, monkeypatch):
+    """Before the dependencies are installed the library cannot read a DICOM's calibration:
+    the spacing is then unknown (not Slicer's 1 x 1 mm placeholder marked known), and once
+    the read works the calibrated spacing is used (issue 15, item 4)."""
+    import HER2RadiomicsLib.imaging.io as io_mod
+    logic = C.HER2RadiomicsCoreLogic()
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    ref = io_mod.read_image(cohort / row["image"])
+    img = sitk.Image(list(ref.image.GetSize()), sitk.sitkFloat32)     # 1 x 1 mm, as loaded
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(cohort / row["image"]))
+    vol.SetAndObserveStorageNodeID(storage.GetID())
+    real = io_mod.read_image
+
+    def missing(*a, **k):
+        raise ImportError("No module named 'pydicom'")
+    monkeypatch.setattr(io_mod, "read_image", missing)
+    info = logic.spacingInfo(vol)
+    assert not info.known and info.source == "unknown"
+    assert "could not be read" in info.note and "pydicom" in info.note
+    monkeypatch.setattr(io_mod, "read_image", real)           # the install happened
+    info = logic.spacingInfo(vol)
+    assert info.known and info.source == "dicom-us-region"
+    assert info.spacing_mm == pytest.approx(ref.spacing_mm)
+    # a successful read is cached until cleared
+    monkeypatch.setattr(io_mod, "read_image", missing)
+    assert logic.spacingInfo(vol).known
+    logic.clearSpacingCache()
+    assert not logic.spacingInfo(vol).known
+
+
+def test_core_logic_initialises_once_under_cooperative_slicer_base():
+    """The Logic inherits Slicer's base (whose __init__ calls super().__init__()) and the
+    core logic; the core's state must be set up once, not reset by a second call."""
+    calls = []
+
+    class CooperativeBase:                    # what ScriptedLoadableModuleLogic.__init__ does
+        def __init__(self):
+            super().__init__()
+
+    class Logic(CooperativeBase, C.HER2RadiomicsCoreLogic):
+        def __init__(self):
+            CooperativeBase.__init__(self)
+            self._fileSpacing["seen"] = 1                # state set in between
+            C.HER2RadiomicsCoreLogic.__init__(self)
+
+    orig = C.HER2RadiomicsCoreLogic.__init__
+
+    def counting(self):
+        calls.append(1)
+        orig(self)
+    C.HER2RadiomicsCoreLogic.__init__ = counting
+    try:
+        logic = Logic()
+    finally:
+        C.HER2RadiomicsCoreLogic.__init__ = orig
+    assert len(calls) == 2                                # reached twice, as in Slicer ...
+    assert logic._fileSpacing == {"seen": 1}              # ... but initialised once

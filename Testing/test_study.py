@@ -12,8 +12,8 @@ from HER2RadiomicsLib.errors import InputError
 @pytest.fixture(scope="module")
 def study_data(tmp_path_factory):
     """150 synthetic patients, features of the fast original-image preset with 3/5/8 mm rings."""
-    from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     d = tmp_path_factory.mktemp("study")
     generate_cohort(d / "cohort", n_cases=150, seed=11, reader_fraction=0,
                     second_view_fraction=0.15, jobs=2)
@@ -25,7 +25,7 @@ def study_data(tmp_path_factory):
 
 
 def _recipe(name, **over):
-    from HER2RadiomicsLib.study import load_recipe
+    from HER2RadiomicsLib.modelling.study import load_recipe
     r = load_recipe(name)
     r["params"] = "cui2023"         # the fixture's features (fast); the protocol is unchanged
     r["evaluation"] = {**r["evaluation"], "repeats": 3, "bootstrap": 500}
@@ -35,7 +35,7 @@ def _recipe(name, **over):
 
 @pytest.mark.parametrize("name", ["yin2024", "peritumoral2025", "cui2023", "zhao2025"])
 def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
-    from HER2RadiomicsLib.study import run
+    from HER2RadiomicsLib.modelling.study import run
     over = {}
     if name == "cui2023":
         over["classifiers"] = ["logistic", "random_forest", "naive_bayes"]   # time in CI
@@ -71,8 +71,8 @@ def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
 
 def test_no_leakage_threshold_from_training(study_data, tmp_path):
     """The threshold is the Youden point of the training out-of-fold predictions."""
-    from HER2RadiomicsLib.evaluation import youden_threshold
-    from HER2RadiomicsLib.study import run
+    from HER2RadiomicsLib.modelling.evaluation import youden_threshold
+    from HER2RadiomicsLib.modelling.study import run
     s = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
             study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
     p = pd.read_csv(tmp_path / "y" / "predictions.csv")
@@ -87,9 +87,9 @@ def test_no_leakage_threshold_from_training(study_data, tmp_path):
 
 
 def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
-    from HER2RadiomicsLib.bundle import load_bundle
-    from HER2RadiomicsLib.predict import predict_case
-    from HER2RadiomicsLib.study import run
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.predict import predict_case
+    from HER2RadiomicsLib.modelling.study import run
     run(_recipe("peritumoral2025", evaluation={"test_size": 0.3, "external_site": "C",
                                                "repeats": 0, "bootstrap": 300, "seed": 42}),
         study_data / "features.csv", study_data / "cohort" / "cohort.csv", tmp_path / "p",
@@ -112,7 +112,7 @@ def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
 
 def test_predict_cli_and_errors(study_data, tmp_path, capsys):
     from HER2RadiomicsLib.cli import main
-    from HER2RadiomicsLib.study import run
+    from HER2RadiomicsLib.modelling.study import run
     run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
         study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
     bundle = str(tmp_path / "y" / "model_bundle.zip")
@@ -155,7 +155,7 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
 
     # report: the same prediction as `predict`, with nomogram points, as HTML (and PDF)
     import re
-    from HER2RadiomicsLib.htmlreport import find_browser
+    from HER2RadiomicsLib.reports.html import find_browser
     clin = ["age=50", "menopausal=1", "er=1", "pr=1", "ki67=20", "lesion_size_mm=14"]
     assert main(["report", "--bundle", bundle, "--image", img, "--mask", mask, "--site", c.site,
                  "--clinical", *clin, "--out", str(tmp_path / "case.html")]) == 0
@@ -177,7 +177,7 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
 
 
 def test_recipe_and_task_errors(study_data, tmp_path):
-    from HER2RadiomicsLib.study import load_recipe, required_rings, run
+    from HER2RadiomicsLib.modelling.study import load_recipe, required_rings, run
     with pytest.raises(InputError, match="no such recipe"):
         load_recipe("nope")
     bad = tmp_path / "r.yaml"
@@ -194,10 +194,10 @@ def test_recipe_and_task_errors(study_data, tmp_path):
 def test_bundle_records_engine_spacing_and_training_ranges(study_data, tmp_path, capsys):
     """The bundle pins what changes a prediction and flags an input far from its training."""
     import SimpleITK as sitk
-    from HER2RadiomicsLib.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.cli import main
-    from HER2RadiomicsLib.predict import predict_case
-    from HER2RadiomicsLib.study import run
+    from HER2RadiomicsLib.modelling.predict import predict_case
+    from HER2RadiomicsLib.modelling.study import run
     run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
         study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
     b = load_bundle(tmp_path / "y" / "model_bundle.zip")
@@ -220,7 +220,7 @@ def test_bundle_records_engine_spacing_and_training_ranges(study_data, tmp_path,
     img, mask = study_data / "cohort" / c.image, study_data / "cohort" / c["mask"]
     pr = predict_case(b, img, mask, site=c.site)
     assert "out_of_distribution" not in pr.qc, pr.warnings
-    from HER2RadiomicsLib.io import read_image
+    from HER2RadiomicsLib.imaging.io import read_image
     ld = read_image(img)
     bright = sitk.Cast(ld.image * 20.0, sitk.sitkFloat32)
     sitk.WriteImage(bright, str(tmp_path / "bright.nrrd"))
@@ -245,7 +245,7 @@ def test_documented_chain_from_another_folder(study_data, tmp_path, monkeypatch)
     c = pd.read_csv(data / "cohort" / "cohort.csv")
     c.iloc[:2].to_csv(data / "cohort" / "two.csv", index=False)
     recipe = tmp_path / "data" / "fast.yaml"
-    from HER2RadiomicsLib.study import load_recipe
+    from HER2RadiomicsLib.modelling.study import load_recipe
     import yaml
     r = load_recipe("yin2024")
     r.pop("_text", None)

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import stats
 
-from HER2RadiomicsLib.io import load_case
-from HER2RadiomicsLib.synth import SITES, generate_cohort
+from HER2RadiomicsLib.imaging.io import load_case
+from HER2RadiomicsLib.imaging.synth import SITES, generate_cohort
 
 
 def test_deterministic(tmp_path):

@@ -34,10 +34,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import csv
     from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.features import FeatureExtractor
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.rings import build_regions
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     res = {"cases": a.cases, "threads": os.environ["OMP_NUM_THREADS"]}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

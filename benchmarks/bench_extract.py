@@ -38,14 +38,14 @@ def main(argv=None):
 
     import radiomics
     from radiomics import featureextractor
-    from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
-    from HER2RadiomicsLib.features import FeatureExtractor, load_params
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
     radiomics.setVerbosity(logging.ERROR)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     generate_cohort(tmp / "c", n_cases=a.cases, seed=7, reader_fraction=0,
                     second_view_fraction=0)
     rows = read_manifest(tmp / "c" / "cohort.csv")

@@ -28,7 +28,7 @@ def main(argv=None):
                     help="time pingouin on this many features only (default: all)")
     a = ap.parse_args(argv)
     import pingouin as pg
-    from HER2RadiomicsLib.reproducibility import icc_table
+    from HER2RadiomicsLib.readers.reproducibility import icc_table
     rng = np.random.default_rng(0)
     F, n, k = a.features, a.cases, a.readers
     Y = rng.normal(size=(F, n, 1)) * rng.uniform(0.5, 3, (F, 1, 1)) + rng.normal(size=(F, n, k))

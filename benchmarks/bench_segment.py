@@ -34,9 +34,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=30)
     a = ap.parse_args(argv)
     import torch
-    from HER2RadiomicsLib.io import read_image
+    from HER2RadiomicsLib.imaging.io import read_image
     from HER2RadiomicsLib.segmentation.inference import DEFAULT_MODEL, Segmenter
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     tmp = Path(tempfile.mkdtemp(prefix="bench_seg_"))
     generate_cohort(tmp, n_cases=4, seed=3, reader_fraction=0, second_view_fraction=0)
     imgs = [read_image(p).image for p in sorted((tmp / "images").glob("*.dcm"))]

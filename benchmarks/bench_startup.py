@@ -21,8 +21,8 @@ from pathlib import Path
 
 PLAIN = """
 import sys
-from HER2RadiomicsLib.features import FeatureExtractor
-from HER2RadiomicsLib.io import atomic_write_text, load_case
+from HER2RadiomicsLib.extraction.features import FeatureExtractor
+from HER2RadiomicsLib.imaging.io import atomic_write_text, load_case
 loaded, mask = load_case(sys.argv[1], sys.argv[2])
 feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": mask},
                                                 spacing_known=loaded.spacing_known)
@@ -45,7 +45,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     exe = Path(sys.executable).with_name("her2radiomics")
     cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "HER2RadiomicsLib"]
     with tempfile.TemporaryDirectory() as d:

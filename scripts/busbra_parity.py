@@ -45,9 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.features import FeatureExtractor
-    from HER2RadiomicsLib.io import load_case
-    from HER2RadiomicsLib.rings import build_regions
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
     from HER2RadiomicsLib.segmentation.training import busbra_pairs
     pairs = list(busbra_pairs(a.root))
     step = max(1, len(pairs) // a.n)

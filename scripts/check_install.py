@@ -138,6 +138,16 @@ def check_target(version: str, work: Path, cohort: Path, reference: dict, keep: 
             report.update(ok=False, problem=f"import failed: {report['imports']}")
             return report
         got = extract_all(py, cohort, out, env, log)
+        # the synthetic cohort written on this Python (pydicom 2.4 on 3.9) reads back
+        own = out / "own-cohort"
+        res = run([py, "-m", "HER2RadiomicsLib", "synth", "--n", "1", "--out", own], env=env,
+                  log=log)
+        if res.returncode == 0:
+            res = run([py, "-m", "HER2RadiomicsLib", "extract", "--manifest",
+                       own / "cohort.csv", "--params", "cui2023", "--rings", RINGS,
+                       "--no-progress", "--out", out / "own.csv"], env=env, log=log)
+        report["synth_and_extract_here"] = "ok" if res.returncode == 0 else \
+            (res.stderr.strip().splitlines() or ["failed"])[-1]
     report["presets"] = {}
     for preset in PRESETS:
         if not isinstance(got[preset], Path):
@@ -146,7 +156,8 @@ def check_target(version: str, work: Path, cohort: Path, reference: dict, keep: 
             report["presets"][preset] = {"ok": False, "problem": "reference run failed"}
         else:
             report["presets"][preset] = compare(reference[preset], got[preset])
-    report["ok"] = all(p["ok"] for p in report["presets"].values())
+    report["ok"] = all(p["ok"] for p in report["presets"].values()) \
+        and report["synth_and_extract_here"] == "ok"
     report["total_s"] = round(time.perf_counter() - t0, 1)
     if not keep:
         shutil.rmtree(venv, ignore_errors=True)
@@ -180,7 +191,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     cohort = generate_cohort(work / "cohort", n_cases=a.cases, seed=7, reader_fraction=0)
     ref_out = work / "out-reference"
     shutil.rmtree(ref_out, ignore_errors=True)

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from HER2RadiomicsLib.errors import HER2Error
-from HER2RadiomicsLib.htmlreport import screenshot
+from HER2RadiomicsLib.reports.html import screenshot
 
 
 def main(argv=None) -> int:

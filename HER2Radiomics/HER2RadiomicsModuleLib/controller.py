@@ -45,6 +45,18 @@ class PanelState:
     busy: str = ""                                         # name of the running job, if any
 
 
+def chosenPath(value):
+    """The file a ``Path`` parameter names, or None when nothing is chosen.
+
+    A parameter-node ``Path`` field defaults to ``Path()``, which prints as "." and is truthy,
+    so ``bool(path)`` cannot tell "nothing chosen" (None, "" and "." are all unset).
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", ".") else text
+
+
 def parseRingsText(text):
     """``"3, 5, 8"`` -> [3.0, 5.0, 8.0]; raises ValueError with a one-line reason."""
     parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]

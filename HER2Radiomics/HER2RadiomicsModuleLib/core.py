@@ -102,10 +102,24 @@ class Job:
         return self.done
 
 
+def _isDicom(path) -> bool:
+    """A DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 class HER2RadiomicsCoreLogic:
     """Every step of the panel, on MRML nodes. Raises ``ValueError`` with a one-line message."""
 
     def __init__(self):
+        # Slicer's ScriptedLoadableModuleLogic.__init__ calls super().__init__(), which reaches
+        # this class in the Logic's MRO before the Logic calls it itself: initialise once
+        if getattr(self, "_coreInitialised", False):
+            return
+        self._coreInitialised = True
         self._segmenter = None
         self.lastSegmentationFlags = []   # doubts about the last auto-mask, for the panel
         self._fileSpacing = {}   # (path, mtime) -> (spacing, source): the GUI asks often
@@ -134,14 +148,20 @@ class HER2RadiomicsCoreLogic:
             key = (str(path), path.stat().st_mtime_ns)
             if key not in self._fileSpacing:
                 try:
-                    from HER2RadiomicsLib.io import read_image
+                    from HER2RadiomicsLib.imaging.io import read_image
                     loaded = read_image(path)
                     self._fileSpacing[key] = (tuple(float(s) for s in loaded.spacing_mm),
                                               loaded.spacing_source)
-                except Exception as exc:  # unreadable by the library: fall back to the node
+                except Exception as exc:
+                    # never cached: the read may work once the dependencies are installed.
+                    # A DICOM's calibration is then unknown, not Slicer's 1 x 1 mm placeholder
                     log.info("%s: %s", path, exc)
-                    self._fileSpacing[key] = None
-            cached = self._fileSpacing[key]
+                    if _isDicom(path):
+                        return SpacingInfo(spacing, "unknown", False,
+                                           f"the calibration of {path.name} could not be read "
+                                           f"({str(exc).splitlines()[0][:120]}); enter the "
+                                           "pixel spacing or install the dependencies")
+            cached = self._fileSpacing.get(key)
             if cached is not None:
                 lib, libSource = cached
                 if libSource != "unknown":
@@ -156,6 +176,10 @@ class HER2RadiomicsCoreLogic:
                                    f"{path.name} carries no pixel spacing; enter it")
         return SpacingInfo(spacing, "volume", True)
 
+    def clearSpacingCache(self):
+        """Forget the spacings read from files (after installing packages, say)."""
+        self._fileSpacing.clear()
+
     def setUserSpacing(self, volumeNode, spacingX_mm, spacingY_mm):
         """Record a user-entered pixel spacing on the volume (saved with the scene)."""
         if not (spacingX_mm > 0 and spacingY_mm > 0):
@@ -166,7 +190,7 @@ class HER2RadiomicsCoreLogic:
 
     def loadedImage(self, volumeNode):
         """The volume as the library's LoadedImage (2D grey float32, spacing resolved)."""
-        from HER2RadiomicsLib.io import LoadedImage, _to_grey
+        from HER2RadiomicsLib.imaging.io import LoadedImage, _to_grey
         if volumeNode is None:
             raise ValueError("select an image first")
         dims = volumeNode.GetImageData().GetDimensions() if volumeNode.GetImageData() else None
@@ -263,7 +287,7 @@ class HER2RadiomicsCoreLogic:
         """
         import pandas as pd
         from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.rings import build_regions
+        from HER2RadiomicsLib.imaging.rings import build_regions
         loaded = self.loadedImage(volumeNode)
         if not loaded.spacing_known:
             raise ValueError(f"'{volumeNode.GetName()}': pixel spacing is unknown; rings are in "
@@ -300,7 +324,7 @@ class HER2RadiomicsCoreLogic:
         thread-safe). ``report(fraction, message)`` returning False cancels (``Cancelled``).
         """
         from HER2RadiomicsLib.errors import Cancelled, HER2Error
-        from HER2RadiomicsLib.features import FeatureExtractor
+        from HER2RadiomicsLib.extraction.features import FeatureExtractor
         loaded = self.loadedImage(volumeNode)
         masks = self.regionMasks(volumeNode, segmentationNode)
         name = volumeNode.GetName()
@@ -353,7 +377,7 @@ class HER2RadiomicsCoreLogic:
     # -- 5. prediction -----------------------------------------------------------------------
 
     def loadBundle(self, path, trust=False):
-        from HER2RadiomicsLib.bundle import load_bundle
+        from HER2RadiomicsLib.modelling.bundle import load_bundle
         from HER2RadiomicsLib.errors import HER2Error
         try:
             return load_bundle(path, trust=trust)
@@ -371,7 +395,7 @@ class HER2RadiomicsCoreLogic:
     @staticmethod
     def modelCardText(bundle):
         """A few plain lines for the panel (the report has the full card)."""
-        from HER2RadiomicsLib.casereport import task_text
+        from HER2RadiomicsLib.reports.case import task_text
         meta = bundle.meta
         test = (meta.get("metrics") or {}).get("test") or {}
         lines = [f"Model: {meta.get('recipe')} — {task_text(meta)}"]
@@ -408,7 +432,7 @@ class HER2RadiomicsCoreLogic:
         """Predict with the bundle from the tumour segment; fills ``tableNode`` if given."""
         import pandas as pd
         from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.predict import predict_case
+        from HER2RadiomicsLib.modelling.predict import predict_case
         loaded = self.loadedImage(volumeNode)
         mask = self.tumourMask(volumeNode, segmentationNode)
         try:
@@ -440,7 +464,7 @@ class HER2RadiomicsCoreLogic:
         import itertools
 
         import pandas as pd
-        from HER2RadiomicsLib.metrics import compare_masks
+        from HER2RadiomicsLib.readers.metrics import compare_masks
         if len(segmentationNodes) < 2:
             raise ValueError("pick at least two segmentations (one per reader)")
         info = self.spacingInfo(volumeNode)
@@ -463,7 +487,7 @@ class HER2RadiomicsCoreLogic:
 
     def saveReport(self, bundle, volumeNode, segmentationNode, path, site=None, clinical=None):
         """Write the per-patient HTML or PDF report (same code as ``her2radiomics report``)."""
-        from HER2RadiomicsLib.casereport import write_case_report
+        from HER2RadiomicsLib.reports.case import write_case_report
         from HER2RadiomicsLib.errors import HER2Error
         loaded = self.loadedImage(volumeNode)
         mask = self.tumourMask(volumeNode, segmentationNode)
@@ -483,9 +507,9 @@ def exampleBundle(workdir, nPatients=60, seed=5):
 
     Returns (bundle path, cohort folder). About 30 s on two cores.
     """
-    from HER2RadiomicsLib.batch import ExtractConfig, read_manifest, run_batch
-    from HER2RadiomicsLib.study import load_recipe, run
-    from HER2RadiomicsLib.synth import generate_cohort
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
+    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
     workdir = Path(workdir)
     cohort = workdir / "cohort"
     if not (cohort / "cohort.csv").exists():

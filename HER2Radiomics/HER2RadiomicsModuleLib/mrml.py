@@ -8,7 +8,7 @@ Coordinates: MRML volumes are defined in RAS, SimpleITK/ITK images in LPS. A vol
 IJK-to-RAS matrix becomes spacing, origin and direction of the SimpleITK image with the first two
 physical axes negated (RAS -> LPS); the pixel buffer is shared in (k, j, i) order on both sides.
 Slicer volumes are always 3D: a single-slice volume maps to a true 2D SimpleITK image (what
-pyradiomics needs, see HER2RadiomicsLib.features), and back to a one-slice volume.
+pyradiomics needs, see HER2RadiomicsLib.extraction.features), and back to a one-slice volume.
 
 Example (in Slicer's Python console)::
 

@@ -121,6 +121,13 @@ def _sha1(arr: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
+def _region_pixels(mask_arr: np.ndarray, label: int):
+    """``(roi, rows, columns)`` of the pixels of ``mask_arr`` equal to ``label``."""
+    roi = mask_arr == label
+    ys, xs = np.nonzero(roi)
+    return roi, ys, xs
+
+
 class NativeExtractor:
     """Configure once from a params dict (as loaded from the YAML), extract many times."""
 
@@ -129,6 +136,7 @@ class NativeExtractor:
         self.settings = dict(params.get("setting") or {})
         self._cache_image, self._cache = None, []
         self._diag_image, self._diag = None, {}
+        self._array_image, self._array = None, None
         unknown = sorted(set(self.settings) - SETTINGS
                          | ({"preCrop"} if self.settings.get("preCrop") else set()))
         if unknown:
@@ -182,7 +190,7 @@ class NativeExtractor:
             return arr * st.get("normalizeScale", 1)
         return sitk.GetArrayFromImage(image)
 
-    def diagnostics(self, image: sitk.Image, mask: sitk.Image, label: int) -> dict:
+    def diagnostics(self, image: sitk.Image, mask: sitk.Image, label: int, region=None) -> dict:
         """pyradiomics' cheap provenance entries for the image and region, same names and values.
 
         The image's entries are computed once per image (pyradiomics redoes them, hashes
@@ -201,12 +209,11 @@ class NativeExtractor:
                 "diagnostics_Image-original_Maximum": float(np.max(arr))}
             self._diag_image = image
         from scipy import ndimage
-        roi = sitk.GetArrayViewFromImage(mask) == label
-        ys, xs = np.nonzero(roi)
+        mask_arr = sitk.GetArrayViewFromImage(mask)
+        roi, ys, xs = region if region is not None else _region_pixels(mask_arr, label)
         out = dict(self._diag)
         # pyradiomics hashes the mask after casting it to UInt32
-        out["diagnostics_Mask-original_Hash"] = _sha1(
-            sitk.GetArrayViewFromImage(mask).astype(np.uint32))
+        out["diagnostics_Mask-original_Hash"] = _sha1(mask_arr.astype(np.uint32))
         out["diagnostics_Mask-original_Spacing"] = mask.GetSpacing()
         out["diagnostics_Mask-original_Size"] = mask.GetSize()
         if len(xs):
@@ -230,8 +237,12 @@ class NativeExtractor:
             raise InputError("the native engine handles 2D images")
         st = self.settings
         label = int(st.get("label", 1))
-        diag = self.diagnostics(image, mask, label) if st.get("additionalInfo", True) else {}
-        arr = self._image_array(image)
+        region = _region_pixels(sitk.GetArrayViewFromImage(mask), label)
+        diag = self.diagnostics(image, mask, label, region) \
+            if st.get("additionalInfo", True) else {}
+        if self._array_image is not image:       # once per image, not per region
+            self._array, self._array_image = self._image_array(image), image
+        arr = self._array
         if st.get("resampledPixelSpacing") is not None and st.get("interpolator",
                                                                    "sitkBSpline") is not None:
             # resampling follows the region, so each region gets its own image and filters
@@ -239,17 +250,17 @@ class NativeExtractor:
             src.CopyInformation(image)
             image, mask = resample_like_pyradiomics(src, mask, st)
             arr = sitk.GetArrayFromImage(image)
-        roi = sitk.GetArrayFromImage(mask) == label
-        if not roi.any():
+            region = _region_pixels(sitk.GetArrayViewFromImage(mask), label)
+        roi, ys, xs = region
+        if not len(ys):
             raise InputError(f"label {label} not present in the mask")
-        ys, xs = np.nonzero(roi)
         ndims = int(ys.max() > ys.min()) + int(xs.max() > xs.min())
         need = int(st.get("minimumROIDimensions", 2))
         if ndims < need:
             raise InputError(f"mask has too few dimensions (number of dimensions {ndims}, "
                              f"minimum required {need})")
         size = st.get("minimumROISize")
-        if size is not None and roi.sum() <= size:
+        if size is not None and len(ys) <= size:
             raise InputError(f"size of the ROI is too small (minimum size: {size})")
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         m = roi[box]

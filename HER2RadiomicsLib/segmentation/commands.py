@@ -84,7 +84,7 @@ def register(sub):
 
 
 def _segment_one(row, model, device, box, click, threads=None):
-    from ..io import read_image, write_image
+    from ..imaging.io import read_image, write_image
     from .inference import check_ultrasound
     try:
         loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
@@ -105,7 +105,7 @@ def _segment_one(row, model, device, box, click, threads=None):
 
 
 def cmd_segment(a) -> int:
-    from ..io import read_image, write_image
+    from ..imaging.io import read_image, write_image
     from .inference import check_ultrasound
     if a.image:
         if not a.out:
@@ -130,8 +130,8 @@ def cmd_segment(a) -> int:
         raise InputError("--manifest needs --out-dir DIR")
     if a.box or a.click:
         raise InputError("--box/--click apply to a single --image, not a manifest")
-    from ..batch import read_manifest
-    from ..io import atomic_write_text
+    from ..extraction.batch import read_manifest
+    from ..imaging.io import atomic_write_text
     import pandas as pd
     from tqdm.auto import tqdm
     rows = read_manifest(a.manifest, require_mask=False)
@@ -191,8 +191,8 @@ def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
     import numpy as np
     import SimpleITK as sitk
     from tqdm.auto import tqdm
-    from ..io import load_case
-    from ..metrics import compare_masks
+    from ..imaging.io import load_case
+    from ..readers.metrics import compare_masks
     out = []
     for r in tqdm(rows, desc="evaluate", disable=not progress, file=sys.stderr):
         rec = {"case_id": r["case_id"]}
@@ -244,8 +244,8 @@ def summarize_metrics(recs) -> dict:
 
 def cmd_eval(a) -> int:
     import pandas as pd
-    from ..batch import read_manifest
-    from ..io import atomic_write_text
+    from ..extraction.batch import read_manifest
+    from ..imaging.io import atomic_write_text
     rows = read_manifest(a.manifest)
     seg = None if a.pred_dir else get_segmenter(a.model, a.device)
     recs = evaluate(rows, seg, a.pred_dir, progress=not a.no_progress)
@@ -302,7 +302,7 @@ def cmd_train(a) -> int:
                     seg)
     summ = summarize_metrics(recs)
     from .inference import BUSBRA_CITATION, measure_latency, update_model_card
-    from ..io import read_image
+    from ..imaging.io import read_image
     source = ("BUS-BRA (1,635 B-mode images, 927 patients, 4 scanners; expert masks)"
               if a.busbra else str(a.manifest or a.images))
     update_model_card(

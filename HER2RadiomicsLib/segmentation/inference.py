@@ -194,7 +194,7 @@ class Segmenter:
             info.update(prompt="box", box=[x0, y0, x1, y1])
         fov = None
         if use_fov and box is None:
-            from ..rings import detect_fov
+            from ..imaging.rings import detect_fov
             fov = sitk.GetArrayFromImage(detect_fov(image)) > 0
             if not fov.any():
                 fov = None

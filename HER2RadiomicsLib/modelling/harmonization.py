@@ -39,7 +39,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,50 +101,19 @@ class ComBat(TransformerMixin, BaseEstimator):
         return X[self.batch_col].astype(str).to_numpy(), covs
 
     def fit(self, X, y=None):
+        """Estimate the pooled model and the (shrunk) site effects on ``X``."""
         batch, covs = self._split(X)
-        bad = set(covs) & set(self.forbidden_covariates or ())
-        if bad:
-            raise InputError(f"ComBat: {sorted(bad)} is the outcome; it cannot be a covariate "
-                             "(unknown at prediction time, and it would leak into the features)")
-        if self.unknown_site not in ("error", "estimate", "average"):
-            raise InputError(f"ComBat: unknown_site={self.unknown_site!r} (error, estimate or "
-                             "average)")
+        self._check_settings(covs)
         feats = [c for c in X.columns if c != self.batch_col and c not in covs]
         Y = X[feats].to_numpy(dtype=np.float64)                   # (n, p)
         if not np.isfinite(Y).all():
             raise InputError("ComBat: features contain NaN/inf; impute before harmonising")
-        sites, idx = np.unique(batch, return_inverse=True)
-        counts = np.bincount(idx)
-        if len(sites) < 2:
-            raise InputError(f"ComBat needs at least 2 sites (found {list(sites)})")
-        if counts.min() < 2:
-            raise InputError(f"ComBat: site {sites[counts.argmin()]!r} has a single case; "
-                             "each site needs at least 2")
-        n = len(Y)
-        B = np.zeros((n, len(sites)))
-        B[np.arange(n), idx] = 1
-        C = X[covs].to_numpy(dtype=np.float64) if covs else np.zeros((n, 0))
-        design = np.hstack([B, C])
-        coef, *_ = np.linalg.lstsq(design, Y, rcond=None)          # (n_sites + n_cov, p)
-        grand = (counts / n) @ coef[:len(sites)]
-        beta_cov = coef[len(sites):]
-        resid = Y - design @ coef
-        var = (resid ** 2).mean(axis=0)
-        var[var == 0] = 1.0          # constant features: nothing to scale
-        stand = grand + C @ beta_cov
-        s = (Y - stand) / np.sqrt(var)
-        gamma_hat = np.vstack([s[idx == i].mean(axis=0) for i in range(len(sites))])
-        if self.mean_only:
-            delta_hat = np.ones_like(gamma_hat)
-        else:
-            delta_hat = np.vstack([s[idx == i].var(axis=0, ddof=1) for i in range(len(sites))])
-            delta_hat[delta_hat == 0] = 1.0
-        if not self.eb:
-            g_star, d_star = gamma_hat, delta_hat
-        elif self.parametric:
-            g_star, d_star = _parametric_eb(s, idx, gamma_hat, delta_hat, self.mean_only)
-        else:
-            g_star, d_star = _nonparametric_eb(s, idx, gamma_hat, delta_hat, self.mean_only)
+        sites, idx, counts = _sites(batch)
+        C = X[covs].to_numpy(dtype=np.float64) if covs else np.zeros((len(Y), 0))
+        grand, beta_cov, var = _pooled_model(Y, idx, counts, C)
+        s = (Y - (grand + C @ beta_cov)) / np.sqrt(var)           # standardised data
+        gamma_hat, delta_hat = self._site_effects(s, idx, len(sites))
+        g_star, d_star = self._shrink(s, idx, gamma_hat, delta_hat)
         self.sites_ = list(sites)
         self.site_counts_ = counts
         self.feature_names_in_ = np.array(feats, dtype=object)
@@ -153,6 +122,33 @@ class ComBat(TransformerMixin, BaseEstimator):
         self.gamma_star_, self.delta_star_ = g_star, d_star
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _check_settings(self, covs):
+        bad = set(covs) & set(self.forbidden_covariates or ())
+        if bad:
+            raise InputError(f"ComBat: {sorted(bad)} is the outcome; it cannot be a covariate "
+                             "(unknown at prediction time, and it would leak into the features)")
+        if self.unknown_site not in ("error", "estimate", "average"):
+            raise InputError(f"ComBat: unknown_site={self.unknown_site!r} (error, estimate or "
+                             "average)")
+
+    def _site_effects(self, s, idx, n_sites):
+        """Per-site mean (gamma) and variance (delta) of the standardised data, before
+        shrinkage; delta is 1 with ``mean_only`` or where a site's feature is constant."""
+        gamma_hat = np.vstack([s[idx == i].mean(axis=0) for i in range(n_sites)])
+        if self.mean_only:
+            return gamma_hat, np.ones_like(gamma_hat)
+        delta_hat = np.vstack([s[idx == i].var(axis=0, ddof=1) for i in range(n_sites)])
+        delta_hat[delta_hat == 0] = 1.0
+        return gamma_hat, delta_hat
+
+    def _shrink(self, s, idx, gamma_hat, delta_hat):
+        """Empirical-Bayes site effects (parametric or not), or the raw ones without EB."""
+        if not self.eb:
+            return gamma_hat, delta_hat
+        if self.parametric:
+            return _parametric_eb(s, idx, gamma_hat, delta_hat, self.mean_only)
+        return _nonparametric_eb(s, idx, gamma_hat, delta_hat, self.mean_only)
 
     def transform(self, X):
         check_is_fitted(self, "gamma_star_")
@@ -192,23 +188,41 @@ class ComBat(TransformerMixin, BaseEstimator):
     def _estimate_new_site(self, s_new):
         """EB site effects of an unseen site from its own standardised data (no labels)."""
         idx = np.zeros(len(s_new), dtype=int)
-        g_hat = s_new.mean(axis=0)[None]
-        if self.mean_only:
-            d_hat = np.ones_like(g_hat)
-        else:
-            d_hat = s_new.var(axis=0, ddof=1)[None]
-            d_hat[d_hat == 0] = 1.0
-        if not self.eb:
-            return g_hat[0], d_hat[0]
-        if self.parametric:
-            g, d = _parametric_eb(s_new, idx, g_hat, d_hat, self.mean_only)
-        else:
-            g, d = _nonparametric_eb(s_new, idx, g_hat, d_hat, self.mean_only)
+        g_hat, d_hat = self._site_effects(s_new, idx, 1)
+        g, d = self._shrink(s_new, idx, g_hat, d_hat)
         return g[0], d[0]
 
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "gamma_star_")
         return np.array(list(self.feature_names_in_) + list(self.covariates_), dtype=object)
+
+
+def _sites(batch):
+    """``(sites, index of each case's site, cases per site)``; at least 2 sites of 2 cases."""
+    sites, idx = np.unique(batch, return_inverse=True)
+    counts = np.bincount(idx)
+    if len(sites) < 2:
+        raise InputError(f"ComBat needs at least 2 sites (found {list(sites)})")
+    if counts.min() < 2:
+        raise InputError(f"ComBat: site {sites[counts.argmin()]!r} has a single case; "
+                         "each site needs at least 2")
+    return sites, idx, counts
+
+
+def _pooled_model(Y, idx, counts, C):
+    """Least squares of the features on site indicators and covariates: the grand mean
+    (site means weighted by cases), the covariate coefficients and the pooled residual
+    variance (1 for constant features: nothing to scale)."""
+    n, n_sites = len(Y), len(counts)
+    B = np.zeros((n, n_sites))
+    B[np.arange(n), idx] = 1
+    design = np.hstack([B, C])
+    coef, *_ = np.linalg.lstsq(design, Y, rcond=None)          # (n_sites + n_cov, p)
+    grand = (counts / n) @ coef[:n_sites]
+    resid = Y - design @ coef
+    var = (resid ** 2).mean(axis=0)
+    var[var == 0] = 1.0
+    return grand, coef[n_sites:], var
 
 
 def _parametric_eb(s, idx, gamma_hat, delta_hat, mean_only, conv=1e-4, max_iter=1000):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import htmlreport as H
+from . import html as H
 
 
 def _ci(d, key, pre="") -> str:
@@ -56,7 +56,7 @@ def threshold_table(m) -> pd.DataFrame:
 
 
 def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
-    from .io import atomic_write_text
+    from ..imaging.io import atomic_write_text
     binary = summary["positive"] is not None
     prim = summary["models"][summary["primary"]]
     n = summary["n"]

@@ -34,15 +34,17 @@ loaded, so a default load never opens one, whatever the entry is called.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import platform
+import sys
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 # 2: integrity digest, engine, training spacing and input ranges; 1 had no digest.
 FORMAT_VERSION = 2
@@ -64,17 +66,17 @@ MAX_NESTING = 100
 # (Testing/test_bundle_security.py rebuilds them and checks the list covers them and holds
 # nothing that can run code, open files or import modules).
 ALLOWED_TYPES = frozenset({
-    "HER2RadiomicsLib.harmonization.ComBat",
-    "HER2RadiomicsLib.modeling.ColumnSelector",
-    "HER2RadiomicsLib.modeling.CorrelationFilter",
-    "HER2RadiomicsLib.modeling.LassoSelector",
-    "HER2RadiomicsLib.modeling.MedianImputer",
-    "HER2RadiomicsLib.modeling.StableFeatureFilter",
-    "HER2RadiomicsLib.modeling.URFModule",
-    "HER2RadiomicsLib.modeling.UnivariateFilter",
-    "HER2RadiomicsLib.modeling.VarianceFilter",
-    "HER2RadiomicsLib.nomogram.NomogramModel",
-    "HER2RadiomicsLib.study.HierarchicalClassifier",
+    "HER2RadiomicsLib.modelling.harmonization.ComBat",
+    "HER2RadiomicsLib.modelling.transformers.ColumnSelector",
+    "HER2RadiomicsLib.modelling.transformers.CorrelationFilter",
+    "HER2RadiomicsLib.modelling.transformers.LassoSelector",
+    "HER2RadiomicsLib.modelling.transformers.MedianImputer",
+    "HER2RadiomicsLib.modelling.transformers.StableFeatureFilter",
+    "HER2RadiomicsLib.modelling.transformers.URFModule",
+    "HER2RadiomicsLib.modelling.transformers.UnivariateFilter",
+    "HER2RadiomicsLib.modelling.transformers.VarianceFilter",
+    "HER2RadiomicsLib.modelling.nomogram.NomogramModel",
+    "HER2RadiomicsLib.modelling.study.HierarchicalClassifier",
     "imblearn.over_sampling._smote.base.SMOTE",
     "imblearn.pipeline.Pipeline",
     "sklearn.calibration._CalibratedClassifier",
@@ -87,6 +89,38 @@ ALLOWED_TYPES = frozenset({
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.tree._tree.Tree",
 })
+
+# Where allow-listed types lived before the library was grouped into packages: bundles saved
+# then name these modules, and load through aliases of the new ones (same classes).
+LEGACY_MODULES = {
+    "HER2RadiomicsLib.modeling": "HER2RadiomicsLib.modelling.transformers",
+    "HER2RadiomicsLib.harmonization": "HER2RadiomicsLib.modelling.harmonization",
+    "HER2RadiomicsLib.nomogram": "HER2RadiomicsLib.modelling.nomogram",
+    "HER2RadiomicsLib.study": "HER2RadiomicsLib.modelling.study",
+}
+
+
+def current_type_name(name: str) -> str:
+    """A type name with a pre-0.2 module path replaced by the module the class lives in now."""
+    module, _, cls = name.rpartition(".")
+    return f"{LEGACY_MODULES.get(module, module)}.{cls}"
+
+
+@contextlib.contextmanager
+def _legacy_module_aliases():
+    """Make the old module paths importable while skops loads a model, then remove them."""
+    import importlib
+    added = []
+    for old, new in LEGACY_MODULES.items():
+        if old not in sys.modules:
+            sys.modules[old] = importlib.import_module(new)
+            added.append(old)
+    try:
+        yield
+    finally:
+        for old in added:
+            sys.modules.pop(old, None)
+
 
 # The metadata entry that holds the per-field hashes and the digest (every other entry,
 # bookkeeping such as "created" included, is covered by them).
@@ -113,7 +147,7 @@ def integrity_record(doc: dict) -> dict:
 def versions() -> dict:
     import numpy
     import sklearn
-    from . import __version__
+    from .. import __version__
     try:
         import radiomics
         rv = radiomics.__version__
@@ -137,7 +171,7 @@ def save_bundle(path, model: dict, meta: dict, fmt: str = "skops") -> Path:
         record are added.
     fmt : {"skops", "joblib"}
     """
-    from .io import atomic_write_bytes
+    from ..imaging.io import atomic_write_bytes
     if fmt == "skops":
         import skops.io as sio
         blob = sio.dumps(model)
@@ -154,7 +188,7 @@ def save_bundle(path, model: dict, meta: dict, fmt: str = "skops") -> Path:
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     # hash what a reader will parse: the JSON round trip turns numpy scalars, tuples and
     # other objects into the plain values the digest is later recomputed from
-    from .batch import json_default
+    from ..extraction.batch import json_default
     doc = json.loads(json.dumps(doc, default=json_default))
     doc[_INTEGRITY_KEY] = integrity_record(doc)
     buf = io.BytesIO()
@@ -362,7 +396,7 @@ def audit_types(blob: bytes, path="model") -> tuple:
     except Exception as exc:  # skops raises several types for a malformed file
         raise ModelError(f"{path}: unreadable skops model ({type(exc).__name__}: {exc})") \
             from None
-    return [t for t in types if t not in ALLOWED_TYPES], types
+    return [t for t in types if current_type_name(t) not in ALLOWED_TYPES], types
 
 
 def load_bundle(path, trust: bool = False) -> Bundle:
@@ -417,8 +451,9 @@ def load_bundle(path, trust: bool = False) -> Bundle:
                              f"allow-list: {', '.join(bad[:5])}; load it with --trust only if "
                              "you trust its source")
         try:
-            model = sio.loads(blob, trusted=list(types) if trust else
-                              [t for t in types if t in ALLOWED_TYPES])
+            with _legacy_module_aliases():
+                model = sio.loads(blob, trusted=list(types) if trust else
+                                  [t for t in types if current_type_name(t) in ALLOWED_TYPES])
         except Exception as exc:
             raise ModelError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") \
                 from None

@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class NomogramModel(ClassifierMixin, BaseEstimator):

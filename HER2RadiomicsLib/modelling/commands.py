@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def register(sub):
@@ -76,7 +76,7 @@ def cmd_recipes(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from .outputs import staged_dir
+    from ..outputs import staged_dir
     from .study import run
     ext = None if a.no_external else (a.external_site or "recipe")
     # built aside and swapped in at the end: a failed run leaves an earlier model folder intact
@@ -103,7 +103,7 @@ def cmd_train(a) -> int:
 def cmd_predict(a) -> int:
     import pandas as pd
     from .bundle import load_bundle
-    from .io import atomic_write_text
+    from ..imaging.io import atomic_write_text
     from .predict import predict_case, predict_rows
     b = load_bundle(a.bundle, trust=a.trust)
     if not a.image:   # one image: its warnings (bundle's included) are printed with it
@@ -137,10 +137,10 @@ def cmd_predict(a) -> int:
         preds = predict_rows(b, rows, site=a.site, clinical=rows)
         errors = []
     else:
-        from .batch import read_manifest
+        from ..extraction.batch import read_manifest
         rows = read_manifest(a.manifest)
         preds, errors = [], []
-        from .errors import HER2Error
+        from ..errors import HER2Error
         for r in rows:
             try:
                 sp = (float(r["spacing_x_mm"]), float(r["spacing_y_mm"])) \
@@ -171,14 +171,14 @@ def cmd_predict(a) -> int:
 def cmd_report(a) -> int:
     import tempfile
     from .bundle import load_bundle
-    from .casereport import write_case_report
+    from ..reports.case import write_case_report
     from .predict import parse_clinical
     b = load_bundle(a.bundle, trust=a.trust)
     mask, source, flags = a.mask, "reader", []
     if mask is None:
-        from .io import read_image, write_image
-        from .segmentation.commands import get_segmenter
-        from .segmentation.inference import check_ultrasound
+        from ..imaging.io import read_image, write_image
+        from ..segmentation.commands import get_segmenter
+        from ..segmentation.inference import check_ultrasound
         loaded = read_image(a.image, spacing_mm=a.spacing_mm, frame=a.frame)
         flags = check_ultrasound(loaded)
         res = get_segmenter(None, "cpu").predict(loaded.image)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM
     -------
     RegionSet
     """
-    from .errors import SpacingUnknownError
+    from ..errors import SpacingUnknownError
     distances = parse_rings(rings_mm)
     if distances and not spacing_known:
         raise SpacingUnknownError(path, "peritumoral rings")

@@ -26,7 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import HER2Error, InputError, ManifestError
+from ..errors import HER2Error, InputError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
         For any bad input of this case (the batch loop records it and goes on).
     """
     from .features import engine_info, versions
-    from .io import load_case, read_mask
-    from .rings import build_regions
+    from ..imaging.io import load_case, read_mask
+    from ..imaging.rings import build_regions
 
     fx = _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)
     spacing = global_spacing or _spacing_of(row)
@@ -379,7 +379,7 @@ def _run_dask(todo, cfg, global_spacing, scheduler, jobs, store, bar):
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from .io import atomic_write_text
+    from ..imaging.io import atomic_write_text
     atomic_write_text(path, json.dumps(obj, default=json_default))
 
 
@@ -404,7 +404,7 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate):
     previous table held (of those still in the manifest). Otherwise the previous tables stay,
     this run's stay in the staging folder, and ``res.kept_previous`` says why.
     """
-    from .io import atomic_write_text
+    from ..imaging.io import atomic_write_text
     feats, provs, errs = [], [], []
     for r in rows:
         part = parts / f"{r['case_id']}.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 TOP_CONTRIBUTIONS = 5
@@ -73,7 +73,7 @@ def parse_clinical(values, what: str = "--clinical") -> dict:
 
 def extractor_for(bundle):
     """A FeatureExtractor configured with the bundle's params text (verbatim)."""
-    from .features import FeatureExtractor
+    from ..extraction.features import FeatureExtractor
     tmp = Path(tempfile.mkdtemp(prefix="h2r_bundle_")) / f"{bundle.meta['params_name']}.yaml"
     tmp.write_text(bundle.meta["params_yaml"])
     return FeatureExtractor(str(tmp))
@@ -125,10 +125,10 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
     """Extract the bundle's regions and features for one image.
 
     Returns ``(features, qc, loaded, mask)``; when ``context`` is a dict it also receives the
-    ``regions`` (a :class:`~HER2RadiomicsLib.rings.RegionSet`) for overlays.
+    ``regions`` (a :class:`~HER2RadiomicsLib.imaging.rings.RegionSet`) for overlays.
     """
-    from .io import load_case
-    from .rings import build_regions
+    from ..imaging.io import load_case
+    from ..imaging.rings import build_regions
     if loaded is None:
         loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
     rings = bundle.meta.get("rings") or {}
@@ -190,7 +190,7 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
     clinical : DataFrame, optional
         Clinical columns for the nomogram (same row order).
     """
-    from .modeling import rad_score_contributions
+    from .transformers import rad_score_contributions
     meta = bundle.meta
     batch = meta.get("batch_col", "site")
     X = rows.copy()
@@ -260,10 +260,10 @@ def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict
     """Extract the bundle's features for one image + mask and predict.
 
     ``context``, when a dict, receives the loaded image, mask and regions (see
-    :func:`features_for_case`). ``loaded`` (a :class:`~HER2RadiomicsLib.io.LoadedImage`) with a
+    :func:`features_for_case`). ``loaded`` (a :class:`~HER2RadiomicsLib.imaging.io.LoadedImage`) with a
     SimpleITK ``mask`` skips reading files (the Slicer module passes in-memory volumes).
     """
-    from .io import load_case
+    from ..imaging.io import load_case
     if loaded is None:
         loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
     spacing_warnings = check_spacing_units(bundle, loaded, pixel_units)
@@ -276,7 +276,7 @@ def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict
     pr.qc.update(qc)
     pr.warnings += spacing_warnings
     if bundle.meta.get("engine"):
-        from .features import engine_info
+        from ..extraction.features import engine_info
         used, trained = engine_info(), bundle.meta["engine"]
         pr.qc["engine"] = f"{used['name']} {used['version']}"
         if (used["name"], used["version"]) != (trained.get("name"), trained.get("version")):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def register(sub):
@@ -43,7 +43,7 @@ def register(sub):
 
 def cmd_icc(a) -> int:
     import pandas as pd
-    from .io import atomic_write_text
+    from ..imaging.io import atomic_write_text
     from .reproducibility import icc_table, stable_features
     try:
         df = pd.read_csv(a.table)
@@ -63,7 +63,7 @@ def cmd_icc(a) -> int:
 
 
 def cmd_reader_study(a) -> int:
-    from .readerstudy import run_reader_study
+    from .study import run_reader_study
     res = run_reader_study(
         a.manifest, a.out, params=a.params, rings=a.rings,
         readers=a.readers.split(",") if a.readers else None, form=a.icc_form,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, SpacingUnknownError
+from ..errors import InputError, SpacingUnknownError
 
 log = logging.getLogger(__name__)
 

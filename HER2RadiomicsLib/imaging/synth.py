@@ -344,7 +344,11 @@ def _write_dicom(path, img, site: Site, fov_bbox, case_id, patient_id, seed):
     reg.ReferencePixelY0 = 0
     ds.SequenceOfUltrasoundRegions = [reg]
     ds.PixelData = np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
+    try:
+        ds.save_as(str(path), enforce_file_format=True)        # pydicom >= 3
+    except TypeError:   # pydicom 2.4, the newest for Python 3.9 (Slicer 5.8)
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
 
 
 def _png(path, arr):

@@ -7,8 +7,8 @@ flags (spacing source, ring clipping, version warnings) and the model card.
 
 Usage
 -----
->>> from HER2RadiomicsLib.bundle import load_bundle                      # doctest: +SKIP
->>> from HER2RadiomicsLib.casereport import write_case_report             # doctest: +SKIP
+>>> from HER2RadiomicsLib.modelling.bundle import load_bundle                      # doctest: +SKIP
+>>> from HER2RadiomicsLib.reports.case import write_case_report             # doctest: +SKIP
 >>> write_case_report(load_bundle("model_bundle.zip"), "us.dcm", "mask.nrrd",
 ...                   "case.pdf", site="A", clinical={"age": 52})         # doctest: +SKIP
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import htmlreport as H
-from .errors import InputError
+from . import html as H
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,8 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
 
     ``loaded`` (LoadedImage) with a SimpleITK ``mask`` reports on in-memory data (Slicer).
     """
-    from .io import atomic_write_text
-    from .predict import predict_case
+    from ..imaging.io import atomic_write_text
+    from ..modelling.predict import predict_case
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
         raise InputError(f"{out}: report must end in .html or .pdf")

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

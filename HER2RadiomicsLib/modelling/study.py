@@ -24,16 +24,17 @@ import logging
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"   # package data, at the top
 TASKS = {
     "pos_vs_neg": {"positive": ["positive"], "negative": ["low", "zero"]},
     "low_vs_zero": {"positive": ["low"], "negative": ["zero"]},
@@ -66,7 +67,7 @@ def load_recipe(name_or_path) -> dict:
     for key in ("task", "pipeline", "classifiers"):
         if key not in r:
             raise InputError(f"{p}: recipe needs '{key}'")
-    from .modeling import CLASSIFIERS
+    from .transformers import CLASSIFIERS
     for c in r["classifiers"]:
         if c not in CLASSIFIERS:
             raise InputError(f"{p}: unknown classifier {c!r} (choose from {CLASSIFIERS})")
@@ -124,7 +125,7 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict) -> pd.Da
     feats = features.copy()
     agg = recipe.get("aggregate")
     if agg:
-        from .features import aggregate_patients
+        from ..extraction.features import aggregate_patients
         if "patient_id" not in labels.columns:
             raise InputError("recipe aggregates per patient but the labels have no patient_id")
         pid = labels.set_index("case_id")["patient_id"].astype(str)
@@ -200,7 +201,7 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
     from imblearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from .harmonization import ComBat
-    from .modeling import (ColumnSelector, CorrelationFilter, LassoSelector, MedianImputer,
+    from .transformers import (ColumnSelector, CorrelationFilter, LassoSelector, MedianImputer,
                            StableFeatureFilter, UnivariateFilter, URFModule, VarianceFilter,
                            make_classifier)
     batch = recipe["batch_col"]
@@ -250,7 +251,7 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
     if recipe.get("tune"):
         # nested CV: the inner grid search runs inside every outer training fit
         from sklearn.model_selection import GridSearchCV, StratifiedKFold
-        from .modeling import TUNING_GRIDS
+        from .transformers import TUNING_GRIDS
         clf = GridSearchCV(clf, TUNING_GRIDS[classifier],
                            cv=StratifiedKFold(3, shuffle=True, random_state=seed),
                            scoring="roc_auc" if "classes" not in task else "roc_auc_ovr")
@@ -321,7 +322,7 @@ def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
     nomogram), so no pipeline is fitted twice. Returns (predictions, radscores or None).
     """
     from sklearn.model_selection import StratifiedGroupKFold
-    from .modeling import rad_score
+    from .transformers import rad_score
     k = int(max(2, min(folds, pd.Series(y).value_counts().min())))
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     out = np.zeros(len(y)) if positive is not None else np.zeros((len(y), len(classes)))
@@ -336,13 +337,30 @@ def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
 
 # -- the run --------------------------------------------------------------------------------------
 
+@dataclass
+class _Data:
+    """The cases of one run: development (train + internal test) and the external site."""
+    dev: pd.DataFrame
+    ydev: np.ndarray
+    dext: pd.DataFrame
+    yext: np.ndarray
+    Xtr: pd.DataFrame = None
+    ytr: np.ndarray = None
+    Xte: pd.DataFrame = None
+    yte: np.ndarray = None
+
+
 def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, repeats=None,
         external_site="recipe", n_boot=None, jobs=1, seed=None, make_bundle=True,
         progress=True) -> dict:
-    """Run a recipe end to end; returns the summary written to ``metrics.json``."""
-    from . import evaluation as E
-    from .io import atomic_write_text
-    from .modeling import function_sets_from_table, icc_values_from_table
+    """Run a recipe end to end; returns the summary written to ``metrics.json``.
+
+    The steps: read and join the tables, hold out the external site, split the development
+    cases by patient, fit and evaluate every scenario x classifier, pick the primary model,
+    compare models (DeLong), repeated splits, Rad-score nomogram, then write predictions,
+    plots, the bundle, ``metrics.json`` and the report.
+    """
+    from .transformers import function_sets_from_table, icc_values_from_table
     t0 = time.time()
     recipe = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
     ev = dict(recipe.get("evaluation") or {})
@@ -350,23 +368,60 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     n_boot = int(n_boot or ev.get("bootstrap", 2000))
     repeats = int(ev.get("repeats", 20) if repeats is None else repeats)
     ext = ev.get("external_site") if external_site == "recipe" else external_site
+    test_size = float(ev.get("test_size", 0.3))
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     feats = load_table(features_csv, "feature")
-    labels = load_table(labels_csv, "label")
-    df = prepare(feats, labels, recipe)
+    df = prepare(feats, load_table(labels_csv, "label"), recipe)
     df, y, classes, positive = make_target(df, recipe)
     binary = positive is not None
     icc_values = icc_values_from_table(icc) if icc is not None else None
     fsets = function_sets_from_table(functions) if functions is not None else None
     batch = recipe["batch_col"]
-    scenarios = recipe.get("scenarios") or {"main": recipe.get("regions", ["tumor"])}
     notes = []
-    if icc_values is None and any((s if isinstance(s, str) else next(iter(s))) == "stable"
-                                  for s in recipe["pipeline"]):
+    if icc_values is None and _has_step(recipe, "stable"):
         notes.append("no ICC table given (--icc): the stable-feature filter kept every feature")
+    data, ext = _hold_out_external(df, y, batch, ext, binary, notes)
+    tr_idx, te_idx = patient_split(data.dev, data.ydev, test_size, seed)
+    data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
+    data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
+    use_combat = batch in data.dev.columns and data.Xtr[batch].nunique() >= 2
+    if _has_step(recipe, "combat") and not use_combat:
+        notes.append("ComBat skipped: the training data has fewer than two sites")
 
-    # external site held out entirely
+    def maker(regions, clf):
+        return lambda yt=None: build_pipeline(recipe, regions, clf, icc_values=icc_values,
+                                              functions=fsets, use_combat=use_combat,
+                                              y_train=yt, seed=seed)
+
+    results, preds = _fit_and_evaluate(recipe, maker, data, classes, positive, n_boot, seed,
+                                       progress)
+    best = _choose_primary(results, recipe["primary"], binary)
+    primary = results[best]
+    comparisons = _compare_with_primary(results, preds, best, data.yte) if binary else []
+    # repeated random splits of the development data (cui2023's perturbations)
+    rep_aucs = repeated_splits(primary["make"], data.dev, data.ydev, classes, positive,
+                               repeats, seed, test_size, jobs) if repeats > 0 else []
+    nomo, nomo_res = None, {}
+    if binary and "lasso" in primary["model"].named_steps:
+        nomo, nomo_res = _fit_nomogram(recipe, primary, data, preds, best, n_boot, seed, notes)
+    elif binary:
+        notes.append("the primary pipeline has no LASSO step: no Rad-score / nomogram")
+    summary = _summary(recipe, results, best, comparisons, rep_aucs, nomo_res, notes, classes,
+                       positive, df, data.dev, data.dext, data.ydev, data.yext, data.ytr,
+                       data.yte, ext, t0)
+    _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, data, feats,
+                   features_csv, df, classes, positive, batch, rep_aucs, make_bundle)
+    return summary
+
+
+def _has_step(recipe: dict, name: str) -> bool:
+    return any((s if isinstance(s, str) else next(iter(s))) == name for s in recipe["pipeline"])
+
+
+def _hold_out_external(df, y, batch, ext, binary, notes):
+    """Split off the external site (held out of every fit); ``(data, ext)``, ``ext`` None
+    when the site is not usable."""
     ext_mask = np.zeros(len(df), bool)
     if ext:
         if batch not in df.columns:
@@ -378,133 +433,124 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
                          f"{len(df)} cases): no external validation")
             ext_mask[:] = False
             ext = None
-    dev = df[~ext_mask].reset_index(drop=True)
-    ydev = y[~ext_mask]
-    dext = df[ext_mask].reset_index(drop=True)
-    yext = y[ext_mask]
-    if ext and binary and len(np.unique(yext)) < 2:
+    data = _Data(dev=df[~ext_mask].reset_index(drop=True), ydev=y[~ext_mask],
+                 dext=df[ext_mask].reset_index(drop=True), yext=y[ext_mask])
+    if ext and binary and len(np.unique(data.yext)) < 2:
         notes.append(f"external site {ext!r} has a single class: AUC not computable there")
-    tr_idx, te_idx = patient_split(dev, ydev, float(ev.get("test_size", 0.3)), seed)
-    Xtr, ytr, Xte, yte = dev.iloc[tr_idx], ydev[tr_idx], dev.iloc[te_idx], ydev[te_idx]
-    groups_tr = Xtr["patient_id"].astype(str).to_numpy()
-    use_combat = batch in dev.columns and Xtr[batch].nunique() >= 2
-    if any((s if isinstance(s, str) else next(iter(s))) == "combat" for s in recipe["pipeline"]) \
-            and not use_combat:
-        notes.append("ComBat skipped: the training data has fewer than two sites")
+    return data, ext
 
-    def maker(regions, clf):
-        return lambda yt=None: build_pipeline(recipe, regions, clf, icc_values=icc_values,
-                                              functions=fsets, use_combat=use_combat,
-                                              y_train=yt, seed=seed)
 
-    results = {}        # (scenario, classifier) -> dict
-    preds = {}
+def _fit_and_evaluate(recipe, maker, d: _Data, classes, positive, n_boot, seed, progress):
+    """Fit every scenario x classifier on the training patients; out-of-fold, test and
+    external metrics. Returns ``(results, preds)`` keyed ``scenario/classifier``."""
+    from . import evaluation as E
+    binary = positive is not None
+    scenarios = recipe.get("scenarios") or {"main": recipe.get("regions", ["tumor"])}
+    groups_tr = d.Xtr["patient_id"].astype(str).to_numpy()
+    results, preds = {}, {}
     for scen, regions in scenarios.items():
         for clf in recipe["classifiers"]:
             key = f"{scen}/{clf}" if len(scenarios) > 1 else clf
             mk = maker(regions, clf)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = mk(ytr).fit(Xtr, ytr)
-                oof, oof_rs = oof_predictions(mk, Xtr, ytr, groups_tr, classes, positive, seed,
-                                              with_radscore=binary and "lasso" in
+                model = mk(d.ytr).fit(d.Xtr, d.ytr)
+                oof, oof_rs = oof_predictions(mk, d.Xtr, d.ytr, groups_tr, classes, positive,
+                                              seed, with_radscore=binary and "lasso" in
                                               model.named_steps)
-            p_te = _proba(model, Xte, classes, positive)
-            p_ext = _proba(model, dext, classes, positive) if len(dext) else None
+            p_te = _proba(model, d.Xte, classes, positive)
+            p_ext = _proba(model, d.dext, classes, positive) if len(d.dext) else None
             r = {"scenario": scen, "classifier": clf, "regions": list(regions), "model": model,
                  "make": mk, "oof_radscore": oof_rs}
             if binary:
-                thr = E.youden_threshold(ytr, oof)
+                thr = E.youden_threshold(d.ytr, oof)
                 r["threshold"] = thr
-                r["train_oof"] = E.evaluate_binary(ytr, oof, thr, n_boot, seed)
-                r["test"] = E.evaluate_binary(yte, p_te, thr, n_boot, seed)
-                if p_ext is not None and len(np.unique(yext)) == 2:
-                    r["external"] = E.evaluate_binary(yext, p_ext, thr, n_boot, seed)
+                r["train_oof"] = E.evaluate_binary(d.ytr, oof, thr, n_boot, seed)
+                r["test"] = E.evaluate_binary(d.yte, p_te, thr, n_boot, seed)
+                if p_ext is not None and len(np.unique(d.yext)) == 2:
+                    r["external"] = E.evaluate_binary(d.yext, p_ext, thr, n_boot, seed)
             else:
-                r["train_oof"] = E.evaluate_multiclass(ytr, oof, classes, n_boot, seed)
-                r["test"] = E.evaluate_multiclass(yte, p_te, classes, n_boot, seed)
-                if p_ext is not None and len(np.unique(yext)) == len(classes):
-                    r["external"] = E.evaluate_multiclass(yext, p_ext, classes, n_boot, seed)
+                r["train_oof"] = E.evaluate_multiclass(d.ytr, oof, classes, n_boot, seed)
+                r["test"] = E.evaluate_multiclass(d.yte, p_te, classes, n_boot, seed)
+                if p_ext is not None and len(np.unique(d.yext)) == len(classes):
+                    r["external"] = E.evaluate_multiclass(d.yext, p_ext, classes, n_boot,
+                                                          seed)
             r["n_selected"] = _n_selected(model)
             results[key] = r
             preds[key] = (oof, p_te, p_ext)
             if progress:
                 auc = r["test"].get("auc", r["test"].get("auc_macro"))
                 print(f"  {key:28s} test AUC {auc:.3f}", flush=True)
+    return results, preds
 
-    # choose the primary model: the recipe's classifier in the best scenario (training OOF AUC)
-    prim = [k for k, r in results.items() if r["classifier"] == recipe["primary"]]
+
+def _choose_primary(results: dict, classifier: str, binary: bool) -> str:
+    """The recipe's classifier in the scenario with the best training out-of-fold AUC."""
+    prim = [k for k, r in results.items() if r["classifier"] == classifier]
     aucname = "auc" if binary else "auc_macro"
-    best = max(prim, key=lambda k: results[k]["train_oof"][aucname])
-    primary = results[best]
+    return max(prim, key=lambda k: results[k]["train_oof"][aucname])
 
-    comparisons = []
-    if binary:
-        for k, r in results.items():
-            if k == best:
-                continue
-            d = E.delong_test(yte, preds[best][1], preds[k][1])
-            comparisons.append({"model_a": best, "model_b": k, **d})
 
-    # repeated random splits of the development data (cui2023's perturbations)
-    rep_aucs = []
-    if repeats > 0:
-        rep_aucs = repeated_splits(primary["make"], dev, ydev, classes, positive, repeats, seed,
-                                   float(ev.get("test_size", 0.3)), jobs)
+def _compare_with_primary(results, preds, best, yte) -> list:
+    """DeLong test of the primary model's test AUC against every other model's."""
+    from . import evaluation as E
+    return [{"model_a": best, "model_b": k, **E.delong_test(yte, preds[best][1], preds[k][1])}
+            for k in results if k != best]
 
-    # Rad-score + clinical nomogram
-    nomo, nomo_res = None, {}
-    clinical = [c for c in recipe.get("clinical") or []]
-    has_lasso = "lasso" in primary["model"].named_steps
-    if binary and has_lasso:
-        from .modeling import rad_score
-        missing = [c for c in clinical if c not in dev.columns]
-        if missing:
-            notes.append(f"clinical column(s) {missing} missing: nomogram without them")
-            clinical = [c for c in clinical if c in dev.columns]
-        rs_tr = primary["oof_radscore"]
-        from .nomogram import NomogramModel
-        preds_cols = ["rad_score"] + clinical
-        Ztr = Xtr[clinical].astype(float).assign(rad_score=rs_tr)[preds_cols]
-        ok = ~Ztr.isna().any(axis=1).to_numpy()
-        nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr[ok], ytr[ok])
-        thr_n = E.youden_threshold(ytr[ok], nomo.predict_proba(Ztr[ok])[:, 1])
-        nomo_res = {"predictors": preds_cols, "threshold": thr_n,
-                    "odds_ratios": nomo.odds_ratios().to_dict(orient="records")}
-        for name, Xs, ys in (("test", Xte, yte), ("external", dext, yext)):
-            if len(Xs) and len(np.unique(ys)) == 2:
-                Z = Xs[clinical].astype(float).assign(
-                    rad_score=rad_score(primary["model"], Xs))[preds_cols]
-                okz = ~Z.isna().any(axis=1).to_numpy()
-                pz = nomo.predict_proba(Z[okz])[:, 1]
-                nomo_res[name] = E.evaluate_binary(ys[okz], pz, thr_n, n_boot, seed)
-                preds[f"nomogram:{name}"] = (ys[okz], pz)
-                if name == "test":
-                    preds["radscore:test"] = (ys[okz], rad_score(primary["model"], Xs[okz]))
-        if "test" in nomo_res:
-            nomo_res["delong_vs_radiomics"] = E.delong_test(
-                *_aligned(yte, preds[best][1], preds["nomogram:test"], Xte, clinical))
-    elif binary and not has_lasso:
-        notes.append("the primary pipeline has no LASSO step: no Rad-score / nomogram")
 
-    summary = _summary(recipe, results, best, comparisons, rep_aucs, nomo_res, notes, classes,
-                       positive, df, dev, dext, ydev, yext, ytr, yte, ext, t0)
-    _write_predictions(out, results, preds, Xtr, Xte, dext, ytr, yte, yext, classes, positive,
-                       best)
-    figs = _plots(out / "plots", results, preds, best, yte, yext, ytr, rep_aucs, nomo,
-                  binary, classes, recipe)
+def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
+    """Rad-score + clinical nomogram fitted on the training patients' out-of-fold Rad-scores;
+    evaluated on the test and external cases. Returns ``(model, results)``."""
+    from . import evaluation as E
+    from .nomogram import NomogramModel
+    from .transformers import rad_score
+    clinical = list(recipe.get("clinical") or [])
+    missing = [c for c in clinical if c not in d.dev.columns]
+    if missing:
+        notes.append(f"clinical column(s) {missing} missing: nomogram without them")
+        clinical = [c for c in clinical if c in d.dev.columns]
+    preds_cols = ["rad_score"] + clinical
+    Ztr = d.Xtr[clinical].astype(float).assign(rad_score=primary["oof_radscore"])[preds_cols]
+    ok = ~Ztr.isna().any(axis=1).to_numpy()
+    nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr[ok], d.ytr[ok])
+    thr_n = E.youden_threshold(d.ytr[ok], nomo.predict_proba(Ztr[ok])[:, 1])
+    res = {"predictors": preds_cols, "threshold": thr_n,
+           "odds_ratios": nomo.odds_ratios().to_dict(orient="records")}
+    for name, Xs, ys in (("test", d.Xte, d.yte), ("external", d.dext, d.yext)):
+        if len(Xs) and len(np.unique(ys)) == 2:
+            Z = Xs[clinical].astype(float).assign(
+                rad_score=rad_score(primary["model"], Xs))[preds_cols]
+            okz = ~Z.isna().any(axis=1).to_numpy()
+            pz = nomo.predict_proba(Z[okz])[:, 1]
+            res[name] = E.evaluate_binary(ys[okz], pz, thr_n, n_boot, seed)
+            preds[f"nomogram:{name}"] = (ys[okz], pz)
+            if name == "test":
+                preds["radscore:test"] = (ys[okz], rad_score(primary["model"], Xs[okz]))
+    if "test" in res:
+        res["delong_vs_radiomics"] = E.delong_test(
+            *_aligned(d.yte, preds[best][1], preds["nomogram:test"], d.Xte, clinical))
+    return nomo, res
+
+
+def _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, d: _Data,
+                   feats, features_csv, df, classes, positive, batch, rep_aucs, make_bundle):
+    """Predictions, plots, the bundle, ``metrics.json`` and the HTML report."""
+    from ..imaging.io import atomic_write_text
+    from ..reports.study import write_report
+    _write_predictions(out, results, preds, d.Xtr, d.Xte, d.dext, d.ytr, d.yte, d.yext,
+                       classes, positive, best)
+    figs = _plots(out / "plots", results, preds, best, d.yte, d.yext, d.ytr, rep_aucs, nomo,
+                  positive is not None, classes, recipe)
     # paths inside metrics.json are relative to the output folder, so the folder can be moved
     # (the CLI builds it aside and swaps it into place when the run succeeds)
     summary["figures"] = {k: Path(v).relative_to(out).as_posix() for k, v in figs.items()}
     if make_bundle:
-        summary["bundle"] = _bundle(out, recipe, primary, nomo, nomo_res, summary, feats,
-                                    features_csv, df, classes, positive, batch, Xtr) \
+        summary["bundle"] = _bundle(out, recipe, results[best], nomo, nomo_res, summary, feats,
+                                    features_csv, df, classes, positive, batch, d.Xtr) \
             .relative_to(out).as_posix()
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
-    from .studyreport import write_report
     summary["report"] = write_report(out, summary, results, figs).relative_to(out).as_posix()
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
-    return summary
 
 
 def _aligned(yte, p_best, nomo_pair, Xte, clinical):
@@ -582,7 +628,7 @@ def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, 
 
 def _write_predictions(out, results, preds, Xtr, Xte, dext, ytr, yte, yext, classes, positive,
                        best):
-    from .io import atomic_write_text
+    from ..imaging.io import atomic_write_text
     rows = []
     oof, pte, pext = preds[best]
     for split, X, yy, p in (("train_oof", Xtr, ytr, oof), ("test", Xte, yte, pte),
@@ -673,7 +719,7 @@ def training_engine(prov: pd.DataFrame | None) -> dict:
     name = str(prov["engine"].iloc[0])
     if "engine_version" in prov and prov["engine_version"].nunique() == 1:
         return {"name": name, "version": str(prov["engine_version"].iloc[0])}
-    from .features import engine_info
+    from ..extraction.features import engine_info
     return engine_info(name)
 
 
@@ -707,7 +753,7 @@ def training_ranges(pipeline, Xtr: pd.DataFrame) -> dict:
 
     Recorded in the bundle for the out-of-distribution check at prediction time.
     """
-    from .modeling import model_feature_names, rad_score
+    from .transformers import model_feature_names, rad_score
     try:
         used = model_feature_names(pipeline, Xtr)
     except Exception:  # an exotic pipeline: fall back to every input column
@@ -731,7 +777,7 @@ def training_ranges(pipeline, Xtr: pd.DataFrame) -> dict:
 def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, df, classes,
             positive, batch, Xtr):
     from .bundle import save_bundle
-    from .features import load_params, params_hash
+    from ..extraction.features import load_params, params_hash
     params_name = recipe.get("params", "default")
     prov = Path(features_csv).with_name(Path(features_csv).stem + "_provenance.csv")
     text = load_params(params_name)[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 SEP = "@"     # joins case and reader into the batch engine's case_id
@@ -71,10 +71,10 @@ def run_reader_study(manifest, out_dir, params="default", rings="", readers=None
                      robustness=False, spacing_mm=None, jobs=1, resume=False,
                      progress=True) -> dict:
     """Run the whole reader study; see the module docstring for the outputs."""
-    from .batch import ExtractConfig, run_batch
-    from .io import atomic_write_text
+    from ..extraction.batch import ExtractConfig, run_batch
+    from ..imaging.io import atomic_write_text
     from .reproducibility import icc_table, stable_features
-    from .rings import parse_rings
+    from ..imaging.rings import parse_rings
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df, problems = read_reader_manifest(manifest, readers)
@@ -127,8 +127,8 @@ def _split_ids(feats: pd.DataFrame, second: str) -> pd.DataFrame:
 def contour_agreement(df, out: Path, spacing_mm, problems) -> pd.DataFrame:
     """Pairwise agreement per case; writes consensus masks. Bad reader masks are reported."""
     import SimpleITK as sitk
-    from .errors import HER2Error
-    from .io import load_case, write_image
+    from ..errors import HER2Error
+    from ..imaging.io import load_case, write_image
     from .reproducibility import consensus_masks, pairwise_agreement
     recs = []
     (out / "consensus").mkdir(exist_ok=True)
@@ -190,9 +190,9 @@ def robustness_icc(df, out: Path, cfg, spacing_mm, jobs, progress, problems) -> 
     not the variability of real readers.
     """
     import SimpleITK as sitk
-    from .batch import run_batch
-    from .errors import HER2Error
-    from .io import load_case, write_image
+    from ..extraction.batch import run_batch
+    from ..errors import HER2Error
+    from ..imaging.io import load_case, write_image
     from .reproducibility import icc_table, perturb_contour
     first = sorted(df["reader"].unique())[0]
     rows = []
@@ -308,8 +308,8 @@ def make_plots(icc, agree, long, pdir: Path, form: str, bland_altman=None) -> di
 
 def write_summary_html(out: Path, doc, icc, agree, summary, plots, rob, stable) -> Path:
     import html as _h
-    from . import htmlreport as H
-    from .io import atomic_write_text
+    from ..reports import html as H
+    from ..imaging.io import atomic_write_text
     figs = "".join(H.figure(H.png_file_uri(p), cap) for cap, p in (
         ("ICC by feature class and region", plots.get("icc_by_class")),
         ("Dice per reader pair", plots.get("dice_pairs")),

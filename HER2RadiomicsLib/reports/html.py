@@ -11,7 +11,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import HER2Error
+from ..errors import HER2Error
 
 DISCLAIMER = ("Research use only. Not a diagnostic device. HER2 status must be determined by "
               "immunohistochemistry / in-situ hybridisation.")
@@ -113,7 +113,7 @@ def page(title: str, subtitle: str, sections, footer: str = "", anchors=None) ->
 
     ``anchors`` optionally gives each section an ``id`` (empty string: none) for navigation.
     """
-    from . import __version__
+    from .. import __version__
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     ids = list(anchors or []) + [""] * len(sections)
     body = ""

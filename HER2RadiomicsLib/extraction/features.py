@@ -33,11 +33,11 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from .errors import Cancelled, InputError, SpacingUnknownError
+from ..errors import Cancelled, InputError, SpacingUnknownError
 
 log = logging.getLogger(__name__)
 
-PARAMS_DIR = Path(__file__).parent / "params"
+PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"     # package data, at the top
 AGGREGATIONS = ("mean", "median", "first")
 
 
@@ -92,7 +92,7 @@ def load_params(name_or_path="default") -> tuple:
         raise InputError(f"{path}: unknown top-level keys {sorted(unknown)}; pyradiomics params "
                          "have setting, imageType, featureClass (and voxelSetting)")
     if text not in _VALIDATED:   # once per text: batch workers load the same file per case
-        from .extraction.params import validate_params
+        from .params import validate_params
         validate_params(params, str(path))
         _VALIDATED.add(text)
     return params, text, str(path)
@@ -140,7 +140,7 @@ def uses_physical_units(params: dict) -> list:
 def versions(engine: str = "native") -> dict:
     """Versions of everything that changes feature values with ``engine``."""
     import scipy
-    from . import __version__
+    from .. import __version__
     out = {"python": platform.python_version(), "numpy": np.__version__,
            "SimpleITK": sitk.Version_VersionString(), "scipy": scipy.__version__,
            "HER2RadiomicsLib": __version__}
@@ -161,7 +161,7 @@ DEFAULT_ENGINE = "native"
 def engine_info(engine: str = DEFAULT_ENGINE) -> dict:
     """The feature engine and its version (recorded in bundles so features are reproducible)."""
     if engine == "native":
-        from .extraction import ENGINE_VERSION
+        from . import ENGINE_VERSION
         return {"name": "native", "version": ENGINE_VERSION}
     return {"name": "pyradiomics", "version": _import_pyradiomics().__version__}
 
@@ -197,7 +197,7 @@ class FeatureExtractor:
         if engine == "pyradiomics":
             _import_pyradiomics()        # fail now, with the install hint, not per case
         if engine == "native":   # refuses, by name, what it does not implement yet: fail fast
-            from .extraction.native import NativeExtractor
+            from .native import NativeExtractor
             self._native = NativeExtractor(self.params, source=self.params_source)
 
     @property

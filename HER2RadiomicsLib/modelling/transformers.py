@@ -23,7 +23,7 @@ from scipy import stats
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -173,6 +173,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             state.spacingKnown = self.logic.spacingInfo(volume).known
         ok, why = self.logic.segmenterAvailable()
         state.segmenterAvailable, state.segmenterProblem = ok, why
+        state.torchMissing = not self.logic.torchInstalled()
         state.tumourSegment = seg is not None and self.logic.tumourSegmentId(seg) is not None
         if chosenPath(p.paramsFile) and not Path(p.paramsFile).exists():
             state.paramsValid, state.paramsProblem = False, f"{p.paramsFile} does not exist."
@@ -217,11 +218,13 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- actions ----------------------------------------------------------------------------------
 
-    def _ensureDependencies(self):
+    def _ensureDependencies(self, includeTorch=False):
+        """Ask once for the missing packages; PyTorch (several GB) only for the CNN."""
         from HER2RadiomicsModuleLib import dependencies as D
-        missing = bool(D.missingRequirements())
+        missing = bool(D.missingRequirements(includeTorch))
         ok = D.ensureDependencies(
-            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "HER2Radiomics"))
+            confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "HER2Radiomics"),
+            includeTorch=includeTorch)
         if missing and ok:
             # spacings read (or not) before the install are stale: a calibrated DICOM could
             # not be read then
@@ -244,7 +247,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAutoSegmentButton(self):
         with slicer.util.tryWithErrorDisplay(_("Auto-segmentation failed."), waitCursor=True):
-            if not self._ensureDependencies():
+            if not self._ensureDependencies(includeTorch=True):
                 return
             p = self._parameterNode
             seg = self._outputNode("segmentation", "vtkMRMLSegmentationNode", "HER2 segmentation")
@@ -433,7 +436,7 @@ class HER2RadiomicsTest(ScriptedLoadableModuleTest):
         from HER2RadiomicsModuleLib import mrml as M
         from HER2RadiomicsModuleLib.core import SPACING_SOURCE_ATTRIBUTE, exampleBundle
         self.delayDisplay("Checking dependencies")
-        self.assertTrue(D.ensureDependencies(confirm=lambda text: True))
+        self.assertTrue(D.ensureDependencies(confirm=lambda text: True, includeTorch=True))
         work = Path(tempfile.mkdtemp(prefix="HER2RadiomicsTest"))
         self.delayDisplay("Training a small model on a synthetic cohort (about 30 s)")
         bundlePath, cohort = exampleBundle(work)

@@ -246,7 +246,8 @@ def test_dependency_installer_order_and_never_replaces_slicer_packages(monkeypat
     monkeypatch.setattr(D, "_satisfied", lambda r: False)       # a bare Slicer
     asked = []
     rec = Recorder()
-    assert D.ensureDependencies(confirm=lambda t: asked.append(t) or True, installer=rec)
+    assert D.ensureDependencies(confirm=lambda t: asked.append(t) or True, installer=rec,
+                                includeTorch=True)
     # one question, naming what will be installed and why; never pyradiomics (it needs a C
     # compiler and does not build on Python 3.12): the library's own engine extracts
     assert len(asked) == 1 and "PyWavelets>=1.4" in asked[0] and "scikit-learn" in asked[0]
@@ -255,6 +256,12 @@ def test_dependency_installer_order_and_never_replaces_slicer_packages(monkeypat
     assert not any(a.lower().startswith(("numpy", "simpleitk", "pyradiomics")) for a in flat)
     assert not any(c[0] == "pip" for c in rec.calls)       # nothing built from source
     assert rec.calls[0][0] == "ensure" and ("torch",) in rec.calls
+    # rings, features, reports: never the multi-GB PyTorch unless the CNN is used
+    rec_no_torch = Recorder()
+    asked2 = []
+    assert D.ensureDependencies(confirm=lambda t: asked2.append(t) or True,
+                                installer=rec_no_torch)
+    assert ("torch",) not in rec_no_torch.calls and "torch" not in asked2[0]
     # declined: nothing installed
     rec2 = Recorder()
     assert not D.ensureDependencies(confirm=lambda t: False, installer=rec2)
@@ -317,8 +324,8 @@ def test_every_action_that_needs_the_library_ensures_dependencies_first():
             checked += 1
             if "self._bundle" in src and used <= {"predict", "saveReport", "modelCardText"}:
                 continue            # needs a loaded bundle: loading it ensured the packages
-            assert "self._ensureDependencies()" in src, (name, used)
-            assert src.index("self._ensureDependencies()") < min(
+            assert "self._ensureDependencies(" in src, (name, used)
+            assert src.index("self._ensureDependencies(") < min(
                 src.index(f"self.logic.{m}(") for m in used), name
     assert checked >= 4
 
@@ -330,3 +337,51 @@ def test_refilling_the_site_list_keeps_the_saved_site():
     assert src.index("saved = p.site") < clear
     assert src.index("self.ui.siteComboBox.blockSignals(True)") < clear
     assert "self.ui.siteComboBox.blockSignals(wasBlocked)" in src[clear:]
+
+
+def _fake_slicer(monkeypatch, pip_ensure=None):
+    """A stand-in ``slicer`` package recording what the installer asks of it."""
+    import types
+    calls = []
+    slicer = types.ModuleType("slicer")
+    slicer.__path__ = []
+    slicer.util = types.SimpleNamespace(pip_install=lambda args: calls.append(("pip", args)))
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    if pip_ensure is not None:
+        pydeps = types.ModuleType("slicer.pydeps")
+        pydeps.pip_ensure = pip_ensure
+        monkeypatch.setitem(sys.modules, "slicer.pydeps", pydeps)
+    else:
+        monkeypatch.setitem(sys.modules, "slicer.pydeps", None)
+        monkeypatch.setitem(sys.modules, "slicer.packaging", None)
+    return calls
+
+
+def test_slicer_installer_pins_slicers_packages_and_does_not_ask_twice(monkeypatch):
+    """pip_ensure (Slicer >= 5.11) is imported explicitly and called after our own question
+    (no second prompt, also in self-tests), with a constraints file pinning Slicer's numpy,
+    scipy and SimpleITK; older Slicers get pip_install with the same constraints."""
+    import importlib.metadata as md
+    sys.path.insert(0, str(ROOT / "HER2Radiomics"))
+    from HER2RadiomicsModuleLib import dependencies as D
+
+    calls = []
+
+    def pip_ensure(requirements, constraints=None, requester=None, prompt_install=True,
+                   skip_in_testing=True):          # Slicer's signature: checked by name
+        calls.append(("ensure", (requirements,), dict(
+            constraints=constraints, requester=requester, prompt_install=prompt_install,
+            skip_in_testing=skip_in_testing)))
+    _fake_slicer(monkeypatch, pip_ensure)
+    D.SlicerInstaller().pipEnsure(["scikit-learn>=1.3"])
+    (_, args, kwargs), = calls
+    assert args == (["scikit-learn>=1.3"],)
+    assert kwargs["prompt_install"] is False and kwargs["skip_in_testing"] is False
+    pins = Path(kwargs["constraints"]).read_text().split()
+    assert f"numpy=={md.version('numpy')}" in pins and f"scipy=={md.version('scipy')}" in pins
+    assert f"SimpleITK=={md.version('SimpleITK')}" in pins
+    calls = _fake_slicer(monkeypatch)                     # Slicer 5.8 / 5.10
+    D.SlicerInstaller().pipEnsure(["scikit-learn>=1.3"])
+    (kind, args), = calls
+    assert kind == "pip" and args[:1] == ["scikit-learn>=1.3"] and args[1] == "-c"
+    assert f"numpy=={md.version('numpy')}" in Path(args[2]).read_text()

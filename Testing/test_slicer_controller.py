@@ -83,3 +83,12 @@ def test_an_unset_path_parameter_is_not_a_file():
     reads = [line for line in src.splitlines()
              if re.search(r"\.(bundleFile|paramsFile|reportFile)\b", line) and 'f"' not in line]
     assert len(reads) >= 5 and all("chosenPath(" in line for line in reads), reads
+
+
+def test_auto_segment_stays_usable_without_pytorch():
+    """Without PyTorch the button is enabled and says the first run installs it (it was
+    disabled, pointing at an extension already installed: issue 15, item 3)."""
+    st = stepStatus(replace(READY, torchMissing=True))
+    assert st["autoSegment"].enabled
+    assert "install PyTorch" in st["autoSegment"].reason
+    assert "PyTorch" not in stepStatus(READY)["autoSegment"].reason

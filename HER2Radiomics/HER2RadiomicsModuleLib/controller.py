@@ -30,6 +30,7 @@ class PanelState:
     spacingKnown: bool = False
     segmenterAvailable: bool = True
     segmenterProblem: str = ""
+    torchMissing: bool = False        # the first Auto-segment then asks to install PyTorch
     tumourSegment: bool = False
     ringsText: str = "3,5,8"
     ringsBuilt: bool = False
@@ -101,7 +102,9 @@ def stepStatus(state: PanelState) -> dict:
             busy, volume,
             (not state.segmenterAvailable,
              state.segmenterProblem or "The CNN needs PyTorch (install the PyTorch extension)."),
-        ], "Run the CNN on the image (a markups point or two-point box guides it)."),
+        ], "Run the CNN on the image (a markups point or two-point box guides it)."
+           + (" The first run asks to install PyTorch (several GB, once)."
+              if state.torchMissing else "")),
         "rings": _first([
             busy, volume, tumour,
             (not state.spacingKnown,

@@ -213,15 +213,26 @@ class HER2RadiomicsCoreLogic:
             self._segmenter = get_segmenter(None, "cpu")
         return self._segmenter
 
+    @staticmethod
+    def torchInstalled():
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+
     def segmenterAvailable(self):
-        """(bool, reason): the CNN needs torch and the shipped weights."""
+        """(bool, reason): the CNN needs the shipped weights. A missing PyTorch does not
+        disable it: the first run asks to install PyTorch (see ``torchInstalled``)."""
+        here = Path(__file__).resolve()
+        # the library beside the module (installed extension) or at the source tree's top
+        model = next((p / "HER2RadiomicsLib" / "models" / "busbra_unet.pt"
+                      for p in (here.parents[1], here.parents[2])
+                      if (p / "HER2RadiomicsLib").is_dir()), here)
         try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False, "The CNN needs PyTorch: install the PyTorch extension, then restart."
-        from HER2RadiomicsLib.segmentation.inference import DEFAULT_MODEL
-        if not DEFAULT_MODEL.exists():
-            return False, f"The CNN model file is missing ({DEFAULT_MODEL.name})."
+            from HER2RadiomicsLib.segmentation.inference import DEFAULT_MODEL
+            model = DEFAULT_MODEL
+        except ImportError:     # the library's own dependencies are not installed yet
+            pass
+        if not model.exists():
+            return False, f"The CNN model file is missing ({model.name})."
         return True, ""
 
     def autoSegment(self, volumeNode, segmentationNode, markupsNode=None, segmenter=None):

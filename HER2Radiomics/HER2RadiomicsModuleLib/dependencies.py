@@ -9,7 +9,14 @@ installed. The list comes from ``HER2RadiomicsLib/requirements.py`` (kept in syn
 - every other entry ships wheels for the Pythons Slicer bundles (3.9 in 5.8, 3.12 in 5.10+):
   nothing is compiled, so no C compiler is needed (pyradiomics, which needs one, is not
   installed: the features come from the library's own engine);
-- torch comes from the PyTorch extension's ``PyTorchUtils`` (which picks the CUDA/CPU build).
+- torch comes from the PyTorch extension's ``PyTorchUtils`` (which picks the CUDA/CPU build),
+  and is asked for only when the CNN is used (it is several GB; rings and features do not
+  need it);
+- pip runs with a constraints file pinning the numpy, scipy and SimpleITK Slicer already has
+  (otherwise pandas or tifffile can pull a newer numpy into Slicer's Python);
+- ``slicer.pydeps`` / ``slicer.packaging`` (Slicer >= 5.11; not imported by ``slicer``) is
+  imported explicitly and called after our own single confirmation; older Slicers fall back to
+  ``slicer.util.pip_install``.
 
 Example (Slicer's Python console)::
 
@@ -50,7 +57,7 @@ def _satisfied(requirement):
         return True
 
 
-def missingRequirements(includeTorch=True):
+def missingRequirements(includeTorch=False):
     """The (requirement, mode, reason) entries that are not satisfied, Slicer's own excluded."""
     R = _requirementsModule()
     entries = [e for e in R.REQUIREMENTS if e[1] != R.SLICER]
@@ -59,16 +66,57 @@ def missingRequirements(includeTorch=True):
     return [e for e in entries if not _satisfied(e[0])]
 
 
+#: packages Slicer ships that pip must not upgrade while installing ours
+PINNED_FROM_SLICER = ("numpy", "scipy", "SimpleITK")
+
+
+def slicerConstraints(directory=None):
+    """A pip constraints file pinning the versions of :data:`PINNED_FROM_SLICER` that are
+    installed now; returns its path."""
+    import tempfile
+    lines = []
+    for name in PINNED_FROM_SLICER:
+        try:
+            lines.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    fd, path = tempfile.mkstemp(prefix="HER2Radiomics-constraints-", suffix=".txt",
+                                dir=directory)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def _slicerPipEnsure():
+    """Slicer's ``pip_ensure`` (5.11+), imported explicitly, or None on older versions."""
+    import importlib
+    for name in ("slicer.pydeps", "slicer.packaging"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "pip_ensure"):
+            return module.pip_ensure
+    return None
+
+
 class SlicerInstaller:
     """The installs, done with Slicer's own tools (replaced by a recorder in the tests)."""
 
     def pipEnsure(self, requirements):
+        import inspect
+
         import slicer
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(requirements, requester="HER2Radiomics")
+        constraints = slicerConstraints()
+        ensure = _slicerPipEnsure()
+        if ensure is not None:
+            wanted = {"requester": "HER2Radiomics", "constraints": constraints,
+                      # we asked once already; and install during self-tests too
+                      "prompt_install": False, "skip_in_testing": False}
+            accepted = inspect.signature(ensure).parameters
+            ensure(list(requirements), **{k: v for k, v in wanted.items() if k in accepted})
         else:
-            slicer.util.pip_install(requirements)
+            slicer.util.pip_install(list(requirements) + ["-c", constraints])
 
     def installTorch(self):
         try:
@@ -82,7 +130,7 @@ class SlicerInstaller:
                 raise RuntimeError("PyTorch was not installed")
 
 
-def ensureDependencies(confirm=None, installer=None, includeTorch=True):
+def ensureDependencies(confirm=None, installer=None, includeTorch=False):
     """Install what is missing after one confirmation; returns True when all is present.
 
     Parameters
@@ -91,6 +139,8 @@ def ensureDependencies(confirm=None, installer=None, includeTorch=True):
         Asked once with the list of packages and reasons; False cancels (nothing installed).
     installer : SlicerInstaller, optional
         Does the installs (tests pass a recorder).
+    includeTorch : bool
+        Also PyTorch: only for the CNN (auto-segmentation).
     """
     R = _requirementsModule()
     missing = missingRequirements(includeTorch)

@@ -40,12 +40,47 @@ def progress(fraction):
     sys.stdout.flush()
 
 
+def libraryCandidates(here):
+    """Folders that may hold HER2RadiomicsLib, nearest first: the source tree's top, an
+    installed extension's ``qt-scripted-modules``, and a multi-configuration build tree's
+    ``qt-scripted-modules/<CONFIG>`` (the CLI then sits in ``cli-modules/<CONFIG>``)."""
+    out = []
+    config = os.path.basename(here)
+    up = here
+    for _ in range(3):
+        up = os.path.dirname(up)
+        out += [up, os.path.join(up, "qt-scripted-modules"),
+                os.path.join(up, "qt-scripted-modules", config)]
+    return out
+
+
 def _addLibraryPath():
-    # inside a Slicer build the library is a sibling scripted-module folder
     here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.dirname(here), os.path.join(os.path.dirname(here), "qt-scripted-modules")):
-        if os.path.isdir(os.path.join(candidate, "HER2RadiomicsLib")) and candidate not in sys.path:
-            sys.path.append(candidate)
+    for candidate in libraryCandidates(here):
+        if os.path.isdir(os.path.join(candidate, "HER2RadiomicsLib")):
+            if candidate not in sys.path:
+                sys.path.append(candidate)
+            return
+
+
+def labelLikeInput(label, inputPath):
+    """The label map on the input volume's own grid: a 2D label read from a one-slice 3D
+    volume goes back to 3D with the volume's origin, spacing and direction, so it overlays
+    the volume in Slicer wherever its slice lies (a 2D file would land at z = 0)."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(inputPath))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:        # a format SimpleITK cannot read (DICOM via pydicom): as is
+        return label
+    if reader.GetDimension() != 3 or reader.GetSize()[2] != 1 or label.GetDimension() != 2:
+        return label
+    out = sitk.GetImageFromArray(sitk.GetArrayFromImage(label)[None])
+    out.SetOrigin(reader.GetOrigin())
+    out.SetSpacing(reader.GetSpacing())
+    out.SetDirection(reader.GetDirection())
+    return out
 
 
 def _spacing(text):
@@ -75,7 +110,7 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     regs = build_regions(loaded.image, maskImage, args.rings, annuli=args.annuli,
                          spacing_known=loaded.spacing_known, path=str(image))
     if writeLabel:
-        write_image(regs.label_map, writeLabel)
+        write_image(labelLikeInput(regs.label_map, image), writeLabel)
     fx = FeatureExtractor(args.paramsFile or args.preset)
     feats, _ = fx.extract(loaded.image, regs.masks, spacing_known=loaded.spacing_known,
                           path=str(image),

@@ -77,3 +77,39 @@ def test_clinical_values_in_every_accepted_form():
     assert parse_clinical("") == {}
     with pytest.raises(InputError, match="must be a number"):
         parse_clinical("age=old")
+
+
+def test_output_label_keeps_the_input_volumes_3d_geometry(cohort, tmp_path):
+    """Slicer hands the CLI a one-slice 3D volume; the label map must come back on that grid
+    (origin, spacing, direction) to overlay it, not as a 2D image at z = 0 (issue 15, item 8)."""
+    from HER2RadiomicsLib.imaging.io import load_case
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    loaded, m = load_case(cohort / row["image"], cohort / row["mask"])
+    vol = sitk.JoinSeries(loaded.image)
+    vol.SetOrigin((-12.0, 30.5, 42.25))
+    vol.SetSpacing(loaded.image.GetSpacing() + (2.5,))
+    vol.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))          # RAS-flipped, as Slicer writes
+    msk = sitk.JoinSeries(sitk.Cast(m, sitk.sitkUInt8))
+    msk.CopyInformation(vol)
+    sitk.WriteImage(vol, str(tmp_path / "vol.nrrd"))
+    sitk.WriteImage(msk, str(tmp_path / "msk.nrrd"))
+    rc = CLI.main(["--inputVolume", str(tmp_path / "vol.nrrd"), "--inputLabel",
+                   str(tmp_path / "msk.nrrd"), "--rings", "3", "--preset", "cui2023",
+                   "--outputLabel", str(tmp_path / "labels.nrrd")])
+    assert rc == 0
+    lab = sitk.ReadImage(str(tmp_path / "labels.nrrd"))
+    assert lab.GetDimension() == 3 and lab.GetSize() == vol.GetSize()
+    assert lab.GetOrigin() == vol.GetOrigin() and lab.GetDirection() == vol.GetDirection()
+    assert lab.GetSpacing() == pytest.approx(vol.GetSpacing())
+    arr = sitk.GetArrayFromImage(lab)[0]
+    assert ((arr == 1) == (sitk.GetArrayFromImage(m) > 0)).all()   # the tumour, in place
+    assert (arr == 2).any()                                          # and its ring
+
+
+def test_library_is_found_from_a_multi_configuration_build_tree(tmp_path):
+    tree = tmp_path / "lib" / "Slicer-5.10"
+    (tree / "qt-scripted-modules" / "Release" / "HER2RadiomicsLib").mkdir(parents=True)
+    here = tree / "cli-modules" / "Release"
+    found = [c for c in CLI.libraryCandidates(str(here))
+             if (Path(c) / "HER2RadiomicsLib").is_dir()]
+    assert found == [str(tree / "qt-scripted-modules" / "Release")]

@@ -6,6 +6,12 @@ Slicer runs it from the CLI module GUI or ``slicer.cli.run``; it also runs as a 
 are declared in ``HER2RadiomicsCLI.xml``; ``Testing/test_slicer_cli.py`` pins the two together.
 Progress goes to stdout as ``<filter-progress>`` lines, which Slicer shows in its progress bar.
 Imports only HER2RadiomicsLib.
+
+A manifest goes through the library's batch engine, as ``her2radiomics extract --manifest``
+does: parallel workers (``--jobs``), each finished case saved at once (a rerun after an
+interruption computes only the missing cases), an error table beside the output, the same exit
+codes (0 all done, 1 some cases failed, 2 nothing could start). Cases without a mask get the
+CNN's, saved in ``<table>.masks/`` and reused by a rerun.
 """
 import argparse
 import os
@@ -29,6 +35,7 @@ def buildParser():
     p.add_argument("--site", type=str, default="")
     p.add_argument("--clinical", type=str, default="")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--outputLabel")
     p.add_argument("--outputTable")
     return p
@@ -125,6 +132,110 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     return row
 
 
+def _cnnMasks(rows, args, spacing, errors, report):
+    """CNN masks for the rows without one, written to ``<table>.masks/`` (a rerun reuses
+    them); failed cases go to ``errors`` and are dropped."""
+    from pathlib import Path
+
+    from HER2RadiomicsLib.errors import HER2Error
+    from HER2RadiomicsLib.imaging.io import read_image, write_image
+    todo = [r for r in rows if not r.get("mask")]
+    if not todo:
+        return rows
+    from HER2RadiomicsLib.segmentation.commands import get_segmenter
+    folder = Path(str(args.outputTable) + ".masks")
+    folder.mkdir(parents=True, exist_ok=True)
+    segmenter = None
+    for i, r in enumerate(todo):
+        path = folder / f"{r['case_id']}.nrrd"
+        try:
+            if not path.exists():
+                segmenter = segmenter or get_segmenter(None, args.device)
+                loaded = read_image(r["image"], spacing_mm=_rowSpacing(r, spacing))
+                res = segmenter.predict(loaded.image)
+                if not res.info["lesion_px"]:
+                    raise ValueError(f"{r['image']}: the CNN found no lesion; give a mask")
+                tmp = folder / f".{r['case_id']}.tmp.nrrd"
+                write_image(res.mask, tmp)
+                os.replace(tmp, path)          # a killed run leaves no half-written mask
+            r["mask"], r["mask_source"] = str(path), "CNN auto-mask"
+        except (HER2Error, ValueError) as exc:
+            errors.append({"case_id": r["case_id"], "image": r["image"], "error": str(exc)})
+        report((i + 1) / len(todo))
+    failed = {e["case_id"] for e in errors}
+    return [r for r in rows if r["case_id"] not in failed]
+
+
+def _rowSpacing(row, spacing):
+    if row.get("spacing_x_mm"):
+        return float(row["spacing_x_mm"]), float(row["spacing_y_mm"])
+    return spacing
+
+
+def runManifest(args, spacing, clinical, bundle):
+    """A cohort through the library's batch engine; returns the exit code."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
+    from HER2RadiomicsLib.imaging.io import atomic_write_text
+    from HER2RadiomicsLib.imaging.rings import parse_rings
+    if not args.outputTable:
+        raise ValueError("--manifest needs --outputTable (one row per case)")
+    rows = read_manifest(args.manifest, empty_mask_ok=True)     # every row checked up front
+    for r in rows:
+        r.setdefault("mask_source", "label map" if r.get("mask") else "")
+        if spacing and not r.get("spacing_x_mm"):
+            r["spacing_x_mm"], r["spacing_y_mm"] = spacing
+    errors = []
+    rows = _cnnMasks(rows, args, spacing, errors, lambda f: progress(0.02 + 0.28 * f))
+    if bundle is not None:
+        # the bundle's own params and rings, so its input columns are extracted
+        ring = bundle.meta.get("rings") or {}
+        paramsFile = Path(tempfile.mkdtemp(prefix="h2r_cli_")) / \
+            f"{bundle.meta['params_name']}.yaml"
+        paramsFile.write_text(bundle.meta["params_yaml"])
+        cfg = ExtractConfig(params=str(paramsFile), rings_mm=tuple(ring.get("rings_mm", [])),
+                            annuli=bool(ring.get("annuli", False)),
+                            combined=tuple(ring.get("combined", [])))
+    else:
+        cfg = ExtractConfig(params=args.paramsFile or args.preset,
+                            rings_mm=tuple(parse_rings(args.rings)), annuli=args.annuli)
+    out = Path(args.outputTable)
+    featuresCsv = out.with_name(out.stem + "_features.csv")
+    res = run_batch(rows, featuresCsv, cfg, jobs=max(1, int(args.jobs)), resume=True,
+                    progress=lambda done, total: progress(0.3 + 0.65 * done / max(total, 1)))
+    errors += res.errors
+    if errors:
+        errorsCsv = out.with_name(out.stem + "_errors.csv")
+        atomic_write_text(errorsCsv, pd.DataFrame(errors).to_csv(index=False))
+        for e in errors:
+            print(f"error: {e['case_id']}: {e['error']}", file=sys.stderr)
+    if not featuresCsv.exists() or res.n_ok == 0:
+        print(f"no case succeeded; {out} was not written", file=sys.stderr)
+        return 1
+    table = pd.read_csv(featuresCsv).copy()     # one block: the inserts below stay cheap
+    byId = {str(r["case_id"]): r for r in rows}
+    table.insert(1, "mask_source", [byId[str(c)]["mask_source"] for c in table["case_id"]])
+    if bundle is not None:
+        from HER2RadiomicsLib.modelling.predict import predict_rows
+        site = bundle.meta.get("batch_col") or "site"
+        table[site] = [byId[str(c)].get(site) or args.site or None for c in table["case_id"]]
+        names = bundle.meta.get("clinical") or []
+        clin = pd.DataFrame([{k: float(byId[str(c)][k]) if byId[str(c)].get(k) not in (None, "")
+                              else clinical.get(k) for k in names}
+                             for c in table["case_id"]]) if names else None
+        preds = predict_rows(bundle, table, site=args.site or None, clinical=clin)
+        extra = pd.DataFrame([{f"prediction_{k}": v for k, v in p.as_row().items()
+                               if k != "case_id"} for p in preds])
+        table = pd.concat([table.reset_index(drop=True), extra], axis=1)
+    sep = "," if out.suffix.lower() == ".csv" else "\t"
+    atomic_write_text(out, table.to_csv(index=False, sep=sep))
+    progress(1.0)
+    return 1 if errors or res.interrupted else 0
+
+
 def main(argv=None):
     args = buildParser().parse_args(argv)
     _addLibraryPath()
@@ -142,36 +253,18 @@ def main(argv=None):
             from HER2RadiomicsLib.modelling.bundle import load_bundle
             bundle = load_bundle(args.bundle)
         progress(0.02)
-        rows, errors = [], []
         if args.manifest:
-            from HER2RadiomicsLib.extraction.batch import read_manifest
-            cases = read_manifest(args.manifest, empty_mask_ok=True)   # empty: CNN mask
-            for i, c in enumerate(cases):
-                try:
-                    cs = (float(c["spacing_x_mm"]), float(c["spacing_y_mm"])) \
-                        if c.get("spacing_x_mm") else spacing
-                    clin = {**clinical, **{k: float(c[k]) for k in
-                                           (bundle.meta.get("clinical") if bundle else [])
-                                           if c.get(k) not in (None, "")}}
-                    rows.append(processCase(c["case_id"], c["image"], c.get("mask") or None,
-                                            args, bundle, c.get("site") or args.site, clin, cs))
-                except (HER2Error, ValueError) as exc:  # the other cases still run
-                    errors.append(f"{c['case_id']}: {exc}")
-                    print(f"error: {c['case_id']}: {exc}", file=sys.stderr)
-                progress(0.02 + 0.96 * (i + 1) / len(cases))
-        else:
-            caseId = os.path.basename(args.inputVolume).split(".")[0]
-            rows.append(processCase(caseId, args.inputVolume, args.inputLabel or None, args,
-                                    bundle, args.site, clinical, spacing,
-                                    writeLabel=args.outputLabel,
-                                    report=lambda f: progress(0.1 + 0.8 * f)))
-        if args.outputTable and rows:
+            return runManifest(args, spacing, clinical, bundle)
+        caseId = os.path.basename(args.inputVolume).split(".")[0]
+        row = processCase(caseId, args.inputVolume, args.inputLabel or None, args, bundle,
+                          args.site, clinical, spacing, writeLabel=args.outputLabel,
+                          report=lambda f: progress(0.1 + 0.8 * f))
+        if args.outputTable:
             sep = "," if args.outputTable.lower().endswith(".csv") else "\t"
-            atomic_write_text(args.outputTable, pd.DataFrame(rows).to_csv(index=False, sep=sep))
+            atomic_write_text(args.outputTable, pd.DataFrame([row]).to_csv(index=False,
+                                                                           sep=sep))
         progress(1.0)
-        for e in errors:
-            print(f"failed: {e}", file=sys.stderr)
-        return 1 if errors else 0
+        return 0
     except (HER2Error, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -113,3 +113,69 @@ def test_library_is_found_from_a_multi_configuration_build_tree(tmp_path):
     found = [c for c in CLI.libraryCandidates(str(here))
              if (Path(c) / "HER2RadiomicsLib").is_dir()]
     assert found == [str(tree / "qt-scripted-modules" / "Release")]
+
+
+def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, capsys,
+                                                            monkeypatch):
+    """Manifest mode uses the library's batch engine: per-case parts (a rerun recomputes
+    nothing), an error table, parallel workers, CNN masks kept for the rerun, progress lines
+    and extract's exit codes (issue 15, item 11)."""
+    import HER2RadiomicsLib.extraction.batch as B
+    rows = pd.read_csv(cohort / "cohort.csv").iloc[:3]
+    man = pd.DataFrame({"case_id": list(rows.case_id),
+                        "image": [str(cohort / p) for p in rows.image],
+                        "mask": [str(cohort / rows["mask"].iloc[0]), "",
+                                 str(cohort / rows["mask"].iloc[2])]})
+    man.to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "cohort.tsv"
+    args = ["--manifest", str(tmp_path / "m.csv"), "--preset", "cui2023", "--rings", "3",
+            "--outputTable", str(out)]
+    assert CLI.main(args + ["--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    fractions = [float(v) for v in
+                 __import__("re").findall(r"<filter-progress>([\d.]+)</filter-progress>", text)]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 5
+    t = pd.read_csv(out, sep="\t")
+    assert t.case_id.tolist() == list(rows.case_id)
+    assert t.mask_source.tolist() == ["label map", "CNN auto-mask", "label map"]
+    assert (tmp_path / "cohort_features.csv.parts").is_dir()
+    assert (tmp_path / "cohort.tsv.masks" / f"{rows.case_id.iloc[1]}.nrrd").exists()
+    # the rerun reuses every finished case and the CNN mask: nothing is computed again
+    computed = []
+    real = B._safe_case
+    monkeypatch.setattr(B, "_safe_case", lambda *a, **k: computed.append(1) or real(*a, **k))
+    import HER2RadiomicsLib.segmentation.commands as S
+    monkeypatch.setattr(S, "get_segmenter", lambda *a, **k: pytest.fail("CNN rerun"))
+    before = t.copy()
+    assert CLI.main(args) == 0
+    assert computed == []
+    pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), before)
+
+
+def test_manifest_with_a_bundle_extracts_its_features_and_predicts(cohort, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_bundle_security import _pipeline
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.modelling.bundle import save_bundle
+    rows = pd.read_csv(cohort / "cohort.csv").iloc[:2]
+    loaded, m = load_case(cohort / rows.image.iloc[0], cohort / rows["mask"].iloc[0])
+    feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": m})
+    cols = [c for c in feats if "firstorder" in c][:5]
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame([{c: feats[c] * (1 + 0.1 * rng.normal()) for c in cols} for _ in range(60)])
+    y = (X[cols[0]] > X[cols[0]].median()).astype(int).to_numpy()
+    bundle = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
+                         {"name": "t", "classes": ["zero", "low"], "positive_class": "1",
+                          "input_columns": cols, "threshold": 0.5, "regions": ["tumor"],
+                          "rings": {}, "params_name": "cui2023",
+                          "params_yaml": load_params("cui2023")[1], "batch_col": None})
+    pd.DataFrame({"case_id": rows.case_id, "image": [str(cohort / p) for p in rows.image],
+                  "mask": [str(cohort / p) for p in rows["mask"]]}).to_csv(
+        tmp_path / "m.csv", index=False)
+    rc = CLI.main(["--manifest", str(tmp_path / "m.csv"), "--bundle", str(bundle),
+                   "--outputTable", str(tmp_path / "p.csv")])
+    assert rc == 0, capsys.readouterr().err
+    t = pd.read_csv(tmp_path / "p.csv")
+    assert t.prediction_predicted_class.isin(["zero", "low"]).all()
+    assert np.isclose(t.loc[0, cols[0]], feats[cols[0]], rtol=1e-9)

@@ -261,6 +261,8 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         Dask scheduler address, or ``"local"`` to start a LocalCluster with ``jobs`` workers.
     resume : bool
         Keep parts of finished cases whose settings digest matches, and skip those cases.
+    progress : bool or callable
+        A progress bar on stderr, or ``progress(done, total)`` called after every case.
     aggregate : {"mean", "median", "first"}, optional
         Also write ``<stem>_patients.csv``, one row per ``patient_id``.
 
@@ -301,8 +303,11 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         _atomic_json(parts / f"{result['case_id']}.json", result)
         this_run.add(result["case_id"])
 
-    bar = progress_bar(total=len(todo), desc="extract", unit="case", file=sys.stderr,
-                       disable=not progress or len(todo) <= 1)
+    if callable(progress):       # e.g. the Slicer CLI's <filter-progress> lines
+        bar = _CallbackBar(len(todo), progress)
+    else:
+        bar = progress_bar(total=len(todo), desc="extract", unit="case", file=sys.stderr,
+                           disable=not progress or len(todo) <= 1)
     try:
         if not todo:
             pass
@@ -330,6 +335,20 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         bar.close()
     _assemble([r for r in rows if r["case_id"] in this_run], parts, res, aggregate)
     return res
+
+
+class _CallbackBar:
+    """Calls ``fn(done, total)`` after every case."""
+
+    def __init__(self, total, fn):
+        self.total, self.done, self.fn = total, 0, fn
+
+    def update(self, n=1):
+        self.done += n
+        self.fn(self.done, self.total)
+
+    def close(self):
+        pass
 
 
 class _NoBar:

@@ -40,11 +40,13 @@ class HER2Radiomics(ScriptedLoadableModule):
         self.parent.title = _("HER2Radiomics")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["HER2Radiomics contributors"]
+        self.parent.contributors = ["HER2Radiomics team (HER2Radiomics project)"]
         self.parent.helpText = _(
             "Breast-ultrasound radiomics for HER2 status (positive / low / zero): CNN auto-mask, "
             "peritumoral rings in mm, radiomics features, model bundles, reports. "
-            "<b>Research use only. Not a diagnostic device.</b>")
+            "<b>Research use only. Not a diagnostic device.</b> "
+            "See the <a href='https://github.com/HER2Radiomics/SlicerHER2Radiomics#readme'>"
+            "documentation</a>.")
         self.parent.acknowledgementText = _(
             "Feature definitions follow pyradiomics (van Griethuysen et al., Cancer Res 2017), "
             "computed by HER2Radiomics' own engine. The auto-mask CNN was "

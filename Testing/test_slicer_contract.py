@@ -385,3 +385,30 @@ def test_slicer_installer_pins_slicers_packages_and_does_not_ask_twice(monkeypat
     (kind, args), = calls
     assert kind == "pip" and args[:1] == ["scikit-learn>=1.3"] and args[1] == "-c"
     assert f"numpy=={md.version('numpy')}" in Path(args[2]).read_text()
+
+
+def _cmake_set(name):
+    m = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    return m.group(1) if m else None
+
+
+def test_extensions_index_readiness():
+    """What the ExtensionsIndex checks ask for (issue 15, item 10): a licence file named in
+    the README, contributors as "Name (Organisation)", a documentation link in the help,
+    the CMake floor of the current template, and a catalog entry agreeing with CMake."""
+    import json
+    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+    assert "`LICENSE`" in (ROOT / "README.md").read_text()
+    for who in _cmake_set("EXTENSION_CONTRIBUTORS").split(","):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", who.strip()), who
+    src = MODULE.read_text()
+    assert re.search(r'contributors = \["[^"(]+ \([^)]+\)"\]', src)
+    assert "documentation</a>" in src and "href=" in src
+    floor = re.search(r"cmake_minimum_required\(VERSION (\d+\.\d+\.\d+)",
+                      (ROOT / "CMakeLists.txt").read_text()).group(1)
+    assert tuple(map(int, floor.split("."))) >= (3, 20, 6)
+    entry = json.loads((ROOT / "Resources" / "ExtensionsIndex" / "HER2Radiomics.json")
+                       .read_text())
+    assert entry["build_dependencies"] == _cmake_set("EXTENSION_DEPENDS").split()
+    assert entry["category"] == _cmake_set("EXTENSION_CATEGORY")
+    assert entry["scm_url"].removesuffix(".git") == _cmake_set("EXTENSION_HOMEPAGE")

@@ -99,11 +99,9 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # presetComboBox is filled by the parameter node's Choice annotation (connectGui)
         self.ui.reportPathLineEdit.filters = ctkPathFilters()
-        editorNode = slicer.mrmlScene.GetSingletonNode("HER2Radiomics", "vtkMRMLSegmentEditorNode")
-        if editorNode is None:
-            editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-            editorNode.SetSingletonTag("HER2Radiomics")
-        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(editorNode)
+        from HER2RadiomicsModuleLib.mrml import singletonSegmentEditorNode
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(
+            singletonSegmentEditorNode(slicer.mrmlScene))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -132,8 +130,15 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        # as Slicer's Segment Editor module does: shortcuts only while the module is shown
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
 
     def exit(self):
+        # leave no effect active, no shortcut installed and no view observed (they would act
+        # on the views while another module is shown)
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
+        self.ui.segmentEditorWidget.removeViewObservations()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None

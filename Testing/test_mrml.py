@@ -80,3 +80,24 @@ def test_single_slice_volume_is_true_2d():
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img2d))
     lab = M.sitkToVolumeNode(sitk.Cast(img2d > 0, sitk.sitkUInt8), scene, "m", labelmap=True)
     assert lab.IsA("vtkMRMLLabelMapVolumeNode")
+
+
+def test_segment_editor_node_is_one_tagged_singleton():
+    """Tagged before it is added, found by its tag afterwards: one node, however often the
+    module sets up (issue 15, item 7)."""
+    scene = slicer.vtkMRMLScene()
+    # slicer-core has no Segment Editor node class; the singleton logic is the same for any
+    # node class, so it is checked on the scripted-module node
+    cls = "vtkMRMLSegmentEditorNode"
+    probe = scene.CreateNodeByClass(cls)
+    if probe is None:
+        cls = "vtkMRMLScriptedModuleNode"
+    else:
+        probe.UnRegister(None)
+    first = M.singletonSegmentEditorNode(scene, className=cls)
+    again = M.singletonSegmentEditorNode(scene, className=cls)
+    assert first is not None and again.GetID() == first.GetID()
+    assert first.GetSingletonTag() == "HER2Radiomics"
+    assert scene.GetNumberOfNodesByClass(cls) == 1
+    other = M.singletonSegmentEditorNode(scene, tag="Other", className=cls)
+    assert other.GetID() != first.GetID()

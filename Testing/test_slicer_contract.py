@@ -412,3 +412,17 @@ def test_extensions_index_readiness():
     assert entry["build_dependencies"] == _cmake_set("EXTENSION_DEPENDS").split()
     assert entry["category"] == _cmake_set("EXTENSION_CATEGORY")
     assert entry["scm_url"].removesuffix(".git") == _cmake_set("EXTENSION_HOMEPAGE")
+
+
+def test_embedded_segment_editor_follows_the_module_lifecycle():
+    """As Slicer's own Segment Editor module: shortcuts installed on enter; on exit no active
+    effect, shortcuts uninstalled and view observations removed (issue 15, item 7)."""
+    methods = _widget_methods()
+    enter, exit_ = ast.unparse(methods["enter"]), ast.unparse(methods["exit"])
+    assert "segmentEditorWidget.installKeyboardShortcuts()" in enter
+    for call in ("segmentEditorWidget.setActiveEffect(None)",
+                 "segmentEditorWidget.uninstallKeyboardShortcuts()",
+                 "segmentEditorWidget.removeViewObservations()"):
+        assert call in exit_, call
+    assert "singletonSegmentEditorNode(" in ast.unparse(methods["setup"])
+    assert "AddNewNodeByClass('vtkMRMLSegmentEditorNode')" not in MODULE.read_text()

@@ -329,3 +329,16 @@ def markupsToPrompt(markupsNode, volumeNode):
         return "click", pts[0]
     (x0, y0), (x1, y1) = pts
     return "box", (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def singletonSegmentEditorNode(scene, tag="HER2Radiomics", className="vtkMRMLSegmentEditorNode"):
+    """The module's own Segment Editor node: found by its singleton tag, or created, tagged
+    and only then added (tagging after adding would let a second node with the same tag in,
+    and a reloaded scene would then hold two)."""
+    node = scene.GetSingletonNode(tag, className)
+    if node is None:
+        node = scene.CreateNodeByClass(className)
+        node.UnRegister(None)          # CreateNodeByClass hands over a reference
+        node.SetSingletonTag(tag)
+        node = scene.AddNode(node)
+    return node

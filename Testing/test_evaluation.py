@@ -105,3 +105,48 @@ def test_multiclass_macro_auc():
                                                                          "positive"])])
     assert r["auc_macro"] == pytest.approx(ref)
     assert r["auc_low_vs_rest"] == pytest.approx(roc_auc_score(y == "low", P[:, 1]))
+
+
+def test_reported_delong_ci_is_auc_plus_minus_z_times_sqrt_variance():
+    """The interval the reports print: se is the square root of the brute-force DeLong
+    variance (not the variance), and the bounds are AUC -/+ 1.959964 se (issue 14, item 12).
+    A 'se = var' bug makes the interval ~20x too narrow at these sizes."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 120)
+    s = np.round(0.8 * y + rng.normal(size=120), 2)
+    _, ref_cov = brute_delong(y, s, s)
+    var = ref_cov[0, 0]
+    res = E.auc_delong_ci(y, s)
+    assert res["se"] == pytest.approx(np.sqrt(var), rel=1e-12)
+    assert res["se"] > 5 * var                                  # sqrt, not the variance
+    auc = roc_auc_score(y, s)
+    assert res["ci_low"] == pytest.approx(auc - 1.959963984540054 * np.sqrt(var), rel=1e-12)
+    assert res["ci_high"] == pytest.approx(auc + 1.959963984540054 * np.sqrt(var), rel=1e-12)
+
+
+def test_bootstrap_bounds_are_the_percentiles_of_the_stored_resamples():
+    """The CI bounds are the 2.5th and 97.5th percentiles (numpy's linear rule, worked by
+    sorting) of the resample AUCs the function returns, each recomputed with scikit-learn."""
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 50)
+    s = np.round(y + rng.normal(size=50), 1)
+    res = E.auc_bootstrap_ci(y, s, n_boot=201, seed=5)
+    pi, ni = E._bootstrap_matrix(y, 201, 5)
+    boots = np.array([roc_auc_score(y[np.r_[pi[r], ni[r]]], s[np.r_[pi[r], ni[r]]])
+                      for r in range(201)])
+    ordered = np.sort(boots)
+    # 201 resamples: the 2.5th percentile sits at index 0.025 * 200 = 5, the 97.5th at 195
+    assert res["ci_low"] == pytest.approx(ordered[5], abs=1e-12)
+    assert res["ci_high"] == pytest.approx(ordered[195], abs=1e-12)
+
+
+def test_net_benefit_where_the_weight_is_not_one():
+    """Worked by hand at threshold 0.2 (weight 0.2 / 0.8 = 0.25): 10 cases, 4 positive;
+    predicted positive (p >= 0.2): 3 true, 3 false positives."""
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.5, 0.2, 0.1, 0.7, 0.3, 0.25, 0.15, 0.1, 0.05])
+    d = E.decision_curve(y, p, thresholds=[0.2]).iloc[0]
+    assert d["model"] == pytest.approx(3 / 10 - 3 / 10 * 0.25)          # 0.225
+    assert d["treat_all"] == pytest.approx(4 / 10 - 6 / 10 * 0.25)      # 0.25
+    d = E.decision_curve(y, p, thresholds=[0.6]).iloc[0]                 # weight 1.5
+    assert d["model"] == pytest.approx(1 / 10 - 1 / 10 * 1.5)

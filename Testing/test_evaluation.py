@@ -150,3 +150,23 @@ def test_net_benefit_where_the_weight_is_not_one():
     assert d["treat_all"] == pytest.approx(4 / 10 - 6 / 10 * 0.25)      # 0.25
     d = E.decision_curve(y, p, thresholds=[0.6]).iloc[0]                 # weight 1.5
     assert d["model"] == pytest.approx(1 / 10 - 1 / 10 * 1.5)
+
+
+def test_youden_threshold_keeps_the_scores_scale():
+    """On Rad-score-like values (not probabilities) the threshold is the score that
+    maximises sensitivity + specificity - 1, found by trying every score: it was clipped
+    to 1.0 (issue 14, item 4)."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = np.round(5 + 1.5 * y + rng.normal(size=200), 2)             # values ~3 to ~9
+    best, best_j = None, -1.0
+    for t in np.unique(s)[::-1]:          # highest first: ties go to the higher threshold
+        pred = s >= t
+        j = (pred & (y == 1)).sum() / (y == 1).sum() - (pred & (y == 0)).sum() / (y == 0).sum()
+        if j > best_j + 1e-12:
+            best, best_j = t, j
+    assert E.youden_threshold(y, s) == pytest.approx(best)
+    assert E.youden_threshold(y, s) > 1.0
+    # nobody can be separated (one class only scores): just above the largest score
+    flat = np.full(10, 7.5)
+    assert E.youden_threshold(np.r_[np.zeros(5), np.ones(5)].astype(int), flat) > 7.5

@@ -119,7 +119,10 @@ def youden_threshold(y, score) -> float:
     fpr, tpr, thr = roc_curve(y, score)
     j = np.argmax(tpr - fpr)
     t = thr[j]
-    return float(min(t, 1.0) if np.isfinite(t) else 1.0)
+    # thresholds are the scores themselves, on whatever scale (a Rad-score is not a
+    # probability: no clipping to 1); roc_curve's first one (inf) means "nobody positive",
+    # i.e. just above the largest score
+    return float(t) if np.isfinite(t) else float(np.nextafter(np.max(score), np.inf))
 
 
 def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple:

@@ -218,7 +218,7 @@ def test_native_driver_equals_pyradiomics_on_cohort_rings(params, cohort, tmp_pa
     ours = NativeExtractor(ref_fx.params, source=params)
     n = 0
     rows = list(csv.DictReader(open(cohort / "cohort.csv")))
-    for r in rows[:3] if params.endswith("pointwise.yaml") else rows:   # 5 image types: slow
+    for r in rows[:2] if params.endswith("pointwise.yaml") else rows:   # pyradiomics: ~30 s a case
         li, mask = load_case(cohort / r["image"], cohort / r["mask"])
         regs = build_regions(li.image, mask, "3,5,8")
         ref, _ = ref_fx.extract(li.image, regs.masks)

@@ -309,8 +309,10 @@ def _mcc(P, px, py) -> float:
     vals = []
     for a in range(P.shape[2]):
         Pa = P[:, :, a]
-        Q = (Pa[:, None, :] * Pa[None, :, :] / (px[:, 0, a][:, None, None] * py[0, :, a][None, None, :]
-                                                + EPS)).sum(2)
+        # the same terms as summing P(i,k) P(j,k) / (p_x(i) p_y(k) + eps) over k, as one
+        # matrix product instead of a G x G x G array (G = grey levels: 100+ on filters)
+        weighted = Pa / (px[:, 0, a][:, None] * py[0, :, a][None, :] + EPS)
+        Q = weighted @ Pa.T
         ev = np.sort(np.linalg.eigvals(Q))
         vals.append(np.sqrt(ev[-2]))
     return float(np.nanmean(np.array(vals)).real)

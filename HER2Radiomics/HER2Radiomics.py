@@ -286,7 +286,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else p.preset
             table = self._outputNode("featureTable", "vtkMRMLTableNode", "HER2 features")
             self._job = self.logic.startFeatureExtraction(p.inputVolume, p.segmentation, params,
-                                                          table)
+                                                          table, runCli=cliRunner())
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.cancelButton.enabled = True
@@ -392,6 +392,17 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(out)))
 
 
+def cliRunner(waitForCompletion=False):
+    """Runs the scripted CLI in its own process (the GUI stays responsive, Cancel works); None
+    when the CLI module is not loaded (the Logic then uses a worker thread)."""
+    module = getattr(slicer.modules, "her2radiomicscli", None)
+    if module is None:
+        return None
+    return lambda parameters: slicer.cli.run(module, None, parameters,
+                                             wait_for_completion=waitForCompletion,
+                                             update_display=False)
+
+
 def ctkPathFilters():
     """ctkPathLineEdit filter for a file to write (any name, writable)."""
     import ctk
@@ -465,9 +476,10 @@ class HER2RadiomicsTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Rings")
         _regs, qc = logic.buildRings(volume, seg, [3, 5, 8])
         self.assertEqual(seg.GetSegmentation().GetNumberOfSegments(), 4)
-        self.delayDisplay("Features (background job)")
+        self.delayDisplay("Features (scripted CLI in its own process)")
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode")
-        job = logic.startFeatureExtraction(volume, seg, "cui2023", table)
+        job = logic.startFeatureExtraction(volume, seg, "cui2023", table,
+                                           runCli=cliRunner(waitForCompletion=True))
         self.assertTrue(job.wait(300))
         feats = logic.finishFeatureExtraction(job)
         self.assertEqual(table.GetNumberOfRows(), len(feats))

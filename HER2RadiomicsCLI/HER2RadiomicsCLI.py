@@ -25,6 +25,12 @@ def buildParser():
     p = argparse.ArgumentParser(description="HER2Radiomics batch CLI (research use only)")
     p.add_argument("--inputVolume", help="2D image")
     p.add_argument("--inputLabel", help="tumour label map (CNN when absent)")
+    p.add_argument("--inputRegions", help="bit-coded label map of the regions to extract "
+                   "(region i sets bit i; the Slicer panel's edited segments)")
+    p.add_argument("--regionNames", type=str, default="",
+                   help="comma-separated region names in bit order (with --inputRegions)")
+    p.add_argument("--spacingUnknown", action="store_true", default=False,
+                   help="the image's spacing is a placeholder: features in pixel units")
     p.add_argument("--manifest", help="cohort CSV: case_id,image[,mask,site,...]")
     p.add_argument("--spacingMm", type=str, help="X,Y pixel spacing in mm")
     p.add_argument("--rings", type=str, default="3,5,8")
@@ -97,6 +103,28 @@ def _spacing(text):
     if len(parts) < 2 or min(parts[:2]) <= 0:
         raise ValueError(f"--spacingMm {text!r}: expected two positive numbers X,Y")
     return tuple(parts[:2])
+
+
+def processRegions(caseId, image, regionsPath, args, spacing=None, report=None):
+    """Features of regions drawn elsewhere (the Slicer panel's tumour and ring segments,
+    edits included) -> a table row; no ring is rebuilt and no CNN runs."""
+    import SimpleITK as sitk
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import read_image
+    from HER2RadiomicsLib.imaging.rings import decode_region_bits
+    loaded = read_image(image, spacing_mm=spacing)
+    try:
+        label = sitk.ReadImage(str(regionsPath))
+    except RuntimeError as exc:
+        raise ValueError(f"{regionsPath}: cannot read the region label map "
+                         f"({str(exc).strip().splitlines()[-1][:120]})") from None
+    masks = decode_region_bits(label, args.regionNames, loaded.image, path=str(regionsPath))
+    known = loaded.spacing_known and not args.spacingUnknown
+    fx = FeatureExtractor(args.paramsFile or args.preset)
+    feats, _ = fx.extract(loaded.image, masks, spacing_known=known, path=str(image),
+                          progress=(lambda d, t, r: report(d / max(t, 1))) if report else None)
+    return {"case_id": caseId, "mask_source": "region label map",
+            "spacing_source": loaded.spacing_source if known else "unknown", **feats}
 
 
 def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None,
@@ -256,9 +284,16 @@ def main(argv=None):
         if args.manifest:
             return runManifest(args, spacing, clinical, bundle)
         caseId = os.path.basename(args.inputVolume).split(".")[0]
-        row = processCase(caseId, args.inputVolume, args.inputLabel or None, args, bundle,
-                          args.site, clinical, spacing, writeLabel=args.outputLabel,
-                          report=lambda f: progress(0.1 + 0.8 * f))
+        if args.inputRegions:
+            if args.inputLabel or bundle is not None:
+                raise ValueError("--inputRegions replaces --inputLabel and the rings; it "
+                                 "takes no --bundle")
+            row = processRegions(caseId, args.inputVolume, args.inputRegions, args, spacing,
+                                 report=lambda f: progress(0.05 + 0.9 * f))
+        else:
+            row = processCase(caseId, args.inputVolume, args.inputLabel or None, args,
+                              bundle, args.site, clinical, spacing,
+                              writeLabel=args.outputLabel, report=lambda f: progress(0.1 + 0.8 * f))
         if args.outputTable:
             sep = "," if args.outputTable.lower().endswith(".csv") else "\t"
             atomic_write_text(args.outputTable, pd.DataFrame([row]).to_csv(index=False,

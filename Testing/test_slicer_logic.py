@@ -352,3 +352,18 @@ def test_core_logic_initialises_once_under_cooperative_slicer_base():
         C.HER2RadiomicsCoreLogic.__init__ = orig
     assert len(calls) == 2                                # reached twice, as in Slicer ...
     assert logic._fileSpacing == {"seen": 1}              # ... but initialised once
+
+
+def test_segment_export_leaves_no_node_behind(scene):
+    """Slicer's export gives each temporary label map a new colour table; before the fix every
+    extraction left one per region in the user's scene."""
+    img = _oblique_image()
+    vol = M.sitkToVolumeNode(img, scene, "US")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.CreateDefaultDisplayNodes()
+    sid = M.sitkToSegment(_disk(img), seg, vol, "tumour", region="tumor")
+    M.segmentToSitk(seg, sid, vol)              # the first export may add scene singletons
+    n = scene.GetNumberOfNodes()
+    for _ in range(3):
+        M.segmentToSitk(seg, sid, vol)
+    assert scene.GetNumberOfNodes() == n

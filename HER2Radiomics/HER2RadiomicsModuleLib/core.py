@@ -102,6 +102,56 @@ class Job:
         return self.done
 
 
+class CliJob:
+    """The scripted CLI running a task in its own process (``slicer.cli.run(...,
+    wait_for_completion=False)``), seen through the same interface as :class:`Job`.
+
+    Slicer's Python holds the GIL while the GUI idles, so a worker thread crawls; a CLI
+    process does not. Progress comes from the CLI's ``<filter-progress>`` lines (the node's
+    ``GetProgress()``, 0-100), Cancel is the node's ``Cancel()`` (Slicer stops the process; the
+    CLI writes its outputs atomically, so nothing half-written is read).
+    """
+
+    def __init__(self, name, cliNode, outputTableNode, tableNode, temporaryNodes=()):
+        self.name = name
+        self.cliNode = cliNode
+        self.outputTableNode = outputTableNode
+        self.tableNode = tableNode
+        self.temporaryNodes = list(temporaryNodes)
+
+    @property
+    def progress(self):
+        return self.cliNode.GetProgress() / 100.0
+
+    @property
+    def message(self):
+        return self.cliNode.GetStatusString()
+
+    @property
+    def done(self):
+        n = self.cliNode
+        return n.GetStatus() in (n.Completed, n.CompletedWithErrors, n.Cancelled)
+
+    def cancel(self):
+        if not self.done:
+            self.cliNode.Cancel()
+
+    def wait(self, timeout=None):
+        """Poll until done (the CLI runs in another process; Slicer itself never blocks)."""
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.done and (end is None or time.monotonic() < end):
+            time.sleep(0.05)
+        return self.done
+
+    def errorLine(self):
+        """The CLI's one-line error (``error: ...`` on stderr), else its last stderr line."""
+        lines = [ln.strip() for ln in (self.cliNode.GetErrorText() or "").splitlines()
+                 if ln.strip()]
+        errors = [ln[len("error:"):].strip() for ln in lines if ln.startswith("error:")]
+        return errors[0] if errors else (lines[-1] if lines else "the CLI failed")
+
+
 def _isDicom(path) -> bool:
     """A DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble)."""
     try:
@@ -366,24 +416,119 @@ class HER2RadiomicsCoreLogic:
             M.dataFrameToTableNode(M.featuresToLongFrame(feats), tableNode)
         return feats
 
-    def startFeatureExtraction(self, volumeNode, segmentationNode, params="default",
-                               tableNode=None):
-        """Run the extraction on a worker thread; returns the started :class:`Job`.
+    def featureCliParameters(self, volumeNode, segmentationNode, params="default"):
+        """Inputs of the scripted CLI for the panel's regions, as ``slicer.cli.run`` takes them.
 
-        The table node is filled by :meth:`finishFeatureExtraction` back on the GUI thread.
+        The CLI gets exactly what the in-process extraction would use: the grey image with the
+        spacing the panel resolved (calibrated DICOM, user entry) as a temporary volume, and
+        the tumour and ring segments (edits included) as one bit-coded label map on its grid
+        (:func:`HER2RadiomicsLib.imaging.rings.encode_region_bits`; nested rings overlap).
+
+        Returns
+        -------
+        (dict, list)
+            CLI parameters (names as in ``HER2RadiomicsCLI.xml``) and the temporary nodes
+            (hidden; removed by :meth:`finishFeatureExtraction`).
         """
+        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib.imaging.rings import encode_region_bits
+        loaded = self.loadedImage(volumeNode)
+        masks = self.regionMasks(volumeNode, segmentationNode)
+        try:
+            bits, names = encode_region_bits(masks)
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+        scene = volumeNode.GetScene()
+        temporary = []
+        for image, suffix, labelmap in ((loaded.image, "image", False),
+                                        (bits, "regions", True)):
+            node = M.sitkToVolumeNode(image, scene, f"{volumeNode.GetName()} ({suffix}, "
+                                      "HER2Radiomics temporary)", labelmap=labelmap)
+            node.SetHideFromEditors(True)
+            temporary.append(node)
+        output = scene.AddNewNodeByClass("vtkMRMLTableNode", "HER2Radiomics CLI output")
+        output.SetHideFromEditors(True)
+        temporary.append(output)
+        info = self.spacingInfo(volumeNode)
+        parameters = {"inputVolume": temporary[0], "inputRegions": temporary[1],
+                      "regionNames": ",".join(names), "spacingUnknown": not info.known,
+                      "outputTable": output}
+        if isinstance(params, (str, Path)) and str(params).lower().endswith((".yaml", ".yml")):
+            parameters["paramsFile"] = str(params)
+        else:
+            parameters["preset"] = str(params)
+        return parameters, temporary
+
+    def startFeatureExtraction(self, volumeNode, segmentationNode, params="default",
+                               tableNode=None, runCli=None):
+        """Start the extraction; returns a job to poll (``progress``, ``message``, ``done``,
+        ``cancel()``), finished by :meth:`finishFeatureExtraction` on the GUI thread.
+
+        ``runCli(parameters) -> vtkMRMLCommandLineModuleNode`` runs the scripted CLI; in
+        Slicer the widget passes ``slicer.cli.run(slicer.modules.her2radiomicscli, None,
+        parameters, wait_for_completion=False)``. Without it (no CLI module loaded, or the
+        tests on slicer-core) the work runs on a worker thread (:class:`Job`).
+        """
+        if runCli is not None:
+            parameters, temporary = self.featureCliParameters(volumeNode, segmentationNode,
+                                                              params)
+            try:
+                cliNode = runCli(parameters)
+            except Exception:
+                self._removeNodes(temporary)
+                raise
+            if cliNode is None:
+                self._removeNodes(temporary)
+                raise ValueError("the HER2Radiomics CLI module could not be started")
+            return CliJob("feature extraction", cliNode, parameters["outputTable"], tableNode,
+                          temporary)
         task = self._featureTask(volumeNode, segmentationNode, params)
         job = Job("feature extraction", lambda job: task(job.report))
         job.tableNode = tableNode
         return job.start()
 
+    @staticmethod
+    def _removeNodes(nodes):
+        for node in nodes:
+            scene = node.GetScene() if node is not None else None
+            if scene is not None:
+                scene.RemoveNode(node)
+
     def finishFeatureExtraction(self, job):
-        """On the GUI thread once ``job.done``: fill the table; returns the features or raises."""
+        """On the GUI thread once ``job.done``: fill the table; returns the features or raises
+        (:class:`~HER2RadiomicsLib.errors.Cancelled`, or ``ValueError`` with the one-line
+        reason). The table is only written from a complete result."""
+        if isinstance(job, CliJob):
+            return self._finishCliJob(job)
         if job.error is not None:
             raise job.error
         if getattr(job, "tableNode", None) is not None:
             M.dataFrameToTableNode(M.featuresToLongFrame(job.result), job.tableNode)
         return job.result
+
+    def _finishCliJob(self, job):
+        from HER2RadiomicsLib.errors import Cancelled
+        node = job.cliNode
+        try:
+            if node.GetStatus() == node.Cancelled:
+                raise Cancelled("feature extraction cancelled")
+            if node.GetStatus() != node.Completed:
+                raise ValueError(job.errorLine())
+            frame = M.tableNodeToDataFrame(job.outputTableNode)
+            if len(frame) != 1:
+                raise ValueError(f"the CLI returned {len(frame)} rows instead of one")
+            feats = {}
+            for column in frame.columns:
+                if "__" in column:              # <region>__<feature>; case_id etc. are not
+                    value = frame[column].iloc[0]
+                    feats[column] = float(value) if value not in ("", None) else float("nan")
+            if not feats:
+                raise ValueError("the CLI returned no feature")
+        finally:
+            self._removeNodes(job.temporaryNodes + [node])
+        if job.tableNode is not None:
+            M.dataFrameToTableNode(M.featuresToLongFrame(feats), job.tableNode)
+        return feats
 
     # -- 5. prediction -----------------------------------------------------------------------
 

@@ -189,7 +189,14 @@ def segmentToSitk(segmentationNode, segmentId, referenceVolumeNode, keep3D=False
                              f"'{referenceVolumeNode.GetName()}'")
         img = volumeNodeToSitk(labelNode, keep3D=keep3D)
     finally:
+        # the export gives the label map a new colour table ("<segmentation>_ColorTable_N");
+        # left behind, every extraction would add one per region to the user's scene
+        display = labelNode.GetDisplayNode()
+        colorNode = display.GetColorNode() if display is not None else None
         _removeNode(scene, labelNode)
+        if colorNode is not None and colorNode.IsA("vtkMRMLColorTableNode") and \
+                colorNode.GetName().startswith(segmentationNode.GetName() + "_ColorTable"):
+            scene.RemoveNode(colorNode)
     mask = sitk.Cast(img > 0, sitk.sitkUInt8)
     return mask
 

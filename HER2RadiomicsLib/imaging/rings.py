@@ -310,3 +310,80 @@ def write_regions(regions: RegionSet, out_dir, extra: dict | None = None) -> Pat
            "flagged": regions.flagged, **(extra or {})}
     atomic_write_text(out_dir / "rings.json", json.dumps(doc, indent=2))
     return out_dir / "rings.json"
+
+
+#: regions one bit-coded label map can carry (bit 0 .. 30 of an unsigned 32-bit integer; bit
+#: 31 is left free so a reader that takes the file as signed still sees positive labels)
+MAX_BIT_REGIONS = 31
+
+
+def encode_region_bits(masks: dict) -> tuple[sitk.Image, list]:
+    """Overlapping region masks as one label map: region ``i`` sets bit ``i``.
+
+    Nested rings (0-3 mm inside 0-5 mm) overlap, so an ordinary label map cannot hold them;
+    the bits can, in one file a Slicer CLI takes as an ``image type="label"`` input.
+
+    Parameters
+    ----------
+    masks : dict
+        ``{region name: binary mask}``, all on one grid (the first mask's).
+
+    Returns
+    -------
+    (SimpleITK.Image, list)
+        UInt32 label map on the masks' grid and the region names in bit order.
+    """
+    names = list(masks)
+    if not names:
+        raise InputError("no region to encode")
+    if len(names) > MAX_BIT_REGIONS:
+        raise InputError(f"{len(names)} regions; one label map carries at most "
+                         f"{MAX_BIT_REGIONS}")
+    ref = masks[names[0]]
+    bits = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint32)
+    for i, name in enumerate(names):
+        m = masks[name]
+        if m.GetSize() != ref.GetSize():
+            raise InputError(f"region '{name}': size {m.GetSize()} differs from "
+                             f"'{names[0]}' {ref.GetSize()}")
+        bits |= (sitk.GetArrayViewFromImage(m) > 0).astype(np.uint32) << np.uint32(i)
+    out = sitk.GetImageFromArray(bits)
+    out.CopyInformation(ref)
+    return out, names
+
+
+def decode_region_bits(label: sitk.Image, names, reference: sitk.Image | None = None,
+                       path="label map") -> dict:
+    """The masks of :func:`encode_region_bits` back, in the order of ``names``.
+
+    ``reference`` (the image the features are taken from) gives the grid: sizes must match,
+    and the masks take its origin, spacing and direction. A region whose bit is set nowhere
+    is an error (it would be silently missing from the features).
+    """
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)
+             if n.strip()]
+    if not names:
+        raise InputError(f"{path}: no region names given for the bit-coded label map")
+    if len(names) > MAX_BIT_REGIONS:
+        raise InputError(f"{path}: {len(names)} region names; at most {MAX_BIT_REGIONS}")
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: region names repeat: {','.join(names)}")
+    arr = sitk.GetArrayFromImage(label)
+    if arr.ndim == 3 and arr.shape[0] == 1:     # Slicer writes a 2D image as one slice
+        arr = arr[0]
+    if np.issubdtype(arr.dtype, np.floating) or (arr < 0).any():
+        raise InputError(f"{path}: not a bit-coded label map (negative or fractional values)")
+    arr = arr.astype(np.uint64)
+    if reference is not None and arr.shape != sitk.GetArrayViewFromImage(reference).shape:
+        raise InputError(f"{path}: size {arr.shape[::-1]} differs from the image's "
+                         f"{reference.GetSize()}")
+    masks = {}
+    for i, name in enumerate(names):
+        m = ((arr >> np.uint64(i)) & np.uint64(1)).astype(np.uint8)
+        if not m.any():
+            raise InputError(f"{path}: region '{name}' (bit {i}) is empty")
+        img = sitk.GetImageFromArray(m)
+        if reference is not None:
+            img.CopyInformation(reference)
+        masks[name] = img
+    return masks

@@ -126,6 +126,11 @@ def test_module_follows_the_template_roles():
     for step in ("autoSegment", "buildRings", "startFeatureExtraction", "predict", "saveReport"):
         assert f"logic.{step}(" in body
     assert "skiptest" not in body.lower() and "self.skip" not in body.lower()
+    # it runs on Slicer's test machines: no pip install, no training; the shipped data instead
+    assert "ensureDependencies(" not in body and "exampleBundle(" not in body
+    for name in ("case.nrrd", "case_mask.nrrd", "case.json", "model_bundle.zip"):
+        assert (ROOT / "HER2Radiomics" / "Resources" / "Testing" / name).is_file(), name
+    assert "cliRunner(" in body          # features through the scripted CLI, as the panel
 
 
 # -- scripted CLI -------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def test_cli_has_python_real_shebang_and_progress():
 
 def _cmake_list(path):
     text = path.read_text()
-    return set(re.findall(r"^\s+([\w./${}]+\.(?:py|ui|png|yaml|pt|json))\s*$", text, re.M))
+    return set(re.findall(r"^\s+([\w./${}]+\.(?:py|ui|png|yaml|pt|json|nrrd|zip))\s*$", text, re.M))
 
 
 def test_cmake_lists_every_file():
@@ -194,7 +199,8 @@ def test_cmake_lists_every_file():
            for m in _cmake_list(ROOT / "HER2Radiomics" / "CMakeLists.txt")}
     files = {str(p.relative_to(ROOT / "HER2Radiomics")) for p in
              (ROOT / "HER2Radiomics").rglob("*")
-             if p.suffix in (".py", ".ui", ".png") and "__pycache__" not in p.parts}
+             if p.suffix in (".py", ".ui", ".png", ".json", ".nrrd", ".zip")
+             and "__pycache__" not in p.parts}
     assert files == mod, (files ^ mod)
     top = (ROOT / "CMakeLists.txt").read_text()
     for sub in ("HER2RadiomicsLib", "HER2Radiomics", "HER2RadiomicsCLI"):

@@ -367,3 +367,44 @@ def test_segment_export_leaves_no_node_behind(scene):
     for _ in range(3):
         M.segmentToSitk(seg, sid, vol)
     assert scene.GetNumberOfNodes() == n
+
+
+def test_self_test_data_shipped_with_the_module(scene):
+    """The module's self-test runs on the shipped case and bundle (no pip install, no
+    training): read as Slicer's loadVolume / loadLabelVolume and ImportLabelmapToSegmentationNode
+    do, the case goes through rings, features and prediction, and the panel's prediction equals
+    the library's file-based one."""
+    import json
+
+    from HER2RadiomicsLib.modelling.predict import predict_case
+    data = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing"
+    meta = json.loads((data / "case.json").read_text())
+    assert (data / "model_bundle.zip").stat().st_size < 512 * 1024      # stays tiny
+
+    def load(name, cls):
+        node = scene.AddNewNodeByClass(cls, name)
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(data / name))
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        assert storage.ReadData(node), name
+        return node
+    vol = load("case.nrrd", "vtkMRMLScalarVolumeNode")
+    label = load("case_mask.nrrd", "vtkMRMLLabelMapVolumeNode")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reference")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, seg)
+    seg.GetSegmentation().GetNthSegment(0).SetName("tumour")
+
+    logic = C.HER2RadiomicsCoreLogic()
+    info = logic.spacingInfo(vol)
+    assert info.known and info.spacing_mm == pytest.approx(meta["spacing_mm"], abs=1e-9)
+    _regs, qc = logic.buildRings(vol, seg, [3, 5, 8])
+    assert seg.GetSegmentation().GetNumberOfSegments() == 4 and (qc.area_mm2 > 0).all()
+    bundle = logic.loadBundle(data / "model_bundle.zip")
+    assert logic.bundleNeeds(bundle)["clinical"] == list(meta["clinical"])
+    pred = logic.predict(bundle, vol, seg, site=meta["site"], clinical=meta["clinical"])
+    ref = predict_case(bundle, data / "case.nrrd", data / "case_mask.nrrd", site=meta["site"],
+                       clinical=meta["clinical"])
+    assert pred.predicted_class == ref.predicted_class
+    for k, v in ref.probabilities.items():
+        assert pred.probabilities[k] == pytest.approx(v, abs=1e-9)

@@ -150,6 +150,10 @@ def test_failed_ring_region_gives_nan_not_crash(phantom):
         FeatureExtractor("cui2023").extract(img, {"tumor": empty})
 
 
+def msk_sum(m):
+    return sitk.GetArrayViewFromImage(m).astype(bool).sum()
+
+
 def test_unknown_spacing_and_pixel_units(phantom):
     img, msk = phantom
     with pytest.raises(SpacingUnknownError, match="LoG"):
@@ -158,7 +162,14 @@ def test_unknown_spacing_and_pixel_units(phantom):
     assert len(feats) == 86                                   # pixel-based: fine
     feats, _ = FeatureExtractor("default", pixel_units=True).extract(
         img, {"tumor": msk}, spacing_known=False)
-    assert feats
+    # as documented, one pixel counts as 1 mm: the same as the image declared 1 x 1 mm
+    one, one_m = sitk.Image(img), sitk.Image(msk)
+    one.SetSpacing((1.0, 1.0))
+    one_m.SetSpacing((1.0, 1.0))
+    ref, _ = FeatureExtractor("default").extract(one, {"tumor": one_m})
+    assert feats.keys() == ref.keys()
+    np.testing.assert_allclose([feats[k] for k in ref], list(ref.values()), rtol=1e-12)
+    assert feats["tumor__original_shape2D_PixelSurface"] == float(msk_sum(msk))
 
 
 def test_bad_params_are_clear(tmp_path):

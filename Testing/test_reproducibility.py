@@ -124,6 +124,31 @@ def test_bands_and_stable_list():
         stable_features(t, form="ICC9")
 
 
+def test_consensus_with_an_even_number_of_readers_and_anisotropic_perturbation():
+    """Four readers: a pixel drawn by exactly two is a tie and stays out of the strict
+    majority. Growth by 1 mm on 0.5 x 0.25 mm pixels (x = columns, y = rows) is 2 columns
+    and 4 rows on each side of a square: swapped spacing would give 4 and 2."""
+    a = np.zeros((40, 40), bool)
+    a[10:20, 10:20] = True
+    b = a.copy()
+    c = np.zeros_like(a)
+    c[10:20, 15:25] = True
+    d = c.copy()
+    cons = consensus_masks([a, b, c, d])
+    votes = a.astype(int) + b + c + d
+    assert np.array_equal(cons["majority"], votes >= 3)          # 2 of 4 is a tie: out
+    assert cons["majority"][12, 17] and not cons["majority"][12, 12]
+    sq = np.zeros((60, 60), bool)
+    sq[20:40, 20:40] = True
+    p = perturb_contour(sq, (0.5, 0.25), grow_mm=1.0, n_random=0)
+    rows, cols = np.nonzero(p["grow_1mm"])
+    assert (rows.min(), rows.max()) == (20 - 4, 39 + 4)
+    assert (cols.min(), cols.max()) == (20 - 2, 39 + 2)
+    rows, cols = np.nonzero(p["shrink_1mm"])
+    # pixels exactly 1 mm from the edge stay (4 rows or 2 columns in), as growth takes them
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (23, 36, 21, 38)
+
+
 def test_consensus_and_perturbation():
     a = np.zeros((30, 30), bool)
     a[5:20, 5:20] = True
@@ -191,8 +216,14 @@ def test_icc_cli_on_long_table(tmp_path, capsys):
     df.to_csv(p, index=False)
     assert main(["icc", "--table", str(p), "--case-col", "case", "--reader-col", "reader",
                  "--out", str(tmp_path / "icc.csv")]) == 0
-    t = pd.read_csv(tmp_path / "icc.csv")
-    assert t.feature.tolist() == ["a", "b", "c"]
+    t = pd.read_csv(tmp_path / "icc.csv").set_index("feature")
+    assert t.index.tolist() == ["a", "b", "c"]
+    for f in "abc":                                  # the values, against pingouin
+        ref = pg.intraclass_corr(df, targets="case", raters="reader", ratings=f) \
+            .set_index("Type")
+        for form in FORMS:
+            assert t.loc[f, form] == pytest.approx(ref.loc[PG_NAMES[form], "ICC"], abs=1e-9), \
+                (f, form)
     assert main(["icc", "--table", str(p), "--case-col", "nope", "--out",
                  str(tmp_path / "x.csv")]) == 2
     assert "column 'nope'" in capsys.readouterr().err

@@ -186,6 +186,16 @@ def test_cli_segment_and_eval(cohort, tmp_path, capsys, monkeypatch):
     from HER2RadiomicsLib.segmentation import commands
     monkeypatch.setattr(commands, "get_segmenter",
                         lambda *a, **k: Segmenter(DarknessNet(), size=96))
+    # a phantom with known lesions: the CLI's mask is the main lesion (Dice), on its grid
+    blobs, truth = blobs_image()
+    sitk.WriteImage(blobs, str(tmp_path / "blobs.nrrd"))
+    assert main(["segment", "--image", str(tmp_path / "blobs.nrrd"), "--out",
+                 str(tmp_path / "blobs_mask.nrrd")]) == 0
+    got = sitk.ReadImage(str(tmp_path / "blobs_mask.nrrd"))
+    m = sitk.GetArrayFromImage(got) > 0
+    assert 2 * (m & truth[0]).sum() / (m.sum() + truth[0].sum()) > 0.95   # measured 0.978
+    assert not (m & truth[1]).any()                      # the smaller blob is not the lesion
+    assert got.GetDirection() == blobs.GetDirection() and got.GetOrigin() == blobs.GetOrigin()
     img = cohort / "images" / "P0001-1.png"         # PNG without spacing is fine here
     out = tmp_path / "m.nrrd"
     ref = sitk.ReadImage(str(cohort / "masks" / "P0001-1.png"))

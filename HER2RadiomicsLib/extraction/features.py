@@ -166,6 +166,13 @@ def engine_info(engine: str = DEFAULT_ENGINE) -> dict:
     return {"name": "pyradiomics", "version": _import_pyradiomics().__version__}
 
 
+def _unit_spacing(img: sitk.Image) -> sitk.Image:
+    """A copy of ``img`` whose pixels are 1 mm (same origin and direction)."""
+    out = sitk.Image(img)
+    out.SetSpacing((1.0,) * img.GetDimension())
+    return out
+
+
 class FeatureExtractor:
     """Configure once, extract many times (the pyradiomics habit).
 
@@ -250,6 +257,11 @@ class FeatureExtractor:
             mm = uses_physical_units(self.params)
             if mm:
                 raise SpacingUnknownError(path, f"{', '.join(mm)} of params '{self.name}'")
+        if not spacing_known:
+            # the declared spacing is a placeholder: one pixel counts as 1 mm, whatever the
+            # file says, so pixel-unit features do not depend on a meaningless number
+            image, regions = _unit_spacing(image), {r: _unit_spacing(m)
+                                                    for r, m in regions.items()}
         self.check_input(image, regions, path)
         if self._native is not None and image.GetDimension() == 3 and image.GetSize()[2] == 1:
             # a one-slice volume (Slicer's 2D images) is the 2D image the native engine wants

@@ -419,6 +419,8 @@ def predictionHtml(pred):
     text = f"<b>Predicted: {pred.predicted_class}</b><br>" + "<br>".join(rows)
     if pred.rad_score is not None:
         text += f"<br>Rad-score {pred.rad_score:+.3f}"
+    for k, v in (getattr(pred, "class_rad_scores", None) or {}).items():
+        text += f"<br>Rad-score {k} vs rest {v:+.3f}"
     if pred.nomogram_probability is not None:
         text += f"; nomogram probability {pred.nomogram_probability:.2f}"
     for c in pred.contributions:

@@ -106,7 +106,13 @@ def run_demo(a) -> int:
                 runs[name] = json.loads(mpath.read_text())
                 continue
             r = load_recipe(name)
+            own = r.get("params", "default")
             r["params"] = DEMO_PARAMS
+            # the results are the recipe's protocol on other features: say so wherever shown
+            r["title"] = f"{r['title']} — on original-image features"
+            r["features_note"] = (f"recipe {name} on original-image features ({DEMO_PARAMS} "
+                                  f"params), not its own '{own}' preset: the demo's time "
+                                  "budget")
             r["evaluation"] = {**r["evaluation"], "repeats": 10}
             runs[name] = run(r, out / "features.csv", cohort / "cohort.csv",
                              out / "models" / name, icc=out / "reader_study" / "icc.csv",

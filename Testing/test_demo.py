@@ -41,6 +41,12 @@ def test_demo_reduced(tmp_path):
                     "Versions and settings", "Confusion matrix", "Decision curves",
                     "Calibration", "Nomogram"):
         assert heading.lower() in html.lower(), heading
+    # results are per patient and say so; the recipes ran on original-image features and say so
+    assert "test AUC per patient" in html and "(patients)" in html
+    assert html.count("on original-image features") >= 2
+    assert "stroma texture" in html                          # the planted effects, documented
+    m = json.loads((out / "models" / "peritumoral2025" / "metrics.json").read_text())
+    assert m["unit"] == "patients" and m["n"]["test"] < m["n_images"]["test"] + 1
     # the bundle reloads and predicts the probability the report shows
     shown = _card(html)
     b = load_bundle(out / "models" / "peritumoral2025" / "model_bundle.zip")

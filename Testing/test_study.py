@@ -48,10 +48,12 @@ def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
     s = run(_recipe(name, **over), study_data / "features.csv",
             study_data / "cohort" / "cohort.csv", tmp_path / name, progress=False)
     prim = s["models"][s["primary"]]
+    assert s["unit"] == "patients" and prim["test"]["unit"] == "patients"
     if s["positive"] is not None:
-        # the test set's AUC is clearly above chance, its DeLong CI excludes 0.5
+        # per patient the test set is small (24-45 patients): its AUC is clearly above chance,
+        # and the training patients' out-of-fold AUC (twice as many) has a CI above 0.5
         assert prim["test"]["auc"] > 0.65, prim["test"]
-        assert prim["test"]["auc_delong_ci_low"] > 0.5, prim["test"]
+        assert prim["train_oof"]["auc_delong_ci_low"] > 0.5, prim["train_oof"]
     else:
         assert prim["test"]["auc_macro"] > 0.6
         assert prim["test"]["auc_macro_ci_low"] > 0.5
@@ -69,21 +71,36 @@ def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
         assert len(s["models"]) == 3 and s["selected_features"]["differential"]
 
 
-def test_no_leakage_threshold_from_training(study_data, tmp_path):
-    """The threshold is the Youden point of the training out-of-fold predictions."""
-    from HER2RadiomicsLib.modelling.evaluation import youden_threshold
+def test_no_leakage_between_patients_and_threshold_from_training(study_data, tmp_path):
+    """No patient on two sides (second views included); the external site in no fit; the
+    threshold maximises Youden's J on the training patients' out-of-fold scores (found here
+    by brute force over every cut, not with the library's function); metrics per patient."""
     from HER2RadiomicsLib.modelling.study import run
     s = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
             study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
-    p = pd.read_csv(tmp_path / "y" / "predictions.csv")
+    img = pd.read_csv(tmp_path / "y" / "predictions_images.csv", dtype={"patient_id": str})
+    sides = img.groupby("patient_id")["split"].nunique()
+    assert (sides == 1).all(), sides[sides > 1]
+    c = pd.read_csv(study_data / "cohort" / "cohort.csv", dtype={"patient_id": str})
+    assert c.groupby("patient_id").size().max() > 1           # there are second views to split
+    ext = set(c[c.site == "C"].patient_id)
+    assert set(img[img.split != "external"].patient_id).isdisjoint(ext)
+    assert set(img[img.split == "external"].patient_id) == ext
+    # per patient: one row per patient, the mean of its images
+    p = pd.read_csv(tmp_path / "y" / "predictions.csv", dtype={"id": str})
     tr = p[p.split == "train_oof"]
-    assert s["models"]["logistic"]["threshold"] == pytest.approx(
-        youden_threshold(tr.label, tr.probability))
-    # external site never in training or test
-    c = pd.read_csv(study_data / "cohort" / "cohort.csv")
-    ext_ids = set(c[c.site == "C"].case_id)
-    assert set(p[p.split != "external"].case_id).isdisjoint(ext_ids)
-    assert set(p[p.split == "external"].case_id) <= ext_ids
+    assert s["unit"] == "patients" and len(tr) == img[img.split == "train_oof"].patient_id.nunique()
+    means = img[img.split == "train_oof"].groupby("patient_id")["probability"].mean()
+    np.testing.assert_allclose(tr.set_index("id").probability.loc[means.index], means, rtol=1e-9)
+    y, sc = tr.label.to_numpy(), tr.probability.to_numpy()
+    cuts = np.unique(sc)
+    j = [((sc >= t) & (y == 1)).sum() / (y == 1).sum() - ((sc >= t) & (y == 0)).sum()
+         / (y == 0).sum() for t in cuts]
+    # the file keeps 10 significant digits: a score equal to the threshold may round below it
+    thr = s["models"]["logistic"]["threshold"] * (1 - 1e-9)
+    j_thr = ((sc >= thr) & (y == 1)).sum() / (y == 1).sum() - ((sc >= thr) & (y == 0)).sum() \
+        / (y == 0).sum()
+    assert j_thr == pytest.approx(max(j))
 
 
 def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
@@ -96,7 +113,7 @@ def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
         progress=False)
     b = load_bundle(tmp_path / "p" / "model_bundle.zip")
     assert b.warnings == []
-    preds = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    preds = pd.read_csv(tmp_path / "p" / "predictions_images.csv")
     cohort = pd.read_csv(study_data / "cohort" / "cohort.csv").set_index("case_id")
     row = preds[preds.split == "test"].iloc[0]
     c = cohort.loc[row.case_id]
@@ -105,8 +122,27 @@ def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
                       case_id=row.case_id)
     assert b.meta["classes"] == ["zero", "low"]                   # the task's own names
     assert pr.probabilities["low"] == pytest.approx(row.probability, abs=1e-8)
-    assert pr.rad_score is not None and len(pr.contributions) >= 1
-    assert pr.nomogram_probability is not None and 0 < pr.nomogram_probability < 1
+    # the Rad-score is the training run's linear predictor (coefficients from metrics.json,
+    # written at training time) on the reloaded pipeline's transformed features
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
+    from HER2RadiomicsLib.modelling.transformers import transform_until
+    summary = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    sel = summary["selected_features"]
+    loaded, mask = load_case(study_data / "cohort" / c.image, study_data / "cohort" / c["mask"])
+    regs = build_regions(loaded.image, mask, b.meta["rings"]["rings_mm"], annuli=False)
+    feats, _ = FeatureExtractor(b.meta["params_name"]).extract(loaded.image, regs.masks)
+    X = pd.DataFrame([{**feats, "site": c.site, "case_id": row.case_id}])
+    Xt = transform_until(b.pipeline, X, "lasso")
+    expected_rs = sel["intercept"] + float(np.dot(Xt[sel["features"]].iloc[0], sel["coef"]))
+    assert pr.rad_score == pytest.approx(expected_rs, abs=1e-9)
+    assert len(pr.contributions) >= 1
+    # the nomogram probability is the logistic of the trained coefficients (metrics.json)
+    coefs = {o["predictor"]: o["coef"] for o in summary["nomogram"]["odds_ratios"]}
+    z = {"rad_score": expected_rs, **{k: float(c[k]) for k in b.meta["clinical"]}}
+    eta = b.nomogram.intercept_ + sum(coefs[k] * z[k] for k in coefs)
+    assert pr.nomogram_probability == pytest.approx(1 / (1 + np.exp(-eta)), abs=1e-9)
     assert pr.qc["spacing_source"] == "dicom-us-region"
 
 

@@ -28,10 +28,21 @@ latent (unit)                     zero    low     positive
 ================================  ======  ======  ========
 internal heterogeneity (a.u.)     0.25    0.40    0.60
 peritumoral halo strength (a.u.)  0.10    0.30    0.55
+peritumoral stroma texture (a.u.) 0.10    0.45    0.55
 calcification foci (Poisson mean) 0.8     1.5     3.5
 spiculated margin probability     0.45    0.30    0.15
 posterior enhancement probability 0.25    0.40    0.60
 ================================  ======  ======  ========
+
+The halo is an echogenic rim that decays within ~2 mm of the boundary. The **stroma texture**
+is the signal the peritumoral ring design can find: the echogenicity outside the lesion is
+modulated by a fine random texture (correlation ~0.3 mm) of log-amplitude ``texture x w(d)``,
+where ``w`` is 0 at the boundary, rises linearly from 1 to 3 mm, is 1 from 3 to 5 mm and falls
+to 0 at 8 mm (distance ``d`` from the boundary). It is strongest in the 3-5 mm band, as the
+peritumoral2025 paper's best scenario (intra + 5 mm) suggests: the tumour alone does not see
+it, the 0-3 mm ring sees its rising edge, the 0-5 mm ring most of it, the 0-8 mm ring all of
+it diluted by its 5-8 mm tail. Each case draws its strength around the class mean with
+SD 0.15 (from its own random stream, so every other parameter of a case is unchanged).
 
 Label noise: 12 % of cases get a label drawn at random (IHC misreads), so a sound pipeline
 reaches moderate AUCs (about 0.7-0.85), not 1.0.  Clinical variables (age, menopausal status,
@@ -63,6 +74,18 @@ SIGNAL = {  # per class: heterogeneity, halo, calcification mean, P(spiculated),
     "low": (0.40, 0.30, 1.5, 0.30, 0.40),
     "positive": (0.60, 0.55, 3.5, 0.15, 0.60),
 }
+#: per class: mean strength of the peritumoral stroma texture (see the module docstring)
+PERI_TEXTURE = {"zero": 0.05, "low": 0.65, "positive": 0.75}
+PERI_TEXTURE_SD = 0.15
+#: the texture's depth profile (mm from the boundary): rises 1 -> 3, flat to 5, gone at 8
+PERI_TEXTURE_MM = (1.0, 3.0, 5.0, 8.0)
+
+
+def peri_texture_weight(d_mm):
+    """The stroma texture's weight at distance ``d_mm`` outside the lesion (0..1)."""
+    a, b, c, e = PERI_TEXTURE_MM
+    d = np.asarray(d_mm, dtype=float)
+    return np.clip(np.minimum((d - a) / (b - a), (e - d) / (e - c)), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -160,8 +183,17 @@ def _case_params(rng, site: Site):
         ihc = "1+" if rng.random() < 0.6 else "2+"
     else:
         ihc = "3+" if rng.random() < 0.7 else "2+"
+    # the stroma texture from a child stream: every draw above and in simulate_case is the
+    # same as before it existed
+    child = rng.spawn(1)[0]
+    peri = dict(peri_texture=float(max(0.0, child.normal(PERI_TEXTURE[true], PERI_TEXTURE_SD))),
+                peri_seed=int(child.integers(2 ** 31)))
     return dict(
-        her2_true=true, her2=observed, her2_ihc=ihc, margin=margin,
+        **peri,
+        her2_true=true, her2=observed, her2_ihc=ihc,
+        # IHC with the FISH result of 2+ cases: the five groups yin2024's subtasks compare
+        her2_ihc_fish={"2+": "2+/FISH-" if observed == "low" else "2+/FISH+"}.get(ihc, ihc),
+        margin=margin,
         heterogeneity=float(max(0.05, rng.normal(het_m, 0.13))),
         halo=float(max(0.0, rng.normal(halo_m, 0.17))),
         n_calc=int(rng.poisson(calc_m)),
@@ -218,6 +250,11 @@ def simulate_case(rng, site: Site, p: dict, view_seed: int | None = None):
     dist_out = ndi.distance_transform_edt(~les, sampling=sp)
     halo = p["halo"] * np.exp(-dist_out / 2.0) * (~les)
     E = E * (1 + halo * (1 + 0.5 * _smooth_field(rng, (H, W), 0.6 / sp)))
+    # peritumoral stroma texture, strongest 3-5 mm out (HER2 signal for the ring scenarios)
+    if p.get("peri_texture", 0) > 0:
+        trng = np.random.default_rng(p["peri_seed"])
+        w = peri_texture_weight(dist_out) * (~les)
+        E = E * np.exp(p["peri_texture"] * w * _smooth_field(trng, (H, W), 0.6 / sp))
     for _ in range(p["n_calc"]):
         ys, xs = np.nonzero(les)
         k = rng.integers(len(ys))
@@ -398,9 +435,11 @@ def generate_cohort(out_dir, n_cases: int = 120, seed: int = 42, reader_fraction
     _write_csv(out / "readers.csv", rrows, ["case_id", "image", "reader", "mask"])
     meta = {"seed": seed, "n_patients": n_cases, "n_images": len(rows), "classes": CLASSES,
             "class_prior": CLASS_PRIOR, "label_noise": LABEL_NOISE,
-            "signal": {k: dict(zip(["heterogeneity", "halo", "calcifications_mean",
-                                    "p_spiculated", "p_enhancement"], v))
+            "signal": {k: {**dict(zip(["heterogeneity", "halo", "calcifications_mean",
+                                       "p_spiculated", "p_enhancement"], v)),
+                           "peri_texture": PERI_TEXTURE[k]}
                        for k, v in SIGNAL.items()},
+            "peri_texture_profile_mm": list(PERI_TEXTURE_MM),
             "sites": [s.__dict__ for s in SITES], "cases": truth}
     atomic_write_text(out / "truth.json", json.dumps(meta, indent=1))
     return out / "cohort.csv"
@@ -444,9 +483,10 @@ def _generate_patient(i, seed, out: Path, with_readers: bool, second_view_fracti
                      "site": site.name, "scanner": site.scanner, "age": p["age"],
                      "menopausal": p["menopausal"], "er": p["er"], "pr": p["pr"],
                      "ki67": p["ki67"], "lesion_size_mm": round(float(size), 1),
-                     "margin": p["margin"], "her2": p["her2"], "her2_ihc": p["her2_ihc"]})
-        truth[cid] = {k: p[k] for k in ("her2_true", "heterogeneity", "halo", "n_calc",
-                                        "posterior", "margin")}
+                     "margin": p["margin"], "her2": p["her2"], "her2_ihc": p["her2_ihc"],
+                     "her2_ihc_fish": p["her2_ihc_fish"]})
+        truth[cid] = {k: p[k] for k in ("her2_true", "heterogeneity", "halo", "peri_texture",
+                                        "n_calc", "posterior", "margin")}
         if with_readers and v == 0:
             rr = np.random.default_rng([seed, i, 99])
             for reader in READERS:

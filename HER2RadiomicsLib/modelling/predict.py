@@ -33,6 +33,8 @@ class Prediction:
     predicted_class: str
     probabilities: dict
     rad_score: float | None = None
+    #: more than two classes: one one-vs-rest Rad-score (log-odds) per class
+    class_rad_scores: dict | None = None
     contributions: list = field(default_factory=list)
     nomogram_probability: float | None = None
     nomogram_points: dict | None = None
@@ -43,6 +45,8 @@ class Prediction:
         row = {"case_id": self.case_id, "predicted_class": self.predicted_class,
                **{f"p_{k}": v for k, v in self.probabilities.items()},
                "rad_score": self.rad_score, "nomogram_probability": self.nomogram_probability}
+        for k, v in (self.class_rad_scores or {}).items():
+            row[f"rad_score_{k}_vs_rest"] = v
         for i, c in enumerate(self.contributions):
             row[f"top{i + 1}"] = f"{c['feature']} ({c['contribution']:+.3f})"
         row["qc"] = "; ".join(f"{k}={v}" for k, v in self.qc.items())
@@ -190,7 +194,7 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
     clinical : DataFrame, optional
         Clinical columns for the nomogram (same row order).
     """
-    from .transformers import rad_score_contributions
+    from .transformers import rad_score_contributions, rad_score_per_class
     meta = bundle.meta
     batch = meta.get("batch_col", "site")
     X = rows.copy()
@@ -220,6 +224,10 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         contrib, icpt = rad_score_contributions(pl, X)
     except InputError:
         contrib, icpt = None, None
+    try:
+        per_class = rad_score_per_class(pl, X) if not binary else None
+    except InputError:
+        per_class = None
     for i in range(len(X)):
         if binary:
             p1 = float(P[i, classes.index("1")])
@@ -232,6 +240,8 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
             cls = max(probs, key=probs.get)
         pr = Prediction(str(X["case_id"].iloc[i]) if "case_id" in X else str(i), cls, probs,
                         warnings=list(bundle.warnings))
+        if per_class is not None:
+            pr.class_rad_scores = {c: float(per_class.iloc[i][c]) for c in per_class.columns}
         if contrib is not None:
             c = contrib.iloc[i]
             pr.rad_score = float(c.sum() + icpt)

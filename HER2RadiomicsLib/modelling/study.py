@@ -44,6 +44,9 @@ TASKS = {
 }
 STEP_NAMES = ("impute", "variance", "stable", "combat", "scale", "smote", "univariate", "urf",
               "correlation", "lasso")
+#: steps that learn from the labels (or change the rows) before a LASSO: they run inside its
+#: inner cross-validation folds
+SUPERVISED_STEPS = ("smote", "univariate", "urf", "correlation")
 
 
 # -- recipes and data -----------------------------------------------------------------------------
@@ -64,6 +67,13 @@ def load_recipe(name_or_path) -> dict:
         r = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if r.get("extends"):
+        # a variant of another recipe (yin2024's binary subtasks): its keys replace the base's
+        if str(r["extends"]) == p.stem:
+            raise InputError(f"{p}: a recipe cannot extend itself")
+        base = load_recipe(r["extends"])
+        base = {k: v for k, v in base.items() if not k.startswith("_") and k != "name"}
+        r = {**base, **{k: v for k, v in r.items() if k != "extends"}}
     for key in ("task", "pipeline", "classifiers"):
         if key not in r:
             raise InputError(f"{p}: recipe needs '{key}'")
@@ -210,8 +220,35 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
     combat = use_combat and any(n == "combat" for n, _ in steps_cfg)
     steps = [("select", ColumnSelector(regions=list(regions),
                                        columns=[batch] if combat else []))]
-    for name, kw in steps_cfg:
+    names = [n for n, _ in steps_cfg]
+    for i, (name, kw) in enumerate(steps_cfg):
+        fc = (kw or {}).get("fold_change", 1.0 if name == "urf" else None)  # urf's default
+        if name in ("urf", "univariate") and fc is not None and "scale" in names[:i]:
+            # a ratio of class means means nothing on z-scores (the means straddle 0)
+            raise InputError(f"recipe {recipe.get('name')}: step '{name}' uses a fold change, "
+                             "which needs unscaled features; put it before 'scale'")
+    # Supervised screening (univariate tests, the relevance-ranked correlation filter) and
+    # SMOTE between the first of them and the LASSO go *inside* the LASSO's inner CV: fitted
+    # on each inner fold's training rows only. SMOTE is then applied again, after the
+    # selection, to the rows the classifier learns from (the papers balance that set).
+    inner, smote_after = set(), False
+    if "lasso" in names:
+        first = min((i for i, n in enumerate(names) if n in SUPERVISED_STEPS),
+                    default=names.index("lasso"))
+        inner = set(range(first, names.index("lasso")))
+        smote_after = any(names[i] == "smote" for i in inner)
+    screen, resample = [], None
+
+    def smote():
+        from imblearn.over_sampling import SMOTE
+        k = 5
+        if y_train is not None:
+            k = int(max(1, min(5, pd.Series(y_train).value_counts().min() - 1)))
+        return SMOTE(k_neighbors=k, random_state=seed)
+
+    for i, (name, kw) in enumerate(steps_cfg):
         kw = dict(kw or {})
+        target = screen if i in inner else steps
         if name == "impute":
             steps.append(("impute", MedianImputer()))
         elif name == "variance":
@@ -228,24 +265,30 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
         elif name == "scale":
             steps.append(("scale", StandardScaler().set_output(transform="pandas")))
         elif name == "smote":
-            from imblearn.over_sampling import SMOTE
-            k = 5
-            if y_train is not None:
-                k = int(max(1, min(5, pd.Series(y_train).value_counts().min() - 1)))
-            steps.append(("smote", SMOTE(k_neighbors=k, random_state=seed)))
+            if i in inner:
+                resample = smote()
+            else:
+                steps.append(("smote", smote()))
         elif name == "univariate":
-            steps.append(("univariate", UnivariateFilter(**kw)))
+            target.append(("univariate", UnivariateFilter(**kw)))
         elif name == "urf":
             sel = UnivariateFilter(test=kw.pop("test", "mannwhitney"),
                                    p_threshold=kw.pop("p_threshold", 0.05),
                                    fold_change=kw.pop("fold_change", 1.0),
                                    min_features=kw.pop("min_features", 3))
-            steps.append(("urf", URFModule(selector=sel, functions=functions, **kw)))
+            target.append(("urf", URFModule(selector=sel, functions=functions, **kw)))
         elif name == "correlation":
-            steps.append(("correlation", CorrelationFilter(**kw)))
+            target.append(("correlation", CorrelationFilter(**kw)))
         elif name == "lasso":
             kw.setdefault("random_state", seed)
+            if screen:
+                from sklearn.pipeline import Pipeline as SkPipeline
+                kw["screen"] = screen[0][1] if len(screen) == 1 else SkPipeline(screen)
+            if resample is not None:
+                kw["resample"] = resample
             steps.append(("lasso", LassoSelector(**kw)))
+            if smote_after:
+                steps.append(("smote", smote()))
     task = task_spec(recipe["task"])
     clf = make_classifier(classifier, random_state=seed)
     if recipe.get("tune"):
@@ -259,6 +302,49 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
         clf = HierarchicalClassifier(clf)
     steps.append(("classifier", clf))
     return Pipeline(steps)
+
+
+def fit_grouped(pipeline, X, y, groups=None, seed: int = 0):
+    """Fit a recipe pipeline with every inner cross-validation grouped by patient.
+
+    Steps whose ``fit`` takes ``groups`` (the LASSO's inner CV) get the patient ids; the
+    classifier's own inner CVs (Platt calibration of the SVM, the nested grid search) get
+    stratified patient-grouped folds for this fit. Rows a sampler adds (SMOTE) get groups of
+    their own. Without ``groups`` this is ``pipeline.fit(X, y)``.
+    """
+    import inspect
+
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+    if groups is None:
+        return pipeline.fit(X, y)
+    Xt, yt, g = X, np.asarray(y), np.asarray(groups).astype(str)
+    for _name, step in pipeline.steps[:-1]:
+        if step is None or step == "passthrough":
+            continue
+        if hasattr(step, "fit_resample"):
+            n0 = len(yt)
+            Xt, yt = step.fit_resample(Xt, yt)
+            yt = np.asarray(yt)
+            g = np.concatenate([g, np.array([f"_synthetic{i}" for i in range(len(yt) - n0)])])
+            continue
+        kw = {"groups": g} if "groups" in inspect.signature(step.fit).parameters else {}
+        Xt = step.fit(Xt, yt, **kw).transform(Xt)
+    clf = pipeline.steps[-1][1]
+    if isinstance(clf, (CalibratedClassifierCV, GridSearchCV)):
+        old = clf.cv
+        n = old if isinstance(old, int) else old.get_n_splits()
+        n = int(max(2, min(n, len(np.unique(g)), np.bincount(
+            np.unique(yt, return_inverse=True)[1]).min())))
+        clf.cv = list(StratifiedGroupKFold(n, shuffle=True, random_state=seed)
+                      .split(np.zeros(len(yt)), yt, g))
+        try:
+            clf.fit(Xt, yt)
+        finally:
+            clf.cv = old            # the fitted model keeps its plain settings (bundles)
+    else:
+        clf.fit(Xt, yt)
+    return pipeline
 
 
 from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402  (estimator below)
@@ -314,6 +400,42 @@ def patient_split(df, y, test_size, seed):
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
+UNITS = ("patients", "images")
+
+
+def unit_level(X: pd.DataFrame, y, score, unit: str = "patients"):
+    """Scores per evaluation unit: ``(ids, y, score)``.
+
+    ``patients`` (the default of every recipe): a patient's images are one observation, scored
+    by the mean of their image scores (probabilities, or Rad-scores), so that DeLong and
+    bootstrap intervals assume independent patients, not independent images. ``images``
+    keeps one row per image. Patients are returned in sorted id order.
+    """
+    if score is None:
+        return None, None, None
+    score = np.asarray(score, dtype=float)
+    y = np.asarray(y)
+    if unit == "images":
+        ids = X["case_id"].astype(str).to_numpy() if "case_id" in X else np.arange(len(y))
+        return ids, y, score
+    if unit not in UNITS:
+        raise InputError(f"evaluation unit {unit!r}: choose from {', '.join(UNITS)}")
+    pid = X["patient_id"].astype(str).to_numpy()
+    ids, first, inv = np.unique(pid, return_index=True, return_inverse=True)
+    yu = y[first]
+    if (y != yu[inv]).any():
+        bad = ids[np.unique(inv[y != yu[inv]])][:3]
+        raise InputError(f"patient(s) {', '.join(bad)} have images with different labels: "
+                         "evaluate per image (evaluation: {unit: images})")
+    counts = np.bincount(inv)
+    if score.ndim == 1:
+        su = np.bincount(inv, weights=score) / counts
+    else:
+        su = np.column_stack([np.bincount(inv, weights=score[:, j]) / counts
+                              for j in range(score.shape[1])])
+    return ids, yu, su
+
+
 def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
                     with_radscore=False):
     """Out-of-fold predictions on the training part (grouped by patient, stratified).
@@ -328,7 +450,7 @@ def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
     out = np.zeros(len(y)) if positive is not None else np.zeros((len(y), len(classes)))
     rs = np.zeros(len(y)) if with_radscore else None
     for tr, va in cv.split(X, y, groups):
-        m = make_model(y[tr]).fit(X.iloc[tr], y[tr])
+        m = fit_grouped(make_model(y[tr]), X.iloc[tr], y[tr], groups[tr], seed)
         out[va] = _proba(m, X.iloc[va], classes, positive)
         if with_radscore:
             rs[va] = rad_score(m, X.iloc[va])
@@ -348,6 +470,20 @@ class _Data:
     ytr: np.ndarray = None
     Xte: pd.DataFrame = None
     yte: np.ndarray = None
+    unit: str = "patients"
+
+    def per_unit(self, split: str, score):
+        """``(ids, y, score)`` of a split (``train``, ``test``, ``external``) per unit."""
+        X, y = {"train": (self.Xtr, self.ytr), "test": (self.Xte, self.yte),
+                "external": (self.dext, self.yext)}[split]
+        return unit_level(X, y, score, self.unit)
+
+    def y_unit(self, split: str):
+        """The labels of a split per evaluation unit."""
+        X = {"train": self.Xtr, "test": self.Xte, "external": self.dext}[split]
+        if X is None or not len(X):
+            return np.array([])
+        return self.per_unit(split, np.zeros(len(X)))[1]
 
 
 def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, repeats=None,
@@ -381,7 +517,21 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     notes = []
     if icc_values is None and _has_step(recipe, "stable"):
         notes.append("no ICC table given (--icc): the stable-feature filter kept every feature")
+    if not binary:
+        for st in recipe["pipeline"]:
+            name, kw = (st, {}) if isinstance(st, str) else next(iter(st.items()))
+            test = (kw or {}).get("test", "ttest" if name == "univariate" else "mannwhitney")
+            if name in ("univariate", "urf"):
+                multi = {"ttest": "one-way ANOVA", "welch": "one-way ANOVA",
+                         "mannwhitney": "Kruskal-Wallis"}.get(test)
+                if multi:
+                    notes.append(f"{name}: the two-class {test} runs as {multi}, its form "
+                                 f"for {len(classes)} classes")
     data, ext = _hold_out_external(df, y, batch, ext, binary, notes)
+    data.unit = str(ev.get("unit", "patients"))
+    if data.unit not in UNITS:
+        raise InputError(f"recipe {recipe['name']}: evaluation unit {data.unit!r} (choose "
+                         f"from {', '.join(UNITS)})")
     tr_idx, te_idx = patient_split(data.dev, data.ydev, test_size, seed)
     data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
     data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
@@ -396,20 +546,31 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
 
     results, preds = _fit_and_evaluate(recipe, maker, data, classes, positive, n_boot, seed,
                                        progress)
+    for key, r in results.items():
+        # fallbacks not in the papers (minimum feature counts, LASSO keeping nothing) that
+        # fired when the model was fitted on the training patients
+        for step_name, step in r["model"].named_steps.items():
+            if getattr(step, "fallback_", None):
+                notes.append(f"{key}: {step.fallback_}")
     best = _choose_primary(results, recipe["primary"], binary)
     primary = results[best]
-    comparisons = _compare_with_primary(results, preds, best, data.yte) if binary else []
+    comparisons = _compare_with_primary(results, preds, best, data.y_unit("test")) \
+        if binary else []
     # repeated random splits of the development data (cui2023's perturbations)
-    rep_aucs = repeated_splits(primary["make"], data.dev, data.ydev, classes, positive,
-                               repeats, seed, test_size, jobs) if repeats > 0 else []
+    # repeated random splits; with several scenarios each split chooses its own again
+    makers = {r["scenario"]: r["make"] for r in results.values()
+              if r["classifier"] == primary["classifier"]}
+    rep_aucs, rep_choice = repeated_splits(makers if len(makers) > 1 else primary["make"],
+                                           data.dev, data.ydev, classes, positive, repeats,
+                                           seed, test_size, jobs, unit=data.unit) \
+        if repeats > 0 else ([], [])
     nomo, nomo_res = None, {}
     if binary and "lasso" in primary["model"].named_steps:
         nomo, nomo_res = _fit_nomogram(recipe, primary, data, preds, best, n_boot, seed, notes)
     elif binary:
         notes.append("the primary pipeline has no LASSO step: no Rad-score / nomogram")
     summary = _summary(recipe, results, best, comparisons, rep_aucs, nomo_res, notes, classes,
-                       positive, df, data.dev, data.dext, data.ydev, data.yext, data.ytr,
-                       data.yte, ext, t0)
+                       positive, df, data, ext, t0, rep_choice)
     _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, data, feats,
                    features_csv, df, classes, positive, batch, rep_aucs, make_bundle)
     return summary
@@ -454,27 +615,36 @@ def _fit_and_evaluate(recipe, maker, d: _Data, classes, positive, n_boot, seed, 
             mk = maker(regions, clf)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = mk(d.ytr).fit(d.Xtr, d.ytr)
+                model = fit_grouped(mk(d.ytr), d.Xtr, d.ytr, groups_tr, seed)
                 oof, oof_rs = oof_predictions(mk, d.Xtr, d.ytr, groups_tr, classes, positive,
                                               seed, with_radscore=binary and "lasso" in
                                               model.named_steps)
             p_te = _proba(model, d.Xte, classes, positive)
             p_ext = _proba(model, d.dext, classes, positive) if len(d.dext) else None
+            image_scores = (oof, p_te, p_ext)
+            # metrics per evaluation unit (a patient's images averaged by default)
+            _, y_o, oof = d.per_unit("train", oof)
+            _, y_te, p_te = d.per_unit("test", p_te)
+            _, y_ext, p_ext = d.per_unit("external", p_ext) if p_ext is not None else \
+                (None, d.yext, None)
             r = {"scenario": scen, "classifier": clf, "regions": list(regions), "model": model,
-                 "make": mk, "oof_radscore": oof_rs}
+                 "make": mk, "oof_radscore": oof_rs, "image_scores": image_scores}
             if binary:
-                thr = E.youden_threshold(d.ytr, oof)
+                thr = E.youden_threshold(y_o, oof)
                 r["threshold"] = thr
-                r["train_oof"] = E.evaluate_binary(d.ytr, oof, thr, n_boot, seed)
-                r["test"] = E.evaluate_binary(d.yte, p_te, thr, n_boot, seed)
-                if p_ext is not None and len(np.unique(d.yext)) == 2:
-                    r["external"] = E.evaluate_binary(d.yext, p_ext, thr, n_boot, seed)
+                r["train_oof"] = E.evaluate_binary(y_o, oof, thr, n_boot, seed)
+                r["test"] = E.evaluate_binary(y_te, p_te, thr, n_boot, seed)
+                if p_ext is not None and len(np.unique(y_ext)) == 2:
+                    r["external"] = E.evaluate_binary(y_ext, p_ext, thr, n_boot, seed)
             else:
-                r["train_oof"] = E.evaluate_multiclass(d.ytr, oof, classes, n_boot, seed)
-                r["test"] = E.evaluate_multiclass(d.yte, p_te, classes, n_boot, seed)
-                if p_ext is not None and len(np.unique(d.yext)) == len(classes):
-                    r["external"] = E.evaluate_multiclass(d.yext, p_ext, classes, n_boot,
+                r["train_oof"] = E.evaluate_multiclass(y_o, oof, classes, n_boot, seed)
+                r["test"] = E.evaluate_multiclass(y_te, p_te, classes, n_boot, seed)
+                if p_ext is not None and len(np.unique(y_ext)) == len(classes):
+                    r["external"] = E.evaluate_multiclass(y_ext, p_ext, classes, n_boot,
                                                           seed)
+            for part in ("train_oof", "test", "external"):
+                if part in r:
+                    r[part]["unit"] = d.unit
             r["n_selected"] = _n_selected(model)
             results[key] = r
             preds[key] = (oof, p_te, p_ext)
@@ -510,25 +680,38 @@ def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
         notes.append(f"clinical column(s) {missing} missing: nomogram without them")
         clinical = [c for c in clinical if c in d.dev.columns]
     preds_cols = ["rad_score"] + clinical
-    Ztr = d.Xtr[clinical].astype(float).assign(rad_score=primary["oof_radscore"])[preds_cols]
-    ok = ~Ztr.isna().any(axis=1).to_numpy()
-    nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr[ok], d.ytr[ok])
-    thr_n = E.youden_threshold(d.ytr[ok], nomo.predict_proba(Ztr[ok])[:, 1])
-    res = {"predictors": preds_cols, "threshold": thr_n,
+
+    def per_unit(split, X, radscore):
+        """Rad-score and clinical values per evaluation unit (clinical values are the
+        patient's, equal on every image); rows with a missing value are left out."""
+        ids, y, rs = d.per_unit(split, radscore)
+        Z = pd.DataFrame({"rad_score": rs}, index=ids)
+        if clinical:
+            key = X["patient_id" if d.unit == "patients" else "case_id"].astype(str)
+            vals = X[clinical].astype(float).groupby(key.to_numpy()).mean()
+            Z = Z.join(vals)
+        Z = Z[preds_cols]
+        ok = ~Z.isna().any(axis=1).to_numpy()
+        return Z[ok], y[ok], ok
+
+    # out-of-fold image Rad-scores (training), averaged per unit like the probabilities
+    Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
+    nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr, ytr_ok)
+    thr_n = E.youden_threshold(ytr_ok, nomo.predict_proba(Ztr)[:, 1])
+    res = {"predictors": preds_cols, "threshold": thr_n, "unit": d.unit,
            "odds_ratios": nomo.odds_ratios().to_dict(orient="records")}
-    for name, Xs, ys in (("test", d.Xte, d.yte), ("external", d.dext, d.yext)):
-        if len(Xs) and len(np.unique(ys)) == 2:
-            Z = Xs[clinical].astype(float).assign(
-                rad_score=rad_score(primary["model"], Xs))[preds_cols]
-            okz = ~Z.isna().any(axis=1).to_numpy()
-            pz = nomo.predict_proba(Z[okz])[:, 1]
-            res[name] = E.evaluate_binary(ys[okz], pz, thr_n, n_boot, seed)
-            preds[f"nomogram:{name}"] = (ys[okz], pz)
-            if name == "test":
-                preds["radscore:test"] = (ys[okz], rad_score(primary["model"], Xs[okz]))
-    if "test" in res:
-        res["delong_vs_radiomics"] = E.delong_test(
-            *_aligned(d.yte, preds[best][1], preds["nomogram:test"], d.Xte, clinical))
+    for name, Xs in (("test", d.Xte), ("external", d.dext)):
+        if not len(Xs) or len(np.unique(d.y_unit(name))) != 2:
+            continue
+        Z, yz, ok = per_unit(name, Xs, rad_score(primary["model"], Xs))
+        pz = nomo.predict_proba(Z)[:, 1]
+        res[name] = E.evaluate_binary(yz, pz, thr_n, n_boot, seed)
+        res[name]["unit"] = d.unit
+        preds[f"nomogram:{name}"] = (yz, pz)
+        if name == "test":
+            preds["radscore:test"] = (yz, Z["rad_score"].to_numpy())
+            # the radiomics model's test scores on the same units (complete clinical data)
+            res["delong_vs_radiomics"] = E.delong_test(yz, preds[best][1][ok], pz)
     return nomo, res
 
 
@@ -537,10 +720,10 @@ def _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, d
     """Predictions, plots, the bundle, ``metrics.json`` and the HTML report."""
     from ..imaging.io import atomic_write_text
     from ..reports.study import write_report
-    _write_predictions(out, results, preds, d.Xtr, d.Xte, d.dext, d.ytr, d.yte, d.yext,
-                       classes, positive, best)
-    figs = _plots(out / "plots", results, preds, best, d.yte, d.yext, d.ytr, rep_aucs, nomo,
-                  positive is not None, classes, recipe)
+    _write_predictions(out, preds, d, classes, positive, best, results[best]["image_scores"])
+    figs = _plots(out / "plots", results, preds, best, d.y_unit("test"), d.y_unit("external"),
+                  d.y_unit("train"), rep_aucs, nomo, positive is not None, classes, recipe,
+                  d.unit)
     # paths inside metrics.json are relative to the output folder, so the folder can be moved
     # (the CLI builds it aside and swaps it into place when the run succeeds)
     summary["figures"] = {k: Path(v).relative_to(out).as_posix() for k, v in figs.items()}
@@ -553,13 +736,6 @@ def _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, d
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json))
 
 
-def _aligned(yte, p_best, nomo_pair, Xte, clinical):
-    y_n, p_n = nomo_pair
-    ok = ~Xte[clinical].astype(float).isna().any(axis=1).to_numpy() if clinical else \
-        np.ones(len(yte), bool)
-    return yte[ok], p_best[ok], p_n
-
-
 def _n_selected(model):
     for name in ("lasso", "urf", "correlation", "univariate"):
         if name in model.named_steps:
@@ -567,26 +743,52 @@ def _n_selected(model):
     return None
 
 
-def repeated_splits(make, dev, ydev, classes, positive, repeats, seed, test_size, jobs=1):
-    """Test AUCs of the primary pipeline over ``repeats`` random patient-level 70/30 splits."""
+def repeated_splits(make, dev, ydev, classes, positive, repeats, seed, test_size, jobs=1,
+                    unit="patients"):
+    """Test AUCs over ``repeats`` random patient-level 70/30 splits (scored per ``unit``, as
+    the main split); returns ``(aucs, chosen scenarios)``.
+
+    ``make`` is the primary classifier's pipeline factory, or ``{scenario: factory}`` when
+    the recipe compares region scenarios: each split then chooses its scenario again, as the
+    main run does (best training out-of-fold AUC), so the spread includes that choice.
+    """
     from joblib import Parallel, delayed
+    makers = make if isinstance(make, dict) else {"main": make}
+
+    def auc(yu, p):
+        from sklearn.metrics import roc_auc_score
+        if positive is not None:
+            return float(roc_auc_score(yu, p))
+        return float(np.mean([roc_auc_score((yu == c).astype(int), p[:, j])
+                              for j, c in enumerate(classes)]))
 
     def one(r):
-        from sklearn.metrics import roc_auc_score
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tr, te = patient_split(dev, ydev, test_size, seed + 1000 + r)
-            m = make(ydev[tr]).fit(dev.iloc[tr], ydev[tr])
-            p = _proba(m, dev.iloc[te], classes, positive)
-            if positive is not None:
-                return float(roc_auc_score(ydev[te], p))
-            return float(np.mean([roc_auc_score((ydev[te] == c).astype(int), p[:, j])
-                                  for j, c in enumerate(classes)]))
-    return list(Parallel(n_jobs=jobs)(delayed(one)(r) for r in range(repeats)))
+            groups = dev["patient_id"].astype(str).to_numpy()
+            chosen = next(iter(makers))
+            if len(makers) > 1:
+                scores = {}
+                for scen, mk in makers.items():
+                    oof, _ = oof_predictions(mk, dev.iloc[tr], ydev[tr], groups[tr], classes,
+                                             positive, seed + r)
+                    _, yo, po = unit_level(dev.iloc[tr], ydev[tr], oof, unit)
+                    scores[scen] = auc(yo, po)
+                chosen = max(scores, key=scores.get)
+            m = fit_grouped(makers[chosen](ydev[tr]), dev.iloc[tr], ydev[tr], groups[tr],
+                            seed + r)
+            _, yu, p = unit_level(dev.iloc[te], ydev[te],
+                                  _proba(m, dev.iloc[te], classes, positive), unit)
+            return auc(yu, p), chosen
+    out = list(Parallel(n_jobs=jobs)(delayed(one)(r) for r in range(repeats)))
+    return [a for a, _ in out], [c for _, c in out]
 
 
 def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, positive, df,
-             dev, dext, ydev, yext, ytr, yte, ext, t0):
+             d: _Data, ext, t0, rep_choice=()):
+    ytr, yte, yext = d.y_unit("train"), d.y_unit("test"), d.y_unit("external")
+
     def counts(v):
         return {str(k): int(c) for k, c in zip(*np.unique(v, return_counts=True))}
     models = {}
@@ -600,6 +802,14 @@ def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, 
         ls = primary["model"].named_steps["lasso"]
         sel = {"features": list(ls.coef_features_), "coef": [float(c) for c in ls.coef_],
                "intercept": float(ls.intercept_)}
+        if getattr(ls, "class_coef_", None) is not None:
+            # one-vs-rest: each class's own signed coefficients and intercept (its Rad-score);
+            # "coef" above is then the largest |coef| over the classes, a ranking only
+            sel["coef_meaning"] = "largest absolute one-vs-rest coefficient (ranking)"
+            sel["per_class"] = {str(c): {"coef": [float(v) for v in row],
+                                         "intercept": float(b)}
+                                for c, row, b in zip(ls.classes_, ls.class_coef_,
+                                                     ls.class_intercept_)}
     elif "urf" in primary["model"].named_steps:
         u = primary["model"].named_steps["urf"]
         sel = {"features": list(u.selected_features_),
@@ -607,16 +817,26 @@ def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, 
                "auxiliary": list(u.auxiliary_features_)}
     return {
         "recipe": recipe["name"], "title": recipe.get("title", recipe["name"]),
+        "params": recipe.get("params", "default"),
+        **({"features_note": recipe["features_note"]} if recipe.get("features_note") else {}),
         "task": recipe["task"], "label_col": recipe["label_col"],
         "classes": [str(c) for c in classes], "positive": positive,
         "class_names": class_names(recipe["task"]),
-        "n": {"all": int(len(df)), "train": int(len(ytr)), "test": int(len(yte)),
-              "external": int(len(yext))},
+        # every count, metric and plot is per evaluation unit (patients by default)
+        "unit": d.unit,
+        "n": {"all": int(len(ytr) + len(yte) + len(yext)), "train": int(len(ytr)),
+              "test": int(len(yte)), "external": int(len(yext))},
+        "n_images": {"all": int(len(df)), "train": int(len(d.Xtr)), "test": int(len(d.Xte)),
+                     "external": int(len(d.dext))},
         "class_counts": {"train": counts(ytr), "test": counts(yte),
                          "external": counts(yext) if len(yext) else {}},
         "external_site": ext, "primary": best, "models": models,
         "comparisons": comparisons,
-        "repeated_splits": {"n": len(rep), "aucs": rep,
+        "repeated_splits": {"n": len(rep), "aucs": rep, "unit": d.unit,
+                            # how often each scenario won a split (several scenarios only)
+                            "scenario_chosen": {str(k): int(v) for k, v in pd.Series(
+                                list(rep_choice), dtype=object).value_counts().items()
+                                if k != "main"},
                             **({"median": float(np.median(rep)),
                                 "p2.5": float(np.percentile(rep, 2.5)),
                                 "p97.5": float(np.percentile(rep, 97.5)),
@@ -626,47 +846,69 @@ def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, 
         "seconds": round(time.time() - t0, 1)}
 
 
-def _write_predictions(out, results, preds, Xtr, Xte, dext, ytr, yte, yext, classes, positive,
-                       best):
+def _write_predictions(out, preds, d: _Data, classes, positive, best, image_scores):
+    """``predictions.csv``: the primary model's scores per evaluation unit (``id`` is the
+    patient id, or the case id when the unit is images), with the unit's image count;
+    ``predictions_images.csv``: the same model's score of every image."""
     from ..imaging.io import atomic_write_text
-    rows = []
-    oof, pte, pext = preds[best]
-    for split, X, yy, p in (("train_oof", Xtr, ytr, oof), ("test", Xte, yte, pte),
-                            ("external", dext, yext, pext)):
-        if p is None or not len(X):
-            continue
-        d = pd.DataFrame({"case_id": X["case_id"].to_numpy(), "split": split, "label": yy})
+
+    def scores(frame, p):
         if positive is not None:
-            d["probability"] = p
+            frame["probability"] = p
         else:
             for j, c in enumerate(classes):
-                d[f"p_{c}"] = p[:, j]
-        rows.append(d)
+                frame[f"p_{c}"] = p[:, j]
+        return frame
+    images = []
+    for split, X, y, p in zip(("train_oof", "test", "external"), (d.Xtr, d.Xte, d.dext),
+                              (d.ytr, d.yte, d.yext), image_scores):
+        if p is not None and len(X):
+            images.append(scores(pd.DataFrame({
+                "case_id": X["case_id"].astype(str).to_numpy(),
+                "patient_id": X["patient_id"].astype(str).to_numpy(), "split": split,
+                "label": y}), p))
+    atomic_write_text(out / "predictions_images.csv", pd.concat(images).to_csv(
+        index=False, float_format="%.10g"))
+    rows = []
+    oof, pte, pext = preds[best]
+    for split, X, p in (("train_oof", d.Xtr, oof), ("test", d.Xte, pte),
+                        ("external", d.dext, pext)):
+        if p is None or not len(X):
+            continue
+        part = "train" if split == "train_oof" else split
+        ids, yy, _ = d.per_unit(part, np.zeros(len(X)))
+        key = X["patient_id" if d.unit == "patients" else "case_id"].astype(str)
+        n_img = key.value_counts().reindex(ids).to_numpy()
+        rows.append(scores(pd.DataFrame({"id": ids, "unit": d.unit[:-1], "n_images": n_img,
+                                         "split": split, "label": yy}), p))
     atomic_write_text(out / "predictions.csv", pd.concat(rows).to_csv(index=False,
                                                                      float_format="%.10g"))
 
 
-def _plots(pdir, results, preds, best, yte, yext, ytr, rep, nomo, binary, classes, recipe):
+def _plots(pdir, results, preds, best, yte, yext, ytr, rep, nomo, binary, classes, recipe,
+           unit="patients"):
     from . import evaluation as E
     figs = {}
     if binary:
         test_curves = {k: (yte, preds[k][1]) for k in results}
         if "nomogram:test" in preds:
             test_curves["nomogram (Rad-score + clinical)"] = preds["nomogram:test"]
-        figs["roc_test"] = E.plot_roc(test_curves, pdir / "roc_test", title="ROC — test set")
+        figs["roc_test"] = E.plot_roc(test_curves, pdir / "roc_test", title=f"ROC — test set ({len(yte)} {unit})")
         if "external" in results[best]:
             ext_curves = {k: (yext, preds[k][2]) for k in results if preds[k][2] is not None}
             if "nomogram:external" in preds:
                 ext_curves["nomogram"] = preds["nomogram:external"]
             figs["roc_external"] = E.plot_roc(ext_curves, pdir / "roc_external",
-                                              title="ROC — external site")
+                                              title=f"ROC — external site ({len(yext)} {unit})")
         cal = {f"{best} (test)": (yte, preds[best][1])}
         if "nomogram:test" in preds:
             cal["nomogram (test)"] = preds["nomogram:test"]
-        figs["calibration"] = E.plot_calibration(cal, pdir / "calibration")
-        figs["decision_curve"] = E.plot_decision_curve(cal, pdir / "decision_curve")
+        figs["calibration"] = E.plot_calibration(cal, pdir / "calibration",
+                                                 title=f"Calibration ({unit})")
+        figs["decision_curve"] = E.plot_decision_curve(
+            cal, pdir / "decision_curve", title=f"Decision curve ({unit})")
         figs["confusion"] = E.plot_confusion(results[best]["test"], pdir / "confusion",
-                                             title=f"{best}, test set")
+                                             title=f"{best}, test set ({unit})")
         if nomo is not None:
             from .nomogram import plot_nomogram
             figs["nomogram"] = plot_nomogram(nomo, pdir / "nomogram",
@@ -676,20 +918,24 @@ def _plots(pdir, results, preds, best, yte, yext, ytr, rep, nomo, binary, classe
         curves = {f"{c} vs rest": ((yte == c).astype(int), preds[best][1][:, j])
                   for j, c in enumerate(classes)}
         figs["roc_test"] = E.plot_roc(curves, pdir / "roc_test",
-                                      title=f"One-vs-rest ROC — {best}, test set")
+                                      title=f"One-vs-rest ROC — {best}, test set "
+                                      f"({len(yte)} {unit})")
         pos_j = len(classes) - 1
         cal = {f"{classes[pos_j]} vs rest": ((yte == classes[pos_j]).astype(int),
                                              preds[best][1][:, pos_j])}
-        figs["calibration"] = E.plot_calibration(cal, pdir / "calibration")
-        figs["decision_curve"] = E.plot_decision_curve(cal, pdir / "decision_curve")
+        figs["calibration"] = E.plot_calibration(cal, pdir / "calibration",
+                                                 title=f"Calibration ({unit})")
+        figs["decision_curve"] = E.plot_decision_curve(
+            cal, pdir / "decision_curve", title=f"Decision curve ({unit})")
         figs["confusion"] = _plot_confusion_multi(yte, preds[best][1], classes,
-                                                  pdir / "confusion")
+                                                  pdir / "confusion", unit)
     if rep:
-        figs["repeated_splits"] = E.plot_auc_distribution(rep, pdir / "repeated_splits")
+        figs["repeated_splits"] = E.plot_auc_distribution(
+            rep, pdir / "repeated_splits", title=f"Repeated 70/30 splits (AUC per {unit[:-1]})")
     return figs
 
 
-def _plot_confusion_multi(y, P, classes, path):
+def _plot_confusion_multi(y, P, classes, path, unit="patients"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -704,7 +950,7 @@ def _plot_confusion_multi(y, P, classes, path):
                     color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set_xticks(range(len(classes)), [f"pred {c}" for c in classes], fontsize=8)
     ax.set_yticks(range(len(classes)), [f"true {c}" for c in classes], fontsize=8)
-    ax.set_title("Confusion matrix (arg-max), test set", fontsize=9)
+    ax.set_title(f"Confusion matrix (arg-max), test set ({unit})", fontsize=9)
     return _save(fig, path)
 
 
@@ -824,7 +1070,8 @@ def _bundle(out, recipe, primary, nomo, nomo_res, summary, feats, features_csv, 
         "training_ranges": training_ranges(primary["model"], Xtr),
         "metrics": {"test": primary["test"], "external": primary.get("external"),
                     "train_oof": primary["train_oof"]},
-        "training": {"n": summary["n"], "class_counts": summary["class_counts"],
+        "training": {"n": summary["n"], "unit": summary["unit"],
+                     "n_images": summary["n_images"], "class_counts": summary["class_counts"],
                      "primary": summary["primary"], "external_site": summary["external_site"]},
         "research_use_only": True}
     return save_bundle(out / "model_bundle.zip", {"pipeline": primary["model"], "nomogram": nomo},

@@ -303,8 +303,13 @@ class UnivariateFilter(_Selector):
                 ratio = m1 / m0
                 fc = np.where(ratio > 0, np.maximum(ratio, 1 / ratio), np.inf)
             keep &= fc > self.fold_change
+        self.fallback_ = None
         if keep.sum() < self.min_features:
             order = np.argsort(p)[:self.min_features]
+            # not in the papers: reported in the run's notes when it fires on the final fit
+            self.fallback_ = (f"univariate filter: {int(keep.sum())} feature(s) passed "
+                              f"p < {self.p_threshold:g}; kept the {self.min_features} "
+                              "smallest p-values (fallback, not in the paper)")
             # expected in small CV folds; INFO, not WARNING (shown with -v)
             log.info("UnivariateFilter: only %d feature(s) pass p < %g; keeping the %d "
                      "smallest p-values", int(keep.sum()), self.p_threshold, self.min_features)
@@ -401,12 +406,28 @@ class LassoSelector(_Selector):
         per fit at weak penalties without changing which features are selected.
     passthrough : sequence of str
         Columns kept without penalisation (clinical variables).
+    screen : estimator, optional
+        Supervised filters that precede the LASSO in the protocol (univariate tests, the
+        relevance-ranked correlation filter). They are fitted inside every inner CV fold on
+        that fold's training rows only, then once on all rows for the final fit: screening
+        all rows first would let the inner CV score features already chosen with its own
+        validation rows (on pure noise that inner CV reached AUC 0.89-0.97).
+    resample : sampler, optional
+        An oversampler (SMOTE) applied to the inner training rows of every fold and to all
+        rows for the final fit, never to validation rows.
+
+    ``fit(X, y, groups=None)``: with ``groups`` (patient ids) the inner folds are
+    stratified *and* grouped, so a patient's images never sit on both sides of a fold.
 
     Attributes
     ----------
     coef_ : ndarray
         Coefficients of the selected features (``coef_features_``) at the chosen penalty;
-        for more than two classes, the largest absolute one-vs-rest coefficient.
+        for more than two classes, the largest absolute one-vs-rest coefficient (a ranking,
+        not a Rad-score: see ``class_coef_``).
+    class_coef_, class_intercept_ : ndarray or None
+        More than two classes: the signed one-vs-rest coefficients (classes x features) and
+        intercepts, one Rad-score per class (:func:`rad_score_per_class`).
     intercept_ : float
     alpha_ : float
         Chosen penalty (``C = 1 / alpha`` for the logistic form).
@@ -414,7 +435,7 @@ class LassoSelector(_Selector):
 
     def __init__(self, cv=10, n_alphas=30, decades=4.0, one_se=False, max_features=None,
                  estimator="logistic", max_iter=10000, tol=1e-4, random_state=15,
-                 passthrough=(), min_features=1):
+                 passthrough=(), min_features=1, screen=None, resample=None):
         self.cv = cv
         self.n_alphas = n_alphas
         self.decades = decades
@@ -426,20 +447,63 @@ class LassoSelector(_Selector):
         self.random_state = random_state
         self.passthrough = passthrough
         self.min_features = min_features
+        self.screen = screen
+        self.resample = resample
 
-    def fit(self, X, y):
+    def _prepare(self, A, y, cols):
+        """Resample then screen rows ``A`` (the fold's training part); returns the prepared
+        matrix, its labels, the kept column indices and the fitted screen."""
+        from sklearn.base import clone
+        if self.resample is not None:
+            sampler = clone(self.resample)
+            if "k_neighbors" in sampler.get_params():
+                # SMOTE needs k neighbours inside the minority class of this fold
+                minority = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+                k = sampler.get_params()["k_neighbors"]
+                if isinstance(k, int):
+                    sampler.set_params(k_neighbors=max(1, min(k, minority - 1)))
+            A, y = sampler.fit_resample(A, y)
+        keep = np.arange(A.shape[1])
+        screen = None
+        if self.screen is not None:
+            screen = clone(self.screen).fit(pd.DataFrame(A, columns=cols), y)
+            names = list(screen.get_feature_names_out(cols)) if hasattr(
+                screen, "get_feature_names_out") else list(screen.selected_features_)
+            pos = {c: j for j, c in enumerate(cols)}
+            keep = np.array(sorted(pos[c] for c in names), dtype=int)
+        return A[:, keep], np.asarray(y), keep, screen
+
+    def fit(self, X, y, groups=None):
         from sklearn.linear_model import Lasso, LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
         from sklearn.utils.multiclass import type_of_target
         type_of_target(y, input_name="y", raise_unknown=True)
         X = self._validated(X, y, two=True)
         cols = [c for c in X.columns if c not in (self.passthrough or ())]
-        A = X[cols].to_numpy(dtype=float)
-        y = np.asarray(y)
-        classes = np.unique(y)
-        counts = np.array([(y == c).sum() for c in classes])
+        A_all = X[cols].to_numpy(dtype=float)
+        y_all = np.asarray(y)
+        classes = np.unique(y_all)
+        counts = np.array([(y_all == c).sum() for c in classes])
         folds = int(max(2, min(self.cv, counts.min())))
-        skf = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+        if groups is not None:
+            groups = np.asarray(groups)
+            folds = int(max(2, min(folds, len(np.unique(groups)))))
+            splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=self.random_state)
+            splits = list(splitter.split(A_all, y_all, groups))
+        else:
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            splits = list(splitter.split(A_all, y_all))
+        # every fold's training rows resampled and screened on their own; validation rows
+        # untouched (only transformed by the fold's screen)
+        prepared = []
+        for tr, va in splits:
+            Atr, ytr, keep, _ = self._prepare(A_all[tr], y_all[tr], cols)
+            prepared.append((Atr, ytr, A_all[va][:, keep], y_all[va]))
+        # the final fit's data, also the penalty grid's reference
+        A, y, keep_final, self.screen_ = self._prepare(A_all, y_all, cols)
+        cols = [cols[j] for j in keep_final]
+        self.screened_features_ = list(cols)
         use_lasso = self.estimator == "lasso" and len(classes) == 2
         if use_lasso:
             yy = (y == classes[1]).astype(float)
@@ -449,9 +513,6 @@ class LassoSelector(_Selector):
             def model(a, max_iter=None):
                 return Lasso(alpha=a, max_iter=max_iter or self.max_iter, tol=self.tol,
                              random_state=self.random_state)
-            from sklearn.metrics import make_scorer, roc_auc_score
-            # the LASSO is a regressor: rank its fitted values against the 0/1 label
-            scoring = make_scorer(roc_auc_score, response_method="predict")
             target = yy
         else:
             # C grid from the smallest C at which any feature enters, over `decades` decades
@@ -469,18 +530,38 @@ class LassoSelector(_Selector):
                 # one L1 model per class (liblinear is far faster than multinomial saga)
                 from sklearn.multiclass import OneVsRestClassifier
                 return OneVsRestClassifier(lr)
-            scoring = "roc_auc" if len(classes) == 2 else "roc_auc_ovr"
             target = y
+
+        def score(m, Ava, yva):
+            """AUC of one fold: the LASSO's fitted values (a regressor) or the logistic
+            decision function; one-vs-rest macro AUC for more classes."""
+            try:
+                if use_lasso:
+                    return roc_auc_score((yva == classes[1]).astype(int), m.predict(Ava))
+                if len(classes) == 2:
+                    return roc_auc_score(yva, m.decision_function(Ava))
+                return roc_auc_score(yva, m.predict_proba(Ava), multi_class="ovr",
+                                     labels=classes)
+            except ValueError:          # a fold without every class
+                return np.nan
         import warnings
         means, ses = [], []
         best_so_far, since_best = -np.inf, 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for a in alphas:
-                s = cross_val_score(model(a, min(self.max_iter, CV_MAX_ITER)), A, target,
-                                    cv=skf, scoring=scoring)
-                means.append(np.nanmean(s))
-                ses.append(np.nanstd(s, ddof=1) / math.sqrt(len(s)))
+                sc = []
+                for Atr, ytr, Ava, yva in prepared:
+                    if Atr.shape[1] == 0:
+                        sc.append(np.nan)
+                        continue
+                    t = (ytr == classes[1]).astype(float) if use_lasso else ytr
+                    m = model(a, min(self.max_iter, CV_MAX_ITER)).fit(Atr, t)
+                    sc.append(score(m, Ava, yva))
+                sc = np.asarray(sc, dtype=float)
+                means.append(np.nanmean(sc) if np.isfinite(sc).any() else np.nan)
+                ses.append(np.nanstd(sc, ddof=1) / math.sqrt(max(1, np.isfinite(sc).sum()))
+                           if np.isfinite(sc).sum() > 1 else 0.0)
                 if means[-1] > best_so_far + 1e-4:
                     best_so_far, since_best = means[-1], 0
                 else:
@@ -511,16 +592,28 @@ class LassoSelector(_Selector):
         nz = [j for j in order if mag[j] > 0]
         if self.max_features:
             nz = nz[:self.max_features]
+        self.fallback_ = None
+        screen_fb = [getattr(st, "fallback_", None) for st in (
+            [st for _, st in self.screen_.steps] if hasattr(self.screen_, "steps")
+            else [self.screen_])]
         if len(nz) < self.min_features:
             # the CV optimum kept nothing: take the strongest univariate features instead
             nz = list(np.argsort(-_relevance(A, y), kind="stable")[:self.min_features])
+            screen_fb.append(f"LASSO: no feature survived the chosen penalty; kept the "
+                             f"{self.min_features} most relevant (fallback, not in the paper)")
             log.warning("LassoSelector: no feature survived the penalty; keeping the %d most "
                         "relevant", self.min_features)
+        self.fallback_ = "; ".join(f for f in screen_fb if f) or None
         nz = sorted(nz)
         vals = coef[-1] if coef.shape[0] == 1 else mag
         self.coef_ = np.asarray([vals[j] for j in nz], dtype=float)
         self.coef_features_ = [cols[j] for j in nz]
         self.intercept_ = float(final_icpt[-1])
+        self.classes_ = classes
+        # more than two classes: one one-vs-rest linear predictor per class (its own signed
+        # coefficients and intercept); coef_ then only ranks the features (largest |coef|)
+        self.class_coef_ = coef[:, nz] if coef.shape[0] > 1 else None
+        self.class_intercept_ = np.asarray(final_icpt, float) if coef.shape[0] > 1 else None
         self.selected_features_ = [cols[j] for j in nz] + \
             [c for c in (self.passthrough or ()) if c in X.columns]
         return self
@@ -557,6 +650,7 @@ class URFModule(_Selector):
             test="mannwhitney", p_threshold=0.05, fold_change=1.0)
         sel.fit(X, y)
         diff = list(sel.selected_features_)
+        self.fallback_ = getattr(sel, "fallback_", None)
         aux = []
         if self.functions:
             sets = {k: set(map(str, v)) for k, v in self.functions.items()}
@@ -664,8 +758,8 @@ def model_feature_names(pipeline, X) -> list:
     return [str(c) for c in transform_until(pipeline, X).columns]
 
 
-def rad_score_contributions(pipeline, X):
-    """Per-feature contributions ``coef * value`` to the Rad-score, and the intercept."""
+def _lasso_input(pipeline, X):
+    """(LassoSelector, the values of its selected features) for rows ``X``."""
     steps = list(pipeline.named_steps.items()) if hasattr(pipeline, "named_steps") else []
     for i, (name, step) in enumerate(steps):
         if isinstance(step, LassoSelector):
@@ -675,6 +769,34 @@ def rad_score_contributions(pipeline, X):
                     continue           # samplers do nothing at prediction time
                 Xt = prev.transform(Xt)
             Xt = _as_frame(Xt)
-            vals = Xt[list(step.coef_features_)].astype(float)
-            return vals * step.coef_, step.intercept_
+            return step, Xt[list(step.coef_features_)].astype(float)
     raise InputError("this model has no LASSO step, so it has no Rad-score")
+
+
+def rad_score_contributions(pipeline, X):
+    """Per-feature contributions ``coef * value`` to the Rad-score, and the intercept.
+
+    Binary models only: a model of more than two classes has one Rad-score per class
+    (:func:`rad_score_per_class`) and raises InputError here (older bundles stored unsigned
+    largest-|coef| values for them, which are no linear predictor of anything).
+    """
+    step, vals = _lasso_input(pipeline, X)
+    n_classes = len(getattr(pipeline, "classes_", getattr(step, "classes_", [0, 1])))
+    if getattr(step, "class_coef_", None) is not None or n_classes > 2:
+        raise InputError(f"a {n_classes}-class model has one Rad-score per class "
+                         "(one-vs-rest), not a single one")
+    return vals * step.coef_, step.intercept_
+
+
+def rad_score_per_class(pipeline, X) -> pd.DataFrame:
+    """One-vs-rest Rad-scores of a model with more than two classes: for each class, the
+    intercept plus the sum of its signed LASSO coefficients x feature values (the log-odds of
+    that class against the rest). Columns are the classes. Raises InputError for binary
+    models (use :func:`rad_score`) and for bundles saved before per-class coefficients were
+    kept."""
+    step, vals = _lasso_input(pipeline, X)
+    if getattr(step, "class_coef_", None) is None:
+        raise InputError("this model has no per-class Rad-scores (binary, or saved before "
+                         "they were recorded)")
+    scores = vals.to_numpy() @ np.asarray(step.class_coef_).T + step.class_intercept_
+    return pd.DataFrame(scores, columns=[str(c) for c in step.classes_], index=vals.index)

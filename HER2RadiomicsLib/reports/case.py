@@ -157,7 +157,7 @@ def model_card_html(meta: dict) -> str:
     tr = meta.get("training") or {}
     if tr.get("n"):
         n = tr["n"]
-        rows.append(("patients train / test / external",
+        rows.append((f"{tr.get('unit', 'images')} train / test / external",
                      f"{n.get('train')} / {n.get('test')} / {n.get('external')}"))
     if tr.get("primary"):
         rows.append(("classifier", tr["primary"]))
@@ -165,9 +165,11 @@ def model_card_html(meta: dict) -> str:
         d = m.get(split) or {}
         if "auc" in d:
             rows.append((f"{split} AUC (95% CI)", f"{d['auc']:.3f} ({d['auc_delong_ci_low']:.2f}"
-                                                 f"–{d['auc_delong_ci_high']:.2f}), n = {d['n']}"))
+                                                 f"–{d['auc_delong_ci_high']:.2f}), n = {d['n']} "
+                                                 f"{d.get('unit', 'images')}"))
         elif "auc_macro" in d:
-            rows.append((f"{split} macro AUC", f"{d['auc_macro']:.3f}, n = {d['n']}"))
+            rows.append((f"{split} macro AUC", f"{d['auc_macro']:.3f}, n = {d['n']} "
+                                               f"{d.get('unit', 'images')}"))
     if meta.get("threshold") is not None:
         rows.append(("decision threshold", f"{meta['threshold']:.3f} (Youden, training "
                                            "out-of-fold)"))
@@ -192,7 +194,8 @@ def prediction_card_html(pred, meta: dict, overlay_uri: str | None = None,
     test = (meta.get("metrics") or {}).get("test") or {}
     cal = ""
     if "brier" in test:
-        cal = (f"<p class='muted'>Calibration of this model on its test set (n = {test['n']}): "
+        cal = (f"<p class='muted'>Calibration of this model on its test set (n = {test['n']} "
+               f"{test.get('unit', 'images')}): "
                f"Brier {test['brier']:.3f}, slope {test['calibration_slope']:.2f}, intercept "
                f"{test['calibration_intercept']:+.2f}; sensitivity "
                f"{test['sensitivity']:.2f} and specificity {test['specificity']:.2f} at the "
@@ -203,6 +206,8 @@ def prediction_card_html(pred, meta: dict, overlay_uri: str | None = None,
                    (f"P({pred.predicted_class})", f"{pred.probabilities[pred.predicted_class]:.2f}")]
                   + ([("Rad-score", f"{pred.rad_score:+.2f}")] if pred.rad_score is not None
                      else [])
+                  + [(f"Rad-score {k} vs rest", f"{v:+.2f}")
+                     for k, v in (getattr(pred, "class_rad_scores", None) or {}).items()]
                   + ([("nomogram P", f"{pred.nomogram_probability:.2f}")]
                      if pred.nomogram_probability is not None else [])
                   + ([("reference label", true_label)] if true_label is not None else []))

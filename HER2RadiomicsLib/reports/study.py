@@ -46,7 +46,7 @@ def threshold_table(m) -> pd.DataFrame:
         d = m.get(split)
         if not d or "sensitivity" not in d:
             continue
-        rows.append({"set": split, "n": d["n"],
+        rows.append({"set": split, f"n ({d.get('unit', 'images')})": d["n"],
                      **{name: _ci(d, name) for name in ("sensitivity", "specificity", "ppv",
                                                         "npv", "accuracy", "f1")},
                      "Brier": f"{d['brier']:.3f}",
@@ -55,12 +55,28 @@ def threshold_table(m) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _unit_text(summary) -> str:
+    """One sentence stating the unit of every count and metric."""
+    unit = summary.get("unit", "images")
+    imgs = summary.get("n_images")
+    if unit == "patients":
+        extra = (f" ({imgs['train']} / {imgs['test']} / {imgs['external']} images)"
+                 if imgs else "")
+        return ("<p><b>Unit: patients.</b> A patient's images are one observation, scored by "
+                "the mean of their image probabilities, so the intervals assume independent "
+                f"patients{extra}.</p>")
+    return ("<p><b>Unit: images.</b> Each image is scored as an independent observation; "
+            "with several images per patient the intervals are too narrow.</p>")
+
+
 def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
     from ..imaging.io import atomic_write_text
     binary = summary["positive"] is not None
     prim = summary["models"][summary["primary"]]
     n = summary["n"]
-    kp = [("train / test / external", f"{n['train']} / {n['test']} / {n['external']}")]
+    unit = summary.get("unit", "images")        # runs before units were recorded: images
+    kp = [(f"train / test / external ({unit})",
+           f"{n['train']} / {n['test']} / {n['external']}")]
     if binary:
         kp += [("test AUC (primary)", f"{prim['test']['auc']:.3f}")]
         if prim.get("external"):
@@ -79,10 +95,12 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
         "Thresholds are chosen on the training set's out-of-fold predictions (Youden) and "
         "applied unchanged to test and external data; every data-dependent step (imputation, "
         "ComBat, scaling, SMOTE, selection) is fitted on training data only.</p>"
+        + _unit_text(summary)
         + H.table(pd.DataFrame([{"set": k, **v} for k, v in
                                 summary["class_counts"].items() if v]).fillna(0)))),
         ("Models", H.table(model_table(summary))
-         + "<p class='muted'>★ primary model (bundle). DeLong CI: normal approximation; "
+         + f"<p class='muted'>★ primary model (bundle). Every n, AUC and interval is per "
+           f"<b>{unit[:-1]}</b>. DeLong CI: normal approximation; "
            "bootstrap: 2,000 stratified resamples (percentile).</p>")]
     if summary["comparisons"]:
         comp = pd.DataFrame(summary["comparisons"])[["model_a", "model_b", "auc_a", "auc_b",

@@ -175,3 +175,34 @@ def test_fallbacks_not_in_the_papers_are_reported_when_they_fire(tmp_path):
     s = run(r, tmp_path / "features.csv", tmp_path / "labels.csv", tmp_path / "b",
             progress=False, make_bundle=False)
     assert not [n for n in s["notes"] if "univariate filter" in n]
+
+
+def test_clinical_variables_enter_by_univariate_logistic_p_values():
+    """The papers' clinical model: each candidate alone in a logistic regression on the
+    training patients; p < 0.05 enters. p-values equal statsmodels' Logit."""
+    import statsmodels.api as sm
+
+    from HER2RadiomicsLib.modelling.study import _Data, _univariate_clinical
+    rng = np.random.default_rng(8)
+    n = 200
+    strong = rng.normal(size=n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-1.5 * strong))).astype(int)
+    X = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)],
+                      "patient_id": [f"p{i}" for i in range(n)],
+                      "strong": strong, "noise": rng.normal(size=n)})
+    d = _Data(dev=X, ydev=y, dext=X.iloc[:0], yext=y[:0], Xtr=X, ytr=y, Xte=X.iloc[:0],
+              yte=y[:0])
+    kept, p = _univariate_clinical(d, ["strong", "noise"], 0.05)
+    for c in ("strong", "noise"):
+        ref = sm.Logit(y, sm.add_constant(X[[c]].to_numpy())).fit(disp=0).pvalues[1]
+        assert p[c] == pytest.approx(ref, rel=1e-6)
+    assert kept == ["strong"] and p["noise"] > 0.05
+
+
+def test_synthetic_cohort_carries_ihc_fish_groups_and_sln(cohort):
+    c = pd.read_csv(cohort / "cohort.csv")
+    assert set(c.her2_ihc_fish) <= {"0", "1+", "2+/FISH-", "2+/FISH+", "3+"}
+    two = c[c.her2_ihc == "2+"]
+    assert ((two.her2 == "low") == (two.her2_ihc_fish == "2+/FISH-")).all()
+    assert set(c.sln) <= {0, 1}
+    assert (c.groupby("patient_id").sln.nunique() == 1).all()       # one node status each

@@ -52,7 +52,8 @@ def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
     if s["positive"] is not None:
         # per patient the test set is small (24-45 patients): its AUC is clearly above chance,
         # and the training patients' out-of-fold AUC (twice as many) has a CI above 0.5
-        assert prim["test"]["auc"] > 0.65, prim["test"]
+        # yin2024 tests on the other scanner (site C, RGB screenshots): a harder test set
+        assert prim["test"]["auc"] > (0.6 if name == "yin2024" else 0.65), prim["test"]
         assert prim["train_oof"]["auc_delong_ci_low"] > 0.5, prim["train_oof"]
     else:
         assert prim["test"]["auc_macro"] > 0.6
@@ -76,7 +77,9 @@ def test_no_leakage_between_patients_and_threshold_from_training(study_data, tmp
     threshold maximises Youden's J on the training patients' out-of-fold scores (found here
     by brute force over every cut, not with the library's function); metrics per patient."""
     from HER2RadiomicsLib.modelling.study import run
-    s = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
+    r = _recipe("yin2024", classifiers=["logistic"])
+    r["evaluation"]["test_size"] = 0.3               # train / test / external: three sides
+    s = run(r, study_data / "features.csv",
             study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
     img = pd.read_csv(tmp_path / "y" / "predictions_images.csv", dtype={"patient_id": str})
     sides = img.groupby("patient_id")["split"].nunique()
@@ -312,3 +315,38 @@ def test_documented_chain_from_another_folder(study_data, tmp_path, monkeypatch)
                  "--mask", "cnn/" + first["mask"], "--site", first.site,
                  "--out", "case.html"]) == 0
     assert "Research use only" in (work / "case.html").read_text()
+
+
+def test_zhao2025_sentinel_node_endpoint_with_clinical_selection(study_data, tmp_path):
+    """zhao2025's second endpoint runs as its own recipe, with the paper's univariate ->
+    multivariate clinical model; the planted association with lesion size is found."""
+    from HER2RadiomicsLib.modelling.study import run
+    r0 = _recipe("zhao2025_sln")
+    over = {"pipeline": [({"lasso": {**s["lasso"], "max_iter": 5000}}
+                          if isinstance(s, dict) and "lasso" in s else s)
+                         for s in r0["pipeline"]]}
+    s = run(_recipe("zhao2025_sln", **over), study_data / "features.csv",
+            study_data / "cohort" / "cohort.csv", tmp_path / "sln", repeats=0, progress=False)
+    assert s["positive"] == "1" and s["label_col"] == "sln"
+    uni = s["nomogram"]["clinical_univariate_p"]
+    assert set(uni) == {"lesion_size_mm", "pr", "menopausal", "ki67", "age", "er"}
+    kept = [p for p in s["nomogram"]["predictors"] if p != "rad_score"]
+    assert kept == [c for c in uni if uni[c] < 0.05]
+    assert any("univariate logistic regression" in n for n in s["notes"])
+
+
+def test_yin2024_trains_on_the_development_sites_and_tests_on_the_external_one(study_data,
+                                                                               tmp_path):
+    """The paper's design (centre 1 -> centre 2) is the recipe's default: every patient of
+    sites A and B trains, site C is the test set; no internal split, no repeated splits."""
+    from HER2RadiomicsLib.modelling.study import run
+    s = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
+            study_data / "cohort" / "cohort.csv", tmp_path / "y0", progress=False,
+            make_bundle=False)
+    img = pd.read_csv(tmp_path / "y0" / "predictions_images.csv", dtype={"patient_id": str})
+    c = pd.read_csv(study_data / "cohort" / "cohort.csv", dtype={"patient_id": str})
+    c = c[c.her2.isin(["low", "positive", "zero"])]
+    assert set(img[img.split == "test"].patient_id) == set(c[c.site == "C"].patient_id)
+    assert set(img[img.split == "train_oof"].patient_id) == set(c[c.site != "C"].patient_id)
+    assert s["n"]["external"] == 0 and s["repeated_splits"]["n"] == 0
+    assert any("test set = external site C" in n for n in s["notes"])

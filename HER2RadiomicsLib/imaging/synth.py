@@ -44,6 +44,10 @@ it, the 0-3 mm ring sees its rising edge, the 0-5 mm ring most of it, the 0-8 mm
 it diluted by its 5-8 mm tail. Each case draws its strength around the class mean with
 SD 0.15 (from its own random stream, so every other parameter of a case is unchanged).
 
+Sentinel-lymph-node metastasis (``sln``, zhao2025's second endpoint) has log-odds
+``-1.2 + 0.12 x (lesion size - 13 mm) + 0.8 x HER2-positive`` (true class); the images carry
+no direct trace of it, only through size and the HER2 signal.
+
 Label noise: 12 % of cases get a label drawn at random (IHC misreads), so a sound pipeline
 reaches moderate AUCs (about 0.7-0.85), not 1.0.  Clinical variables (age, menopausal status,
 ER, PR, Ki-67, lesion size) depend weakly on the class as in the literature (HER2-positive:
@@ -74,6 +78,8 @@ SIGNAL = {  # per class: heterogeneity, halo, calcification mean, P(spiculated),
     "low": (0.40, 0.30, 1.5, 0.30, 0.40),
     "positive": (0.60, 0.55, 3.5, 0.15, 0.60),
 }
+#: sentinel-node metastasis log-odds: intercept, per mm of lesion size above 13, HER2-positive
+SLN_LOGIT = (-1.2, 0.12, 0.8)
 #: per class: mean strength of the peritumoral stroma texture (see the module docstring)
 PERI_TEXTURE = {"zero": 0.05, "low": 0.65, "positive": 0.75}
 PERI_TEXTURE_SD = 0.15
@@ -188,6 +194,10 @@ def _case_params(rng, site: Site):
     child = rng.spawn(1)[0]
     peri = dict(peri_texture=float(max(0.0, child.normal(PERI_TEXTURE[true], PERI_TEXTURE_SD))),
                 peri_seed=int(child.integers(2 ** 31)))
+    # sentinel-lymph-node metastasis (zhao2025's second endpoint): more likely with larger
+    # and HER2-positive tumours (log-odds below), drawn last from the same child stream
+    logit = SLN_LOGIT[0] + SLN_LOGIT[1] * (size_mm - 13) + SLN_LOGIT[2] * (true == "positive")
+    peri["sln"] = int(child.random() < 1 / (1 + np.exp(-logit)))
     return dict(
         **peri,
         her2_true=true, her2=observed, her2_ihc=ihc,
@@ -484,7 +494,7 @@ def _generate_patient(i, seed, out: Path, with_readers: bool, second_view_fracti
                      "menopausal": p["menopausal"], "er": p["er"], "pr": p["pr"],
                      "ki67": p["ki67"], "lesion_size_mm": round(float(size), 1),
                      "margin": p["margin"], "her2": p["her2"], "her2_ihc": p["her2_ihc"],
-                     "her2_ihc_fish": p["her2_ihc_fish"]})
+                     "her2_ihc_fish": p["her2_ihc_fish"], "sln": p["sln"]})
         truth[cid] = {k: p[k] for k in ("her2_true", "heterogeneity", "halo", "peri_texture",
                                         "n_calc", "posterior", "margin")}
         if with_readers and v == 0:

@@ -532,9 +532,28 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     if data.unit not in UNITS:
         raise InputError(f"recipe {recipe['name']}: evaluation unit {data.unit!r} (choose "
                          f"from {', '.join(UNITS)})")
-    tr_idx, te_idx = patient_split(data.dev, data.ydev, test_size, seed)
-    data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
-    data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
+    if test_size <= 0 and ext and len(np.unique(data.yext)) < (2 if binary else len(classes)):
+        notes.append(f"external site {ext} lacks a class, so it cannot be the test set: "
+                     "tested on a 70/30 split of the other sites instead")
+        test_size = 0.3
+    if test_size > 0:
+        tr_idx, te_idx = patient_split(data.dev, data.ydev, test_size, seed)
+        data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
+        data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
+    else:
+        # yin2024's design: train on every development patient, test on the external centre
+        if not ext or not len(data.dext):
+            raise InputError(f"recipe {recipe['name']}: test_size 0 trains on every "
+                             "development patient and tests on the external site, which "
+                             "needs one (external_site / --external-site)")
+        data.Xtr, data.ytr = data.dev, data.ydev
+        data.Xte, data.yte = data.dext, data.yext
+        data.dext, data.yext = data.dext.iloc[:0], data.yext[:0]
+        notes.append(f"test set = external site {ext} (trained on every other site's "
+                     "patients, as the paper's centre 1 / centre 2 design)")
+        if repeats > 0:
+            notes.append("no repeated random splits: the test set is the external site")
+            repeats = 0
     use_combat = batch in data.dev.columns and data.Xtr[batch].nunique() >= 2
     if _has_step(recipe, "combat") and not use_combat:
         notes.append("ComBat skipped: the training data has fewer than two sites")
@@ -679,6 +698,14 @@ def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
     if missing:
         notes.append(f"clinical column(s) {missing} missing: nomogram without them")
         clinical = [c for c in clinical if c in d.dev.columns]
+    screening = {}
+    p_max = (recipe.get("clinical_selection") or {}).get("univariate_p")
+    if p_max is not None and clinical:
+        # the papers' clinical model: each candidate in a univariate logistic regression on
+        # the training patients; those with p < p_max enter the multivariate model
+        clinical, screening = _univariate_clinical(d, clinical, float(p_max))
+        notes.append("clinical variables by univariate logistic regression (p < "
+                     f"{float(p_max):g}): kept {clinical or 'none'} of {list(screening)}")
     preds_cols = ["rad_score"] + clinical
 
     def per_unit(split, X, radscore):
@@ -699,6 +726,7 @@ def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
     nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr, ytr_ok)
     thr_n = E.youden_threshold(ytr_ok, nomo.predict_proba(Ztr)[:, 1])
     res = {"predictors": preds_cols, "threshold": thr_n, "unit": d.unit,
+           **({"clinical_univariate_p": screening} if screening else {}),
            "odds_ratios": nomo.odds_ratios().to_dict(orient="records")}
     for name, Xs in (("test", d.Xte), ("external", d.dext)):
         if not len(Xs) or len(np.unique(d.y_unit(name))) != 2:
@@ -713,6 +741,25 @@ def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
             # the radiomics model's test scores on the same units (complete clinical data)
             res["delong_vs_radiomics"] = E.delong_test(yz, preds[best][1][ok], pz)
     return nomo, res
+
+
+def _univariate_clinical(d: _Data, candidates, p_max):
+    """``(kept, {variable: p})``: univariate logistic regression of the label on each
+    clinical variable over the training units (a patient's value is the mean of its rows)."""
+    from .nomogram import NomogramModel
+    key = d.Xtr["patient_id" if d.unit == "patients" else "case_id"].astype(str).to_numpy()
+    ids, y, _ = d.per_unit("train", np.zeros(len(d.Xtr)))
+    vals = d.Xtr[candidates].astype(float).groupby(key).mean().loc[ids]
+    pvals = {}
+    for c in candidates:
+        ok = vals[c].notna().to_numpy()
+        if ok.sum() < 10 or vals[c][ok].nunique() < 2:
+            pvals[c] = float("nan")
+            continue
+        m = NomogramModel(predictors=(c,)).fit(vals.loc[ok, [c]], y[ok])
+        pvals[c] = float(m.pvalues_[1])
+    kept = [c for c in candidates if pvals[c] == pvals[c] and pvals[c] < p_max]
+    return kept, pvals
 
 
 def _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, d: _Data,

@@ -206,3 +206,70 @@ def test_synthetic_cohort_carries_ihc_fish_groups_and_sln(cohort):
     assert ((two.her2 == "low") == (two.her2_ihc_fish == "2+/FISH-")).all()
     assert set(c.sln) <= {0, 1}
     assert (c.groupby("patient_id").sln.nunique() == 1).all()       # one node status each
+
+
+@pytest.mark.parametrize("preset, images, count", [("yin2024", 14, 1311), ("zhao2025", 10, 939)])
+def test_preset_feature_counts_are_those_the_deviations_table_states(preset, images, count):
+    """README's Deviations table: 93 first-order and texture features per image plus 9 2D
+    shape features; neither paper's count (1,561, 1,409) minus 9 is a multiple of 93."""
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    rng = np.random.default_rng(0)
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(rng.rayleigh(40, (64, 64)).astype(np.float32))
+    img.SetSpacing((0.25, 0.25))
+    m = np.zeros((64, 64), np.uint8)
+    m[20:44, 18:46] = 1
+    msk = sitk.GetImageFromArray(m)
+    msk.CopyInformation(img)
+    feats, _ = FeatureExtractor(preset).extract(img, {"tumor": msk})
+    assert len(feats) == count == images * 93 + 9
+    shape = [k for k in feats if "_shape2D_" in k]
+    assert len(shape) == 9
+    for paper in (1561, 1409):
+        assert (paper - 9) % 93 != 0
+
+
+def test_three_class_univariate_tests_are_named_in_the_notes(tmp_path):
+    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    X, y = _three_class(n=150, p=12, seed=3)
+    X.insert(0, "case_id", [f"c{i}" for i in range(len(X))])
+    X.to_csv(tmp_path / "f.csv", index=False)
+    pd.DataFrame({"case_id": X.case_id, "patient_id": X.case_id, "her2": y,
+                  "site": "A"}).to_csv(tmp_path / "l.csv", index=False)
+    r = load_recipe("zhao2025")
+    r["pipeline"] = ["scale", "smote", {"univariate": {"test": "ttest", "min_features": 2}},
+                     {"lasso": {"cv": 3, "n_alphas": 5, "decades": 2, "max_iter": 2000}}]
+    r["evaluation"] = {"test_size": 0.3, "external_site": None, "repeats": 0,
+                       "bootstrap": 50, "seed": 0}
+    s = run(r, tmp_path / "f.csv", tmp_path / "l.csv", tmp_path / "o", progress=False,
+            make_bundle=False)
+    assert any("ttest runs as one-way ANOVA" in n for n in s["notes"])
+    per = s["selected_features"]["per_class"]
+    assert set(per) == {"zero", "low", "positive"}
+
+
+def test_yin2024_subtasks_select_their_groups():
+    from HER2RadiomicsLib.modelling.study import load_recipe, make_target, prepare
+    groups = ["0", "1+", "2+/FISH-", "2+/FISH+", "3+"] * 4
+    ids = [f"c{i}" for i in range(len(groups))]
+    feats = pd.DataFrame({"case_id": ids, "tumor__x": 0.0})
+    labels = pd.DataFrame({"case_id": ids, "her2_ihc_fish": groups})
+    for name, pos, neg in (("yin2024_low1_vs_zero", "1+", "0"),
+                           ("yin2024_low2_vs_zero", "2+/FISH-", "0"),
+                           ("yin2024_1_vs_2", "2+/FISH-", "1+")):
+        r = load_recipe(name)
+        assert r["pipeline"] == load_recipe("yin2024")["pipeline"]     # only the task differs
+        d, yy, _, _ = make_target(prepare(feats, labels, r), r)
+        assert set(d[r["label_col"]]) == {pos, neg} and len(d) == 8
+        assert list(yy) == list((d[r["label_col"]] == pos).astype(int))
+
+
+def test_peritumoral2025_marks_every_assumed_step():
+    from HER2RadiomicsLib.modelling.study import RECIPES_DIR
+    text = (RECIPES_DIR / "peritumoral2025.yaml").read_text()
+    body = text[text.index("pipeline:"):text.index("classifiers:")]
+    steps = [ln for ln in body.splitlines()[1:] if ln.strip().startswith("- ")]
+    unmarked = [ln for ln in steps if "ASSUMED" not in ln
+                and ln.strip()[2:].split(":")[0].strip() not in ("impute", "variance", "scale")]
+    assert not unmarked, unmarked
+    assert "ASSUMED" in text.split("params:")[1].splitlines()[0]

@@ -322,9 +322,11 @@ def test_zhao2025_sentinel_node_endpoint_with_clinical_selection(study_data, tmp
     multivariate clinical model; the planted association with lesion size is found."""
     from HER2RadiomicsLib.modelling.study import run
     r0 = _recipe("zhao2025_sln")
-    over = {"pipeline": [({"lasso": {**s["lasso"], "max_iter": 5000}}
+    # a short penalty path: the test is about the endpoint and the clinical model
+    over = {"pipeline": [({"lasso": {**s["lasso"], "max_iter": 2000, "cv": 5, "n_alphas": 8}}
                           if isinstance(s, dict) and "lasso" in s else s)
-                         for s in r0["pipeline"]]}
+                         for s in r0["pipeline"]],
+            "evaluation": {**r0["evaluation"], "bootstrap": 200}}
     s = run(_recipe("zhao2025_sln", **over), study_data / "features.csv",
             study_data / "cohort" / "cohort.csv", tmp_path / "sln", repeats=0, progress=False)
     assert s["positive"] == "1" and s["label_col"] == "sln"

@@ -287,10 +287,14 @@ def test_synchronous_extraction_reports_progress_and_cancels(scene):
     table = scene.AddNewNodeByClass("vtkMRMLTableNode")
     feats = logic.extractFeatures(vol, seg, "cui2023", table,
                                   progress=lambda f, m: seen.append(f) or True)
-    assert seen == [0.0, 1 / 3, 2 / 3, 1.0]                 # tumour + two rings
+    # tumour + two rings are computed together; progress counts the filtered images done
+    assert seen == [0.0, 1.0]                                # cui2023: the original only
     assert table.GetNumberOfRows() == len(feats) > 0
-    with pytest.raises(Cancelled):
-        logic.extractFeatures(vol, seg, "cui2023", progress=lambda f, m: f < 0.5)
+    seen = []
+    with pytest.raises(Cancelled):                           # 8 images: stops half-way
+        logic.extractFeatures(vol, seg, "default",
+                              progress=lambda f, m: seen.append(f) or f < 0.5)
+    assert seen == [0.0, 0.125, 0.25, 0.375, 0.5]
 
 
 def test_failed_calibration_read_is_not_cached(scene, cohort, monkeypatch):

@@ -121,7 +121,13 @@ def firstorder(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_w
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
     counts = np.bincount(levels[mask])
-    counts = counts[counts > 0]
+    return firstorder_values(x, counts[counts > 0], spacing, voxel_array_shift, names)
+
+
+def firstorder_values(x: np.ndarray, counts: np.ndarray, spacing=(1.0, 1.0),
+                      voxel_array_shift=0.0, names=None) -> dict:
+    """:func:`firstorder` from the region's grey values ``x`` (float64, any order) and the
+    pixel count of each grey level present (``counts``)."""
     p = counts / counts.sum()
     n = x.size
     shifted = x + voxel_array_shift
@@ -204,6 +210,14 @@ def glcm_matrices(levels: np.ndarray, spacing=(1.0, 1.0), distances=(1,), symmet
         i, j = _pairs(levels, int(dy), int(dx))
         P[:, :, k] = np.bincount((i - 1) * ng + (j - 1), minlength=ng * ng).reshape(ng, ng)
     P = P[np.ix_(present - 1, present - 1)]          # drop levels absent from the region
+    return glcm_normalise(P, angles, spacing, symmetrical, weighting_norm), present
+
+
+def glcm_normalise(P, angles, spacing=(1.0, 1.0), symmetrical=True, weighting_norm=None,
+                   drop=True):
+    """Counts ``(G, G, A)`` -> probabilities: symmetrised, angle-weighted, each angle divided
+    by its sum. Empty angles are dropped (``drop``) or kept as NaN (several regions batched:
+    the angle means skip NaN, which is the same as dropping)."""
     if symmetrical:
         P = P + P.transpose(1, 0, 2)
     if weighting_norm is not None:
@@ -216,10 +230,10 @@ def glcm_matrices(levels: np.ndarray, spacing=(1.0, 1.0), distances=(1,), symmet
                                                                          lambda: 1.0)()
         P = np.sum(P * w[None, None, :], 2, keepdims=True)
     sums = P.sum((0, 1))
-    if P.shape[2] > 1:
+    if drop and P.shape[2] > 1:
         P, sums = P[:, :, sums > 0], sums[sums > 0]
     sums = np.where(sums == 0, np.nan, sums)
-    return P / sums[None, None, :], present
+    return P / sums[None, None, :]
 
 
 def glcm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
@@ -229,60 +243,96 @@ def glcm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
     P, present = glcm_matrices(levels, spacing, distances, symmetrical, weighting_norm)
-    ng = int(present.max())
-    g = present.astype(np.float64)
-    i, j = g[:, None, None], g[None, :, None]
-    px, py = P.sum(1, keepdims=True), P.sum(0, keepdims=True)          # (G,1,A), (1,G,A)
-    ux, uy = (i * P).sum((0, 1)), (j * P).sum((0, 1))                  # (A,)
+    return glcm_features([P], [present], names)[0]
+
+
+def _pad(arrays, fill=0.0):
+    """Stack arrays of different sizes along a new first axis, padded at the end of each
+    axis with ``fill``."""
+    shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
+    out = np.full((len(arrays),) + shape, fill, dtype=np.float64)
+    for r, a in enumerate(arrays):
+        out[(r,) + tuple(slice(0, n) for n in a.shape)] = a
+    return out
+
+
+def glcm_features(Ps, presents, names=None) -> list:
+    """GLCM features of several regions at once (one region's numpy calls cost more than its
+    arithmetic, so regions are batched): ``Ps`` normalised ``(G_r, G_r, A_r)`` matrices,
+    ``presents`` their grey levels. Matrices are zero-padded to a common size (an empty grey
+    level adds nothing to any sum), each feature is computed per angle and averaged."""
+    names = names or GLCM
+    P = _pad(Ps)                                                       # (R, G, G, A)
+    g = _pad([p.astype(np.float64) for p in presents], 1.0)           # (R, G)
+    ngs = np.array([float(p.max()) for p in presents])                # (R,)
+    ng = int(ngs.max())
+    R, G, _, A = P.shape
+    i, j = g[:, :, None, None], g[:, None, :, None]
+    px, py = P.sum(2, keepdims=True), P.sum(1, keepdims=True)          # (R,G,1,A), (R,1,G,A)
+    ux, uy = (i * P).sum((1, 2)), (j * P).sum((1, 2))                  # (R, A)
     k_sum = np.arange(2, 2 * ng + 1, dtype=np.float64)
     k_diff = np.arange(0, ng, dtype=np.float64)
-    # p_{x+y}(k) and p_{x-y}(k): each cell of P added to its bin of i + j and |i - j|
-    s = ((i + j)[:, :, 0] - 2).astype(np.intp).ravel()
-    d = np.abs(i - j)[:, :, 0].astype(np.intp).ravel()
-    flat = P.reshape(-1, P.shape[2])
-    p_sum = np.stack([np.bincount(s, flat[:, a], len(k_sum)) for a in range(P.shape[2])], 1)
-    p_diff = np.stack([np.bincount(d, flat[:, a], len(k_diff)) for a in range(P.shape[2])], 1)
-    hxy = -np.sum(P * np.log2(P + EPS), (0, 1))
-    c = (i + j) - ux - uy
+    # p_{x+y}(k) and p_{x-y}(k): each cell of P added to its bin of i + j and |i - j|, for
+    # every (region, angle) in one bincount
+    s = (i + j)[:, :, :, 0].astype(np.intp) - 2                        # (R, G, G)
+    d = np.abs(i - j)[:, :, :, 0].astype(np.intp)
+    flat = P.transpose(0, 3, 1, 2).reshape(R, A, G * G)               # (R, A, G*G)
+    ra = np.arange(R * A).reshape(R, A, 1)
+    p_sum = np.bincount((ra * len(k_sum) + s.reshape(R, 1, -1)).ravel(), flat.ravel(),
+                        R * A * len(k_sum)).reshape(R, A, -1).transpose(0, 2, 1)
+    p_diff = np.bincount((ra * len(k_diff) + d.reshape(R, 1, -1)).ravel(), flat.ravel(),
+                         R * A * len(k_diff)).reshape(R, A, -1).transpose(0, 2, 1)
+    kd = k_diff[None, :, None]
+    ux4, uy4 = ux[:, None, None, :], uy[:, None, None, :]
+    hxy = -np.sum(P * np.log2(P + EPS), (1, 2))
+    c = (i + j) - ux4 - uy4
+    c2 = c * c
     out = {}
-    out["Autocorrelation"] = np.sum(P * i * j, (0, 1))
+    out["Autocorrelation"] = np.sum(P * i * j, (1, 2))
     out["JointAverage"] = ux
-    out["ClusterProminence"] = np.sum(P * c ** 4, (0, 1))
-    out["ClusterShade"] = np.sum(P * c ** 3, (0, 1))
-    out["ClusterTendency"] = np.sum(P * c ** 2, (0, 1))
-    out["Contrast"] = np.sum(P * np.abs(i - j) ** 2, (0, 1))
-    sigx = np.sqrt(np.sum(P * (i - ux) ** 2, (0, 1)))
-    sigy = np.sqrt(np.sum(P * (j - uy) ** 2, (0, 1)))
-    corm = np.sum(P * (i - ux) * (j - uy), (0, 1))
-    out["Correlation"] = np.where(sigx * sigy == 0, 1.0, corm / (sigx * sigy + EPS))
-    davg = np.sum(k_diff[:, None] * p_diff, 0)
+    out["ClusterProminence"] = np.sum(P * c2 * c2, (1, 2))
+    out["ClusterShade"] = np.sum(P * c2 * c, (1, 2))
+    out["ClusterTendency"] = np.sum(P * c2, (1, 2))
+    out["Contrast"] = np.sum(P * (i - j) ** 2, (1, 2))
+    sigx = np.sqrt(np.sum(P * (i - ux4) ** 2, (1, 2)))
+    sigy = np.sqrt(np.sum(P * (j - uy4) ** 2, (1, 2)))
+    corm = np.sum(P * (i - ux4) * (j - uy4), (1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["Correlation"] = np.where(sigx * sigy == 0, 1.0, corm / (sigx * sigy + EPS))
+    davg = np.sum(kd * p_diff, 1)
     out["DifferenceAverage"] = davg
-    out["DifferenceEntropy"] = -np.sum(p_diff * np.log2(p_diff + EPS), 0)
-    out["DifferenceVariance"] = np.sum(p_diff * (k_diff[:, None] - davg) ** 2, 0)
-    out["JointEnergy"] = np.sum(P ** 2, (0, 1))
+    out["DifferenceEntropy"] = -np.sum(p_diff * np.log2(p_diff + EPS), 1)
+    out["DifferenceVariance"] = np.sum(p_diff * (kd - davg[:, None, :]) ** 2, 1)
+    out["JointEnergy"] = np.sum(P ** 2, (1, 2))
     out["JointEntropy"] = hxy
-    hx = -np.sum(px * np.log2(px + EPS), (0, 1))
-    hy = -np.sum(py * np.log2(py + EPS), (0, 1))
-    hxy1 = -np.sum(P * np.log2(px * py + EPS), (0, 1))
-    hxy2 = -np.sum(px * py * np.log2(px * py + EPS), (0, 1))
+    hx = -np.sum(px * np.log2(px + EPS), (1, 2))
+    hy = -np.sum(py * np.log2(py + EPS), (1, 2))
+    pxy = px * py
+    hxy1 = -np.sum(P * np.log2(pxy + EPS), (1, 2))
+    hxy2 = -np.sum(pxy * np.log2(pxy + EPS), (1, 2))
     div = np.fmax(hx, hy)
-    out["Imc1"] = np.where(div != 0, (hxy - hxy1) / np.where(div != 0, div, 1.0), 0.0)
-    out["Imc2"] = np.where(hxy2 == hxy, 0.0, (1 - np.e ** (-2 * (hxy2 - hxy))) ** 0.5)
-    out["Idm"] = np.sum(p_diff / (1 + k_diff[:, None] ** 2), 0)
-    out["Idmn"] = np.sum(p_diff / (1 + k_diff[:, None] ** 2 / ng ** 2), 0)
-    out["Id"] = np.sum(p_diff / (1 + k_diff[:, None]), 0)
-    out["Idn"] = np.sum(p_diff / (1 + k_diff[:, None] / ng), 0)
-    out["InverseVariance"] = np.sum(p_diff[1:] / k_diff[1:, None] ** 2, 0)
-    out["MaximumProbability"] = P.max((0, 1))
-    out["SumAverage"] = np.sum(k_sum[:, None] * p_sum, 0)
-    out["SumEntropy"] = -np.sum(p_sum * np.log2(p_sum + EPS), 0)
-    out["SumSquares"] = np.sum(P * (i - ux) ** 2, (0, 1))
-    keys = [k for k in (names or GLCM) if k != "MCC"]
-    mean = _angle_means([out[k] for k in keys])
-    res = dict(zip(keys, mean))
-    if "MCC" in (names or GLCM):
-        res["MCC"] = _mcc(P, px, py)
-    return {k: res[k] for k in (names or GLCM)}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["Imc1"] = np.where(div != 0, (hxy - hxy1) / np.where(div != 0, div, 1.0), 0.0)
+        out["Imc2"] = np.where(hxy2 == hxy, 0.0, (1 - np.e ** (-2 * (hxy2 - hxy))) ** 0.5)
+    out["Idm"] = np.sum(p_diff / (1 + kd ** 2), 1)
+    ngc = ngs[:, None, None]
+    out["Idmn"] = np.sum(p_diff / (1 + kd ** 2 / ngc ** 2), 1)
+    out["Id"] = np.sum(p_diff / (1 + kd), 1)
+    out["Idn"] = np.sum(p_diff / (1 + kd / ngc), 1)
+    out["InverseVariance"] = np.sum(p_diff[:, 1:] / kd[:, 1:] ** 2, 1)
+    out["MaximumProbability"] = P.max((1, 2))
+    out["SumAverage"] = np.sum(k_sum[None, :, None] * p_sum, 1)
+    out["SumEntropy"] = -np.sum(p_sum * np.log2(p_sum + EPS), 1)
+    out["SumSquares"] = np.sum(P * (i - ux4) ** 2, (1, 2))
+    keys = [k for k in names if k != "MCC"]
+    res = []
+    for r in range(R):
+        got = dict(zip(keys, _angle_means([out[k][r] for k in keys])))
+        if "MCC" in names:
+            Pr = Ps[r][:, :, ~np.isnan(Ps[r].sum((0, 1)))]      # the region's own angles
+            got["MCC"] = _mcc(Pr, Pr.sum(1, keepdims=True), Pr.sum(0, keepdims=True))
+        res.append({k: got[k] for k in names})
+    return res
 
 
 def _angle_means(rows) -> list:
@@ -348,34 +398,63 @@ _NAMES = {"glrlm": dict(zip(_FAMILY, GLRLM)), "glszm": dict(zip(_FAMILY, GLSZM))
 
 
 def _family(P, ivector, jvector, N, Np=None) -> dict:
-    """The shared features of a (grey level x size, angle) matrix ``P`` normalised by ``N``
-    (runs, zones or voxels per angle); ``Np`` (pixels) for the percentage."""
-    pg, ps = P.sum(1), P.sum(0)                                   # (G, A), (S, A)
-    i, j = ivector[:, None], jvector[:, None]
+    """The shared features of (grey level x size, angle) matrices of several regions at once:
+    ``P`` (R, G, S, A), ``ivector`` (R, G) grey levels, ``jvector`` (S,) sizes, normalised by
+    ``N`` (R, A: runs, zones or voxels per angle); ``Np`` (R, A: pixels) for the percentage.
+    Returns ``{feature: (R, A) array}``."""
+    pg, ps = P.sum(2), P.sum(1)                                   # (R, G, A), (R, S, A)
+    i, j = ivector[:, :, None], jvector[None, :, None]
+    j2 = j * j
+    i2 = i * i
+    pg2 = pg * pg
+    ps2 = ps * ps
     out = {
-        "Small": np.sum(ps / j ** 2, 0) / N,
-        "Large": np.sum(ps * j ** 2, 0) / N,
-        "GLN": np.sum(pg ** 2, 0) / N,
-        "GLNN": np.sum(pg ** 2, 0) / N ** 2,
-        "SizeNU": np.sum(ps ** 2, 0) / N,
-        "SizeNUN": np.sum(ps ** 2, 0) / N ** 2,
-        "LowGL": np.sum(pg / i ** 2, 0) / N,
-        "HighGL": np.sum(pg * i ** 2, 0) / N,
+        "Small": np.sum(ps / j2, 1) / N,
+        "Large": np.sum(ps * j2, 1) / N,
+        "GLN": np.sum(pg2, 1) / N,
+        "GLNN": np.sum(pg2, 1) / N ** 2,
+        "SizeNU": np.sum(ps2, 1) / N,
+        "SizeNUN": np.sum(ps2, 1) / N ** 2,
+        "LowGL": np.sum(pg / i2, 1) / N,
+        "HighGL": np.sum(pg * i2, 1) / N,
     }
     if Np is not None:
         out["Percentage"] = N / Np
-    pgn, psn = pg / N, ps / N
-    ui, uj = np.sum(pgn * i, 0), np.sum(psn * j, 0)
-    out["GLV"] = np.sum(pgn * (i - ui) ** 2, 0)
-    out["SizeVariance"] = np.sum(psn * (j - uj) ** 2, 0)
-    p = P / N
-    out["Entropy"] = -np.sum(p * np.log2(p + EPS), (0, 1))
-    i3, j3 = ivector[:, None, None], jvector[None, :, None]
-    out["SmallLow"] = np.sum(P / (i3 ** 2 * j3 ** 2), (0, 1)) / N
-    out["SmallHigh"] = np.sum(P * i3 ** 2 / j3 ** 2, (0, 1)) / N
-    out["LargeLow"] = np.sum(P * j3 ** 2 / i3 ** 2, (0, 1)) / N
-    out["LargeHigh"] = np.sum(P * i3 ** 2 * j3 ** 2, (0, 1)) / N
+    pgn, psn = pg / N[:, None, :], ps / N[:, None, :]
+    ui, uj = np.sum(pgn * i, 1), np.sum(psn * j, 1)
+    out["GLV"] = np.sum(pgn * (i - ui[:, None, :]) ** 2, 1)
+    out["SizeVariance"] = np.sum(psn * (j - uj[:, None, :]) ** 2, 1)
+    p = P / N[:, None, None, :]
+    out["Entropy"] = -np.sum(p * np.log2(p + EPS), (1, 2))
+    i3, j3 = i2[:, :, None], j2[:, None]                          # (R, G, 1, 1), (1, 1, S, 1)
+    out["SmallLow"] = np.sum(P / (i3 * j3), (1, 2)) / N
+    out["SmallHigh"] = np.sum(P * i3 / j3, (1, 2)) / N
+    out["LargeLow"] = np.sum(P * j3 / i3, (1, 2)) / N
+    out["LargeHigh"] = np.sum(P * i3 * j3, (1, 2)) / N
     return out
+
+
+def family_features(cls: str, Ps, presents, N=None, Np=None, names=None,
+                    jvector=None) -> list:
+    """``cls`` (glrlm, glszm, gldm) features of several regions: ``Ps`` are (G_r, S_r, A)
+    matrices (rows: the region's present grey levels; column s: size ``jvector[s]``, by
+    default s + 1), zero-padded to a common size. ``N``/``Np`` default to the matrix sums
+    (pixels: sum of size x count)."""
+    P = _pad(Ps)
+    R, G, S, A = P.shape
+    ivector = _pad([p.astype(np.float64) for p in presents], 1.0)
+    if jvector is None:
+        jvector = np.arange(1, S + 1, dtype=np.float64)
+    used = np.any(P != 0, axis=(0, 1, 3))     # sizes that occur: an empty one adds nothing
+    if not used.all():
+        P, jvector = P[:, :, used], jvector[used]
+    if N is None:
+        N = P.sum((1, 2))
+    if Np is None and cls != "gldm":
+        Np = np.sum(P.sum(1) * jvector[None, :, None], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vals = _family(P, ivector, jvector, N, Np)
+    return [_named(cls, {k: v[r] for k, v in vals.items()}, names) for r in range(R)]
 
 
 def _named(cls: str, values: dict, names) -> dict:
@@ -433,21 +512,25 @@ def glrlm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     for k, (lv, ln) in enumerate(runs):
         P[:, :, k] = np.bincount((lv - 1) * nr + (ln - 1), minlength=ng * nr).reshape(ng, nr)
     P = P[present - 1]
+    return family_features("glrlm", [glrlm_normalise(P, angles, spacing, weighting_norm)],
+                           [present], names=names)[0]
+
+
+def glrlm_normalise(P, angles, spacing=(1.0, 1.0), weighting_norm=None):
+    """Run counts ``(G, S, A)`` -> the matrix the features use: angles weighted by
+    ``weighting_norm`` (summed into one), empty angles NaN (skipped by the angle means, as
+    pyradiomics drops them)."""
     if weighting_norm is not None:
         sp = np.asarray(spacing, dtype=np.float64)[::-1]
         w = np.array([{"infinity": lambda a: max(a), "euclidean": lambda a: math.sqrt(np.sum(a ** 2)),
                        "manhattan": lambda a: np.sum(a)}.get(weighting_norm, lambda a: 1.0)(
                            np.abs(ang) * sp) for ang in angles])
         P = np.sum(P * w[None, None, :], 2, keepdims=True)
-    N = P.sum((0, 1))
-    if P.shape[2] > 1:
-        P, N = P[:, :, N > 0], N[N > 0]
-    N = np.where(N == 0, np.nan, N)
-    jvector = np.arange(1, nr + 1, dtype=np.float64)
-    used = P.sum((0, 2)) > 0
-    P, jvector = P[:, used], jvector[used]
-    Np = np.sum(P.sum(0) * jvector[:, None], 0)
-    return _named("glrlm", _family(P, present.astype(np.float64), jvector, N, Np), names)
+    empty = P.sum((0, 1)) == 0
+    if empty.any():
+        P = P.copy()
+        P[:, :, empty] = np.nan
+    return P
 
 
 def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
@@ -467,14 +550,8 @@ def glszm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     idx = np.searchsorted(present, zl)
     ns = int(zs.max())
     P = np.bincount(idx * ns + zs - 1, minlength=len(present) * ns).reshape(len(present), ns)
-    P = P.astype(np.float64)
-    jvector = np.arange(1, ns + 1, dtype=np.float64)
-    N = P.sum()
-    Np = np.sum(P.sum(0) * jvector)
-    used = P.sum(0) > 0
-    P, jvector = P[:, used][:, :, None], jvector[used]
-    return _named("glszm", _family(P, present.astype(np.float64), jvector,
-                                   np.array([N]), np.array([Np])), names)
+    return family_features("glszm", [P.astype(np.float64)[:, :, None]], [present],
+                           names=names)[0]
 
 
 def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=25.0,
@@ -494,12 +571,8 @@ def gldm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=2
     nd = int(dv.max())
     idx = np.searchsorted(present, lv)
     P = np.bincount(idx * nd + dv - 1, minlength=len(present) * nd).reshape(len(present), nd)
-    P = P.astype(np.float64)
-    jvector = np.arange(1, nd + 1, dtype=np.float64)
-    used = P.sum(0) > 0
-    P, jvector = P[:, used][:, :, None], jvector[used]
-    return _named("gldm", _family(P, present.astype(np.float64), jvector,
-                                  np.array([P.sum()])), names)
+    return family_features("gldm", [P.astype(np.float64)[:, :, None]], [present],
+                           names=names)[0]
 
 
 # -- NGTDM ------------------------------------------------------------------------------------
@@ -535,9 +608,13 @@ def ngtdm(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0), *, bin_width=
     if levels is None:          # the driver discretises once for every class
         levels = discretise(image, mask, bin_width, bin_count)
     c, total = _neighbour_sums(levels, distances)
-    lv = _region(levels).lv
+    return ngtdm_values(_region(levels).lv, c, total, present_levels(levels), names)
+
+
+def ngtdm_values(lv, c, total, present, names=None) -> dict:
+    """:func:`ngtdm` from each region pixel's level ``lv``, its number of neighbours in the
+    region ``c`` and the sum of their levels ``total``; ``present``: the levels present."""
     diff = np.where(c > 0, np.abs(lv - total / np.maximum(c, 1)), 0.0)
-    present = present_levels(levels)
     idx = np.searchsorted(present, lv)
     n = np.bincount(idx, minlength=len(present)).astype(np.float64)
     s = np.bincount(idx, weights=diff, minlength=len(present))

@@ -277,12 +277,30 @@ class FeatureExtractor:
             ex = self._extractor(image.GetDimension())
             shared = self._shared_filters_ok(ex)
         filtered = None
-        for done, (region, mask) in enumerate(regions.items()):
-            if progress is not None and progress(done, len(regions), region) is False:
+        masks = {r: (m if label == 1 else sitk.Cast(m > 0, sitk.sitkUInt8) * label)
+                 for r, m in regions.items()}
+        together = None
+        if self._native is not None and len(regions) > 1:
+            # the native engine computes the regions together (one pass over their union);
+            # progress then counts the filtered images done, as a fraction of the regions
+            n = len(regions)
+            if progress is not None and progress(0, n, next(iter(regions))) is False:
                 raise Cancelled(f"{path}: feature extraction cancelled")
-            m = mask if label == 1 else sitk.Cast(mask > 0, sitk.sitkUInt8) * label
+            together = self._native.execute_many(
+                image, masks, progress=None if progress is None else
+                (lambda k, steps: k == 0 or progress(n * k / steps, n, "")))
+            if together is None:
+                raise Cancelled(f"{path}: feature extraction cancelled")
+        for done, (region, m) in enumerate(masks.items()):
+            if (together is None and progress is not None
+                    and progress(done, len(regions), region) is False):
+                raise Cancelled(f"{path}: feature extraction cancelled")
             try:
-                if self._native is not None:
+                if together is not None:
+                    res = together[region]
+                    if isinstance(res, Exception):
+                        raise res
+                elif self._native is not None:
                     res = self._native.execute(image, m)
                 elif shared:
                     res, filtered = _execute_shared(ex, image, m, filtered)

@@ -231,8 +231,10 @@ class NativeExtractor:
                 mask.TransformContinuousIndexToPhysicalPoint(centre)
         return out
 
-    def execute(self, image: sitk.Image, mask: sitk.Image) -> dict:
-        """Features of one region (``mask == label``) of a 2D image, diagnostics first."""
+    def _prepare(self, image: sitk.Image, mask: sitk.Image):
+        """Validate one region and return ``(out, image, arr, roi, box)``: its diagnostics
+        and shape features, the image it is computed on (resampled around the region when
+        asked), that image's array, the region's mask and bounding box."""
         if image.GetDimension() != 2:
             raise InputError("the native engine handles 2D images")
         st = self.settings
@@ -243,8 +245,7 @@ class NativeExtractor:
         if self._array_image is not image:       # once per image, not per region
             self._array, self._array_image = self._image_array(image), image
         arr = self._array
-        if st.get("resampledPixelSpacing") is not None and st.get("interpolator",
-                                                                   "sitkBSpline") is not None:
+        if self.resamples:
             # resampling follows the region, so each region gets its own image and filters
             src = sitk.GetImageFromArray(arr)
             src.CopyInformation(image)
@@ -263,15 +264,77 @@ class NativeExtractor:
         if size is not None and len(ys) <= size:
             raise InputError(f"size of the ROI is too small (minimum size: {size})")
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-        m = roi[box]
-        spacing = image.GetSpacing()
         out = diag
         if "shape2D" in self.classes:      # shape: once, on the original image's mask
-            vals = E.shape2d(m, spacing, names=self.classes["shape2D"])
+            vals = E.shape2d(roi[box], image.GetSpacing(), names=self.classes["shape2D"])
             out.update({f"original_shape2D_{k}": v for k, v in vals.items()})
+        return out, image, arr, roi, box
+
+    @property
+    def resamples(self) -> bool:
+        st = self.settings
+        return (st.get("resampledPixelSpacing") is not None
+                and st.get("interpolator", "sitkBSpline") is not None)
+
+    def execute(self, image: sitk.Image, mask: sitk.Image) -> dict:
+        """Features of one region (``mask == label``) of a 2D image, diagnostics first."""
+        out, image, arr, roi, box = self._prepare(image, mask)
+        spacing = image.GetSpacing()
         for prefix, full, kw in self._filtered(image, arr):
-            out.update(self._texture(full[box], m, spacing, kw, prefix))
+            out.update(self._texture(full[box], roi[box], spacing, kw, prefix))
         return out
+
+    def execute_many(self, image: sitk.Image, masks: dict, progress=None) -> dict:
+        """Features of several regions of one 2D image, computed together.
+
+        Returns ``{region: features}`` in the order of ``masks``, each as :meth:`execute`
+        returns it, or the exception that region raised (the others are still computed).
+        Regions share every pass over their union (:mod:`.multi`); those that cannot (a
+        fixed bin count, resampling around each region) are computed one by one.
+        ``progress(done, total)`` is called before each filtered image; ``False`` stops.
+        """
+        from .multi import texture_many
+        results, ready = {}, {}
+        for name, mask in masks.items():
+            try:
+                ready[name] = self._prepare(image, mask)
+            except Exception as exc:   # that region fails; the others go on
+                results[name] = exc
+        if self.resamples or len(ready) < 2:
+            for name, (out, im, arr, roi, box) in ready.items():
+                try:
+                    for prefix, full, kw in self._filtered(im, arr):
+                        out.update(self._texture(full[box], roi[box], im.GetSpacing(), kw,
+                                                 prefix))
+                    results[name] = out
+                except Exception as exc:
+                    results[name] = exc
+            return {n: results[n] for n in masks}
+        names = list(ready)
+        spacing = image.GetSpacing()
+        failed = {}
+        filtered = self._filtered(image, self._array)
+        for step, (prefix, full, kw) in enumerate(filtered):
+            if progress is not None and progress(step, len(filtered)) is False:
+                return None
+            shared = texture_many(full, [ready[n][3] for n in names], spacing,
+                                  self.classes, kw)
+            for n, res in zip(names, shared):
+                if n in failed:
+                    continue
+                out, _, _, roi, box = ready[n]
+                try:
+                    if res is None:
+                        res = self._texture(full[box], roi[box], spacing, kw, prefix)
+                    else:
+                        res = {f"{prefix}_{k}": v for k, v in res.items()}
+                except Exception as exc:
+                    failed[n] = exc
+                    continue
+                out.update(res)
+        for n in names:
+            results[n] = failed.get(n, ready[n][0])
+        return {n: results[n] for n in masks}
 
     def _texture(self, img, m, spacing, st, prefix) -> dict:
         kw = dict(bin_width=st.get("binWidth", 25), bin_count=st.get("binCount"))

@@ -1,8 +1,8 @@
 """Native engine against pyradiomics 3.0.1 on real breast ultrasound (BUS-BRA), every preset.
 
 For N images of ``../shared/datasets/busbra`` (every 16th image in the dataset's order, so all
-scanners and sizes are represented), spacing 0.1 mm, the tumour and the 3/5/8 mm rings with
-annuli (tumour, 0-3, 3-5, 5-8 mm): extracts every feature of each shipped preset with both
+scanners and sizes are represented), spacing 0.1 mm, the tumour and the 3/5/8 mm rings as
+annuli (tumour, 0-3, 3-5, 5-8 mm) or, with ``--nested``, nested (0-3, 0-5, 0-8 mm): extracts every feature of each shipped preset with both
 engines and reports the worst relative difference per feature class and image type
 (``|a - b| / max(|a|, |b|)``, 0 where ``|a - b| <= 1e-12``) and where it occurs.
 
@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--presets", nargs="+", default=["cui2023", "default", "yin2024",
                                                      "zhao2025"])
+    ap.add_argument("--nested", action="store_true",
+                    help="nested rings (0-3, 0-5, 0-8 mm) instead of annuli: the native "
+                         "engine then joins runs and zones across the ring borders")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     from HER2RadiomicsLib.errors import InputError
@@ -52,8 +55,8 @@ def main(argv=None) -> int:
     pairs = list(busbra_pairs(a.root))
     step = max(1, len(pairs) // a.n)
     pairs = pairs[::step][:a.n]
-    res = {"images": len(pairs), "spacing_mm": 0.1, "rings_mm": "3,5,8 (annuli)",
-           "presets": {}}
+    res = {"images": len(pairs), "spacing_mm": 0.1,
+           "rings_mm": "3,5,8 (%s)" % ("nested" if a.nested else "annuli"), "presets": {}}
     for preset in a.presets:
         ref = FeatureExtractor(preset, engine="pyradiomics")
         nat = FeatureExtractor(preset, engine="native")
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
         for img, msk, stem, _ in pairs:
             try:
                 li, mask = load_case(img, msk, spacing_mm=(0.1, 0.1))
-                regs = build_regions(li.image, mask, "3,5,8", fov=None)
+                regs = build_regions(li.image, mask, "3,5,8", fov=None, annuli=not a.nested)
             except InputError as exc:
                 failed.append(f"{stem}: {exc}")
                 continue

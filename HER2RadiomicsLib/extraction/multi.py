@@ -68,8 +68,8 @@ class _Union:
         self.masks = [m[box] for m in masks]
         self.edges = E.bin_edges(self.img[union[box]], bin_width)
         self.shift, self.ok = [], []
-        for m in self.masks:
-            e = E.bin_edges(self.img[m], bin_width)
+        self.values = [self.img[m] for m in self.masks]     # row-major, as engine reads them
+        for e in (E.bin_edges(v, bin_width) for v in self.values):
             k = int(np.searchsorted(self.edges, e[0]))
             # digitize counts the edges <= x: for x in the region, the union's edges below the
             # region's first edge all count and those above its last edge never do, so the
@@ -107,6 +107,7 @@ class _Union:
         self.at_s = self.at.astype(_small_int(A))
         self.raw_s = self.raw.astype(np.int32)
         self.code_t = _small_int(int(codes[-1]))
+        self.code_s = codes[self.at].astype(self.code_t)
         # neighbour lookups on grids padded by the largest offset
         self.d = d = int(dmax)
         h, w = self.img.shape
@@ -116,7 +117,7 @@ class _Union:
         self._grids = {}
         for name, values, fill in (
                 ("at", self.at_s, A), ("raw", self.raw_s, 0),
-                ("code", codes[self.at].astype(self.code_t), 0),
+                ("code", self.code_s, 0),
                 # co-occurrence key of a pixel as the neighbour (-1 outside)
                 ("qkey", self.at * nr * nr + self.raw, -1)):
             g = np.full(size, fill, dtype=values.dtype)
@@ -176,7 +177,7 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict)
         if cls == "firstorder":
             for r in regions:
                 vals = E.firstorder_values(
-                    u.img[u.masks[r]].astype(np.float64), present[r][1][present[r][0]],
+                    u.values[r].astype(np.float64), present[r][1][present[r][0]],
                     spacing, st.get("voxelArrayShift", 0), names)
                 res[r].update({f"firstorder_{k}": v for k, v in vals.items()})
             continue
@@ -254,25 +255,22 @@ def _gldm(u, regions, present, dist, alpha):
 
 
 def _ngtdm(u, regions, present, dist, names):
-    A, n = u.A, u.at.size
-    pix = np.arange(n, dtype=np.int64) * A
-    keys, vals = [], []
-    for dy, dx in _offsets(dist):
-        aq, rq = u.neighbour(dy, dx)
-        inq = aq < A
-        keys.append(pix[inq] + aq[inq].astype(np.int64))
-        vals.append(rq[inq])
-    keys = np.concatenate(keys)
-    cnt = np.bincount(keys, minlength=n * A).reshape(n, A)
-    tot = np.bincount(keys, np.concatenate(vals).astype(np.float64),
-                      minlength=n * A).reshape(n, A)
+    offsets = list(_offsets(dist))
+    codes = [u.nb("code", dy, dx) for dy, dx in offsets]
+    levels = [u.nb("raw", dy, dx) for dy, dx in offsets]
     out = []
     for r in regions:
-        sel = u.member[:-1, r]
+        bit = u.code_t(1 << r)
         inr = u.member[u.at, r]
-        c = cnt[inr][:, sel].sum(1)
-        # sums of integers: exact in float64, so the shift changes no rounding
-        total = tot[inr][:, sel].sum(1) - u.shift[r] * c
+        c = np.zeros(int(inr.sum()), np.int64)
+        total = np.zeros(c.size, np.int64)
+        for cq, rq in zip(codes, levels):
+            # neighbours in the region, and the sum of their levels (integers: exact, so
+            # the shift to the region's own levels changes no rounding)
+            inq = (cq[inr] & bit) != 0
+            c += inq
+            total += rq[inr] * inq
+        total = (total - u.shift[r] * c).astype(np.float64)
         out.append(E.ngtdm_values(u.raw[inr] - u.shift[r], c, total,
                                   present[r][0] - u.shift[r], names))
     return out
@@ -313,17 +311,19 @@ def _glrlm(u, regions, present, spacing, weighting_norm):
     per_angle = []
     for dy, dx in angles:
         dy, dx = int(dy), int(dx)
-        line = {(0, 1): ys, (1, 0): xs, (1, 1): xs - ys, (1, -1): xs + ys}[(dy, dx)]
+        line = (ys if (dy, dx) == (0, 1) else xs if (dy, dx) == (1, 0)
+                else xs - ys if (dy, dx) == (1, 1) else xs + ys)
         pos = xs if (dy, dx) == (0, 1) else ys
         line = line - line.min()
         nl = int(line.max()) + 1
         # regions one pixel thick across every line of this direction: angle dropped
         lines = np.bincount(u.at * nl + line, minlength=A * nl).reshape(A, nl)
         thin = {r: int(lines[u.member[:-1, r]].sum(0).max()) < 2 for r in regions}
-        ap, rp = u.neighbour(-dy, -dx)
-        an, rn = u.neighbour(dy, dx)
+        # atoms compared by their region bits (the grids GLDM already looked up)
+        ap, rp = u.nb("code", -dy, -dx), u.nb("raw", -dy, -dx)
+        an, rn = u.nb("code", dy, dx), u.nb("raw", dy, dx)
         lev_p, lev_n = rp == u.raw_s, rn == u.raw_s
-        at_p, at_n = ap == u.at_s, an == u.at_s
+        at_p, at_n = ap == u.code_s, an == u.code_s
         same_p, same_n = at_p & lev_p, at_n & lev_n
         # a piece (run inside one atom) continues a same-level piece of another atom (the
         # level test excludes "outside": its level is 0)
@@ -391,8 +391,8 @@ def _glszm(u, regions, present):
     lab_grid[u.base] = lp
     src, dst = [], []
     for dy, dx in E.angles_2d([1]):
-        aq, rq = u.neighbour(int(dy), int(dx))
-        link = (rq == u.raw_s) & (aq != u.at_s)
+        cq, rq = u.nb("code", int(dy), int(dx)), u.nb("raw", int(dy), int(dx))
+        link = (rq == u.raw_s) & (cq != u.code_s)
         if link.any():
             src.append(lp[link] - 1)
             dst.append(lab_grid[u.base[link] + int(dy) * u.width + int(dx)] - 1)

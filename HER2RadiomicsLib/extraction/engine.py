@@ -689,12 +689,24 @@ def shape2d(mask: np.ndarray, spacing=(1.0, 1.0), names=None):
     m = np.pad(np.asarray(mask, bool), 1)
     sp = np.array([spacing[1], spacing[0]], dtype=np.float64)       # (row, col)
     table = _cell_segments(saddle_joined=False)     # diagonal neighbours: separate contours
-    code = (m[:-1, :-1] * 1 + m[:-1, 1:] * 2 + m[1:, 1:] * 4 + m[1:, :-1] * 8).astype(int)
+    mb = m.view(np.uint8)
+    code = mb[:-1, :-1] | (mb[:-1, 1:] << 1) | (mb[1:, 1:] << 2) | (mb[1:, :-1] << 3)
+    # the boundary cells, grouped by pattern, each group in row-major order (one pass over
+    # the box instead of one per pattern)
+    flat = code.ravel()
+    cells = np.flatnonzero((flat > 0) & (flat < 15))
+    kinds = flat[cells]
+    order = np.argsort(kinds, kind="stable")
+    cells, kinds = cells[order], kinds[order]
+    starts = np.searchsorted(kinds, np.arange(1, 16))
+    width = code.shape[1]
+    # contour vertices, doubled to integers (they lie on half-pixel positions), marked on a
+    # grid: the distinct vertices in (row, column) order without sorting
+    marks = np.zeros((2 * code.shape[0] + 1, 2 * width + 1), bool)
     area2 = 0.0
     perimeter = 0.0
-    verts = []
     for c in range(1, 15):
-        ys, xs = np.nonzero(code == c)
+        ys, xs = np.divmod(cells[starts[c - 1]:starts[c]], width)
         if ys.size == 0:
             continue
         base = np.stack([ys, xs], 1).astype(np.float64)
@@ -713,10 +725,11 @@ def shape2d(mask: np.ndarray, spacing=(1.0, 1.0), names=None):
             # shoelace in (x, y) = (col, row)
             area2 += np.sum(A[:, 1] * B[:, 0] - B[:, 1] * A[:, 0])
             perimeter += np.sum(np.hypot(*(B - A).T))
-            verts.append(A)
-            verts.append(B)
+            for v in (a, b):
+                marks[2 * ys + int(2 * v[0]), 2 * xs + int(2 * v[1])] = True
     area = abs(area2) / 2.0
-    V = np.unique(np.concatenate(verts), axis=0) if verts else np.zeros((0, 2))
+    # (base + a) * spacing, as the segments' ends were computed: halves are exact
+    V = np.argwhere(marks).astype(np.float64) / 2.0 * sp
     diameter = _max_distance(V)
     coords = np.argwhere(m).astype(np.float64) * sp
     coords -= coords.mean(0)

@@ -60,15 +60,18 @@ class _Union:
     """The union of the shareable regions: its pixels (row-major), their atoms and levels on
     the union's bin edges, and neighbour lookups."""
 
-    def __init__(self, img, masks, bin_width, dmax):
-        union = np.logical_or.reduce(masks)
-        ys, xs = np.nonzero(union)
-        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    def __init__(self, img, masks, bin_width, dmax, box=None):
+        if box is None:
+            ys, xs = np.nonzero(np.logical_or.reduce(masks))
+            box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         self.img = img[box]
         self.masks = [m[box] for m in masks]
-        self.edges = E.bin_edges(self.img[union[box]], bin_width)
-        self.shift, self.ok = [], []
         self.values = [self.img[m] for m in self.masks]     # row-major, as engine reads them
+        # the union's edges: bin_edges only reads the minimum and maximum
+        lo = min(v.min() for v in self.values)
+        hi = max(v.max() for v in self.values)
+        self.edges = E.bin_edges(np.array([lo, hi], dtype=self.values[0].dtype), bin_width)
+        self.shift, self.ok = [], []
         for e in (E.bin_edges(v, bin_width) for v in self.values):
             k = int(np.searchsorted(self.edges, e[0]))
             # digitize counts the edges <= x: for x in the region, the union's edges below the
@@ -77,13 +80,18 @@ class _Union:
             same = k + len(e) <= len(self.edges) and np.array_equal(self.edges[k:k + len(e)], e)
             self.ok.append(bool(same))
             self.shift.append(k)
-        code = np.zeros(self.img.shape, dtype=np.int64)
+        R = len(masks)
+        code_t = _small_int((1 << R) - 1)
+        code = np.zeros(self.img.shape, dtype=code_t)
         for r, m in enumerate(self.masks):
             if self.ok[r]:
-                code[m] |= 1 << r
-        self.ys, self.xs = np.nonzero(code)
-        cp = code[self.ys, self.xs]
-        if len(masks) <= 16:            # small codes: a lookup table instead of a sort
+                code[m] |= code_t(1 << r)
+        flat = code.ravel()
+        idx = np.flatnonzero(flat)
+        h, w = self.img.shape
+        self.ys, self.xs = np.divmod(idx, w)
+        cp = flat[idx]
+        if R <= 16:                     # small codes: a lookup table instead of a sort
             codes = np.flatnonzero(np.bincount(cp))
             lut = np.zeros(int(codes[-1]) + 1, np.int64)
             lut[codes] = np.arange(codes.size)
@@ -93,43 +101,42 @@ class _Union:
             self.at = self.at.ravel().astype(np.int64)
         self.A = A = len(codes)
         # member[a, r]: atom a is part of region r; the extra last row is "outside"
-        self.member = np.zeros((A + 1, len(masks)), dtype=bool)
-        for r in range(len(masks)):
+        self.member = np.zeros((A + 1, R), dtype=bool)
+        for r in range(R):
             self.member[:A, r] = (codes >> r) & 1 == 1
         self.nr = nr = len(self.edges) + 1
-        x = self.img[self.ys, self.xs]
-        if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
-            self.raw = _digitize(x, self.edges, bin_width)
-        else:
-            self.raw = np.digitize(x, self.edges).astype(np.int64)
+        self.raw = _digitize(self.img.ravel()[idx], self.edges, bin_width)
         self.hist = np.bincount(self.at * nr + self.raw, minlength=A * nr).reshape(A, nr)
         # small-type copies for neighbour lookups and comparisons
         self.at_s = self.at.astype(_small_int(A))
         self.raw_s = self.raw.astype(np.int32)
-        self.code_t = _small_int(int(codes[-1]))
-        self.code_s = codes[self.at].astype(self.code_t)
-        # neighbour lookups on grids padded by the largest offset
+        self.code_t = code_t
+        self.code_s = cp                # only shared regions have bits in the code grid
+        # neighbour lookups on grids padded by the largest offset, built when first asked
         self.d = d = int(dmax)
-        h, w = self.img.shape
         self.width = w + 2 * d
         self.base = (self.ys + d) * self.width + self.xs + d
-        size = (h + 2 * d) * self.width
+        self._size = (h + 2 * d) * self.width
         self._grids = {}
-        for name, values, fill in (
-                ("at", self.at_s, A), ("raw", self.raw_s, 0),
-                ("code", self.code_s, 0),
+        self._nbr = {}
+
+    def grid(self, name):
+        if name not in self._grids:
+            values, fill = {
+                "at": lambda: (self.at_s, self.A), "raw": lambda: (self.raw_s, 0),
+                "code": lambda: (self.code_s, 0),
                 # co-occurrence key of a pixel as the neighbour (-1 outside)
-                ("qkey", self.at * nr * nr + self.raw, -1)):
-            g = np.full(size, fill, dtype=values.dtype)
+                "qkey": lambda: (self.at * self.nr * self.nr + self.raw, -1)}[name]()
+            g = np.full(self._size, fill, dtype=values.dtype)
             g[self.base] = values
             self._grids[name] = g
-        self._nbr = {}
+        return self._grids[name]
 
     def nb(self, what, dy, dx):
         """Grid ``what`` (at, raw, code, qkey) at each pixel's neighbour (+dy, +dx)."""
         key = (what, dy, dx)
         if key not in self._nbr:
-            self._nbr[key] = self._grids[what][self.base + (dy * self.width + dx)]
+            self._nbr[key] = self.grid(what)[self.base + (dy * self.width + dx)]
         return self._nbr[key]
 
     def neighbour(self, dy, dx):
@@ -142,7 +149,8 @@ class _Union:
         return np.flatnonzero(counts), counts
 
 
-def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict) -> list:
+def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
+                 box=None) -> list:
     """Features of each region of ``img`` (``{"<class>_<feature>": value}``), or ``None`` for
     a region this pass does not handle (the caller computes it alone).
 
@@ -159,13 +167,15 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict)
     st : dict
         The image type's settings (binWidth, distances, symmetricalGLCM, weightingNorm,
         gldm_a, voxelArrayShift).
+    box : tuple of slice, optional
+        The union's bounding box, when the caller knows it (saves a pass over the image).
     """
     out = [None] * len(masks)
     texture = [c for c in classes if c != "shape2D"]
     if (not texture or len(masks) < 2 or len(masks) > 62 or st.get("binCount") is not None):
         return out
     dist = [int(v) for v in st.get("distances", [1])]
-    u = _Union(img, masks, st.get("binWidth", 25), max(dist + [1]))
+    u = _Union(img, masks, st.get("binWidth", 25), max(dist + [1]), box)
     regions = [r for r in range(len(masks)) if u.ok[r]]
     if len(regions) < 2 or u.A ** 2 * u.nr ** 2 * len(E.angles_2d(dist)) > MAX_CELLS:
         return out

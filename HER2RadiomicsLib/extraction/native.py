@@ -312,13 +312,16 @@ class NativeExtractor:
             return {n: results[n] for n in masks}
         names = list(ready)
         spacing = image.GetSpacing()
+        boxes = [ready[n][4] for n in names]
+        union_box = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes))
+                          for d in range(2))
         failed = {}
         filtered = self._filtered(image, self._array)
         for step, (prefix, full, kw) in enumerate(filtered):
             if progress is not None and progress(step, len(filtered)) is False:
                 return None
             shared = texture_many(full, [ready[n][3] for n in names], spacing,
-                                  self.classes, kw)
+                                  self.classes, kw, box=union_box)
             for n, res in zip(names, shared):
                 if n in failed:
                     continue

@@ -244,7 +244,8 @@ class FeatureExtractor:
             Used in error messages.
         progress : callable, optional
             ``progress(done, total, next_region)`` before each region and once at the end;
-            returning ``False`` cancels
+            with the native engine and several regions (computed together) ``done`` is the
+            fraction of filtered images finished times ``total``; returning ``False`` cancels
             (raises :class:`~HER2RadiomicsLib.errors.Cancelled`). Used by the Slicer panel.
 
         Returns

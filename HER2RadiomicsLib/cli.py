@@ -146,7 +146,14 @@ def _register_modelling(sub):
     modelcommands.register(sub)
 
 
-_EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_modelling]
+def _register_station(sub):
+    # the web front end (trame-slicer, Slicer's core) is imported only when a station runs
+    from .station import commands as stationcommands
+    stationcommands.register(sub)
+
+
+_EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_modelling,
+                   _register_station]
 
 
 def cmd_synth(a) -> int:

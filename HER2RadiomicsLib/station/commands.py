@@ -1,0 +1,213 @@
+"""``her2radiomics station``: create a reader study and serve it in the browser.
+
+``station create`` writes the study (queues, token hashes) and prints each token once.
+``station serve`` starts one web process per reader and one for the coordinator on consecutive
+ports (the coordinator on ``--port``, reader *i* on ``--port + i``) and prints their addresses.
+``station demo`` does both on a small synthetic cohort.
+
+The launcher only starts and watches processes: every request is answered by a process that
+serves a single reader (or the coordinator) and admits only that token (see :mod:`.web`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import HER2Error, InputError
+
+#: seconds a station process may take to load Slicer's core and open its first case
+START_TIMEOUT_S = 120.0
+
+
+def register(sub):
+    p = sub.add_parser("station", help="browser reader station (contour, reader study)")
+    ss = p.add_subparsers(dest="station_cmd", metavar="ACTION", required=True)
+
+    c = ss.add_parser("create", help="create a reader study from a cohort manifest")
+    c.add_argument("--study", required=True, help="study folder to create")
+    c.add_argument("--manifest", required=True, help="CSV with case_id,image (labels ignored)")
+    c.add_argument("--readers", required=True, help="comma-separated reader names")
+    c.add_argument("--start", default="cnn", choices=("cnn", "empty"),
+                   help="starting contour: the CNN's proposal or empty (default cnn)")
+    c.add_argument("--seed", type=int, help="queue shuffle seed (default: random, recorded)")
+    c.add_argument("--tokens-out", help="also write the tokens to this JSON file (mode 600)")
+    c.set_defaults(func=cmd_create)
+
+    s = ss.add_parser("serve", help="serve a study: one port per reader + the coordinator")
+    s.add_argument("--study", required=True)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this computer only)")
+    s.add_argument("--port", type=int, default=8080,
+                   help="coordinator port; reader i gets port + i (default 8080)")
+    s.add_argument("--bundle", help="model bundle: a prediction card for the current contour")
+    s.add_argument("--tokens", help="tokens JSON from `station create --tokens-out`, to print "
+                                    "ready-to-open addresses")
+    s.set_defaults(func=cmd_serve)
+
+    d = ss.add_parser("demo", help="a station on a small synthetic cohort (2 readers)")
+    d.add_argument("--out", default="station-demo", help="folder for the cohort and the study")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--cases", type=int, default=6, help="synthetic patients (default 6)")
+    d.set_defaults(func=cmd_demo)
+
+    o = ss.add_parser("one", help=None)          # what `serve` starts: one process, one role
+    o.add_argument("--study", required=True)
+    o.add_argument("--role", choices=("reader", "coordinator"), required=True)
+    o.add_argument("--reader")
+    o.add_argument("--host", default="127.0.0.1")
+    o.add_argument("--port", type=int, required=True)
+    o.add_argument("--bundle")
+    o.add_argument("--ready-file")
+    o.set_defaults(func=cmd_one)
+
+
+def _need_station():
+    try:
+        import trame_slicer  # noqa: F401
+    except ImportError:
+        raise InputError("the browser station needs trame-slicer: "
+                         "pip install 'HER2RadiomicsLib[station]'") from None
+
+
+def cmd_create(a) -> int:
+    from .store import StudyStore
+    readers = [r.strip() for r in str(a.readers).split(",") if r.strip()]
+    store, tokens = StudyStore.create(a.study, a.manifest, readers, start=a.start, seed=a.seed)
+    if a.tokens_out:
+        _write_private(a.tokens_out, tokens)
+    print(f"study {store.root}: {len(store.cases)} cases, readers {', '.join(readers)}, "
+          f"start {a.start}, seed {store.meta['seed']}")
+    print("tokens (shown once; only their SHA-256 is stored):")
+    for who, tok in tokens.items():
+        print(f"  {who}: {tok}")
+    return 0
+
+
+def _write_private(path, tokens):
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(tokens, f, indent=1)
+
+
+def plan(store, port: int) -> list:
+    """``(role, reader, port)`` for every process of a study: coordinator on ``port``,
+    reader *i* (study order) on ``port + i``."""
+    return [("coordinator", None, int(port))] + [
+        ("reader", r, int(port) + i) for i, r in enumerate(store.readers, start=1)]
+
+
+def start_processes(study, host, port, bundle=None, log_dir=None, env=None):
+    """Start the study's processes and wait until each serves; returns ``[(role, reader,
+    port, Popen)]``. A process that fails to start stops the others."""
+    from .store import StudyStore
+    store = StudyStore(study)
+    log_dir = Path(log_dir or Path(study) / "logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        for role, reader, p in plan(store, port):
+            ready = log_dir / f"{role}-{reader or 'all'}.ready"
+            ready.unlink(missing_ok=True)
+            cmd = [sys.executable, "-m", "HER2RadiomicsLib", "station", "one", "--study",
+                   str(study), "--role", role, "--host", host, "--port", str(p),
+                   "--ready-file", str(ready)]
+            if reader:
+                cmd += ["--reader", reader]
+            if bundle and role == "reader":
+                cmd += ["--bundle", str(bundle)]
+            logf = open(log_dir / f"{role}-{reader or 'all'}.log", "ab")
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            procs.append((role, reader, p, proc, ready))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for role, reader, p, proc, ready in procs:
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise HER2Error(f"station {role} {reader or ''} on port {p} exited with "
+                                    f"code {proc.returncode}; see {log_dir}")
+                if time.monotonic() > deadline:
+                    raise HER2Error(f"station {role} {reader or ''} on port {p} did not start "
+                                    f"in {START_TIMEOUT_S:.0f} s; see {log_dir}")
+                time.sleep(0.2)
+    except BaseException:
+        stop_processes([(r, rd, p, pr) for r, rd, p, pr, _ in procs])
+        raise
+    return [(r, rd, p, pr) for r, rd, p, pr, _ in procs]
+
+
+def stop_processes(procs, timeout_s: float = 10.0):
+    for *_, proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for *_, proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _serve(study, host, port, bundle=None, tokens=None) -> int:
+    _need_station()
+    procs = start_processes(study, host, port, bundle=bundle)
+    tokens = tokens or {}
+    print(f"reader station for {study} (Ctrl-C stops it):")
+    for role, reader, p, _ in procs:
+        who = reader or "coordinator"
+        tok = tokens.get(who, "<token>")
+        print(f"  {role:<11} {reader or '':<12} http://{host}:{p}/?secret={tok}")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            for role, reader, p, proc in procs:
+                if proc.poll() is not None:
+                    print(f"station {role} {reader or ''} on port {p} stopped "
+                          f"(code {proc.returncode}); see {Path(study) / 'logs'}",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_processes(procs)
+    return 0
+
+
+def cmd_serve(a) -> int:
+    tokens = json.loads(Path(a.tokens).read_text()) if a.tokens else None
+    return _serve(a.study, a.host, a.port, bundle=a.bundle, tokens=tokens)
+
+
+def cmd_demo(a) -> int:
+    from ..imaging.synth import generate_cohort
+    from .store import StudyStore
+    _need_station()
+    out = Path(a.out)
+    study = out / "study"
+    tokens_file = out / "tokens.json"
+    if not (study / "study.json").exists():
+        generate_cohort(out / "cohort", n_cases=a.cases, seed=11)
+        _, tokens = StudyStore.create(study, out / "cohort" / "cohort.csv", ["R1", "R2"],
+                                      start="cnn", seed=11)
+        _write_private(tokens_file, tokens)
+    return _serve(study, a.host, a.port, tokens=json.loads(tokens_file.read_text()))
+
+
+def cmd_one(a) -> int:
+    _need_station()
+    sys.argv = sys.argv[:1]             # trame parses the command line; it is ours, not its
+    from . import web
+    if a.role == "coordinator":
+        web.serve_coordinator(a.study, host=a.host, port=a.port, ready_file=a.ready_file)
+    else:
+        if not a.reader:
+            raise InputError("station one --role reader needs --reader")
+        web.serve_reader(a.study, a.reader, host=a.host, port=a.port, bundle=a.bundle,
+                         ready_file=a.ready_file)
+    return 0

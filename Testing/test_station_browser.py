@@ -60,7 +60,7 @@ def _free_base_port(n):
 def station(tmp_path_factory):
     from HER2RadiomicsLib.imaging.synth import generate_cohort
     root = tmp_path_factory.mktemp("station")
-    generate_cohort(root / "cohort", n_cases=2, seed=5, second_view_fraction=0.0)
+    generate_cohort(root / "cohort", n_cases=3, seed=5, second_view_fraction=0.0)
     store, tokens = StudyStore.create(root / "study", root / "cohort" / "cohort.csv",
                                       ["R1", "R2"], start="empty", seed=4)
     port = _free_base_port(3)
@@ -174,6 +174,34 @@ def test_coordinator_shows_the_dice_an_independent_computation_gives(station, br
     page.close()
 
 
+def test_coordinator_runs_the_reader_study_on_the_finished_cases(station, browser):
+    store, tok, ports = station["store"], station["tokens"], station["ports"]
+    for reader, fy in (("R1", 0.5), ("R2", 0.52)):        # a second case for both readers
+        page = _open(browser, ports[reader], tok[reader])
+        target = [c for c in store.queue("R1") if c != station["case"]][0]
+        while page.inner_text("#st-case") != target:
+            before = page.inner_text("#st-case")
+            page.click("#st-skip")
+            _wait_text(page, "#st-message", f"Skipped {before}")
+        _stroke(page, 0.45, fy, length_px=80)
+        page.click("#st-save")
+        _wait_text(page, "#st-message", f"Saved {target}")
+        page.close()
+    page = _open(browser, ports["coordinator"], tok["coordinator"], "#co-progress")
+    page.click("#co-run")
+    text = _wait_text(page, "#co-summary", "2 cases, 2 readers", timeout_s=240)
+    assert "stable" in text
+    out = store.root / "reader_study"
+    assert (out / "icc.csv").exists() and (out / "summary.html").exists()
+    import pandas as pd
+    icc = pd.read_csv(out / "icc.csv")
+    first = icc.iloc[0]
+    row = _wait_text(page, "#co-icc", first["feature"])
+    assert f"{first['ICC2']:.3f}" in [line for line in row.splitlines()
+                                      if line.startswith(first["feature"])][0]
+    page.close()
+
+
 def test_a_reader_cannot_open_another_station_or_the_coordinator(station, browser):
     tok, ports = station["tokens"], station["ports"]
     for port, token in [(ports["R2"], tok["R1"]), (ports["coordinator"], tok["R1"]),
@@ -203,8 +231,9 @@ def test_a_restarted_reader_process_resumes_the_queue(station, browser):
         assert new.poll() is None and time.monotonic() - t0 < 120
         time.sleep(0.2)
     expected = StudyStore(store.root).next_case("R1")
-    assert expected != station["case"]
+    assert expected is not None and expected != station["case"]
     page = _open(browser, port, tok["R1"])
     assert page.inner_text("#st-case") == expected
-    assert "1 done" in page.inner_text("#st-position")
+    done = sum(store.is_done("R1", c) for c in store.queue("R1"))
+    assert f"({done} done)" in page.inner_text("#st-position")
     page.close()

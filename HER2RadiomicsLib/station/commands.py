@@ -50,7 +50,8 @@ def register(sub):
     s.set_defaults(func=cmd_serve)
 
     d = ss.add_parser("demo", help="a station on a small synthetic cohort (2 readers)")
-    d.add_argument("--out", default="station-demo", help="folder for the cohort and the study")
+    d.add_argument("--out-dir", default="station-demo",
+                   help="folder for the cohort and the study (reused when it holds one)")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--cases", type=int, default=6, help="synthetic patients (default 6)")
@@ -188,7 +189,7 @@ def cmd_demo(a) -> int:
     from ..imaging.synth import generate_cohort
     from .store import StudyStore
     _need_station()
-    out = Path(a.out)
+    out = Path(a.out_dir)
     study = out / "study"
     tokens_file = out / "tokens.json"
     if not (study / "study.json").exists():

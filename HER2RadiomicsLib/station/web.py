@@ -399,10 +399,13 @@ class ReaderStation:
             from ..imaging.rings import build_regions
             m = sitk.GetImageFromArray(mask)
             m.CopyInformation(self.image)
-            regions = build_regions(self.image, m, OVERLAY_RINGS_MM, annuli=True, fov="none")
-            label = regions.label_map
+            regions = build_regions(self.image, m, OVERLAY_RINGS_MM, annuli=True)
+            arr = sitk.GetArrayFromImage(regions.label_map).astype(np.uint8)
+            arr[arr == regions.labels.get("tumor", 1)] = 0     # the reader's contour shows it
+            label = sitk.GetImageFromArray(arr)
+            label.CopyInformation(self.image)
             path = Path(self._tmp.name) / "rings.nrrd"
-            sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(path))
+            sitk.WriteImage(label, str(path))
             node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
             node.SetName("rings")
             storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -412,11 +415,10 @@ class ReaderStation:
             node.CreateDefaultDisplayNodes()
             self.rings_node = node
         for view in views:
-            comp = view.logic.GetSliceCompositeNode() if hasattr(view, "logic") else \
-                view._logic.GetSliceCompositeNode()
-            comp.SetLabelVolumeID(self.rings_node.GetID() if self.rings_node else None)
-            view.mrml_view_node.SetUseLabelOutline(True) if hasattr(view, "mrml_view_node") \
-                else None
+            logic = view._logic                         # trame-slicer keeps the slice logic here
+            logic.GetSliceCompositeNode().SetLabelVolumeID(
+                self.rings_node.GetID() if self.rings_node else None)
+            logic.GetSliceNode().SetUseLabelOutline(True)      # outlines keep the image visible
             view.schedule_render()
 
     def _update_prediction(self):

@@ -114,7 +114,10 @@ class ReaderStation:
         self._edits: list = []
         self._last_autosave = time.monotonic()
         self._dirty = False
-        self._predictor = None
+        self._bundle = None
+        if bundle:
+            from ..modelling.bundle import load_bundle
+            self._bundle = load_bundle(bundle)     # a bad bundle stops the start, one line
 
         self._init_state()
         self._build_ui()
@@ -137,6 +140,7 @@ class ReaderStation:
         s.st_flag_note = ""
         s.st_finished = False
         s.st_prediction = None
+        s.st_has_bundle = self._bundle is not None
         s.st_spacing = ""
         s.st_saves = 0
 
@@ -172,9 +176,21 @@ class ReaderStation:
                        click=self.ctrl.st_flag, disabled=("st_finished",))
             with layout.drawer:
                 self.editor_ui = SegmentEditorUI()
+                v.VBtn("Predict HER2 for this contour", v_if=("st_has_bundle",),
+                       id="st-predict", click=self.ctrl.st_predict, classes="ma-2",
+                       variant="tonal")
                 with v.VCard(v_if=("st_prediction",), classes="ma-2", id="st-prediction"):
-                    v.VCardTitle("Prediction (research use)")
-                    v.VCardText("{{ st_prediction }}")
+                    v.VCardTitle("{{ st_prediction.cls }}")
+                    with v.VCardText():
+                        html.Div("P({{ p.k }}) = {{ p.p }}", v_for="p in st_prediction.probs",
+                                 key="p.k")
+                        html.Div("Rad-score {{ st_prediction.rad }}",
+                                 v_if=("st_prediction.rad",))
+                        html.Div("{{ w }}", v_for="w in st_prediction.warnings", key="w",
+                                 classes="text-warning")
+                        html.Div("{{ st_prediction.engine }}", classes="text-caption")
+                        html.Div("Research use only; not a diagnostic device.",
+                                 classes="text-caption")
             with layout.toolbar:
                 SegmentEditorToolbarUI(editor_ui=self.editor_ui)
             with layout.undo_redo:
@@ -190,6 +206,7 @@ class ReaderStation:
         self.ctrl.st_save = self.save
         self.ctrl.st_skip = self.skip
         self.ctrl.st_flag = self.flag
+        self.ctrl.st_predict = self.predict
         self.state.change("st_rings")(self._on_rings)
         self.slicer.segmentation_editor.segmentation_modified.connect(self._on_modified)
 
@@ -222,7 +239,7 @@ class ReaderStation:
         if case_id is None:
             return
         loaded = self.store.load_image(case_id)
-        self.image = loaded.image
+        self.loaded, self.image = loaded, loaded.image
         path = Path(self._tmp.name) / "image.nrrd"
         sitk.WriteImage(loaded.image, str(path))
         self.volume_node = self.slicer.io_manager.load_volumes(str(path))[0]
@@ -246,7 +263,8 @@ class ReaderStation:
         sx, sy = loaded.image.GetSpacing()[:2]
         with self.state:
             self.state.st_spacing = f"{sx:.3g} x {sy:.3g} mm ({loaded.spacing_source})"
-        self._update_prediction()
+        if self._bundle is not None and self.current_mask().any():
+            self.predict()
 
     def _cnn_proposal(self, loaded):
         try:
@@ -421,20 +439,33 @@ class ReaderStation:
             logic.GetSliceNode().SetUseLabelOutline(True)      # outlines keep the image visible
             view.schedule_render()
 
-    def _update_prediction(self):
-        if not self.bundle:
-            return
-        # The card is computed on Save-worthy contours only; an empty one has no prediction.
-        try:
-            mask = self.current_mask()
-            if not mask.any():
-                return
-            from ..modelling.predict import predict_case
-            card = predict_case(self.bundle, self.image, mask)
+    def predict(self):
+        """The bundle's prediction card for the current contour (features extracted with the
+        bundle's own params and regions)."""
+        if self._bundle is None or self.case_id is None:
+            return None
+        from ..modelling.predict import predict_case
+        mask = self.current_mask()
+        if not mask.any():
             with self.state:
-                self.state.st_prediction = card
-        except Exception as exc:                      # noqa: BLE001 (the card is optional)
-            log.warning("prediction unavailable: %s", exc)
+                self.state.st_error = "Draw the lesion first: the prediction needs a contour."
+            return None
+        m = sitk.GetImageFromArray(mask)
+        m.CopyInformation(self.image)
+        try:
+            pr = predict_case(self._bundle, None, m, loaded=self.loaded, case_id=self.case_id)
+        except Exception as exc:                      # noqa: BLE001 (shown, the case stays)
+            with self.state:
+                self.state.st_error = f"No prediction: {exc}"
+            return None
+        card = {"cls": f"Predicted: {pr.predicted_class}",
+                "probs": [{"k": k, "p": f"{v:.3f}"} for k, v in pr.probabilities.items()],
+                "rad": None if pr.rad_score is None else f"{pr.rad_score:.3f}",
+                "warnings": list(pr.warnings), "engine": pr.qc.get("engine", "")}
+        with self.state:
+            self.state.st_prediction = card
+            self.state.st_error = ""
+        return pr
 
 
 class CoordinatorStation:

@@ -60,7 +60,7 @@ def _free_base_port(n):
 def station(tmp_path_factory):
     from HER2RadiomicsLib.imaging.synth import generate_cohort
     root = tmp_path_factory.mktemp("station")
-    generate_cohort(root / "cohort", n_cases=3, seed=5, second_view_fraction=0.0)
+    generate_cohort(root / "cohort", n_cases=4, seed=5, second_view_fraction=0.0)
     store, tokens = StudyStore.create(root / "study", root / "cohort" / "cohort.csv",
                                       ["R1", "R2"], start="empty", seed=4)
     port = _free_base_port(3)
@@ -174,19 +174,50 @@ def test_coordinator_shows_the_dice_an_independent_computation_gives(station, br
     page.close()
 
 
+def test_save_applies_a_draw_stroke_still_in_progress(station, browser):
+    """Save (from the keyboard) while the Draw outline is still held: the outline is closed,
+    filled and saved, as a reader expects what is on screen to be saved."""
+    store, tok, ports = station["store"], station["tokens"], station["ports"]
+    page = _open(browser, ports["R2"], tok["R2"])
+    case = page.inner_text("#st-case")
+    page.locator("button:has(i.mdi-draw)").last.click()
+    page.wait_for_timeout(300)
+    box = page.locator("img").first.bounding_box()
+    corners = [(0.40, 0.40), (0.60, 0.40), (0.60, 0.60), (0.40, 0.60), (0.40, 0.41)]
+    page.mouse.move(box["x"] + box["width"] * 0.40, box["y"] + box["height"] * 0.40)
+    page.mouse.down()
+    for (ax, ay), (bx, by) in zip(corners[:-1], corners[1:]):
+        for t in np.linspace(0, 1, 8)[1:]:
+            page.mouse.move(box["x"] + box["width"] * (ax + t * (bx - ax)),
+                            box["y"] + box["height"] * (ay + t * (by - ay)))
+            page.wait_for_timeout(15)
+    page.focus("#st-save")
+    page.keyboard.press("Enter")                    # Save while the button is still held
+    _wait_text(page, "#st-message", f"Saved {case}")
+    page.mouse.up()
+    a = sitk.GetArrayFromImage(_saved(store, "R2", case)) > 0
+    h, w = a.shape
+    # the view is centred on the image: the drawn square's centre is the image's centre, so a
+    # filled outline covers it (an unclosed outline would leave it empty, and nothing drawn
+    # leaves the file unsaved)
+    assert a[h // 2, w // 2]
+    assert a[h // 2 - 5:h // 2 + 6, w // 2 - 5:w // 2 + 6].all()
+    page.close()
+
+
 def test_coordinator_runs_the_reader_study_on_the_finished_cases(station, browser):
     store, tok, ports = station["store"], station["tokens"], station["ports"]
-    for reader, fy in (("R1", 0.5), ("R2", 0.52)):        # a second case for both readers
-        page = _open(browser, ports[reader], tok[reader])
-        target = [c for c in store.queue("R1") if c != station["case"]][0]
-        while page.inner_text("#st-case") != target:
-            before = page.inner_text("#st-case")
-            page.click("#st-skip")
-            _wait_text(page, "#st-message", f"Skipped {before}")
-        _stroke(page, 0.45, fy, length_px=80)
-        page.click("#st-save")
-        _wait_text(page, "#st-message", f"Saved {target}")
-        page.close()
+    # R1 contours the case R2 outlined with Draw: two cases then have both readers
+    target = [c for c in store.queue("R2") if store.is_done("R2", c) and c != station["case"]][0]
+    page = _open(browser, ports["R1"], tok["R1"])
+    while page.inner_text("#st-case") != target:
+        before = page.inner_text("#st-case")
+        page.click("#st-skip")
+        _wait_text(page, "#st-message", f"Skipped {before}")
+    _stroke(page, 0.45, 0.5, length_px=80)
+    page.click("#st-save")
+    _wait_text(page, "#st-message", f"Saved {target}")
+    page.close()
     page = _open(browser, ports["coordinator"], tok["coordinator"], "#co-progress")
     page.click("#co-run")
     text = _wait_text(page, "#co-summary", "2 cases, 2 readers", timeout_s=240)

@@ -353,16 +353,15 @@ class ReaderStation:
     # -- actions ---------------------------------------------------------------------------------
 
     def _commit_pending(self):
-        """Apply what an effect still holds (a Draw polygon) before the mask is read."""
+        """Finish what an effect still holds before the mask is read: a Paint stroke whose
+        release has not arrived, a Draw polygon not yet closed (Slicer closes it on a right
+        click). Their widgets apply the stroke when painting stops."""
         effect = self.slicer.segmentation_editor.active_effect
-        for name in ("apply", "apply_pending", "commit"):
-            fn = getattr(effect, name, None) if effect is not None else None
-            if callable(fn):
-                try:
-                    fn()
-                except Exception:                     # noqa: BLE001 (nothing pending)
-                    pass
-                break
+        for ref in list(getattr(effect, "_pipelines", []) if effect is not None else []):
+            pipeline = ref()
+            widget = getattr(pipeline, "widget", None)
+            if widget is not None and widget.is_painting():
+                widget.stop_painting()
 
     def save(self):
         if self.case_id is None:

@@ -7,7 +7,8 @@ Playwright in Debian's Chromium, as a reader would:
 - ``stroke_to_mask_s``: mouse release of a Paint stroke to the last new frame of the view within
   1.5 s (the mask drawn), median over ``--strokes`` strokes (>= 20); target <= 0.5 s;
 - ``save_s``: click on Save to the confirmation on the page (contour written, next case open);
-- ``rss_mb``: resident memory of the reader process after the strokes; target <= 700 MB.
+- ``rss_mb``: resident memory of the reader process after the strokes; target <= 700 MB;
+  ``private_mb``: the part no other process shares (the cost of one more reader session).
 
 Usage: python benchmarks/bench_station.py [--strokes 20] [--out results.json]
 """
@@ -43,6 +44,16 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def _private_mb(pid: int) -> float:
+    """Memory only this process holds (what one more reader session costs: the libraries'
+    pages are shared between the station's processes)."""
+    kb = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            kb += int(line.split()[1])
+    return kb / 1024.0
 
 
 def main(argv=None) -> int:
@@ -96,7 +107,7 @@ def main(argv=None) -> int:
                     frames = [f for f in page.evaluate("() => window.__frames") if f > t_up]
                     lat.append((max(frames) - t_up) / 1000.0 if frames else float("nan"))
                     page.evaluate("() => { window.__frames = []; }")
-                rss = _rss_mb(reader_pid)
+                rss, private = _rss_mb(reader_pid), _private_mb(reader_pid)
                 t0 = time.perf_counter()
                 page.click("#st-save")
                 page.wait_for_function(
@@ -117,6 +128,7 @@ def main(argv=None) -> int:
                              "max": round(max(ok), 3) if ok else None},
         "save_s": round(save, 3),
         "rss_mb": round(rss, 1),
+        "private_mb": round(private, 1),
         "targets": {"first_image_s": 2.0, "stroke_to_mask_s": 0.5, "rss_mb": 700},
         "met": {"first_image_s": first_image <= 2.0, "stroke_to_mask_s": med <= 0.5,
                 "rss_mb": rss <= 700},

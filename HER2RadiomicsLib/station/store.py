@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 
 from ..errors import HER2Error, InputError
@@ -89,7 +88,9 @@ class StudyStore:
             raise InputError(f"{path}: no station study here (create one first)") from None
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: unreadable study file ({exc})") from None
-        self.cases = pd.DataFrame(self.meta["cases"]).set_index("case_id", drop=False)
+        # a dict, not a DataFrame: a reader's process then never imports pandas (41 MB of
+        # its memory; the station's target is 700 MB per reader)
+        self.cases = {str(c["case_id"]): c for c in self.meta["cases"]}
 
     # -- creation ------------------------------------------------------------------------------
 
@@ -161,9 +162,9 @@ class StudyStore:
     def _case(self, case_id) -> dict:
         """A manifest row by id; nothing outside the manifest is ever opened."""
         key = str(case_id)
-        if key not in self.cases.index:
+        if key not in self.cases:
             raise AccessDenied(f"case {key!r} is not in this study")
-        return self.cases.loc[key].dropna().to_dict()
+        return dict(self.cases[key])
 
     def case_info(self, case_id) -> dict:
         """What a reader may know of a case: its id only (no label, no other reader)."""
@@ -282,7 +283,7 @@ class StudyStore:
 
     # -- coordinator ---------------------------------------------------------------------------
 
-    def progress(self) -> pd.DataFrame:
+    def progress(self):
         """Per reader: cases done, skipped, flagged, left."""
         rows = []
         for r in self.readers:
@@ -292,14 +293,16 @@ class StudyStore:
                          "flagged": len(q["flags"]), "total": len(q["order"]),
                          "left": sum(1 for c in q["order"] if c not in q["skipped"]
                                      and not self.is_done(r, c))})
+        import pandas as pd
         return pd.DataFrame(rows)
 
-    def agreement(self) -> pd.DataFrame:
+    def agreement(self):
         """Dice, HD95 (mm) and area difference of every pair of readers on every case that
         at least two readers saved."""
         from ..readers.metrics import compare_masks
         rows = []
-        for case in self.cases.index:
+        import pandas as pd
+        for case in self.cases:
             done = [r for r in self.readers if self.is_done(r, case)]
             if len(done) < 2:
                 continue
@@ -319,11 +322,12 @@ class StudyStore:
         """``case_id,image,reader,mask`` of the saved contours of cases with at least
         ``min_readers`` readers: the manifest ``her2radiomics reader-study`` takes."""
         from ..imaging.io import atomic_write_text
+        import pandas as pd
         rows = []
-        for case in self.cases.index:
+        for case in self.cases:
             done = [r for r in self.readers if self.is_done(r, case)]
             if len(done) >= min_readers:
-                rows += [{"case_id": case, "image": self.cases.loc[case, "image"], "reader": r,
+                rows += [{"case_id": case, "image": self.cases[case]["image"], "reader": r,
                           "mask": str(self._contour_path(r, case))} for r in done]
         return atomic_write_text(path, pd.DataFrame(
             rows, columns=["case_id", "image", "reader", "mask"]).to_csv(index=False))

@@ -55,6 +55,9 @@ def register(sub):
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8080)
     d.add_argument("--cases", type=int, default=6, help="synthetic patients (default 6)")
+    d.add_argument("--manifest", help="take the cases from this manifest instead, e.g. "
+                                      "demo-output/cohort/cohort.csv after `make demo`")
+    d.add_argument("--bundle", help="model bundle for the readers' prediction card")
     d.set_defaults(func=cmd_demo)
 
     o = ss.add_parser("one", help=None)          # what `serve` starts: one process, one role
@@ -193,11 +196,14 @@ def cmd_demo(a) -> int:
     study = out / "study"
     tokens_file = out / "tokens.json"
     if not (study / "study.json").exists():
-        generate_cohort(out / "cohort", n_cases=a.cases, seed=11)
-        _, tokens = StudyStore.create(study, out / "cohort" / "cohort.csv", ["R1", "R2"],
-                                      start="cnn", seed=11)
+        manifest = a.manifest
+        if not manifest:
+            generate_cohort(out / "cohort", n_cases=a.cases, seed=11)
+            manifest = out / "cohort" / "cohort.csv"
+        _, tokens = StudyStore.create(study, manifest, ["R1", "R2"], start="cnn", seed=11)
         _write_private(tokens_file, tokens)
-    return _serve(study, a.host, a.port, tokens=json.loads(tokens_file.read_text()))
+    return _serve(study, a.host, a.port, bundle=a.bundle,
+                  tokens=json.loads(tokens_file.read_text()))
 
 
 def cmd_one(a) -> int:

@@ -136,3 +136,17 @@ def test_prediction_card_equals_predict_case_from_the_files(cohort, tmp_path, bu
         assert pr.probabilities[k] == pytest.approx(v, rel=1e-9, abs=1e-12)
         assert {"k": k, "p": f"{v:.3f}"} in card["probs"]
     assert card["cls"] == f"Predicted: {ref.predicted_class}"
+
+
+def test_window_level_slider_sets_the_volume_display(app):
+    d = app.volume_node.GetScalarVolumeDisplayNode()
+    arr = sitk.GetArrayViewFromImage(app.image)
+    assert app.state.st_wl_min == np.floor(arr.min()) and app.state.st_wl_max == np.ceil(arr.max())
+    auto = [d.GetWindowLevelMin(), d.GetWindowLevelMax()]
+    assert app.state.st_wl == auto
+    app._on_window(st_wl=[40, 120])
+    assert not d.GetAutoWindowLevel()
+    assert (d.GetWindowLevelMin(), d.GetWindowLevelMax()) == (40, 120)
+    assert (d.GetWindow(), d.GetLevel()) == (80, 80)
+    app.auto_window()
+    assert d.GetAutoWindowLevel() and app.state.st_wl == auto

@@ -176,6 +176,13 @@ class ReaderStation:
                        click=self.ctrl.st_flag, disabled=("st_finished",))
             with layout.drawer:
                 self.editor_ui = SegmentEditorUI()
+                with html.Div(classes="mx-4 mt-2"):
+                    html.Div("Window / level (grey values)", classes="text-caption")
+                    v.VRangeSlider(v_model=("st_wl", [0, 255]), min=("st_wl_min", 0),
+                                   max=("st_wl_max", 255), step=1, hide_details=True,
+                                   density="compact", id="st-wl", thumb_label=True)
+                    v.VBtn("Auto window", click=self.ctrl.st_wl_auto, size="small",
+                           variant="text", id="st-wl-auto")
                 v.VBtn("Predict HER2 for this contour", v_if=("st_has_bundle",),
                        id="st-predict", click=self.ctrl.st_predict, classes="ma-2",
                        variant="tonal")
@@ -208,6 +215,8 @@ class ReaderStation:
         self.ctrl.st_flag = self.flag
         self.ctrl.st_predict = self.predict
         self.state.change("st_rings")(self._on_rings)
+        self.state.change("st_wl")(self._on_window)
+        self.ctrl.st_wl_auto = self.auto_window
         self.slicer.segmentation_editor.segmentation_modified.connect(self._on_modified)
 
     # -- cases -----------------------------------------------------------------------------------
@@ -257,6 +266,11 @@ class ReaderStation:
         editor.set_active_segment_id(editor.get_nth_segment_id(0))
         self.slicer.display_manager.show_volume_in_slice_background(self.volume_node)
         self.slicer.display_manager.reset_views()
+        arr = sitk.GetArrayViewFromImage(loaded.image)
+        with self.state:
+            self.state.st_wl_min = float(np.floor(arr.min()))
+            self.state.st_wl_max = float(np.ceil(arr.max()))
+        self.auto_window()
         self._opened_at = time.monotonic()
         self._edits = [{"start": source}]
         self._dirty = False
@@ -399,6 +413,30 @@ class ReaderStation:
             self.state.st_flag_note = ""
 
     # -- overlays and prediction -----------------------------------------------------------------
+
+    def _display(self):
+        return self.volume_node.GetScalarVolumeDisplayNode() if self.volume_node else None
+
+    def auto_window(self):
+        """Slicer's automatic window/level for the image, shown on the slider."""
+        d = self._display()
+        if d is None:
+            return
+        d.AutoWindowLevelOn()
+        with self.state:
+            self.state.st_wl = [d.GetWindowLevelMin(), d.GetWindowLevelMax()]
+
+    def _on_window(self, st_wl=None, **_):
+        d = self._display()
+        if d is None or not st_wl or len(st_wl) != 2:
+            return
+        lo, hi = float(min(st_wl)), float(max(st_wl))
+        if (lo, hi) == (d.GetWindowLevelMin(), d.GetWindowLevelMax()):
+            return
+        d.AutoWindowLevelOff()
+        d.SetWindowLevelMinMax(lo, max(hi, lo + 1e-3))
+        for view in self.slicer.view_manager.get_slice_views():
+            view.schedule_render()
 
     def _on_rings(self, st_rings=False, **_):
         scene = self.slicer.scene

@@ -96,6 +96,7 @@ def run_demo(a) -> int:
             rs_doc = json.loads((out / "reader_study" / "summary.json").read_text())
 
     runs = {}
+    repeats = int(getattr(a, "repeats", 10) or 10)
     with _stage(times, "5 models (yin2024, peritumoral2025)") as st:
         from .modelling.study import load_recipe, run
         st.cached = all((out / "models" / m / "metrics.json").exists()
@@ -113,7 +114,7 @@ def run_demo(a) -> int:
             r["features_note"] = (f"recipe {name} on original-image features ({DEMO_PARAMS} "
                                   f"params), not its own '{own}' preset: the demo's time "
                                   "budget")
-            r["evaluation"] = {**r["evaluation"], "repeats": 10}
+            r["evaluation"] = {**r["evaluation"], "repeats": repeats}
             runs[name] = run(r, out / "features.csv", cohort / "cohort.csv",
                              out / "models" / name, icc=out / "reader_study" / "icc.csv",
                              jobs=a.jobs, progress=True)
@@ -123,7 +124,7 @@ def run_demo(a) -> int:
 
     settings = {"patients": n, "seed": a.seed, "jobs": a.jobs, "feature params": DEMO_PARAMS,
                 "rings (mm)": "3, 5, 8 (expansions)", "recipes": ", ".join(runs),
-                "repeated splits": 10, "external site": "C",
+                "repeated splits": repeats, "external site": "C",
                 "CNN model": "HER2RadiomicsLib/models/busbra_unet.pt",
                 "output": str(out.resolve())}
     with _stage(times, "7 report (HTML + PDF)"):

@@ -150,3 +150,16 @@ def test_window_level_slider_sets_the_volume_display(app):
     assert (d.GetWindow(), d.GetLevel()) == (80, 80)
     app.auto_window()
     assert d.GetAutoWindowLevel() and app.state.st_wl == auto
+
+
+def test_autosave_is_resumed_by_a_new_station_process(app, cohort):
+    from HER2RadiomicsLib.station.web import AUTOSAVE_S, ReaderStation
+    case = app.case_id
+    ref = _reference_mask(cohort, case)
+    _put(app, ref)
+    app._last_autosave -= AUTOSAVE_S + 1          # as if the last autosave were 20 s ago
+    app._on_modified()                            # an edit: the contour in progress is kept
+    assert app.store.autosaved("R1", case) is not None and not app.store.is_done("R1", case)
+    again = ReaderStation(StudyStore(app.store.root), "R1", server=next(_names))
+    assert again.case_id == case and again._edits[0] == {"start": "autosave"}
+    assert np.array_equal(again.current_mask(), (sitk.GetArrayFromImage(ref) > 0).astype(np.uint8))

@@ -176,6 +176,8 @@ class ReaderStation:
                        click=self.ctrl.st_flag, disabled=("st_finished",))
             with layout.drawer:
                 self.editor_ui = SegmentEditorUI()
+                html.Div("Paint and Erase brush sizes are diameters in mm of the image.",
+                         classes="mx-4 text-caption")
                 with html.Div(classes="mx-4 mt-2"):
                     html.Div("Window / level (grey values)", classes="text-caption")
                     v.VRangeSlider(v_model=("st_wl", [0, 255]), min=("st_wl_min", 0),

@@ -1,5 +1,7 @@
-"""The browser reader station's backend (queues, contours, access, agreement).
+"""The browser reader station.
 
-:mod:`.store` needs only the library; the web front end, which needs Slicer's core, is imported
-only by its command.
+:mod:`.store` holds the study's rules (queues, contours, access, agreement) and needs only the
+library; :mod:`.web` is the web front end on Slicer's core (trame-slicer, the ``station``
+extra) and :mod:`.commands` the ``her2radiomics station`` command that starts it. Nothing here
+imports the web stack until a station runs.
 """

@@ -60,7 +60,7 @@ def register(sub):
     d.add_argument("--bundle", help="model bundle for the readers' prediction card")
     d.set_defaults(func=cmd_demo)
 
-    o = ss.add_parser("one", help=None)          # what `serve` starts: one process, one role
+    o = ss.add_parser("one", help="one station process (what serve starts for each role)")
     o.add_argument("--study", required=True)
     o.add_argument("--role", choices=("reader", "coordinator"), required=True)
     o.add_argument("--reader")

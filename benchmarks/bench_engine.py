@@ -20,11 +20,15 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# print the JSON, save it with --out (the same for every benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
 
 
 def main(argv=None):
@@ -80,10 +84,7 @@ def main(argv=None):
             if k1 in res and k2 in res:
                 res[f"cui2023_rings_cost_over_tumour_{e}"] = round(
                     res[k2][f"{e}_s"] / res[k1][f"{e}_s"], 2)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

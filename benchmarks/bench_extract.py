@@ -12,13 +12,16 @@ Usage: python benchmarks/bench_extract.py [--cases N] [--out results.json]
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# print the JSON, save it with --out (the same for every benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
 
 
 def _median_time(fn, items):
@@ -95,11 +98,7 @@ def main(argv=None):
                                           / res["batch_1_jobs_cases_per_s"], 3)
     import os
     res["cpu_count"] = os.cpu_count()
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
-    return 0
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

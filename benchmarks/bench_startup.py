@@ -11,13 +11,16 @@ Usage: python benchmarks/bench_startup.py [--repeats N] [--out results.json]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# print the JSON, save it with --out (the same for every benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
 
 PLAIN = """
 import sys
@@ -71,10 +74,7 @@ def main(argv=None):
     }
     res["meets_targets"] = bool(res["help_s_median"] <= 0.3
                                 and res["ratio_cli_over_plain"] <= 1.15)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

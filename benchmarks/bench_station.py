@@ -15,12 +15,15 @@ Usage: python benchmarks/bench_station.py [--strokes 20] [--out results.json]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# print the JSON, save it with --out (the same for every benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -133,11 +136,7 @@ def main(argv=None) -> int:
         "met": {"first_image_s": first_image <= 2.0, "stroke_to_mask_s": med <= 0.5,
                 "rss_mb": rss <= 700},
     }
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
-    return 0
+    return emit(res, a.out)
 
 
 if __name__ == "__main__":

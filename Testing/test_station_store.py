@@ -97,6 +97,7 @@ def test_restart_resumes_each_reader_and_keeps_the_contour_in_progress(study):
     p = reopened.progress().set_index("reader")
     assert p.loc["R1"].to_dict() == {"done": 1, "skipped": 1, "flagged": 1, "total": len(q),
                                      "left": len(q) - 2}
+    assert reopened.flags() == [("R1", q[2], "shadowing hides the lower margin")]
     # an interrupted save (label written, sidecar not) leaves the case to do again
     reopened._contour_path("R1", q[2]).write_bytes(b"half")
     assert not reopened.is_done("R1", q[2]) and reopened.next_case("R1") == q[2]

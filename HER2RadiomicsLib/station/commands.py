@@ -158,6 +158,10 @@ def stop_processes(procs, timeout_s: float = 10.0):
 
 def _serve(study, host, port, bundle=None, tokens=None) -> int:
     _need_station()
+    if bundle:
+        # refused here, naming the file, rather than as a reader process that fails to start
+        from ..modelling.bundle import load_bundle
+        load_bundle(bundle)
     procs = start_processes(study, host, port, bundle=bundle)
     tokens = tokens or {}
     print(f"reader station for {study} (Ctrl-C stops it):")

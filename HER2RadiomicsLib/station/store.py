@@ -296,6 +296,11 @@ class StudyStore:
         import pandas as pd
         return pd.DataFrame(rows)
 
+    def flags(self) -> list:
+        """``(reader, case_id, note)`` of every flagged case (the coordinator's list)."""
+        return [(r, c, n) for r in self.readers
+                for c, n in self._read_queue(r)["flags"].items()]
+
     def agreement(self):
         """Dice, HD95 (mm) and area difference of every pair of readers on every case that
         at least two readers saved."""

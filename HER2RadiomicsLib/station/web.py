@@ -85,7 +85,7 @@ class ReaderStation:
         from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
         store._reader(reader)
-        self.store, self.reader, self.bundle = store, reader, bundle
+        self.store, self.reader = store, reader
         self.server = get_server(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         _install_gate(self.server, _token_gate(store, "reader", reader))
@@ -132,8 +132,6 @@ class ReaderStation:
         s.st_reader = self.reader
         s.st_case = None
         s.st_position = ""
-        s.st_done = 0
-        s.st_total = len(self.store.queue(self.reader))
         s.st_message = ""
         s.st_error = ""
         s.st_rings = False
@@ -142,7 +140,6 @@ class ReaderStation:
         s.st_prediction = None
         s.st_has_bundle = self._bundle is not None
         s.st_spacing = ""
-        s.st_saves = 0
 
     def _build_ui(self):
         from trame.widgets import html
@@ -226,7 +223,6 @@ class ReaderStation:
     def _position(self):
         queue = self.store.queue(self.reader)
         done = sum(self.store.is_done(self.reader, c) for c in queue)
-        self.state.st_done = done
         if self.case_id is None:
             return f"{done} of {len(queue)} done"
         return f"case {queue.index(self.case_id) + 1} of {len(queue)} ({done} done)"
@@ -297,20 +293,30 @@ class ReaderStation:
         editor = self.slicer.segmentation_editor
         if mask is None:
             return editor.create_empty_segmentation_node()
-        label = sitk.Cast(sitk.GetImageFromArray(
-            (np.squeeze(sitk.GetArrayFromImage(mask)) > 0).astype(np.uint8)), sitk.sitkUInt8)
-        label.CopyInformation(self.image)
-        path = Path(self._tmp.name) / "start.nrrd"
-        sitk.WriteImage(label, str(path))
-        node = self.slicer.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        node.SetName("lesion")
-        storage = self.slicer.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        storage.SetFileName(str(path))
-        storage.ReadData(node)
+        node = self._labelmap_node(np.squeeze(sitk.GetArrayFromImage(mask)) > 0, "lesion")
         seg = editor.create_segmentation_node_from_labelmap(node)
-        self.slicer.scene.RemoveNode(storage)
         self.slicer.scene.RemoveNode(node)
         return seg
+
+    def _mask_image(self, arr) -> sitk.Image:
+        """A 2D array as a uint8 image in the case image's geometry."""
+        img = sitk.GetImageFromArray(np.asarray(arr).astype(np.uint8))
+        img.CopyInformation(self.image)
+        return img
+
+    def _labelmap_node(self, arr, name):
+        """A label-map node of ``arr`` in the image's geometry, read through Slicer's own
+        volume reader (it converts the file's LPS geometry to the scene's RAS)."""
+        path = Path(self._tmp.name) / f"{name}.nrrd"
+        sitk.WriteImage(self._mask_image(arr), str(path))
+        scene = self.slicer.scene
+        node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        node.SetName(name)
+        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(path))
+        storage.ReadData(node)
+        scene.RemoveNode(storage)
+        return node
 
     def _set_brush_mm(self, diameter_mm):
         """Paint and Erase brushes in mm of the image (Slicer's default is a share of the
@@ -395,7 +401,6 @@ class ReaderStation:
         with self.state:
             self.state.st_error = ""
             self.state.st_message = f"Saved {self.case_id} ({path.name})"
-            self.state.st_saves += 1
         self.open_case(self.store.next_case(self.reader))
 
     def skip(self):
@@ -454,23 +459,12 @@ class ReaderStation:
                     self.state.st_rings = False
                 return
             from ..imaging.rings import build_regions
-            m = sitk.GetImageFromArray(mask)
-            m.CopyInformation(self.image)
-            regions = build_regions(self.image, m, OVERLAY_RINGS_MM, annuli=True)
+            regions = build_regions(self.image, self._mask_image(mask), OVERLAY_RINGS_MM,
+                                    annuli=True)
             arr = sitk.GetArrayFromImage(regions.label_map).astype(np.uint8)
             arr[arr == regions.labels.get("tumor", 1)] = 0     # the reader's contour shows it
-            label = sitk.GetImageFromArray(arr)
-            label.CopyInformation(self.image)
-            path = Path(self._tmp.name) / "rings.nrrd"
-            sitk.WriteImage(label, str(path))
-            node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-            node.SetName("rings")
-            storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-            storage.SetFileName(str(path))
-            storage.ReadData(node)
-            scene.RemoveNode(storage)
-            node.CreateDefaultDisplayNodes()
-            self.rings_node = node
+            self.rings_node = self._labelmap_node(arr, "rings")
+            self.rings_node.CreateDefaultDisplayNodes()
         for view in views:
             logic = view._logic                         # trame-slicer keeps the slice logic here
             logic.GetSliceCompositeNode().SetLabelVolumeID(
@@ -489,10 +483,9 @@ class ReaderStation:
             with self.state:
                 self.state.st_error = "Draw the lesion first: the prediction needs a contour."
             return None
-        m = sitk.GetImageFromArray(mask)
-        m.CopyInformation(self.image)
         try:
-            pr = predict_case(self._bundle, None, m, loaded=self.loaded, case_id=self.case_id)
+            pr = predict_case(self._bundle, None, self._mask_image(mask), loaded=self.loaded,
+                              case_id=self.case_id)
         except Exception as exc:                      # noqa: BLE001 (shown, the case stays)
             with self.state:
                 self.state.st_error = f"No prediction: {exc}"
@@ -572,8 +565,7 @@ class CoordinatorStation:
         prog = self.store.progress()
         agree = self.store.agreement()
         flags = [{"key": f"{r}:{c}", "reader": r, "case_id": c, "note": n}
-                 for r in self.store.readers
-                 for c, n in self.store._read_queue(r)["flags"].items()]
+                 for r, c, n in self.store.flags()]
         with self.state:
             self.state.co_progress = [dict(row, key=row["reader"])
                                       for row in prog.to_dict("records")]

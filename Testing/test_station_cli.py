@@ -39,6 +39,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(cohort, tmp_path, capsys):
             (["station", "serve", "--study", str(tmp_path / "none")], "no station study here"),
             (["station", "serve", "--study", str(study), "--bundle", str(tmp_path / "x.zip")],
              "x.zip"),
+            (["station", "serve", "--study", str(study), "--port", "65535"], "within 1-65535"),
             (["station", "create", "--study", str(tmp_path / "s2"), "--manifest",
               str(cohort / "cohort.csv"), "--readers", "../x"], "reader names")]:
         rc = main(argv)

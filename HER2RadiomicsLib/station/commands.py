@@ -103,6 +103,10 @@ def _write_private(path, tokens):
 def plan(store, port: int) -> list:
     """``(role, reader, port)`` for every process of a study: coordinator on ``port``,
     reader *i* (study order) on ``port + i``."""
+    last = int(port) + len(store.readers)
+    if int(port) < 1 or last > 65535:
+        raise InputError(f"--port {port}: the coordinator and {len(store.readers)} readers need "
+                         f"ports {port}-{last}, within 1-65535")
     return [("coordinator", None, int(port))] + [
         ("reader", r, int(port) + i) for i, r in enumerate(store.readers, start=1)]
 
@@ -126,8 +130,9 @@ def start_processes(study, host, port, bundle=None, log_dir=None, env=None):
                 cmd += ["--reader", reader]
             if bundle and role == "reader":
                 cmd += ["--bundle", str(bundle)]
-            logf = open(log_dir / f"{role}-{reader or 'all'}.log", "ab")
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            # the child keeps its own copy of the log's descriptor; ours closes at once
+            with open(log_dir / f"{role}-{reader or 'all'}.log", "ab") as logf:
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
             procs.append((role, reader, p, proc, ready))
         deadline = time.monotonic() + START_TIMEOUT_S
         for role, reader, p, proc, ready in procs:

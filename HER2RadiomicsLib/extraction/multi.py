@@ -10,15 +10,19 @@ the union of the regions is visited once:
 - with a fixed bin width the grey level of a pixel in region r is its level on the union's bin
   edges minus a constant (whenever the region's edges are a run of the union's edges, which is
   checked exactly), so the union is discretised once;
-- co-occurrences, dependences and neighbour sums are counted per atom pair / atom, and each
-  region's matrix is the sum over its atoms;
+- everything is computed on grids of the union's bounding box, padded by the largest offset:
+  a neighbour is a shifted view of a grid (no per-pixel index lookups), and runs are read from
+  the grid laid out line by line (rows, columns, diagonals: no sorting);
+- co-occurrences are counted per atom pair, and each region's matrix is the sum over its
+  atoms; dependence counts of all regions are packed into one integer per pixel, a few bits
+  per region, and accumulated once per offset;
 - runs and zones are first found per atom (runs or 8-connected zones of one grey level inside
   one atom); those that touch a same-level run or zone of another atom are joined per region
   (a handful at the atoms' borders), the others are counted per atom once;
 - the feature formulas run once for all regions (``engine.glcm_features``,
   ``engine.family_features``).
 
-Each region's features equal those of ``engine``'s one-region functions (tested to 1e-12 on
+Each region's features equal those of ``engine``'s one-region functions (tested to 1e-11 on
 the parity suite's edge cases, and against pyradiomics). A region this pass cannot share (a
 fixed bin count, whose edges depend on each region's range; edges that differ in rounding)
 is returned as ``None`` and computed on its own by the caller.
@@ -35,8 +39,8 @@ MAX_CELLS = 50_000_000
 
 
 def _small_int(n: int):
-    """The smallest unsigned integer type holding 0..n (neighbour lookups and comparisons on
-    small types cost a fraction of int64's)."""
+    """The smallest unsigned integer type holding 0..n (comparisons and sums on small types
+    cost a fraction of int64's)."""
     for t in (np.uint8, np.uint16, np.uint32):
         if n <= np.iinfo(t).max:
             return t
@@ -57,16 +61,17 @@ def _digitize(x, edges, bin_width):
 
 
 class _Union:
-    """The union of the shareable regions: its pixels (row-major), their atoms and levels on
-    the union's bin edges, and neighbour lookups."""
+    """The union of the shareable regions on its bounding box, padded by ``dmax`` pixels of
+    "outside" on every side: each pixel's atom (``at``, 1..A; 0 outside), union level
+    (``raw``; 0 outside) and region bits (``code``)."""
 
     def __init__(self, img, masks, bin_width, dmax, box=None):
         if box is None:
             ys, xs = np.nonzero(np.logical_or.reduce(masks))
             box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-        self.img = img[box]
-        self.masks = [m[box] for m in masks]
-        self.values = [self.img[m] for m in self.masks]     # row-major, as engine reads them
+        img = img[box]
+        masks = [m[box] for m in masks]
+        self.values = [img[m] for m in masks]     # row-major, as engine reads them
         # the union's edges: bin_edges only reads the minimum and maximum
         lo = min(v.min() for v in self.values)
         hi = max(v.max() for v in self.values)
@@ -81,72 +86,59 @@ class _Union:
             self.ok.append(bool(same))
             self.shift.append(k)
         R = len(masks)
-        code_t = _small_int((1 << R) - 1)
-        code = np.zeros(self.img.shape, dtype=code_t)
-        for r, m in enumerate(self.masks):
+        self.h, self.w = h, w = img.shape
+        self.d = d = int(dmax)
+        self.code_t = code_t = _small_int((1 << R) - 1)
+        self.code = np.zeros((h + 2 * d, w + 2 * d), dtype=code_t)
+        code = self.code[d:d + h, d:d + w]
+        for r, m in enumerate(masks):
             if self.ok[r]:
                 code[m] |= code_t(1 << r)
-        flat = code.ravel()
-        idx = np.flatnonzero(flat)
-        h, w = self.img.shape
-        self.ys, self.xs = np.divmod(idx, w)
-        cp = flat[idx]
         if R <= 16:                     # small codes: a lookup table instead of a sort
-            codes = np.flatnonzero(np.bincount(cp))
-            lut = np.zeros(int(codes[-1]) + 1, np.int64)
-            lut[codes] = np.arange(codes.size)
-            self.at = lut[cp]
+            codes = np.flatnonzero(np.bincount(self.code.ravel()))
         else:
-            codes, self.at = np.unique(cp, return_inverse=True)
-            self.at = self.at.ravel().astype(np.int64)
+            codes = np.unique(self.code)
+        codes = codes[codes > 0]
         self.A = A = len(codes)
-        # member[a, r]: atom a is part of region r; the extra last row is "outside"
+        if R <= 16:
+            lut = np.zeros(int(codes[-1]) + 1, _small_int(A))
+            lut[codes] = np.arange(1, A + 1)
+            self.at = lut[self.code]
+        else:
+            self.at = (np.searchsorted(codes, self.code) + 1).astype(_small_int(A))
+            self.at[self.code == 0] = 0
+        # member[a, r]: atom a is part of region r (row 0: outside)
         self.member = np.zeros((A + 1, R), dtype=bool)
         for r in range(R):
-            self.member[:A, r] = (codes >> r) & 1 == 1
+            self.member[1:, r] = (codes.astype(np.uint64) >> np.uint64(r)) & np.uint64(1) == 1
         self.nr = nr = len(self.edges) + 1
-        self.raw = _digitize(self.img.ravel()[idx], self.edges, bin_width)
-        self.hist = np.bincount(self.at * nr + self.raw, minlength=A * nr).reshape(A, nr)
-        # small-type copies for neighbour lookups and comparisons
-        self.at_s = self.at.astype(_small_int(A))
-        self.raw_s = self.raw.astype(np.int32)
-        self.code_t = code_t
-        self.code_s = cp                # only shared regions have bits in the code grid
-        # neighbour lookups on grids padded by the largest offset, built when first asked
-        self.d = d = int(dmax)
-        self.width = w + 2 * d
-        self.base = (self.ys + d) * self.width + self.xs + d
-        self._size = (h + 2 * d) * self.width
-        self._grids = {}
-        self._nbr = {}
+        inside = code != 0
+        self.raw = np.zeros(self.code.shape, np.int32)
+        self.raw[d:d + h, d:d + w][inside] = _digitize(img[inside], self.edges, bin_width)
+        self.hist = np.bincount((self.at.astype(np.intp) * nr + self.raw).ravel(),
+                                minlength=(A + 1) * nr).reshape(A + 1, nr)
+        self._key = None
 
-    def grid(self, name):
-        if name not in self._grids:
-            values, fill = {
-                "at": lambda: (self.at_s, self.A), "raw": lambda: (self.raw_s, 0),
-                "code": lambda: (self.code_s, 0),
-                # co-occurrence key of a pixel as the neighbour (-1 outside)
-                "qkey": lambda: (self.at * self.nr * self.nr + self.raw, -1)}[name]()
-            g = np.full(self._size, fill, dtype=values.dtype)
-            g[self.base] = values
-            self._grids[name] = g
-        return self._grids[name]
+    def at_(self, g, dy=0, dx=0):
+        """Grid ``g`` (one of the padded grids) at each box pixel's neighbour (+dy, +dx)."""
+        d = self.d
+        return g[d + dy:d + dy + self.h, d + dx:d + dx + self.w]
 
-    def nb(self, what, dy, dx):
-        """Grid ``what`` (at, raw, code, qkey) at each pixel's neighbour (+dy, +dx)."""
-        key = (what, dy, dx)
-        if key not in self._nbr:
-            self._nbr[key] = self.grid(what)[self.base + (dy * self.width + dx)]
-        return self._nbr[key]
-
-    def neighbour(self, dy, dx):
-        """(atom, level) of each pixel's neighbour at (+dy, +dx); atom ``A`` = outside."""
-        return self.nb("at", dy, dx), self.nb("raw", dy, dx)
+    @property
+    def key(self):
+        """Atom and level in one number (``at * nr + raw``; 0 outside), on the padded grid."""
+        if self._key is None:
+            self._key = self.at.astype(np.int32) * self.nr + self.raw
+        return self._key
 
     def present_raw(self, r):
-        """The union levels present in region r."""
-        counts = self.hist[self.member[:-1, r]].sum(0)
+        """The union levels present in region r, and the pixel count of every union level."""
+        counts = self.hist[self.member[:, r]].sum(0)
         return np.flatnonzero(counts), counts
+
+    def inside(self, r):
+        """Region r's mask on the box (not padded)."""
+        return (self.at_(self.code) & self.code_t(1 << r)) != 0
 
 
 def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
@@ -177,7 +169,7 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
     dist = [int(v) for v in st.get("distances", [1])]
     u = _Union(img, masks, st.get("binWidth", 25), max(dist + [1]), box)
     regions = [r for r in range(len(masks)) if u.ok[r]]
-    if len(regions) < 2 or u.A ** 2 * u.nr ** 2 * len(E.angles_2d(dist)) > MAX_CELLS:
+    if len(regions) < 2 or (u.A + 1) ** 2 * u.nr ** 2 * len(E.angles_2d(dist)) > MAX_CELLS:
         return out
     present = {r: u.present_raw(r) for r in regions}
     levels = [present[r][0] - u.shift[r] for r in regions]   # each region's own levels
@@ -213,18 +205,19 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
 
 def _glcm(u, regions, present, spacing, dist, st):
     angles = E.angles_2d(dist)
-    A, nr = u.A, u.nr
-    C = np.empty((A, A, nr, nr, len(angles)))
-    # key = ((a_p A + a_q) nr + level_p) nr + level_q = pkey(p) + qkey(q)
-    pkey = u.at * (A * nr * nr) + u.raw * nr
+    A1, nr = u.A + 1, u.nr
+    # key = ((a_p A1 + a_q) nr + level_p) nr + level_q = pkey(p) + qkey(q); pairs with a pixel
+    # outside land in atom 0's rows or columns, which are dropped
+    qkey = u.at.astype(np.intp) * (nr * nr) + u.raw
+    pkey = u.at_(u.at).astype(np.intp) * (A1 * nr * nr) + u.at_(u.raw) * nr
+    C = np.empty((A1, A1, nr, nr, len(angles)))
     for k, (dy, dx) in enumerate(angles):
-        qk = u.nb("qkey", int(dy), int(dx))
-        keep = qk >= 0
-        key = pkey[keep] + qk[keep]
-        C[:, :, :, :, k] = np.bincount(key, minlength=A * A * nr * nr).reshape(A, A, nr, nr)
+        key = pkey + u.at_(qkey, int(dy), int(dx))
+        C[:, :, :, :, k] = np.bincount(key.ravel(), minlength=A1 * A1 * nr * nr).reshape(
+            A1, A1, nr, nr)
     Ps = []
     for r in regions:
-        sel = u.member[:-1, r]
+        sel = u.member[:, r]
         P = C[sel][:, sel].sum((0, 1))
         pr = present[r][0]
         Ps.append(E.glcm_normalise(P[np.ix_(pr, pr)], angles, spacing,
@@ -240,48 +233,59 @@ def _offsets(dist):
 
 
 def _gldm(u, regions, present, dist, alpha):
-    # w[p]: region bits of a neighbour whose level is similar to p's (0: none; outside the
-    # union the level is 0, never similar, as levels start at 1); a region's dependence is
-    # 1 + the number of offsets whose w has its bit
-    ws = []
-    for dy, dx in _offsets(dist):
-        rq = u.nb("raw", dy, dx)
-        eq = (rq == u.raw_s) if alpha == 0 else (rq > 0) & (np.abs(u.raw_s - rq) <= alpha)
-        ws.append(u.nb("code", dy, dx) * eq.astype(u.code_t))
+    offsets = list(_offsets(dist))
+    bits = len(offsets).bit_length()          # a region's count of similar neighbours
+    per_word = 64 // bits
+    raw_c = u.at_(u.raw)
+    similar = []
+    for dy, dx in offsets:
+        rq = u.at_(u.raw, dy, dx)
+        # outside the union the level is 0, never similar (levels start at 1), and a
+        # neighbour outside region r has no bit for r below
+        similar.append((rq == raw_c) if alpha == 0 else
+                       (rq > 0) & (np.abs(raw_c - rq) <= alpha))
+    nd = len(offsets) + 1
+    base = raw_c.astype(np.intp) * nd - 1
     Ps = []
-    for r in regions:
-        bit = u.code_t(1 << r)
-        dep = np.ones(u.at.size, np.int64 if len(ws) > 250 else np.uint8)
-        for w in ws:
-            dep += (w & bit) != 0
-        inr = u.member[u.at, r]
-        lv, dv = u.raw[inr], dep[inr].astype(np.int64)
-        pr = present[r][0]
-        idx = np.searchsorted(pr, lv)
-        nd = int(dv.max())
-        Ps.append(np.bincount(idx * nd + dv - 1, minlength=len(pr) * nd)
-                  .reshape(len(pr), nd).astype(np.float64)[:, :, None])
+    for g in range(0, len(regions), per_word):
+        group = regions[g:g + per_word]
+        width = len(group) * bits
+        acc_t = np.uint16 if width <= 16 else np.uint32 if width <= 32 else np.uint64
+        # each atom's regions of this group, spread to ``bits`` bits per region: one sum per
+        # offset counts every region's similar neighbours at once
+        spread = np.zeros(u.A + 1, acc_t)
+        for j, r in enumerate(group):
+            spread[u.member[:, r]] += acc_t(1 << (bits * j))
+        sp = spread[u.at]
+        acc = np.zeros(raw_c.shape, acc_t)
+        for (dy, dx), s in zip(offsets, similar):
+            acc += u.at_(sp, dy, dx) * s
+        for j, r in enumerate(group):
+            dep = (acc >> acc_t(bits * j)) & acc_t((1 << bits) - 1)
+            key = (base + 1 + dep.astype(np.intp))[u.inside(r)]
+            P = np.bincount(key, minlength=u.nr * nd).reshape(u.nr, nd)
+            Ps.append(P[present[r][0]].astype(np.float64)[:, :, None])
     return Ps
 
 
 def _ngtdm(u, regions, present, dist, names):
     offsets = list(_offsets(dist))
-    codes = [u.nb("code", dy, dx) for dy, dx in offsets]
-    levels = [u.nb("raw", dy, dx) for dy, dx in offsets]
     out = []
     for r in regions:
         bit = u.code_t(1 << r)
-        inr = u.member[u.at, r]
-        c = np.zeros(int(inr.sum()), np.int64)
-        total = np.zeros(c.size, np.int64)
-        for cq, rq in zip(codes, levels):
+        mr = (u.code & bit) != 0
+        raw_r = np.where(mr, u.raw, 0)
+        c = np.zeros((u.h, u.w), np.int32)
+        total = np.zeros((u.h, u.w), np.int64)
+        for dy, dx in offsets:
             # neighbours in the region, and the sum of their levels (integers: exact, so
             # the shift to the region's own levels changes no rounding)
-            inq = (cq[inr] & bit) != 0
-            c += inq
-            total += rq[inr] * inq
-        total = (total - u.shift[r] * c).astype(np.float64)
-        out.append(E.ngtdm_values(u.raw[inr] - u.shift[r], c, total,
+            c += u.at_(mr, dy, dx)
+            total += u.at_(raw_r, dy, dx)
+        inr = u.at_(mr)
+        c = c[inr].astype(np.int64)
+        total = (total[inr] - u.shift[r] * c).astype(np.float64)
+        out.append(E.ngtdm_values(u.at_(u.raw)[inr].astype(np.int64) - u.shift[r], c, total,
                                   present[r][0] - u.shift[r], names))
     return out
 
@@ -289,82 +293,96 @@ def _ngtdm(u, regions, present, dist, names):
 def _pieces_histogram(u, regions, present, atom, level, size, linked, joined):
     """Per region, the (level x size) counts of its runs or zones, and the sizes (columns):
     the pieces of one atom that touch no same-level piece of another atom (``~linked``)
-    counted per atom once, plus the region's joined pieces (``joined(r)`` -> (levels,
+    counted per atom once, plus the region's joined pieces (``joined[r]`` = (levels,
     sizes)). Only sizes that occur get a column (zones reach thousands of pixels)."""
-    A, nr = u.A, u.nr
+    A1, nr = u.A + 1, u.nr
     free = ~linked
-    joined_r = {r: joined(r) for r in regions}
     # the sizes that occur, and each size's column (sizes are at most the union's pixels,
     # so a lookup table beats sorting)
     fs = size[free]
-    every = np.concatenate([fs] + [s for _, s in joined_r.values()])
+    every = np.concatenate([fs] + [s for _, s in joined.values()])
     sizes = np.flatnonzero(np.bincount(every)) if every.size else np.ones(1, np.int64)
     S = sizes.size
     col = np.zeros(int(sizes[-1]) + 1, np.int64)
     col[sizes] = np.arange(S)
     H = np.bincount((atom[free] * nr + level[free]) * S + col[fs],
-                    minlength=A * nr * S).reshape(A, nr, S)
+                    minlength=A1 * nr * S).reshape(A1, nr, S)
     out = []
     for r in regions:
-        P = H[u.member[:-1, r]].sum(0)
-        lv, sz = joined_r[r]
+        P = H[u.member[:, r]].sum(0)
+        lv, sz = joined[r]
         if lv.size:
             P = P + np.bincount(lv * S + col[sz], minlength=nr * S).reshape(nr, S)
         out.append(P[present[r][0]].astype(np.float64))
     return out, sizes.astype(np.float64)
 
 
+def _lines(g, dy, dx):
+    """The padded grid ``g`` laid out line after line along direction (dy, dx), and the
+    length of a line. Every line starts and ends with an outside pixel (the padding), so
+    runs never cross from one line to the next. Diagonals are skewed into columns: row y
+    shifted by y, which a row stride one longer than the grid's does without copying."""
+    H, W = g.shape
+    if (dy, dx) == (0, 1):
+        return g.ravel(), W
+    if (dy, dx) == (1, 0):
+        return g.T.ravel(), H
+    src = g[:, ::-1] if (dy, dx) == (1, 1) else g      # x - y constant -> x' + y constant
+    skew = np.zeros((H, W + H), g.dtype)
+    skew[:, :W] = src
+    # row y of the flat buffer read with stride W + H - 1: column j holds x + y = j
+    return skew.ravel()[:H * (W + H - 1)].reshape(H, W + H - 1).T.ravel(), H
+
+
 def _glrlm(u, regions, present, spacing, weighting_norm):
     angles = E.angles_2d([1])
-    ys, xs = u.ys, u.xs
-    A = u.A
+    A1, nr = u.A + 1, u.nr
     per_angle = []
     for dy, dx in angles:
-        dy, dx = int(dy), int(dx)
-        line = (ys if (dy, dx) == (0, 1) else xs if (dy, dx) == (1, 0)
-                else xs - ys if (dy, dx) == (1, 1) else xs + ys)
-        pos = xs if (dy, dx) == (0, 1) else ys
-        line = line - line.min()
-        nl = int(line.max()) + 1
-        # regions one pixel thick across every line of this direction: angle dropped
-        lines = np.bincount(u.at * nl + line, minlength=A * nl).reshape(A, nl)
-        thin = {r: int(lines[u.member[:-1, r]].sum(0).max()) < 2 for r in regions}
-        # atoms compared by their region bits (the grids GLDM already looked up)
-        ap, rp = u.nb("code", -dy, -dx), u.nb("raw", -dy, -dx)
-        an, rn = u.nb("code", dy, dx), u.nb("raw", dy, dx)
-        lev_p, lev_n = rp == u.raw_s, rn == u.raw_s
-        at_p, at_n = ap == u.code_s, an == u.code_s
-        same_p, same_n = at_p & lev_p, at_n & lev_n
-        # a piece (run inside one atom) continues a same-level piece of another atom (the
-        # level test excludes "outside": its level is 0)
-        link_p = lev_p & ~at_p
-        link_n = lev_n & ~at_n
-        s_idx, e_idx = np.flatnonzero(~same_p), np.flatnonzero(~same_n)
-        if (dy, dx) != (0, 1):           # pieces in line order: stable sort by line index
-            # int16 keys when they fit: numpy's stable sort is then a radix sort
-            key = line.astype(np.int16 if nl < 2 ** 15 else np.int64)
-            s_idx = s_idx[np.argsort(key[s_idx], kind="stable")]
-            e_idx = e_idx[np.argsort(key[e_idx], kind="stable")]
-        atom, level = u.at[s_idx], u.raw[s_idx]
-        size = pos[e_idx] - pos[s_idx] + 1
-        lp, ln = link_p[s_idx], link_n[e_idx]
+        L, length = _lines(u.key, int(dy), int(dx))
+        # segments of equal key: the first starts at 0 and the last runs to the end (both
+        # outside); the others start where the key changes
+        b = np.flatnonzero(L[1:] != L[:-1]) + 1
+        v = L[b[:-1]].astype(np.intp)
+        n = np.diff(b)
+        piece = v != 0                   # a run inside one atom ("piece")
+        lev = v % nr
+        same = np.zeros(v.size, bool)   # continues the previous segment's level
+        same[1:] = piece[1:] & piece[:-1] & (lev[1:] == lev[:-1])
+        idx = np.flatnonzero(piece)
+        atom, level, size = v[idx] // nr, lev[idx], n[idx]
+        lp = same[idx]
+        ln = np.zeros(idx.size, bool)
+        nxt = idx + 1 < v.size
+        ln[nxt] = same[idx[nxt] + 1]
         linked = lp | ln
         inv = np.flatnonzero(linked)
-
-        def joined(r, atom=atom, level=level, size=size, lp=lp, inv=inv):
-            # a piece linked to its predecessor follows it directly in line order (the
-            # predecessor pixel ends the previous piece), so chains are consecutive in inv
+        # a region one pixel thick across every line of this direction: angle dropped. A
+        # region holding a piece of two pixels is not; the others count pixels per line
+        long = np.zeros(A1, bool)
+        long[atom[size > 1]] = True
+        thin = {r: False for r in regions if long[u.member[:, r]].any()}
+        if len(thin) < len(regions):
+            nl = L.size // length
+            line = b[:-1][idx] // length
+            per_line = np.bincount(atom * nl + line, weights=size,
+                                   minlength=A1 * nl).reshape(A1, nl)
+            thin.update({r: per_line[u.member[:, r]].sum(0).max() < 2
+                         for r in regions if r not in thin})
+        joined = {}
+        for r in regions:
+            # a piece linked to its predecessor follows it directly in line order, so chains
+            # are consecutive in inv
             inr = u.member[atom[inv], r]
             prev_in = np.zeros(inv.size, bool)
             prev_in[1:] = inr[:-1]
             cont = lp[inv] & prev_in
             keep = inv[inr]
-            starts = ~cont[inr]
             if keep.size == 0:
-                return np.zeros(0, np.int64), np.zeros(0, np.int64)
-            first = np.flatnonzero(starts)
-            return level[keep[first]], np.add.reduceat(size[keep], first)
-
+                joined[r] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+                continue
+            first = np.flatnonzero(~cont[inr])
+            joined[r] = (level[keep[first]], np.add.reduceat(size[keep], first))
         P, sizes = _pieces_histogram(u, regions, present, atom, level, size, linked, joined)
         per_angle.append(({r: (np.zeros_like(p) if thin[r] else p)
                            for r, p in zip(regions, P)}, sizes))
@@ -382,53 +400,56 @@ def _glszm(u, regions, present):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from skimage.measure import label
-    A = u.A
+    nr = u.nr
     # pieces: 8-connected pixels of one level inside one atom, labelled in one pass
-    grid = np.zeros(u.img.shape, dtype=np.int64)
-    grid[u.ys, u.xs] = u.raw * A + u.at + 1
-    lab = label(grid, background=0, connectivity=2)
-    lp = lab[u.ys, u.xs]
-    size = np.bincount(lp)[1:]
+    key = u.key
+    lab = label(key, background=0, connectivity=2)
+    size = np.bincount(lab.ravel())[1:]
     n = size.size
-    atom = np.zeros(n + 1, np.int64)
-    level = np.zeros(n + 1, np.int64)
-    atom[lp], level[lp] = u.at, u.raw
-    atom, level = atom[1:], level[1:]
+    kp = np.zeros(n + 1, np.intp)
+    kp[lab.ravel()] = key.ravel()
+    atom, level = kp[1:] // nr, kp[1:] % nr
     # same-level pieces of different atoms that touch (8-neighbourhood) join in a region
     # holding both atoms
-    d = u.d
-    lab_grid = np.zeros((u.img.shape[0] + 2 * d) * u.width, dtype=np.int64)
-    lab_grid[u.base] = lp
+    raw_c, key_c, lab_c = u.at_(u.raw), u.at_(key), u.at_(lab)
     src, dst = [], []
     for dy, dx in E.angles_2d([1]):
-        cq, rq = u.nb("code", int(dy), int(dx)), u.nb("raw", int(dy), int(dx))
-        link = (rq == u.raw_s) & (cq != u.code_s)
+        dy, dx = int(dy), int(dx)
+        link = (u.at_(u.raw, dy, dx) == raw_c) & (u.at_(key, dy, dx) != key_c) & (raw_c > 0)
         if link.any():
-            src.append(lp[link] - 1)
-            dst.append(lab_grid[u.base[link] + int(dy) * u.width + int(dx)] - 1)
-    src = np.concatenate(src) if src else np.zeros(0, np.int64)
-    dst = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+            src.append(lab_c[link] - 1)
+            dst.append(u.at_(lab, dy, dx)[link] - 1)
+    src = np.concatenate(src) if src else np.zeros(0, np.intp)
+    dst = np.concatenate(dst) if dst else np.zeros(0, np.intp)
     linked = np.zeros(n, bool)
     linked[src], linked[dst] = True, True
     inv = np.flatnonzero(linked)
-    pos = np.full(n, -1, np.int64)
-    pos[inv] = np.arange(inv.size)
-
-    def joined(r):
-        inr = u.member[atom[inv], r]
-        keep = inr[pos[src]] & inr[pos[dst]]
-        nodes = inv[inr]
-        if nodes.size == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        sub = np.full(inv.size, -1, np.int64)
-        sub[np.flatnonzero(inr)] = np.arange(nodes.size)
-        g = coo_matrix((np.ones(int(keep.sum())), (sub[pos[src[keep]]], sub[pos[dst[keep]]])),
-                       shape=(nodes.size, nodes.size))
-        k, zone = connected_components(g, directed=False)
-        sizes = np.bincount(zone, weights=size[nodes], minlength=k).astype(np.int64)
-        lv = np.zeros(k, np.int64)
-        lv[zone] = level[nodes]
-        return lv, sizes
-
+    m = inv.size
+    pos = np.full(n, -1, np.intp)
+    pos[inv] = np.arange(m)
+    joined = {r: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for r in regions}
+    if m:
+        # one graph for every region: node j * m + i is linked piece i as part of region j
+        mem = u.member[atom[inv]][:, regions]               # (m, regions)
+        es, ed = pos[src], pos[dst]
+        rows, cols = [], []
+        for j in range(len(regions)):
+            both = mem[es, j] & mem[ed, j]
+            rows.append(j * m + es[both])
+            cols.append(j * m + ed[both])
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        g = coo_matrix((np.ones(rows.size), (rows, cols)), shape=(len(regions) * m,) * 2)
+        _, comp = connected_components(g, directed=False)
+        for j, r in enumerate(regions):
+            nodes = np.flatnonzero(mem[:, j])
+            if nodes.size == 0:
+                continue
+            zones, zone = np.unique(comp[j * m + nodes], return_inverse=True)
+            zone = zone.ravel()
+            sizes = np.bincount(zone, weights=size[inv[nodes]],
+                                minlength=zones.size).astype(np.int64)
+            lv = np.zeros(zones.size, np.intp)
+            lv[zone] = level[inv[nodes]]
+            joined[r] = (lv, sizes)
     Ps, sizes = _pieces_histogram(u, regions, present, atom, level, size, linked, joined)
     return [P[:, :, None] for P in Ps], sizes

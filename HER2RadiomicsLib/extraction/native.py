@@ -116,16 +116,24 @@ def pointwise_filter(arr: np.ndarray, kind: str) -> np.ndarray:
 
 def _sha1(arr: np.ndarray) -> str:
     """``SimpleITK.Hash`` of an image (SHA1 of its pixel buffer), from its array: the same
-    digest, ten times faster (hashlib instead of SimpleITK's filter pipeline)."""
+    digest, ten times faster (hashlib instead of SimpleITK's filter pipeline; the buffer is
+    read in place, not copied to bytes first)."""
     import hashlib
-    return hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(arr)).hexdigest()
 
 
 def _region_pixels(mask_arr: np.ndarray, label: int):
-    """``(roi, rows, columns)`` of the pixels of ``mask_arr`` equal to ``label``."""
+    """``(roi, rows, columns)`` of the pixels of ``mask_arr`` equal to ``label`` (row-major).
+    The pixels are looked up inside the region's bounding box only (a ring's box is a third
+    of an ultrasound frame)."""
     roi = mask_arr == label
-    ys, xs = np.nonzero(roi)
-    return roi, ys, xs
+    rows = np.flatnonzero(roi.any(1))
+    if not rows.size:
+        return roi, np.zeros(0, np.intp), np.zeros(0, np.intp)
+    cols = np.flatnonzero(roi.any(0))
+    y0, x0 = int(rows[0]), int(cols[0])
+    ys, xs = np.nonzero(roi[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1])
+    return roi, ys + y0, xs + x0
 
 
 class NativeExtractor:

@@ -140,6 +140,7 @@ def firstorder_values(x: np.ndarray, counts: np.ndarray, spacing=(1.0, 1.0),
     median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
     inner = x[(x >= p10) & (x <= p90)]
     energy = float(np.sum(shifted * shifted))
+    sd = x.std()
     flat = m2 == 0
     out = {
         "10Percentile": p10, "90Percentile": p90,
@@ -154,9 +155,9 @@ def firstorder_values(x: np.ndarray, counts: np.ndarray, spacing=(1.0, 1.0),
         "RobustMeanAbsoluteDeviation": np.abs(inner - inner.mean()).mean(),
         "RootMeanSquared": math.sqrt(energy / n),
         "Skewness": 0.0 if flat else m3 / m2 ** 1.5,
-        "StandardDeviation": x.std(),
+        "StandardDeviation": sd,
         "Uniformity": np.sum(p ** 2),
-        "Variance": x.std() ** 2,
+        "Variance": sd ** 2,
     }
     return {k: float(out[k]) for k in (names or FIRSTORDER)}
 

@@ -353,16 +353,18 @@ class FeatureExtractor:
         if st.get("binCount") or not regions:
             return
         width = float(st.get("binWidth", 25))
-        vals = arr.astype(np.float64)
-        if st.get("normalize"):   # pyradiomics normalises with the whole image's mean and SD
-            sd = vals.std()
-            vals = float(st.get("normalizeScale", 1)) * (vals - vals.mean()) / (sd or 1.0)
         union = np.zeros(arr.shape, bool)
         for m in regions.values():
             union |= sitk.GetArrayViewFromImage(m) > 0
         if not union.any():
             return
-        inside = vals[union]
+        if st.get("normalize"):   # pyradiomics normalises with the whole image's mean and SD
+            vals = arr.astype(np.float64)
+            sd = vals.std()
+            vals = float(st.get("normalizeScale", 1)) * (vals - vals.mean()) / (sd or 1.0)
+            inside = vals[union]
+        else:
+            inside = arr[union].astype(np.float64)
         levels = (inside.max() - inside.min()) / width
         if levels > MAX_GREY_LEVELS:
             raise InputError(
@@ -423,6 +425,8 @@ def _execute_shared(ex, image, mask, filtered):
 
 
 def _to_float(v) -> float:
+    if type(v) is float:          # the native engine's values: nothing to convert
+        return v
     try:
         return float(np.asarray(v).reshape(-1)[0])
     except (TypeError, ValueError, IndexError):

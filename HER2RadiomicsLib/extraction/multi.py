@@ -93,7 +93,7 @@ class _Union:
         code = self.code[d:d + h, d:d + w]
         for r, m in enumerate(masks):
             if self.ok[r]:
-                code[m] |= code_t(1 << r)
+                code += m * code_t(1 << r)        # one bit per region: a sum is an or
         if R <= 16:                     # small codes: a lookup table instead of a sort
             codes = np.flatnonzero(np.bincount(self.code.ravel()))
         else:
@@ -112,9 +112,13 @@ class _Union:
         for r in range(R):
             self.member[1:, r] = (codes.astype(np.uint64) >> np.uint64(r)) & np.uint64(1) == 1
         self.nr = nr = len(self.edges) + 1
-        inside = code != 0
+        # the whole box is digitised (cheaper than picking the union's pixels out) and the
+        # pixels outside the union set to 0; their values may be anything a filter gives
         self.raw = np.zeros(self.code.shape, np.int32)
-        self.raw[d:d + h, d:d + w][inside] = _digitize(img[inside], self.edges, bin_width)
+        with np.errstate(invalid="ignore", over="ignore"):
+            raw = _digitize(img, self.edges, bin_width)
+        raw[code == 0] = 0
+        self.raw[d:d + h, d:d + w] = raw
         self.hist = np.bincount((self.at.astype(np.intp) * nr + self.raw).ravel(),
                                 minlength=(A + 1) * nr).reshape(A + 1, nr)
         self._key = None

@@ -156,3 +156,45 @@ def test_driver_computes_regions_together_and_alone_alike(tmp_path):
                 assert _same(many[name][k], v), (name, k)
             else:
                 assert many[name][k] == v, (name, k)
+
+
+@pytest.mark.parametrize("direction", [(0, 1), (1, 0), (1, 1), (1, -1)])
+def test_grid_laid_out_line_by_line(direction):
+    """Runs are read from the grid laid out line by line: every line of the direction, in
+    the direction's order, each line one chunk of the layout (checked by walking the grid
+    pixel by pixel)."""
+    from HER2RadiomicsLib.extraction.multi import _lines
+    rng = np.random.default_rng(3)
+    g = np.zeros((7, 11), np.int16)
+    g[1:-1, 1:-1] = rng.integers(1, 9, (5, 9))        # padded by one outside pixel
+    dy, dx = direction
+    flat, length = _lines(g, dy, dx)
+    chunks = flat.reshape(-1, length)
+    H, W = g.shape
+    # the lines, walked from their first pixel (no predecessor inside the grid)
+    lines = []
+    for y in range(H):
+        for x in range(W):
+            py, px = y - dy, x - dx
+            if 0 <= py < H and 0 <= px < W:
+                continue
+            seq = []
+            while 0 <= y < H and 0 <= x < W:
+                seq.append(int(g[y, x]))
+                y, x = y + dy, x + dx
+            lines.append(seq)
+            y, x = py + dy, px + dx                   # restore the loop's position
+    got = []
+    for c in chunks:
+        nz = np.flatnonzero(c)
+        assert c[0] == 0 and c[-1] == 0               # no run crosses to the next line
+        if nz.size:
+            # one line per chunk, contiguous (the zeros inside are the line's own padding)
+            got.append([int(v) for v in c[nz[0]:nz[-1] + 1]])
+    want = []
+    for seq in lines:
+        nz = [i for i, v in enumerate(seq) if v]
+        if nz:
+            want.append(seq[nz[0]:nz[-1] + 1])
+    assert sorted(got) == sorted(want)
+    assert sum(len(s) for s in got) == sum(len(s) for s in want)

@@ -123,7 +123,7 @@ class _Union:
                                 minlength=(A + 1) * nr).reshape(A + 1, nr)
         self._key = None
 
-    def at_(self, g, dy=0, dx=0):
+    def shifted(self, g, dy=0, dx=0):
         """Grid ``g`` (one of the padded grids) at each box pixel's neighbour (+dy, +dx)."""
         d = self.d
         return g[d + dy:d + dy + self.h, d + dx:d + dx + self.w]
@@ -144,7 +144,7 @@ class _Union:
 
     def inside(self, r):
         """Region r's mask on the box (not padded)."""
-        return (self.at_(self.code) & self.code_t(1 << r)) != 0
+        return (self.shifted(self.code) & self.code_t(1 << r)) != 0
 
 
 def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
@@ -215,10 +215,10 @@ def _glcm(u, regions, present, spacing, dist, st):
     # key = ((a_p A1 + a_q) nr + level_p) nr + level_q = pkey(p) + qkey(q); pairs with a pixel
     # outside land in atom 0's rows or columns, which are dropped
     qkey = u.at.astype(np.intp) * (nr * nr) + u.raw
-    pkey = u.at_(u.at).astype(np.intp) * (A1 * nr * nr) + u.at_(u.raw) * nr
+    pkey = u.shifted(u.at).astype(np.intp) * (A1 * nr * nr) + u.shifted(u.raw) * nr
     C = np.empty((A1, A1, nr, nr, len(angles)))
     for k, (dy, dx) in enumerate(angles):
-        key = pkey + u.at_(qkey, int(dy), int(dx))
+        key = pkey + u.shifted(qkey, int(dy), int(dx))
         C[:, :, :, :, k] = np.bincount(key.ravel(), minlength=A1 * A1 * nr * nr).reshape(
             A1, A1, nr, nr)
     Ps = []
@@ -242,10 +242,10 @@ def _gldm(u, regions, present, dist, alpha):
     offsets = list(_offsets(dist))
     bits = len(offsets).bit_length()          # a region's count of similar neighbours
     per_word = 64 // bits
-    raw_c = u.at_(u.raw)
+    raw_c = u.shifted(u.raw)
     similar = []
     for dy, dx in offsets:
-        rq = u.at_(u.raw, dy, dx)
+        rq = u.shifted(u.raw, dy, dx)
         # outside the union the level is 0, never similar (levels start at 1), and a
         # neighbour outside region r has no bit for r below
         similar.append((rq == raw_c) if alpha == 0 else
@@ -265,7 +265,7 @@ def _gldm(u, regions, present, dist, alpha):
         sp = spread[u.at]
         acc = np.zeros(raw_c.shape, acc_t)
         for (dy, dx), s in zip(offsets, similar):
-            acc += u.at_(sp, dy, dx) * s
+            acc += u.shifted(sp, dy, dx) * s
         for j, r in enumerate(group):
             dep = (acc >> acc_t(bits * j)) & acc_t((1 << bits) - 1)
             key = (base + 1 + dep.astype(np.intp))[u.inside(r)]
@@ -286,12 +286,12 @@ def _ngtdm(u, regions, present, dist, names):
         for dy, dx in offsets:
             # neighbours in the region, and the sum of their levels (integers: exact, so
             # the shift to the region's own levels changes no rounding)
-            c += u.at_(mr, dy, dx)
-            total += u.at_(raw_r, dy, dx)
-        inr = u.at_(mr)
+            c += u.shifted(mr, dy, dx)
+            total += u.shifted(raw_r, dy, dx)
+        inr = u.shifted(mr)
         c = c[inr].astype(np.int64)
         total = (total[inr] - u.shift[r] * c).astype(np.float64)
-        out.append(E.ngtdm_values(u.at_(u.raw)[inr].astype(np.int64) - u.shift[r], c, total,
+        out.append(E.ngtdm_values(u.shifted(u.raw)[inr].astype(np.int64) - u.shift[r], c, total,
                                   present[r][0] - u.shift[r], names))
     return out
 
@@ -326,8 +326,9 @@ def _pieces_histogram(u, regions, present, atom, level, size, linked, joined):
 def _lines(g, dy, dx):
     """The padded grid ``g`` laid out line after line along direction (dy, dx), and the
     length of a line. Every line starts and ends with an outside pixel (the padding), so
-    runs never cross from one line to the next. Diagonals are skewed into columns: row y
-    shifted by y, which a row stride one longer than the grid's does without copying."""
+    runs never cross from one line to the next. Diagonals are skewed into columns: each row
+    padded with H zeros and the flat buffer read back in rows one shorter, so pixel (y, x)
+    lands in column x + y; the transpose then puts each column (a line) in one piece."""
     H, W = g.shape
     if (dy, dx) == (0, 1):
         return g.ravel(), W
@@ -336,7 +337,6 @@ def _lines(g, dy, dx):
     src = g[:, ::-1] if (dy, dx) == (1, 1) else g      # x - y constant -> x' + y constant
     skew = np.zeros((H, W + H), g.dtype)
     skew[:, :W] = src
-    # row y of the flat buffer read with stride W + H - 1: column j holds x + y = j
     return skew.ravel()[:H * (W + H - 1)].reshape(H, W + H - 1).T.ravel(), H
 
 
@@ -417,14 +417,14 @@ def _glszm(u, regions, present):
     atom, level = kp[1:] // nr, kp[1:] % nr
     # same-level pieces of different atoms that touch (8-neighbourhood) join in a region
     # holding both atoms
-    raw_c, key_c, lab_c = u.at_(u.raw), u.at_(key), u.at_(lab)
+    raw_c, key_c, lab_c = u.shifted(u.raw), u.shifted(key), u.shifted(lab)
     src, dst = [], []
     for dy, dx in E.angles_2d([1]):
         dy, dx = int(dy), int(dx)
-        link = (u.at_(u.raw, dy, dx) == raw_c) & (u.at_(key, dy, dx) != key_c) & (raw_c > 0)
+        link = (u.shifted(u.raw, dy, dx) == raw_c) & (u.shifted(key, dy, dx) != key_c) & (raw_c > 0)
         if link.any():
             src.append(lab_c[link] - 1)
-            dst.append(u.at_(lab, dy, dx)[link] - 1)
+            dst.append(u.shifted(lab, dy, dx)[link] - 1)
     src = np.concatenate(src) if src else np.zeros(0, np.intp)
     dst = np.concatenate(dst) if dst else np.zeros(0, np.intp)
     linked = np.zeros(n, bool)

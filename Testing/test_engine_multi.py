@@ -198,3 +198,19 @@ def test_grid_laid_out_line_by_line(direction):
             want.append(seq[nz[0]:nz[-1] + 1])
     assert sorted(got) == sorted(want)
     assert sum(len(s) for s in got) == sum(len(s) for s in want)
+
+
+def test_many_regions_take_the_wide_code_path():
+    """18 nested rings: region bits pass 16 (atoms found by sorting, not a lookup table) and
+    the packed dependence counts need two words; every region still equals one at a time."""
+    rng = np.random.default_rng(1)
+    img = rng.rayleigh(40, (50, 60)).round(1)
+    yy, xx = np.indices(img.shape)
+    disk = (yy - 25) ** 2 + (xx - 30) ** 2 < 8 ** 2
+    masks = [disk] + [ndimage.binary_dilation(disk, iterations=k) & ~disk for k in range(1, 18)]
+    got = texture_many(img, masks, (1.0, 1.0), CLASSES, {"binWidth": 25})
+    for m, g in zip(masks, got):
+        assert g is not None
+        ref = _one_region(img, m, (1.0, 1.0), {"binWidth": 25})
+        bad = [k for k in ref if not _same(g[k], ref[k])]
+        assert not bad, bad[:5]

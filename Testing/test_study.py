@@ -352,3 +352,25 @@ def test_yin2024_trains_on_the_development_sites_and_tests_on_the_external_one(s
     assert set(img[img.split == "train_oof"].patient_id) == set(c[c.site != "C"].patient_id)
     assert s["n"]["external"] == 0 and s["repeated_splits"]["n"] == 0
     assert any("test set = external site C" in n for n in s["notes"])
+
+
+def test_an_external_site_lacking_a_class_falls_back_to_an_internal_split(study_data, tmp_path):
+    """yin2024 tests on the external site; when that site holds one class only it cannot be
+    the test set: the development patients are split 70/30 instead, said in the notes, and
+    the repeated splits (which need a test fraction) run."""
+    from HER2RadiomicsLib.modelling.study import run
+    c = pd.read_csv(study_data / "cohort" / "cohort.csv", dtype={"patient_id": str})
+    r = _recipe("yin2024", classifiers=["logistic"])
+    r["evaluation"] = {**r["evaluation"], "repeats": 2}
+    keep = c[(c.site != "C") | (c.her2 == "zero")]          # site C: HER2-zero only
+    keep.to_csv(tmp_path / "labels.csv", index=False)
+    s = run(r, study_data / "features.csv", tmp_path / "labels.csv", tmp_path / "y1",
+            progress=False, make_bundle=False)
+    assert any("external site C lacks a class" in n for n in s["notes"])
+    img = pd.read_csv(tmp_path / "y1" / "predictions_images.csv", dtype={"patient_id": str})
+    test_ids = set(img[img.split == "test"].patient_id)
+    dev = keep[keep.site != "C"]
+    dev = dev[dev.her2.isin(["low", "positive", "zero"])]
+    assert test_ids and test_ids < set(dev.patient_id)
+    assert abs(len(test_ids) / dev.patient_id.nunique() - 0.3) < 0.05
+    assert s["repeated_splits"]["n"] == 2

@@ -504,7 +504,6 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     n_boot = int(n_boot or ev.get("bootstrap", 2000))
     repeats = int(ev.get("repeats", 20) if repeats is None else repeats)
     ext = ev.get("external_site") if external_site == "recipe" else external_site
-    test_size = float(ev.get("test_size", 0.3))
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     feats = load_table(features_csv, "feature")
@@ -518,42 +517,15 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     if icc_values is None and _has_step(recipe, "stable"):
         notes.append("no ICC table given (--icc): the stable-feature filter kept every feature")
     if not binary:
-        for st in recipe["pipeline"]:
-            name, kw = (st, {}) if isinstance(st, str) else next(iter(st.items()))
-            test = (kw or {}).get("test", "ttest" if name == "univariate" else "mannwhitney")
-            if name in ("univariate", "urf"):
-                multi = {"ttest": "one-way ANOVA", "welch": "one-way ANOVA",
-                         "mannwhitney": "Kruskal-Wallis"}.get(test)
-                if multi:
-                    notes.append(f"{name}: the two-class {test} runs as {multi}, its form "
-                                 f"for {len(classes)} classes")
+        notes += _multiclass_notes(recipe, len(classes))
     data, ext = _hold_out_external(df, y, batch, ext, binary, notes)
     data.unit = str(ev.get("unit", "patients"))
     if data.unit not in UNITS:
         raise InputError(f"recipe {recipe['name']}: evaluation unit {data.unit!r} (choose "
                          f"from {', '.join(UNITS)})")
-    if test_size <= 0 and ext and len(np.unique(data.yext)) < (2 if binary else len(classes)):
-        notes.append(f"external site {ext} lacks a class, so it cannot be the test set: "
-                     "tested on a 70/30 split of the other sites instead")
-        test_size = 0.3
-    if test_size > 0:
-        tr_idx, te_idx = patient_split(data.dev, data.ydev, test_size, seed)
-        data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
-        data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
-    else:
-        # yin2024's design: train on every development patient, test on the external centre
-        if not ext or not len(data.dext):
-            raise InputError(f"recipe {recipe['name']}: test_size 0 trains on every "
-                             "development patient and tests on the external site, which "
-                             "needs one (external_site / --external-site)")
-        data.Xtr, data.ytr = data.dev, data.ydev
-        data.Xte, data.yte = data.dext, data.yext
-        data.dext, data.yext = data.dext.iloc[:0], data.yext[:0]
-        notes.append(f"test set = external site {ext} (trained on every other site's "
-                     "patients, as the paper's centre 1 / centre 2 design)")
-        if repeats > 0:
-            notes.append("no repeated random splits: the test set is the external site")
-            repeats = 0
+    test_size, repeats = _assign_test_set(data, recipe, ext, float(ev.get("test_size", 0.3)),
+                                          len(classes) if not binary else 2, repeats, seed,
+                                          notes)
     use_combat = batch in data.dev.columns and data.Xtr[batch].nunique() >= 2
     if _has_step(recipe, "combat") and not use_combat:
         notes.append("ComBat skipped: the training data has fewer than two sites")
@@ -593,6 +565,55 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     _write_outputs(out, summary, recipe, results, preds, best, nomo, nomo_res, data, feats,
                    features_csv, df, classes, positive, batch, rep_aucs, make_bundle)
     return summary
+
+
+def _multiclass_notes(recipe: dict, n_classes: int) -> list:
+    """Notes for a recipe run on more than two classes: its two-class tests run in their
+    several-class form (t-test as one-way ANOVA, Mann-Whitney as Kruskal-Wallis)."""
+    notes = []
+    for st in recipe["pipeline"]:
+        name, kw = (st, {}) if isinstance(st, str) else next(iter(st.items()))
+        test = (kw or {}).get("test", "ttest" if name == "univariate" else "mannwhitney")
+        if name in ("univariate", "urf"):
+            multi = {"ttest": "one-way ANOVA", "welch": "one-way ANOVA",
+                     "mannwhitney": "Kruskal-Wallis"}.get(test)
+            if multi:
+                notes.append(f"{name}: the two-class {test} runs as {multi}, its form "
+                             f"for {n_classes} classes")
+    return notes
+
+
+def _assign_test_set(data, recipe: dict, ext, test_size: float, n_classes: int,
+                     repeats: int, seed: int, notes: list) -> tuple:
+    """Set ``data``'s training and test sets; return the test fraction and the number of
+    repeated splits that follow from them.
+
+    With ``test_size > 0`` the development patients are split (by patient); with 0, as in
+    yin2024, every development patient trains and the external site is the test set (then
+    there is nothing to repeat). An external site that lacks a class cannot be the test set:
+    the development data is split 70/30 instead.
+    """
+    if test_size <= 0 and ext and len(np.unique(data.yext)) < n_classes:
+        notes.append(f"external site {ext} lacks a class, so it cannot be the test set: "
+                     "tested on a 70/30 split of the other sites instead")
+        test_size = 0.3
+    if test_size > 0:
+        tr_idx, te_idx = patient_split(data.dev, data.ydev, test_size, seed)
+        data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
+        data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
+        return test_size, repeats
+    if not ext or not len(data.dext):
+        raise InputError(f"recipe {recipe['name']}: test_size 0 trains on every "
+                         "development patient and tests on the external site, which "
+                         "needs one (external_site / --external-site)")
+    data.Xtr, data.ytr = data.dev, data.ydev
+    data.Xte, data.yte = data.dext, data.yext
+    data.dext, data.yext = data.dext.iloc[:0], data.yext[:0]
+    notes.append(f"test set = external site {ext} (trained on every other site's "
+                 "patients, as the paper's centre 1 / centre 2 design)")
+    if repeats > 0:
+        notes.append("no repeated random splits: the test set is the external site")
+    return test_size, 0
 
 
 def _has_step(recipe: dict, name: str) -> bool:

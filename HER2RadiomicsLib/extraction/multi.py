@@ -276,23 +276,33 @@ def _gldm(u, regions, present, dist, alpha):
 
 def _ngtdm(u, regions, present, dist, names):
     offsets = list(_offsets(dist))
+    # per region, a neighbour in the region adds (1 << sbits) + its level: the count of
+    # neighbours above, the sum of their levels below (the sum stays under 2 ** sbits), in one
+    # field of ``width`` bits; the fields of several regions share one 64-bit word, so one
+    # sum per offset serves them all (exact: integers)
+    sbits = (len(offsets) * (u.nr - 1)).bit_length()
+    width = sbits + len(offsets).bit_length()
+    per_word = max(64 // width, 1)
+    raw_c = u.shifted(u.raw)
+    one, low = np.uint64(1), np.uint64((1 << sbits) - 1)
     out = []
-    for r in regions:
-        bit = u.code_t(1 << r)
-        mr = (u.code & bit) != 0
-        raw_r = np.where(mr, u.raw, 0)
-        c = np.zeros((u.h, u.w), np.int32)
-        total = np.zeros((u.h, u.w), np.int64)
+    for g in range(0, len(regions), per_word):
+        group = regions[g:g + per_word]
+        spread = np.zeros(u.A + 1, np.uint64)
+        for j, r in enumerate(group):
+            spread[u.member[:, r]] += one << np.uint64(width * j)
+        unit = spread[u.at] * (u.raw.astype(np.uint64) + (one << np.uint64(sbits)))
+        acc = np.zeros(raw_c.shape, np.uint64)
         for dy, dx in offsets:
-            # neighbours in the region, and the sum of their levels (integers: exact, so
-            # the shift to the region's own levels changes no rounding)
-            c += u.shifted(mr, dy, dx)
-            total += u.shifted(raw_r, dy, dx)
-        inr = u.shifted(mr)
-        c = c[inr].astype(np.int64)
-        total = (total[inr] - u.shift[r] * c).astype(np.float64)
-        out.append(E.ngtdm_values(u.shifted(u.raw)[inr].astype(np.int64) - u.shift[r], c, total,
-                                  present[r][0] - u.shift[r], names))
+            acc += u.shifted(unit, dy, dx)
+        for j, r in enumerate(group):
+            inr = u.inside(r)
+            f = (acc[inr] >> np.uint64(width * j)) & np.uint64((1 << width) - 1)
+            c = (f >> np.uint64(sbits)).astype(np.int64)
+            # the shift to the region's own levels, on integers: no rounding changes
+            total = ((f & low).astype(np.int64) - u.shift[r] * c).astype(np.float64)
+            out.append(E.ngtdm_values(raw_c[inr].astype(np.int64) - u.shift[r], c, total,
+                                      present[r][0] - u.shift[r], names))
     return out
 
 

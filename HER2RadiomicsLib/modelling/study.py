@@ -524,8 +524,7 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
         raise InputError(f"recipe {recipe['name']}: evaluation unit {data.unit!r} (choose "
                          f"from {', '.join(UNITS)})")
     test_size, repeats = _assign_test_set(data, recipe, ext, float(ev.get("test_size", 0.3)),
-                                          len(classes) if not binary else 2, repeats, seed,
-                                          notes)
+                                          2 if binary else len(classes), repeats, seed, notes)
     use_combat = batch in data.dev.columns and data.Xtr[batch].nunique() >= 2
     if _has_step(recipe, "combat") and not use_combat:
         notes.append("ComBat skipped: the training data has fewer than two sites")

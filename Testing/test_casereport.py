@@ -90,15 +90,15 @@ def test_task_text_multiclass():
 
 
 def test_page_is_self_contained_and_carries_ruo():
-    page = H.page("t", "s", [("A", "<p>x</p>")], anchors=["a"])
-    assert H.DISCLAIMER in page and '<section id="a">' in page
+    page = H.page("t", "s", [("A", H.Html("<p>x</p>"))], anchors=["a"])
+    assert H.DISCLAIMER in page and '<section id="a"><h2>A</h2><p>x</p>' in page
     assert "http" not in page.split("<footer>")[0].replace("http-equiv", "")
 
 
 @pytest.mark.skipif(H.find_browser() is None, reason="Chromium not installed")
 def test_pdf_and_screenshot(tmp_path):
     page = tmp_path / "p.html"
-    page.write_text(H.page("PDF test", "sub", [("Section", "<p>hello</p>")]))
+    page.write_text(H.page("PDF test", "sub", [("Section", H.Html("<p>hello</p>"))]))
     pdf = H.html_to_pdf(page, tmp_path / "p.pdf")
     assert pdf.read_bytes()[:5] == b"%PDF-"
     png = H.screenshot(page, tmp_path / "p.png", 400, 300)

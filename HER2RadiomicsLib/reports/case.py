@@ -14,8 +14,6 @@ Usage
 """
 from __future__ import annotations
 
-import html
-import json
 import logging
 from pathlib import Path
 
@@ -104,26 +102,29 @@ def overlay_figure(image, masks: dict, title: str = "", spacing_known: bool = Tr
     return fig
 
 
-def _prob_bars(probs: dict, predicted: str, threshold=None, positive=None) -> str:
+def _prob_bars(probs: dict, predicted: str, threshold=None, positive=None) -> H.Html:
     rows = []
-    for i, (k, v) in enumerate(probs.items()):
-        bold = " style='font-weight:600'" if k == predicted else ""
+    for k, v in probs.items():
+        bold = "font-weight:600" if k == predicted else None
         colour = "#16324f" if k == predicted else "#9fb3c8"
-        rows.append(
-            f"<tr><td{bold}>{html.escape(str(k))}</td><td style='width:60%'>"
-            f"<div style='background:#eef2f6;border-radius:3px;position:relative;height:14px'>"
-            f"<div style='background:{colour};width:{100 * v:.1f}%;height:14px;"
-            f"border-radius:3px'></div>"
-            + (f"<div title='decision threshold' style='position:absolute;top:-3px;"
-               f"left:{100 * threshold:.1f}%;width:2px;height:20px;background:#e0a100'></div>"
-               if threshold is not None and k == positive else "")
-            + f"</div></td><td{bold}>{v:.3f}</td></tr>")
-    return "<table style='width:100%'>" + "".join(rows) + "</table>"
+        tick = H.Html("")
+        if H.is_number(threshold) and k == positive:
+            tick = H.fmt("<div title='decision threshold' style='position:absolute;top:-3px;"
+                         "left:{:.1f}%;width:2px;height:20px;background:#e0a100'></div>",
+                         100 * threshold)
+        rows.append(H.fmt(
+            "<tr>{name}<td style='width:60%'>"
+            "<div style='background:#eef2f6;border-radius:3px;position:relative;height:14px'>"
+            "<div style='background:{colour};width:{width:.1f}%;height:14px;"
+            "border-radius:3px'></div>{tick}</div></td>{value}</tr>",
+            name=H.el("td", k, style=bold), colour=colour, width=100 * v, tick=tick,
+            value=H.el("td", H.num(v), style=bold)))
+    return H.el("table", *rows, style="width:100%")
 
 
-def _contrib_table(contribs) -> str:
+def _contrib_table(contribs) -> H.Html:
     if not contribs:
-        return ""
+        return H.Html("")
     m = max(abs(c["contribution"]) for c in contribs) or 1.0
     rows = []
     for c in contribs:
@@ -131,14 +132,16 @@ def _contrib_table(contribs) -> str:
         w = 50 * abs(v) / m
         left = 50 if v >= 0 else 50 - w
         colour = "#c0392b" if v >= 0 else "#2471a3"
-        rows.append(
-            f"<tr><td><code>{html.escape(c['feature'])}</code></td><td style='width:30%'>"
-            f"<div style='position:relative;height:12px;background:#eef2f6'>"
-            f"<div style='position:absolute;left:{left:.1f}%;width:{w:.1f}%;height:12px;"
-            f"background:{colour}'></div><div style='position:absolute;left:50%;width:1px;"
-            f"height:12px;background:#5a6877'></div></div></td><td>{v:+.3f}</td></tr>")
-    return ("<table style='width:100%'><tr><th>feature (z-scored)</th><th>contribution</th>"
-            "<th>log-odds</th></tr>" + "".join(rows) + "</table>")
+        rows.append(H.fmt(
+            "<tr><td><code>{feature}</code></td><td style='width:30%'>"
+            "<div style='position:relative;height:12px;background:#eef2f6'>"
+            "<div style='position:absolute;left:{left:.1f}%;width:{w:.1f}%;height:12px;"
+            "background:{colour}'></div><div style='position:absolute;left:50%;width:1px;"
+            "height:12px;background:#5a6877'></div></div></td><td>{v:+.3f}</td></tr>",
+            feature=c["feature"], left=left, w=w, colour=colour, v=v))
+    return (H.Html("<table style='width:100%'><tr><th>feature (z-scored)</th>"
+                   "<th>contribution</th><th>log-odds</th></tr>") + H.cat(*rows)
+            + H.Html("</table>"))
 
 
 def task_text(meta: dict) -> str:
@@ -149,7 +152,7 @@ def task_text(meta: dict) -> str:
     return f"{meta.get('label_col', 'label')}: " + " / ".join(map(str, cls))
 
 
-def model_card_html(meta: dict) -> str:
+def model_card_html(meta: dict) -> H.Html:
     """The bundle's model card: what it was trained on, how well it did, what it needs."""
     m = meta.get("metrics") or {}
     rows = [("recipe", meta.get("recipe")), ("task", task_text(meta)),
@@ -163,22 +166,23 @@ def model_card_html(meta: dict) -> str:
         rows.append(("classifier", tr["primary"]))
     for split in ("test", "external"):
         d = m.get(split) or {}
+        # H.fmt, not an f-string: a metric that is text in a tampered bundle is shown escaped
         if "auc" in d:
-            rows.append((f"{split} AUC (95% CI)", f"{d['auc']:.3f} ({d['auc_delong_ci_low']:.2f}"
-                                                 f"–{d['auc_delong_ci_high']:.2f}), n = {d['n']} "
-                                                 f"{d.get('unit', 'images')}"))
+            rows.append((f"{split} AUC (95% CI)", H.fmt(
+                "{:.3f} ({:.2f}–{:.2f}), n = {} {}", d["auc"], d.get("auc_delong_ci_low"),
+                d.get("auc_delong_ci_high"), d.get("n"), d.get("unit", "images"))))
         elif "auc_macro" in d:
-            rows.append((f"{split} macro AUC", f"{d['auc_macro']:.3f}, n = {d['n']} "
-                                               f"{d.get('unit', 'images')}"))
+            rows.append((f"{split} macro AUC", H.fmt("{:.3f}, n = {} {}", d["auc_macro"],
+                                                     d.get("n"), d.get("unit", "images"))))
     if meta.get("threshold") is not None:
-        rows.append(("decision threshold", f"{meta['threshold']:.3f} (Youden, training "
-                                           "out-of-fold)"))
-    rows += [("regions", ", ".join(meta.get("regions", []))),
+        rows.append(("decision threshold", H.fmt("{:.3f} (Youden, training out-of-fold)",
+                                                 meta["threshold"])))
+    rows += [("regions", ", ".join(map(str, meta.get("regions") or []))),
              ("feature params", f"{meta.get('params_name')} (sha256 "
                                 f"{str(meta.get('params_hash', ''))[:12]}…)"),
              ("input features", len(meta.get("input_columns", []))),
-             ("sites (ComBat)", ", ".join(meta.get("sites") or []) or "not harmonised"),
-             ("clinical inputs", ", ".join(meta.get("clinical") or []) or "none"),
+             ("sites (ComBat)", ", ".join(map(str, meta.get("sites") or [])) or "not harmonised"),
+             ("clinical inputs", ", ".join(map(str, meta.get("clinical") or [])) or "none"),
              ("created", meta.get("created")),
              ("versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())),
              ("model sha256", str(meta.get("model_sha256", ""))[:16] + "…")]
@@ -186,72 +190,77 @@ def model_card_html(meta: dict) -> str:
 
 
 def prediction_card_html(pred, meta: dict, overlay_uri: str | None = None,
-                         true_label=None) -> str:
-    """The inner HTML of one patient's prediction card (shared by the demo report)."""
-    left = ""
+                         true_label=None) -> H.Html:
+    """The inner HTML of one patient's prediction card (shared by the demo report).
+
+    Every value from the prediction or the bundle's metadata is escaped (see ``reports.html``).
+    """
+    left = H.Html("")
     if overlay_uri:
         left = H.figure(overlay_uri, "lesion mask and the peritumoral regions the model uses")
     test = (meta.get("metrics") or {}).get("test") or {}
-    cal = ""
+    cal = H.Html("")
     if "brier" in test:
-        cal = (f"<p class='muted'>Calibration of this model on its test set (n = {test['n']} "
-               f"{test.get('unit', 'images')}): "
-               f"Brier {test['brier']:.3f}, slope {test['calibration_slope']:.2f}, intercept "
-               f"{test['calibration_intercept']:+.2f}; sensitivity "
-               f"{test['sensitivity']:.2f} and specificity {test['specificity']:.2f} at the "
-               f"threshold.</p>")
+        cal = H.fmt("<p class='muted'>Calibration of this model on its test set (n = {} {}): "
+                    "Brier {:.3f}, slope {:.2f}, intercept {:+.2f}; sensitivity {:.2f} and "
+                    "specificity {:.2f} at the threshold.</p>",
+                    test.get("n"), test.get("unit", "images"), test["brier"],
+                    test.get("calibration_slope"), test.get("calibration_intercept"),
+                    test.get("sensitivity"), test.get("specificity"))
     pos = meta.get("positive_class")
     positive_name = (meta.get("classes") or [None, None])[1] if pos is not None else None
+    # kpis escapes every label and value
     head = H.kpis([("predicted", pred.predicted_class),
-                   (f"P({pred.predicted_class})", f"{pred.probabilities[pred.predicted_class]:.2f}")]
-                  + ([("Rad-score", f"{pred.rad_score:+.2f}")] if pred.rad_score is not None
-                     else [])
-                  + [(f"Rad-score {k} vs rest", f"{v:+.2f}")
+                   (f"P({pred.predicted_class})", H.num(pred.probabilities[pred.predicted_class],
+                                                        ".2f"))]
+                  + ([("Rad-score", H.num(pred.rad_score, "+.2f"))]
+                     if pred.rad_score is not None else [])
+                  + [(f"Rad-score {k} vs rest", H.num(v, "+.2f"))
                      for k, v in (getattr(pred, "class_rad_scores", None) or {}).items()]
-                  + ([("nomogram P", f"{pred.nomogram_probability:.2f}")]
+                  + ([("nomogram P", H.num(pred.nomogram_probability, ".2f"))]
                      if pred.nomogram_probability is not None else [])
                   + ([("reference label", true_label)] if true_label is not None else []))
-    body = (f"<p>Model task: <b>{html.escape(task_text(meta))}</b>. Case "
-            f"<code>{html.escape(pred.case_id)}</code>.</p>" + head
-            + "<h3>Probabilities</h3>"
+    body = (H.fmt("<p>Model task: <b>{}</b>. Case <code>{}</code>.</p>", task_text(meta),
+                  pred.case_id)
+            + head + H.Html("<h3>Probabilities</h3>")
             + _prob_bars(pred.probabilities, pred.predicted_class, meta.get("threshold"),
                          positive_name)
-            + (f"<p class='muted'>Orange tick: decision threshold "
-               f"{meta['threshold']:.3f} for {html.escape(str(positive_name))}.</p>"
-               if meta.get("threshold") is not None else "") + cal)
+            + (H.fmt("<p class='muted'>Orange tick: decision threshold {:.3f} for {}.</p>",
+                     meta["threshold"], positive_name)
+               if meta.get("threshold") is not None else H.Html(""))
+            + cal)
     if pred.contributions:
-        body += ("<h3>Top Rad-score contributions</h3>" + _contrib_table(pred.contributions)
-                 + "<p class='muted'>Red pushes towards "
-                 + html.escape(str(positive_name or "the positive class"))
-                 + ", blue away from it.</p>")
+        body += (H.Html("<h3>Top Rad-score contributions</h3>")
+                 + _contrib_table(pred.contributions)
+                 + H.fmt("<p class='muted'>Red pushes towards {}, blue away from it.</p>",
+                         positive_name or "the positive class"))
     if pred.nomogram_points:
         import pandas as pd
         pts = pd.DataFrame([{"predictor": k, "points": v} for k, v in pred.nomogram_points.items()])
-        body += "<h3>Nomogram points</h3>" + H.table(pts, "{:.1f}")
-    flags = "".join(f"<li>{html.escape(w)}</li>" for w in pred.warnings)
+        body += H.Html("<h3>Nomogram points</h3>") + H.table(pts, "{:.1f}")
+    flags = [H.el("li", w) for w in pred.warnings]
     if pred.qc.get("spacing_source") in ("unknown", "header"):
-        flags += (f"<li>pixel spacing from {html.escape(pred.qc['spacing_source'])}: check it "
-                  "(the rings are in mm)</li>")
+        flags.append(H.fmt("<li>pixel spacing from {}: check it (the rings are in mm)</li>",
+                           pred.qc["spacing_source"]))
     # rings.build_regions flags a ring that loses more than half its area to clipping
     for r in filter(None, str(pred.qc.get("flagged_rings", "")).split(",")):
-        flags += (f"<li>{html.escape(r)} loses {pred.qc.get(r + '_clipped', '?')} of its area "
-                  "at the image edge / field of view</li>")
-    left += ("<h3>Quality control</h3>" + H.kv_table(pred.qc.items())
-             + (f"<ul class='flags'>{flags}</ul>" if flags else
-                "<p class='muted'>No QC flags.</p>"))
+        flags.append(H.fmt("<li>{} loses {} of its area at the image edge / field of view</li>",
+                           r, pred.qc.get(r + "_clipped", "?")))
+    left += (H.Html("<h3>Quality control</h3>") + H.kv_table(pred.qc.items())
+             + (H.el("ul", *flags, class_="flags") if flags else
+                H.Html("<p class='muted'>No QC flags.</p>")))
     # machine-readable copy of what the card shows (lets tools and tests check the report)
-    data = json.dumps({k: getattr(pred, k) for k in (
-        "case_id", "predicted_class", "probabilities", "rad_score", "nomogram_probability")})
-    data = data.replace("<", "\\u003c")  # a "</script>" in a case id must not end the block
-    return (f"<script type='application/json' class='prediction'>{data}"
-            "</script><div style='display:flex;gap:24px;flex-wrap:wrap'>"
-            f"<div style='flex:0 1 420px'>{left}</div>"
-            f"<div style='flex:1 1 420px'>{body}</div></div>")
+    data = H.json_block({k: getattr(pred, k) for k in (
+        "case_id", "predicted_class", "probabilities", "rad_score", "nomogram_probability")},
+        "prediction")
+    return data + H.fmt("<div style='display:flex;gap:24px;flex-wrap:wrap'>"
+                        "<div style='flex:0 1 420px'>{}</div>"
+                        "<div style='flex:1 1 420px'>{}</div></div>", left, body)
 
 
 def case_report_html(pred, meta: dict, overlay_uri: str | None = None, true_label=None,
-                     source: str = "") -> str:
-    """A complete per-patient HTML page."""
+                     source: str = "") -> H.Html:
+    """A complete per-patient HTML page (title, subtitle and footer are escaped as text)."""
     sections = [("Prediction", prediction_card_html(pred, meta, overlay_uri, true_label)),
                 ("Model card", model_card_html(meta))]
     return H.page(f"HER2Radiomics — case {pred.case_id}",

@@ -2,15 +2,17 @@
 
 Built from the files the demo stages leave behind (cohort, CNN metrics, reader study, model
 runs, the unseen patient's prediction), so it can be rebuilt in seconds without recomputing
-anything.  Every image is embedded; the page opens offline and prints cleanly.
+anything.  Every image is embedded; the page opens offline and prints cleanly.  Every value
+read from those files (site, scanner and case names, recipe names, CSV cells) is escaped (see
+``reports.html``).
 """
 from __future__ import annotations
 
-import html
 import json
 import logging
 import platform
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from . import html as H
 from .case import overlay_figure, prediction_card_html, task_text
 
 log = logging.getLogger(__name__)
+_n = H.text_num      # numbers read from the stages' JSON; anything else shown as text
 
 EXAMPLE_RINGS_MM = (3.0, 5.0, 8.0)
 MODEL_FIGURES = [("roc_test", "ROC, internal test set, with 95% bootstrap band"),
@@ -67,7 +70,8 @@ def _segmentation_section(out: Path, cohort_dir: Path, cohort: pd.DataFrame, seg
     import SimpleITK as sitk
     path = out / "segmentation_metrics.csv"
     if seg is None or not path.exists():
-        return "<p>The shipped CNN model is missing; the demo used the generator's masks.</p>"
+        return H.Html("<p>The shipped CNN model is missing; the demo used the generator's "
+                      "masks.</p>")
     df = pd.read_csv(path)
     per_site = df.groupby("site").agg(images=("dice", "size"), mean_dice=("dice", "mean"),
                                       median_dice=("dice", "median"),
@@ -93,20 +97,22 @@ def _segmentation_section(out: Path, cohort_dir: Path, cohort: pd.DataFrame, seg
                              title=f"worst case {worst['case_id']} (Dice {worst['dice']:.2f})")
         figs += H.figure(H.fig_to_data_uri(fig), "The CNN's worst image in the cohort: the "
                                                  "mask a reader would correct first")
-    return (H.kpis([("images", seg["n"]), ("mean Dice", f"{seg['mean_dice']:.3f}"),
-                    ("median Dice", f"{seg['median_dice']:.3f}"),
-                    ("median HD95", f"{seg['median_hd95_mm']:.2f} mm"),
-                    ("misses (Dice < 0.1)", f"{100 * seg['miss_rate']:.1f}%")])
+    miss = seg["miss_rate"]
+    return (H.kpis([("images", seg["n"]), ("mean Dice", _n(seg["mean_dice"])),
+                    ("median Dice", _n(seg["median_dice"])),
+                    ("median HD95", f"{_n(seg['median_hd95_mm'], '.2f')} mm"),
+                    ("misses (Dice < 0.1)",
+                     f"{_n(100 * miss, '.1f')}%" if H.is_number(miss) else miss)])
             + H.table(per_site.reset_index())
-            + "<p class='muted'>The shipped U-Net was trained on BUS-BRA (real ultrasound) and "
-              "never saw the synthetic cohort. Features and models below use the generator's "
-              "masks, as a reader-drawn study would.</p>"
-            + f"<div class='figs'>{figs}</div>")
+            + H.Html("<p class='muted'>The shipped U-Net was trained on BUS-BRA (real ultrasound) "
+                     "and never saw the synthetic cohort. Features and models below use the "
+                     "generator's masks, as a reader-drawn study would.</p>")
+            + H.el("div", figs, class_="figs"))
 
 
 def _reader_section(out: Path, rs: dict | None):
     if not rs:
-        return "<p>No reader study.</p>"
+        return H.Html("<p>No reader study.</p>")
     icc = pd.read_csv(out / "reader_study" / "icc.csv", keep_default_na=False)
     form = rs["form"]
     vals = pd.to_numeric(icc[form], errors="coerce")
@@ -116,21 +122,23 @@ def _reader_section(out: Path, rs: dict | None):
     pairs = agree[agree.level == "pair"][["group", "n", "dice_mean", "dice_median",
                                           "hd95_median", "area_diff_pct_mean"]]
     plots = out / "reader_study" / "plots"
-    figs = "".join(H.figure(u, cap) for cap, u in (
+    figs = H.cat(*(H.figure(u, cap) for cap, u in (
         ("ICC by feature class and region", H.png_file_uri(plots / "icc_by_class.png")),
-        ("Dice per reader pair", H.png_file_uri(plots / "dice_per_pair.png"))) if u)
+        ("Dice per reader pair", H.png_file_uri(plots / "dice_per_pair.png"))) if u))
     return (H.kpis([("cases", rs["n_cases"]), ("readers", rs["n_readers"]),
                     ("stable features", f"{rs['n_stable']} / {rs['n_features']}"),
-                    (f"median {form}", f"{np.nanmedian(vals):.3f}"),
-                    ("mean reader Dice", f"{rs['mean_dice']:.3f}")])
-            + f"<p>Stable = {form} {'lower 95% CI ' if rs['lower_ci'] else ''}&gt; "
-              f"{rs['threshold']} (all six Shrout–Fleiss forms with 95% CIs are in "
-              "<code>reader_study/icc.csv</code>); the yin2024 recipe keeps only stable "
-              "features.</p>"
-            + "<div style='display:flex;gap:24px;flex-wrap:wrap'><div>"
-            + H.table(bands.rename_axis("ICC band (Koo & Li)").reset_index(name="features"))
-            + "</div><div>" + H.table(pairs.rename(columns={"group": "reader pair"}))
-            + "</div></div>" + f"<div class='figs'>{figs}</div>")
+                    (f"median {form}", _n(np.nanmedian(vals))),
+                    ("mean reader Dice", _n(rs["mean_dice"]))])
+            + H.fmt("<p>Stable = {form} {ci}&gt; {threshold} (all six Shrout–Fleiss forms with "
+                    "95% CIs are in <code>reader_study/icc.csv</code>); the yin2024 recipe keeps "
+                    "only stable features.</p>", form=form,
+                    ci="lower 95% CI " if rs["lower_ci"] else "", threshold=rs["threshold"])
+            + H.fmt("<div style='display:flex;gap:24px;flex-wrap:wrap'><div>{}</div><div>{}"
+                    "</div></div>",
+                    H.table(bands.rename_axis("ICC band (Koo & Li)")
+                            .reset_index(name="features")),
+                    H.table(pairs.rename(columns={"group": "reader pair"})))
+            + H.el("div", figs, class_="figs"))
 
 
 def _model_section(out: Path, name: str, s: dict):
@@ -145,29 +153,31 @@ def _model_section(out: Path, name: str, s: dict):
           ("primary model", s["primary"])]
     if binary:
         t = m["test"]
-        kp.append((f"test AUC, per {s.get('unit', 'images')[:-1]}", f"{t['auc']:.3f} ({t['auc_delong_ci_low']:.2f}–"
-                               f"{t['auc_delong_ci_high']:.2f})"))
+        kp.append((f"test AUC, per {str(s.get('unit', 'images'))[:-1]}",
+                   f"{_n(t['auc'])} ({_n(t['auc_delong_ci_low'], '.2f')}–"
+                   f"{_n(t['auc_delong_ci_high'], '.2f')})"))
         if m.get("external"):
             e = m["external"]
             kp.append((f"external AUC (site {s['external_site']})",
-                       f"{e['auc']:.3f} ({e['auc_delong_ci_low']:.2f}–"
-                       f"{e['auc_delong_ci_high']:.2f})"))
-    figs = "".join(H.figure(u, cap, wide=k == "nomogram") for k, cap in MODEL_FIGURES
-                   if (u := H.png_file_uri(out / "models" / name / "plots" / f"{k}.png")))
-    note = (f"<p><b>Features:</b> {html.escape(s['features_note'])}.</p>"
-            if s.get("features_note") else "")
-    inner = (H.kpis(kp) + note + f"<p>{html.escape(s['title'])}. Every data-dependent step is fitted "
-             "on the training split only; the threshold is the Youden point of the training "
-             "out-of-fold predictions; site " + html.escape(str(s["external_site"]))
-             + " is held out entirely. <a href='models/" + name
-             + "/report.html'>Full model report</a>.</p>"
+                       f"{_n(e['auc'])} ({_n(e['auc_delong_ci_low'], '.2f')}–"
+                       f"{_n(e['auc_delong_ci_high'], '.2f')})"))
+    figs = H.cat(*(H.figure(u, cap, wide=k == "nomogram") for k, cap in MODEL_FIGURES
+                   if (u := H.png_file_uri(out / "models" / name / "plots" / f"{k}.png"))))
+    note = (H.fmt("<p><b>Features:</b> {}.</p>", s["features_note"])
+            if s.get("features_note") else H.Html(""))
+    inner = (H.kpis(kp) + note
+             + H.fmt("<p>{title}. Every data-dependent step is fitted on the training split "
+                     "only; the threshold is the Youden point of the training out-of-fold "
+                     "predictions; site {site} is held out entirely. <a href='{href}'>Full "
+                     "model report</a>.</p>", title=s["title"], site=s["external_site"],
+                     href=f"models/{quote(str(name))}/report.html")
              + H.table(model_table(s)))
     if binary:
-        inner += "<h3>At the Youden threshold</h3>" + H.table(threshold_table(m))
-    return inner + f"<div class='figs'>{figs}</div>"
+        inner += H.Html("<h3>At the Youden threshold</h3>") + H.table(threshold_table(m))
+    return inner + H.el("div", figs, class_="figs")
 
 
-def _cohort_section(cohort: pd.DataFrame, truth: dict) -> str:
+def _cohort_section(cohort: pd.DataFrame, truth: dict) -> H.Html:
     counts = pd.crosstab(cohort["site"], cohort["her2"]).reindex(
         columns=[c for c in ("zero", "low", "positive") if c in set(cohort["her2"])])
     counts.columns.name = None
@@ -191,22 +201,24 @@ def _cohort_section(cohort: pd.DataFrame, truth: dict) -> str:
                             for label, key, where in effects
                             if any(key in v for v in sig.values())])
     prof = truth.get("peri_texture_profile_mm")
-    prof_text = (f" The stroma texture's weight rises from {prof[0]:g} to {prof[1]:g} mm outside "
-                 f"the boundary, is full to {prof[2]:g} mm and gone at {prof[3]:g} mm, so the "
-                 "intra + 5 mm scenario can beat intratumoral features alone."
-                 if prof else "")
+    prof_text = (f" The stroma texture's weight rises from {_n(prof[0], 'g')} to "
+                 f"{_n(prof[1], 'g')} mm outside the boundary, is full to {_n(prof[2], 'g')} mm "
+                 f"and gone at {_n(prof[3], 'g')} mm, so the intra + 5 mm scenario can beat "
+                 "intratumoral features alone." if prof else "")
+    noise = truth.get("label_noise", 0)
     return (H.kpis([("patients", cohort["patient_id"].nunique()), ("images", len(cohort)),
                     ("sites", cohort["site"].nunique()),
-                    ("label noise", f"{100 * truth.get('label_noise', 0):.0f}%")])
-            + "<p>Synthetic breast-ultrasound cohort generated by "
-              "<code>HER2RadiomicsLib.imaging.synth</code> with the planted, documented class "
-              "means below (every case draws around them, so classes overlap)."
-              + html.escape(prof_text) + " It exists to exercise the pipeline; its AUCs say "
-              "nothing about real patients.</p>"
-            + (H.table(planted, "{:.2f}") if len(planted) else "")
-            + "<div style='display:flex;gap:24px;flex-wrap:wrap'><div>"
-            + H.table(counts.reset_index(), "{:.0f}") + "</div><div>"
-            + H.table(clin.reset_index(), "{:.1f}") + "</div></div>")
+                    ("label noise", f"{_n(100 * noise, '.0f')}%" if H.is_number(noise)
+                     else noise)])
+            + H.fmt("<p>Synthetic breast-ultrasound cohort generated by "
+                    "<code>HER2RadiomicsLib.imaging.synth</code> with the planted, documented "
+                    "class means below (every case draws around them, so classes overlap).{} "
+                    "It exists to exercise the pipeline; its AUCs say nothing about real "
+                    "patients.</p>", prof_text)
+            + (H.table(planted, "{:.2f}") if len(planted) else H.Html(""))
+            + H.fmt("<div style='display:flex;gap:24px;flex-wrap:wrap'><div>{}</div><div>{}"
+                    "</div></div>", H.table(counts.reset_index(), "{:.0f}"),
+                    H.table(clin.reset_index(), "{:.1f}")))
 
 
 def _versions() -> list:
@@ -242,20 +254,20 @@ def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, run
     sections = []
     kp = [("images", len(cohort))]
     if seg:
-        kp.append(("CNN mean Dice", f"{seg['mean_dice']:.3f}"))
+        kp.append(("CNN mean Dice", _n(seg["mean_dice"])))
     if rs:
         kp.append(("stable features", f"{rs['n_stable']} / {rs['n_features']}"))
     for name, s in runs.items():
         m = s["models"][s["primary"]]
         if s["positive"] is not None:
             what = " on original-image features" if s.get("features_note") else ""
-            kp.append((f"{name}{what}: test AUC per {s.get('unit', 'images')[:-1]}",
-                       f"{m['test']['auc']:.3f}"))
-    kp.append(("compute time, stages 1-6", f"{sum(timings['computed'].values()):.0f} s"))
-    nav = ("<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
+            kp.append((f"{name}{what}: test AUC per {str(s.get('unit', 'images'))[:-1]}",
+                       _n(m["test"]["auc"])))
+    kp.append(("compute time, stages 1-6", f"{_n(sum(timings['computed'].values()), '.0f')} s"))
+    nav = H.el("nav", *(H.el("a", t, href=f"#{a}") for a, t in (
         ("cohort", "Cohort"), ("examples", "Examples"), ("seg", "Segmentation"),
         ("readers", "Reader study"), *[(f"m-{n}", n) for n in runs], ("card", "Prediction card"),
-        ("settings", "Versions & settings"))) + "</nav>")
+        ("settings", "Versions & settings"))))
     sections.append(("Summary", H.kpis(kp) + nav))
     sections.append(("Cohort", _cohort_section(cohort, truth)))
     sections.append(("Example images: tumour and 3 / 5 / 8 mm peritumoral expansions",
@@ -278,19 +290,20 @@ def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, run
             "nomogram_probability", "nomogram_points", "qc", "warnings")})
         uri = H.png_file_uri(out / "new_patient" / "overlay.png")
         sections.append(("Prediction card: an unseen patient",
-                         "<p>A new synthetic patient, never part of the cohort, taken through "
-                         "what the Slicer panel does: CNN auto-mask → rings → features → model "
-                         "bundle. <code>her2radiomics report</code> writes the same card for any "
-                         "image.</p>" + prediction_card_html(pred, meta, uri, card["true_label"])))
+                         H.Html("<p>A new synthetic patient, never part of the cohort, taken "
+                                "through what the Slicer panel does: CNN auto-mask → rings → "
+                                "features → model bundle. <code>her2radiomics report</code> "
+                                "writes the same card for any image.</p>")
+                         + prediction_card_html(pred, meta, uri, card["true_label"])))
     st = [(k, v) for k, v in settings.items()]
     t = pd.DataFrame([{"stage": k, "computed (s)": v, "this run (s)": timings["this_run"][k],
                        "": "cached" if k in timings["cached"] else ""}
                       for k, v in timings["computed"].items()])
     sections.append(("Versions and settings",
-                     "<div style='display:flex;gap:28px;flex-wrap:wrap'><div><h3>Software</h3>"
-                     + H.kv_table(_versions()) + "</div><div><h3>Settings</h3>"
-                     + H.kv_table(st) + "</div><div><h3>Stage times</h3>"
-                     + H.table(t, "{:.1f}") + "</div></div>"))
+                     H.fmt("<div style='display:flex;gap:28px;flex-wrap:wrap'><div><h3>Software"
+                           "</h3>{}</div><div><h3>Settings</h3>{}</div><div><h3>Stage times"
+                           "</h3>{}</div></div>", H.kv_table(_versions()), H.kv_table(st),
+                           H.table(t, "{:.1f}"))))
     anchors = ["", "cohort", "examples", "seg", "readers", *[f"m-{n}" for n in runs],
                *(["card"] if card else []), "settings"]
     page = H.page("HER2Radiomics demo report",

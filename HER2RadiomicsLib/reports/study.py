@@ -1,26 +1,32 @@
-"""HTML report of one training run (``report.html`` beside ``metrics.json``)."""
+"""HTML report of one training run (``report.html`` beside ``metrics.json``).
+
+Recipe titles, label and class names, model and feature names, sites and notes are text from
+the recipe and the data: every one is escaped (see ``reports.html``); numbers are formatted
+only when they are numbers.
+"""
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import pandas as pd
 
 from . import html as H
 
+_n = H.text_num      # table cells are plain text: H.table escapes them
+
 
 def _ci(d, key, pre="") -> str:
     if not d or key not in d or d[key] is None:
         return ""
     lo, hi = d.get(f"{pre or key}_ci_low"), d.get(f"{pre or key}_ci_high")
-    return f"{d[key]:.3f} ({lo:.3f}–{hi:.3f})" if lo is not None else f"{d[key]:.3f}"
+    return f"{_n(d[key])} ({_n(lo)}–{_n(hi)})" if lo is not None else _n(d[key])
 
 
 def model_table(summary) -> pd.DataFrame:
     rows = []
     binary = summary["positive"] is not None
     for k, m in summary["models"].items():
-        row = {"model": k + (" ★" if k == summary["primary"] else ""),
+        row = {"model": f"{k}" + (" ★" if k == summary["primary"] else ""),
                "features": m.get("n_selected")}
         for split in ("train_oof", "test", "external"):
             d = m.get(split)
@@ -28,14 +34,15 @@ def model_table(summary) -> pd.DataFrame:
                 continue
             if binary:
                 row[f"{split} AUC (DeLong 95% CI)"] = (
-                    f"{d['auc']:.3f} ({d['auc_delong_ci_low']:.3f}–{d['auc_delong_ci_high']:.3f})")
+                    f"{_n(d['auc'])} ({_n(d['auc_delong_ci_low'])}–"
+                    f"{_n(d['auc_delong_ci_high'])})")
                 if split != "train_oof":
                     row[f"{split} AUC (bootstrap CI)"] = (
-                        f"{d['auc_boot_ci_low']:.3f}–{d['auc_boot_ci_high']:.3f}")
+                        f"{_n(d['auc_boot_ci_low'])}–{_n(d['auc_boot_ci_high'])}")
             else:
                 row[f"{split} macro AUC (95% CI)"] = (
-                    f"{d['auc_macro']:.3f} ({d['auc_macro_ci_low']:.3f}–"
-                    f"{d['auc_macro_ci_high']:.3f})")
+                    f"{_n(d['auc_macro'])} ({_n(d['auc_macro_ci_low'])}–"
+                    f"{_n(d['auc_macro_ci_high'])})")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -49,24 +56,24 @@ def threshold_table(m) -> pd.DataFrame:
         rows.append({"set": split, f"n ({d.get('unit', 'images')})": d["n"],
                      **{name: _ci(d, name) for name in ("sensitivity", "specificity", "ppv",
                                                         "npv", "accuracy", "f1")},
-                     "Brier": f"{d['brier']:.3f}",
-                     "cal. slope": f"{d['calibration_slope']:.2f}",
-                     "cal. intercept": f"{d['calibration_intercept']:.2f}"})
+                     "Brier": _n(d["brier"]),
+                     "cal. slope": _n(d["calibration_slope"], ".2f"),
+                     "cal. intercept": _n(d["calibration_intercept"], ".2f")})
     return pd.DataFrame(rows)
 
 
-def _unit_text(summary) -> str:
+def _unit_text(summary) -> H.Html:
     """One sentence stating the unit of every count and metric."""
     unit = summary.get("unit", "images")
     imgs = summary.get("n_images")
     if unit == "patients":
         extra = (f" ({imgs['train']} / {imgs['test']} / {imgs['external']} images)"
                  if imgs else "")
-        return ("<p><b>Unit: patients.</b> A patient's images are one observation, scored by "
-                "the mean of their image probabilities, so the intervals assume independent "
-                f"patients{extra}.</p>")
-    return ("<p><b>Unit: images.</b> Each image is scored as an independent observation; "
-            "with several images per patient the intervals are too narrow.</p>")
+        return H.fmt("<p><b>Unit: patients.</b> A patient's images are one observation, scored "
+                     "by the mean of their image probabilities, so the intervals assume "
+                     "independent patients{}.</p>", extra)
+    return H.Html("<p><b>Unit: images.</b> Each image is scored as an independent observation; "
+                  "with several images per patient the intervals are too narrow.</p>")
 
 
 def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
@@ -78,53 +85,55 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
     kp = [(f"train / test / external ({unit})",
            f"{n['train']} / {n['test']} / {n['external']}")]
     if binary:
-        kp += [("test AUC (primary)", f"{prim['test']['auc']:.3f}")]
+        kp += [("test AUC (primary)", _n(prim["test"]["auc"]))]
         if prim.get("external"):
-            kp += [("external AUC", f"{prim['external']['auc']:.3f}")]
+            kp += [("external AUC", _n(prim["external"]["auc"]))]
     else:
-        kp += [("test macro AUC", f"{prim['test']['auc_macro']:.3f}")]
+        kp += [("test macro AUC", _n(prim["test"]["auc_macro"]))]
     rs = summary["repeated_splits"]
     if rs.get("n"):
-        kp += [(f"median AUC, {rs['n']} random splits", f"{rs['median']:.3f}")]
-    task = summary["task"]
-    sections = [("Summary", H.kpis(kp) + (
-        f"<p>Recipe <b>{html.escape(summary['title'])}</b>. Task: "
-        f"<b>{html.escape(str(task))}</b> (label column <code>{summary['label_col']}</code>"
-        + (f", positive = {html.escape(summary['positive'])}" if binary else "")
-        + f"). External site: {html.escape(str(summary['external_site']))}. "
-        "Thresholds are chosen on the training set's out-of-fold predictions (Youden) and "
-        "applied unchanged to test and external data; every data-dependent step (imputation, "
-        "ComBat, scaling, SMOTE, selection) is fitted on training data only.</p>"
+        kp += [(f"median AUC, {rs['n']} random splits", _n(rs["median"]))]
+    sections = [("Summary", H.kpis(kp) + H.fmt(
+        "<p>Recipe <b>{title}</b>. Task: <b>{task}</b> (label column <code>{label}</code>"
+        "{positive}). External site: {site}. Thresholds are chosen on the training set's "
+        "out-of-fold predictions (Youden) and applied unchanged to test and external data; "
+        "every data-dependent step (imputation, ComBat, scaling, SMOTE, selection) is fitted "
+        "on training data only.</p>", title=summary["title"], task=summary["task"],
+        label=summary["label_col"],
+        positive=f", positive = {summary['positive']}" if binary else "",
+        site=summary["external_site"])
         + _unit_text(summary)
         + H.table(pd.DataFrame([{"set": k, **v} for k, v in
-                                summary["class_counts"].items() if v]).fillna(0)))),
+                                summary["class_counts"].items() if v]).fillna(0))),
         ("Models", H.table(model_table(summary))
-         + f"<p class='muted'>★ primary model (bundle). Every n, AUC and interval is per "
-           f"<b>{unit[:-1]}</b>. DeLong CI: normal approximation; "
-           "bootstrap: 2,000 stratified resamples (percentile).</p>")]
+         + H.fmt("<p class='muted'>★ primary model (bundle). Every n, AUC and interval is per "
+                 "<b>{}</b>. DeLong CI: normal approximation; bootstrap: 2,000 stratified "
+                 "resamples (percentile).</p>", str(unit)[:-1]))]
     if summary["comparisons"]:
         comp = pd.DataFrame(summary["comparisons"])[["model_a", "model_b", "auc_a", "auc_b",
                                                      "z", "p"]]
         sections.append(("DeLong comparison on the test set", H.table(comp)))
     if binary:
         sections.append(("Operating point (primary model)", H.table(threshold_table(prim))
-                         + f"<p class='muted'>Threshold {prim['threshold']:.3f} (Youden on "
-                           "training out-of-fold predictions). Wilson 95% CIs; F1 by "
-                           "bootstrap.</p>"))
+                         + H.fmt("<p class='muted'>Threshold {:.3f} (Youden on training "
+                                 "out-of-fold predictions). Wilson 95% CIs; F1 by "
+                                 "bootstrap.</p>", prim["threshold"])))
     order = [("roc_test", "ROC, test set (95% bootstrap bands)"),
              ("roc_external", "ROC, external site"), ("calibration", "Calibration"),
              ("decision_curve", "Decision curves (net benefit)"),
              ("confusion", "Confusion matrix at the Youden threshold"),
              ("repeated_splits", "Test AUC over repeated random 70/30 splits"),
              ("nomogram", "Nomogram")]
-    figs_html = "".join(H.figure(H.png_file_uri(figs[k]), cap) for k, cap in order if k in figs)
-    sections.append(("Figures", f"<div class='figs'>{figs_html}</div>"))
+    figs_html = H.cat(*(H.figure(H.png_file_uri(figs[k]), cap) for k, cap in order
+                        if k in figs))
+    sections.append(("Figures", H.el("div", figs_html, class_="figs")))
     sel = summary.get("selected_features") or {}
     if sel.get("coef"):
         t = pd.DataFrame({"feature": sel["features"], "coefficient": sel["coef"]})
-        formula = " ".join(f"{c:+.3f}·[{f}]" for f, c in zip(sel["features"], sel["coef"]))
-        sections.append(("Rad-score", f"<p><code>Rad-score = {sel['intercept']:+.3f} "
-                         f"{html.escape(formula)}</code> (z-scored features)</p>" + H.table(t)))
+        formula = " ".join(f"{_n(c, '+.3f')}·[{f}]" for f, c in zip(sel["features"], sel["coef"]))
+        sections.append(("Rad-score", H.fmt("<p><code>Rad-score = {:+.3f} {}</code> (z-scored "
+                                            "features)</p>", sel["intercept"], formula)
+                         + H.table(t)))
     elif sel.get("features"):
         sections.append(("Selected features", H.table(pd.DataFrame({
             "feature": sel["features"],
@@ -139,12 +148,11 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
                 txt += f"{split} AUC {_ci(nom[split], 'auc', 'auc_delong')}; "
         if nom.get("delong_vs_radiomics"):
             d = nom["delong_vs_radiomics"]
-            txt += f"DeLong vs radiomics-only on the test set: p = {d['p']:.3f}"
+            txt += f"DeLong vs radiomics-only on the test set: p = {_n(d['p'])}"
         sections.append(("Clinical-radiomic nomogram (logistic regression)",
-                         f"<p>{html.escape(txt)}</p>" + H.table(orr)))
+                         H.el("p", txt) + H.table(orr)))
     if summary["notes"]:
-        sections.append(("Notes", "<ul>" + "".join(f"<li>{html.escape(n)}</li>"
-                                                   for n in summary["notes"]) + "</ul>"))
+        sections.append(("Notes", H.el("ul", *(H.el("li", n) for n in summary["notes"]))))
     page = H.page(f"HER2Radiomics model report — {summary['recipe']}", summary["title"],
                   sections, footer=f"run time {summary['seconds']} s")
     path = out / "report.html"

@@ -211,25 +211,31 @@ def _extract_config(a):
 
 
 def cmd_extract(a) -> int:
-    from .extraction.batch import read_manifest, run_batch, summarize
+    from .extraction.batch import _case_id_problems, read_manifest, run_batch, summarize
     from .errors import InputError
     cfg = _extract_config(a)
     if a.manifest:
-        rows = read_manifest(a.manifest)
+        # a bad row is that case's error; the other cases are extracted
+        rows = read_manifest(a.manifest, per_row=True)
     else:
         if not a.mask:
             raise InputError("--image needs --mask (the lesion mask)")
-        rows = [{"case_id": a.case_id or Path(a.image).name.split(".")[0],
+        cid = a.case_id or Path(a.image).name.split(".")[0]
+        bad = _case_id_problems(cid)
+        if bad:
+            raise InputError(f"--case-id: {bad[0]}")
+        rows = [{"case_id": cid,
                  "image": str(Path(a.image).resolve()), "mask": str(Path(a.mask).resolve())}]
         if a.frame is not None:
             rows[0]["frame"] = a.frame
     res = run_batch(rows, a.out, cfg, jobs=a.jobs, backend=a.backend, scheduler=a.scheduler,
                     resume=a.resume, progress=not a.no_progress, global_spacing=a.spacing_mm,
                     aggregate=a.aggregate)
+    if not a.manifest and res.errors and not res.interrupted:
+        # single case: the failure is the command's failure (bad input), not a partial cohort:
+        # one line on stderr (the previous result, if any, is kept: res.kept_previous)
+        raise InputError(res.errors[0]["error"])
     print(summarize(res))
-    if not a.manifest and res.errors:
-        # single case: the failure is the command's failure (bad input), not a partial cohort
-        return EXIT_BAD_INPUT
     if res.interrupted:
         return EXIT_INTERRUPTED
     return res.exit_code
@@ -251,6 +257,7 @@ def validate_args(a) -> None:
     checks = [
         ("jobs", lambda v: v >= 1, "must be at least 1"),
         ("n", lambda v: v >= 1, "must be at least 1"),
+        ("seed", lambda v: 0 <= v < 2 ** 32, "must be a whole number from 0 to 4294967295"),
         ("min_mask_pixels", lambda v: v >= 1, "must be at least 1 pixel"),
         ("max_clip_fraction", lambda v: 0 <= v <= 1, "must be a fraction between 0 and 1"),
         ("frame", lambda v: v >= 0, "must be 0 or more (frames count from 0)"),
@@ -272,10 +279,19 @@ def validate_args(a) -> None:
         if isinstance(v, str) and v not in ("", "all"):
             from .imaging.rings import parse_rings
             parse_rings(v)
+    pred_dir = getattr(a, "pred_dir", None)
+    if pred_dir is not None and not Path(pred_dir).is_dir():
+        # a missing folder would count every case as a miss (Dice 0) instead of an error
+        raise InputError(f"{pred_dir}: --pred-dir folder not found")
+
+
+def command_name(a) -> str:
+    sub = getattr(a, "station_cmd", None)
+    return f"{a.command} {sub}" if sub else a.command
 
 
 def output_targets(a) -> list:
-    """``(path, kind)`` of every output the command writes, for up-front checks and locking."""
+    """``(path, kind)`` of the outputs the command is asked for, for checks and locking."""
     out = []
     if getattr(a, "out", None):
         out.append((a.out, "dir" if a.command in _DIR_OUT else "file"))
@@ -284,17 +300,120 @@ def output_targets(a) -> list:
     return out
 
 
+def _manifest_files(path) -> list:
+    """Image, mask and valid-area files a manifest names (unreadable manifests name none:
+    reading them properly is the command's job, with its own one-line errors)."""
+    import csv
+    base = Path(path).resolve().parent
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    files = []
+    for r in rows:
+        for col in ("image", "mask", "fov"):
+            v = (r.get(col) or "").strip()
+            if v:
+                files.append(Path(v) if Path(v).is_absolute() else base / v)
+    return files
+
+
+def io_paths(a) -> tuple[list, list]:
+    """``(inputs, outputs)``: every file the command reads and every file it writes.
+
+    Outputs include the tables written beside ``--out`` (provenance, errors, summaries) and,
+    for ``segment --manifest``, one mask per case in ``--out-dir``.
+    """
+    inputs = []
+    for name in ("image", "mask", "manifest", "table", "features", "labels", "icc",
+                 "functions", "bundle", "model", "init_from", "tokens", "recipe", "params"):
+        v = getattr(a, name, None)
+        if isinstance(v, str) and v and (name not in ("recipe", "params") or Path(v).is_file()):
+            inputs.append(Path(v))
+    if isinstance(getattr(a, "fov", None), str) and a.fov not in ("auto", "none"):
+        inputs.append(Path(a.fov))
+    manifests = [getattr(a, "manifest", None)] + list(getattr(a, "extra_manifest", None) or [])
+    inputs += [Path(m) for m in manifests[1:] if m]
+    for m in manifests:
+        if m:
+            inputs += _manifest_files(m)
+    outputs = []
+    out = getattr(a, "out", None)
+    if out and a.command not in _DIR_OUT:
+        o = Path(out)
+        outputs.append(o)
+        if a.command == "extract":
+            outputs += [o.with_name(f"{o.stem}_{k}.csv") for k in ("provenance", "errors",
+                                                                 "patients")]
+        elif a.command == "icc":
+            outputs.append(o.with_name(o.stem + "_stable_features.txt"))
+        elif a.command == "eval-segmenter":
+            outputs.append(o.with_suffix(".summary.json"))
+    for name in ("prob_out", "tokens_out"):
+        if getattr(a, name, None):
+            outputs.append(Path(getattr(a, name)))
+    if getattr(a, "export", None):
+        outputs += [Path(a.export), Path(a.export).with_suffix(".json")]
+    if a.command == "segment" and getattr(a, "out_dir", None) and getattr(a, "manifest", None):
+        import csv
+        d = Path(a.out_dir)
+        outputs += [d / "manifest.csv", d / "errors.csv"]
+        try:
+            with open(a.manifest, newline="", encoding="utf-8-sig") as fh:
+                outputs += [d / f"{(r.get('case_id') or '').strip()}.nrrd"
+                            for r in csv.DictReader(fh) if (r.get("case_id") or "").strip()]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            pass
+    return inputs, outputs
+
+
+def check_inputs_and_outputs(a) -> None:
+    """Refuse an output that is (symbolic links followed) one of the command's inputs, or
+    the same file as another output: writing it would destroy the input, with exit 0."""
+    from .errors import InputError
+    from .outputs import resolved
+    inputs, outputs = io_paths(a)
+    ins = {}
+    for p in inputs:
+        ins.setdefault(resolved(p), p)
+    seen = {}
+    for o in outputs:
+        r = resolved(o)
+        if r in ins:
+            same = "" if str(ins[r]) == str(o) else f" ({o} is {ins[r]})"
+            raise InputError(f"{o}: output is also an input of this command{same}; writing it "
+                             "would destroy the input; choose another output (nothing was "
+                             "changed)")
+        if r in seen:
+            raise InputError(f"{o}: given for two outputs ({seen[r]} and {o}); choose two "
+                             "different files")
+        seen[r] = o
+
+
 def _run(a) -> int:
     from contextlib import ExitStack
-    from .outputs import check_output, output_lock
+    from .outputs import check_output, claim_folder, output_lock
     validate_args(a)
+    check_inputs_and_outputs(a)
     targets = output_targets(a)
+    cmd = command_name(a)
     for path, kind in targets:
-        check_output(path, kind)
+        check_output(path, kind, command=cmd)
     with ExitStack() as stack:
         for path, _ in targets:
             stack.enter_context(output_lock(path))
+        for path, kind in targets:
+            if kind == "dir":
+                claim_folder(path, cmd)
         return int(a.func(a) or 0)
+
+
+def _primary_output(a):
+    for name in ("out", "out_dir", "prob_out", "export", "tokens_out"):
+        if getattr(a, name, None):
+            return getattr(a, name)
+    return None
 
 
 def main(argv=None) -> int:
@@ -314,6 +433,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:   # disk full, permission lost mid-run, a file gone: name the file
+        if a.debug:
+            raise
+        where = exc.filename or _primary_output(a) or "output"
+        why = exc.strerror or str(exc) or type(exc).__name__
+        print(f"error: {where}: {why} (nothing was replaced)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as exc:  # last line of defence: one line, not a traceback
         if a.debug:
             raise

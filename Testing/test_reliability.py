@@ -51,7 +51,9 @@ def test_failing_rerun_keeps_good_single_case_result(cohort, tmp_path, capsys):
                  "--out", str(out), "--no-progress"]) == 2
     after = {p.name: p.read_bytes() for p in tmp_path.glob("keep*.csv")}
     assert after == before                       # table, provenance, errors: untouched
-    assert "kept the previous keep.csv" in capsys.readouterr().out
+    got = capsys.readouterr()
+    err = got.err.strip().splitlines()           # one line on stderr, naming the file
+    assert got.out == "" and len(err) == 1 and err[0].startswith(f"error: {bad}: "), got
 
 
 def test_interrupted_rerun_without_resume_keeps_table_and_parts(cohort, tmp_path,
@@ -136,45 +138,96 @@ def test_second_run_on_same_output_is_refused_and_told_who(cohort, tmp_path, cap
 def test_staged_dir_keeps_old_folder_on_failure(tmp_path):
     from HER2RadiomicsLib.outputs import staged_dir
     out = tmp_path / "model"
-    out.mkdir()
-    (out / "metrics.json").write_text("good")
+    with staged_dir(out, "train") as st:
+        (st / "metrics.json").write_text("good")
+    (out / "my-notes.txt").write_text("mine")            # a person's file in the folder
     with pytest.raises(RuntimeError):
         with staged_dir(out) as st:
             (st / "metrics.json").write_text("half")
             raise RuntimeError("boom")
     assert (out / "metrics.json").read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]       # no staging left behind
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "metrics.json", "my-notes.txt"]
     with staged_dir(out) as st:
         (st / "metrics.json").write_text("new")
+        (st / "plots").mkdir()
+        (st / "plots" / "roc.png").write_text("png")
     assert (out / "metrics.json").read_text() == "new"
+    assert (out / "my-notes.txt").read_text() == "mine"          # never ours to replace
+    with staged_dir(out) as st:                                   # a run without plots
+        (st / "metrics.json").write_text("newer")
+    assert not (out / "plots").exists()                           # the stale plot went
+    assert (out / "my-notes.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_staged_dir_never_empties_a_folder_it_did_not_make(tmp_path):
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.outputs import staged_dir
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "features.csv").write_text("case_id\n")
+    (data / "sub" / "x.png").write_text("img")
+    with pytest.raises(InputError, match="not empty and was not made"):
+        with staged_dir(data, "train") as st:
+            (st / "metrics.json").write_text("x")
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == [
+        "features.csv", "sub", "sub/x.png"]
+
+
+def test_a_swap_cut_short_by_a_crash_is_finished_by_the_next_run(tmp_path):
+    """kill -9 between the renames of a set: the journal lets the next run complete it, so
+    the folder never stays a mix of two runs."""
+    import json
+    from HER2RadiomicsLib.outputs import JOURNAL, claim_folder, read_marker, staged_dir
+    out = tmp_path / "rs"
+    with staged_dir(out, "reader-study") as st:
+        for n in ("icc.csv", "summary.json"):
+            (st / n).write_text("old")
+    # a crashed swap: staging folder and journal written, only the first file moved
+    st = out / ".staging-999999"
+    st.mkdir()
+    (st / "summary.json").write_text("new")
+    (out / "icc.csv").write_text("new")
+    (out / JOURNAL).write_text(json.dumps({"stage": st.name, "command": "reader-study",
+                                           "files": ["icc.csv", "summary.json"],
+                                           "remove": [], "kept": []}))
+    claim_folder(out, "reader-study")                 # what the next run does first
+    assert (out / "icc.csv").read_text() == (out / "summary.json").read_text() == "new"
+    assert not (out / JOURNAL).exists() and not st.exists()
+    assert read_marker(out)["files"] == ["icc.csv", "summary.json"]
 
 
 # -- manifests and option values are checked before any work ----------------------------------
 
-def test_manifest_problems_all_listed_nothing_computed(cohort, tmp_path, capsys):
-    rows = _rows(cohort, 4)
+def test_manifest_problems_are_row_errors_and_the_other_cases_run(cohort, tmp_path, capsys):
+    rows = _rows(cohort, 6)
     fields = list(rows[0]) + ["label", "spacing_x_mm", "spacing_y_mm", "frame"]
     rows[0].update(label="benign")
     rows[1].update(spacing_x_mm="0.1")
     rows[2].update(spacing_x_mm="abc", spacing_y_mm="0.1", frame="x")
     rows[3].update(mask=str(tmp_path / "nope.png"))
-    rows.append(dict(rows[0], label="", case_id=rows[1]["case_id"]))
+    rows.append(dict(rows[4], label="", case_id=rows[5]["case_id"]))      # a duplicate id
+    rows.append(dict(rows[4], case_id="=HYPERLINK(\"http://x\")"))       # a formula
+    rows.append(dict(rows[4], case_id="L" * 300))                         # too long a name
     man = _write_manifest(tmp_path / "m.csv", rows, fields)
     out = tmp_path / "f.csv"
     rc = main(["extract", "--manifest", str(man), "--params", "cui2023", "--out", str(out),
                "--no-progress"])
-    err = _err_lines(capsys)
-    assert rc == 2
-    assert all(ln.startswith(f"error: {man}: row ") for ln in err), err
-    text = "\n".join(err)
+    text = capsys.readouterr().out
+    assert rc == 1
     for expect in ("label 'benign'", "belong in another column",
                    "spacing_x_mm and spacing_y_mm must be given together",
                    "spacing_x_mm 'abc' is not a positive number", "frame 'x'",
-                   "mask file not found", "duplicate case_id"):
+                   "mask file not found", "duplicate case_id", "run as a formula",
+                   "longer than 200"):
         assert expect in text, expect
-    assert len(err) == 6
-    assert not out.exists() and not (tmp_path / "f.csv.parts").exists()
+    # the two good cases are extracted; every bad row is in the error table, by its row
+    assert pd.read_csv(out).case_id.tolist() == [rows[4]["case_id"], rows[5]["case_id"]]
+    errs = pd.read_csv(tmp_path / "f_errors.csv")
+    assert len(errs) == 7 and all(e.startswith(f"{man}: row ") for e in errs.error)
+    assert not any(str(c).startswith("=") for c in errs.case_id)   # quoted for spreadsheets
 
 
 @pytest.mark.parametrize("args,expect", [
@@ -220,8 +273,8 @@ def test_absurd_spacing_for_rings_is_refused_with_memory_estimate(cohort, tmp_pa
                "--rings", "3,5,8", "--spacing-mm", "1e-6", "1e-6",
                "--out", str(tmp_path / "f.csv"), "--no-progress"])
     out = capsys.readouterr()
-    assert rc == 2
-    assert "working grid" in out.out and "check the pixel spacing" in out.out
+    assert rc == 2 and out.out == "" and len(out.err.strip().splitlines()) == 1
+    assert "working grid" in out.err and "check the pixel spacing" in out.err
 
 
 def _case(tmp_path, arr, mask):

@@ -73,15 +73,25 @@ class BatchResult:
         return 1 if (self.errors or self.interrupted) else 0
 
 
-def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False) -> list:
+def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
+                  per_row: bool = False) -> list:
     """Read and validate a manifest once, before any work; rows come back with paths absolute.
 
     ``require_mask`` needs a ``mask`` column whose files exist; ``empty_mask_ok`` lets a row
     leave it empty (the Slicer CLI then draws the mask with the CNN).
 
-    Every problem is collected (column names, empty or duplicate case IDs, files that do not
-    exist, spacing given for one axis only or not a positive number, frames and label values
-    that are not integers) and reported together.
+    Every problem is collected (column names, empty or duplicate case IDs, case IDs a
+    spreadsheet would run as a formula, files that do not exist, spacing given for one axis
+    only or not a positive number, frames and label values that are not integers).
+
+    Parameters
+    ----------
+    per_row : bool
+        False: any problem refuses the whole manifest (all problems listed together).
+        True: only problems of the file itself refuse it (unreadable, no rows, missing
+        columns); a row with a problem comes back with ``row["_error"]`` (one line naming the
+        manifest, the row and the problem) so that a batch records it as that case's error
+        and carries on with the others.
 
     Raises
     ------
@@ -110,28 +120,61 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False) 
     for i, r in enumerate(rows):
         r.pop(None, None)                       # cells beyond the header
         for k in list(r):
-            r[k] = (r[k] or "").strip()
+            r[k] = (r[k] or "").strip() if isinstance(r[k], str) else ""
         cid = r["case_id"]
-        where = f"row {i + 2}" + (f" ({cid})" if cid else "")
+        where = f"row {i + 2}" + (f" ({cid[:60]})" if cid else "")
+        mine = []
         if not cid:
-            problems.append(f"{where}: empty case_id")
+            mine.append("empty case_id")
         elif cid in seen:
-            problems.append(f"{where}: duplicate case_id {cid!r} (first on row {seen[cid]})")
-        elif any(c in cid for c in "/\\") or cid in (".", ".."):
-            problems.append(f"{where}: case_id {cid!r} must not contain path separators")
+            mine.append(f"duplicate case_id {cid[:60]!r} (first on row {seen[cid]})")
+        else:
+            mine += _case_id_problems(cid)
         seen.setdefault(cid, i + 2)
         for col in ("image", "mask", "fov"):
             if r.get(col):
                 p = Path(r[col])
                 r[col] = str(p if p.is_absolute() else (base / p))
                 if (col != "mask" or require_mask) and not Path(r[col]).is_file():
-                    problems.append(f"{where}: {col} file not found: {r[col]}")
+                    mine.append(f"{col} file not found: {r[col]}")
             elif col == "image" or (col == "mask" and require_mask and not empty_mask_ok):
-                problems.append(f"{where}: empty {col}")
-        problems += [f"{where}: {m}" for m in _row_value_problems(r)]
-    if problems:
+                mine.append(f"empty {col}")
+        mine += _row_value_problems(r)
+        problems += [f"{where}: {m}" for m in mine]
+        if mine:
+            r["_error"] = f"{path}: {where}: {'; '.join(mine)}"
+    if problems and not per_row:
         raise ManifestError(path, problems)
     return rows
+
+
+#: first characters that make a spreadsheet read a cell as a formula (CSV injection)
+FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
+#: longest case_id: it names files (parts, masks); 200 leaves room within a 255-byte file name
+MAX_CASE_ID = 200
+
+
+def _case_id_problems(cid: str) -> list:
+    out = []
+    if any(c in cid for c in "/\\") or cid in (".", ".."):
+        out.append(f"case_id {cid[:60]!r} must not contain path separators")
+    if any(ord(c) < 32 for c in cid):
+        out.append(f"case_id {cid[:60]!r} contains control characters")
+    if cid.startswith(FORMULA_CHARS) and not _is_number(cid):
+        out.append(f"case_id {cid[:60]!r} starts with {cid[0]!r}, which a spreadsheet opening "
+                   "the result tables would run as a formula; rename the case")
+    if len(cid) > MAX_CASE_ID:
+        out.append(f"case_id of {len(cid)} characters is longer than {MAX_CASE_ID} (it names "
+                   "the case's files)")
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _row_value_problems(r: dict) -> list:
@@ -283,14 +326,22 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     parts.mkdir(parents=True, exist_ok=True)
     res = BatchResult(out_csv, out_csv.with_name(out_csv.stem + "_provenance.csv"),
                       out_csv.with_name(out_csv.stem + "_errors.csv"), n_cases=len(rows),
-                      manifest_ids={str(r["case_id"]) for r in rows})
+                      manifest_ids={str(r["case_id"]) for r in rows if not r.get("_error")})
+    # rows the manifest check refused are errors of their own; the others go on
+    refused = [{"case_id": r.get("case_id", ""), "image": r.get("image", ""),
+                "error": r["_error"]} for r in rows if r.get("_error")]
+    rows = [r for r in rows if not r.get("_error")]
     todo, this_run = [], set()
+    keys = {}
     for r in rows:
-        part = parts / f"{r['case_id']}.json"
+        keys[r["case_id"]] = case_key(r, global_spacing)
+        part = parts / part_name(r["case_id"])
         if resume and part.exists():
             try:
                 doc = json.loads(part.read_text())
-                if doc.get("digest") == digest and "error" not in doc:
+                # the same settings and the same files (content), or the case is recomputed
+                if (doc.get("digest") == digest and doc.get("case_key") == keys[r["case_id"]]
+                        and doc.get("case_id") == r["case_id"] and "error" not in doc):
                     res.n_skipped += 1
                     this_run.add(r["case_id"])
                     continue
@@ -300,7 +351,8 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
 
     def store(result):
         result["digest"] = digest
-        _atomic_json(parts / f"{result['case_id']}.json", result)
+        result["case_key"] = keys[result["case_id"]]
+        _atomic_json(parts / part_name(result["case_id"]), result)
         this_run.add(result["case_id"])
 
     if callable(progress):       # e.g. the Slicer CLI's <filter-progress> lines
@@ -333,8 +385,55 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         log.warning("interrupted: finished cases are kept in %s; rerun with --resume", parts)
     finally:
         bar.close()
-    _assemble([r for r in rows if r["case_id"] in this_run], parts, res, aggregate)
+    _assemble([r for r in rows if r["case_id"] in this_run], parts, res, aggregate, refused)
     return res
+
+
+def part_name(case_id: str) -> str:
+    """File name of a case's part: the case_id when it is a plain, short name, else a
+    readable prefix plus a hash (any case_id gives a valid, distinct file name)."""
+    import re
+    cid = str(case_id)
+    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", cid)[:80]
+    # Windows reserves device names whatever the extension
+    reserved = safe.split(".")[0].upper() in {"CON", "PRN", "AUX", "NUL", *(
+        f"{d}{i}" for d in ("COM", "LPT") for i in range(10))}
+    if safe == cid and not reserved and not cid.startswith("."):
+        return f"{cid}.json"
+    return f"{safe}-{hashlib.sha256(cid.encode('utf-8')).hexdigest()[:12]}.json"
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's content ('' when it cannot be read: the case will fail anyway)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def case_key(row: dict, global_spacing=None) -> str:
+    """What a case's result depends on besides the settings: its files (resolved path and
+    content, the image's spacing sidecar included) and its own manifest values. A resumed
+    part is reused only when this is unchanged."""
+    files = {}
+    for col in ("image", "mask", "fov"):
+        if row.get(col):
+            files[col] = (os.path.realpath(row[col]), file_digest(row[col]))
+    if row.get("image"):
+        img = Path(row["image"])
+        for side in (Path(str(img) + ".json"), img.with_suffix(".json")):
+            if side != img and side.is_file():
+                files["sidecar"] = (os.path.realpath(side), file_digest(side))
+                break
+    vals = {k: row.get(k, "") for k in ("spacing_x_mm", "spacing_y_mm", "frame", "label")}
+    blob = json.dumps({"files": files, "values": vals,
+                       "global_spacing": list(global_spacing) if global_spacing else None},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 class _CallbackBar:
@@ -415,7 +514,7 @@ def json_default(o):
     return str(o)
 
 
-def _assemble(rows, parts: Path, res: BatchResult, aggregate):
+def _assemble(rows, parts: Path, res: BatchResult, aggregate, refused=()):
     """Build the tables from this run's parts in ``<out>.parts/run/``, then swap them in.
 
     The finished tables replace the previous ones only when the run was not interrupted and,
@@ -424,9 +523,9 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate):
     this run's stay in the staging folder, and ``res.kept_previous`` says why.
     """
     from ..imaging.io import atomic_write_text
-    feats, provs, errs = [], [], []
+    feats, provs, errs = [], [], list(refused)
     for r in rows:
-        part = parts / f"{r['case_id']}.json"
+        part = parts / part_name(r["case_id"])
         if not part.exists():
             continue
         try:
@@ -456,7 +555,8 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate):
         agg = aggregate_patients(fdf, [pid[c] for c in fdf["case_id"]], aggregate)
         path = res.features_csv.with_name(res.features_csv.stem + "_patients.csv")
         staged[path] = stage / path.name
-        atomic_write_text(staged[path], agg.to_csv(index=False, float_format="%.10g"))
+        from ..outputs import write_csv
+        write_csv(staged[path], agg, float_format="%.10g")
         res.patients_csv = path
     # the feature table last: it is what a reader checks for, so it lands last
     atomic_write_text(staged[res.features_csv], csv_text(feats, float_format="%.10g"))
@@ -464,8 +564,10 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate):
     if res.kept_previous:
         res.staged_dir = stage
         return
-    for final in [p for p in staged if p != res.features_csv] + [res.features_csv]:
-        os.replace(staged[final], final)
+    from ..outputs import interrupts_held, resolved
+    with interrupts_held():      # the tables land as a set: Ctrl-C waits for the renames
+        for final in [p for p in staged if p != res.features_csv] + [res.features_csv]:
+            os.replace(staged[final], resolved(final))   # a symlinked output: its target
 
 
 def csv_text(records: list, columns=None, float_format: str | None = None) -> str:
@@ -474,18 +576,19 @@ def csv_text(records: list, columns=None, float_format: str | None = None) -> st
     pandas: a one-case ``extract`` would spend a third of its time on that import."""
     import io as _io
     import math
+    from ..outputs import spreadsheet_safe
     if columns is None:
         columns = list(dict.fromkeys(k for r in records for k in r))
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
+    w.writerow([spreadsheet_safe(c) for c in columns])
 
     def cell(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
         if isinstance(v, float) and float_format:
             return float_format % v
-        return v
+        return spreadsheet_safe(v)
     for r in records:
         w.writerow([cell(r.get(c)) for c in columns])
     return buf.getvalue()

@@ -15,7 +15,8 @@ The result keeps the input's geometry (spacing, origin, direction).  A click pro
 pass on a crop around the chosen component ("refine").
 
 Weights are a plain ``state_dict`` loaded with ``torch.load(weights_only=True)`` (no code runs
-on load), with a JSON model card beside them whose sha256 must match.
+on load; see :func:`.networks.load_weights`), with a JSON model card beside them whose sha256
+must match.  A file that is not pure data is refused as such, not reported as a misfit.
 
 Example
 -------
@@ -37,7 +38,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from ..errors import InputError, ModelError
-from .networks import ARCHITECTURE_NAME, ARCHITECTURE_VERSION, build_network
+from .networks import (ARCHITECTURE_NAME, ARCHITECTURE_VERSION, build_network, load_weights,
+                       state_dict_from)
 from .preprocess import Letterbox, normalise_intensity
 
 log = logging.getLogger(__name__)
@@ -105,10 +107,10 @@ class Segmenter:
         Raises
         ------
         ModelError
-            Missing files, sha256 mismatch, unknown architecture, weights not matching it,
+            Missing files, sha256 mismatch, unknown architecture, a weights file that is not
+            pure data (refused unread) or is corrupt, weights not matching the architecture,
             unusable device.
         """
-        import torch
         weights = Path(weights)
         if not weights.exists():
             raise ModelError(f"{weights}: model weights not found")
@@ -119,28 +121,37 @@ class Segmenter:
             card = json.loads(cp.read_text())
         except ValueError as exc:
             raise ModelError(f"{cp}: model card is not valid JSON ({exc})") from None
+        if not isinstance(card, dict):
+            raise ModelError(f"{cp}: model card is not a JSON object")
         digest = sha256_of(weights)
         if card.get("sha256") != digest:
             raise ModelError(f"{weights}: sha256 {digest[:12]}… does not match the model card "
                              f"({str(card.get('sha256'))[:12]}…): corrupt or replaced weights")
-        arch = card.get("architecture") or {}
-        if arch.get("name") != ARCHITECTURE_NAME or int(arch.get("version", -1)) != \
+        arch = card.get("architecture")
+        arch = arch if isinstance(arch, dict) else {}
+        if arch.get("name") != ARCHITECTURE_NAME or _as_int(arch.get("version")) != \
                 ARCHITECTURE_VERSION:
             raise ModelError(f"{cp}: architecture {arch.get('name')!r} v{arch.get('version')} "
                              f"is not supported by this library ({ARCHITECTURE_NAME!r} "
                              f"v{ARCHITECTURE_VERSION})")
-        dev = _check_device(device)
-        net = build_network(arch)
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            size, threshold = int(card.get("input_size", 160)), float(card.get("threshold", 0.5))
+            if size <= 0 or not 0 < threshold < 1:
+                raise ValueError(f"input_size {size}, threshold {threshold}")
+            net = build_network(arch)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"{cp}: model card values are unusable ({exc})") from None
+        dev = _check_device(device)
+        # unpickling problems (code, corruption) are told apart from shapes that do not fit
+        state = state_dict_from(load_weights(weights), weights)
+        try:
             net.load_state_dict(state)
-        except Exception as exc:  # torch raises RuntimeError/UnpicklingError/KeyError variants
+        except (RuntimeError, KeyError, ValueError) as exc:  # missing/unexpected keys, shapes
             first = str(exc).strip().splitlines()[0][:200]
             raise ModelError(f"{weights}: weights do not fit the architecture in the model "
                              f"card ({first})") from None
         net.eval().to(dev)
-        return cls(net, int(card.get("input_size", 160)), dev, card,
-                   threshold=float(card.get("threshold", 0.5)), **kw)
+        return cls(net, size, dev, card, threshold=threshold, **kw)
 
     # -- inference --------------------------------------------------------------------------
     def probability(self, arr: np.ndarray) -> np.ndarray:
@@ -302,6 +313,13 @@ def check_ultrasound(loaded) -> list:
     return flags
 
 
+def _as_int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def _check_device(device: str) -> str:
     import torch
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -375,19 +393,42 @@ def _disk(r):
 
 
 def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
-    """Write deployable weights (state_dict only) + model card with sha256 from a checkpoint."""
+    """Write deployable weights (state_dict only) + model card with sha256 from a checkpoint.
+
+    The checkpoint is read as pure data (:func:`.networks.load_weights`); the weights and the
+    card are each replaced atomically, weights first, so an interrupted export leaves either
+    the previous pair or a card whose sha256 refuses the new weights, never a silent mismatch.
+
+    Raises
+    ------
+    ModelError
+        The checkpoint is not pure data, is corrupt, or has no ``model`` weights or ``arch``.
+    """
+    import os
     import torch
-    ck = torch.load(best_ckpt, map_location="cpu", weights_only=False)
+    ck = load_weights(best_ckpt)
+    state = state_dict_from(ck, best_ckpt)
+    arch = ck.get("arch") if isinstance(ck, dict) else None
+    if not isinstance(arch, dict):
+        raise ModelError(f"{best_ckpt}: training checkpoint without an 'arch' entry (export "
+                         "needs a best.pt written by train-segmenter)")
+    size = ck.get("size", 160)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ModelError(f"{best_ckpt}: checkpoint input size {size!r} is not a positive "
+                         "whole number of pixels")
     out_weights = Path(out_weights)
     out_weights.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().clone() for k, v in ck["model"].items()}, out_weights)
+    tmp = out_weights.with_name(out_weights.name + ".tmp")
+    torch.save({k: v.detach().clone() for k, v in state.items()}, tmp)
+    os.replace(tmp, out_weights)
     card = {"name": card_extra.pop("name", out_weights.stem),
-            "architecture": ck["arch"], "input_size": ck.get("size", 160),
+            "architecture": arch, "input_size": size,
             "normalisation": "per image: 0.5th-99.5th percentile -> [0, 1], clipped",
             "letterbox": "aspect-preserving resize into a square canvas, black padding",
             "threshold": 0.5, "test_time_augmentation": "horizontal flip (mean of 2 passes)",
             **card_extra, "sha256": sha256_of(out_weights)}
-    card_path(out_weights).write_text(json.dumps(card, indent=2))
+    from ..imaging.io import atomic_write_text
+    atomic_write_text(card_path(out_weights), json.dumps(card, indent=2))
     return out_weights
 
 
@@ -403,7 +444,8 @@ def update_model_card(weights, **fields) -> dict:
     if card.get("sha256") != sha256_of(weights):
         raise ModelError(f"{weights}: sha256 does not match its card; re-export the model")
     card.update(fields)
-    cp.write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    from ..imaging.io import atomic_write_text
+    atomic_write_text(cp, json.dumps(card, indent=2, ensure_ascii=False))
     return card
 
 

@@ -5,6 +5,13 @@ would leak them across train and validation).  Augmentation is done on whole bat
 (affine warps, flips, gain, gamma, multiplicative speckle, blur), so the CPU data path stays
 cheap.  Every epoch writes a resumable checkpoint; the best validation Dice is kept separately.
 
+Checkpoints are pure data (tensors, numbers, strings, lists, dicts: the optimizer, scheduler and
+both random generators' states included) and every weights file is read with
+``torch.load(weights_only=True)`` (:func:`.networks.load_weights`): ``--init-from`` and a
+``last.pt`` found in the run folder can never run code.  :func:`read_start_files` checks both
+(pure data, the right kind of file, fitting the network) without loading any image, and
+:func:`train` calls it before it writes anything.
+
 Example
 -------
 >>> from HER2RadiomicsLib.segmentation import training  # doctest: +SKIP
@@ -24,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelError
 from .preprocess import Letterbox, normalise_intensity
 
 log = logging.getLogger(__name__)
@@ -197,6 +205,64 @@ def batch_dice(logits, target) -> np.ndarray:
     return d
 
 
+RESUME_KEYS = ("model", "opt", "sched", "state", "gen", "rng")
+
+
+def read_start_files(out_dir, arch: dict | None = None, init_from=None, resume: bool = True,
+                     device: str = "cpu"):
+    """Read and check what a training run starts from, before any image is loaded.
+
+    Parameters
+    ----------
+    out_dir : path
+        The run folder; its ``last.pt`` is resumed from when ``resume``.
+    arch : dict, optional
+        The network to be trained (default :data:`DEFAULT_ARCH`); both files must fit it.
+    init_from : path, optional
+        Fine-tuning weights: a ``best.pt`` checkpoint or an exported ``state_dict``
+        (``model.pt``).
+
+    Returns
+    -------
+    (dict or None, dict or None)
+        The ``init_from`` state_dict and the ``last.pt`` checkpoint (None when not used).
+
+    Raises
+    ------
+    ModelError
+        One line naming the file: not pure data (refused unread), empty/truncated/corrupt, not
+        weights or not a checkpoint of this command, or made for a different network.
+    """
+    from .networks import build_network, load_weights, state_dict_from
+    arch = dict(arch or DEFAULT_ARCH)
+    init_state = ck = None
+    if init_from is not None:
+        init_state = state_dict_from(load_weights(init_from, map_location=device), init_from)
+        _check_fits(build_network(arch), init_state, init_from, arch)
+    last = Path(out_dir) / "last.pt"
+    if resume and last.exists():
+        ck = load_weights(last, map_location=device)
+        missing = [k for k in RESUME_KEYS if not isinstance(ck, dict) or k not in ck]
+        if missing:
+            raise ModelError(f"{last}: not a train-segmenter checkpoint (no {', '.join(missing)})"
+                             "; use --no-resume or another --out folder")
+        if ck.get("arch", arch) != arch:
+            raise ModelError(f"{last}: checkpoint of another network ({ck.get('arch')}, this run "
+                             f"{arch}); use --no-resume or another --out folder")
+        _check_fits(build_network(arch), state_dict_from(ck, last), last, arch)
+    return init_state, ck
+
+
+def _check_fits(net, state, path, arch):
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:   # missing/unexpected keys, shapes
+        first = str(exc).strip().splitlines()[0][:160]
+        raise ModelError(f"{path}: weights do not fit the network being trained "
+                         f"(base channels {arch.get('base_channels')}, depth "
+                         f"{arch.get('depth')}): {first}") from None
+
+
 def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | None = None,
           epochs: int = 60, batch_size: int = 16, lr: float = 2e-3, patience: int = 12,
           seed: int = 0, device: str = "cpu", threads: int | None = None,
@@ -214,7 +280,8 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
     max_minutes : float, optional
         Stop cleanly (checkpoint written) after this wall time; rerun to continue.
     init_from : path, optional
-        Start from these weights (a ``best.pt`` of an earlier run): fine-tuning.
+        Start from these weights (a ``best.pt`` of an earlier run, or an exported
+        ``model.pt``): fine-tuning.  Read as pure data, see :func:`read_start_files`.
     schedule : {"onecycle", "cosine"}
         One-cycle warm-up/anneal for training from scratch; cosine decay from ``lr`` for
         fine-tuning (e.g. to finish the annealing of a run stopped by its time limit).
@@ -223,21 +290,27 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
     -------
     dict
         ``{"best_dice": float, "best_epoch": int, "epochs_run": int, "stopped": str}``.
+
+    Raises
+    ------
+    ModelError
+        ``init_from`` or ``out_dir/last.pt`` is not a usable weights file (see
+        :func:`read_start_files`); checked before anything is written.
     """
     import torch
     from tqdm.auto import tqdm
     from .networks import build_network
 
     arch = dict(arch or DEFAULT_ARCH)
+    init_state, ck = read_start_files(out_dir, arch, init_from, resume, device)
     if threads:
         torch.set_num_threads(int(threads))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = build_network(arch).to(device)
-    if init_from is not None:
-        net.load_state_dict(torch.load(init_from, map_location=device,
-                                       weights_only=False)["model"])
+    if init_state is not None:
+        net.load_state_dict(init_state)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = max(1, math.ceil(len(train_ds) / batch_size))
     if schedule == "cosine":
@@ -252,14 +325,22 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
     rng = np.random.default_rng(seed)
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "bad_epochs": 0}
     last = out_dir / "last.pt"
-    if resume and last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        state = ck["state"]
-        gen.set_state(ck["gen"])
-        rng.bit_generator.state = ck["rng"]
+    if ck is not None:
+        try:
+            net.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            sched.load_state_dict(ck["sched"])
+            state = {k: ck["state"][k] for k in state}
+            if not all(type(v) in (int, float) for v in state.values()):
+                raise ValueError(f"state {state} holds values that are not numbers")
+            gen.set_state(ck["gen"].cpu())
+            rng.bit_generator.state = ck["rng"]
+            if ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelError(f"{last}: training checkpoint does not fit this run ({first}); "
+                             "use --no-resume or another --out folder") from None
         log.info("resumed from %s at epoch %d", last, state["epoch"])
 
     xt = torch.from_numpy(train_ds.images)
@@ -305,8 +386,9 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
         else:
             state["bad_epochs"] += 1
         _atomic_save({"model": net.state_dict(), "opt": opt.state_dict(),
-                      "sched": sched.state_dict(), "state": state, "gen": gen.get_state(),
-                      "rng": rng.bit_generator.state, "arch": arch}, last)
+                      "sched": sched.state_dict(), "state": _plain(state),
+                      "gen": gen.get_state(), "rng": _plain(rng.bit_generator.state),
+                      "scaler": scaler.state_dict(), "arch": arch}, last)
         rec = {"epoch": state["epoch"], "loss": float(np.mean(losses)), "val_dice": vd,
                "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
         with open(out_dir / "history.jsonl", "a") as fh:
@@ -325,8 +407,39 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
             "epochs_run": state["epoch"], "stopped": stopped}
 
 
+def _plain(obj):
+    """``obj`` with numpy scalars turned into Python numbers (dicts, lists, tuples recursed)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _check_plain(obj, where="checkpoint"):
+    """Refuse (as a bug) to save anything ``torch.load(weights_only=True)`` would not read
+    back: only tensors, numbers, strings, None, lists, tuples and str/int-keyed dicts."""
+    import torch
+    if isinstance(obj, (torch.Tensor, bool, int, float, str, type(None))):
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} is not a string or integer")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where}: {type(obj).__name__} is not plain data; convert it before saving")
+
+
 def _atomic_save(obj, path: Path):
     import torch
+    _check_plain(obj)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

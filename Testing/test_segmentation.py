@@ -232,3 +232,84 @@ def test_cli_segment_and_eval(cohort, tmp_path, capsys, monkeypatch):
     summ = json.loads((tmp_path / "metrics.summary.json").read_text())
     assert summ["mean_dice"] == 1.0 and summ["median_hd95"] == 0.0
     assert summ["distance_unit"] == "mm"
+
+
+US_SOP, SC_SOP = "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.7"
+CT_SOP, MG_SOP = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2"
+
+
+def _header_variant(src, path, modality, sop, regions=True, photometric="MONOCHROME2"):
+    """The fixture cohort's ultrasound DICOM with its header changed as an export might."""
+    import pydicom
+    ds = pydicom.dcmread(str(src))
+    if modality is None:
+        del ds.Modality
+    else:
+        ds.Modality = modality
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop
+    if not regions:
+        del ds.SequenceOfUltrasoundRegions
+    ds.PhotometricInterpretation = photometric
+    ds.save_as(str(path))
+    return path
+
+
+# (Modality, SOP class, ultrasound regions, photometric) -> refused with / flagged with / clean
+US_HEADERS = [
+    (("US", US_SOP, True, "MONOCHROME2"), "clean", None),
+    (("OT", US_SOP, True, "MONOCHROME2"), "flag", "DICOM Modality OT: treated as ultrasound "
+                                                  "because of its SOP class"),
+    ((None, SC_SOP, True, "MONOCHROME2"), "flag", "no DICOM Modality: treated as ultrasound "
+                                                  "because of its ultrasound regions"),
+    ((None, SC_SOP, False, "MONOCHROME2"), "flag", "nothing in the header says ultrasound"),
+    (("MG", US_SOP, True, "MONOCHROME2"), "flag", "DICOM Modality MG but SOP class"),
+    (("CR", SC_SOP, True, "MONOCHROME2"), "flag", "DICOM Modality CR but ultrasound regions"),
+    (("US", SC_SOP, False, "MONOCHROME1"), "flag", "MONOCHROME1"),
+    (("US", CT_SOP, False, "MONOCHROME2"), "refuse", "SOP class is CT Image Storage"),
+    ((None, MG_SOP, False, "MONOCHROME2"), "refuse", "Digital Mammography X-Ray"),
+    (("CR", SC_SOP, False, "MONOCHROME2"), "refuse", "modality CR, not ultrasound"),
+]
+
+
+@pytest.mark.parametrize("header,outcome,text", US_HEADERS)
+def test_ultrasound_judged_by_the_whole_dicom_header(header, outcome, text, cohort, tmp_path):
+    """Not the Modality tag alone: a mislabelled or missing Modality neither passes nor fails
+    silently, and a SOP class of another kind of image is refused whatever Modality says."""
+    from HER2RadiomicsLib.imaging.io import read_image
+    from HER2RadiomicsLib.segmentation.inference import check_ultrasound
+    p = _header_variant(cohort / "images" / "P0001-1.dcm", tmp_path / "x.dcm", *header)
+    loaded = read_image(p)
+    if outcome == "refuse":
+        with pytest.raises(InputError) as e:
+            check_ultrasound(loaded)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}: ") and text in msg and len(msg.splitlines()) == 1, msg
+        return
+    flags = check_ultrasound(loaded)
+    if outcome == "clean":
+        assert flags == []
+    else:
+        assert len(flags) == 1 and text in flags[0], flags
+
+
+@pytest.mark.parametrize("header,rc,text", [(("OT", US_SOP, True, "MONOCHROME2"), 0,
+                                             "flag: DICOM Modality OT"),
+                                            (("US", CT_SOP, False, "MONOCHROME2"), 2,
+                                             "CT Image Storage")])
+def test_cli_segment_mislabelled_dicom(header, rc, text, cohort, tmp_path):
+    """As a user runs it: a mislabelled ultrasound export is segmented and says so; a CT image
+    labelled US is refused in one line and nothing is written."""
+    import subprocess
+    import sys
+    p = _header_variant(cohort / "images" / "P0001-1.dcm", tmp_path / "x.dcm", *header)
+    out = tmp_path / "mask.nrrd"
+    r = subprocess.run([sys.executable, "-m", "HER2RadiomicsLib", "segment", "--image", str(p),
+                        "--out", str(out)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == rc, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    if rc == 0:
+        assert out.exists() and text in r.stdout, r.stdout
+    else:
+        errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errs) == 1 and str(p) in errs[0] and text in errs[0], r.stderr
+        assert not out.exists()

@@ -274,11 +274,16 @@ def validate_args(a) -> None:
     sp = getattr(a, "spacing_mm", None)
     if sp is not None and not all(math.isfinite(x) and x > 0 for x in sp):
         raise InputError(f"--spacing-mm {sp[0]:g} {sp[1]:g}: spacing must be positive mm")
+    parsed = {}
     for opt in ("rings", "combined"):
         v = getattr(a, opt, None)
         if isinstance(v, str) and v not in ("", "all"):
             from .imaging.rings import parse_rings
-            parse_rings(v)
+            parsed[opt] = parse_rings(v)
+    missing = [d for d in parsed.get("combined", []) if d not in parsed.get("rings", [])]
+    if missing:
+        raise InputError(f"--combined {a.combined}: tumour+ring regions need their distances "
+                         f"in --rings ({', '.join(f'{d:g}' for d in missing)} mm missing)")
     pred_dir = getattr(a, "pred_dir", None)
     if pred_dir is not None and not Path(pred_dir).is_dir():
         # a missing folder would count every case as a miss (Dice 0) instead of an error

@@ -286,7 +286,8 @@ def _safe_case(row, cfg, global_spacing=None):
 
 def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str = "loky",
               scheduler: str | None = None, resume: bool = False, progress: bool = True,
-              global_spacing=None, aggregate: str | None = None) -> BatchResult:
+              global_spacing=None, aggregate: str | None = None,
+              parts_dir=None) -> BatchResult:
     """Extract features for every manifest row.
 
     Parameters
@@ -308,6 +309,9 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         A progress bar on stderr, or ``progress(done, total)`` called after every case.
     aggregate : {"mean", "median", "first"}, optional
         Also write ``<stem>_patients.csv``, one row per ``patient_id``.
+    parts_dir : path, optional
+        Where the per-case parts live (default ``<out_csv>.parts``): a command that stages its
+        tables keeps the parts where a resumed run finds them.
 
     Returns
     -------
@@ -316,7 +320,7 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     from .features import load_params, params_hash
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    parts = Path(str(out_csv) + ".parts")
+    parts = Path(parts_dir) if parts_dir else Path(str(out_csv) + ".parts")
     _, ptext, _ = load_params(cfg.params)  # fail fast on bad params (exit 2), before any work
     # and on params the chosen engine cannot do (or an engine that is not installed)
     _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)

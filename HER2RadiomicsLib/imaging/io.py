@@ -190,7 +190,111 @@ def _to_2d(img: sitk.Image, path, frame) -> tuple[sitk.Image, int | None]:
     return out, (idx if nz > 1 else None)
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+#: Largest image accepted, in pixels per frame, checked on the header before any pixel is
+#: decoded: 16k x 16k is beyond any ultrasound frame or mammogram (~4k x 5k) and keeps one
+#: float64 working copy under 2 GiB. Set HER2RADIOMICS_MAX_PIXELS to change it.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+
+
+def max_pixels() -> int:
+    """The pixel cap in force (:data:`DEFAULT_MAX_PIXELS` unless the environment sets one)."""
+    v = os.environ.get("HER2RADIOMICS_MAX_PIXELS", "")
+    try:
+        return int(v) if v.strip() else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise InputError(f"HER2RADIOMICS_MAX_PIXELS={v!r}: must be a whole number of "
+                         "pixels") from None
+
+
+def _check_size(path, size) -> None:
+    dims = [int(d) for d in size]
+    plane = dims[0] * (dims[1] if len(dims) > 1 else 1)
+    frames = int(np.prod(dims[2:])) if len(dims) > 2 else 1
+    cap = max_pixels()
+    # a cine loop is read whole before one frame is taken: cap its total at 64 frames' worth
+    if plane > cap or plane * frames > 64 * cap:
+        raise InputError(f"{path}: image of {' x '.join(map(str, dims))} pixels is larger than "
+                         f"the {cap:,}-pixel limit (set HER2RADIOMICS_MAX_PIXELS to raise it)")
+
+
+def _nrrd_header(path: Path) -> dict:
+    """The fields of an NRRD header (``key: value`` lines up to the first blank line)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return {}
+    if not head.startswith(b"NRRD"):
+        return {}
+    fields = {}
+    for raw in head.split(b"\n\n", 1)[0].split(b"\n")[1:]:
+        line = raw.decode("latin-1").strip()
+        if line.startswith("#") or ": " not in line:
+            continue
+        k, v = line.split(": ", 1)
+        fields[k.strip().lower()] = v.strip()
+    return fields
+
+
+def _nrrd_spacing_problem(path: Path) -> str | None:
+    """Why an NRRD header's spacing of a spatial axis is unusable (NaN, zero, negative,
+    missing), or None. ITK replaces such values by 1 mm without a word, so read them here."""
+    f = _nrrd_header(path)
+    if not f:
+        return None
+    kinds = f.get("kinds", "").split()
+    spatial = [k.lower() in ("domain", "space", "time") for k in kinds] if kinds else None
+    if "space directions" in f:
+        import re
+        toks = re.findall(r"none|\([^)]*\)", f["space directions"])
+        for i, t in enumerate(toks):
+            is_spatial = spatial[i] if spatial and i < len(spatial) else True
+            if t == "none":
+                if is_spatial and spatial is not None:
+                    return f"axis {i} has no space direction"
+                continue
+            try:
+                vec = [float(x) for x in t.strip("()").split(",")]
+            except ValueError:
+                return f"space direction {t} is not numbers"
+            if not all(np.isfinite(vec)) or float(np.hypot.reduce(vec)) <= 0:
+                return f"space direction {t} gives no positive, finite spacing"
+    if "spacings" in f:
+        for i, t in enumerate(f["spacings"].split()):
+            is_spatial = spatial[i] if spatial and i < len(spatial) else True
+            try:
+                v = float(t)
+            except ValueError:
+                return f"spacing {t!r} is not a number"
+            if is_spatial and not (np.isfinite(v) and v != 0):
+                return f"spacing {t} of axis {i} is not a positive, finite number"
+    return None
+
+
+def _check_header(path: Path, spacing: bool = True) -> None:
+    """Size (and, unless the user gives the spacing, spacing) from the header alone, before
+    the pixels are decoded."""
+    if spacing and _suffix(path) in (".nrrd", ".nhdr"):
+        why = _nrrd_spacing_problem(path)
+        if why:
+            raise InputError(f"{path}: the header's pixel spacing is unusable ({why}); fix the "
+                             "header or give --spacing-mm X Y")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return          # the full read below says what is wrong, in one line
+    _check_size(path, reader.GetSize())
+    sp = reader.GetSpacing()
+    if spacing and _suffix(path) not in RASTER_SUFFIXES | DICOM_SUFFIXES \
+            and not all(np.isfinite(v) and v > 0 for v in sp):
+        raise InputError(f"{path}: the header's pixel spacing {list(sp)} is not positive and "
+                         "finite; fix the header or give --spacing-mm X Y")
+
+
+def _read_sitk(path: Path, check_spacing: bool = False) -> sitk.Image:
+    _check_header(path, spacing=check_spacing)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -301,7 +405,7 @@ def read_image(path, spacing_mm=None, frame=None) -> LoadedImage:
     if ds is not None and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 and frame is None:
         raise InputError(f"{path}: multi-frame DICOM ({int(ds.NumberOfFrames)} frames); "
                          "choose one with --frame N")
-    raw = _read_sitk(path)
+    raw = _read_sitk(path, check_spacing=spacing_mm is None and not is_dicom)
     img2d, used_frame = _to_2d(raw, path, frame)
     img = _to_grey(img2d, prov)
     prov.update(format="dicom" if is_dicom else _suffix(path).lstrip("."),
@@ -507,16 +611,31 @@ def load_case(image_path, mask_path=None, spacing_mm=None, frame=None, label=Non
     return loaded, mask
 
 
+def _real_target(path) -> Path:
+    """Where a write to ``path`` lands: a symbolic link is written through to its target (the
+    link stays a link), never replaced by a file."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
 def write_image(img: sitk.Image, path, compress: bool = True) -> Path:
     """Write an image atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    target = _real_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     suffix = _suffix(path) or ".nrrd"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=target.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, compress)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except RuntimeError as exc:   # ITK reports a full disk or a lost folder this way
+        detail = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "write failed"
+        raise InputError(f"{path}: cannot write the image ({detail})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -535,17 +654,29 @@ def atomic_write_text(path, text: str) -> Path:
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write bytes atomically (temporary file then rename)."""
+    """Write bytes atomically (temporary file then rename); a symbolic link is written through
+    to its target. A failure (disk full, permission) names the file and leaves it as it was.
+
+    Raises
+    ------
+    InputError
+        The file cannot be written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    target = _real_target(path)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         # mkstemp creates 0600; give the result the permissions a plain open() would
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc}); the previous file, if "
+                         "any, is unchanged") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path

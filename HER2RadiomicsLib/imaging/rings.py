@@ -232,6 +232,9 @@ def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM
                        "unclipped_area_mm2": float(tum.sum() * px_area),
                        "clipped_fraction": float(1 - (tum & fov_arr).sum() / tum.sum()),
                        "flagged": False}
+    if combined and combined != "all" and not distances:
+        raise InputError(f"combined regions tumour+{combined} mm need those distances in "
+                         "--rings (no ring distances given)")
     if distances:
         from scipy import ndimage as ndi
         pad_x = int(math.ceil(max(distances) / sx)) + 1

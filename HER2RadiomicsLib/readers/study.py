@@ -70,50 +70,69 @@ def run_reader_study(manifest, out_dir, params="default", rings="", readers=None
                      form="ICC2", threshold=0.75, use_lower_ci=False, bland_altman=None,
                      robustness=False, spacing_mm=None, jobs=1, resume=False,
                      progress=True) -> dict:
-    """Run the whole reader study; see the module docstring for the outputs."""
+    """Run the whole reader study; see the module docstring for the outputs.
+
+    The outputs are written as one set: built in a staging folder and swapped in only when
+    the study finished, so an interrupted or failed run leaves the previous set complete
+    (never a new ``icc.csv`` beside an old summary). The per-case feature parts stay in
+    ``out_dir`` so that ``resume`` finds them.
+    """
+    from ..outputs import staged_dir
+    out = Path(out_dir)
+    df, problems = read_reader_manifest(manifest, readers)
+    with staged_dir(out, "reader-study") as stage:
+        doc = _study_into(stage, out, manifest, df, problems, params, rings, form, threshold,
+                          use_lower_ci, bland_altman, robustness, spacing_mm, jobs, resume,
+                          progress)
+    return doc
+
+
+def _study_into(stage: Path, out: Path, manifest, df, problems, params, rings, form,
+                threshold, use_lower_ci, bland_altman, robustness, spacing_mm, jobs, resume,
+                progress) -> dict:
+    """The study's steps, writing into ``stage``; feature parts are cached in ``out``."""
     from ..extraction.batch import ExtractConfig, run_batch
     from ..imaging.io import atomic_write_text
+    from ..outputs import write_csv
     from .reproducibility import icc_table, stable_features
     from ..imaging.rings import parse_rings
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df, problems = read_reader_manifest(manifest, readers)
     rows = [{"case_id": f"{r.case_id}{SEP}{r.reader}", "image": r.image, "mask": r.mask}
             for r in df.itertuples()]
     cfg = ExtractConfig(params=params, rings_mm=tuple(parse_rings(rings)))
-    res = run_batch(rows, out / "features_by_reader.csv", cfg, jobs=jobs, resume=resume,
-                    progress=progress, global_spacing=spacing_mm)
+    res = run_batch(rows, stage / "features_by_reader.csv", cfg, jobs=jobs, resume=resume,
+                    progress=progress, global_spacing=spacing_mm,
+                    parts_dir=out / "features_by_reader.csv.parts")
+    if res.interrupted:
+        raise KeyboardInterrupt
     for e in res.errors:
         problems.append(f"{e['case_id'].replace(SEP, ' reader ')}: {e['error']}")
     feats = pd.read_csv(res.features_csv) if res.n_ok else pd.DataFrame()
     if feats.empty:
         raise InputError(f"{manifest}: no case could be extracted; see {res.errors_csv}")
     long = _split_ids(feats, "reader")
-    atomic_write_text(out / "features_long.csv", long.to_csv(index=False, float_format="%.10g"))
+    write_csv(stage / "features_long.csv", long, float_format="%.10g")
     icc = icc_table(long, "case_id", "reader", band_form=form)
-    atomic_write_text(out / "icc.csv", icc.to_csv(index=False, float_format="%.10g"))
+    write_csv(stage / "icc.csv", icc, float_format="%.10g")
     stable = stable_features(icc, threshold, form, use_lower_ci)
-    atomic_write_text(out / "stable_features.txt", "\n".join(stable) + "\n")
+    atomic_write_text(stage / "stable_features.txt", "\n".join(stable) + "\n")
 
-    agree = contour_agreement(df, out, spacing_mm, problems)
-    atomic_write_text(out / "agreement.csv", agree.to_csv(index=False, float_format="%.6g"))
+    agree = contour_agreement(df, stage, spacing_mm, problems)
+    write_csv(stage / "agreement.csv", agree, float_format="%.6g")
     summary = agreement_summary(agree)
-    atomic_write_text(out / "agreement_summary.csv",
-                      summary.to_csv(index=False, float_format="%.6g"))
+    write_csv(stage / "agreement_summary.csv", summary, float_format="%.6g")
     rob = None
     if robustness:
-        rob = robustness_icc(df, out, cfg, spacing_mm, jobs, progress, problems)
-        atomic_write_text(out / "icc_robustness.csv", rob.to_csv(index=False,
-                                                                   float_format="%.10g"))
-    plots = make_plots(icc, agree, long, out / "plots", form, bland_altman)
+        rob = robustness_icc(df, stage, cfg, spacing_mm, jobs, progress, problems)
+        write_csv(stage / "icc_robustness.csv", rob, float_format="%.10g")
+    plots = make_plots(icc, agree, long, stage / "plots", form, bland_altman)
     doc = {"n_cases": int(long["case_id"].nunique()), "n_readers": int(long["reader"].nunique()),
            "n_features": int(len(icc)), "n_stable": len(stable),
            "mean_dice": float(agree["dice"].mean()) if len(agree) else float("nan"),
            "problems": problems, "form": form, "threshold": threshold,
            "lower_ci": use_lower_ci, "params": params, "rings": rings}
-    html_path = write_summary_html(out, doc, icc, agree, summary, plots, rob, stable)
-    doc["html"] = str(html_path)
-    atomic_write_text(out / "summary.json", json.dumps(doc, indent=2))
+    write_summary_html(stage, doc, icc, agree, summary, plots, rob, stable)
+    doc["html"] = str(out / "summary.html")          # where it lands after the swap
+    atomic_write_text(stage / "summary.json", json.dumps(doc, indent=2))
     return doc
 
 
@@ -307,13 +326,13 @@ def make_plots(icc, agree, long, pdir: Path, form: str, bland_altman=None) -> di
 
 
 def write_summary_html(out: Path, doc, icc, agree, summary, plots, rob, stable) -> Path:
-    import html as _h
+    """``summary.html``: every case id, reader, feature name and problem is escaped as text."""
     from ..reports import html as H
     from ..imaging.io import atomic_write_text
-    figs = "".join(H.figure(H.png_file_uri(p), cap) for cap, p in (
+    figs = H.cat(*(H.figure(H.png_file_uri(p), cap) for cap, p in (
         ("ICC by feature class and region", plots.get("icc_by_class")),
         ("Dice per reader pair", plots.get("dice_pairs")),
-        ("Bland–Altman", plots.get("bland_altman"))) if p)
+        ("Bland–Altman", plots.get("bland_altman"))) if p))
     bands = icc["band"].replace("", "undefined").value_counts().reindex(
         ["excellent", "good", "moderate", "poor", "undefined"]).fillna(0).astype(int)
     t = icc.copy()
@@ -330,27 +349,26 @@ def write_summary_html(out: Path, doc, icc, agree, summary, plots, rob, stable) 
         ("Study", H.kpis([("cases", doc["n_cases"]), ("readers", doc["n_readers"]),
                           ("features", doc["n_features"]),
                           ("stable features", doc["n_stable"]),
-                          ("mean Dice", f"{doc['mean_dice']:.3f}")])
-         + f"<p class='muted'>Params {_h.escape(str(doc['params']))}; rings "
-           f"{_h.escape(str(doc['rings']) or 'none')}; stable = {doc['form']} "
-           f"{'lower 95% CI ' if doc['lower_ci'] else ''}&gt; {doc['threshold']}. "
-           "ICC(2,1) = two-way, absolute agreement, single rater (the studies' "
-           "'two-way mixed, absolute agreement' has the same estimate).</p>"),
+                          ("mean Dice", H.num(doc["mean_dice"]))])
+         + H.fmt("<p class='muted'>Params {params}; rings {rings}; stable = {form} {ci}&gt; "
+                 "{threshold}. ICC(2,1) = two-way, absolute agreement, single rater (the "
+                 "studies' 'two-way mixed, absolute agreement' has the same estimate).</p>",
+                 params=doc["params"], rings=str(doc["rings"]) or "none", form=doc["form"],
+                 ci="lower 95% CI " if doc["lower_ci"] else "", threshold=doc["threshold"])),
         ("ICC bands (Koo & Li)", H.table(bands.rename_axis("band").reset_index(name="features"))
          + H.table(per_region)),
-        ("Figures", f"<div class='figs'>{figs}</div>"),
+        ("Figures", H.el("div", figs, class_="figs")),
         ("Contour agreement", H.table(overall.drop(columns=[c for c in overall.columns
                                                            if c.endswith("_median")]))),
         (f"Least reproducible features ({doc['form']})", H.table(worst)),
     ]
     if rob is not None:
-        sections.append(("Single-reader robustness (proxy)", "<p class='muted'>"
-                         + _h.escape(str(rob["proxy"].iloc[0])) + "</p>"
+        sections.append(("Single-reader robustness (proxy)",
+                         H.el("p", rob["proxy"].iloc[0], class_="muted")
                          + H.table(rob["band"].replace("", "undefined").value_counts()
                                    .rename_axis("band").reset_index(name="features"))))
     if doc["problems"]:
-        sections.append(("Problems", "<ul>" + "".join(f"<li>{_h.escape(p)}</li>"
-                                                      for p in doc["problems"]) + "</ul>"))
+        sections.append(("Problems", H.el("ul", *(H.el("li", p) for p in doc["problems"]))))
     page = H.page("Reader study — inter-observer reproducibility",
                   f"{doc['n_cases']} cases, {doc['n_readers']} readers", sections)
     path = out / "summary.html"

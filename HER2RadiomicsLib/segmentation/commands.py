@@ -130,21 +130,28 @@ def cmd_segment(a) -> int:
         raise InputError("--manifest needs --out-dir DIR")
     if a.box or a.click:
         raise InputError("--box/--click apply to a single --image, not a manifest")
+    get_segmenter(a.model, a.device)     # a bad --model is one error, not one per case
     from ..extraction.batch import read_manifest
     from ..imaging.io import atomic_write_text
     import pandas as pd
     from tqdm.auto import tqdm
-    rows = read_manifest(a.manifest, require_mask=False)
+    rows = read_manifest(a.manifest, require_mask=False, per_row=True)
+    refused = [{"case_id": r["case_id"], "error": r["_error"]} for r in rows if r.get("_error")]
+    rows = [r for r in rows if not r.get("_error")]
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    model_id = _model_id(a.model)
     todo = []
     for r in rows:
         r["_out"] = str(out / f"{r['case_id']}.nrrd")
-        if not (a.resume and Path(r["_out"]).exists()):
+        r["_key"] = _mask_key(r, model_id)
+        # a mask is reused only if it was made from this very image (content), frame and model
+        if not (a.resume and _reusable(out, r)):
             todo.append(r)
     bar = tqdm(total=len(todo), desc="segment", unit="case", disable=a.no_progress,
                file=sys.stderr)
     results = []
+    keys = {r["case_id"]: r["_key"] for r in todo}
     threads = 1 if a.jobs > 1 else None
     try:
         if a.jobs > 1 and len(todo) > 1:
@@ -155,13 +162,15 @@ def cmd_segment(a) -> int:
             gen = (_segment_one(r, a.model, a.device, None, None) for r in todo)
         for res in gen:
             results.append(res)
+            if "error" not in res:
+                _record_mask(out, keys[res["case_id"]], res["case_id"])
             bar.update()
     except KeyboardInterrupt:
         print("interrupted: finished masks are kept; rerun with --resume", file=sys.stderr)
         return 130
     finally:
         bar.close()
-    errors = [r for r in results if "error" in r]
+    errors = refused + [r for r in results if "error" in r]
     err_ids = {e["case_id"] for e in errors}
     done = {r["case_id"]: r for r in results if "error" not in r}
     man = []
@@ -179,11 +188,58 @@ def cmd_segment(a) -> int:
     atomic_write_text(out / "manifest.csv", pd.DataFrame(man).to_csv(index=False))
     atomic_write_text(out / "errors.csv", pd.DataFrame(errors, columns=["case_id", "error"])
                       .to_csv(index=False))
-    print(f"{len(man)}/{len(rows)} masks in {out} (manifest for extraction: "
+    print(f"{len(man)}/{len(rows) + len(refused)} masks in {out} (manifest for extraction: "
           f"{out / 'manifest.csv'})")
     for e in errors[:20]:
         print(f"  {e['case_id']}: {e['error']}")
     return 1 if errors else 0
+
+
+#: per-case records of batch segmentation (what each mask was made from), for --resume
+MASK_RECORDS = ".segment-parts"
+
+
+def _model_id(model) -> str:
+    """The weights' sha256 (from the file itself, so a replaced file is a different model)."""
+    from .inference import DEFAULT_MODEL, sha256_of
+    path = Path(model or DEFAULT_MODEL)
+    try:
+        return sha256_of(path)
+    except OSError:
+        return str(path)      # Segmenter.load will say what is wrong with it
+
+
+def _mask_key(row, model_id) -> str:
+    import hashlib
+    from ..extraction.batch import file_digest
+    blob = json.dumps({"image": file_digest(row["image"]), "frame": row.get("frame", ""),
+                       "model": model_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _record_path(out: Path, case_id) -> Path:
+    from ..extraction.batch import part_name
+    return out / MASK_RECORDS / part_name(case_id)
+
+
+def _record_mask(out: Path, key: str, case_id) -> None:
+    from ..extraction.batch import file_digest
+    from ..imaging.io import atomic_write_text
+    atomic_write_text(_record_path(out, case_id), json.dumps({
+        "case_id": case_id, "key": key,
+        "mask_sha256": file_digest(out / f"{case_id}.nrrd")}))
+
+
+def _reusable(out: Path, row) -> bool:
+    """A mask from an earlier run may stand in for this row: same image content, frame and
+    model, and the mask file is the one that run wrote (not edited or replaced since)."""
+    from ..extraction.batch import file_digest
+    try:
+        rec = json.loads(_record_path(out, row["case_id"]).read_text())
+    except (OSError, ValueError):
+        return False
+    return (rec.get("key") == row["_key"] and rec.get("case_id") == row["case_id"]
+            and Path(row["_out"]).is_file() and rec.get("mask_sha256") == file_digest(row["_out"]))
 
 
 def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
@@ -196,13 +252,22 @@ def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
     out = []
     for r in tqdm(rows, desc="evaluate", disable=not progress, file=sys.stderr):
         rec = {"case_id": r["case_id"]}
+        if r.get("_error"):
+            rec["error"] = r["_error"]
+            out.append(rec)
+            continue
         try:
             loaded, ref = load_case(r["image"], r["mask"], min_pixels=1)
             if pred_dir:
                 pp = Path(pred_dir) / f"{r['case_id']}.nrrd"
                 t = float("nan")
                 if pp.exists():
-                    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pp))) > 0
+                    from ..imaging.io import _read_sitk
+                    pred = sitk.GetArrayFromImage(_read_sitk(pp)).squeeze() > 0
+                    if pred.shape != sitk.GetArrayViewFromImage(ref).shape:
+                        raise InputError(f"{pp}: predicted mask of {pred.shape[1]} x "
+                                         f"{pred.shape[0]} px does not match its image "
+                                         f"{r['image']}")
                 else:
                     # 'segment' writes no mask where the model found no lesion: that image is
                     # a miss (Dice 0), not a case to leave out of the statistics
@@ -246,7 +311,7 @@ def cmd_eval(a) -> int:
     import pandas as pd
     from ..extraction.batch import read_manifest
     from ..imaging.io import atomic_write_text
-    rows = read_manifest(a.manifest)
+    rows = read_manifest(a.manifest, per_row=True)
     seg = None if a.pred_dir else get_segmenter(a.model, a.device)
     recs = evaluate(rows, seg, a.pred_dir, progress=not a.no_progress)
     atomic_write_text(a.out, pd.DataFrame(recs).to_csv(index=False))
@@ -260,6 +325,9 @@ def cmd_eval(a) -> int:
 
 def cmd_train(a) -> int:
     from . import training as T
+    arch = {"name": "unet2d", "version": 1, "base_channels": a.base_channels, "depth": 4}
+    # a hostile or corrupt --init-from / last.pt is refused before any image is read
+    T.read_start_files(a.out, arch, a.init_from, resume=not a.no_resume, device=a.device)
     if a.busbra:
         pairs = list(T.busbra_pairs(a.busbra))
     elif a.manifest:
@@ -287,7 +355,6 @@ def cmd_train(a) -> int:
         "val_ids": [ds.ids[i] for i in va], "train_ids": train_ds.ids}, indent=0))
     print(f"train {len(train_ds)} images, validation {len(va)} images "
           f"({len(set(ds.patients[i] for i in va))} patients)", flush=True)
-    arch = {"name": "unet2d", "version": 1, "base_channels": a.base_channels, "depth": 4}
     res = T.train(train_ds, ds.subset(va), out, arch=arch, epochs=a.epochs,
                   batch_size=a.batch_size, lr=a.lr, patience=a.patience, seed=a.seed,
                   device=a.device, threads=a.threads, max_minutes=a.max_minutes,

@@ -44,6 +44,7 @@ class _Page(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.tags, self.text, self.scripts, self._in = [], [], [], None
+        self.styles = []
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
@@ -56,7 +57,7 @@ class _Page(HTMLParser):
         self._in = None
 
     def handle_data(self, data):
-        (self.scripts if self._in == "script" else self.text).append(data)
+        {"script": self.scripts, "style": self.styles}.get(self._in, self.text).append(data)
 
 
 def assert_inert(page: str, shown=PAYLOADS, csp: bool = True) -> _Page:
@@ -80,6 +81,12 @@ def assert_inert(page: str, shown=PAYLOADS, csp: bool = True) -> _Page:
     text = " ".join(p.text)
     for s in shown:
         assert s in text, f"payload {s!r} is not shown as text"
+    # the code's own markup is never shown as text (escaped twice, or escaped by mistake)
+    rest = text
+    for s in sorted({*PAYLOADS, *shown}, key=len, reverse=True):
+        rest = rest.replace(s, "")
+    assert not re.search(r"</?[a-z][a-z0-9]*[ >/]|&[a-z]+;|&#", rest), \
+        f"markup shown as text: {re.search(r'.{0,40}(</?[a-z]|&[a-z#]).{0,40}', rest)}"
     if csp:
         pol = [a["content"] for t, a in p.tags if t == "meta"
                and a.get("http-equiv", "").lower() == "content-security-policy"]
@@ -103,7 +110,7 @@ def _evil_bundle(out: Path, numbers_and_classes: bool = False) -> Path:
     doc["metrics"]["external"].update(unit=SVG, n=SCRIPT)
     doc["name"], doc["recipe"], doc["created"] = SVG, SCRIPT, SVG
     doc["versions"]["numpy"] = IMG                              # becomes a warning on the card
-    doc["params_hash"], doc["label_col"] = IMG, IMG
+    doc["params_hash"], doc["label_col"] = "0" * 12 + IMG, IMG   # the card shows 12 chars
     doc["training"].update(primary=SCRIPT, unit=SVG)
     if numbers_and_classes:
         doc["metrics"]["external"].update(auc=IMG, auc_delong_ci_low=SVG)
@@ -159,7 +166,7 @@ def test_case_card_escapes_every_prediction_field():
         warnings=[SCRIPT])
     meta = {"recipe": SCRIPT, "classes": [IMG, SVG], "positive_class": SVG, "label_col": IMG,
             "threshold": 0.5, "regions": [SVG], "sites": [IMG], "clinical": [SCRIPT],
-            "versions": {IMG: SVG}, "params_name": SCRIPT, "params_hash": SVG, "created": IMG,
+            "versions": {IMG: SVG}, "params_name": SCRIPT, "params_hash": "0" * 12 + SVG, "created": IMG,
             "training": {"n": {"train": IMG, "test": 1, "external": SVG}, "unit": SCRIPT,
                          "primary": IMG},
             "metrics": {"test": {"n": IMG, "unit": SCRIPT, "auc": SVG, "auc_delong_ci_low": IMG,

@@ -309,7 +309,9 @@ def test_size_caps_checked_before_reading(good, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(B, "MAX_MODEL_UNCOMPRESSED_BYTES", 2**20)
     node = {"__class__": "bytes", "__module__": "builtins", "__loader__": "BytesNode",
             "file": "pad.bin", "__id__": 3}
-    pad = _with_skops_node(p, tmp_path / "pad.zip", node, {"pad.bin": b"\0" * (3 * 2**20)})
+    # incompressible padding: the inflated-size cap is tested, not the compression ratio
+    noise = np.random.default_rng(0).bytes(3 * 2**20)
+    pad = _with_skops_node(p, tmp_path / "pad.zip", node, {"pad.bin": noise})
     _refused(capsys, pad, csv, match="inflates")
 
 

@@ -18,6 +18,9 @@ What a load checks, before anything is read into memory or constructed:
   ``..`` or absolute paths), each under its size cap (:data:`MAX_META_BYTES`,
   :data:`MAX_MODEL_BYTES`) and, for the skops model's own inner archive,
   :data:`MAX_MODEL_UNCOMPRESSED_BYTES` and :data:`MAX_INNER_ENTRIES`;
+* no entry inflates more than :data:`MAX_COMPRESSION_RATIO` times its stored size (a zip
+  bomb is refused before it is inflated), and an entry that does not decompress is refused
+  as corrupt;
 * JSON nesting stays under :data:`MAX_NESTING` (deeper documents are refused instead of
   exhausting Python's recursion limit);
 * ``format_version`` is not newer than this library's :data:`FORMAT_VERSION`;
@@ -25,8 +28,20 @@ What a load checks, before anything is read into memory or constructed:
   params YAML, threshold, rings, classes, feature order, nomogram, engine, ...) is refused as
   "tampered or corrupt bundle: <field>".
 
+and, once the digest holds (see :mod:`.bundle_checks`):
+
+* the skops object graph needs at most :data:`~.bundle_checks.MAX_SCHEMA_NODES` audit steps
+  and nests at most :data:`~.bundle_checks.MAX_SCHEMA_DEPTH` levels, references followed
+  (skops' own audit follows every reference again: exponential on a small crafted file);
+* auditing and building the model finish within :data:`LOAD_TIMEOUT_S` seconds;
+* every decision tree's indices and shapes are ones scikit-learn can follow safely;
+* the metadata that drives decisions is possible: threshold in [0, 1], the task's and the
+  model's classes, finite training ranges, positive training spacings, research use only.
+
 The digest detects corruption and casual edits; it is not a signature (whoever can write the
-file can recompute it). The allow-list is what keeps a malicious file from running code.
+file can recompute it). The allow-list is what keeps a malicious file from running code; the
+checks above keep it from hanging or crashing the process, or from deciding with values no
+training run can produce.
 
 ``format="joblib"`` (a pickle, the Slicer community's usual format) is supported only for
 bundles the user explicitly trusts (``trust=True``, CLI ``--trust``): a pickle runs code when
@@ -40,11 +55,13 @@ import io
 import json
 import platform
 import sys
+import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import InputError, ModelError
+from .bundle_checks import check_meta, check_schema_graph, check_trees
 
 # 2: integrity digest, engine, training spacing and input ranges; 1 had no digest.
 FORMAT_VERSION = 2
@@ -59,6 +76,17 @@ MAX_INNER_ENTRIES = 20_000
 # Our skops schemas nest ~15 levels; 100 is far beyond any pipeline and far below the ~1,000
 # at which Python's json parser overflows its recursion limit.
 MAX_NESTING = 100
+# Deflate can shrink a run of zeros ~1,000-fold; our models shrink ~20-fold (numbers and JSON).
+# An entry above 1 MiB (smaller ones cost nothing to inflate) that claims more than 200-fold
+# is a zip bomb, refused before it is inflated.
+MAX_COMPRESSION_RATIO = 200
+RATIO_MIN_BYTES = 2**20
+# Auditing and building our largest model (300-tree forest, 7 MB) takes 0.2 s; a minute is
+# far beyond any genuine bundle and bounds what a crafted one can cost.
+LOAD_TIMEOUT_S = 60
+# skops audits and builds recursively: the loading thread gets a stack that the depth cap
+# above cannot exhaust on any platform (macOS gives threads 512 kB by default).
+_LOAD_STACK_BYTES = 64 * 2**20
 
 # Exact type names our pipelines add to skops' own default-trusted set (scikit-learn
 # estimators, numpy arrays and dtypes, plain containers). Derived from what every shipped
@@ -183,7 +211,9 @@ def save_bundle(path, model: dict, meta: dict, fmt: str = "skops") -> Path:
     else:
         raise InputError(f"bundle format {fmt!r}: skops or joblib")
     name = MODEL_FORMATS[fmt]
-    doc = {**meta, "format_version": FORMAT_VERSION, "model_file": name, "model_format": fmt,
+    # every bundle this library writes is for research use only (checked at load)
+    doc = {**meta, "research_use_only": True, "format_version": FORMAT_VERSION,
+           "model_file": name, "model_format": fmt,
            "model_sha256": _sha(blob), "versions": versions(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     # hash what a reader will parse: the JSON round trip turns numpy scalars, tuples and
@@ -275,22 +305,40 @@ def _plain_name(name: str) -> bool:
 def _read_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, path="bundle") -> bytes:
     # the declared size was checked against the cap; read at most cap + 1 bytes anyway so
     # that a lying header cannot make us inflate more than the cap
+    _check_ratio(info, path)
     try:
         with z.open(info) as fh:
             data = fh.read(cap + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ModelError(f"{path}: corrupt bundle: entry {info.filename!r} ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # zlib.error, BadZipFile (CRC), encrypted, unknown method, ...
+        kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
+            f"{type(exc).__module__}.{type(exc).__name__}"
+        raise ModelError(f"{path}: corrupt bundle: entry {info.filename!r} does not "
+                         f"decompress ({kind}: {exc})") from None
     if len(data) > cap:
         raise ModelError(f"{path}: refused: entry {info.filename!r} inflates beyond its "
                          f"{cap >> 20} MiB cap")
     return data
 
 
+def _check_ratio(info: zipfile.ZipInfo, path) -> None:
+    if info.file_size > RATIO_MIN_BYTES and \
+            info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise ModelError(f"{path}: refused: entry {info.filename!r} would inflate "
+                         f"{info.compress_size:,} bytes to {info.file_size:,} (more than "
+                         f"{MAX_COMPRESSION_RATIO}-fold: a zip bomb?)")
+
+
 def _open_zip(path):
     try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a HER2Radiomics bundle ({exc})") from None
+        z = zipfile.ZipFile(path)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
+    except Exception as exc:  # BadZipFile, and whatever a damaged directory makes zipfile raise
+        raise ModelError(f"{path}: not a HER2Radiomics bundle ({exc or 'empty file'})") \
+            from None
+    return z
 
 
 def read_meta(path, check: bool = True) -> dict:
@@ -339,6 +387,9 @@ def _checked_entries(z: zipfile.ZipFile, path):
     if model is not None and model.file_size > MAX_MODEL_BYTES:
         raise ModelError(f"{path}: refused: {model.filename} is {model.file_size >> 20} MiB "
                          f"(cap {MAX_MODEL_BYTES >> 20} MiB)")
+    for info in (meta, model):
+        if info is not None:
+            _check_ratio(info, path)
     return meta, model
 
 
@@ -364,11 +415,12 @@ def _check_version_and_digest(doc: dict, path) -> None:
         raise ModelError(f"{path}: tampered or corrupt bundle: integrity digest")
 
 
-def _check_skops_archive(blob: bytes, path) -> None:
-    """Limits on the skops model's own inner zip (entry count, inflated size, schema depth)."""
+def _check_skops_archive(blob: bytes, path) -> dict:
+    """Limits on the skops model's own inner zip (entry count, inflated size, compression
+    ratio, schema depth and object graph); returns the parsed schema."""
     try:
         inner = zipfile.ZipFile(io.BytesIO(blob))
-    except zipfile.BadZipFile:
+    except Exception:  # BadZipFile, or a damaged directory
         raise ModelError(f"{path}: the model is not a skops file (corrupt or disguised "
                          "content)") from None
     with inner:
@@ -380,23 +432,80 @@ def _check_skops_archive(blob: bytes, path) -> None:
         if total > MAX_MODEL_UNCOMPRESSED_BYTES:
             raise ModelError(f"{path}: refused: the model inflates to {total >> 20} MiB "
                              f"(cap {MAX_MODEL_UNCOMPRESSED_BYTES >> 20} MiB)")
+        for info in infos:
+            _check_ratio(info, path)
         schema = next((i for i in infos if i.filename == "schema.json"), None)
         if schema is None:
             raise ModelError(f"{path}: the model is not a skops file (no schema)")
-        _safe_json(_read_entry(inner, schema, MAX_META_BYTES, path), "the model schema", path)
+        doc = _safe_json(_read_entry(inner, schema, MAX_META_BYTES, path), "the model schema",
+                         path)
+    # skops' audit walks this graph recursively, following every reference again: bound it
+    # before skops sees it
+    check_schema_graph(doc, path)
+    return doc
 
 
-def audit_types(blob: bytes, path="model") -> tuple:
+def audit_types(blob: bytes, path="model", checked: bool = False) -> tuple:
     """``(refused, untrusted)``: type names of a skops blob outside skops' safe defaults
-    (``untrusted``) and those of them outside :data:`ALLOWED_TYPES` (``refused``)."""
+    (``untrusted``) and those of them outside :data:`ALLOWED_TYPES` (``refused``).
+
+    The archive's limits and object graph are checked first, unless ``checked`` says the
+    caller did.
+    """
+    if not checked:
+        _check_skops_archive(blob, path)
     import skops.io as sio
-    _check_skops_archive(blob, path)
     try:
         types = sio.get_untrusted_types(data=blob)
     except Exception as exc:  # skops raises several types for a malformed file
         raise ModelError(f"{path}: unreadable skops model ({type(exc).__name__}: {exc})") \
             from None
     return [t for t in types if current_type_name(t) not in ALLOWED_TYPES], types
+
+
+def _within(seconds: float, work, path):
+    """``work()`` in a thread, refused with a ModelError naming ``path`` after ``seconds``.
+
+    The caps on the schema bound what skops does; this is the last line: a file that still
+    keeps skops busy is given up on (the thread is left to finish on its own, as a daemon).
+    """
+    result = {}
+
+    def run():
+        try:
+            result["value"] = work()
+        except BaseException as exc:   # handed to the caller, whatever it is
+            result["error"] = exc
+    old = threading.stack_size()
+    try:
+        threading.stack_size(_LOAD_STACK_BYTES)
+        t = threading.Thread(target=run, name="her2radiomics-bundle-load", daemon=True)
+        t.start()
+    finally:
+        threading.stack_size(old)
+    t.join(seconds)
+    if t.is_alive():
+        raise ModelError(f"{path}: refused: auditing and loading the model took longer than "
+                         f"{seconds:g} s (a damaged or hostile model file)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _load_skops(blob: bytes, path, trust: bool):
+    import skops.io as sio
+    bad, types = audit_types(blob, path, checked=True)
+    if bad and not trust:
+        raise ModelError(f"{path}: refused: the model contains type(s) outside the "
+                         f"allow-list: {', '.join(bad[:5])}; load it with --trust only if "
+                         "you trust its source")
+    try:
+        with _legacy_module_aliases():
+            return sio.loads(blob, trusted=list(types) if trust else
+                             [t for t in types if current_type_name(t) in ALLOWED_TYPES])
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def load_bundle(path, trust: bool = False) -> Bundle:
@@ -412,8 +521,9 @@ def load_bundle(path, trust: bool = False) -> Bundle:
     Raises
     ------
     ModelError
-        Not a bundle, over a limit, newer format, digest or hash mismatch, untrusted content,
-        unreadable model.
+        Not a bundle, over a limit, corrupt entry, newer format, digest or hash mismatch,
+        untrusted content, an object graph too large to audit, a load over
+        :data:`LOAD_TIMEOUT_S`, a damaged tree, impossible metadata, unreadable model.
     """
     path = Path(path)
     if not path.is_file():
@@ -444,22 +554,25 @@ def load_bundle(path, trust: bool = False) -> Bundle:
         raise ModelError(f"{path}: tampered or corrupt bundle: model_sha256 (the model file "
                          "does not match bundle.json)")
     if fmt == "skops":
-        import skops.io as sio
-        bad, types = audit_types(blob, path)
-        if bad and not trust:
-            raise ModelError(f"{path}: refused: the model contains type(s) outside the "
-                             f"allow-list: {', '.join(bad[:5])}; load it with --trust only if "
-                             "you trust its source")
-        try:
-            with _legacy_module_aliases():
-                model = sio.loads(blob, trusted=list(types) if trust else
-                                  [t for t in types if current_type_name(t) in ALLOWED_TYPES])
-        except Exception as exc:
-            raise ModelError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") \
-                from None
-    else:
-        import joblib
-        model = joblib.load(io.BytesIO(blob))
-    if not isinstance(model, dict) or "pipeline" not in model:
-        raise ModelError(f"{path}: the model file does not hold a HER2Radiomics pipeline")
+        _check_skops_archive(blob, path)
+        # imported here, not in the timed thread: importing skops costs seconds (it lists
+        # every scikit-learn estimator), and a refused file above never needs it
+        import skops.io  # noqa: F401
+
+    def work():
+        if fmt == "skops":
+            model = _load_skops(blob, path, trust)
+        else:
+            import joblib
+            model = joblib.load(io.BytesIO(blob))
+        if not isinstance(model, dict) or "pipeline" not in model:
+            raise ModelError(f"{path}: the model file does not hold a HER2Radiomics pipeline")
+        check_trees(model, path)
+        return model
+    model = _within(LOAD_TIMEOUT_S, work, path)
+    pipeline = model["pipeline"]
+    classes = getattr(pipeline, "classes_", None)
+    if not trust and (classes is None or not callable(getattr(pipeline, "predict_proba", None))):
+        raise ModelError(f"{path}: the model file does not hold a classifier")
+    check_meta(meta, path, classes)
     return Bundle(meta, model, path)

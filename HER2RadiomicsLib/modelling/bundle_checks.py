@@ -1,0 +1,373 @@
+"""What a bundle's content must satisfy beyond the allow-list, checked at every load.
+
+Three groups, each refusing a file with one line that names it and the problem:
+
+* :func:`check_schema_graph` — the skops schema as the graph skops walks. An object written
+  twice is stored once and referred to by its ``__id__``; skops' type audit follows every
+  reference again, so a small file of objects that each refer twice to the previous one costs
+  2**n steps (a 41 kB file never finishes). We walk the graph once per object (memoised by
+  id), refuse reference cycles (skops' writer cannot produce them) and cap the work skops'
+  audit would do (:data:`MAX_SCHEMA_NODES`) and its depth (:data:`MAX_SCHEMA_DEPTH`).
+* :func:`check_trees` — every ``sklearn.tree._tree.Tree`` in the loaded model. scikit-learn
+  follows a tree's child and feature indices in compiled code without bounds checks, so an
+  edited index reads or writes outside memory (a crash) or loops for ever. Every tree is
+  checked: children inside the tree and after their parent (no cycles), features inside the
+  owning estimator's inputs, finite thresholds, value arrays of the declared shape, and, for
+  ensembles, sub-estimators that agree with the ensemble.
+* :func:`check_meta` — the metadata that drives decisions: threshold, classes (the task's and
+  the model's), training ranges, training spacing, research-use flag.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+
+from ..errors import ModelError
+
+# The work skops' type audit does on a schema, counted as it counts it (every reference
+# followed again). Measured: every recipe with every classifier, tuned or not, needs at most
+# 17,766 steps and a 300-tree forest on 1,500 features 17,241; 1,000,000 leaves fifty-fold
+# room and audits in a few seconds.
+MAX_SCHEMA_NODES = 1_000_000
+# Objects nested inside objects, references followed. Our pipelines reach 19 levels; skops
+# audits and builds recursively, so this also keeps it far from Python's recursion limit.
+MAX_SCHEMA_DEPTH = 100
+
+# The owners of trees: their arrays are read without bounds checks by scikit-learn's compiled
+# code, and nothing else in an allow-listed bundle holds a Tree.
+_TREE_TYPE = "sklearn.tree._tree.Tree"
+
+
+class _Refused(ValueError):
+    """A schema graph over a cap (internal: turned into a ModelError naming the file)."""
+
+
+def _node_children(state: dict) -> list:
+    """The schema nodes directly inside ``state`` (through plain lists and dicts)."""
+    out, stack = [], list(state.values())
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if "__loader__" in v:
+                out.append(v)
+            else:
+                stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return out
+
+
+def schema_graph_size(schema: dict, max_nodes: int = None, max_depth: int = None) -> tuple:
+    """``(nodes, depth)`` of a skops schema as skops' audit walks it, each object visited once.
+
+    ``nodes`` counts every visit skops' recursive audit makes (an object referred to twice is
+    counted twice, as skops walks it twice); ``depth`` is the longest chain of nested objects
+    with references followed. A reference is any schema node whose non-zero ``__id__`` was
+    seen before (skops' memo); when one id occurs several times in full, the largest is taken,
+    so the counts bound skops' work whatever the order it reads them in.
+
+    Raises
+    ------
+    ValueError
+        A reference cycle, an ``__id__`` that is not an integer, or a count over a cap (the
+        message says which).
+    """
+    max_nodes = MAX_SCHEMA_NODES if max_nodes is None else max_nodes
+    max_depth = MAX_SCHEMA_DEPTH if max_depth is None else max_depth
+    occurrences: dict = {}
+    stack = [schema]
+    while stack:                       # every occurrence of every id, without recursion
+        v = stack.pop()
+        if isinstance(v, dict):
+            if "__loader__" in v:
+                i = v.get("__id__")
+                if i is not None and (type(i) is not int):
+                    raise _Refused(f"object id {i!r} is not an integer")
+                if i:
+                    occurrences.setdefault(i, []).append(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    memo: dict = {}
+    on_path: set = set()
+
+    def visit(state, level):
+        if level > max_depth:
+            raise _Refused(f"objects nest deeper than {max_depth} levels")
+        i = state.get("__id__")
+        if not i:
+            return own(state, level)
+        if i not in memo:
+            if i in on_path:
+                raise _Refused(f"object {i} refers to itself (a reference cycle)")
+            on_path.add(i)
+            sizes = [own(occ, level) for occ in occurrences[i]]
+            on_path.discard(i)
+            memo[i] = (max(s[0] for s in sizes), max(s[1] for s in sizes))
+        nodes, depth = memo[i]
+        if level + depth - 1 > max_depth:
+            raise _Refused(f"objects nest deeper than {max_depth} levels")
+        return nodes, depth
+
+    def own(state, level):
+        nodes = depth = 1
+        for child in _node_children(state):
+            n, d = visit(child, level + 1)
+            nodes += n
+            depth = max(depth, d + 1)
+            if nodes > max_nodes:
+                raise _Refused(f"the model's object graph needs more than {max_nodes:,} "
+                               "steps to audit (objects referring to each other many times)")
+        return nodes, depth
+
+    return own(schema, 1)
+
+
+def check_schema_graph(schema, path) -> tuple:
+    """:func:`schema_graph_size` with its refusals as a :class:`ModelError` naming ``path``."""
+    if not isinstance(schema, dict):
+        raise ModelError(f"{path}: the model schema is not an object (corrupt model)")
+    try:
+        return schema_graph_size(schema)
+    except _Refused as exc:
+        raise ModelError(f"{path}: refused: {exc}") from None
+
+
+# -- trees: the compiled code that follows their indices checks none of them -------------------
+
+def _objects(root):
+    """``(owner, name, obj)`` for every object reachable from ``root``, each visited once."""
+    seen = {id(root)}
+    stack = [(None, "model", root)]
+    while stack:
+        owner, name, obj = stack.pop()
+        yield owner, name, obj
+        if isinstance(obj, dict):
+            items = list(obj.items())
+        elif isinstance(obj, (list, tuple)):
+            items = list(enumerate(obj))
+        elif isinstance(obj, np.ndarray):
+            items = list(enumerate(obj.ravel())) if obj.dtype == object else []
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            items = list(vars(obj).items())
+        else:
+            items = []
+        for k, v in items:
+            if id(v) not in seen and not isinstance(v, (str, bytes, int, float, bool,
+                                                         type(None))):
+                seen.add(id(v))
+                stack.append((obj, str(k), v))
+
+
+def _tree_problem(tree, n_inputs) -> str | None:
+    """What is wrong with one fitted tree, or None. ``n_inputs``: the columns its owner is
+    given at prediction (``None`` when the tree has no estimator around it)."""
+    n_nodes, capacity = int(tree.node_count), int(tree.capacity)
+    # the node and value arrays are views of ``node_count`` entries of ``capacity``
+    # allocated ones: read them only once this holds
+    if not 0 < n_nodes <= capacity:
+        return f"node_count {n_nodes} outside its {capacity} stored nodes"
+    if not 0 <= int(tree.max_depth) < n_nodes:
+        return f"max_depth {tree.max_depth} impossible for {n_nodes} nodes"
+    n_features = int(tree.n_features)
+    if n_inputs is not None and n_features != n_inputs:
+        return f"built for {n_features} features, its estimator takes {n_inputs}"
+    left = np.asarray(tree.children_left, dtype=np.int64)
+    right = np.asarray(tree.children_right, dtype=np.int64)
+    feature = np.asarray(tree.feature, dtype=np.int64)
+    leaf = left == -1
+    if (leaf != (right == -1)).any():
+        return f"node {int(np.flatnonzero(leaf != (right == -1))[0])} has one child"
+    nodes = np.arange(n_nodes)
+    inner = ~leaf
+    # scikit-learn appends children after their parent: an index at or before the parent
+    # would loop for ever, one past the end reads outside the tree
+    for side, child in (("left", left), ("right", right)):
+        bad = inner & ((child <= nodes) | (child >= n_nodes))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            return f"node {i}'s {side} child {int(child[i])} is outside nodes {i + 1}-" \
+                   f"{n_nodes - 1}"
+    bad = inner & ((feature < 0) | (feature >= n_features))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        return f"node {i} splits on feature {int(feature[i])} of {n_features}"
+    if (feature[leaf] != -2).any():                 # scikit-learn's TREE_UNDEFINED
+        return "a leaf names a split feature"
+    if not np.isfinite(np.asarray(tree.threshold)[inner]).all():
+        return "a split threshold is not a finite number"
+    n_classes = np.asarray(tree.n_classes)
+    shape = (n_nodes, int(tree.n_outputs), int(n_classes.max()))
+    if len(n_classes) != tree.n_outputs or tree.value.shape != shape:
+        return f"value array {tree.value.shape} instead of {shape}"
+    return None
+
+
+def _trees_of(est):
+    """The trees an ensemble's sub-estimators hold (flat)."""
+    subs = getattr(est, "estimators_", None)
+    if isinstance(subs, np.ndarray):
+        subs = list(subs.ravel())
+    return subs if isinstance(subs, list) else []
+
+
+def check_trees(model, path) -> int:
+    """Refuse a model holding a tree whose indices or shapes scikit-learn cannot follow safely.
+
+    Every ``sklearn.tree._tree.Tree`` reachable from ``model`` is checked on its own (see
+    :func:`_tree_problem`) and against the estimator holding it as ``tree_`` (feature count,
+    classes, outputs); every ensemble's sub-estimators must take at most the ensemble's
+    inputs (forests hand their own validated input to their trees unchecked), and gradient
+    boosting's stage array must have one column per tree of an iteration.
+
+    Returns the number of trees checked.
+
+    Raises
+    ------
+    ModelError
+        Naming ``path``, the estimator and the problem.
+    """
+    from sklearn.tree._tree import Tree
+    owned, n = {}, 0
+    objs = list(_objects(model))
+    for owner, name, obj in objs:
+        where = type(owner).__name__ if owner is not None else "model"
+        tree = getattr(obj, "tree_", None)
+        if isinstance(tree, Tree):
+            owned[id(tree)] = obj
+            n_in = getattr(obj, "n_features_in_", None)
+            problem = _tree_problem(tree, int(n_in) if n_in is not None else None)
+            if problem is None:
+                classes = getattr(obj, "n_classes_", None)
+                if classes is not None and tuple(np.atleast_1d(classes)) != \
+                        tuple(np.asarray(tree.n_classes)):
+                    problem = f"{np.asarray(tree.n_classes).tolist()} classes in its tree, " \
+                              f"{np.atleast_1d(classes).tolist()} in the estimator"
+                elif int(getattr(obj, "n_outputs_", tree.n_outputs)) != tree.n_outputs:
+                    problem = f"{tree.n_outputs} outputs in its tree, {obj.n_outputs_} in " \
+                              "the estimator"
+            if problem:
+                raise ModelError(f"{path}: refused: damaged or hostile tree in "
+                                 f"{type(obj).__name__} (in {where}): {problem}")
+            n += 1
+        subs = _trees_of(obj)
+        n_in = getattr(obj, "n_features_in_", None)
+        if subs and n_in is not None:
+            wide = [s for s in subs if getattr(s, "n_features_in_", 0) > n_in]
+            if wide:
+                raise ModelError(f"{path}: refused: {type(obj).__name__} takes {n_in} features "
+                                 f"but its {type(wide[0]).__name__} takes "
+                                 f"{wide[0].n_features_in_}")
+            per_iter = getattr(obj, "n_trees_per_iteration_", None)
+            est = obj.estimators_
+            if per_iter is not None and isinstance(est, np.ndarray) and \
+                    (est.ndim != 2 or est.shape[1] != per_iter):
+                raise ModelError(f"{path}: refused: {type(obj).__name__} has stages of shape "
+                                 f"{est.shape}, not {per_iter} trees per iteration")
+    for owner, name, obj in objs:
+        if isinstance(obj, Tree) and id(obj) not in owned:
+            problem = _tree_problem(obj, None)
+            if problem:
+                raise ModelError(f"{path}: refused: damaged or hostile tree in "
+                                 f"{type(owner).__name__}.{name}: {problem}")
+            n += 1
+    return n
+
+
+# -- the metadata that decides a prediction -----------------------------------------------------
+
+def _number(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _range_problem(v, positive: bool = False) -> str | None:
+    if not (isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)):
+        return f"{v!r} is not a pair of finite numbers [low, high]"
+    if v[0] > v[1]:
+        return f"{v!r} has low > high"
+    if positive and v[0] <= 0:
+        return f"{v!r} is not positive"
+    return None
+
+
+def _classes_problem(meta: dict, model_classes) -> str | None:
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)):
+        return f"classes {classes!r} is not a list of class names"
+    if len(set(classes)) != len(classes):
+        return f"classes {classes!r} repeats a name"
+    binary = meta.get("positive_class") is not None
+    if "task" in meta:
+        from .study import class_names
+        try:
+            want = class_names(meta["task"])
+        except Exception:       # an unknown task name or a malformed task: refused below
+            return f"task {meta['task']!r} is not a task of this library"
+        if (classes != want) if binary else (set(classes) != set(want)):
+            return f"classes {classes} are not the task's {want}"
+    if model_classes is None:
+        return None if classes == [] else "the model is not a classifier (no classes_)"
+    have = [str(c) for c in model_classes]
+    if binary:
+        # binary bundles name their two classes after the task; the model predicts 0 / 1
+        if len(classes) != 2 or sorted(have) != ["0", "1"]:
+            return f"classes {classes} for a binary model predicting {have}"
+    elif sorted(have) != sorted(classes):
+        return f"classes {classes} differ from the model's {have}"
+    return None
+
+
+def check_meta(meta: dict, path, model_classes=None) -> None:
+    """Refuse metadata whose decision values are impossible, one line naming the field.
+
+    Checked: ``research_use_only`` present and true; ``threshold`` and
+    ``nomogram_threshold`` finite in [0, 1] (or absent); ``classes`` unique names, the task's
+    (binary: in order) and the model's (``model_classes``; ``None`` for a model that is not a
+    classifier, allowed only with an empty class list); ``input_columns`` unique names;
+    ``training_ranges`` finite ``[low, high]`` pairs with low <= high; ``training_spacing``
+    units known and positive finite ranges.
+    """
+    def refuse(field, problem):
+        raise ModelError(f"{path}: refused: bundle.json {field}: {problem}")
+
+    if meta.get("research_use_only") is not True:
+        refuse("research_use_only", f"{meta.get('research_use_only')!r}; a HER2Radiomics "
+               "bundle must be marked research_use_only: true")
+    for key in ("threshold", "nomogram_threshold"):
+        v = meta.get(key)
+        if v is not None and not (_number(v) and 0 <= v <= 1):
+            refuse(key, f"{v!r} is not a probability in [0, 1]")
+    problem = _classes_problem(meta, model_classes)
+    if problem:
+        refuse("classes", problem)
+    cols = meta.get("input_columns")
+    if cols is not None and not (isinstance(cols, list) and all(isinstance(c, str) for c in cols)
+                                 and len(set(cols)) == len(cols)):
+        refuse("input_columns", "not a list of unique column names")
+    ranges = meta.get("training_ranges")
+    if ranges is not None:
+        if not isinstance(ranges, dict) or not isinstance(ranges.get("features", {}), dict):
+            refuse("training_ranges", "not {features: {column: [low, high]}, rad_score: [...]}")
+        for col, v in (ranges.get("features") or {}).items():
+            problem = _range_problem(v)
+            if problem:
+                refuse(f"training_ranges.features.{col}", problem)
+        if ranges.get("rad_score") is not None:
+            problem = _range_problem(ranges["rad_score"])
+            if problem:
+                refuse("training_ranges.rad_score", problem)
+    spacing = meta.get("training_spacing")
+    if spacing is not None:
+        if not isinstance(spacing, dict):
+            refuse("training_spacing", "not an object")
+        if spacing.get("units") not in (None, "mm", "pixel", "mixed", "unrecorded"):
+            refuse("training_spacing.units", f"{spacing.get('units')!r} is not mm, pixel, "
+                   "mixed or unrecorded")
+        for ax in ("x", "y"):
+            key = f"spacing_{ax}_mm_range"
+            if spacing.get(key) is not None:
+                problem = _range_problem(spacing[key], positive=True)
+                if problem:
+                    refuse(f"training_spacing.{key}", problem)

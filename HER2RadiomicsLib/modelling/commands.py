@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import HER2Error, InputError
 
 
 def register(sub):
@@ -105,12 +105,13 @@ def cmd_predict(a) -> int:
     from .bundle import load_bundle
     from ..imaging.io import atomic_write_text
     from .predict import predict_case, predict_rows
+    from .predict import clinical_inputs, parse_clinical
+    clinical = parse_clinical(a.clinical)      # before the (seconds-long) bundle load
     b = load_bundle(a.bundle, trust=a.trust)
     if not a.image:   # one image: its warnings (bundle's included) are printed with it
         for w in b.warnings:
             print(f"warning: {w}", file=sys.stderr)
-    from .predict import parse_clinical
-    clinical = parse_clinical(a.clinical)
+    clinical_inputs(b, clinical)     # names the nomogram does not take: refused once, up front
     if a.image:
         if not a.mask:
             raise InputError("--image needs --mask (draw or auto-segment the lesion first)")
@@ -131,28 +132,18 @@ def cmd_predict(a) -> int:
         if a.out:
             atomic_write_text(a.out, json.dumps(pr.__dict__, indent=2, default=str))
         return 0
+    names = [str(n) for n in b.nomogram.predictors[1:]] if b.nomogram is not None else []
     if a.features:
         from .study import load_table
         rows = load_table(a.features, "feature")
-        preds = predict_rows(b, rows, site=a.site, clinical=rows)
+        # each row's own clinical cells, else the --clinical values; a row whose values are
+        # refused is that row's error, the others are predicted
+        clin = pd.DataFrame([{k: _cell(r.get(k), clinical.get(k)) for k in names}
+                             for r in rows.to_dict("records")], index=rows.index)
         errors = []
+        preds = predict_rows(b, rows, site=a.site, clinical=clin, errors=errors)
     else:
-        from ..extraction.batch import read_manifest
-        rows = read_manifest(a.manifest)
-        preds, errors = [], []
-        from ..errors import HER2Error
-        for r in rows:
-            try:
-                sp = (float(r["spacing_x_mm"]), float(r["spacing_y_mm"])) \
-                    if r.get("spacing_x_mm") else a.spacing_mm
-                clin = {**clinical, **{k: float(v) for k, v in r.items()
-                                       if k in (b.meta.get("clinical") or []) and v not in ("", None)}}
-                preds.append(predict_case(b, r["image"], r["mask"], spacing_mm=sp,
-                                          site=r.get(b.meta.get("batch_col", "site")) or a.site,
-                                          clinical=clin, case_id=r["case_id"],
-                                          pixel_units=a.pixel_units))
-            except HER2Error as exc:
-                errors.append({"case_id": r["case_id"], "error": str(exc)})
+        preds, errors = _predict_manifest(a, b, clinical, names)
     table = pd.DataFrame([p.as_row() for p in preds])
     text = table.to_csv(index=False, float_format="%.4f")
     if a.out and not preds:
@@ -166,6 +157,43 @@ def cmd_predict(a) -> int:
     for e in errors:
         print(f"  {e['case_id']}: {e['error']}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _cell(value, default):
+    """A table cell, or ``default`` when the cell is empty (blank or NaN)."""
+    if value is None or (isinstance(value, str) and not value.strip()) or value != value:
+        return default
+    return value
+
+
+def _predict_manifest(a, b, clinical: dict, names: list) -> tuple:
+    """``(predictions, errors)`` of the manifest's rows: whatever goes wrong with one row
+    (a bad cell, an unreadable image, a refused clinical value, an unforeseen failure) is
+    that row's error; the other rows are predicted."""
+    from ..extraction.batch import read_manifest
+    from .predict import clinical_inputs, predict_case
+    rows = read_manifest(a.manifest, per_row=True)
+    batch = b.meta.get("batch_col", "site")
+    preds, errors = [], []
+    for r in rows:
+        case = r["case_id"]
+        try:
+            if r.get("_error"):
+                raise InputError(r["_error"])
+            sp = (float(r["spacing_x_mm"]), float(r["spacing_y_mm"])) \
+                if r.get("spacing_x_mm") else a.spacing_mm
+            clin = {k: _cell(r.get(k), clinical.get(k)) for k in names}
+            clin = {k: v for k, v in clin.items() if v is not None}
+            clinical_inputs(b, clin, what=f"{a.manifest}: case {case}")
+            preds.append(predict_case(b, r["image"], r["mask"], spacing_mm=sp,
+                                      site=r.get(batch) or a.site, clinical=clin,
+                                      case_id=case, pixel_units=a.pixel_units))
+        except HER2Error as exc:
+            errors.append({"case_id": case, "error": str(exc)})
+        except Exception as exc:  # one row's unforeseen failure never aborts the others
+            errors.append({"case_id": case,
+                           "error": f"unexpected {type(exc).__name__}: {exc}"})
+    return preds, errors
 
 
 def cmd_report(a) -> int:

@@ -2,10 +2,17 @@
 
 The bundle's own params YAML and ring specs are used to extract exactly the features it was
 trained on; missing features are an error naming them; version differences are warned about.
+
+Clinical values for a bundle's nomogram are checked before use: a name the nomogram does not
+take, a value that is not a number or lies outside its plausible range
+(:data:`CLINICAL_RANGES`), or a non-0/1 value for a predictor the nomogram learnt as 0/1, is
+refused in one line naming the value and what is accepted; a missing one leaves the nomogram
+out with a warning and a QC note, never silently.
 """
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,20 @@ TOP_CONTRIBUTIONS = 5
 OOD_MARGIN = 0.5
 # A calibrated pixel spacing this much beyond the training spacings' range is flagged.
 SPACING_TOLERANCE = 0.25
+
+#: Plausible values of the clinical inputs our recipes use: ``name: (low, high, unit)``, both
+#: ends accepted except a lesion size of 0. ER and PR are accepted as % of stained nuclei or
+#: as 0/1 status (the synthetic cohort's and the papers' form); a nomogram that learnt 0/1
+#: refuses anything else. Outside these, the value is a typo or a unit mix-up (age in months,
+#: size in cm or in µm), not a patient.
+CLINICAL_RANGES = {
+    "age": (10.0, 110.0, "years"),
+    "menopausal": (0.0, 1.0, "0 = pre-, 1 = post-menopausal"),
+    "er": (0.0, 100.0, "% of stained nuclei, or 0/1 status"),
+    "pr": (0.0, 100.0, "% of stained nuclei, or 0/1 status"),
+    "ki67": (0.0, 100.0, "% of stained nuclei"),
+    "lesion_size_mm": (0.0, 200.0, "mm, above 0"),
+}
 
 
 @dataclass
@@ -53,10 +74,36 @@ class Prediction:
         return row
 
 
+def clinical_value(name: str, value, what: str = "--clinical") -> float:
+    """One clinical value as a float, refused unless it is a finite number inside its
+    plausible range (:data:`CLINICAL_RANGES`; names not listed there need only be finite).
+
+    Raises
+    ------
+    InputError
+        One line naming the value and the accepted range.
+    """
+    try:
+        v = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: clinical value {name} = {value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{what}: clinical value {name} = {value!r} is not a finite number")
+    if name in CLINICAL_RANGES:
+        lo, hi, unit = CLINICAL_RANGES[name]
+        low_ok = v > lo if name == "lesion_size_mm" else v >= lo
+        if not (low_ok and v <= hi):
+            raise InputError(f"{what}: clinical value {name} = {v:g} is outside the plausible "
+                             f"range {lo:g} to {hi:g} ({unit})")
+    return v
+
+
 def parse_clinical(values, what: str = "--clinical") -> dict:
     """Clinical values for the nomogram from ``"age=52, er=1"`` or ``["age=52", "er=1"]``.
 
-    Shared by the ``predict``/``report`` commands, the Slicer CLI and the panel.
+    Shared by the ``predict``/``report`` commands, the Slicer CLI and the panel. Each value is
+    checked by :func:`clinical_value`; names are checked against a bundle by
+    :func:`clinical_inputs`.
     """
     if isinstance(values, str):
         values = values.replace(";", ",").split(",")
@@ -68,11 +115,58 @@ def parse_clinical(values, what: str = "--clinical") -> dict:
         if "=" not in part:
             raise InputError(f"{what} {part!r}: expected name=value")
         key, value = part.split("=", 1)
+        key = key.strip()
         try:
-            out[key.strip()] = float(value)
+            float(value)
         except ValueError:
             raise InputError(f"{what} {part!r}: value must be a number") from None
+        out[key] = clinical_value(key, value, what)
     return out
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or \
+        (isinstance(v, float) and math.isnan(v))
+
+
+def clinical_inputs(bundle, values, what: str = "--clinical") -> tuple:
+    """The nomogram's clinical inputs from ``values`` (a dict or row), checked.
+
+    Returns ``(inputs, missing)``: ``inputs`` holds every predictor of the bundle's nomogram
+    as a float, or is ``None`` when one is missing (or the bundle has no nomogram);
+    ``missing`` names the predictors without a value (empty when there is no nomogram).
+
+    Raises
+    ------
+    InputError
+        A name the nomogram does not take (given as a dict, e.g. ``--clinical``), a value
+        that is not a number, outside its plausible range, or not 0/1 where the nomogram
+        learnt 0/1 — one line naming the value and what is accepted.
+    """
+    nomo = getattr(bundle, "nomogram", None)
+    values = {} if values is None else values
+    if nomo is None:
+        return None, []
+    names = [str(n) for n in nomo.predictors[1:]]
+    if isinstance(values, dict):
+        unknown = sorted(str(k) for k in values if k not in names)
+        if unknown:
+            raise InputError(f"{what}: unknown clinical value(s) {', '.join(unknown)}; this "
+                             f"bundle's nomogram takes {', '.join(names) or 'none'}")
+    ranges = dict(zip(nomo.predictors, np.asarray(getattr(nomo, "ranges_", []), float)))
+    out, missing = {}, []
+    for name in names:
+        raw = values.get(name)
+        if _missing(raw):
+            missing.append(name)
+            continue
+        v = clinical_value(name, raw, what)
+        lo_hi = ranges.get(name)
+        if lo_hi is not None and tuple(lo_hi) == (0.0, 1.0) and v not in (0.0, 1.0):
+            raise InputError(f"{what}: clinical value {name} = {v:g}: this bundle's nomogram "
+                             "learnt it as 0/1 (0 = no, 1 = yes)")
+        out[name] = v
+    return (None if missing else out), missing
 
 
 def extractor_for(bundle):
@@ -182,7 +276,8 @@ def out_of_distribution(bundle, row: pd.Series, rad_score=None) -> list:
     return out
 
 
-def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame | None = None):
+def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame | None = None,
+                 errors: list | None = None):
     """Predict from a table that already holds the bundle's feature columns.
 
     Parameters
@@ -193,6 +288,15 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         Site/scanner for ComBat when the rows have no site column.
     clinical : DataFrame, optional
         Clinical columns for the nomogram (same row order).
+    errors : list, optional
+        When given, a row whose clinical values are refused (see :func:`clinical_inputs`) is
+        left out and ``{"case_id", "error"}`` appended here; otherwise the first such row
+        raises.
+
+    Raises
+    ------
+    InputError
+        Missing features or site; a refused clinical value when ``errors`` is None.
     """
     from .transformers import rad_score_contributions, rad_score_per_class
     meta = bundle.meta
@@ -229,6 +333,15 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
     except InputError:
         per_class = None
     for i in range(len(X)):
+        case = str(X["case_id"].iloc[i]) if "case_id" in X else str(i)
+        try:
+            have = clinical.iloc[i] if clinical is not None and i < len(clinical) else None
+            inputs, missing = clinical_inputs(bundle, have, what=f"case {case}")
+        except InputError as exc:
+            if errors is None:
+                raise
+            errors.append({"case_id": case, "error": str(exc)})
+            continue
         if binary:
             p1 = float(P[i, classes.index("1")])
             probs = {names[0]: 1 - p1, names[1]: p1}
@@ -238,8 +351,7 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         else:
             probs = {c: float(P[i, classes.index(c)]) for c in names}
             cls = max(probs, key=probs.get)
-        pr = Prediction(str(X["case_id"].iloc[i]) if "case_id" in X else str(i), cls, probs,
-                        warnings=list(bundle.warnings))
+        pr = Prediction(case, cls, probs, warnings=list(bundle.warnings))
         if per_class is not None:
             pr.class_rad_scores = {c: float(per_class.iloc[i][c]) for c in per_class.columns}
         if contrib is not None:
@@ -251,15 +363,15 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         if ood:
             pr.warnings += ood
             pr.qc["out_of_distribution"] = "yes"
-        if bundle.nomogram is not None and clinical is not None and pr.rad_score is not None:
-            need_c = list(bundle.nomogram.predictors[1:])
-            have = clinical.iloc[i] if i < len(clinical) else pd.Series(dtype=float)
-            vals = {k: have.get(k) for k in need_c}
-            if all(v is not None and v == v for v in vals.values()):
-                Z = pd.DataFrame([{"rad_score": pr.rad_score, **vals}])
-                pr.nomogram_probability = float(bundle.nomogram.predict_proba(Z)[0, 1])
-                pr.nomogram_points = {k: float(v) for k, v in
-                                      bundle.nomogram.points(Z).iloc[0].items()}
+        if missing:
+            pr.warnings.append(f"nomogram not computed: no clinical value for "
+                               f"{', '.join(missing)}")
+            pr.qc["nomogram"] = f"not computed (no {', '.join(missing)})"
+        elif inputs is not None and pr.rad_score is not None:
+            Z = pd.DataFrame([{"rad_score": pr.rad_score, **inputs}])
+            pr.nomogram_probability = float(bundle.nomogram.predict_proba(Z)[0, 1])
+            pr.nomogram_points = {k: float(v) for k, v in
+                                  bundle.nomogram.points(Z).iloc[0].items()}
         out.append(pr)
     return out
 
@@ -274,6 +386,8 @@ def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict
     SimpleITK ``mask`` skips reading files (the Slicer module passes in-memory volumes).
     """
     from ..imaging.io import load_case
+    # clinical values first: a refused one costs no image reading or extraction
+    clinical_inputs(bundle, clinical)
     if loaded is None:
         loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
     spacing_warnings = check_spacing_units(bundle, loaded, pixel_units)
@@ -285,6 +399,8 @@ def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict
     pr = predict_rows(bundle, row, site=site, clinical=clin)[0]
     pr.qc.update(qc)
     pr.warnings += spacing_warnings
+    if clinical and bundle.nomogram is None:
+        pr.warnings.append("the bundle has no nomogram: the clinical values given are not used")
     if bundle.meta.get("engine"):
         from ..extraction.features import engine_info
         used, trained = engine_info(), bundle.meta["engine"]

@@ -211,7 +211,7 @@ def _extract_config(a):
 
 
 def cmd_extract(a) -> int:
-    from .extraction.batch import _case_id_problems, read_manifest, run_batch, summarize
+    from .extraction.batch import case_id_problems, read_manifest, run_batch, summarize
     from .errors import InputError
     cfg = _extract_config(a)
     if a.manifest:
@@ -221,7 +221,7 @@ def cmd_extract(a) -> int:
         if not a.mask:
             raise InputError("--image needs --mask (the lesion mask)")
         cid = a.case_id or Path(a.image).name.split(".")[0]
-        bad = _case_id_problems(cid)
+        bad = case_id_problems(cid)
         if bad:
             raise InputError(f"--case-id: {bad[0]}")
         rows = [{"case_id": cid,

@@ -388,3 +388,21 @@ def test_formula_cells_are_quoted_numbers_are_not():
                                           "-0.25", "+3", "1e-3", "plain", -1.5, None)] == [
         "'=1+2", "'+cmd", "'-cmd|' /C calc'!A0", "'@SUM(A1)", "-0.25", "+3", "1e-3", "plain",
         -1.5, None]
+
+
+def test_reader_study_case_ids_never_become_paths(cohort, tmp_path):
+    rows = list(csv.DictReader(open(cohort / "readers.csv")))
+    for r in rows:
+        for c in ("image", "mask"):
+            r[c] = str(cohort / r[c])
+    first = rows[0]["case_id"]
+    for r in rows:
+        if r["case_id"] == first:
+            r["case_id"] = "../../escaped"
+    man = write_manifest(tmp_path / "rs.csv", rows)
+    out = tmp_path / "a" / "b" / "rs"
+    rc, text, err = run(["reader-study", "--manifest", man, "--params", "cui2023",
+                         "--out", out, "--no-progress"])
+    assert rc == 1, err                                   # done, with the rows it refused
+    assert "must not contain path separators: row ignored" in text
+    assert not list(tmp_path.rglob("escaped*"))

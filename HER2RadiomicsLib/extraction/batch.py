@@ -129,7 +129,7 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
         elif cid in seen:
             mine.append(f"duplicate case_id {cid[:60]!r} (first on row {seen[cid]})")
         else:
-            mine += _case_id_problems(cid)
+            mine += case_id_problems(cid)
         seen.setdefault(cid, i + 2)
         for col in ("image", "mask", "fov"):
             if r.get(col):
@@ -154,7 +154,7 @@ FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
 MAX_CASE_ID = 200
 
 
-def _case_id_problems(cid: str) -> list:
+def case_id_problems(cid: str) -> list:
     out = []
     if any(c in cid for c in "/\\") or cid in (".", ".."):
         out.append(f"case_id {cid[:60]!r} must not contain path separators")

@@ -51,6 +51,18 @@ def read_reader_manifest(path, readers=None):
         absent = sorted(set(readers) - set(df["reader"]))
         if absent:
             raise InputError(f"{path}: --readers {absent} have no rows in the manifest")
+    from ..extraction.batch import case_id_problems
+    bad = []
+    for i, r in df.iterrows():
+        why = case_id_problems(r.case_id) + [
+            m.replace("case_id", "reader") for m in case_id_problems(r.reader)]
+        if not r.case_id or not r.reader:
+            why.append("empty case_id or reader")
+        if why:
+            # the name becomes file names (consensus masks, parts): that row is left out
+            problems.append(f"{path.name} row {i + 2}: {'; '.join(why)}: row ignored")
+            bad.append(i)
+    df = df.drop(index=bad)
     dup = df.duplicated(["case_id", "reader"])
     if dup.any():
         r = df[dup].iloc[0]

@@ -406,3 +406,12 @@ def test_reader_study_case_ids_never_become_paths(cohort, tmp_path):
     assert rc == 1, err                                   # done, with the rows it refused
     assert "must not contain path separators: row ignored" in text
     assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_icc_forms_offered_are_the_ones_computed():
+    from HER2RadiomicsLib.readers.commands import ICC_FORMS
+    from HER2RadiomicsLib.readers.reproducibility import FORMS
+    assert ICC_FORMS == FORMS
+    rc, _, err = run(["icc", "--table", "t.csv", "--out", "o.csv", "--icc-form", "ICC9"])
+    assert rc == 2
+    one_error_line(err, "invalid choice: 'ICC9'")

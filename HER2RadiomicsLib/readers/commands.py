@@ -8,6 +8,9 @@ from pathlib import Path
 
 from ..errors import InputError
 
+#: reproducibility.FORMS, spelled out so that building the parser imports no numpy
+ICC_FORMS = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
+
 
 def register(sub):
     p = sub.add_parser("reader-study", help="inter-observer ICC, contour agreement, "
@@ -16,7 +19,8 @@ def register(sub):
     p.add_argument("--params", default="default", help="params preset or YAML")
     p.add_argument("--rings", default="", help="peritumoral distances in mm, e.g. 3,5,8")
     p.add_argument("--readers", help="comma-separated readers to use (default: all)")
-    p.add_argument("--icc-form", default="ICC2", help="form for the stable list (default ICC2)")
+    p.add_argument("--icc-form", default="ICC2", choices=ICC_FORMS,
+                   help="form for the stable list (default ICC2)")
     p.add_argument("--threshold", type=float, default=0.75)
     p.add_argument("--lower-ci", action="store_true",
                    help="apply the threshold to the lower 95%% CI bound instead of the estimate")
@@ -34,7 +38,7 @@ def register(sub):
     p.add_argument("--table", required=True)
     p.add_argument("--case-col", default="case_id")
     p.add_argument("--reader-col", default="reader")
-    p.add_argument("--icc-form", default="ICC2")
+    p.add_argument("--icc-form", default="ICC2", choices=ICC_FORMS)
     p.add_argument("--threshold", type=float, default=0.75)
     p.add_argument("--lower-ci", action="store_true")
     p.add_argument("--out", required=True)
@@ -50,7 +54,8 @@ def cmd_icc(a) -> int:
     except (OSError, ValueError) as exc:
         raise InputError(f"{a.table}: cannot read table ({exc})") from None
     t = icc_table(df, a.case_col, a.reader_col, band_form=a.icc_form)
-    atomic_write_text(a.out, t.to_csv(index=False, float_format="%.10g"))
+    from ..outputs import write_csv
+    write_csv(a.out, t, float_format="%.10g")
     stable = stable_features(t, a.threshold, a.icc_form, a.lower_ci)
     sp = Path(a.out).with_name(Path(a.out).stem + "_stable_features.txt")
     atomic_write_text(sp, "\n".join(stable) + "\n")

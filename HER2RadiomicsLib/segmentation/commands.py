@@ -185,9 +185,10 @@ def cmd_segment(a) -> int:
         row["cnn_confidence"] = info.get("cnn_confidence", "")
         row["cnn_flags"] = info.get("cnn_flags", "")
         man.append(row)
+    from ..outputs import write_csv
+    # the manifest is the next command's input: its cells are the user's own, kept verbatim
     atomic_write_text(out / "manifest.csv", pd.DataFrame(man).to_csv(index=False))
-    atomic_write_text(out / "errors.csv", pd.DataFrame(errors, columns=["case_id", "error"])
-                      .to_csv(index=False))
+    write_csv(out / "errors.csv", pd.DataFrame(errors, columns=["case_id", "error"]))
     print(f"{len(man)}/{len(rows) + len(refused)} masks in {out} (manifest for extraction: "
           f"{out / 'manifest.csv'})")
     for e in errors[:20]:
@@ -299,9 +300,13 @@ def summarize_metrics(recs) -> dict:
          # is undefined for them and is summarised over the others
          "n_no_lesion_found": sum(1 for r in ok if not r.get("lesion_found", True))}
     if ok:
+        import warnings
+        with warnings.catch_warnings():     # no HD95 at all (every image a miss): NaN, quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            hd_median, hd_mean = float(np.nanmedian(hd)), float(np.nanmean(hd))
         s.update(mean_dice=float(d.mean()), median_dice=float(np.median(d)),
                  mean_iou=float(np.mean([r["iou"] for r in ok])),
-                 median_hd95=float(np.nanmedian(hd)), mean_hd95=float(np.nanmean(hd)),
+                 median_hd95=hd_median, mean_hd95=hd_mean,
                  miss_rate_dice_lt_0_1=float((d < 0.1).mean()),
                  distance_unit=ok[0]["distance_unit"])
     return s
@@ -314,7 +319,8 @@ def cmd_eval(a) -> int:
     rows = read_manifest(a.manifest, per_row=True)
     seg = None if a.pred_dir else get_segmenter(a.model, a.device)
     recs = evaluate(rows, seg, a.pred_dir, progress=not a.no_progress)
-    atomic_write_text(a.out, pd.DataFrame(recs).to_csv(index=False))
+    from ..outputs import write_csv
+    write_csv(a.out, pd.DataFrame(recs))
     summ = summarize_metrics(recs)
     sp = Path(a.out).with_suffix(".summary.json")
     atomic_write_text(sp, json.dumps(summ, indent=2))

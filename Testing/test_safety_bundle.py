@@ -338,9 +338,9 @@ def test_tree_giving_wrong_answers_is_refused(kind, forest, tmp_path, capsys):
 
 
 def test_tree_checks_reach_every_estimator_kind():
-    """Trees nested in boosting, calibration and plain trees are all found; a forest whose
-    trees take more inputs than it validates, and boosting stages of the wrong width, are
-    refused."""
+    """Trees nested in boosting, calibration and the hierarchical classifier are all found,
+    and named by where they sit; a forest whose trees take more inputs than it validates, and
+    boosting stages of the wrong width, are refused."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
     from sklearn.tree import DecisionTreeClassifier
@@ -351,9 +351,19 @@ def test_tree_checks_reach_every_estimator_kind():
     cal = CalibratedClassifierCV(DecisionTreeClassifier(max_depth=2), cv=2).fit(X, y)
     assert check_trees({"pipeline": gb}, "b") == 9
     assert check_trees({"pipeline": cal}, "b") == 2
+    from HER2RadiomicsLib.modelling.study import HierarchicalClassifier
+    h = HierarchicalClassifier(RandomForestClassifier(2, random_state=0)).fit(
+        X, np.array(["zero", "low", "positive"])[y3])
+    assert check_trees({"pipeline": h}, "b") == 4
+    h.stage2_.estimators_[1].tree_.feature[0] = 999       # the tree's own memory, edited
+    with pytest.raises(ModelError, match=r"DecisionTreeClassifier at model\['pipeline'\]"
+                                         r"\.stage2_\.estimators_\[1\]: node 0 splits on "
+                                         "feature 999 of 4"):
+        check_trees({"pipeline": h}, "b")
     rf = RandomForestClassifier(2, random_state=0).fit(X, y)
     rf.n_features_in_ = 2
-    with pytest.raises(ModelError, match="RandomForestClassifier takes 2 features"):
+    with pytest.raises(ModelError,
+                       match=r"RandomForestClassifier at model\['pipeline'\] takes 2 "):
         check_trees({"pipeline": rf}, "b")
     gb.estimators_ = gb.estimators_[:, :2]
     with pytest.raises(ModelError, match="not 3 trees per iteration"):

@@ -73,7 +73,7 @@ def test_unknown_clinical_name_is_refused_naming_the_accepted_ones(capsys):
     rc, out, err = _main(capsys, _predict_image("--clinical", *args))
     assert rc == 2 and len(err) == 1, err
     assert "unknown clinical value(s) Ki67" in err[0]
-    assert "age, menopausal, er, pr, ki67, lesion_size_mm" in err[0]
+    assert "known names: age, menopausal, er, pr, ki67, lesion_size_mm" in err[0]
 
 
 def test_missing_clinical_values_are_reported_not_silent(capsys):
@@ -170,3 +170,24 @@ def test_feature_table_bad_clinical_cell_fails_only_its_row(tmp_path, capsys):
     assert pd.isna(pred.loc["blank", "nomogram_probability"])
     assert "nomogram=not computed (no age)" in pred.loc["blank", "qc"]
     assert len(err) == 1 and "words" in err[0] and "age = 'sixty' is not a number" in err[0]
+
+
+def test_candidates_a_nomogram_did_not_select_are_accepted_not_used():
+    """yin2024 and zhao2025 select clinical variables by univariate p: a bundle's nomogram
+    may use only age and ki67, and the other recipe variables given as well are no typo."""
+    import numpy as np
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.nomogram import NomogramModel
+    from HER2RadiomicsLib.modelling.predict import clinical_inputs
+    b = load_bundle(BUNDLE)
+    rng = np.random.default_rng(0)
+    Z = pd.DataFrame({"rad_score": rng.normal(size=40), "age": rng.uniform(30, 80, 40),
+                      "ki67": rng.uniform(1, 90, 40)})
+    b.nomogram = NomogramModel(("rad_score", "age", "ki67")).fit(Z, np.tile([0, 1], 20))
+    b.meta = dict(b.meta, clinical=["age", "ki67"])
+    inputs, missing = clinical_inputs(b, dict(CASE["clinical"]))
+    assert inputs == {"age": CASE["clinical"]["age"], "ki67": CASE["clinical"]["ki67"]}
+    assert missing == []
+    with pytest.raises(InputError, match="unknown clinical value"):
+        clinical_inputs(b, {"age": 50, "ki-67": 30})

@@ -35,10 +35,6 @@ MAX_SCHEMA_NODES = 1_000_000
 # audits and builds recursively, so this also keeps it far from Python's recursion limit.
 MAX_SCHEMA_DEPTH = 100
 
-# The owners of trees: their arrays are read without bounds checks by scikit-learn's compiled
-# code, and nothing else in an allow-listed bundle holds a Tree.
-_TREE_TYPE = "sklearn.tree._tree.Tree"
-
 
 class _Refused(ValueError):
     """A schema graph over a cap (internal: turned into a ModelError naming the file)."""
@@ -138,27 +134,29 @@ def check_schema_graph(schema, path) -> tuple:
 # -- trees: the compiled code that follows their indices checks none of them -------------------
 
 def _objects(root):
-    """``(owner, name, obj)`` for every object reachable from ``root``, each visited once."""
+    """``(where, obj)`` for every object reachable from ``root``, each visited once;
+    ``where`` is the attribute path from the root, e.g. ``model['pipeline'].estimators_[0]``."""
     seen = {id(root)}
-    stack = [(None, "model", root)]
+    stack = [("model", root)]
     while stack:
-        owner, name, obj = stack.pop()
-        yield owner, name, obj
+        where, obj = stack.pop()
+        yield where, obj
         if isinstance(obj, dict):
-            items = list(obj.items())
+            items = [(f"[{k!r}]", v) for k, v in obj.items()]
         elif isinstance(obj, (list, tuple)):
-            items = list(enumerate(obj))
+            items = [(f"[{i}]", v) for i, v in enumerate(obj)]
         elif isinstance(obj, np.ndarray):
-            items = list(enumerate(obj.ravel())) if obj.dtype == object else []
+            items = [(f"[{i}]", v) for i, v in enumerate(obj.ravel())] \
+                if obj.dtype == object else []
         elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-            items = list(vars(obj).items())
+            items = [(f".{k}", v) for k, v in vars(obj).items()]
         else:
             items = []
         for k, v in items:
             if id(v) not in seen and not isinstance(v, (str, bytes, int, float, bool,
                                                          type(None))):
                 seen.add(id(v))
-                stack.append((obj, str(k), v))
+                stack.append((where + k, v))
 
 
 def _tree_problem(tree, n_inputs) -> str | None:
@@ -232,8 +230,7 @@ def check_trees(model, path) -> int:
     from sklearn.tree._tree import Tree
     owned, n = {}, 0
     objs = list(_objects(model))
-    for owner, name, obj in objs:
-        where = type(owner).__name__ if owner is not None else "model"
+    for where, obj in objs:
         tree = getattr(obj, "tree_", None)
         if isinstance(tree, Tree):
             owned[id(tree)] = obj
@@ -250,28 +247,29 @@ def check_trees(model, path) -> int:
                               "the estimator"
             if problem:
                 raise ModelError(f"{path}: refused: damaged or hostile tree in "
-                                 f"{type(obj).__name__} (in {where}): {problem}")
+                                 f"{type(obj).__name__} at {where}: {problem}")
             n += 1
         subs = _trees_of(obj)
         n_in = getattr(obj, "n_features_in_", None)
         if subs and n_in is not None:
             wide = [s for s in subs if getattr(s, "n_features_in_", 0) > n_in]
             if wide:
-                raise ModelError(f"{path}: refused: {type(obj).__name__} takes {n_in} features "
-                                 f"but its {type(wide[0]).__name__} takes "
+                raise ModelError(f"{path}: refused: {type(obj).__name__} at {where} takes "
+                                 f"{n_in} features but its {type(wide[0]).__name__} takes "
                                  f"{wide[0].n_features_in_}")
             per_iter = getattr(obj, "n_trees_per_iteration_", None)
             est = obj.estimators_
             if per_iter is not None and isinstance(est, np.ndarray) and \
                     (est.ndim != 2 or est.shape[1] != per_iter):
-                raise ModelError(f"{path}: refused: {type(obj).__name__} has stages of shape "
-                                 f"{est.shape}, not {per_iter} trees per iteration")
-    for owner, name, obj in objs:
+                raise ModelError(f"{path}: refused: {type(obj).__name__} at {where} has "
+                                 f"stages of shape {est.shape}, not {per_iter} trees per "
+                                 "iteration")
+    for where, obj in objs:
         if isinstance(obj, Tree) and id(obj) not in owned:
             problem = _tree_problem(obj, None)
             if problem:
-                raise ModelError(f"{path}: refused: damaged or hostile tree in "
-                                 f"{type(owner).__name__}.{name}: {problem}")
+                raise ModelError(f"{path}: refused: damaged or hostile tree at {where}: "
+                                 f"{problem}")
             n += 1
     return n
 
@@ -302,7 +300,7 @@ def _classes_problem(meta: dict, model_classes) -> str | None:
     if "task" in meta:
         from .study import class_names
         try:
-            want = class_names(meta["task"])
+            want = [str(c) for c in class_names(meta["task"])]
         except Exception:       # an unknown task name or a malformed task: refused below
             return f"task {meta['task']!r} is not a task of this library"
         if (classes != want) if binary else (set(classes) != set(want)):

@@ -129,6 +129,23 @@ def _missing(v) -> bool:
         (isinstance(v, float) and math.isnan(v))
 
 
+def known_clinical_names(bundle) -> list:
+    """Clinical names a user may give for ``bundle``: its nomogram's predictors first, then
+    its recipe's candidates (a recipe's univariate selection may have dropped some) and the
+    names of :data:`CLINICAL_RANGES`. Anything else is a typo (``Ki67``, ``ki-67``)."""
+    names = [str(n) for n in bundle.nomogram.predictors[1:]] if bundle.nomogram is not None \
+        else []
+    names += [str(n) for n in bundle.meta.get("clinical") or []]
+    try:
+        import yaml
+        recipe = yaml.safe_load(bundle.meta.get("recipe_yaml") or "") or {}
+        names += [str(n) for n in recipe.get("clinical") or []]
+    except Exception:  # a recipe text we cannot read adds no names; the rest still apply
+        pass
+    names += list(CLINICAL_RANGES)
+    return list(dict.fromkeys(names))
+
+
 def clinical_inputs(bundle, values, what: str = "--clinical") -> tuple:
     """The nomogram's clinical inputs from ``values`` (a dict or row), checked.
 
@@ -149,10 +166,12 @@ def clinical_inputs(bundle, values, what: str = "--clinical") -> tuple:
         return None, []
     names = [str(n) for n in nomo.predictors[1:]]
     if isinstance(values, dict):
-        unknown = sorted(str(k) for k in values if k not in names)
+        known = known_clinical_names(bundle)
+        unknown = sorted(str(k) for k in values if k not in known)
         if unknown:
-            raise InputError(f"{what}: unknown clinical value(s) {', '.join(unknown)}; this "
-                             f"bundle's nomogram takes {', '.join(names) or 'none'}")
+            raise InputError(f"{what}: unknown clinical value(s) {', '.join(unknown)}; known "
+                             f"names: {', '.join(known)} (this bundle's nomogram uses "
+                             f"{', '.join(names) or 'none'})")
     ranges = dict(zip(nomo.predictors, np.asarray(getattr(nomo, "ranges_", []), float)))
     out, missing = {}, []
     for name in names:

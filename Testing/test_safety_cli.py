@@ -415,3 +415,20 @@ def test_icc_forms_offered_are_the_ones_computed():
     rc, _, err = run(["icc", "--table", "t.csv", "--out", "o.csv", "--icc-form", "ICC9"])
     assert rc == 2
     one_error_line(err, "invalid choice: 'ICC9'")
+
+
+def test_a_bundles_params_name_never_becomes_a_path(tmp_path):
+    """The params file a prediction writes stays in its private folder, whatever the bundle's
+    params_name says (a crafted '../../x' or the absolute path of the training params)."""
+    from HER2RadiomicsLib.modelling.predict import bundle_params_file, params_file_name
+
+    class B:
+        meta = {"params_yaml": "imageType: {Original: {}}\n"}
+    assert params_file_name("cui2023") == "cui2023.yaml"
+    assert params_file_name("/home/r/my params.yaml") == "my_params.yaml"
+    for name in ("../../../" + str(tmp_path / "escaped"), str(tmp_path / "abs.yaml"), "..", ""):
+        B.meta["params_name"] = name
+        p = bundle_params_file(B)
+        assert p.read_text() == B.meta["params_yaml"]
+        assert tmp_path not in p.parents and p.parent.parent.name.startswith("h2r_bundle_")
+    assert list(tmp_path.iterdir()) == []

@@ -188,12 +188,44 @@ def clinical_inputs(bundle, values, what: str = "--clinical") -> tuple:
     return (None if missing else out), missing
 
 
+_PARAMS_DIR = []
+
+
+def params_file_name(name) -> str:
+    """A safe file name for a bundle's params: the last part of ``params_name`` (a preset name
+    or the training params file's path) without folders or odd characters, so that neither a
+    training path (``/home/x/my.yaml``) nor a crafted one (``../../x``) leaves the folder."""
+    import re
+    stem = re.split(r"[\\/]", str(name))[-1]
+    if stem.lower().endswith((".yaml", ".yml")):
+        stem = stem.rsplit(".", 1)[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip(".")[:64]
+    return f"{stem or 'params'}.yaml"
+
+
+def bundle_params_file(bundle) -> Path:
+    """The bundle's params text (verbatim) as a file in this process's private temporary
+    folder (made once, removed at exit): the feature engine and its workers read params from a
+    path, and the file's stem names the params in the provenance."""
+    import atexit
+    import hashlib
+    import shutil
+    if not _PARAMS_DIR:
+        _PARAMS_DIR.append(Path(tempfile.mkdtemp(prefix="h2r_bundle_")))
+        atexit.register(shutil.rmtree, _PARAMS_DIR[0], True)
+    text = bundle.meta["params_yaml"]
+    sub = _PARAMS_DIR[0] / hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = sub / params_file_name(bundle.meta.get("params_name", "params"))
+    if not path.exists():
+        sub.mkdir(exist_ok=True)
+        path.write_text(text)
+    return path
+
+
 def extractor_for(bundle):
     """A FeatureExtractor configured with the bundle's params text (verbatim)."""
     from ..extraction.features import FeatureExtractor
-    tmp = Path(tempfile.mkdtemp(prefix="h2r_bundle_")) / f"{bundle.meta['params_name']}.yaml"
-    tmp.write_text(bundle.meta["params_yaml"])
-    return FeatureExtractor(str(tmp))
+    return FeatureExtractor(str(bundle_params_file(bundle)))
 
 
 def check_spacing_units(bundle, loaded, pixel_units: bool = False) -> list:

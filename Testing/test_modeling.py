@@ -95,6 +95,31 @@ def test_combat_train_apply_and_errors():
         ComBat().fit(df.iloc[:20])
 
 
+def test_combat_tolerates_single_case_sites_only_when_asked():
+    """The training pipeline's ComBat (small_sites="tolerate") fits cross-validation folds
+    that hold one case of a site, or a single site; the default keeps the published method's
+    requirements (two sites of two cases)."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(21, 4)), columns=list("abcd"))
+    df["site"] = ["A"] * 10 + ["B"] * 10 + ["C"]
+    df.loc[df.site == "B", list("abcd")] += 2.0
+    with pytest.raises(InputError, match="single case"):
+        ComBat().fit(df)
+    cb = ComBat(small_sites="tolerate").fit(df)
+    assert cb.sites_ == ["A", "B"] and cb.pooled_sites_ == ["C"] and "C" in cb.fallback_
+    # C's case gets the average of A's and B's effects, as an unseen scanner would
+    avg = ComBat(small_sites="tolerate", unknown_site="average").fit(df.iloc[:20])
+    np.testing.assert_allclose(cb.transform(df.iloc[20:]).to_numpy(),
+                               avg.transform(df.iloc[20:]).to_numpy(), rtol=1e-12)
+    # two sites, one of them a single case: nothing to compare, features pass unchanged
+    two = df.iloc[:11]
+    pt = ComBat(small_sites="tolerate").fit(two)
+    assert pt.passthrough_ and pt.fallback_
+    np.testing.assert_array_equal(pt.transform(two).to_numpy(), two[list("abcd")].to_numpy())
+    with pytest.raises(InputError, match="small_sites"):
+        ComBat(small_sites="maybe").fit(df)
+
+
 def test_correlation_filter_keeps_most_relevant_of_cluster():
     X, y = _frame()
     X["tumor__twin"] = X["tumor__f0"] * 0.99 + 0.01

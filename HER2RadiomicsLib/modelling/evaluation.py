@@ -367,7 +367,13 @@ def plot_auc_distribution(aucs, path, title="Repeated 70/30 splits"):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
     aucs = np.asarray(aucs)
-    ax.hist(aucs, bins=min(30, max(5, len(aucs) // 4)), color="#16324f", alpha=0.8)
+    lo, hi = float(aucs.min()), float(aucs.max())
+    if hi - lo < 1e-3:
+        # (nearly) equal AUCs, e.g. 1.0 and 1.0 - 1e-16 on a tiny test set: numpy cannot cut
+        # a range that small into bins, so the bins span +-0.01 around them
+        lo, hi = lo - 0.01, hi + 0.01
+    ax.hist(aucs, bins=np.linspace(lo, hi, min(30, max(5, len(aucs) // 4)) + 1),
+            color="#16324f", alpha=0.8)
     ax.axvline(np.median(aucs), color="#c0392b", label=f"median {np.median(aucs):.3f}")
     ax.axvline(0.5, color="grey", ls=":")
     ax.set_xlabel("test AUC")

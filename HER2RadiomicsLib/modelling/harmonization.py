@@ -64,6 +64,13 @@ class ComBat(TransformerMixin, BaseEstimator):
         What ``transform`` does with a site not seen in ``fit`` (see the module docstring).
     forbidden_covariates : sequence of str
         Names that may not be covariates (the pipeline passes the outcome label).
+    small_sites : {"error", "tolerate"}
+        What ``fit`` does with sites it cannot estimate. ``"error"`` (default): every site
+        needs two cases and there must be two sites, as the published method requires.
+        ``"tolerate"`` (the training pipeline, whose cross-validation folds of a small
+        multi-site study can hold a single case of a site, or one site only): a single-case
+        site gets the average site effect when two other sites can be estimated; otherwise
+        the fit leaves the features unchanged (``passthrough_``).
 
     Attributes
     ----------
@@ -75,10 +82,20 @@ class ComBat(TransformerMixin, BaseEstimator):
         Pooled mean, pooled variance and covariate coefficients per feature.
     gamma_star_, delta_star_ : ndarray, shape (n_sites, n_features)
         Empirical-Bayes site effects.
+    pooled_sites_ : list
+        Sites that had a single case in ``fit`` (a small cross-validation fold): left out of
+        the estimation when two other sites remain, and given the average site effect.
+    passthrough_ : bool
+        True when fewer than two sites had two or more cases (``small_sites="tolerate"``):
+        no site effect can be estimated against another, and ``transform`` returns the
+        features unchanged.
+    fallback_ : str or None
+        Says when either happened (the training run lists it in its notes).
     """
 
     def __init__(self, batch_col="site", parametric=True, eb=True, mean_only=False,
-                 covariate_cols=(), unknown_site="error", forbidden_covariates=()):
+                 covariate_cols=(), unknown_site="error", forbidden_covariates=(),
+                 small_sites="error"):
         self.batch_col = batch_col
         self.parametric = parametric
         self.eb = eb
@@ -86,6 +103,7 @@ class ComBat(TransformerMixin, BaseEstimator):
         self.covariate_cols = covariate_cols
         self.unknown_site = unknown_site
         self.forbidden_covariates = forbidden_covariates
+        self.small_sites = small_sites
 
     def _split(self, X):
         if not isinstance(X, pd.DataFrame):
@@ -108,6 +126,31 @@ class ComBat(TransformerMixin, BaseEstimator):
         Y = X[feats].to_numpy(dtype=np.float64)                   # (n, p)
         if not np.isfinite(Y).all():
             raise InputError("ComBat: features contain NaN/inf; impute before harmonising")
+        # a site with one case has no variance to estimate: when at least two other sites
+        # can be fitted, its case is harmonised like a new scanner's (the average effect)
+        names, n_per = np.unique(batch, return_counts=True)
+        single = [str(s) for s, n in zip(names, n_per) if n < 2]
+        self.pooled_sites_, self.fallback_, self.passthrough_ = [], None, False
+        tolerate = getattr(self, "small_sites", "error") == "tolerate"
+        if tolerate and single and len(names) - len(single) >= 2:
+            keep = ~np.isin(batch, single)
+            batch, Y, X = batch[keep], Y[keep], X[keep]
+            self.pooled_sites_ = single
+            self.fallback_ = (f"ComBat: site(s) {', '.join(single)} had a single training "
+                              "case and got the average site effect")
+        elif tolerate and len(names) - len(single) < 2:
+            # one site, or two of which one is a single case (a small cross-validation fold):
+            # no site effect can be estimated against another, so this fit leaves the
+            # features as they are rather than erase a lone case's values
+            self.passthrough_ = True
+            self.fallback_ = (f"ComBat: the training rows held {len(names)} site(s), "
+                              f"{len(single)} of them a single case: not harmonised")
+            self.sites_ = [str(x) for x in names]
+            self.feature_names_in_ = np.array(feats, dtype=object)
+            self.covariates_ = covs
+            self.n_features_in_ = X.shape[1]
+            self.gamma_star_ = self.delta_star_ = None
+            return self
         sites, idx, counts = _sites(batch)
         C = X[covs].to_numpy(dtype=np.float64) if covs else np.zeros((len(Y), 0))
         grand, beta_cov, var = _pooled_model(Y, idx, counts, C)
@@ -131,6 +174,8 @@ class ComBat(TransformerMixin, BaseEstimator):
         if self.unknown_site not in ("error", "estimate", "average"):
             raise InputError(f"ComBat: unknown_site={self.unknown_site!r} (error, estimate or "
                              "average)")
+        if getattr(self, "small_sites", "error") not in ("error", "tolerate"):
+            raise InputError(f"ComBat: small_sites={self.small_sites!r} (error or tolerate)")
 
     def _site_effects(self, s, idx, n_sites):
         """Per-site mean (gamma) and variance (delta) of the standardised data, before
@@ -157,6 +202,8 @@ class ComBat(TransformerMixin, BaseEstimator):
         if missing:
             raise InputError(f"ComBat: {len(missing)} feature(s) seen in fit are missing, "
                              f"e.g. {missing[:3]}")
+        if getattr(self, "passthrough_", False):
+            return X[list(self.feature_names_in_) + list(covs)].copy()
         Y = X[list(self.feature_names_in_)].to_numpy(dtype=np.float64)
         C = X[covs].to_numpy(dtype=np.float64) if covs else np.zeros((len(X), 0))
         stand = self.grand_mean_ + C @ self.beta_cov_
@@ -169,6 +216,8 @@ class ComBat(TransformerMixin, BaseEstimator):
             rows = batch == site
             if site in site_index:
                 g, d = self.gamma_star_[site_index[site]], self.delta_star_[site_index[site]]
+            elif site in getattr(self, "pooled_sites_", ()):
+                g, d = g_avg, d_avg                # seen in fit with a single case
             elif self.unknown_site == "estimate" and rows.sum() >= 2:
                 g, d = self._estimate_new_site(s[rows])
             elif self.unknown_site in ("average", "estimate"):

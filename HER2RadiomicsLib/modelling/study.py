@@ -127,22 +127,72 @@ def load_table(path, what: str) -> pd.DataFrame:
     return df
 
 
-def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict) -> pd.DataFrame:
-    """Join features and labels (aggregating per patient when the recipe says so)."""
+def _check_feature_cells(feats: pd.DataFrame, name, notes) -> pd.DataFrame:
+    """Feature columns as floats: a non-numeric cell is refused (it would otherwise be dropped
+    by the per-patient mean or break a fit deep inside the pipeline); an infinite value is
+    treated as missing (imputed like an empty cell) and said in ``notes``."""
+    cols = [c for c in feats.columns if "__" in c]
+    out = feats.copy()
+    n_inf, inf_cols = 0, []
+    for c in cols:
+        v = feats[c]
+        if v.dtype == bool:
+            out[c] = v.astype(float)
+            continue
+        num = pd.to_numeric(v, errors="coerce")
+        bad = num.isna() & v.notna() & (v.astype(str).str.strip() != "")
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            more = f", and {int(bad.sum()) - 1} more" if bad.sum() > 1 else ""
+            raise InputError(f"{name}: column {c} has a non-numeric value {str(v.iloc[i])!r} "
+                             f"(case {feats['case_id'].iloc[i]}{more})")
+        num = num.astype(float)
+        inf = np.isinf(num.to_numpy())
+        if inf.any():
+            n_inf += int(inf.sum())
+            inf_cols.append(c)
+            num = num.mask(inf)
+        out[c] = num
+    if n_inf:
+        notes.append(f"{name}: {n_inf} infinite value(s) in {len(inf_cols)} column(s) (e.g. "
+                     f"{', '.join(inf_cols[:3])}) treated as missing (imputed)")
+    return out
+
+
+def _check_unique_ids(df: pd.DataFrame, name):
+    dup = df["case_id"][df["case_id"].duplicated()]
+    if len(dup):
+        raise InputError(f"{name}: case_id {dup.iloc[0]!r} appears more than once "
+                         f"({dup.nunique()} duplicated case_id(s)); one row per case")
+
+
+def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict, *, notes=None,
+            features_name="feature table", labels_name="labels table") -> pd.DataFrame:
+    """Join features and labels (aggregating per patient when the recipe says so).
+
+    ``features_name`` / ``labels_name`` (the files' paths) start every error message; rows
+    left out (a feature row without a label row, or the reverse) and infinite values are
+    said in ``notes``.
+    """
+    notes = [] if notes is None else notes
     label_col = recipe["label_col"]
     if label_col not in labels.columns:
-        raise InputError(f"labels table has no column {label_col!r}")
-    feats = features.copy()
+        raise InputError(f"{labels_name}: no column {label_col!r} (the label of recipe "
+                         f"{recipe.get('name')})")
+    _check_unique_ids(features, features_name)
+    _check_unique_ids(labels, labels_name)
+    feats = _check_feature_cells(features, features_name, notes)
     agg = recipe.get("aggregate")
     if agg:
         from ..extraction.features import aggregate_patients
         if "patient_id" not in labels.columns:
-            raise InputError("recipe aggregates per patient but the labels have no patient_id")
+            raise InputError(f"{labels_name}: recipe {recipe.get('name')} aggregates per "
+                             "patient but the labels have no patient_id column")
         pid = labels.set_index("case_id")["patient_id"].astype(str)
         missing = set(feats["case_id"]) - set(pid.index)
         if missing:
-            raise InputError(f"{len(missing)} feature rows have no label row, e.g. "
-                             f"{sorted(missing)[:3]}")
+            raise InputError(f"{labels_name}: {len(missing)} feature rows have no label row, "
+                             f"e.g. {sorted(missing)[:3]}")
         already = feats["case_id"].isin(set(pid.values)).all()
         if not already:
             feats = aggregate_patients(feats.drop(columns=["n_images"], errors="ignore"),
@@ -151,36 +201,82 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict) -> pd.Da
             case_id=lambda d: d["patient_id"].astype(str))
     feature_cols = [c for c in feats.columns if "__" in c]
     if not feature_cols:
-        raise InputError("the feature table has no '<region>__<feature>' columns")
+        raise InputError(f"{features_name}: no '<region>__<feature>' columns")
     meta_cols = [c for c in labels.columns if c not in feats.columns or c == "case_id"]
     df = feats[["case_id"] + feature_cols].merge(labels[meta_cols], on="case_id", how="inner")
     if df.empty:
-        raise InputError("no case_id in common between the feature and label tables")
-    dropped = len(feats) - len(df)
-    if dropped:
-        log.warning("%d feature rows have no label and were left out", dropped)
+        raise InputError(f"{labels_name}: no case_id in common with {features_name}")
+    for n_out, what, src in ((len(feats) - len(df), "feature row(s) have no label row",
+                              labels_name),
+                             (len(labels) - len(df), "labelled case(s) have no feature row",
+                              features_name)):
+        if n_out:
+            notes.append(f"{n_out} {what} in {src}: left out")
     if "patient_id" not in df.columns:
         df["patient_id"] = df["case_id"]
     return df
 
 
-def make_target(df: pd.DataFrame, recipe: dict):
-    """Filter rows for the task and return (df, y, classes, positive_class)."""
-    spec = task_spec(recipe["task"])
-    lab = df[recipe["label_col"]].astype(str)
+def _label_text(v: pd.Series) -> pd.Series:
+    """Labels as text, None where missing. A numeric label column with an empty cell is read
+    as floats (1.0): written back as "1" so it still matches the task's classes."""
+    def one(x):
+        if x is None or (isinstance(x, float) and x != x):
+            return None
+        if isinstance(x, (float, np.floating)) and float(x).is_integer():
+            return str(int(x))
+        t = str(x).strip()
+        return t or None
+    return v.astype(object).map(one)
+
+
+def make_target(df: pd.DataFrame, recipe: dict, *, notes=None, labels_name="labels table"):
+    """Filter rows for the task and return (df, y, classes, positive_class).
+
+    Rows without a label are left out (said in ``notes``). A label that a named task does not
+    know (``Low`` for ``low``, a typo) is refused rather than silently dropped; a task given
+    as ``{positive: [...], negative: [...]}`` leaves other values out, as its definition says,
+    and ``notes`` lists them.
+    """
+    notes = [] if notes is None else notes
+    task, col = recipe["task"], recipe["label_col"]
+    spec = task_spec(task)
+    lab = _label_text(df[col])
+    missing = lab.isna()
+    if missing.any():
+        notes.append(f"{labels_name}: {int(missing.sum())} case(s) without a {col} label "
+                     "left out")
     if "classes" in spec:
         classes = [str(c) for c in spec["classes"]]
-        keep = lab.isin(classes)
-        return df[keep].reset_index(drop=True), lab[keep].to_numpy(), classes, None
-    pos = [str(c) for c in spec["positive"]]
-    neg = [str(c) for c in spec["negative"]]
-    keep = lab.isin(pos + neg)
+        groups = {c: [c] for c in classes}
+    else:
+        groups = {"+".join(map(str, spec[k])): [str(c) for c in spec[k]]
+                  for k in ("negative", "positive")}
+    wanted = [c for g in groups.values() for c in g]
+    named = isinstance(task, str)          # a named task knows every HER2 class
+    known = set(wanted) | set(TASKS["three_class"]["classes"])
+    other = lab[~missing & ~lab.isin(wanted)]
+    unknown = other[~other.isin(known)] if named else other.iloc[:0]
+    if len(unknown):
+        vals = ", ".join(f"{k!r} ({n})" for k, n in unknown.value_counts().head(5).items())
+        raise InputError(f"{labels_name}: column {col} has value(s) task {task} does not know: "
+                         f"{vals}; expected {', '.join(sorted(known))} (leave the cell empty "
+                         "when the label is unknown)")
+    if len(other) and not named:
+        vals = ", ".join(f"{k!r} ({n})" for k, n in other.value_counts().head(5).items())
+        notes.append(f"{labels_name}: {col} values outside the task left out: {vals}")
+    keep = lab.isin(wanted).to_numpy()
+    counts = {g: int(lab[keep].isin(members).sum()) for g, members in groups.items()}
+    absent = [g for g, n in counts.items() if n == 0]
+    if absent:
+        raise InputError(f"{labels_name}: task {task} needs every class in column {col}; "
+                         f"none labelled {', '.join(absent)} (found "
+                         + ", ".join(f"{g} {n}" for g, n in counts.items()) + ")")
     d = df[keep].reset_index(drop=True)
-    y = lab[keep].isin(pos).astype(int).to_numpy()
-    if len(np.unique(y)) < 2:
-        raise InputError(f"task {recipe['task']}: both classes are needed (found "
-                         f"{sorted(set(lab[keep]))})")
-    return d, y, [0, 1], "+".join(pos)
+    if "classes" in spec:
+        return d, lab[keep].to_numpy(), classes, None
+    pos = groups["+".join(map(str, spec["positive"]))]
+    return d, lab[keep].isin(pos).astype(int).to_numpy(), [0, 1], "+".join(pos)
 
 
 def required_rings(regions) -> dict:
@@ -260,6 +356,8 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
             if combat:
                 # external centres: their site effects are estimated from their own features
                 kw.setdefault("unknown_site", "estimate")
+                # a small cross-validation fold may hold one case of a site, or one site
+                kw.setdefault("small_sites", "tolerate")
                 steps.append(("combat", ComBat(batch_col=batch, forbidden_covariates=(
                     recipe["label_col"],), **kw)))
         elif name == "scale":
@@ -331,6 +429,7 @@ def fit_grouped(pipeline, X, y, groups=None, seed: int = 0):
         kw = {"groups": g} if "groups" in inspect.signature(step.fit).parameters else {}
         Xt = step.fit(Xt, yt, **kw).transform(Xt)
     clf = pipeline.steps[-1][1]
+    from .transformers import cap_neighbors
     if isinstance(clf, (CalibratedClassifierCV, GridSearchCV)):
         old = clf.cv
         n = old if isinstance(old, int) else old.get_n_splits()
@@ -339,12 +438,25 @@ def fit_grouped(pipeline, X, y, groups=None, seed: int = 0):
         clf.cv = list(StratifiedGroupKFold(n, shuffle=True, random_state=seed)
                       .split(np.zeros(len(yt)), yt, g))
         try:
+            _note_cap(clf, cap_neighbors(clf, len(yt)))
             clf.fit(Xt, yt)
         finally:
             clf.cv = old            # the fitted model keeps its plain settings (bundles)
+            if hasattr(clf, "_checked_cv_orig"):
+                # scikit-learn keeps the folds it was given, wrapped in a private class that
+                # a bundle may not contain (it would be refused on loading)
+                clf._checked_cv_orig = old
     else:
+        _note_cap(clf, cap_neighbors(clf, len(yt)))
         clf.fit(Xt, yt)
     return pipeline
+
+
+def _note_cap(clf, cap):
+    """Record a k-NN neighbour cap on the classifier (``neighbors_cap_``: configured, capped)
+    for the run's notes."""
+    if cap is not None:
+        clf.neighbors_cap_ = [int(cap[0]), int(cap[1])]
 
 
 from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402  (estimator below)
@@ -364,10 +476,18 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.base import clone
         y = np.asarray(y).astype(str)
         zero, low, pos = self.classes
-        self.stage1_ = clone(self.estimator).fit(X, (y == pos).astype(int))
+        from .transformers import cap_neighbors
         neg = y != pos
         Xn = X[neg] if hasattr(X, "iloc") else np.asarray(X)[neg]
-        self.stage2_ = clone(self.estimator).fit(Xn, (y[neg] == low).astype(int))
+        stages, caps = [], []
+        for Xs, ys in ((X, (y == pos).astype(int)), (Xn, (y[neg] == low).astype(int))):
+            est = clone(self.estimator)
+            caps.append(cap_neighbors(est, len(ys)))     # stage 2 learns from fewer rows
+            stages.append(est.fit(Xs, ys))
+        self.stage1_, self.stage2_ = stages
+        caps = [c for c in caps if c]
+        if caps:
+            _note_cap(self, (caps[0][0], min(c[1] for c in caps)))
         self.classes_ = np.array(self.classes)
         return self
 
@@ -437,11 +557,12 @@ def unit_level(X: pd.DataFrame, y, score, unit: str = "patients"):
 
 
 def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
-                    with_radscore=False):
+                    with_radscore=False, fitted=None):
     """Out-of-fold predictions on the training part (grouped by patient, stratified).
 
     With ``with_radscore`` the same fold models also give out-of-fold Rad-scores (for the
-    nomogram), so no pipeline is fitted twice. Returns (predictions, radscores or None).
+    nomogram), so no pipeline is fitted twice. A list ``fitted`` receives the fold models (their
+    fallbacks go into the run's notes). Returns (predictions, radscores or None).
     """
     from sklearn.model_selection import StratifiedGroupKFold
     from .transformers import rad_score
@@ -451,6 +572,8 @@ def oof_predictions(make_model, X, y, groups, classes, positive, seed, folds=5,
     rs = np.zeros(len(y)) if with_radscore else None
     for tr, va in cv.split(X, y, groups):
         m = fit_grouped(make_model(y[tr]), X.iloc[tr], y[tr], groups[tr], seed)
+        if fitted is not None:
+            fitted.append(m)
         out[va] = _proba(m, X.iloc[va], classes, positive)
         if with_radscore:
             rs[va] = rad_score(m, X.iloc[va])
@@ -506,23 +629,29 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     ext = ev.get("external_site") if external_site == "recipe" else external_site
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
+    notes = []
     feats = load_table(features_csv, "feature")
-    df = prepare(feats, load_table(labels_csv, "label"), recipe)
-    df, y, classes, positive = make_target(df, recipe)
+    labels = load_table(labels_csv, "label")
+    df = prepare(feats, labels, recipe, notes=notes, features_name=features_csv,
+                 labels_name=labels_csv)
+    df, y, classes, positive = make_target(df, recipe, notes=notes, labels_name=labels_csv)
     binary = positive is not None
     icc_values = icc_values_from_table(icc) if icc is not None else None
     fsets = function_sets_from_table(functions) if functions is not None else None
     batch = recipe["batch_col"]
-    notes = []
+    _check_sites(df, recipe, labels_csv)
+    _check_varying_features(df, recipe, features_csv)
     if icc_values is None and _has_step(recipe, "stable"):
         notes.append("no ICC table given (--icc): the stable-feature filter kept every feature")
     if not binary:
         notes += _multiclass_notes(recipe, len(classes))
-    data, ext = _hold_out_external(df, y, batch, ext, binary, notes)
+    data, ext = _hold_out_external(df, y, batch, ext, binary, notes, labels=labels,
+                                   labels_name=labels_csv, explicit=external_site != "recipe")
     data.unit = str(ev.get("unit", "patients"))
     if data.unit not in UNITS:
         raise InputError(f"recipe {recipe['name']}: evaluation unit {data.unit!r} (choose "
                          f"from {', '.join(UNITS)})")
+    _check_class_sizes(data, classes, positive, recipe, labels_csv, ext)
     test_size, repeats = _assign_test_set(data, recipe, ext, float(ev.get("test_size", 0.3)),
                                           2 if binary else len(classes), repeats, seed, notes)
     use_combat = batch in data.dev.columns and data.Xtr[batch].nunique() >= 2
@@ -542,6 +671,7 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
         for step_name, step in r["model"].named_steps.items():
             if getattr(step, "fallback_", None):
                 notes.append(f"{key}: {step.fallback_}")
+        notes += [f"{key}: {n}" for n in r["fit_notes"]]
     best = _choose_primary(results, recipe["primary"], binary)
     primary = results[best]
     comparisons = _compare_with_primary(results, preds, best, data.y_unit("test")) \
@@ -589,10 +719,14 @@ def _assign_test_set(data, recipe: dict, ext, test_size: float, n_classes: int,
 
     With ``test_size > 0`` the development patients are split (by patient); with 0, as in
     yin2024, every development patient trains and the external site is the test set (then
-    there is nothing to repeat). An external site that lacks a class cannot be the test set:
-    the development data is split 70/30 instead.
+    there is nothing to repeat). Without a usable external site, or with one that lacks a
+    class, there is no such test set: the development data is split 70/30 instead.
     """
-    if test_size <= 0 and ext and len(np.unique(data.yext)) < n_classes:
+    if test_size <= 0 and not ext:
+        notes.append(f"recipe {recipe['name']} tests on an external site, but none is usable: "
+                     "tested on a 70/30 split of the development patients instead")
+        test_size = 0.3
+    elif test_size <= 0 and len(np.unique(data.yext)) < n_classes:
         notes.append(f"external site {ext} lacks a class, so it cannot be the test set: "
                      "tested on a 70/30 split of the other sites instead")
         test_size = 0.3
@@ -601,10 +735,6 @@ def _assign_test_set(data, recipe: dict, ext, test_size: float, n_classes: int,
         data.Xtr, data.ytr = data.dev.iloc[tr_idx], data.ydev[tr_idx]
         data.Xte, data.yte = data.dev.iloc[te_idx], data.ydev[te_idx]
         return test_size, repeats
-    if not ext or not len(data.dext):
-        raise InputError(f"recipe {recipe['name']}: test_size 0 trains on every "
-                         "development patient and tests on the external site, which "
-                         "needs one (external_site / --external-site)")
     data.Xtr, data.ytr = data.dev, data.ydev
     data.Xte, data.yte = data.dext, data.yext
     data.dext, data.yext = data.dext.iloc[:0], data.yext[:0]
@@ -619,18 +749,96 @@ def _has_step(recipe: dict, name: str) -> bool:
     return any((s if isinstance(s, str) else next(iter(s))) == name for s in recipe["pipeline"])
 
 
-def _hold_out_external(df, y, batch, ext, binary, notes):
+def _recipe_regions(recipe: dict) -> list:
+    scen = recipe.get("scenarios") or {"main": recipe.get("regions", ["tumor"])}
+    return sorted({r for regions in scen.values() for r in regions})
+
+
+def _check_sites(df, recipe: dict, labels_name):
+    """ComBat harmonises each case with its site's effects: a case without a site cannot be
+    harmonised (an empty cell would silently become a site of its own)."""
+    batch = recipe["batch_col"]
+    if not _has_step(recipe, "combat") or batch not in df.columns:
+        return
+    site = df[batch]
+    empty = site.isna() | (site.astype(str).str.strip() == "")
+    if empty.any():
+        raise InputError(f"{labels_name}: {int(empty.sum())} case(s) have no {batch} (e.g. "
+                         f"{df['case_id'][empty].iloc[0]}); recipe {recipe['name']} harmonises "
+                         "by site (ComBat) and needs every case's site")
+
+
+def _check_varying_features(df, recipe: dict, features_name):
+    """Every region of the recipe has feature columns, and at least one of them varies
+    (a table of empty or constant columns leaves nothing to model)."""
+    for region in _recipe_regions(recipe):
+        cols = [c for c in df.columns if c.startswith(f"{region}__")]
+        if not cols:
+            raise InputError(f"{features_name}: recipe {recipe['name']} needs region {region}, "
+                             "which has no feature columns (extract it with --rings)")
+        if not (df[cols].nunique() >= 2).any():
+            raise InputError(f"{features_name}: no {region} feature varies across the "
+                             f"{len(df)} labelled cases (all empty or constant): nothing to "
+                             "model")
+
+
+#: patients of each class the development sites need. The run splits them 70/30, takes the
+#: threshold from out-of-fold predictions of the training part (two or more folds, each with
+#: every class) and its LASSO, SMOTE and calibration steps cross-validate again inside each
+#: fold. Measured on the shipped recipes (16 seeds each): 5 runs; with 4, peritumoral2025's
+#: inner folds lose a class; with 3, cui2023's do
+MIN_PATIENTS_PER_CLASS = 5
+
+
+def _check_class_sizes(data, classes, positive, recipe, labels_name, ext):
+    pid = data.dev["patient_id"].astype(str).to_numpy()
+    per = pd.Series(data.ydev).groupby(pid).first().value_counts()
+    names = class_names(recipe["task"]) if positive is not None else classes
+    counts = {str(names[i] if positive is not None else c): int(per.get(c, 0))
+              for i, c in enumerate(classes)}
+    few = {c: n for c, n in counts.items() if n < MIN_PATIENTS_PER_CLASS}
+    if few:
+        where = f" (external site {ext} held out)" if ext else ""
+        raise InputError(
+            f"{labels_name}: too few patients for recipe {recipe['name']}: "
+            + ", ".join(f"{c} {n}" for c, n in counts.items())
+            + f" in the development data{where}; each class needs at least "
+            f"{MIN_PATIENTS_PER_CLASS} (train/test split, then cross-validation inside the "
+            "training part)")
+
+
+def _hold_out_external(df, y, batch, ext, binary, notes, *, labels=None,
+                       labels_name="labels table", explicit=False):
     """Split off the external site (held out of every fit); ``(data, ext)``, ``ext`` None
-    when the site is not usable."""
+    when the site is not usable.
+
+    A site asked for on the command line (``explicit``) is used or refused: one the labels
+    lack, one without a usable case (no label of the task, no feature row) or one holding
+    every case is an error. The recipe's own default adapts instead: the run goes on
+    without external validation and says so in ``notes``.
+    """
     ext_mask = np.zeros(len(df), bool)
     if ext:
         if batch not in df.columns:
-            raise InputError(f"external site {ext!r} requested but the labels have no "
-                             f"{batch!r} column")
-        ext_mask = (df[batch].astype(str) == str(ext)).to_numpy()
-        if ext_mask.all() or not ext_mask.any():
-            notes.append(f"external site {ext!r} not usable (has {int(ext_mask.sum())} of "
-                         f"{len(df)} cases): no external validation")
+            raise InputError(f"{labels_name}: external site {ext!r} requested but the labels "
+                             f"have no {batch!r} column")
+        # a writable copy: under pandas' copy-on-write a comparison's array is read-only
+        ext_mask = np.array(df[batch].astype(str) == str(ext), dtype=bool)
+        problem = None
+        if not ext_mask.any():
+            n_rows = int((labels[batch].astype(str) == str(ext)).sum()) \
+                if labels is not None and batch in labels.columns else 0
+            problem = (f"has no usable case (its {n_rows} row(s) have no label of the task or "
+                       "no feature row)") if n_rows else "does not occur in the labels"
+        elif ext_mask.all():
+            problem = "holds every usable case (nothing would be left to train on)"
+        if problem:
+            if explicit:
+                sites = df[batch].astype(str).value_counts().sort_index()
+                raise InputError(f"{labels_name}: external site {ext!r} {problem}; usable "
+                                 "cases per site: "
+                                 + ", ".join(f"{k} {v}" for k, v in sites.items()))
+            notes.append(f"external site {ext!r} {problem}: no external validation")
             ext_mask[:] = False
             ext = None
     data = _Data(dev=df[~ext_mask].reset_index(drop=True), ydev=y[~ext_mask],
@@ -655,9 +863,10 @@ def _fit_and_evaluate(recipe, maker, d: _Data, classes, positive, n_boot, seed, 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = fit_grouped(mk(d.ytr), d.Xtr, d.ytr, groups_tr, seed)
+                folds = []
                 oof, oof_rs = oof_predictions(mk, d.Xtr, d.ytr, groups_tr, classes, positive,
                                               seed, with_radscore=binary and "lasso" in
-                                              model.named_steps)
+                                              model.named_steps, fitted=folds)
             p_te = _proba(model, d.Xte, classes, positive)
             p_ext = _proba(model, d.dext, classes, positive) if len(d.dext) else None
             image_scores = (oof, p_te, p_ext)
@@ -667,7 +876,8 @@ def _fit_and_evaluate(recipe, maker, d: _Data, classes, positive, n_boot, seed, 
             _, y_ext, p_ext = d.per_unit("external", p_ext) if p_ext is not None else \
                 (None, d.yext, None)
             r = {"scenario": scen, "classifier": clf, "regions": list(regions), "model": model,
-                 "make": mk, "oof_radscore": oof_rs, "image_scores": image_scores}
+                 "make": mk, "oof_radscore": oof_rs, "image_scores": image_scores,
+                 "fit_notes": _fit_notes(model, folds)}
             if binary:
                 thr = E.youden_threshold(y_o, oof)
                 r["threshold"] = thr
@@ -691,6 +901,25 @@ def _fit_and_evaluate(recipe, maker, d: _Data, classes, positive, n_boot, seed, 
                 auc = r["test"].get("auc", r["test"].get("auc_macro"))
                 print(f"  {key:28s} test AUC {auc:.3f}", flush=True)
     return results, preds
+
+
+def _fit_notes(model, folds) -> list:
+    """What small data changed in the model and its out-of-fold fits, for the notes: k-NN
+    neighbour caps, ComBat fits with a single-case site (the model's own fallbacks are
+    reported from its steps)."""
+    caps = [getattr(m.steps[-1][1], "neighbors_cap_", None) for m in [model] + folds]
+    caps = [c for c in caps if c]
+    out = []
+    if caps:
+        out.append(f"k-NN: n_neighbors {caps[0][0]} is more than the training rows of "
+                   f"{len(caps)} of {len(folds) + 1} fits: capped to them (as few as "
+                   f"{min(c[1] for c in caps)})")
+    combat = [m.named_steps["combat"] for m in folds if "combat" in m.named_steps]
+    n_fb = sum(bool(getattr(c, "fallback_", None)) for c in combat)
+    if n_fb:
+        out.append(f"ComBat: {n_fb} of {len(folds)} out-of-fold fits had a site with a single "
+                   "training case or a single site (average site effect, or not harmonised)")
+    return out
 
 
 def _choose_primary(results: dict, classifier: str, binary: bool) -> str:
@@ -743,7 +972,29 @@ def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
 
     # out-of-fold image Rad-scores (training), averaged per unit like the probabilities
     Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
-    nomo = NomogramModel(predictors=tuple(preds_cols)).fit(Ztr, ytr_ok)
+    const = [c for c in clinical if Ztr[c].nunique() < 2]
+    if const:
+        # e.g. every training patient postmenopausal in a small cohort: the variable is
+        # collinear with the intercept and the logistic fit has no unique solution
+        notes.append(f"nomogram: clinical variable(s) {', '.join(const)} take a single value "
+                     f"in the {len(ytr_ok)} training {d.unit}: left out")
+        clinical = [c for c in clinical if c not in const]
+        preds_cols = ["rad_score"] + clinical
+        Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
+    nomo = _fit_logistic(NomogramModel, preds_cols, Ztr, ytr_ok)
+    if nomo is None and clinical:
+        # few patients for many predictors (or a predictor that separates the classes):
+        # the information matrix is singular and the odds ratios have no standard error
+        notes.append(f"nomogram: Rad-score + {len(clinical)} clinical variable(s) cannot be "
+                     f"fitted on {len(ytr_ok)} training {d.unit} (separation or collinearity); "
+                     "fitted on the Rad-score alone")
+        clinical, preds_cols = [], ["rad_score"]
+        Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
+        nomo = _fit_logistic(NomogramModel, preds_cols, Ztr, ytr_ok)
+    if nomo is None:
+        notes.append(f"nomogram: not fitted; the Rad-score separates the {len(ytr_ok)} "
+                     f"training {d.unit} perfectly or is constant there")
+        return None, {}
     thr_n = E.youden_threshold(ytr_ok, nomo.predict_proba(Ztr)[:, 1])
     res = {"predictors": preds_cols, "threshold": thr_n, "unit": d.unit,
            **({"clinical_univariate_p": screening} if screening else {}),
@@ -763,6 +1014,21 @@ def _fit_nomogram(recipe, primary, d: _Data, preds, best, n_boot, seed, notes):
     return nomo, res
 
 
+def _fit_logistic(model_cls, predictors, Z, y):
+    """A fitted nomogram-type logistic model, or None where the maximum-likelihood fit has no
+    finite solution or covariance (perfect separation, collinear or constant predictors, a
+    single class: small training sets)."""
+    if len(np.unique(y)) < 2 or len(y) <= len(predictors) + 1:
+        return None
+    try:
+        m = model_cls(predictors=tuple(predictors)).fit(Z, y)
+    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
+        return None
+    if not np.isfinite(np.r_[m.intercept_, m.coef_]).all():
+        return None
+    return m
+
+
 def _univariate_clinical(d: _Data, candidates, p_max):
     """``(kept, {variable: p})``: univariate logistic regression of the label on each
     clinical variable over the training units (a patient's value is the mean of its rows)."""
@@ -776,8 +1042,8 @@ def _univariate_clinical(d: _Data, candidates, p_max):
         if ok.sum() < 10 or vals[c][ok].nunique() < 2:
             pvals[c] = float("nan")
             continue
-        m = NomogramModel(predictors=(c,)).fit(vals.loc[ok, [c]], y[ok])
-        pvals[c] = float(m.pvalues_[1])
+        m = _fit_logistic(NomogramModel, [c], vals.loc[ok, [c]], y[ok])
+        pvals[c] = float(m.pvalues_[1]) if m is not None else float("nan")
     kept = [c for c in candidates if pvals[c] == pvals[c] and pvals[c] < p_max]
     return kept, pvals
 

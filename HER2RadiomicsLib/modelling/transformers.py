@@ -800,3 +800,46 @@ def rad_score_per_class(pipeline, X) -> pd.DataFrame:
                          "they were recorded)")
     scores = vals.to_numpy() @ np.asarray(step.class_coef_).T + step.class_intercept_
     return pd.DataFrame(scores, columns=[str(c) for c in step.classes_], index=vals.index)
+
+
+def cap_neighbors(estimator, n_rows: int):
+    """Cap a k-NN's neighbour count to the rows it is about to learn from (in place).
+
+    scikit-learn's k-NN cannot predict when ``n_neighbors`` exceeds its training rows (a small
+    site, a cross-validation fold of ten patients with cui2023's 15 neighbours). Capped, it
+    votes with every training row, distance-weighted: the nearest neighbours there are. A grid
+    search over ``n_neighbors`` gets its candidates capped to the training rows of its own
+    inner folds. Other estimators are left alone.
+
+    Returns
+    -------
+    tuple or None
+        ``(configured, capped)`` when a cap applied (the largest configured count and the cap).
+    """
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neighbors import KNeighborsClassifier
+    if isinstance(estimator, KNeighborsClassifier):
+        k = int(estimator.n_neighbors)
+        if k <= n_rows:
+            return None
+        estimator.set_params(n_neighbors=max(1, int(n_rows)))
+        return k, max(1, int(n_rows))
+    if not (isinstance(estimator, GridSearchCV)
+            and isinstance(estimator.estimator, KNeighborsClassifier)):
+        return None
+    cv = estimator.cv
+    if isinstance(cv, (list, tuple)):
+        n_fit = min(len(tr) for tr, _ in cv)
+    else:
+        k = cv if isinstance(cv, int) else (5 if cv is None else cv.get_n_splits())
+        n_fit = n_rows - -(-n_rows // k)          # the rows left when the largest fold is out
+    n_fit = max(1, int(n_fit))
+    grids = estimator.param_grid if isinstance(estimator.param_grid, list) \
+        else [estimator.param_grid]
+    largest = max((int(v) for g in grids for v in g.get("n_neighbors", [])), default=0)
+    if largest <= n_fit:
+        return None
+    capped = [{**g, "n_neighbors": sorted({min(int(v), n_fit) for v in g["n_neighbors"]})}
+              if "n_neighbors" in g else g for g in grids]
+    estimator.param_grid = capped if isinstance(estimator.param_grid, list) else capped[0]
+    return largest, n_fit

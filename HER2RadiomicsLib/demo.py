@@ -11,9 +11,13 @@
 7. write ``demo-output/report.html`` (self-contained, every figure embedded) and, when Chromium
    is installed, ``report.pdf``; the time per stage is printed at the end.
 
-Every stage caches its outputs: a rerun skips finished stages.  To fit the five-minute budget on
-two cores the demo extracts the original-image feature set (the ``cui2023`` params); the
-recipes' own presets are used by ``her2radiomics train`` on real cohorts.
+Every stage caches its outputs, keyed on the settings that made them (``demo_cache.json``:
+``--n``, ``--seed``, the feature params and rings, ``--repeats`` for the models, the library
+version, the CNN model file): a rerun with the same settings skips finished stages, a rerun
+with other settings into the same ``--out`` recomputes the stages they change.  To fit the
+five-minute budget on two cores the demo extracts the original-image feature set (the
+``cui2023`` params); the recipes' own presets are used by ``her2radiomics train`` on real
+cohorts.
 """
 from __future__ import annotations
 
@@ -22,6 +26,15 @@ import time
 from pathlib import Path
 
 DEMO_PARAMS = "cui2023"
+DEMO_RINGS_MM = (3.0, 5.0, 8.0)
+DEMO_RECIPES = ("yin2024", "peritumoral2025")
+CACHE_FILE = "demo_cache.json"
+#: the fewest patients the demo accepts. Its recipes need 5 patients of each class in the
+#: training sites (``study.MIN_PATIENTS_PER_CLASS``); the generator draws 30 % HER2-zero and
+#: puts 20 % of patients in site C (held out), so a cohort of 40 expects 9-10 HER2-zero
+#: training patients and falls short about once in 30 seeds; below 40 it does so often
+DEMO_MIN_PATIENTS = 40
+DEFAULT_REPEATS = 10
 
 
 def _stage(times, name):
@@ -56,56 +69,143 @@ def _merge_timings(path: Path, times: dict) -> dict:
             "cached": [k for k, v in times.items() if v["cached"]], "computed": computed}
 
 
+class _Cache:
+    """Which settings made each stage's outputs (``demo_cache.json`` in the output folder).
+
+    A stage is reused only when its outputs exist and were made with this run's settings;
+    before a stage recomputes, its record is removed, so an interrupted run never leaves
+    outputs that claim other settings. ``resumable`` says whether an earlier run with the
+    same settings started the stage (its per-case parts can then be reused).
+    """
+
+    def __init__(self, out: Path, keys: dict):
+        self.path, self.keys = out / CACHE_FILE, keys
+        try:
+            doc = json.loads(self.path.read_text())
+            self.done, self.started = dict(doc["done"]), dict(doc["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.done, self.started = {}, {}     # none, or unreadable: recompute everything
+
+    def valid(self, stage: str, *paths) -> bool:
+        return self.done.get(stage) == self.keys[stage] and all(Path(p).exists() for p in paths)
+
+    def resumable(self, stage: str) -> bool:
+        return self.started.get(stage) == self.keys[stage]
+
+    def start(self, stage: str):
+        self.done.pop(stage, None)
+        self.started[stage] = self.keys[stage]
+        self._save()
+
+    def finish(self, stage: str):
+        self.done[stage] = self.keys[stage]
+        self._save()
+
+    def _save(self):
+        from .imaging.io import atomic_write_text
+        atomic_write_text(self.path, json.dumps({"done": self.done, "started": self.started},
+                                                indent=2, sort_keys=True))
+
+
+def _stage_keys(n: int, seed: int, repeats: int) -> dict:
+    """The settings each stage's outputs depend on (earlier stages' included)."""
+    from . import __version__
+    from .segmentation.inference import DEFAULT_MODEL
+    cnn = None
+    if DEFAULT_MODEL.exists():
+        st = DEFAULT_MODEL.stat()
+        cnn = [st.st_size, st.st_mtime_ns]
+    cohort = {"n": n, "seed": seed, "version": __version__}
+    feats = {**cohort, "params": DEMO_PARAMS, "rings_mm": list(DEMO_RINGS_MM)}
+    keys = {"cohort": cohort, "cnn": {**cohort, "cnn": cnn}, "features": feats,
+            "readers": feats}
+    for name in DEMO_RECIPES:
+        keys[f"model:{name}"] = {**feats, "repeats": repeats}
+    keys["new_patient"] = {"seed": seed, "version": __version__}
+    return keys
+
+
+def _demo_settings(a):
+    """``(n, repeats)`` checked: ``--repeats 0`` means no repeated splits (not the default)."""
+    from .errors import InputError
+    n = getattr(a, "n", None)
+    n = 120 if n is None else int(n)
+    if n < DEMO_MIN_PATIENTS:
+        raise InputError(f"--n {n}: the demo needs at least {DEMO_MIN_PATIENTS} patients (its "
+                         "recipes need 5 patients of each HER2 class in the training sites, "
+                         "and a smaller synthetic cohort often has fewer)")
+    repeats = getattr(a, "repeats", None)
+    repeats = DEFAULT_REPEATS if repeats is None else int(repeats)
+    if repeats < 0:
+        raise InputError(f"--repeats {repeats}: must be 0 or more")
+    return n, repeats
+
+
 def run_demo(a) -> int:
-    import pandas as pd
     from .extraction.batch import ExtractConfig, read_manifest, run_batch, summarize
     from .imaging.io import atomic_write_text
     from .imaging.synth import generate_cohort
+    n, repeats = _demo_settings(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    cache = _Cache(out, _stage_keys(n, a.seed, repeats))
     times = {}
     cohort = out / "cohort"
-    n = getattr(a, "n", 120)
     with _stage(times, "1 synthetic cohort") as st:
-        st.cached = (cohort / "cohort.csv").exists()
+        st.cached = cache.valid("cohort", cohort / "cohort.csv", cohort / "readers.csv")
         if not st.cached:
+            cache.start("cohort")
             generate_cohort(cohort, n_cases=n, seed=a.seed, jobs=a.jobs)
+            cache.finish("cohort")
     rows = read_manifest(cohort / "cohort.csv")
 
     seg_summary = None
     with _stage(times, "2 CNN auto-mask") as st:
-        st.cached = (out / "segmentation_metrics.csv").exists()
-        seg_summary = _segment_all(rows, out, a.jobs)
+        st.cached = cache.valid("cnn", out / "segmentation_metrics.csv")
+        if not st.cached:
+            cache.start("cnn")
+        seg_summary = _segment_all(rows, out, a.jobs, cached=st.cached)
+        if not st.cached:
+            cache.finish("cnn")
 
     with _stage(times, "3 rings + features") as st:
-        st.cached = (out / "features.csv").exists()
-        cfg = ExtractConfig(params=DEMO_PARAMS, rings_mm=(3.0, 5.0, 8.0), annuli=False)
-        res = run_batch(rows, out / "features.csv", cfg, jobs=a.jobs, resume=True,
-                        progress=not getattr(a, "no_progress", False))
-        print(summarize(res))
+        st.cached = cache.valid("features", out / "features.csv")
+        if not st.cached:
+            # per-case parts of an earlier run are reused only if it had these settings
+            resume = cache.resumable("features")
+            cache.start("features")
+            cfg = ExtractConfig(params=DEMO_PARAMS, rings_mm=DEMO_RINGS_MM, annuli=False)
+            res = run_batch(rows, out / "features.csv", cfg, jobs=a.jobs, resume=resume,
+                            progress=not getattr(a, "no_progress", False))
+            print(summarize(res))
+            cache.finish("features")
 
     rs_doc = None
     with _stage(times, "4 reader study") as st:
         from .readers.study import run_reader_study
-        st.cached = (out / "reader_study" / "summary.json").exists()
+        summary = out / "reader_study" / "summary.json"
+        st.cached = cache.valid("readers", summary, out / "reader_study" / "icc.csv")
         if not st.cached:
+            resume = cache.resumable("readers")
+            cache.start("readers")
             rs_doc = run_reader_study(cohort / "readers.csv", out / "reader_study",
                                       params=DEMO_PARAMS, rings="3,5,8", jobs=a.jobs,
-                                      resume=True, progress=False)
+                                      resume=resume, progress=False)
+            cache.finish("readers")
         else:
-            rs_doc = json.loads((out / "reader_study" / "summary.json").read_text())
+            rs_doc = json.loads(summary.read_text())
 
     runs = {}
-    repeats = int(getattr(a, "repeats", 10) or 10)
-    with _stage(times, "5 models (yin2024, peritumoral2025)") as st:
+    with _stage(times, "5 models (" + ", ".join(DEMO_RECIPES) + ")") as st:
         from .modelling.study import load_recipe, run
-        st.cached = all((out / "models" / m / "metrics.json").exists()
-                        for m in ("yin2024", "peritumoral2025"))
-        for name in ("yin2024", "peritumoral2025"):
+        st.cached = all(cache.valid(f"model:{m}", out / "models" / m / "metrics.json")
+                        for m in DEMO_RECIPES)
+        for name in DEMO_RECIPES:
             mpath = out / "models" / name / "metrics.json"
-            if mpath.exists():
+            if cache.valid(f"model:{name}", mpath):
                 runs[name] = json.loads(mpath.read_text())
                 continue
+            cache.start(f"model:{name}")
             r = load_recipe(name)
             own = r.get("params", "default")
             r["params"] = DEMO_PARAMS
@@ -118,9 +218,15 @@ def run_demo(a) -> int:
             runs[name] = run(r, out / "features.csv", cohort / "cohort.csv",
                              out / "models" / name, icc=out / "reader_study" / "icc.csv",
                              jobs=a.jobs, progress=True)
+            cache.finish(f"model:{name}")
 
     with _stage(times, "6 predict an unseen patient"):
-        card = _predict_new_case(out, a.seed)
+        fresh = not cache.valid("new_patient", out / "new_patient" / "cohort.csv")
+        if fresh:
+            cache.start("new_patient")
+        card = _predict_new_case(out, a.seed, fresh=fresh)
+        if fresh:
+            cache.finish("new_patient")
 
     settings = {"patients": n, "seed": a.seed, "jobs": a.jobs, "feature params": DEMO_PARAMS,
                 "rings (mm)": "3, 5, 8 (expansions)", "recipes": ", ".join(runs),
@@ -129,7 +235,8 @@ def run_demo(a) -> int:
                 "output": str(out.resolve())}
     with _stage(times, "7 report (HTML + PDF)"):
         from .reports.demo import write_demo_report
-        rep = write_demo_report(out, _merge_timings(out / "timings.json", times), seg_summary, rs_doc, runs, card, settings,
+        rep = write_demo_report(out, _merge_timings(out / "timings.json", times), seg_summary,
+                                rs_doc, runs, card, settings,
                                 pdf=not getattr(a, "no_pdf", False))
     timings = _merge_timings(out / "timings.json", times)
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
@@ -144,8 +251,9 @@ def run_demo(a) -> int:
     return 0
 
 
-def _segment_all(rows, out: Path, jobs: int):
-    """CNN masks for every image (cached) and Dice against the generator's ground truth."""
+def _segment_all(rows, out: Path, jobs: int, cached: bool = False):
+    """CNN masks for every image and Dice against the generator's ground truth; ``cached``:
+    read the metrics of an earlier run with the same settings instead."""
     import numpy as np
     import pandas as pd
     import SimpleITK as sitk
@@ -153,7 +261,7 @@ def _segment_all(rows, out: Path, jobs: int):
     from .readers.metrics import compare_masks
     from .segmentation.inference import DEFAULT_MODEL
     metrics = out / "segmentation_metrics.csv"
-    if metrics.exists():
+    if cached and metrics.exists():
         df = pd.read_csv(metrics)
     else:
         if not DEFAULT_MODEL.exists():
@@ -181,8 +289,9 @@ def _segment_all(rows, out: Path, jobs: int):
     return s
 
 
-def _predict_new_case(out: Path, seed: int):
-    """An unseen synthetic patient: CNN mask -> bundle prediction (what the panel does)."""
+def _predict_new_case(out: Path, seed: int, fresh: bool = True):
+    """An unseen synthetic patient: CNN mask -> bundle prediction (what the panel does);
+    the patient is generated again when ``fresh`` (another seed than the cached one)."""
     import pandas as pd
     from .modelling.bundle import load_bundle
     from .imaging.io import atomic_write_text, write_image
@@ -190,7 +299,7 @@ def _predict_new_case(out: Path, seed: int):
     from .modelling.predict import predict_case
     from .imaging.synth import generate_cohort
     new = out / "new_patient"
-    if not (new / "cohort.csv").exists():
+    if fresh or not (new / "cohort.csv").exists():
         generate_cohort(new, n_cases=1, seed=seed + 1000, reader_fraction=0,
                         second_view_fraction=0)
     row = pd.read_csv(new / "cohort.csv").iloc[0]

@@ -1,7 +1,10 @@
 """The demo at a reduced size: every artefact exists and is consistent, and a rerun reuses
-the cached stages instead of recomputing them."""
+the cached stages instead of recomputing them; the cache is keyed on the demo's settings, and
+a cohort below the demo's minimum is refused in one line."""
 import json
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -21,9 +24,9 @@ def test_demo_reduced(tmp_path):
     from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.demo import run_demo
     from HER2RadiomicsLib.modelling.predict import predict_case
-    # 2 repeated splits instead of the demo's 10: peritumoral2025 costs 27 s instead of 106 s,
-    # and every stage and report section still runs
-    args = SimpleNamespace(out=str(tmp_path / "demo"), n=60, jobs=2, seed=42, no_progress=True,
+    # the smallest cohort the demo accepts (40 patients: it once ended in a LinAlgError), and
+    # 2 repeated splits instead of the demo's 10: every stage and report section still runs
+    args = SimpleNamespace(out=str(tmp_path / "demo"), n=40, jobs=2, seed=42, no_progress=True,
                            no_pdf=find_browser() is None, repeats=2)
     assert run_demo(args) == 0
     out = tmp_path / "demo"
@@ -72,3 +75,62 @@ def test_demo_reduced(tmp_path):
     t = json.loads((out / "timings.json").read_text())
     assert set(t["cached"]) == {k for k in t["this_run"] if k[0] in "12345"}
     assert all(t["computed"][k] >= t["this_run"][k] for k in t["cached"])
+    # other settings into the same folder: --repeats 0 means no repeated split (it meant the
+    # default 10), and only the stages it changes (the models) are recomputed
+    args.repeats = 0
+    assert run_demo(args) == 0
+    t = json.loads((out / "timings.json").read_text())
+    assert set(t["cached"]) == {k for k in t["this_run"] if k[0] in "1234"}
+    for name in ("yin2024", "peritumoral2025"):
+        m = json.loads((out / "models" / name / "metrics.json").read_text())
+        assert m["repeated_splits"]["n"] == 0 and not m["repeated_splits"]["aucs"], name
+
+
+def test_demo_refuses_a_cohort_below_its_minimum(tmp_path):
+    """`demo --n 39`: one line naming the minimum and why, before any work."""
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "HER2RadiomicsLib", "demo", "--n", "39", "--out",
+                        str(out), "--no-pdf"], capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: --n 39:") and "at least 40" in lines[0], lines
+    assert not (out / "cohort").exists()
+
+
+def test_demo_cache_is_keyed_on_its_settings(tmp_path, monkeypatch, cohort):
+    """A cohort cached by an earlier demo of other settings is not reused: `demo --n 45`
+    into a folder holding another run's cohort generates its own (the generator is stubbed
+    and the run stops after the cohort stage; test_demo_reduced runs every stage), the same
+    settings again reuse it, another --seed generates again."""
+    import shutil
+
+    import HER2RadiomicsLib.demo as demo
+    import HER2RadiomicsLib.imaging.synth as synth
+    out = tmp_path / "demo"
+    shutil.copytree(cohort, out / "cohort")          # an earlier run's cohort (8 patients)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_generate(path, n_cases, seed, **kw):
+        calls.append((n_cases, seed))
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(cohort, path)
+
+    def stop(*a, **kw):
+        raise Stop
+    monkeypatch.setattr(synth, "generate_cohort", fake_generate)
+    monkeypatch.setattr(demo, "_segment_all", stop)
+    args = SimpleNamespace(out=str(out), n=45, jobs=1, seed=7, no_progress=True, no_pdf=True,
+                           repeats=0)
+    with pytest.raises(Stop):
+        demo.run_demo(args)
+    assert calls == [(45, 7)]
+    with pytest.raises(Stop):
+        demo.run_demo(args)                           # same settings: cached
+    assert calls == [(45, 7)]
+    args.seed = 8
+    with pytest.raises(Stop):
+        demo.run_demo(args)
+    assert calls == [(45, 7), (45, 8)]

@@ -7,11 +7,21 @@ are declared in ``HER2RadiomicsCLI.xml``; ``Testing/test_slicer_cli.py`` pins th
 Progress goes to stdout as ``<filter-progress>`` lines, which Slicer shows in its progress bar.
 Imports only HER2RadiomicsLib.
 
+What Slicer does with a CLI decides how this one reports (``vtkSlicerCLIModuleLogic``, 5.8 to
+5.12): output tables are read back only after exit code 0 (any other code discards and deletes
+them), and anything on stderr is logged as an error even after a successful run. So:
+
+* a manifest run exits 0 when at least one case succeeded; the cases that failed are rows of
+  the second output table (``outputErrors``: case_id, file, error), shown in Slicer beside the
+  features; exit 1 (one stderr line) only when no case succeeded, 2 for a bad invocation;
+* a clean run writes nothing to stderr: progress and notes go to stdout, Python warnings too;
+* Slicer names its temporary outputs ``<pid>_<nodeID>.tsv``, the same name for every run into
+  the same table in a session: nothing is reused from an earlier run unless ``--resume`` asks
+  for it, and then only for cases whose files (content) and settings are unchanged.
+
 A manifest goes through the library's batch engine, as ``her2radiomics extract --manifest``
-does: parallel workers (``--jobs``), each finished case saved at once (a rerun after an
-interruption computes only the missing cases), an error table beside the output, the same exit
-codes (0 all done, 1 some cases failed, 2 nothing could start). Cases without a mask get the
-CNN's, saved in ``<table>.masks/`` and reused by a rerun.
+does: parallel workers (``--jobs``), a bad row or image fails only its case. Cases without a
+mask get the CNN's.
 """
 import argparse
 import os
@@ -21,9 +31,18 @@ import sys
 PRESETS = ["default", "cui2023", "yin2024", "zhao2025"]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):       # one line, as every other error of this CLI
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def buildParser():
-    p = argparse.ArgumentParser(description="HER2Radiomics batch CLI (research use only)")
-    p.add_argument("--inputVolume", help="2D image")
+    p = _Parser(description="HER2Radiomics batch CLI (research use only)")
+    p.add_argument("--inputVolume", help="2D image (grey or colour: colour is converted to "
+                   "grey with the library's BT.601 rule)")
+    p.add_argument("--caseId", type=str, default="",
+                   help="case name for a single image (default: the image file's name)")
     p.add_argument("--inputLabel", help="tumour label map (CNN when absent)")
     p.add_argument("--inputRegions", help="bit-coded label map of the regions to extract "
                    "(region i sets bit i; the Slicer panel's edited segments)")
@@ -42,8 +61,13 @@ def buildParser():
     p.add_argument("--clinical", type=str, default="")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="reuse the cases an earlier run into the same output table finished, "
+                        "when their files and settings are unchanged")
     p.add_argument("--outputLabel")
     p.add_argument("--outputTable")
+    p.add_argument("--outputErrors", help="table of the cases that failed (case_id, file, "
+                                          "error)")
     return p
 
 
@@ -51,6 +75,24 @@ def progress(fraction):
     """Slicer reads these lines from stdout to drive the CLI module's progress bar."""
     sys.stdout.write(f"<filter-progress>{fraction:.4f}</filter-progress>\n")
     sys.stdout.flush()
+
+
+def note(text):
+    """A line for the user that is not an error: stdout (Slicer logs stderr as an error)."""
+    sys.stdout.write(text.rstrip() + "\n")
+    sys.stdout.flush()
+
+
+def _warningsToStdout():
+    """Python warnings as notes on stdout: on stderr Slicer would log each one as an error."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        note(f"warning: {category.__name__}: {message}")
+    warnings.showwarning = show
+    import logging
+    logging.basicConfig(stream=sys.stdout, level=logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def libraryCandidates(here):
@@ -160,38 +202,50 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     return row
 
 
-def _cnnMasks(rows, args, spacing, errors, report):
-    """CNN masks for the rows without one, written to ``<table>.masks/`` (a rerun reuses
-    them); failed cases go to ``errors`` and are dropped."""
+def _cnnMasks(rows, args, spacing, errors, report, folder):
+    """CNN masks for the rows without one, written to ``folder``; with ``--resume`` a mask
+    of an earlier run is reused only for the same image content, frame and model. Failed cases
+    go to ``errors`` and are dropped."""
     from pathlib import Path
 
     from HER2RadiomicsLib.errors import HER2Error
     from HER2RadiomicsLib.imaging.io import read_image, write_image
+    from HER2RadiomicsLib.segmentation import commands as S
     todo = [r for r in rows if not r.get("mask")]
     if not todo:
         return rows
-    from HER2RadiomicsLib.segmentation.commands import get_segmenter
-    folder = Path(str(args.outputTable) + ".masks")
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    model = S._model_id(None)
     segmenter = None
     for i, r in enumerate(todo):
         path = folder / f"{r['case_id']}.nrrd"
+        r["_out"], r["_key"] = str(path), S._mask_key(r, model)
         try:
-            if not path.exists():
-                segmenter = segmenter or get_segmenter(None, args.device)
+            if not (args.resume and S._reusable(folder, r)):
+                segmenter = segmenter or S.get_segmenter(None, args.device)
                 loaded = read_image(r["image"], spacing_mm=_rowSpacing(r, spacing))
                 res = segmenter.predict(loaded.image)
                 if not res.info["lesion_px"]:
                     raise ValueError(f"{r['image']}: the CNN found no lesion; give a mask")
-                tmp = folder / f".{r['case_id']}.tmp.nrrd"
-                write_image(res.mask, tmp)
-                os.replace(tmp, path)          # a killed run leaves no half-written mask
+                write_image(res.mask, path)    # atomic: a killed run leaves no half a mask
+                S._record_mask(folder, r["_key"], r["case_id"])
             r["mask"], r["mask_source"] = str(path), "CNN auto-mask"
         except (HER2Error, ValueError) as exc:
-            errors.append({"case_id": r["case_id"], "image": r["image"], "error": str(exc)})
+            errors.append(_failure(r, str(exc)))
         report((i + 1) / len(todo))
     failed = {e["case_id"] for e in errors}
     return [r for r in rows if r["case_id"] not in failed]
+
+
+def _failure(row, message):
+    """A failed case as a row of the failures table: the file the message names (an error
+    starts with its file), else the case's image."""
+    text = str(message)
+    head = text.split(": ", 1)[0]
+    file = row.get("_error_file") or (head if head and (os.sep in head or "/" in head)
+                                      else row.get("image", ""))
+    return {"case_id": row.get("case_id", ""), "file": file, "error": text}
 
 
 def _rowSpacing(row, spacing):
@@ -202,74 +256,127 @@ def _rowSpacing(row, spacing):
 
 def runManifest(args, spacing, clinical, bundle):
     """A cohort through the library's batch engine; returns the exit code."""
+    import shutil
     import tempfile
     from pathlib import Path
 
-    import pandas as pd
-    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
-    from HER2RadiomicsLib.imaging.io import atomic_write_text
-    from HER2RadiomicsLib.imaging.rings import parse_rings
+    from HER2RadiomicsLib.extraction.batch import read_manifest
     if not args.outputTable:
         raise ValueError("--manifest needs --outputTable (one row per case)")
-    rows = read_manifest(args.manifest, empty_mask_ok=True)     # every row checked up front
+    # a bad row (missing file, bad value) is that case's failure; the others go on
+    rows = read_manifest(args.manifest, empty_mask_ok=True, per_row=True)
+    order = {}
+    for i, r in enumerate(rows):
+        order.setdefault(str(r.get("case_id", "")), i)
+    errors = [_failure(r, r["_error"]) for r in rows if r.get("_error")]
+    rows = [r for r in rows if not r.get("_error")]
     for r in rows:
         r.setdefault("mask_source", "label map" if r.get("mask") else "")
         if spacing and not r.get("spacing_x_mm"):
             r["spacing_x_mm"], r["spacing_y_mm"] = spacing
-    errors = []
-    rows = _cnnMasks(rows, args, spacing, errors, lambda f: progress(0.02 + 0.28 * f))
+    out = Path(args.outputTable)
+    # Slicer reuses one temporary output name per table node: work left by another run there
+    # is only looked at when --resume asks for it; otherwise this run works in a fresh folder
+    work = Path(str(out) + ".work") if args.resume else Path(tempfile.mkdtemp(prefix="h2r_cli_"))
+    try:
+        return _runManifestIn(work, rows, errors, args, spacing, clinical, bundle, out, order)
+    finally:
+        if not args.resume:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _runManifestIn(work, rows, errors, args, spacing, clinical, bundle, out, order):
+    import pandas as pd
+    from HER2RadiomicsLib.extraction.batch import ExtractConfig, run_batch
+    from HER2RadiomicsLib.imaging.io import atomic_write_text
+    from HER2RadiomicsLib.imaging.rings import parse_rings
+    rows = _cnnMasks(rows, args, spacing, errors, lambda f: progress(0.02 + 0.28 * f),
+                     work / "masks")
     if bundle is not None:
         # the bundle's own params and rings, so its input columns are extracted
+        from HER2RadiomicsLib.modelling.predict import bundle_params_file
         ring = bundle.meta.get("rings") or {}
-        paramsFile = Path(tempfile.mkdtemp(prefix="h2r_cli_")) / \
-            f"{bundle.meta['params_name']}.yaml"
-        paramsFile.write_text(bundle.meta["params_yaml"])
-        cfg = ExtractConfig(params=str(paramsFile), rings_mm=tuple(ring.get("rings_mm", [])),
+        cfg = ExtractConfig(params=str(bundle_params_file(bundle)),
+                            rings_mm=tuple(ring.get("rings_mm", [])),
                             annuli=bool(ring.get("annuli", False)),
                             combined=tuple(ring.get("combined", [])))
     else:
         cfg = ExtractConfig(params=args.paramsFile or args.preset,
                             rings_mm=tuple(parse_rings(args.rings)), annuli=args.annuli)
-    out = Path(args.outputTable)
-    featuresCsv = out.with_name(out.stem + "_features.csv")
-    res = run_batch(rows, featuresCsv, cfg, jobs=max(1, int(args.jobs)), resume=True,
+    res = run_batch(rows, work / "features.csv", cfg, jobs=max(1, int(args.jobs)),
+                    resume=args.resume,
                     progress=lambda done, total: progress(0.3 + 0.65 * done / max(total, 1)))
-    errors += res.errors
-    if errors:
-        errorsCsv = out.with_name(out.stem + "_errors.csv")
-        atomic_write_text(errorsCsv, pd.DataFrame(errors).to_csv(index=False))
-        for e in errors:
-            print(f"error: {e['case_id']}: {e['error']}", file=sys.stderr)
-    if not featuresCsv.exists() or res.n_ok == 0:
-        print(f"no case succeeded; {out} was not written", file=sys.stderr)
-        return 1
-    table = pd.read_csv(featuresCsv).copy()     # one block: the inserts below stay cheap
     byId = {str(r["case_id"]): r for r in rows}
-    table.insert(1, "mask_source", [byId[str(c)]["mask_source"] for c in table["case_id"]])
-    if bundle is not None:
-        from HER2RadiomicsLib.modelling.predict import predict_rows
-        site = bundle.meta.get("batch_col") or "site"
-        table[site] = [byId[str(c)].get(site) or args.site or None for c in table["case_id"]]
-        names = bundle.meta.get("clinical") or []
-        clin = pd.DataFrame([{k: float(byId[str(c)][k]) if byId[str(c)].get(k) not in (None, "")
-                              else clinical.get(k) for k in names}
-                             for c in table["case_id"]]) if names else None
-        preds = predict_rows(bundle, table, site=args.site or None, clinical=clin)
-        extra = pd.DataFrame([{f"prediction_{k}": v for k, v in p.as_row().items()
-                               if k != "case_id"} for p in preds])
-        table = pd.concat([table.reset_index(drop=True), extra], axis=1)
+    errors += [_failure(byId.get(str(e["case_id"]), e), e["error"]) for e in res.errors]
+    # a resumed run that lost a case keeps the previous table aside: this run's is staged
+    table_csv = (res.staged_dir / res.features_csv.name) if res.kept_previous \
+        else res.features_csv
+    table = pd.read_csv(table_csv).copy() if res.n_ok and table_csv.exists() else None
+    if table is not None:
+        table.insert(1, "mask_source",
+                     [byId[str(c)]["mask_source"] for c in table["case_id"]])
+        if bundle is not None:
+            table = _predictions(table, byId, bundle, args, clinical, errors)
+    errors.sort(key=lambda e: order.get(str(e["case_id"]), len(order)))   # manifest order
+    _writeErrors(args.outputErrors, errors)
+    for e in errors:
+        note(f"failed: {e['case_id']}: {e['error']}")
+    if table is None or table.empty:
+        print(f"error: {args.manifest}: no case succeeded ({len(errors)} failed; see the "
+              "failures table)", file=sys.stderr)
+        return 1
     sep = "," if out.suffix.lower() == ".csv" else "\t"
     atomic_write_text(out, table.to_csv(index=False, sep=sep))
+    note(f"{len(table)} case(s) done, {len(errors)} failed")
     progress(1.0)
-    return 1 if errors or res.interrupted else 0
+    return 0
+
+
+def _predictions(table, byId, bundle, args, clinical, errors):
+    """The bundle's prediction per row; a row whose prediction fails (a bad clinical cell)
+    becomes a failure and leaves the table."""
+    import pandas as pd
+    from HER2RadiomicsLib.modelling.predict import predict_rows
+    site = bundle.meta.get("batch_col") or "site"
+    table[site] = [byId[str(c)].get(site) or args.site or None for c in table["case_id"]]
+    names = bundle.meta.get("clinical") or []
+    clin = pd.DataFrame([{k: byId[str(c)][k] if byId[str(c)].get(k) not in (None, "")
+                          else clinical.get(k) for k in names}
+                         for c in table["case_id"]]) if names else None
+    failed = []
+    preds = predict_rows(bundle, table, site=args.site or None, clinical=clin, errors=failed)
+    for e in failed:
+        errors.append(_failure(byId.get(str(e["case_id"]), e), e["error"]))
+    bad = {str(e["case_id"]) for e in failed}
+    keep = table[~table["case_id"].astype(str).isin(bad)].reset_index(drop=True)
+    extra = pd.DataFrame([{f"prediction_{k}": v for k, v in p.as_row().items()
+                           if k != "case_id"} for p in preds])
+    return pd.concat([keep, extra], axis=1)
+
+
+def _writeErrors(path, errors):
+    """The failures table (header only when nothing failed: Slicer reads it either way)."""
+    if not path:
+        return
+    import pandas as pd
+    from HER2RadiomicsLib.imaging.io import atomic_write_text
+    sep = "," if str(path).lower().endswith(".csv") else "\t"
+    atomic_write_text(path, pd.DataFrame(errors, columns=["case_id", "file", "error"])
+                      .to_csv(index=False, sep=sep))
 
 
 def main(argv=None):
     args = buildParser().parse_args(argv)
-    _addLibraryPath()
-    import pandas as pd
-    from HER2RadiomicsLib.errors import HER2Error
-    from HER2RadiomicsLib.imaging.io import atomic_write_text
+    try:
+        _addLibraryPath()
+        _warningsToStdout()
+        import pandas as pd
+        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib.imaging.io import atomic_write_text
+    except Exception as exc:    # a broken install: one line, not a traceback
+        print(f"error: HER2RadiomicsLib cannot be imported ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return 2
     try:
         if not args.inputVolume and not args.manifest:
             raise ValueError("give --inputVolume (one image) or --manifest (a cohort)")
@@ -283,7 +390,7 @@ def main(argv=None):
         progress(0.02)
         if args.manifest:
             return runManifest(args, spacing, clinical, bundle)
-        caseId = os.path.basename(args.inputVolume).split(".")[0]
+        caseId = args.caseId or os.path.basename(args.inputVolume).split(".")[0]
         if args.inputRegions:
             if args.inputLabel or bundle is not None:
                 raise ValueError("--inputRegions replaces --inputLabel and the rings; it "
@@ -298,10 +405,14 @@ def main(argv=None):
             sep = "," if args.outputTable.lower().endswith(".csv") else "\t"
             atomic_write_text(args.outputTable, pd.DataFrame([row]).to_csv(index=False,
                                                                            sep=sep))
+        _writeErrors(args.outputErrors, [])
         progress(1.0)
         return 0
-    except (HER2Error, ValueError) as exc:
+    except (HER2Error, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:    # last line of defence: one line, never a traceback
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

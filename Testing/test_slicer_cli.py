@@ -38,23 +38,44 @@ def test_single_image_with_label(cohort, tmp_path, capsys):
 
 def test_cnn_when_no_label_and_manifest_keeps_going(cohort, tmp_path, capsys):
     rows = pd.read_csv(cohort / "cohort.csv").iloc[:2]
-    (tmp_path / "no.png").write_bytes(b"exists but unreadable")   # missing files: refused up front
-    man = pd.DataFrame({"case_id": list(rows.case_id) + ["BAD"],
-                        "image": [str(cohort / p) for p in rows.image] + [str(tmp_path / "no.png")],
-                        "mask": [str(cohort / p) for p in rows["mask"]] + [""]})
+    (tmp_path / "no.png").write_bytes(b"exists but unreadable")
+    man = pd.DataFrame({"case_id": list(rows.case_id) + ["BAD", "GONE"],
+                        "image": [str(cohort / p) for p in rows.image]
+                        + [str(tmp_path / "no.png"), str(tmp_path / "missing.png")],
+                        "mask": [str(cohort / p) for p in rows["mask"]] + ["", ""]})
     man.to_csv(tmp_path / "m.csv", index=False)
     rc = CLI.main(["--manifest", str(tmp_path / "m.csv"), "--preset", "cui2023", "--rings", "3",
-                   "--outputTable", str(tmp_path / "m.csv.out.csv")])
-    assert rc == 1
-    err = capsys.readouterr().err
-    assert "BAD" in err and "no.png" in err and "Traceback" not in err
+                   "--outputTable", str(tmp_path / "m.csv.out.csv"),
+                   "--outputErrors", str(tmp_path / "failed.tsv")])
+    # Slicer reads the tables back only after exit 0: the cases that worked must arrive
+    assert rc == 0
+    got = capsys.readouterr()
+    assert got.err == ""                       # Slicer logs any stderr as an error
     t = pd.read_csv(tmp_path / "m.csv.out.csv")
     assert t.case_id.tolist() == list(rows.case_id)
+    f = pd.read_csv(tmp_path / "failed.tsv", sep="\t")
+    assert f.case_id.tolist() == ["BAD", "GONE"]
+    assert f.file.tolist() == [str(tmp_path / "no.png"), str(tmp_path / "missing.png")]
+    assert "cannot read image" in f.error[0] and "file not found" in f.error[1]
     # single image without a label: the CNN draws it
     rc = CLI.main(["--inputVolume", str(cohort / rows.image.iloc[0]), "--preset", "cui2023",
-                   "--rings", "3", "--outputTable", str(tmp_path / "cnn.tsv")])
+                   "--rings", "3", "--outputTable", str(tmp_path / "cnn.tsv"),
+                   "--caseId", "left breast 10 o'clock"])
     assert rc == 0
-    assert pd.read_csv(tmp_path / "cnn.tsv", sep="\t").loc[0, "mask_source"] == "CNN auto-mask"
+    one = pd.read_csv(tmp_path / "cnn.tsv", sep="\t")
+    assert one.loc[0, "mask_source"] == "CNN auto-mask"
+    assert one.loc[0, "case_id"] == "left breast 10 o'clock"
+
+
+def test_manifest_where_nothing_succeeds_is_one_error_line(cohort, tmp_path, capsys):
+    pd.DataFrame({"case_id": ["A"], "image": [str(tmp_path / "gone.png")], "mask": [""]}).to_csv(
+        tmp_path / "m.csv", index=False)
+    rc = CLI.main(["--manifest", str(tmp_path / "m.csv"), "--outputTable",
+                   str(tmp_path / "o.tsv"), "--outputErrors", str(tmp_path / "e.tsv")])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'm.csv'}: no case succeeded")
+    assert not (tmp_path / "o.tsv").exists()
 
 
 @pytest.mark.parametrize("args, words", [
@@ -117,9 +138,9 @@ def test_library_is_found_from_a_multi_configuration_build_tree(tmp_path):
 
 def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, capsys,
                                                             monkeypatch):
-    """Manifest mode uses the library's batch engine: per-case parts (a rerun recomputes
-    nothing), an error table, parallel workers, CNN masks kept for the rerun, progress lines
-    and extract's exit codes (issue 15, item 11)."""
+    """Manifest mode uses the library's batch engine: parallel workers, progress lines, CNN
+    masks; with --resume a rerun into the same table recomputes nothing, and without it
+    every case is computed afresh (issue 15, item 11; issue 26, D2)."""
     import HER2RadiomicsLib.extraction.batch as B
     rows = pd.read_csv(cohort / "cohort.csv").iloc[:3]
     man = pd.DataFrame({"case_id": list(rows.case_id),
@@ -129,7 +150,7 @@ def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, ca
     man.to_csv(tmp_path / "m.csv", index=False)
     out = tmp_path / "cohort.tsv"
     args = ["--manifest", str(tmp_path / "m.csv"), "--preset", "cui2023", "--rings", "3",
-            "--outputTable", str(out)]
+            "--outputTable", str(out), "--resume"]
     assert CLI.main(args + ["--jobs", "2"]) == 0
     text = capsys.readouterr().out
     fractions = [float(v) for v in
@@ -138,8 +159,7 @@ def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, ca
     t = pd.read_csv(out, sep="\t")
     assert t.case_id.tolist() == list(rows.case_id)
     assert t.mask_source.tolist() == ["label map", "CNN auto-mask", "label map"]
-    assert (tmp_path / "cohort_features.csv.parts").is_dir()
-    assert (tmp_path / "cohort.tsv.masks" / f"{rows.case_id.iloc[1]}.nrrd").exists()
+    assert (tmp_path / "cohort.tsv.work" / "masks" / f"{rows.case_id.iloc[1]}.nrrd").exists()
     # the rerun reuses every finished case and the CNN mask: nothing is computed again
     computed = []
     real = B._safe_case
@@ -149,6 +169,10 @@ def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, ca
     before = t.copy()
     assert CLI.main(args) == 0
     assert computed == []
+    pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), before)
+    # without --resume nothing of that work is looked at
+    monkeypatch.undo()
+    assert CLI.main(args[:-1]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), before)
 
 

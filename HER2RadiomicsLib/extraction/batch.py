@@ -90,8 +90,9 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
         False: any problem refuses the whole manifest (all problems listed together).
         True: only problems of the file itself refuse it (unreadable, no rows, missing
         columns); a row with a problem comes back with ``row["_error"]`` (one line naming the
-        manifest, the row and the problem) so that a batch records it as that case's error
-        and carries on with the others.
+        manifest, the row and the problem) and ``row["_error_file"]`` (the missing file, or
+        the manifest) so that a batch records it as that case's error and carries on with
+        the others.
 
     Raises
     ------
@@ -131,18 +132,21 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
         else:
             mine += case_id_problems(cid)
         seen.setdefault(cid, i + 2)
+        bad_file = None
         for col in ("image", "mask", "fov"):
             if r.get(col):
                 p = Path(r[col])
                 r[col] = str(p if p.is_absolute() else (base / p))
                 if (col != "mask" or require_mask) and not Path(r[col]).is_file():
                     mine.append(f"{col} file not found: {r[col]}")
+                    bad_file = bad_file or r[col]
             elif col == "image" or (col == "mask" and require_mask and not empty_mask_ok):
                 mine.append(f"empty {col}")
         mine += _row_value_problems(r)
         problems += [f"{where}: {m}" for m in mine]
         if mine:
             r["_error"] = f"{path}: {where}: {'; '.join(mine)}"
+            r["_error_file"] = bad_file or str(path)     # the file to fix
     if problems and not per_row:
         raise ManifestError(path, problems)
     return rows

@@ -45,10 +45,17 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
             f.SetUseImageSpacing(bool(st.get("gradientUseSpacing", True)))
             yield "gradient", sitk.GetArrayFromImage(f.Execute(src))
         elif kind == "LBP2D":
+            import warnings
             from skimage.feature import local_binary_pattern
-            yield "lbp-2D", local_binary_pattern(arr, P=st.get("lbp2DSamples", 8),
-                                                 R=st.get("lbp2DRadius", 1),
-                                                 method=st.get("lbp2DMethod", "uniform"))
+            with warnings.catch_warnings():
+                # pyradiomics feeds LBP the float image too (same values; tested against it):
+                # scikit-image's "floating-point input" warning is expected, not news
+                warnings.filterwarnings("ignore", "Applying `local_binary_pattern` to "
+                                        "floating-point", UserWarning)
+                lbp = local_binary_pattern(arr, P=st.get("lbp2DSamples", 8),
+                                           R=st.get("lbp2DRadius", 1),
+                                           method=st.get("lbp2DMethod", "uniform"))
+            yield "lbp-2D", lbp
         elif kind == "Wavelet":
             yield from wavelet_images(arr, st)
         elif kind == "LoG":

@@ -7,13 +7,13 @@ all computation is in ``HER2RadiomicsLib``.
 """
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
 from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSegmentationNode, vtkMRMLTableNode)
+                    vtkMRMLSegmentationNode, vtkMRMLTableNode, vtkMRMLVectorVolumeNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -23,7 +23,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from HER2RadiomicsModuleLib.controller import PanelState, chosenPath, parseRingsText, stepStatus
-from HER2RadiomicsModuleLib.core import HER2RadiomicsCoreLogic
+from HER2RadiomicsModuleLib.core import HER2RadiomicsCoreLogic, isImageNode
 
 #: shipped params presets (HER2RadiomicsLib/params); listed here so the panel loads before the
 #: library's dependencies are installed
@@ -39,8 +39,12 @@ class HER2Radiomics(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("HER2Radiomics")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
-        self.parent.contributors = ["HER2Radiomics team (HER2Radiomics project)"]
+        # what the panel embeds: the Segment Editor widget (Segmentations, whose editor uses
+        # SubjectHierarchy, as Slicer's own Segment Editor module lists) and prompt markups
+        self.parent.dependencies = ["Segmentations", "SubjectHierarchy", "Markups"]
+        self.parent.contributors = [
+            "Library and feature-engine maintainers (HER2Radiomics project)",
+            "Slicer module maintainers (HER2Radiomics project)"]
         self.parent.helpText = _(
             "Breast-ultrasound radiomics for HER2 status (positive / low / zero): CNN auto-mask, "
             "peritumoral rings in mm, radiomics features, model bundles, reports. "
@@ -57,7 +61,9 @@ class HER2Radiomics(ScriptedLoadableModule):
 class HER2RadiomicsParameterNode:
     """Panel state, saved with the scene."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    # grey (scalar) or colour (vector: RGB PNG/JPEG, colour ultrasound DICOM); the selector
+    # lists exactly these two classes (no label maps or tensors, which are subclasses too)
+    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
     spacingX_mm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     spacingY_mm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     segmentation: vtkMRMLSegmentationNode
@@ -96,6 +102,9 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HER2RadiomicsLogic()
+        # a volume loaded from the DICOM browser has no file of its own: its instance's file
+        # holds the ultrasound calibration
+        self.logic.dicomFileForInstance = dicomFileForInstance
 
         # presetComboBox is filled by the parameter node's Choice annotation (connectGui)
         self.ui.reportPathLineEdit.filters = ctkPathFilters()
@@ -105,6 +114,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)
 
         self.ui.setSpacingButton.connect("clicked(bool)", self.onSetSpacingButton)
         self.ui.autoSegmentButton.connect("clicked(bool)", self.onAutoSegmentButton)
@@ -124,9 +134,32 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
+        """Module unloaded or reloaded: nothing of this widget may keep running."""
         self.removeObservers()
+        if self._timer is not None:
+            self._timer.stop()      # it would go on calling the old widget after a reload
         if self._job is not None:
             self._job.cancel()
+            self._job = None
+
+    def onReload(self):
+        """Reload the helper package too (Slicer's reload re-runs only this file), as
+        Slicer's WebServer module does, with importlib (``imp`` is gone in Python 3.12)."""
+        import importlib.util
+        import sys
+        packageName = "HER2RadiomicsModuleLib"
+        submoduleNames = ["controller", "mrml", "core", "dependencies"]
+        spec = importlib.util.find_spec(packageName)
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[packageName] = package
+        spec.loader.exec_module(package)
+        for submoduleName in submoduleNames:
+            fullName = f"{packageName}.{submoduleName}"
+            subSpec = importlib.util.find_spec(fullName)
+            submodule = importlib.util.module_from_spec(subSpec)
+            sys.modules[fullName] = submodule
+            subSpec.loader.exec_module(submodule)
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
         self.initializeParameterNode()
@@ -145,18 +178,37 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
 
     def onSceneStartClose(self, caller, event):
+        # a job working on the closing scene's nodes must stop (its results have nowhere to go)
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+            self._timer.stop()
+            self.ui.progressBar.visible = False
+            self.ui.cancelButton.enabled = False
+        self._bundle = self._prediction = None
         self.setParameterNode(None)
+        # as Slicer's Segment Editor module: forget the segmentation and the views
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
 
     def onSceneEndClose(self, caller, event):
+        # the singleton segment editor node is new after a close or an import
+        from HER2RadiomicsModuleLib.mrml import singletonSegmentEditorNode
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(
+            singletonSegmentEditorNode(slicer.mrmlScene))
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.ui.segmentEditorWidget.updateWidgetFromMRML()
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
+            # GetFirstNodeByClass("vtkMRMLScalarVolumeNode") may return a label map (a
+            # subclass), which the selector does not list: take the first image
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if isImageNode(node):
+                    self._parameterNode.inputVolume = node
+                    break
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
@@ -390,6 +442,14 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             out = self.logic.saveReport(self._bundle, p.inputVolume, p.segmentation, path,
                                         p.site, self._clinical())
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(out)))
+
+
+def dicomFileForInstance(uid):
+    """The file of a DICOM instance in Slicer's DICOM database (None without a database)."""
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is None or not database.isOpen:
+        return None
+    return database.fileForInstance(uid) or None
 
 
 def cliRunner(waitForCompletion=False):

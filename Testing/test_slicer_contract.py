@@ -242,7 +242,7 @@ class Recorder:
     def pipInstall(self, args):
         self.calls.append(("pip", list(args)))
 
-    def installTorch(self):
+    def installTorch(self, requirement=None):
         self.calls.append(("torch",))
 
 
@@ -275,6 +275,48 @@ def test_dependency_installer_order_and_never_replaces_slicer_packages(monkeypat
     # all present: no question asked
     monkeypatch.setattr(D, "_satisfied", lambda r: True)
     assert D.ensureDependencies(confirm=lambda t: pytest.fail("asked"), installer=Recorder())
+
+
+def test_pytorch_is_asked_for_once_with_our_floor_and_fails_in_one_line(monkeypatch):
+    """Our own confirmation already named PyTorch: the PyTorch extension must not ask again
+    (askConfirmation=False, as SlicerNNUnet), it gets the requirement's floor, and an offline
+    install is one error line, not pip's traceback (issue 26, D6)."""
+    import subprocess
+    import types
+    sys.path.insert(0, str(ROOT / "HER2Radiomics"))
+    from HER2RadiomicsModuleLib import dependencies as D
+    calls = []
+
+    class Logic:
+        fail = None
+
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None,
+                         torchVersionRequirement=None, torchvisionVersionRequirement=None):
+            calls.append((askConfirmation, torchVersionRequirement))
+            if Logic.fail:
+                raise Logic.fail
+            return types.SimpleNamespace(__version__="2.13.0")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils",
+                        types.SimpleNamespace(PyTorchUtilsLogic=Logic))
+    monkeypatch.setattr(D, "_satisfied", lambda r: not r.startswith("torch"))
+    pip = []
+    installer = D.SlicerInstaller()
+    monkeypatch.setattr(installer, "pipEnsure", lambda reqs: pip.append(reqs))
+    asked = []
+    assert D.ensureDependencies(confirm=lambda t: asked.append(t) or True, installer=installer,
+                                includeTorch=True)
+    from HER2RadiomicsLib import requirements as R
+    assert len(asked) == 1 and "torch" in asked[0]
+    assert calls == [(False, R.TORCH[0].split("torch", 1)[1])] and pip == []
+    Logic.fail = subprocess.CalledProcessError(1, ["pip", "install", "torch"],
+                                               "Traceback ...\nConnectionError")
+    with pytest.raises(RuntimeError) as e:
+        installer.installTorch(R.TORCH[0])
+    assert "PyTorch could not be installed" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
 
 
 ALLOWED_AT_IMPORT = {"os", "sys", "logging", "threading", "dataclasses", "pathlib", "typing",
@@ -356,17 +398,17 @@ def _fake_slicer(monkeypatch, pip_ensure=None):
     slicer.util = types.SimpleNamespace(pip_install=lambda args: calls.append(("pip", args)))
     monkeypatch.setitem(sys.modules, "slicer", slicer)
     if pip_ensure is not None:
-        pydeps = types.ModuleType("slicer.pydeps")
-        pydeps.pip_ensure = pip_ensure
-        monkeypatch.setitem(sys.modules, "slicer.pydeps", pydeps)
+        # slicer.packaging: Slicer 5.12 (there is no slicer.pydeps in any Slicer)
+        packaging = types.ModuleType("slicer.packaging")
+        packaging.pip_ensure = pip_ensure
+        monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     else:
-        monkeypatch.setitem(sys.modules, "slicer.pydeps", None)
         monkeypatch.setitem(sys.modules, "slicer.packaging", None)
     return calls
 
 
 def test_slicer_installer_pins_slicers_packages_and_does_not_ask_twice(monkeypatch):
-    """pip_ensure (Slicer >= 5.11) is imported explicitly and called after our own question
+    """pip_ensure (Slicer 5.12) is imported explicitly and called after our own question
     (no second prompt, also in self-tests), with a constraints file pinning Slicer's numpy,
     scipy and SimpleITK; older Slicers get pip_install with the same constraints."""
     import importlib.metadata as md
@@ -410,7 +452,10 @@ def test_extensions_index_readiness():
     for who in _cmake_set("EXTENSION_CONTRIBUTORS").split(","):
         assert re.fullmatch(r"[^()]+ \([^()]+\)", who.strip()), who
     src = MODULE.read_text()
-    assert re.search(r'contributors = \["[^"(]+ \([^)]+\)"\]', src)
+    block = re.search(r"contributors = \[(.*?)\]", src, re.S).group(1)
+    names = re.findall(r'"([^"]+)"', block)
+    assert names and all(re.fullmatch(r"[^()]+ \([^()]+\)", n) for n in names), names
+    assert not any("team" in n.lower() for n in names)          # roles, not a placeholder
     assert "documentation</a>" in src and "href=" in src
     floor = re.search(r"cmake_minimum_required\(VERSION (\d+\.\d+\.\d+)",
                       (ROOT / "CMakeLists.txt").read_text()).group(1)
@@ -434,3 +479,30 @@ def test_embedded_segment_editor_follows_the_module_lifecycle():
         assert call in exit_, call
     assert "singletonSegmentEditorNode(" in ast.unparse(methods["setup"])
     assert "AddNewNodeByClass('vtkMRMLSegmentEditorNode')" not in MODULE.read_text()
+
+
+def test_module_idioms_as_slicers_own_modules():
+    """Reload reloads the helper package (as WebServer does, with importlib), cleanup stops the
+    poll timer, a scene close cancels a running job and releases the segment editor, the
+    dependencies name what the panel embeds, and the image selector takes colour volumes
+    (issue 26, D3 and D8; each checked against Slicer's sources, see the README)."""
+    methods = _widget_methods()
+    reload_ = ast.unparse(methods["onReload"])
+    assert "importlib" in reload_ and "imp." not in reload_
+    package = {p.stem for p in (ROOT / "HER2Radiomics" / "HER2RadiomicsModuleLib").glob("*.py")
+               if p.stem != "__init__"}
+    listed = set(re.search(r"submoduleNames = \[(.*?)\]", reload_).group(1)
+                 .replace("'", "").replace(" ", "").split(","))
+    assert listed == package
+    assert "ScriptedLoadableModuleWidget.onReload(self)" in reload_
+    assert "self._timer.stop()" in ast.unparse(methods["cleanup"])
+    close = ast.unparse(methods["onSceneStartClose"])
+    assert "self._job.cancel()" in close
+    assert "segmentEditorWidget.setSegmentationNode(None)" in close
+    src = MODULE.read_text()
+    deps = re.search(r"self.parent.dependencies = (\[.*?\])", src).group(1)
+    assert set(ast.literal_eval(deps)) >= {"Segmentations", "SubjectHierarchy", "Markups"}
+    assert re.search(r"inputVolume: Union\[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode\]",
+                     src)
+    assert "Slicer's DICOM reader does not apply" not in (
+        ROOT / "HER2Radiomics" / "HER2RadiomicsModuleLib" / "core.py").read_text()

@@ -204,7 +204,7 @@ def test_end_to_end_like_the_panel(scene, example_bundle, tmp_path):
     assert any("differ from the model's 'cui2023'" in w for w in warns)
     assert not any("spacing" in w for w in warns)          # calibrated DICOM spacing
     vol.SetAttribute(C.SPACING_SOURCE_ATTRIBUTE, "user")
-    assert any("not a calibrated DICOM" in w for w in logic.bundleWarnings(bundle, vol))
+    assert any("not from a calibrated file" in w for w in logic.bundleWarnings(bundle, vol))
     vol.SetAttribute(C.SPACING_SOURCE_ATTRIBUTE, loaded.spacing_source)
 
     # reader study: two readers

@@ -23,12 +23,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
-from . import mrml as M
-
 log = logging.getLogger(__name__)
+
+
+class _OnFirstUse:
+    """The MRML conversions (which need numpy and SimpleITK), imported the first time one is
+    used: Slicer imports this module at start-up, and a panel nobody opens should cost no
+    numpy/SimpleITK import."""
+
+    def __getattr__(self, name):
+        from . import mrml
+        return getattr(mrml, name)
+
+
+M = _OnFirstUse()
 
 # Installed extension: HER2RadiomicsLib is a sibling scripted-module package and importable.
 # Source tree (--additional-module-paths HER2Radiomics): it sits two folders up
@@ -42,6 +50,11 @@ SPACING_SOURCE_ATTRIBUTE = "HER2Radiomics.SpacingSource"
 SOURCE_TAG = "HER2Radiomics.source"
 #: formats that carry no physical spacing (Slicer then shows 1 x 1 mm, a placeholder)
 UNCALIBRATED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+#: the attribute Slicer's DICOM plugins set on a volume loaded from the DICOM database
+DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+#: volume classes the panel works on: grey (scalar) and colour (vector: RGB PNG/JPEG and
+#: colour ultrasound DICOM load as vector volumes); label maps and tensors are not images
+IMAGE_NODE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
 
 
 @dataclass
@@ -152,6 +165,16 @@ class CliJob:
         return errors[0] if errors else (lines[-1] if lines else "the CLI failed")
 
 
+def isImageNode(node) -> bool:
+    """A grey or colour image volume (:data:`IMAGE_NODE_CLASSES`); not a label map, tensor or
+    diffusion volume, which are subclasses of the scalar volume too."""
+    if node is None:
+        return False
+    if node.IsA("vtkMRMLVectorVolumeNode"):
+        return True
+    return node.GetClassName() == "vtkMRMLScalarVolumeNode"
+
+
 def _isDicom(path) -> bool:
     """A DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble)."""
     try:
@@ -170,30 +193,50 @@ class HER2RadiomicsCoreLogic:
         if getattr(self, "_coreInitialised", False):
             return
         self._coreInitialised = True
+        #: ``uid -> file path`` of a DICOM instance (the widget sets Slicer's DICOM database's
+        #: ``fileForInstance``); finds the file of a volume loaded from the DICOM browser
+        self.dicomFileForInstance = None
         self._segmenter = None
         self.lastSegmentationFlags = []   # doubts about the last auto-mask, for the panel
         self._fileSpacing = {}   # (path, mtime) -> (spacing, source): the GUI asks often
 
     # -- 1. input ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _storagePath(volumeNode):
+    def _sourcePath(self, volumeNode):
+        """The file the volume came from: its storage file, or for a volume loaded from
+        Slicer's DICOM database (which has no storage file) the instance's file."""
         storage = volumeNode.GetStorageNode()
         name = storage.GetFileName() if storage is not None else None
-        return Path(name) if name else None
+        if name:
+            return Path(name)
+        uids = volumeNode.GetAttribute(DICOM_UIDS_ATTRIBUTE)
+        if uids and self.dicomFileForInstance is not None:
+            try:
+                found = self.dicomFileForInstance(uids.split()[0])
+            except Exception as exc:      # a database that cannot answer: spacing as loaded
+                log.info("%s: %s", uids, exc)
+                return None
+            return Path(found) if found else None
+        return None
+
+    _storagePath = _sourcePath        # the name earlier versions used
 
     def spacingInfo(self, volumeNode):
         """The spacing to use and its source: user > calibrated file > volume geometry.
 
-        A DICOM ultrasound file is re-read by the library, because Slicer's DICOM reader does
-        not apply the ultrasound-region calibration. A PNG/JPEG has no spacing: Slicer's
-        1 x 1 mm is a placeholder, reported as unknown.
+        The image's file is re-read by the library, which resolves DICOM calibration the same
+        way everywhere (one or several ultrasound regions, PixelSpacing). Slicer's own DICOM
+        image-sequence loader (5.8 and later) applies the calibration of an ultrasound image
+        with exactly one calibrated region; with several regions, or none, the volume keeps a
+        placeholder spacing, which the file's reading exposes. A PNG/JPEG has no spacing:
+        Slicer's 1 x 1 mm is a placeholder, reported as unknown.
         """
+        import numpy as np
         spacing = tuple(float(s) for s in volumeNode.GetSpacing()[:2])
         source = volumeNode.GetAttribute(SPACING_SOURCE_ATTRIBUTE)
         if source:
             return SpacingInfo(spacing, source, source != "unknown")
-        path = self._storagePath(volumeNode)
+        path = self._sourcePath(volumeNode)
         if path is not None and path.exists():
             key = (str(path), path.stat().st_mtime_ns)
             if key not in self._fileSpacing:
@@ -239,10 +282,18 @@ class HER2RadiomicsCoreLogic:
         volumeNode.SetAttribute(SPACING_SOURCE_ATTRIBUTE, "user")
 
     def loadedImage(self, volumeNode):
-        """The volume as the library's LoadedImage (2D grey float32, spacing resolved)."""
-        from HER2RadiomicsLib.imaging.io import LoadedImage, _to_grey
+        """The volume as the library's LoadedImage (2D grey float32, spacing resolved).
+
+        A colour (vector) volume is converted to grey with the library's documented rule
+        (:data:`HER2RadiomicsLib.imaging.io.GREY_FORMULA`, ITU-R BT.601 luma), as the command
+        line converts a colour file; the conversion is recorded in the provenance.
+        """
+        from HER2RadiomicsLib.imaging.io import LoadedImage, to_grey
         if volumeNode is None:
             raise ValueError("select an image first")
+        if not isImageNode(volumeNode):
+            raise ValueError(f"'{volumeNode.GetName()}' is a {volumeNode.GetClassName()}, not "
+                             "a grey or colour image")
         dims = volumeNode.GetImageData().GetDimensions() if volumeNode.GetImageData() else None
         if dims is None:
             raise ValueError(f"volume '{volumeNode.GetName()}' has no image data")
@@ -251,7 +302,7 @@ class HER2RadiomicsCoreLogic:
                              "HER2Radiomics works on a single 2D image (pick one frame)")
         info = self.spacingInfo(volumeNode)
         prov = {"spacing_source": info.source}
-        img = _to_grey(M.volumeNodeToSitk(volumeNode), prov)
+        img = to_grey(M.volumeNodeToSitk(volumeNode), prov)
         img.SetSpacing(info.spacing_mm)
         return LoadedImage(img, volumeNode.GetName(), info.source, prov)
 
@@ -328,6 +379,7 @@ class HER2RadiomicsCoreLogic:
             raise ValueError("no tumour segment: run Auto-segment or draw a segment named "
                              "'tumour'")
         mask = M.segmentToSitk(segmentationNode, sid, volumeNode)
+        import SimpleITK as sitk
         if sitk.GetArrayViewFromImage(mask).sum() == 0:
             raise ValueError(f"the tumour segment of '{segmentationNode.GetName()}' is empty")
         return mask
@@ -579,8 +631,10 @@ class HER2RadiomicsCoreLogic:
             if not info.known and self.bundleNeeds(bundle)["rings"]:
                 out.append("pixel spacing unknown: this model's rings are in mm")
             elif info.source in ("header", "volume", "user"):
-                out.append(f"pixel spacing from '{info.source}', not a calibrated DICOM: check "
-                           "it, the rings and texture scale depend on it")
+                # not read from a calibrated file (a DICOM's calibration is read from the file
+                # itself, also for volumes loaded from Slicer's DICOM browser)
+                out.append(f"pixel spacing from '{info.source}', not from a calibrated file: "
+                           "check it, the rings and texture scale depend on it")
         return out
 
     def predict(self, bundle, volumeNode, segmentationNode, site=None, clinical=None,
@@ -620,6 +674,7 @@ class HER2RadiomicsCoreLogic:
         import itertools
 
         import pandas as pd
+        import SimpleITK as sitk
         from HER2RadiomicsLib.readers.metrics import compare_masks
         if len(segmentationNodes) < 2:
             raise ValueError("pick at least two segmentations (one per reader)")

@@ -11,12 +11,14 @@ installed. The list comes from ``HER2RadiomicsLib/requirements.py`` (kept in syn
   installed: the features come from the library's own engine);
 - torch comes from the PyTorch extension's ``PyTorchUtils`` (which picks the CUDA/CPU build),
   and is asked for only when the CNN is used (it is several GB; rings and features do not
-  need it);
+  need it); our one confirmation covers it (``installTorch(askConfirmation=False,
+  torchVersionRequirement=...)``, as SlicerNNUnet does), and a failed or offline install is
+  one error;
 - pip runs with a constraints file pinning the numpy, scipy and SimpleITK Slicer already has
   (otherwise pandas or tifffile can pull a newer numpy into Slicer's Python);
-- ``slicer.pydeps`` / ``slicer.packaging`` (Slicer >= 5.11; not imported by ``slicer``) is
-  imported explicitly and called after our own single confirmation; older Slicers fall back to
-  ``slicer.util.pip_install``.
+- ``slicer.packaging.pip_ensure`` (Slicer 5.12 and its 5.11 previews; not imported by
+  ``slicer``) is imported explicitly and called after our own single confirmation; Slicer 5.8
+  and 5.10 fall back to ``slicer.util.pip_install``.
 
 Example (Slicer's Python console)::
 
@@ -88,16 +90,14 @@ def slicerConstraints(directory=None):
 
 
 def _slicerPipEnsure():
-    """Slicer's ``pip_ensure`` (5.11+), imported explicitly, or None on older versions."""
+    """Slicer's ``slicer.packaging.pip_ensure`` (5.12), imported explicitly, or None on older
+    versions."""
     import importlib
-    for name in ("slicer.pydeps", "slicer.packaging"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "pip_ensure"):
-            return module.pip_ensure
-    return None
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return getattr(module, "pip_ensure", None)
 
 
 class SlicerInstaller:
@@ -118,16 +118,44 @@ class SlicerInstaller:
         else:
             slicer.util.pip_install(list(requirements) + ["-c", constraints])
 
-    def installTorch(self):
+    def installTorch(self, requirement=None):
+        """torch through the PyTorch extension, without a second question (ours covered it).
+
+        Raises
+        ------
+        RuntimeError
+            One line: the extension is missing, the install was declined, or it failed
+            (offline, no matching build).
+        """
         try:
             import PyTorchUtils
         except ImportError:
             raise RuntimeError("the CNN needs the PyTorch extension: install 'PyTorch' from the "
                                "Extensions Manager and restart Slicer") from None
+        import inspect
         logic = PyTorchUtils.PyTorchUtilsLogic()
-        if not logic.torchInstalled():
-            if logic.installTorch(askConfirmation=True) is None:
-                raise RuntimeError("PyTorch was not installed")
+        if logic.torchInstalled():
+            return
+        wanted = {"askConfirmation": False}
+        if requirement:
+            wanted["torchVersionRequirement"] = _specifier(requirement)
+        accepted = inspect.signature(logic.installTorch).parameters
+        try:
+            torch = logic.installTorch(**{k: v for k, v in wanted.items() if k in accepted})
+        except Exception as exc:   # pip's CalledProcessError when offline: one line, no log
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise RuntimeError("PyTorch could not be installed (no network, or no build for "
+                               f"this computer?): {first}") from None
+        if torch is None:
+            raise RuntimeError("PyTorch was not installed")
+
+
+def _specifier(requirement):
+    """``torch>=2.1`` -> ``>=2.1`` (what PyTorchUtils' torchVersionRequirement takes)."""
+    for i, ch in enumerate(requirement):
+        if ch in "<>=!~":
+            return requirement[i:].strip()
+    return ""
 
 
 def ensureDependencies(confirm=None, installer=None, includeTorch=False):
@@ -154,6 +182,7 @@ def ensureDependencies(confirm=None, installer=None, includeTorch=False):
     pip = [r for r, mode, _ in missing if mode == R.PIP]
     if pip:
         installer.pipEnsure(pip)
-    if any(mode == R.PYTORCH for _, mode, _ in missing):
-        installer.installTorch()
+    torch = [r for r, mode, _ in missing if mode == R.PYTORCH]
+    if torch:
+        installer.installTorch(torch[0])
     return True

@@ -146,7 +146,11 @@ def _validate_spacing(spacing_mm, path) -> tuple:
 COLOUR_CHROMA = 0.15
 
 
-def _to_grey(img: sitk.Image, prov: dict) -> sitk.Image:
+def to_grey(img: sitk.Image, prov: dict | None = None) -> sitk.Image:
+    """A grey float32 image: colour converted with :data:`GREY_FORMULA` (ITU-R BT.601 luma,
+    alpha ignored), grey + alpha by its grey channel, grey as it is. ``prov`` (a dict)
+    receives ``grey_conversion`` and, for colour, the share of clearly coloured pixels."""
+    prov = {} if prov is None else prov
     ncomp = img.GetNumberOfComponentsPerPixel()
     if ncomp == 1:
         out = sitk.Cast(img, sitk.sitkFloat32)
@@ -407,7 +411,7 @@ def read_image(path, spacing_mm=None, frame=None) -> LoadedImage:
                          "choose one with --frame N")
     raw = _read_sitk(path, check_spacing=spacing_mm is None and not is_dicom)
     img2d, used_frame = _to_2d(raw, path, frame)
-    img = _to_grey(img2d, prov)
+    img = to_grey(img2d, prov)
     prov.update(format="dicom" if is_dicom else _suffix(path).lstrip("."),
                 size=list(img.GetSize()), frame=used_frame,
                 pixel_type=raw.GetPixelIDTypeAsString())
@@ -680,3 +684,6 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+_to_grey = to_grey      # the name earlier versions of the Slicer module imported

@@ -30,9 +30,10 @@ DEMO_RINGS_MM = (3.0, 5.0, 8.0)
 DEMO_RECIPES = ("yin2024", "peritumoral2025")
 CACHE_FILE = "demo_cache.json"
 #: the fewest patients the demo accepts. Its recipes need 5 patients of each class in the
-#: training sites (``study.MIN_PATIENTS_PER_CLASS``); the generator draws 30 % HER2-zero and
-#: puts 20 % of patients in site C (held out), so a cohort of 40 expects 9-10 HER2-zero
-#: training patients and falls short about once in 30 seeds; below 40 it does so often
+#: training sites (``study.MIN_PATIENTS_PER_CLASS``); the generator labels 30 % HER2-zero and
+#: puts 20 % of patients in site C (held out), so 40 patients give 9.7 HER2-zero training
+#: patients on average, and fewer than 5 for 2 % of seeds (binomial; 11 % at 30 patients).
+#: Such a seed ends in train's one-line "too few patients" error
 DEMO_MIN_PATIENTS = 40
 DEFAULT_REPEATS = 10
 

@@ -148,6 +148,12 @@ BAD_TABLES = {
                        ["no case_id in common"]),
     "missing site for ComBat": (_labels(lambda l: l.assign(site=l.site.where(
         l.index != 2))), "labels", ["no site", "c002", "ComBat"]),
+    "clinical value in words": (_labels(lambda l: l.assign(age=l.age.astype(object).where(
+        l.index != 3, "unknown"))), "labels", ["age", "'unknown'", "c003"]),
+    "empty patient_id": (_labels(lambda l: l.assign(patient_id=l.patient_id.where(
+        l.index != 3))), "labels", ["no patient_id", "c003"]),
+    "empty case_id": (_labels(lambda l: l.assign(case_id=l.case_id.where(l.index != 3))),
+                      "labels", ["no case_id", "line 5"]),
     "non-numeric cell": (_features(lambda f: f.assign(tumor__original_f2=f.tumor__original_f2
                                                       .astype(object).where(f.index != 3,
                                                                             "12,5"))),
@@ -168,20 +174,25 @@ def test_bad_tables_give_one_named_error(tmp_path, name):
     f, lab = _write(tmp_path, feats, labels)
     pipeline = ("impute", "variance", "combat", "scale") if "ComBat" in name else \
         ("impute", "variance", "scale")
-    _one_error(_train(tmp_path, _recipe(tmp_path, pipeline=pipeline)),
+    extra = {"clinical": "[age]"} if "clinical" in name else {}
+    _one_error(_train(tmp_path, _recipe(tmp_path, pipeline=pipeline, **extra)),
                str(f if which == "features" else lab), *words)
     assert not (tmp_path / "model" / "metrics.json").exists()
 
 
 def test_odd_but_usable_tables_run_and_say_what_was_left_out(tmp_path):
-    """Infinite feature values, a label cell left empty, a labelled case without features and
-    a site column with one site: the run completes and every adjustment is a note."""
+    """Infinite feature values, a label cell left empty, a labelled case without features, a
+    site column with one site, numeric case ids that a spreadsheet wrote as 7.0: the run
+    completes and every adjustment is a note."""
     feats, labels = _tables(tmp_path, n=33)
+    feats["case_id"] = np.arange(33)
+    labels["case_id"] = labels["patient_id"] = np.arange(33) * 1.0
     feats.loc[:2, "tumor__original_f1"] = np.inf
     labels.loc[4, "her2"] = None
     labels["site"] = "A"
-    feats = feats[feats.case_id != "c005"]
+    feats = feats[feats.case_id != 5]
     f, lab = _write(tmp_path, feats, labels)
+    assert "4.0" in lab.read_text()
     notes = _ok(_train(tmp_path, _recipe(tmp_path)))
     text = "\n".join(notes)
     assert "3 infinite value(s)" in text and str(f) in text
@@ -206,3 +217,59 @@ def test_combat_with_a_site_of_two_patients(tmp_path):
                                                              "scale"))))
     assert any("ComBat:" in n and "single" in n for n in notes), notes
 
+
+
+BAD_RECIPES = {
+    # recipe text after the common head, words of the error
+    "test fraction 1.5": ("pipeline: [impute, scale]\nclassifiers: [logistic]\n"
+                          "evaluation: {test_size: 1.5}\n", ["test_size 1.5"]),
+    "seed in words": ("pipeline: [impute, scale]\nclassifiers: [logistic]\n"
+                      "evaluation: {seed: abc}\n", ["seed 'abc'"]),
+    "bootstrap 0": ("pipeline: [impute, scale]\nclassifiers: [logistic]\n"
+                    "evaluation: {bootstrap: 0}\n", ["bootstrap 0"]),
+    "no classifier": ("pipeline: [impute, scale]\nclassifiers: []\n", ["classifiers"]),
+    "primary not trained": ("pipeline: [impute, scale]\nclassifiers: [logistic]\n"
+                            "primary: svm\n", ["primary 'svm'"]),
+    "pipeline as text": ("pipeline: impute\nclassifiers: [logistic]\n", ["pipeline must be"]),
+    "misspelt setting": ("pipeline: [impute, {correlation: {treshold: 0.8}}]\n"
+                         "classifiers: [logistic]\n", ["correlation has no setting treshold"]),
+    "setting out of range": ("pipeline: [impute, {lasso: {n_alphas: -3}}]\n"
+                             "classifiers: [logistic]\n", ["n_alphas -3"]),
+    "clinical as text": ("pipeline: [impute]\nclassifiers: [logistic]\nclinical: age\n",
+                         ["clinical must be a list"]),
+    "task half given": ("pipeline: [impute]\nclassifiers: [logistic]\n", ["task"]),
+    "unknown region": ("pipeline: [impute]\nclassifiers: [logistic]\nregions: [tumour]\n",
+                       ["unknown region 'tumour'"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_RECIPES))
+def test_bad_recipes_are_refused_naming_the_recipe_file(tmp_path, name):
+    """Recipe settings that cannot run are refused when the recipe is read, in one line
+    naming the file (they failed deep inside a fit before, as "unexpected", or were
+    ignored). The first one goes through the command line."""
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.modelling.study import load_recipe
+    body, words = BAD_RECIPES[name]
+    task = "task: {positive: [low]}\n" if name == "task half given" else \
+        "task: lowpos_vs_zero\n"
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\n" + task + body)
+    if name == "test fraction 1.5":
+        _write(tmp_path, *_tables(tmp_path))
+        _one_error(_train(tmp_path, p), str(p), *words)
+        return
+    with pytest.raises(InputError) as e:
+        load_recipe(p)
+    assert str(e.value).startswith(f"{p}: ") and "\n" not in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_recipes_extending_each_other_in_a_circle(tmp_path):
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.modelling.study import load_recipe
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(InputError, match="in a circle"):
+        load_recipe(tmp_path / "a.yaml")

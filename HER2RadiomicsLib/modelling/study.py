@@ -55,7 +55,7 @@ def list_recipes() -> list:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def load_recipe(name_or_path) -> dict:
+def load_recipe(name_or_path, _chain=()) -> dict:
     """Load and validate a recipe (name of a shipped one, or a YAML path)."""
     import yaml
     p = Path(str(name_or_path))
@@ -64,36 +64,185 @@ def load_recipe(name_or_path) -> dict:
     if not p.exists():
         raise InputError(f"{name_or_path}: no such recipe (shipped: {', '.join(list_recipes())})")
     try:
-        r = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+        r = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot read the recipe ({exc})") from None
+    if not isinstance(r, dict):
+        raise InputError(f"{p}: a recipe is a mapping of settings (task, pipeline, "
+                         f"classifiers, ...), not a {type(r).__name__}")
     if r.get("extends"):
         # a variant of another recipe (yin2024's binary subtasks): its keys replace the base's
-        if str(r["extends"]) == p.stem:
-            raise InputError(f"{p}: a recipe cannot extend itself")
-        base = load_recipe(r["extends"])
+        if Path(str(r["extends"])).stem in (p.stem,) + tuple(_chain):
+            raise InputError(f"{p}: recipes extend each other in a circle ("
+                             + " -> ".join(_chain + (p.stem, Path(str(r["extends"])).stem))
+                             + ")")
+        base = load_recipe(r["extends"], _chain + (p.stem,))
         base = {k: v for k, v in base.items() if not k.startswith("_") and k != "name"}
         r = {**base, **{k: v for k, v in r.items() if k != "extends"}}
     for key in ("task", "pipeline", "classifiers"):
         if key not in r:
             raise InputError(f"{p}: recipe needs '{key}'")
-    from .transformers import CLASSIFIERS
-    for c in r["classifiers"]:
-        if c not in CLASSIFIERS:
-            raise InputError(f"{p}: unknown classifier {c!r} (choose from {CLASSIFIERS})")
-    for st in r["pipeline"]:
-        name = st if isinstance(st, str) else next(iter(st))
-        if name not in STEP_NAMES:
-            raise InputError(f"{p}: unknown pipeline step {name!r} (steps: {STEP_NAMES})")
     r.setdefault("name", p.stem)
     r.setdefault("label_col", "her2")
     r.setdefault("batch_col", "site")
     r.setdefault("clinical", [])
-    r.setdefault("primary", r["classifiers"][0])
+    if isinstance(r["classifiers"], list) and r["classifiers"]:
+        r.setdefault("primary", r["classifiers"][0])
     r.setdefault("evaluation", {})
+    validate_recipe(r, p)
     r["_path"] = str(p)
-    r["_text"] = p.read_text()
+    r["_text"] = text
     return r
+
+
+def _step_settings() -> dict:
+    """The settings each pipeline step accepts in a recipe (the others are set by the run)."""
+    import inspect
+
+    from .harmonization import ComBat
+    from .transformers import CorrelationFilter, LassoSelector, UnivariateFilter, URFModule
+
+    def params(cls, *not_these):
+        return set(inspect.signature(cls).parameters) - set(not_these)
+    return {"impute": set(), "variance": set(), "scale": set(), "smote": set(),
+            "stable": {"threshold"},
+            "combat": params(ComBat, "batch_col", "forbidden_covariates"),
+            "univariate": params(UnivariateFilter),
+            "urf": params(URFModule, "selector", "functions") | {
+                "test", "p_threshold", "fold_change", "min_features"},
+            "correlation": params(CorrelationFilter),
+            "lasso": params(LassoSelector, "screen", "resample")}
+
+
+#: allowed values of step settings; a name means the same in every step that takes it
+_SETTING_RULES = {
+    "threshold": (float, lambda v: 0 < v <= 1, "a number above 0 and at most 1"),
+    "p_threshold": (float, lambda v: 0 < v <= 1, "a p-value above 0 and at most 1"),
+    "fold_change": (float, lambda v: v > 0, "a ratio above 0"),
+    "min_features": (int, lambda v: v >= 0, "a whole number, 0 or more"),
+    "max_features": (int, lambda v: v >= 1, "a whole number, 1 or more"),
+    "cv": (int, lambda v: v >= 2, "a whole number of folds, 2 or more"),
+    "n_alphas": (int, lambda v: v >= 1, "a whole number, 1 or more"),
+    "decades": (float, lambda v: v > 0, "a number above 0"),
+    "max_iter": (int, lambda v: v >= 1, "a whole number, 1 or more"),
+    "tol": (float, lambda v: v > 0, "a number above 0"),
+    "random_state": (int, lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 2**32 - 1"),
+    "min_variance": (float, lambda v: v >= 0, "a number, 0 or more"),
+    "test": (str, lambda v: v in ("ttest", "welch", "mannwhitney", "anova", "kruskal"),
+             "ttest, welch, mannwhitney, anova or kruskal"),
+    "estimator": (str, lambda v: v in ("logistic", "lasso"), "logistic or lasso"),
+    "unknown_site": (str, lambda v: v in ("error", "estimate", "average"),
+                     "error, estimate or average"),
+    "small_sites": (str, lambda v: v in ("error", "tolerate"), "error or tolerate"),
+}
+_BOOL_SETTINGS = ("one_se", "fdr", "parametric", "eb", "mean_only")
+
+
+def _setting_problem(key, v):
+    """Why a step setting's value is refused, or None."""
+    if key in _BOOL_SETTINGS:
+        return None if isinstance(v, bool) else "true or false"
+    if key not in _SETTING_RULES or (v is None and key in ("fold_change", "max_features")):
+        return None
+    kind, ok, what = _SETTING_RULES[key]
+    if kind is str:
+        return None if isinstance(v, str) and ok(v) else what
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or \
+            (kind is int and float(v) != int(v)) or not ok(kind(v)):
+        return what
+    return None
+
+
+def validate_recipe(r: dict, where=None) -> None:
+    """Refuse a recipe whose settings cannot run, in one line naming the recipe file (a
+    typo'd step setting or a test fraction of 1.5 would otherwise fail deep in a fit, or be
+    ignored)."""
+    from .transformers import CLASSIFIERS
+    where = where or r.get("_path") or f"recipe {r.get('name')}"
+
+    def bad(msg):
+        raise InputError(f"{where}: {msg}")
+    clfs = r.get("classifiers")
+    if not isinstance(clfs, list) or not clfs:
+        bad("classifiers must be a list of one or more of " + ", ".join(CLASSIFIERS))
+    for c in clfs:
+        if c not in CLASSIFIERS:
+            bad(f"unknown classifier {c!r} (choose from {', '.join(CLASSIFIERS)})")
+    if r.get("primary", clfs[0]) not in clfs:
+        bad(f"primary {r.get('primary')!r} is not one of its classifiers {clfs}")
+    if not isinstance(r.get("pipeline"), list):
+        bad("pipeline must be a list of steps, e.g. [impute, variance, scale]")
+    allowed = _step_settings()
+    for st in r["pipeline"]:
+        if isinstance(st, dict) and len(st) == 1:
+            name, kw = next(iter(st.items()))
+        elif isinstance(st, str):
+            name, kw = st, None
+        else:
+            bad(f"pipeline step {st!r}: a name, or one name with its settings")
+        if name not in STEP_NAMES:
+            bad(f"unknown pipeline step {name!r} (steps: {', '.join(STEP_NAMES)})")
+        if kw is not None and not isinstance(kw, dict):
+            bad(f"step {name}: settings must be a mapping, e.g. {{threshold: 0.8}}")
+        unknown = sorted(set(kw or {}) - allowed[name])
+        if unknown:
+            bad(f"step {name} has no setting {', '.join(unknown)} (it takes "
+                + (", ".join(sorted(allowed[name])) or "none") + ")")
+        for key, v in (kw or {}).items():
+            why = _setting_problem(key, v)
+            if why:
+                bad(f"step {name}: {key} {v!r} must be {why}")
+    task = r.get("task")
+    if isinstance(task, dict):
+        if "classes" in task:
+            ok = isinstance(task["classes"], list) and len(task["classes"]) >= 2
+        else:
+            pos, neg = task.get("positive"), task.get("negative")
+            ok = isinstance(pos, list) and isinstance(neg, list) and pos and neg and \
+                not {str(x) for x in pos} & {str(x) for x in neg}
+        if not ok:
+            bad("task must be a named task or {positive: [...], negative: [...]} (two "
+                "non-empty, disjoint lists) or {classes: [...]}")
+    elif not isinstance(task, str) or task not in TASKS:
+        bad(f"unknown task {task!r} (tasks: {', '.join(TASKS)})")
+    for key in ("label_col", "batch_col"):
+        if not isinstance(r.get(key), str):
+            bad(f"{key} must be a column name")
+    if not isinstance(r.get("clinical") or [], list):
+        bad("clinical must be a list of column names, e.g. [age, ki67]")
+    scen = r.get("scenarios") or {"main": r.get("regions", ["tumor"])}
+    if not isinstance(scen, dict):
+        bad("scenarios must map a name to a list of regions")
+    for name, regions in scen.items():
+        if not isinstance(regions, list) or not regions:
+            bad(f"regions of {name}: a non-empty list, e.g. [tumor, peri_0-5mm]")
+        try:
+            required_rings(regions)
+        except InputError as exc:
+            bad(f"{exc} (regions: tumor, peri_A-Bmm, tumor+peri_Bmm)")
+    if r.get("aggregate") not in (None, "mean", "median", "first"):
+        bad(f"aggregate {r['aggregate']!r}: choose mean, median or first")
+    ev = r.get("evaluation") or {}
+    if not isinstance(ev, dict):
+        bad("evaluation must be a mapping (test_size, repeats, bootstrap, seed, ...)")
+    # the threshold and every selection step learn from the training part: a test part
+    # larger than it leaves too little to learn from (0: the external site is the test set)
+    checks = (("test_size", float, lambda v: 0 <= v <= 0.5, "a fraction from 0 to 0.5"),
+              ("repeats", int, lambda v: v >= 0, "a whole number, 0 or more"),
+              ("bootstrap", int, lambda v: v >= 1, "a whole number, 1 or more"),
+              ("seed", int, lambda v: 0 <= v < 2 ** 32, "a whole number from 0 to 2**32 - 1"))
+    for key, kind, ok, what in checks:
+        if ev.get(key) is None:
+            continue
+        v = ev[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                (kind is int and float(v) != int(v)) or not ok(kind(v)):
+            bad(f"evaluation {key} {v!r}: must be {what}")
+    if ev.get("unit", "patients") not in UNITS:
+        bad(f"evaluation unit {ev['unit']!r} (choose from {', '.join(UNITS)})")
 
 
 def task_spec(task) -> dict:
@@ -123,7 +272,14 @@ def load_table(path, what: str) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read {what} table ({exc})") from None
     if "case_id" not in df.columns:
         raise InputError(f"{path}: {what} table needs a case_id column")
-    df["case_id"] = df["case_id"].astype(str)
+    ids = df["case_id"]
+    empty = ids.isna() | (ids.astype(str).str.strip() == "")
+    if empty.any():
+        raise InputError(f"{path}: {int(empty.sum())} row(s) have no case_id (the first on "
+                         f"line {int(np.flatnonzero(empty.to_numpy())[0]) + 2})")
+    if ids.dtype.kind == "f" and (ids == ids.round()).all():
+        ids = ids.astype("int64")          # numeric ids read as floats: 7.0 is case 7
+    df["case_id"] = ids.astype(str)
     return df
 
 
@@ -159,6 +315,35 @@ def _check_feature_cells(feats: pd.DataFrame, name, notes) -> pd.DataFrame:
     return out
 
 
+def _check_label_cells(labels: pd.DataFrame, recipe: dict, name):
+    """Patient ids present where given (an empty one would join unrelated images into one
+    patient "nan"); clinical values numeric (the nomogram is a logistic regression on them;
+    an empty cell is a missing value). Returns the labels with clinical columns as numbers."""
+    labels = labels.copy()
+    if "patient_id" in labels.columns:
+        pid = labels["patient_id"]
+        empty = pid.isna() | (pid.astype(str).str.strip() == "")
+        if empty.any():
+            raise InputError(f"{name}: {int(empty.sum())} row(s) have no patient_id (e.g. case "
+                             f"{labels['case_id'][empty].iloc[0]}); give every image its "
+                             "patient, or leave the column out when each case is a patient")
+    for c in recipe.get("clinical") or []:
+        if c not in labels.columns:
+            continue
+        v = labels[c]
+        num = pd.to_numeric(v, errors="coerce")
+        bad = num.isna() & v.notna() & (v.astype(str).str.strip() != "")
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{name}: clinical column {c} has a non-numeric value "
+                             f"{str(v.iloc[i])!r} (case {labels['case_id'].iloc[i]}); code it "
+                             "as a number (e.g. 0/1) or leave the cell empty")
+        if np.isinf(num.to_numpy(dtype=float)).any():
+            raise InputError(f"{name}: clinical column {c} has an infinite value")
+        labels[c] = num
+    return labels
+
+
 def _check_unique_ids(df: pd.DataFrame, name):
     dup = df["case_id"][df["case_id"].duplicated()]
     if len(dup):
@@ -181,6 +366,7 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict, *, notes
                          f"{recipe.get('name')})")
     _check_unique_ids(features, features_name)
     _check_unique_ids(labels, labels_name)
+    labels = _check_label_cells(labels, recipe, labels_name)
     feats = _check_feature_cells(features, features_name, notes)
     agg = recipe.get("aggregate")
     if agg:
@@ -621,10 +807,13 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     """
     from .transformers import function_sets_from_table, icc_values_from_table
     t0 = time.time()
-    recipe = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
+    if isinstance(recipe, dict):
+        validate_recipe(recipe)         # a changed copy of a loaded recipe is checked again
+    else:
+        recipe = load_recipe(recipe)
     ev = dict(recipe.get("evaluation") or {})
     seed = int(ev.get("seed", 42) if seed is None else seed)
-    n_boot = int(n_boot or ev.get("bootstrap", 2000))
+    n_boot = int(ev.get("bootstrap", 2000) if n_boot is None else n_boot)
     repeats = int(ev.get("repeats", 20) if repeats is None else repeats)
     ext = ev.get("external_site") if external_site == "recipe" else external_site
     out = Path(out_dir)
@@ -663,8 +852,12 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
                                               functions=fsets, use_combat=use_combat,
                                               y_train=yt, seed=seed)
 
-    results, preds = _fit_and_evaluate(recipe, maker, data, classes, positive, n_boot, seed,
-                                       progress)
+    from sklearn.utils._param_validation import InvalidParameterError
+    try:
+        results, preds = _fit_and_evaluate(recipe, maker, data, classes, positive, n_boot,
+                                           seed, progress)
+    except InvalidParameterError as exc:     # a step setting of the recipe out of range
+        raise InputError(f"{recipe.get('_path') or recipe['name']}: {exc}") from None
     for key, r in results.items():
         # fallbacks not in the papers (minimum feature counts, LASSO keeping nothing) that
         # fired when the model was fitted on the training patients

@@ -64,6 +64,12 @@ def buildParser():
     p.add_argument("--resume", action="store_true", default=False,
                    help="reuse the cases an earlier run into the same output table finished, "
                         "when their files and settings are unchanged")
+    p.add_argument("--prompt", type=str, default="",
+                   help="CNN prompt in pixels: 'box:X0,Y0,X1,Y1' or 'click:X,Y'")
+    p.add_argument("--outputMask", help="the tumour mask used (the CNN's when no label map)")
+    p.add_argument("--outputJson", help="details of the run for the panel: the CNN's "
+                                        "confidence and flags, the prediction")
+    p.add_argument("--outputReport", help="per-case report (.html or .pdf; with --bundle)")
     p.add_argument("--outputLabel")
     p.add_argument("--outputTable")
     p.add_argument("--outputErrors", help="table of the cases that failed (case_id, file, "
@@ -169,36 +175,91 @@ def processRegions(caseId, image, regionsPath, args, spacing=None, report=None):
             "spacing_source": loaded.spacing_source if known else "unknown", **feats}
 
 
+def _prompt(text):
+    """``box:X0,Y0,X1,Y1`` / ``click:X,Y`` (pixels, column and row) -> (box, click)."""
+    if not text:
+        return None, None
+    kind, _, values = str(text).partition(":")
+    try:
+        nums = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        nums = []
+    if kind == "box" and len(nums) == 4:
+        return nums, None
+    if kind == "click" and len(nums) == 2:
+        return None, nums
+    raise ValueError(f"--prompt {text!r}: expected box:X0,Y0,X1,Y1 or click:X,Y (pixels)")
+
+
 def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None,
                 spacing=None, writeLabel=None, report=None):
-    """One case -> a table row (features, and the prediction with a bundle)."""
+    """One case -> a table row. Without a label map the CNN draws the tumour (with the
+    ``--prompt``); with a bundle the prediction is made from one extraction of the bundle's
+    own regions and params, which also gives the row's features and the report; otherwise the
+    features of ``--rings`` and the preset are extracted when a table is asked for."""
     from HER2RadiomicsLib.extraction.features import FeatureExtractor
     from HER2RadiomicsLib.imaging.io import load_case, read_image, write_image
     from HER2RadiomicsLib.imaging.rings import build_regions
+    details = {"case_id": caseId}
     if mask:
         loaded, maskImage = load_case(image, mask, spacing_mm=spacing)
+        source = "label map"
     else:
         from HER2RadiomicsLib.segmentation.commands import get_segmenter
+        from HER2RadiomicsLib.segmentation.inference import check_ultrasound
         loaded = read_image(image, spacing_mm=spacing)
-        res = get_segmenter(None, args.device).predict(loaded.image)
+        flags = check_ultrasound(loaded)
+        box, click = _prompt(args.prompt)
+        res = get_segmenter(None, args.device).predict(loaded.image, box=box, click=click)
         if not res.info["lesion_px"]:
-            raise ValueError(f"{image}: the CNN found no lesion; give a label map")
+            raise ValueError(f"{image}: the CNN found no lesion; give a prompt or draw it")
         maskImage = res.mask
-    regs = build_regions(loaded.image, maskImage, args.rings, annuli=args.annuli,
-                         spacing_known=loaded.spacing_known, path=str(image))
-    if writeLabel:
-        write_image(labelLikeInput(regs.label_map, image), writeLabel)
-    fx = FeatureExtractor(args.paramsFile or args.preset)
-    feats, _ = fx.extract(loaded.image, regs.masks, spacing_known=loaded.spacing_known,
-                          path=str(image),
-                          progress=(lambda d, t, r: report(d / max(t, 1))) if report else None)
-    row = {"case_id": caseId, "mask_source": "label map" if mask else "CNN auto-mask",
-           "spacing_source": loaded.spacing_source, **feats}
+        source = "CNN auto-mask"
+        details["cnn"] = {"confidence": res.info.get("confidence"),
+                          "prompt": res.info.get("prompt"),
+                          "lesion_px": res.info.get("lesion_px"),
+                          "flags": flags + list(res.info.get("flags", []))}
+    if report:
+        report(0.25)
+    if args.outputMask:
+        write_image(labelLikeInput(maskImage, image), args.outputMask)
+    row = {"case_id": caseId, "mask_source": source, "spacing_source": loaded.spacing_source}
+    regs = None
     if bundle is not None:
         from HER2RadiomicsLib.modelling.predict import predict_case
+        ctx = {}
         pr = predict_case(bundle, None, maskImage, site=site or None,
-                          clinical=clinical or None, case_id=caseId, loaded=loaded)
+                          clinical=clinical or None, case_id=caseId, loaded=loaded,
+                          context=ctx)
+        regs = ctx["regions"]
+        row.update(ctx["features"])
         row.update({f"prediction_{k}": v for k, v in pr.as_row().items() if k != "case_id"})
+        details["prediction"] = pr.__dict__
+        if args.outputReport:
+            from HER2RadiomicsLib.reports.case import write_case_report
+            write_case_report(bundle, None, maskImage, args.outputReport, site=site or None,
+                              clinical=clinical or None, case_id=caseId, loaded=loaded,
+                              mask_source=source, prediction=pr, context=ctx,
+                              mask_flags=(details.get("cnn") or {}).get("flags", ()))
+    elif args.outputReport:
+        raise ValueError("--outputReport needs --bundle (the report shows the prediction)")
+    elif args.outputTable or writeLabel:
+        regs = build_regions(loaded.image, maskImage, args.rings, annuli=args.annuli,
+                             spacing_known=loaded.spacing_known, path=str(image))
+        if args.outputTable:
+            fx = FeatureExtractor(args.paramsFile or args.preset)
+            feats, _ = fx.extract(loaded.image, regs.masks, spacing_known=loaded.spacing_known,
+                                  path=str(image),
+                                  progress=(lambda d, t, r: report(0.25 + 0.7 * d / max(t, 1)))
+                                  if report else None)
+            row.update(feats)
+    if writeLabel and regs is not None:
+        write_image(labelLikeInput(regs.label_map, image), writeLabel)
+    if args.outputJson:
+        import json
+        from HER2RadiomicsLib.extraction.batch import json_default
+        from HER2RadiomicsLib.imaging.io import atomic_write_text
+        atomic_write_text(args.outputJson, json.dumps(details, default=json_default))
     return row
 
 
@@ -400,7 +461,7 @@ def main(argv=None):
         else:
             row = processCase(caseId, args.inputVolume, args.inputLabel or None, args,
                               bundle, args.site, clinical, spacing,
-                              writeLabel=args.outputLabel, report=lambda f: progress(0.1 + 0.8 * f))
+                              writeLabel=args.outputLabel, report=lambda f: progress(0.05 + 0.9 * f))
         if args.outputTable:
             sep = "," if args.outputTable.lower().endswith(".csv") else "\t"
             atomic_write_text(args.outputTable, pd.DataFrame([row]).to_csv(index=False,

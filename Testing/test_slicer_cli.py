@@ -203,3 +203,71 @@ def test_manifest_with_a_bundle_extracts_its_features_and_predicts(cohort, tmp_p
     t = pd.read_csv(tmp_path / "p.csv")
     assert t.prediction_predicted_class.isin(["zero", "low"]).all()
     assert np.isclose(t.loc[0, cols[0]], feats[cols[0]], rtol=1e-9)
+
+
+def test_single_image_cnn_prompt_mask_and_details(cohort, tmp_path, capsys):
+    """What the panel's Auto-segment runs in the CLI's process: the CNN with a prompt, the
+    mask on the input's grid, the confidence and flags as JSON (issue 26, GUI thread)."""
+    import json
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    img = str(cohort / row["image"])
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / row["mask"]))) > 0
+    ys, xs = np.nonzero(truth)
+    cx, cy = int(xs.mean()), int(ys.mean())
+    rc = CLI.main(["--inputVolume", img, "--prompt", f"click:{cx},{cy}",
+                   "--outputMask", str(tmp_path / "m.nrrd"),
+                   "--outputJson", str(tmp_path / "d.json")])
+    assert rc == 0 and capsys.readouterr().err == ""
+    m = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m.nrrd"))).squeeze() > 0
+    assert m[cy, cx]                                      # the clicked lesion
+    assert 2 * (m & truth).sum() / (m.sum() + truth.sum()) > 0.6
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["cnn"]["prompt"] == "click" and 0 < d["cnn"]["confidence"] <= 1
+    assert CLI.main(["--inputVolume", img, "--prompt", "box:1,2", "--outputMask",
+                     str(tmp_path / "x.nrrd")]) == 2
+    assert "expected box:X0,Y0,X1,Y1" in capsys.readouterr().err
+
+
+def test_prediction_and_report_come_from_one_extraction(cohort, tmp_path, monkeypatch):
+    """Predict + report in the CLI's process: one extraction of the bundle's regions gives the
+    features, the prediction and the report (before: the preset's features, then the bundle's
+    again, then the report's a third time)."""
+    import json
+    from test_bundle_security import _pipeline
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.modelling.bundle import save_bundle
+    from HER2RadiomicsLib.modelling.predict import predict_case
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    img, mask = cohort / row["image"], cohort / row["mask"]
+    loaded, m = load_case(img, mask)
+    feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": m})
+    cols = [c for c in feats if "firstorder" in c][:5]
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame([{c: feats[c] * (1 + 0.1 * rng.normal()) for c in cols} for _ in range(60)])
+    y = (X[cols[0]] > X[cols[0]].median()).astype(int).to_numpy()
+    bundle = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
+                         {"name": "t", "classes": ["zero", "low"], "positive_class": "1",
+                          "input_columns": cols, "threshold": 0.5, "regions": ["tumor"],
+                          "rings": {}, "params_name": "cui2023",
+                          "params_yaml": load_params("cui2023")[1], "batch_col": None})
+    calls = []
+    real = FeatureExtractor.extract
+    monkeypatch.setattr(FeatureExtractor, "extract",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    rc = CLI.main(["--inputVolume", str(img), "--inputLabel", str(mask), "--bundle",
+                   str(bundle), "--caseId", "P1", "--outputTable", str(tmp_path / "o.tsv"),
+                   "--outputJson", str(tmp_path / "d.json"),
+                   "--outputReport", str(tmp_path / "r.html")])
+    assert rc == 0 and len(calls) == 1
+    monkeypatch.setattr(FeatureExtractor, "extract", real)
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
+    ref = predict_case(load_bundle(bundle), img, mask, case_id="P1")
+    d = json.loads((tmp_path / "d.json").read_text())["prediction"]
+    assert d["predicted_class"] == ref.predicted_class
+    for k, v in ref.probabilities.items():
+        assert d["probabilities"][k] == pytest.approx(v, abs=1e-12)
+    t = pd.read_csv(tmp_path / "o.tsv", sep="\t")
+    assert t.loc[0, cols[0]] == pytest.approx(feats[cols[0]], rel=1e-9)
+    page = (tmp_path / "r.html").read_text()
+    assert "Research use only" in page and ref.predicted_class in page

@@ -274,7 +274,8 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
     """Extract the bundle's regions and features for one image.
 
     Returns ``(features, qc, loaded, mask)``; when ``context`` is a dict it also receives the
-    ``regions`` (a :class:`~HER2RadiomicsLib.imaging.rings.RegionSet`) for overlays.
+    ``regions`` (a :class:`~HER2RadiomicsLib.imaging.rings.RegionSet`) for overlays, the
+    ``loaded`` image, the ``mask`` and the ``features``.
     """
     from ..imaging.io import load_case
     from ..imaging.rings import build_regions
@@ -297,7 +298,7 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
     if regs.flagged:
         qc["flagged_rings"] = ",".join(regs.flagged)
     if context is not None:
-        context.update(regions=regs, loaded=loaded, mask=mask)
+        context.update(regions=regs, loaded=loaded, mask=mask, features=feats)
     return feats, qc, loaded, mask
 
 

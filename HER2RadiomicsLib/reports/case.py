@@ -270,7 +270,8 @@ def case_report_html(pred, meta: dict, overlay_uri: str | None = None, true_labe
 def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
                       clinical: dict | None = None, case_id=None, frame=None, label=None,
                       true_label=None, mask_source: str = "reader", loaded=None,
-                      pixel_units: bool = False, mask_flags=()):
+                      pixel_units: bool = False, mask_flags=(), prediction=None,
+                      context: dict | None = None):
     """Predict one patient with ``bundle`` and write the report to ``out`` (.html or .pdf).
 
     Returns
@@ -279,16 +280,23 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
         The written file and the prediction shown in it.
 
     ``loaded`` (LoadedImage) with a SimpleITK ``mask`` reports on in-memory data (Slicer).
+    ``prediction`` with the ``context`` that :func:`~HER2RadiomicsLib.modelling.predict.
+    predict_case` filled (``regions``, ``loaded``) renders a prediction already made: nothing is
+    extracted again.
     """
     from ..imaging.io import atomic_write_text
     from ..modelling.predict import predict_case
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
         raise InputError(f"{out}: report must end in .html or .pdf")
-    ctx = {}
-    pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site, clinical=clinical,
-                        case_id=case_id, frame=frame, label=label, context=ctx, loaded=loaded,
-                        pixel_units=pixel_units)
+    if prediction is not None and context and "regions" in context and "loaded" in context:
+        import copy
+        ctx, pred = context, copy.deepcopy(prediction)
+    else:
+        ctx = {}
+        pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site,
+                            clinical=clinical, case_id=case_id, frame=frame, label=label,
+                            context=ctx, loaded=loaded, pixel_units=pixel_units)
     pred.qc = {"mask_source": mask_source, **pred.qc}
     pred.warnings = list(mask_flags) + pred.warnings      # auto-mask doubts come first
     regs = ctx["regions"]

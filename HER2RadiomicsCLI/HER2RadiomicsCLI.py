@@ -235,6 +235,7 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
         row.update(ctx["features"])
         row.update({f"prediction_{k}": v for k, v in pr.as_row().items() if k != "case_id"})
         details["prediction"] = pr.__dict__
+        details["features"] = ctx["features"]    # the panel keeps them: no second extraction
         if args.outputReport:
             from HER2RadiomicsLib.reports.case import write_case_report
             write_case_report(bundle, None, maskImage, args.outputReport, site=site or None,

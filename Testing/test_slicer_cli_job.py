@@ -96,9 +96,12 @@ class EmulatedCliNode(slicer.vtkMRMLCommandLineModuleNode):
                 self._final = self.Cancelled
             elif self.proc.returncode == 0:
                 for node, path in self.outputs.values():
-                    storage = slicer.vtkMRMLTableStorageNode()
+                    if not path.exists():       # Slicer: a warning, no storage node
+                        continue
+                    storage = (slicer.vtkMRMLTableStorageNode() if path.suffix == ".tsv"
+                               else slicer.vtkMRMLVolumeArchetypeStorageNode())
                     storage.SetFileName(str(path))
-                    assert storage.ReadData(node), f"{path}: not readable as a table"
+                    assert storage.ReadData(node), f"{path}: not readable"
                 self._final = self.Completed
             else:
                 self._final = self.CompletedWithErrors
@@ -273,3 +276,111 @@ def test_region_bits_round_trip_overlapping_rings():
         decode_region_bits(bits, names, sitk.GetImageFromArray(np.zeros((5, 5), np.float32)))
     with pytest.raises(InputError, match="repeat"):
         decode_region_bits(bits, "r0,r0", ref)
+
+
+# -- the CNN, the prediction and the report off the GUI thread (issue 26) -----------------------
+
+def _small_bundle(tmp_path, loaded, truth):
+    """A two-class bundle on the tumour's first-order features (cui2023, no rings)."""
+    import pandas as pd
+    from test_bundle_security import _pipeline
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
+    from HER2RadiomicsLib.modelling.bundle import save_bundle
+    feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": truth})
+    cols = [c for c in feats if "firstorder" in c][:5]
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame([{c: feats[c] * (1 + 0.1 * rng.normal()) for c in cols} for _ in range(60)])
+    y = (X[cols[0]] > X[cols[0]].median()).astype(int).to_numpy()
+    return save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
+                       {"name": "t", "classes": ["zero", "low"], "positive_class": "1",
+                        "input_columns": cols, "threshold": 0.5, "regions": ["tumor"],
+                        "rings": {}, "params_name": "cui2023",
+                        "params_yaml": load_params("cui2023")[1], "batch_col": None})
+
+
+def test_auto_segment_runs_in_the_cli_and_becomes_the_tumour_segment(scene, cohort):
+    logic = C.HER2RadiomicsCoreLogic()
+    vol, reference = _case(scene, cohort)
+    truth = sitk.GetArrayFromImage(logic.tumourMask(vol, reference)) > 0
+    seg, started = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CNN"), []
+    seg.CreateDefaultDisplayNodes()          # as the panel does before it starts the CNN
+    before = _visibleNodes(scene)
+    job = logic.startAutoSegment(vol, seg, runCli=runCli(scene, started))
+    assert isinstance(job, C.CliJob) and job.wait(120)
+    sid = logic.finishAutoSegment(job)
+    cnn = sitk.GetArrayFromImage(M.segmentToSitk(seg, sid, vol)) > 0
+    assert 2 * (cnn & truth).sum() / (cnn.sum() + truth.sum()) > 0.8
+    assert logic.maskSource(seg).startswith("CNN auto-mask, confidence 0.")
+    assert _visibleNodes(scene) == before               # temporary nodes, CLI node gone
+    assert "--outputMask" in started[0].argv
+
+
+def test_prediction_reuses_the_features_just_extracted_and_else_runs_in_the_cli(scene, cohort,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
+    from HER2RadiomicsLib.modelling.predict import predict_case
+    import pandas as pd
+    logic = C.HER2RadiomicsCoreLogic()
+    vol, seg = _case(scene, cohort)
+    row = pd.read_csv(cohort / "cohort.csv").iloc[1]
+    loaded, truth = load_case(cohort / row["image"], cohort / row["mask"])
+    path = _small_bundle(tmp_path, loaded, truth)
+    bundle = load_bundle(path)
+    ref = predict_case(bundle, cohort / row["image"], cohort / row["mask"])
+
+    # nothing extracted yet: the prediction goes to the CLI's process
+    started = []
+    assert not logic.canPredictNow(bundle, vol, seg)
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode")
+    job = logic.startPrediction(bundle, path, vol, seg, tableNode=table,
+                                runCli=runCli(scene, started))
+    assert isinstance(job, C.CliJob) and job.wait(120)
+    pred, report = logic.finishPrediction(job)
+    assert len(started) == 1 and report is None
+    for k, v in ref.probabilities.items():
+        assert pred.probabilities[k] == pytest.approx(v, abs=1e-9)
+    assert M.tableNodeToDataFrame(table).set_index("item").loc[
+        "predicted class", "value"] == ref.predicted_class
+
+    # the same pixels again (and an HTML report): made at once, nothing extracted, no CLI
+    monkeypatch.setattr(FeatureExtractor, "extract",
+                        lambda *a, **k: pytest.fail("extracted a second time"))
+    assert logic.canPredictNow(bundle, vol, seg)
+    html = tmp_path / "case.html"
+    job = logic.startPrediction(bundle, path, vol, seg, reportPath=html,
+                                runCli=runCli(scene, started))
+    assert job.done and len(started) == 1
+    again, out = logic.finishPrediction(job)
+    assert again.probabilities == pred.probabilities and "Research use only" in out.read_text()
+
+    # a reader edits the tumour: the kept features are not for these pixels any more
+    edited = sitk.BinaryErode(logic.tumourMask(vol, seg), [2, 2])
+    M.sitkToSegment(edited, seg, vol, "tumour", region="tumor")
+    assert not logic.canPredictNow(bundle, vol, seg)
+
+
+def test_the_panels_own_extraction_feeds_the_prediction(scene, cohort, tmp_path, monkeypatch):
+    """Extract (cui2023, tumour) then Predict with a cui2023 tumour-only bundle: one
+    extraction in all."""
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.modelling.bundle import load_bundle
+    import pandas as pd
+    logic = C.HER2RadiomicsCoreLogic()
+    vol, seg = _case(scene, cohort)
+    row = pd.read_csv(cohort / "cohort.csv").iloc[1]
+    loaded, truth = load_case(cohort / row["image"], cohort / row["mask"])
+    bundle = load_bundle(_small_bundle(tmp_path, loaded, truth))
+    table, started = scene.AddNewNodeByClass("vtkMRMLTableNode"), []
+    job = logic.startFeatureExtraction(vol, seg, "cui2023", table,
+                                       runCli=runCli(scene, started))
+    assert job.wait(120)
+    feats = logic.finishFeatureExtraction(job)
+    monkeypatch.setattr(FeatureExtractor, "extract",
+                        lambda *a, **k: pytest.fail("extracted a second time"))
+    pred = logic.predict(bundle, vol, seg)
+    assert set(pred.probabilities) == {"zero", "low"}
+    assert feats[bundle.meta["input_columns"][0]] > 0

@@ -38,6 +38,9 @@ class _OnFirstUse:
 
 M = _OnFirstUse()
 
+from .background import CliJob, FeatureMemory, Job  # noqa: E402  (re-exported: C.Job, C.CliJob)
+from .steps import SOURCE_TAG, LongSteps  # noqa: E402
+
 # Installed extension: HER2RadiomicsLib is a sibling scripted-module package and importable.
 # Source tree (--additional-module-paths HER2Radiomics): it sits two folders up
 # (HER2Radiomics/HER2RadiomicsModuleLib/core.py -> repository root).
@@ -46,8 +49,6 @@ if importlib.util.find_spec("HER2RadiomicsLib") is None:
 
 #: node attribute holding the pixel-spacing source the user confirmed or entered
 SPACING_SOURCE_ATTRIBUTE = "HER2Radiomics.SpacingSource"
-#: segment tag recording how the tumour segment was made (CNN, reader)
-SOURCE_TAG = "HER2Radiomics.source"
 #: formats that carry no physical spacing (Slicer then shows 1 x 1 mm, a placeholder)
 UNCALIBRATED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 #: the attribute Slicer's DICOM plugins set on a volume loaded from the DICOM database
@@ -65,104 +66,6 @@ class SpacingInfo:
     source: str
     known: bool
     note: str = ""
-
-
-class Job:
-    """A long task on a worker thread with progress and cancel (polled by the widget's timer).
-
-    Pure Python so the tests drive it without Qt: ``start()``, then ``progress`` (0-1),
-    ``message``, ``cancel()``, ``wait()``; ``result`` or ``error`` when ``done``.
-    """
-
-    def __init__(self, name, function):
-        self.name = name
-        self._function = function
-        self.progress = 0.0
-        self.message = ""
-        self.result = None
-        self.error = None
-        self.cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"HER2Radiomics-{name}",
-                                        daemon=True)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def _run(self):
-        try:
-            self.result = self._function(self)
-        except Exception as exc:  # reported to the GUI as a one-line message, never lost
-            self.error = exc
-        finally:
-            self.progress = 1.0 if self.error is None else self.progress
-
-    def report(self, fraction, message=""):
-        """Called by the task: returns False once the user has cancelled."""
-        self.progress = float(fraction)
-        self.message = message
-        return not self.cancelled.is_set()
-
-    def cancel(self):
-        self.cancelled.set()
-
-    @property
-    def done(self):
-        return not self._thread.is_alive() and self._thread.ident is not None
-
-    def wait(self, timeout=None):
-        self._thread.join(timeout)
-        return self.done
-
-
-class CliJob:
-    """The scripted CLI running a task in its own process (``slicer.cli.run(...,
-    wait_for_completion=False)``), seen through the same interface as :class:`Job`.
-
-    Slicer's Python holds the GIL while the GUI idles, so a worker thread crawls; a CLI
-    process does not. Progress comes from the CLI's ``<filter-progress>`` lines (the node's
-    ``GetProgress()``, 0-100), Cancel is the node's ``Cancel()`` (Slicer stops the process; the
-    CLI writes its outputs atomically, so nothing half-written is read).
-    """
-
-    def __init__(self, name, cliNode, outputTableNode, tableNode, temporaryNodes=()):
-        self.name = name
-        self.cliNode = cliNode
-        self.outputTableNode = outputTableNode
-        self.tableNode = tableNode
-        self.temporaryNodes = list(temporaryNodes)
-
-    @property
-    def progress(self):
-        return self.cliNode.GetProgress() / 100.0
-
-    @property
-    def message(self):
-        return self.cliNode.GetStatusString()
-
-    @property
-    def done(self):
-        n = self.cliNode
-        return n.GetStatus() in (n.Completed, n.CompletedWithErrors, n.Cancelled)
-
-    def cancel(self):
-        if not self.done:
-            self.cliNode.Cancel()
-
-    def wait(self, timeout=None):
-        """Poll until done (the CLI runs in another process; Slicer itself never blocks)."""
-        import time
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self.done and (end is None or time.monotonic() < end):
-            time.sleep(0.05)
-        return self.done
-
-    def errorLine(self):
-        """The CLI's one-line error (``error: ...`` on stderr), else its last stderr line."""
-        lines = [ln.strip() for ln in (self.cliNode.GetErrorText() or "").splitlines()
-                 if ln.strip()]
-        errors = [ln[len("error:"):].strip() for ln in lines if ln.startswith("error:")]
-        return errors[0] if errors else (lines[-1] if lines else "the CLI failed")
 
 
 def isImageNode(node) -> bool:
@@ -184,8 +87,11 @@ def _isDicom(path) -> bool:
         return False
 
 
-class HER2RadiomicsCoreLogic:
-    """Every step of the panel, on MRML nodes. Raises ``ValueError`` with a one-line message."""
+class HER2RadiomicsCoreLogic(LongSteps):
+    """Every step of the panel, on MRML nodes. Raises ``ValueError`` with a one-line message.
+
+    The CNN, prediction and report steps (in process and through the CLI) come from
+    :class:`~HER2RadiomicsModuleLib.steps.LongSteps`."""
 
     def __init__(self):
         # Slicer's ScriptedLoadableModuleLogic.__init__ calls super().__init__(), which reaches
@@ -198,6 +104,7 @@ class HER2RadiomicsCoreLogic:
         self.dicomFileForInstance = None
         self._segmenter = None
         self.lastSegmentationFlags = []   # doubts about the last auto-mask, for the panel
+        self.memory = FeatureMemory()     # features extracted, keyed on their pixels
         self._fileSpacing = {}   # (path, mtime) -> (spacing, source): the GUI asks often
 
     # -- 1. input ----------------------------------------------------------------------------
@@ -336,31 +243,6 @@ class HER2RadiomicsCoreLogic:
             return False, f"The CNN model file is missing ({model.name})."
         return True, ""
 
-    def autoSegment(self, volumeNode, segmentationNode, markupsNode=None, segmenter=None):
-        """CNN auto-mask into the ``tumour`` segment (created or replaced); returns its id."""
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.segmentation.inference import check_ultrasound
-        loaded = self.loadedImage(volumeNode)
-        try:
-            flags = check_ultrasound(loaded)
-        except HER2Error as exc:
-            raise ValueError(str(exc)) from None
-        kind, values = M.markupsToPrompt(markupsNode, volumeNode)
-        seg = segmenter or self.segmenter()
-        res = seg.predict(loaded.image, box=values if kind == "box" else None,
-                          click=values if kind == "click" else None)
-        if not res.info.get("lesion_px"):
-            raise ValueError("the CNN found no lesion: place a point inside it (or two points "
-                             "around it) in the prompt markups, or draw it")
-        segmentId = M.sitkToSegment(res.mask, segmentationNode, volumeNode, "tumour",
-                                    M.regionColor(0), region="tumor")
-        conf = res.info.get("confidence")
-        segmentationNode.GetSegmentation().GetSegment(segmentId).SetTag(
-            SOURCE_TAG, "CNN auto-mask" + (f" ({kind} prompt)" if kind else "")
-            + (f", confidence {conf:.2f}" if conf is not None else ""))
-        self.lastSegmentationFlags = flags + list(res.info.get("flags", []))
-        return segmentId
-
     def tumourSegmentId(self, segmentationNode):
         """The tumour segment: tagged by us, else named tumour/tumor/lesion, else the only one."""
         if segmentationNode is None:
@@ -430,17 +312,14 @@ class HER2RadiomicsCoreLogic:
 
     # -- 4. features -------------------------------------------------------------------------
 
-    def _featureTask(self, volumeNode, segmentationNode, params):
-        """Read image and masks from MRML now; return ``task(report) -> features``.
+    def _featureTask(self, loaded, masks, params, name):
+        """``task(report) -> features`` on images read from MRML already.
 
         The task touches only SimpleITK images, so it may run on a worker thread (MRML is not
         thread-safe). ``report(fraction, message)`` returning False cancels (``Cancelled``).
         """
         from HER2RadiomicsLib.errors import Cancelled, HER2Error
         from HER2RadiomicsLib.extraction.features import FeatureExtractor
-        loaded = self.loadedImage(volumeNode)
-        masks = self.regionMasks(volumeNode, segmentationNode)
-        name = volumeNode.GetName()
 
         def task(report):
             def cb(done, total, region):
@@ -456,19 +335,32 @@ class HER2RadiomicsCoreLogic:
             return feats
         return task
 
+    @staticmethod
+    def _paramsText(params):
+        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib.extraction.features import load_params
+        try:
+            return load_params(params)[1]
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
+
     def extractFeatures(self, volumeNode, segmentationNode, params="default", tableNode=None,
                         progress=None):
         """Features of the tumour and ring segments; fills ``tableNode`` (region/feature/value).
 
         ``progress(fraction, message)`` returning False cancels (raises ``Cancelled``).
         """
-        task = self._featureTask(volumeNode, segmentationNode, params)
+        loaded = self.loadedImage(volumeNode)
+        masks = self.regionMasks(volumeNode, segmentationNode)
+        task = self._featureTask(loaded, masks, params, volumeNode.GetName())
         feats = task(progress or (lambda fraction, message: True))
+        self.memory.remember(loaded, masks, self._paramsText(params), feats)
         if tableNode is not None:
             M.dataFrameToTableNode(M.featuresToLongFrame(feats), tableNode)
         return feats
 
-    def featureCliParameters(self, volumeNode, segmentationNode, params="default"):
+    def featureCliParameters(self, volumeNode, segmentationNode, params="default", loaded=None,
+                             masks=None):
         """Inputs of the scripted CLI for the panel's regions, as ``slicer.cli.run`` takes them.
 
         The CLI gets exactly what the in-process extraction would use: the grey image with the
@@ -484,21 +376,16 @@ class HER2RadiomicsCoreLogic:
         """
         from HER2RadiomicsLib.errors import HER2Error
         from HER2RadiomicsLib.imaging.rings import encode_region_bits
-        loaded = self.loadedImage(volumeNode)
-        masks = self.regionMasks(volumeNode, segmentationNode)
+        loaded = loaded or self.loadedImage(volumeNode)
+        masks = masks or self.regionMasks(volumeNode, segmentationNode)
         try:
             bits, names = encode_region_bits(masks)
         except HER2Error as exc:
             raise ValueError(str(exc)) from None
-        scene = volumeNode.GetScene()
-        temporary = []
-        for image, suffix, labelmap in ((loaded.image, "image", False),
-                                        (bits, "regions", True)):
-            node = M.sitkToVolumeNode(image, scene, f"{volumeNode.GetName()} ({suffix}, "
-                                      "HER2Radiomics temporary)", labelmap=labelmap)
-            node.SetHideFromEditors(True)
-            temporary.append(node)
-        output = scene.AddNewNodeByClass("vtkMRMLTableNode", "HER2Radiomics CLI output")
+        temporary = self._temporaryVolumes(volumeNode, ((loaded.image, "image", False),
+                                                        (bits, "regions", True)))
+        output = volumeNode.GetScene().AddNewNodeByClass("vtkMRMLTableNode",
+                                                         "HER2Radiomics CLI output")
         output.SetHideFromEditors(True)
         temporary.append(output)
         info = self.spacingInfo(volumeNode)
@@ -511,6 +398,29 @@ class HER2RadiomicsCoreLogic:
             parameters["preset"] = str(params)
         return parameters, temporary
 
+    @staticmethod
+    def _temporaryVolumes(volumeNode, images):
+        """Hidden volume nodes for a CLI's inputs (removed when its job is finished)."""
+        scene = volumeNode.GetScene()
+        out = []
+        for image, suffix, labelmap in images:
+            node = M.sitkToVolumeNode(image, scene, f"{volumeNode.GetName()} ({suffix}, "
+                                      "HER2Radiomics temporary)", labelmap=labelmap)
+            node.SetHideFromEditors(True)
+            out.append(node)
+        return out
+
+    def _runCli(self, runCli, parameters, temporary):
+        try:
+            cliNode = runCli(parameters)
+        except Exception:
+            self._removeNodes(temporary)
+            raise
+        if cliNode is None:
+            self._removeNodes(temporary)
+            raise ValueError("the HER2Radiomics CLI module could not be started")
+        return cliNode
+
     def startFeatureExtraction(self, volumeNode, segmentationNode, params="default",
                                tableNode=None, runCli=None):
         """Start the extraction; returns a job to poll (``progress``, ``message``, ``done``,
@@ -521,22 +431,18 @@ class HER2RadiomicsCoreLogic:
         parameters, wait_for_completion=False)``. Without it (no CLI module loaded, or the
         tests on slicer-core) the work runs on a worker thread (:class:`Job`).
         """
+        loaded = self.loadedImage(volumeNode)
+        masks = self.regionMasks(volumeNode, segmentationNode)
+        context = {"loaded": loaded, "masks": masks, "paramsText": self._paramsText(params)}
         if runCli is not None:
             parameters, temporary = self.featureCliParameters(volumeNode, segmentationNode,
-                                                              params)
-            try:
-                cliNode = runCli(parameters)
-            except Exception:
-                self._removeNodes(temporary)
-                raise
-            if cliNode is None:
-                self._removeNodes(temporary)
-                raise ValueError("the HER2Radiomics CLI module could not be started")
+                                                              params, loaded, masks)
+            cliNode = self._runCli(runCli, parameters, temporary)
             return CliJob("feature extraction", cliNode, parameters["outputTable"], tableNode,
-                          temporary)
-        task = self._featureTask(volumeNode, segmentationNode, params)
+                          temporary, context=context)
+        task = self._featureTask(loaded, masks, params, volumeNode.GetName())
         job = Job("feature extraction", lambda job: task(job.report))
-        job.tableNode = tableNode
+        job.tableNode, job.context = tableNode, context
         return job.start()
 
     @staticmethod
@@ -551,21 +457,22 @@ class HER2RadiomicsCoreLogic:
         (:class:`~HER2RadiomicsLib.errors.Cancelled`, or ``ValueError`` with the one-line
         reason). The table is only written from a complete result."""
         if isinstance(job, CliJob):
-            return self._finishCliJob(job)
-        if job.error is not None:
-            raise job.error
-        if getattr(job, "tableNode", None) is not None:
-            M.dataFrameToTableNode(M.featuresToLongFrame(job.result), job.tableNode)
-        return job.result
+            feats = self._finishCliJob(job)
+        else:
+            if job.error is not None:
+                raise job.error
+            feats = job.result
+            if getattr(job, "tableNode", None) is not None:
+                M.dataFrameToTableNode(M.featuresToLongFrame(feats), job.tableNode)
+        ctx = getattr(job, "context", None) or {}
+        if ctx:       # a prediction on these very pixels and params will not extract again
+            self.memory.remember(ctx["loaded"], ctx["masks"], ctx["paramsText"], feats)
+        return feats
 
     def _finishCliJob(self, job):
-        from HER2RadiomicsLib.errors import Cancelled
         node = job.cliNode
         try:
-            if node.GetStatus() == node.Cancelled:
-                raise Cancelled("feature extraction cancelled")
-            if node.GetStatus() != node.Completed:
-                raise ValueError(job.errorLine())
+            job.check("feature extraction")
             frame = M.tableNodeToDataFrame(job.outputTableNode)
             if len(frame) != 1:
                 raise ValueError(f"the CLI returned {len(frame)} rows instead of one")
@@ -637,36 +544,6 @@ class HER2RadiomicsCoreLogic:
                            "check it, the rings and texture scale depend on it")
         return out
 
-    def predict(self, bundle, volumeNode, segmentationNode, site=None, clinical=None,
-                tableNode=None):
-        """Predict with the bundle from the tumour segment; fills ``tableNode`` if given."""
-        import pandas as pd
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.modelling.predict import predict_case
-        loaded = self.loadedImage(volumeNode)
-        mask = self.tumourMask(volumeNode, segmentationNode)
-        try:
-            pred = predict_case(bundle, None, mask, site=site or None, clinical=clinical or None,
-                                case_id=volumeNode.GetName(), loaded=loaded)
-        except HER2Error as exc:
-            raise ValueError(str(exc)) from None
-        pred.qc = {"mask_source": self.maskSource(segmentationNode), **pred.qc}
-        if tableNode is not None:
-            rows = [{"item": "predicted class", "value": pred.predicted_class}]
-            rows += [{"item": f"P({k})", "value": f"{v:.4f}"}
-                     for k, v in pred.probabilities.items()]
-            if pred.rad_score is not None:
-                rows.append({"item": "Rad-score", "value": f"{pred.rad_score:+.4f}"})
-            if pred.nomogram_probability is not None:
-                rows.append({"item": "nomogram probability",
-                             "value": f"{pred.nomogram_probability:.4f}"})
-            rows += [{"item": f"contribution: {c['feature']}",
-                      "value": f"{c['contribution']:+.4f}"} for c in pred.contributions]
-            rows += [{"item": f"QC: {k}", "value": str(v)} for k, v in pred.qc.items()]
-            rows += [{"item": "warning", "value": w} for w in pred.warnings]
-            M.dataFrameToTableNode(pd.DataFrame(rows), tableNode)
-        return pred
-
     # -- 6. reader study ---------------------------------------------------------------------
 
     def readerAgreement(self, volumeNode, segmentationNodes, tableNode=None):
@@ -695,23 +572,6 @@ class HER2RadiomicsCoreLogic:
         return df
 
     # -- 7. report ---------------------------------------------------------------------------
-
-    def saveReport(self, bundle, volumeNode, segmentationNode, path, site=None, clinical=None):
-        """Write the per-patient HTML or PDF report (same code as ``her2radiomics report``)."""
-        from HER2RadiomicsLib.reports.case import write_case_report
-        from HER2RadiomicsLib.errors import HER2Error
-        loaded = self.loadedImage(volumeNode)
-        mask = self.tumourMask(volumeNode, segmentationNode)
-        try:
-            out, pred = write_case_report(bundle, None, mask, path, site=site or None,
-                                          clinical=clinical or None,
-                                          case_id=volumeNode.GetName(),
-                                          mask_source=self.maskSource(segmentationNode),
-                                          loaded=loaded)
-        except HER2Error as exc:
-            raise ValueError(str(exc)) from None
-        return out
-
 
 def exampleBundle(workdir, nPatients=60, seed=5):
     """Train a small peritumoral2025 bundle on a synthetic cohort (for the self-test).

@@ -270,7 +270,7 @@ def check_spacing_units(bundle, loaded, pixel_units: bool = False) -> list:
 
 
 def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, label=None,
-                      fx=None, loaded=None, context: dict | None = None):
+                      fx=None, loaded=None, context: dict | None = None, features=None):
     """Extract the bundle's regions and features for one image.
 
     Returns ``(features, qc, loaded, mask)``; when ``context`` is a dict it also receives the
@@ -286,9 +286,14 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
                          annuli=rings.get("annuli", False), combined=rings.get("combined", []),
                          spacing_known=loaded.spacing_known, path=loaded.path)
     needed = {r: regs.masks[r] for r in bundle.meta["regions"]}
-    fx = fx or extractor_for(bundle)
-    feats, _ = fx.extract(loaded.image, needed, spacing_known=loaded.spacing_known,
-                          path=loaded.path)
+    if features is not None:
+        # extracted already for exactly these regions and params (the Slicer panel keeps
+        # them with fingerprints of the pixels): nothing is extracted twice
+        feats = dict(features)
+    else:
+        fx = fx or extractor_for(bundle)
+        feats, _ = fx.extract(loaded.image, needed, spacing_known=loaded.spacing_known,
+                              path=loaded.path)
     qc = {"spacing_source": loaded.spacing_source,
           "spacing_mm": "x".join(f"{s:.4g}" for s in loaded.spacing_mm),
           "fov": regs.fov_source}
@@ -430,12 +435,14 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
 
 def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict | None = None,
                  case_id=None, frame=None, label=None, context: dict | None = None,
-                 loaded=None, pixel_units: bool = False):
+                 loaded=None, pixel_units: bool = False, features=None):
     """Extract the bundle's features for one image + mask and predict.
 
     ``context``, when a dict, receives the loaded image, mask and regions (see
     :func:`features_for_case`). ``loaded`` (a :class:`~HER2RadiomicsLib.imaging.io.LoadedImage`) with a
     SimpleITK ``mask`` skips reading files (the Slicer module passes in-memory volumes).
+    ``features`` (the bundle's regions' features, extracted already for these pixels and the
+    bundle's params) skips the extraction.
     """
     from ..imaging.io import load_case
     # clinical values first: a refused one costs no image reading or extraction
@@ -444,7 +451,7 @@ def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict
         loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
     spacing_warnings = check_spacing_units(bundle, loaded, pixel_units)
     feats, qc, loaded, mask = features_for_case(bundle, image, mask, loaded=loaded,
-                                                context=context)
+                                                context=context, features=features)
     row = pd.DataFrame([{"case_id": case_id or Path(str(image or loaded.path)).name.split(".")[0],
                          **feats}])
     clin = pd.DataFrame([clinical]) if clinical else None

@@ -271,7 +271,7 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
                       clinical: dict | None = None, case_id=None, frame=None, label=None,
                       true_label=None, mask_source: str = "reader", loaded=None,
                       pixel_units: bool = False, mask_flags=(), prediction=None,
-                      context: dict | None = None):
+                      context: dict | None = None, features=None):
     """Predict one patient with ``bundle`` and write the report to ``out`` (.html or .pdf).
 
     Returns
@@ -281,7 +281,8 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
 
     ``loaded`` (LoadedImage) with a SimpleITK ``mask`` reports on in-memory data (Slicer).
     ``prediction`` with the ``context`` that :func:`~HER2RadiomicsLib.modelling.predict.
-    predict_case` filled (``regions``, ``loaded``) renders a prediction already made: nothing is
+    predict_case` filled (``regions``, ``loaded``) renders a prediction already made, and
+    ``features`` (see ``predict_case``) predicts from features already extracted: nothing is
     extracted again.
     """
     from ..imaging.io import atomic_write_text
@@ -296,7 +297,8 @@ def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
         ctx = {}
         pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site,
                             clinical=clinical, case_id=case_id, frame=frame, label=label,
-                            context=ctx, loaded=loaded, pixel_units=pixel_units)
+                            context=ctx, loaded=loaded, pixel_units=pixel_units,
+                            features=features)
     pred.qc = {"mask_source": mask_source, **pred.qc}
     pred.warnings = list(mask_flags) + pred.warnings      # auto-mask doubts come first
     regs = ctx["regions"]

@@ -41,9 +41,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_station.py
 
 # Installs the Slicer requirements from wheels only on pyenv's Python 3.12 (numpy 2.0.x) and 3.9
-# (numpy 1.26.x), as Slicer 5.10+ and 5.8 would, and compares the features with this venv's.
+# (numpy 1.26.x), as Slicer 5.10+ and 5.8 would, and compares the features and the shipped
+# bundle's prediction with this venv's: first the newest wheels, then (--floors) every
+# requirement at exactly its floor in pyproject.toml. Minutes, so not part of `make test`;
+# both run even when the first fails (summaries in build/install-check/).
 install-check: $(STAMP)
-	$(PY) scripts/check_install.py
+	$(PY) scripts/check_install.py; newest=$$?; \
+	$(PY) scripts/check_install.py --floors && exit $$newest
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

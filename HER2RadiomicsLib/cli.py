@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the built-in synthetic cohort")
     p.add_argument("--out", default="demo-output")
-    p.add_argument("--n", type=int, default=120, help="patients in the synthetic cohort")
+    p.add_argument("--n", type=int, default=120,
+                   help="patients in the synthetic cohort (40 or more; default 120)")
     p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-progress", action="store_true")

@@ -21,7 +21,8 @@ def register(sub):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--icc", help="reader-study icc.csv for the stable-feature filter")
     p.add_argument("--functions", help="feature,function table for cui2023's URF-module")
-    p.add_argument("--repeats", type=int, help="repeated random splits (recipe default)")
+    p.add_argument("--repeats", type=int,
+                   help="repeated random splits (recipe default; 0 = none)")
     ext = p.add_mutually_exclusive_group()
     ext.add_argument("--external-site", help="site held out for external validation")
     ext.add_argument("--no-external", action="store_true")

@@ -51,7 +51,12 @@ class NomogramModel(ClassifierMixin, BaseEstimator):
             try:
                 res = sm.Logit(y, A).fit(disp=0, maxiter=200)
             except Exception:  # perfect separation
-                res = sm.Logit(y, A).fit_regularized(alpha=1e-3, disp=0)
+                try:
+                    res = sm.Logit(y, A).fit_regularized(alpha=1e-3, disp=0)
+                except np.linalg.LinAlgError:      # collinear predictors: no fit exists
+                    from ..errors import InputError
+                    raise InputError("nomogram: the logistic fit is singular (separated or "
+                                     "collinear predictors)") from None
         params = np.asarray(res.params, dtype=float)
         self.intercept_ = float(params[0])
         self.coef_ = params[1:]

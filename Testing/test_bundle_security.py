@@ -516,3 +516,29 @@ def test_version_warning_printed_once(good, tmp_path, capsys):
     rc, err = _cli(capsys, old, csv)
     assert rc == 0
     assert sum("differs from the bundle's 0.0.1" in ln for ln in err) == 1, err
+
+
+def test_a_bundle_saved_by_a_newer_scikit_learn_runs_on_the_floor(monkeypatch):
+    """scikit-learn 1.8 removed LogisticRegression.multi_class, which 1.6/1.7 (1.6.1 is the
+    last release for Python 3.9, Slicer 5.8) still read in predict_proba: a loaded bundle gets
+    their default back. `make install-check --floors` runs the real thing on Python 3.9."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from HER2RadiomicsLib.modelling.bundle import _for_older_sklearn
+    X, y = _frame()
+    model = {"pipeline": _pipeline(X, y), "nomogram": None}
+    lrs = [o for o in _walk(model) if isinstance(o, LogisticRegression)]
+    assert lrs
+    for lr in lrs:
+        vars(lr).pop("multi_class", None)            # as a 1.8+ model arrives
+    monkeypatch.setattr(sklearn, "__version__", "1.9.1")
+    _for_older_sklearn(model)
+    assert all("multi_class" not in vars(lr) for lr in lrs)     # 1.8+: nothing to do
+    monkeypatch.setattr(sklearn, "__version__", "1.7.2")
+    _for_older_sklearn(model)
+    assert all(vars(lr)["multi_class"] == "deprecated" for lr in lrs)
+
+
+def _walk(obj, seen=None):
+    from HER2RadiomicsLib.modelling.bundle_checks import _objects
+    return [o for _, o in _objects(obj)]

@@ -508,6 +508,25 @@ def _load_skops(blob: bytes, path, trust: bool):
             from None
 
 
+def _for_older_sklearn(model) -> None:
+    """Let scikit-learn 1.6 / 1.7 run a LogisticRegression saved by 1.8 or newer.
+
+    1.8 removed ``multi_class``; 1.6 and 1.7 (1.6.1 is the last release for Python 3.9, i.e.
+    Slicer 5.8) still read it in ``predict_proba``, so a newer bundle fails there with an
+    AttributeError. The missing attribute gets 1.5-1.7's default, ``"deprecated"`` (their
+    'auto': sigmoid for two classes, softmax for more, as 1.8 always does).
+    """
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    from .bundle_checks import _objects
+    if tuple(int(x) for x in sklearn.__version__.split(".")[:2] if x.isdigit()) >= (1, 8):
+        return
+    for _, obj in _objects(model):
+        if isinstance(obj, LogisticRegression) and "multi_class" not in vars(obj):
+            obj.multi_class = "deprecated"
+
+
 def load_bundle(path, trust: bool = False) -> Bundle:
     """Load a bundle safely.
 
@@ -568,6 +587,7 @@ def load_bundle(path, trust: bool = False) -> Bundle:
         if not isinstance(model, dict) or "pipeline" not in model:
             raise ModelError(f"{path}: the model file does not hold a HER2Radiomics pipeline")
         check_trees(model, path)
+        _for_older_sklearn(model)
         return model
     model = _within(LOAD_TIMEOUT_S, work, path)
     pipeline = model["pipeline"]

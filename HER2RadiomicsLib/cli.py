@@ -2,7 +2,8 @@
 
 Exit codes: 0 all good; 1 some cases failed (they are listed, the others were processed);
 2 bad invocation or unreadable input (a one-line ``error:`` message names the file and the
-problem); 130 interrupted.
+problem); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Interrupted or terminated runs
+clean their staging folders and locks and replace nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from .errors import HER2Error
 log = logging.getLogger("HER2RadiomicsLib")
 
 EXIT_OK, EXIT_CASES_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143          # 128 + SIGTERM, what a shell reports for a killed process
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised so that ``finally`` blocks (staging folders, locks) run."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,9 +166,13 @@ _EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_mode
 
 def cmd_synth(a) -> int:
     from .imaging.synth import generate_cohort
+    from .outputs import staged_dir
     t = time.time()
-    path = generate_cohort(a.out, n_cases=a.n, seed=a.seed, reader_fraction=a.reader_fraction,
-                           jobs=a.jobs)
+    # generated aside and swapped in whole: a rerun never leaves new images beside old labels
+    with staged_dir(a.out, "synth") as stage:
+        generate_cohort(stage, n_cases=a.n, seed=a.seed, reader_fraction=a.reader_fraction,
+                        jobs=a.jobs)
+    path = Path(a.out) / "cohort.csv"
     print(f"synthetic cohort ({a.n} patients) written in {time.time() - t:.1f} s: {path}")
     return EXIT_OK
 
@@ -188,9 +198,13 @@ def cmd_rings(a) -> int:
     regions = build_regions(loaded.image, mask, a.rings, annuli=not a.no_annuli,
                             combined=a.combined, fov=fov, max_clip_fraction=a.max_clip_fraction,
                             spacing_known=loaded.spacing_known, path=loaded.path)
-    path = write_regions(regions, a.out_dir, extra={
-        "image": loaded.path, "spacing_mm": list(loaded.spacing_mm),
-        "spacing_source": loaded.spacing_source})
+    from .outputs import staged_dir
+    # written as a set: a rerun with other rings leaves no stale ring file beside new ones
+    with staged_dir(a.out_dir, "rings") as stage:
+        write_regions(regions, stage, extra={
+            "image": loaded.path, "spacing_mm": list(loaded.spacing_mm),
+            "spacing_source": loaded.spacing_source})
+    path = Path(a.out_dir) / "rings.json"
     for name, q in regions.qc.items():
         flag = "  FLAGGED" if q["flagged"] else ""
         print(f"{name:22s} {q['area_mm2']:9.1f} mm2  clipped {100 * q['clipped_fraction']:5.1f}%"
@@ -302,6 +316,8 @@ def output_targets(a) -> list:
         out.append((a.out, "dir" if a.command in _DIR_OUT else "file"))
     if getattr(a, "out_dir", None):
         out.append((a.out_dir, "dir"))
+    if a.command == "station" and getattr(a, "station_cmd", None) == "create":
+        out.append((a.study, "dir"))
     return out
 
 
@@ -343,6 +359,12 @@ def io_paths(a) -> tuple[list, list]:
     for m in manifests:
         if m:
             inputs += _manifest_files(m)
+    # what reading an image also reads: spacing sidecars, a MetaImage's/.nhdr's data file
+    from .imaging.io import companion_files
+    inputs += [c for f in list(inputs) for c in companion_files(f)]
+    if getattr(a, "pred_dir", None) and getattr(a, "manifest", None):
+        inputs += [Path(a.pred_dir) / f"{(r.get('case_id') or '').strip()}.nrrd"
+                   for r in _manifest_rows(a.manifest)]
     outputs = []
     out = getattr(a, "out", None)
     if out and a.command not in _DIR_OUT:
@@ -361,16 +383,23 @@ def io_paths(a) -> tuple[list, list]:
     if getattr(a, "export", None):
         outputs += [Path(a.export), Path(a.export).with_suffix(".json")]
     if a.command == "segment" and getattr(a, "out_dir", None) and getattr(a, "manifest", None):
-        import csv
         d = Path(a.out_dir)
         outputs += [d / "manifest.csv", d / "errors.csv"]
-        try:
-            with open(a.manifest, newline="", encoding="utf-8-sig") as fh:
-                outputs += [d / f"{(r.get('case_id') or '').strip()}.nrrd"
-                            for r in csv.DictReader(fh) if (r.get("case_id") or "").strip()]
-        except (OSError, UnicodeDecodeError, csv.Error):
-            pass
+        outputs += [d / f"{(r.get('case_id') or '').strip()}.nrrd"
+                    for r in _manifest_rows(a.manifest) if (r.get("case_id") or "").strip()]
+    if a.command == "rings" and getattr(a, "out_dir", None):
+        d = Path(a.out_dir)           # and one <region>.nrrd per region
+        outputs += [d / "labels.nrrd", d / "fov.nrrd", d / "rings.json", d / "tumor.nrrd"]
     return inputs, outputs
+
+
+def _manifest_rows(path) -> list:
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def check_inputs_and_outputs(a) -> None:
@@ -405,13 +434,34 @@ def _run(a) -> int:
     cmd = command_name(a)
     for path, kind in targets:
         check_output(path, kind, command=cmd)
+    from .outputs import resolved
+    fresh = [resolved(p) for p, kind in targets if kind == "dir" and not resolved(p).exists()]
+    rc = EXIT_BAD_INPUT
     with ExitStack() as stack:
         for path, _ in targets:
             stack.enter_context(output_lock(path))
-        for path, kind in targets:
-            if kind == "dir":
-                claim_folder(path, cmd)
-        return int(a.func(a) or 0)
+        try:
+            for path, kind in targets:
+                if kind == "dir":
+                    claim_folder(path, cmd)
+            rc = int(a.func(a) or 0)
+            return rc
+        finally:
+            if rc not in (EXIT_OK, EXIT_CASES_FAILED):
+                _unclaim(fresh)
+
+
+def _unclaim(folders) -> None:
+    """A folder this run created and left with nothing but our marker goes again: a refused
+    or failed run leaves nothing behind."""
+    from .outputs import MARKER
+    for f in folders:
+        try:
+            if f.is_dir() and [e.name for e in f.iterdir()] in ([], [MARKER]):
+                (f / MARKER).unlink(missing_ok=True)
+                f.rmdir()
+        except OSError:
+            pass
 
 
 def _primary_output(a):
@@ -429,8 +479,19 @@ def main(argv=None) -> int:
     if not getattr(a, "func", None):
         ap.print_help()
         return EXIT_BAD_INPUT
+    import signal
+
+    def _terminated(signum, frame):      # SIGTERM: clean up as for Ctrl-C, then exit 143
+        raise _Terminated
+    try:
+        signal.signal(signal.SIGTERM, _terminated)
+    except (ValueError, OSError):        # not the main thread (tests): keep the default
+        pass
     try:
         return _run(a)
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except HER2Error as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:   # one line per problem
             print(f"error: {line}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import InputError
 
@@ -84,17 +85,50 @@ def check_output(path, kind: str = "file", command: str | None = None) -> Path:
 # -- folder ownership --------------------------------------------------------------------------
 
 def read_marker(folder) -> dict | None:
-    """The ownership record of a folder output, or None when it has none (or it is unreadable)."""
+    """The ownership record of a folder output, or None when it has none (or it is unreadable).
+
+    Its file list keeps only plain relative names inside the folder: the record is a file
+    anyone can edit, and a rerun removes the files it lists.
+    """
+    f = resolved(folder)
     try:
-        doc = json.loads((resolved(folder) / MARKER).read_text(encoding="utf-8"))
+        doc = json.loads((f / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("command"), str) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("command"), str):
+        return None
+    files = doc.get("files") if isinstance(doc.get("files"), list) else []
+    doc["files"] = [r for r in files if _inside(f, r) is not None]
+    return doc
 
 
 def _entries(folder: Path) -> list:
-    lock = folder.with_name(folder.name + ".lock").name
-    return sorted(e.name for e in folder.iterdir() if e.name not in (MARKER, JOURNAL, lock))
+    """What the folder holds besides our own marker (a journal counts: a folder holding only
+    one is not 'empty', it may be planted)."""
+    return sorted(e.name for e in folder.iterdir() if e.name != MARKER)
+
+
+_STAGE_NAME = re.compile(r"\.staging-(\d+)")
+
+
+def _inside(folder: Path, rel) -> Path | None:
+    """``folder / rel`` when ``rel`` is a plain relative path that stays inside ``folder``
+    (symbolic links followed), else None: a marker or journal is a file anyone can edit, so
+    no name in it may reach outside the folder."""
+    if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel:
+        return None
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts):
+        return None
+    target = folder / Path(*pure.parts)
+    try:
+        real = Path(os.path.realpath(target))
+        base = Path(os.path.realpath(folder))
+    except OSError:
+        return None
+    if real != base and base not in real.parents:
+        return None
+    return target
 
 
 def check_folder_owner(folder, command: str) -> None:
@@ -114,7 +148,7 @@ def check_folder_owner(folder, command: str) -> None:
                              f"{mark['command']}', not '{command}'; give a new or empty folder "
                              "(nothing was changed)")
         return
-    names = [n for n in _entries(f) if not n.startswith(_STAGE_PREFIX)]
+    names = _entries(f)
     if names:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise InputError(f"{folder}: folder is not empty and was not made by 'her2radiomics "
@@ -123,14 +157,43 @@ def check_folder_owner(folder, command: str) -> None:
 
 
 def claim_folder(folder, command: str) -> Path:
-    """Create ``folder`` if needed and mark it as ``command``'s (keeps the files it lists)."""
+    """Create ``folder`` if needed and mark it as ``command``'s (keeps the files it lists).
+
+    A swap that a crash cut short is finished only in a folder that was ours already (its
+    marker names this command); staging folders of runs that are no longer alive are removed.
+    """
     f = resolved(folder)
     f.mkdir(parents=True, exist_ok=True)
     mark = read_marker(f)
+    if mark is not None and mark.get("command") == command:
+        finish_pending_swap(f)
+    elif (f / JOURNAL).exists():
+        raise InputError(f"{f / JOURNAL}: a swap journal in a folder that 'her2radiomics "
+                         f"{command}' did not make; remove it (nothing was changed)")
     if mark is None or mark.get("command") != command:
         _write_marker(f, command, (mark or {}).get("files", []))
-    finish_pending_swap(f)
+    _remove_dead_stages(f)
     return f
+
+
+def _remove_dead_stages(folder: Path) -> None:
+    """Staging folders left by runs that were killed (their process is gone)."""
+    for e in folder.iterdir():
+        m = _STAGE_NAME.fullmatch(e.name)
+        if m and e.is_dir() and not e.is_symlink() and not _alive(int(m.group(1))):
+            shutil.rmtree(e, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def _write_marker(folder: Path, command: str, files) -> None:
@@ -188,13 +251,24 @@ def output_lock(target):
     lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
-        fh = open(lock, "a+", encoding="utf-8", errors="replace")
-        fh.seek(0)
-        head = fh.read(len(_LOCK_TAG))
-        if head and head != _LOCK_TAG:
-            fh.close()
-            raise InputError(f"{lock}: a file of this name exists and is not a her2radiomics "
-                             f"lock; move it away to write {target} (it was left untouched)")
+        try:                    # created here: certainly ours
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                         0o644)
+            fh = os.fdopen(fd, "a+", encoding="utf-8", errors="replace")
+            fh.write(f"{_LOCK_TAG}starting")     # a concurrent run sees our tag at once
+            fh.flush()
+        except FileExistsError:
+            if lock.is_symlink() or not lock.is_file():
+                raise InputError(f"{lock}: exists and is not a her2radiomics lock; move it "
+                                 f"away to write {target} (it was left untouched)") from None
+            fh = open(lock, "a+", encoding="utf-8", errors="replace")
+            fh.seek(0)
+            head = fh.read(len(_LOCK_TAG))
+            if head != _LOCK_TAG:   # empty or foreign: a person's file, never ours to touch
+                fh.close()
+                raise InputError(f"{lock}: a file of this name exists and is not a "
+                                 f"her2radiomics lock; move it away to write {target} (it "
+                                 "was left untouched)") from None
         try:
             _lock_fd(fh)
         except OSError:
@@ -277,17 +351,35 @@ def finish_pending_swap(folder) -> None:
     _apply(f, plan)
 
 
+def _checked_plan(out: Path, plan) -> dict:
+    """A journal's moves, each confined to the folder; anything else refuses the journal."""
+    bad = InputError(f"{out / JOURNAL}: not a swap journal of this folder (it names files "
+                     "outside it); remove it (nothing was changed)")
+    if not isinstance(plan, dict) or not isinstance(plan.get("stage"), str) \
+            or not _STAGE_NAME.fullmatch(plan["stage"]) or not isinstance(
+                plan.get("command"), str):
+        raise bad
+    lists = {}
+    for key in ("files", "remove", "kept"):
+        items = plan.get(key, [])
+        if not isinstance(items, list) or any(_inside(out, r) is None for r in items):
+            raise bad
+        lists[key] = items
+    return {"stage": plan["stage"], "command": plan["command"], **lists}
+
+
 def _apply(out: Path, plan: dict) -> None:
+    plan = _checked_plan(out, plan)
     stage = out / plan["stage"]
     for rel in plan["files"]:
-        src, dst = stage / rel, out / rel
+        src, dst = stage / rel, _inside(out, rel)
         if src.exists() or src.is_symlink():
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.is_dir() and not dst.is_symlink():
                 shutil.rmtree(dst)
             os.replace(src, dst)
     for rel in plan["remove"]:
-        p = out / rel
+        p = _inside(out, rel)
         try:
             p.unlink()
         except OSError:
@@ -301,7 +393,8 @@ def _apply(out: Path, plan: dict) -> None:
                 break
     keep = [f for f in plan.get("kept", []) if (out / f).exists()]
     _write_marker(out, plan["command"], list(plan["files"]) + keep)
-    shutil.rmtree(stage, ignore_errors=True)
+    if stage.is_dir() and not stage.is_symlink():
+        shutil.rmtree(stage, ignore_errors=True)
     try:
         (out / JOURNAL).unlink()
     except OSError:

@@ -432,3 +432,211 @@ def test_a_bundles_params_name_never_becomes_a_path(tmp_path):
         assert p.read_text() == B.meta["params_yaml"]
         assert tmp_path not in p.parents and p.parent.parent.name.startswith("h2r_bundle_")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a marker, a journal or a lock file is a file anyone can edit ---------------------------------
+
+def test_planted_journals_and_markers_never_reach_outside_the_folder(case, tmp_path):
+    import json
+    img, m = case
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("x")
+    keep = tmp_path / "keep.txt"
+    keep.write_text("x")
+    # a folder holding only a journal is not empty, and its journal is never run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".her2radiomics-swap.json").write_text(json.dumps(
+        {"stage": "../victim", "command": "rings", "files": [], "remove": ["../keep.txt"],
+         "kept": []}))
+    rc, _, err = run(["rings", "--image", img, "--mask", m, "--rings", "3", "--out-dir", out])
+    assert rc == 2
+    one_error_line(err, out)
+    assert (victim / "important.txt").exists() and keep.exists()
+    # a folder of ours whose journal or marker was edited to name files outside it
+    ours = tmp_path / "ours"
+    assert run(["rings", "--image", img, "--mask", m, "--rings", "3", "--out-dir", ours])[0] == 0
+    mark = json.loads((ours / ".her2radiomics-output.json").read_text())
+    mark["files"] += ["../keep.txt", str(keep), "../victim/important.txt"]
+    (ours / ".her2radiomics-output.json").write_text(json.dumps(mark))
+    assert run(["rings", "--image", img, "--mask", m, "--rings", "5", "--out-dir", ours])[0] == 0
+    assert keep.exists() and (victim / "important.txt").exists()
+    (ours / ".her2radiomics-swap.json").write_text(json.dumps(
+        {"stage": str(victim), "command": "rings", "files": [], "remove": [str(keep)],
+         "kept": []}))
+    rc, _, err = run(["rings", "--image", img, "--mask", m, "--rings", "3", "--out-dir", ours])
+    assert rc == 2
+    one_error_line(err, "not a swap journal of this folder")
+    assert keep.exists() and (victim / "important.txt").exists()
+
+
+def test_an_empty_file_named_like_our_lock_is_left_alone(case, tmp_path):
+    img, m = case
+    mine = tmp_path / "f.csv.lock"
+    mine.write_text("")
+    rc, _, err = run(["extract", "--image", img, "--mask", m, "--params", "cui2023",
+                      "--out", tmp_path / "f.csv", "--no-progress"])
+    assert rc == 2
+    one_error_line(err, "not a her2radiomics lock")
+    assert mine.exists() and mine.read_text() == ""
+
+
+def test_outputs_over_files_an_image_depends_on_are_refused(case, tmp_path, small_manifest):
+    """A spacing sidecar, a MetaImage's pixel file and the masks eval-segmenter reads are
+    inputs too, though the command line does not name them."""
+    import json
+    img, m = case
+    png = tmp_path / "us.png"
+    sitk.WriteImage(sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(img))[:, :, 0]
+                                                    if sitk.ReadImage(str(img)).GetDimension()
+                                                    == 3 else sitk.ReadImage(str(img))),
+                              sitk.sitkUInt8), str(png))
+    side = tmp_path / "us.png.json"
+    side.write_text(json.dumps({"spacing_mm": [0.1, 0.1]}))
+    mhd = tmp_path / "img.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(png)), str(mhd))
+    raw = tmp_path / "img.raw"
+    assert raw.exists()
+    man, rows = small_manifest
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    victim_mask = pred / f"{rows[0]['case_id']}.nrrd"
+    sitk.WriteImage(sitk.ReadImage(rows[0]["mask"]), str(victim_mask))
+    before = snapshot(tmp_path)
+    for args, victim in (
+            (["extract", "--image", png, "--mask", m, "--out", side], side),
+            (["extract", "--image", mhd, "--mask", m, "--out", raw], raw),
+            (["eval-segmenter", "--manifest", man, "--pred-dir", pred, "--out", victim_mask],
+             victim_mask)):
+        rc, _, err = run(args)
+        assert rc == 2, (args, err)
+        one_error_line(err, victim, "also an input")
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_sees_a_changed_metaimage_pixel_file(tmp_path, case):
+    img, m = case
+    base = sitk.ReadImage(str(img))
+    base = base[:, :, 0] if base.GetDimension() == 3 else base
+    mhd = tmp_path / "img.mhd"
+    sitk.WriteImage(base, str(mhd))
+    mk = sitk.ReadImage(str(m))
+    mk.CopyInformation(base)
+    sitk.WriteImage(mk, str(tmp_path / "mask.nrrd"))
+    write_manifest(tmp_path / "m.csv", [{"case_id": "A", "image": "img.mhd",
+                                         "mask": "mask.nrrd"}])
+    out = tmp_path / "f.csv"
+    args = ["extract", "--manifest", tmp_path / "m.csv", "--params", "cui2023", "--out", out,
+            "--no-progress", "--pixel-units"]
+    assert run(args)[0] == 0
+    first = pd.read_csv(out).loc[0, "tumor__original_firstorder_Mean"]
+    arr = sitk.GetArrayFromImage(base)
+    inv = sitk.GetImageFromArray((arr.max() - arr).astype(arr.dtype))
+    inv.CopyInformation(base)
+    sitk.WriteImage(inv, str(tmp_path / "tmp.mhd"))
+    (tmp_path / "tmp.raw").replace(tmp_path / "img.raw")      # only the pixel file changes
+    rc, text, err = run(args + ["--resume"])
+    assert rc == 0, err
+    assert "resumed" not in text
+    assert pd.read_csv(out).loc[0, "tumor__original_firstorder_Mean"] != first
+
+
+def test_headers_that_state_no_spacing_are_not_millimetres(tmp_path):
+    p, mk = _nrrd(tmp_path)
+    head, body = p.read_bytes().split(b"\n\n", 1)
+    lines = [ln for ln in head.split(b"\n") if not ln.startswith(b"space")]
+    nodir = tmp_path / "nodir.nrrd"
+    nodir.write_bytes(b"\n".join(lines) + b"\n\n" + body)
+    padded = tmp_path / "padded.nrrd"             # the nan past 64 KiB of comments
+    pad = b"\n".join([b"# " + b"x" * 70] * 1000)
+    nan_lines = [ln for ln in lines if not ln.startswith(b"kinds")] + [b"spacings: nan nan"]
+    padded.write_bytes(nan_lines[0] + b"\n" + pad + b"\n" + b"\n".join(nan_lines[1:]) + b"\n\n"
+                       + body)
+    rc, _, err = run(["extract", "--image", nodir, "--mask", mk, "--rings", "3",
+                      "--out", tmp_path / "f.csv", "--no-progress"])
+    assert rc == 2
+    one_error_line(err, nodir, "spacing is unknown")
+    rc, _, err = run(["extract", "--image", padded, "--mask", mk, "--out", tmp_path / "g.csv",
+                      "--no-progress"])
+    assert rc == 2
+    one_error_line(err, padded, "spacing")
+
+
+def test_an_absurd_ultrasound_calibration_is_not_a_spacing(tmp_path, cohort):
+    import pydicom
+    ds = pydicom.dcmread(str(cohort / "images" / "P0001-1.dcm"))
+    ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX = float("inf")
+    bad = tmp_path / "inf.dcm"
+    ds.save_as(str(bad), enforce_file_format=True)
+    rc, _, err = run(["extract", "--image", bad, "--mask", cohort / "masks" / "P0001-1.png",
+                      "--rings", "3", "--out", tmp_path / "f.csv", "--no-progress"])
+    assert rc == 2
+    one_error_line(err, bad, "spacing is unknown")
+
+
+def test_rings_rerun_leaves_no_stale_ring_and_keeps_a_persons_file(case, tmp_path):
+    img, m = case
+    out = tmp_path / "rings"
+    assert run(["rings", "--image", img, "--mask", m, "--rings", "3,5,8", "--out-dir", out])[0] == 0
+    assert (out / "peri_5-8mm.nrrd").exists()
+    (out / "notes.txt").write_text("mine")
+    assert run(["rings", "--image", img, "--mask", m, "--rings", "3", "--out-dir", out])[0] == 0
+    assert not (out / "peri_5-8mm.nrrd").exists() and (out / "peri_0-3mm.nrrd").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    rc, _, err = run(["rings", "--image", img, "--mask", m, "--rings", "3", "--fov",
+                      out / "fov.nrrd", "--out-dir", out])
+    assert rc == 2
+    one_error_line(err, "also an input")
+
+
+def test_a_refused_manifest_row_keeps_the_previous_table(small_manifest, tmp_path):
+    man, rows = small_manifest
+    out = tmp_path / "f.csv"
+    args = ["extract", "--manifest", man, "--params", "cui2023", "--out", out, "--no-progress"]
+    assert run(args + ["--aggregate", "mean"])[0] == 0
+    table = out.read_bytes()
+    rows[1]["mask"] = str(tmp_path / "gone.png")               # a mask file went missing
+    write_manifest(man, rows)
+    rc, text, _ = run(args)
+    assert rc == 1 and "kept the previous f.csv" in text
+    assert out.read_bytes() == table
+    write_manifest(man, rows[:1] + rows[2:])                      # the case leaves the manifest
+    assert run(args)[0] == 0
+    assert not (tmp_path / "f_patients.csv").exists()          # an old --aggregate table goes
+
+
+def test_sigterm_cleans_staging_and_lock(tiny_training, tmp_path):
+    import signal
+    import time
+    d = tiny_training
+    out = tmp_path / "model"
+    proc = subprocess.Popen(CLI + ["train", "--recipe", str(d / "tiny.yaml"), "--features",
+                                   str(d / "features.csv"), "--labels", str(d / "labels.csv"),
+                                   "--no-external", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(out.glob(".staging-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert not list(out.glob(".staging-*")) if out.exists() else True
+    assert not (tmp_path / "model.lock").exists()
+    assert not out.exists() or [p.name for p in out.iterdir()] == []
+
+
+def test_station_create_never_writes_into_a_folder_it_did_not_make(small_manifest, tmp_path):
+    man, _ = small_manifest
+    folder = tmp_path / "data"
+    (folder / "queues").mkdir(parents=True)
+    (folder / "queues" / "R1.json").write_text("notes")
+    rc, _, err = run(["station", "create", "--study", folder, "--manifest", man, "--readers",
+                      "R1,R2", "--start", "empty"])
+    assert rc == 2
+    one_error_line(err, folder, "not empty")
+    assert (folder / "queues" / "R1.json").read_text() == "notes"
+    rc, _, err = run(["station", "create", "--study", tmp_path / "s", "--manifest", man,
+                      "--readers", "R1,coordinator", "--start", "empty"])
+    assert rc == 2
+    one_error_line(err, "'coordinator' is reserved")

@@ -283,9 +283,11 @@ def _safe_case(row, cfg, global_spacing=None):
     except HER2Error as exc:
         return {"case_id": row["case_id"], "error": str(exc), "image": row.get("image", "")}
     except Exception as exc:  # a bug or an unforeseen file problem must not stop the cohort
-        log.exception("case %s failed", row["case_id"])
+        # the traceback only with --debug / -vv: the error table and summary name the case
+        log.debug("case %s failed", row["case_id"], exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
         return {"case_id": row["case_id"], "image": row.get("image", ""),
-                "error": f"{row.get('image', '')}: unexpected {type(exc).__name__}: {exc}"}
+                "error": f"{row.get('image', '')}: unexpected {type(exc).__name__}: {first}"}
 
 
 def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str = "loky",
@@ -334,7 +336,7 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
     parts.mkdir(parents=True, exist_ok=True)
     res = BatchResult(out_csv, out_csv.with_name(out_csv.stem + "_provenance.csv"),
                       out_csv.with_name(out_csv.stem + "_errors.csv"), n_cases=len(rows),
-                      manifest_ids={str(r["case_id"]) for r in rows if not r.get("_error")})
+                      manifest_ids={str(r["case_id"]) for r in rows})
     # rows the manifest check refused are errors of their own; the others go on
     refused = [{"case_id": r.get("case_id", ""), "image": r.get("image", ""),
                 "error": r["_error"]} for r in rows if r.get("_error")]
@@ -423,6 +425,15 @@ def file_digest(path) -> str:
     return h.hexdigest()
 
 
+def file_digest_all(path) -> str:
+    """sha256 of a file and of the files its reading also depends on (a MetaImage's or
+    detached NRRD's data file; see :func:`~HER2RadiomicsLib.imaging.io.companion_files`)."""
+    from ..imaging.io import companion_files
+    parts = [file_digest(path)] + [f"{c.name}:{file_digest(c)}" for c in companion_files(path)
+                                   if c.suffix.lower() != ".json"]
+    return parts[0] if len(parts) == 1 else hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
 def case_key(row: dict, global_spacing=None) -> str:
     """What a case's result depends on besides the settings: its files (resolved path and
     content, the image's spacing sidecar included) and its own manifest values. A resumed
@@ -430,7 +441,7 @@ def case_key(row: dict, global_spacing=None) -> str:
     files = {}
     for col in ("image", "mask", "fov"):
         if row.get(col):
-            files[col] = (os.path.realpath(row[col]), file_digest(row[col]))
+            files[col] = (os.path.realpath(row[col]), file_digest_all(row[col]))
     if row.get("image"):
         img = Path(row["image"])
         for side in (Path(str(img) + ".json"), img.with_suffix(".json")):
@@ -573,9 +584,24 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate, refused=()):
         res.staged_dir = stage
         return
     from ..outputs import interrupts_held, resolved
+    # a table an earlier run wrote and this one does not (a _patients.csv of an --aggregate
+    # run) would sit beside tables it does not belong to: it goes with the swap
+    record = parts / "tables.json"
+    try:
+        before = {Path(t).name for t in json.loads(record.read_text())}
+    except (OSError, ValueError, TypeError):
+        before = set()
+    stale = [res.features_csv.with_name(n) for n in before - {p.name for p in staged}
+             if n.startswith(res.features_csv.stem + "_")]
     with interrupts_held():      # the tables land as a set: Ctrl-C waits for the renames
         for final in [p for p in staged if p != res.features_csv] + [res.features_csv]:
             os.replace(staged[final], resolved(final))   # a symlinked output: its target
+        for old in stale:
+            try:
+                resolved(old).unlink()
+            except OSError:
+                pass
+    _atomic_json(record, sorted(p.name for p in staged))
 
 
 def csv_text(records: list, columns=None, float_format: str | None = None) -> str:

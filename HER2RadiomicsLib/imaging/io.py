@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ _GEOMETRY_RTOL = 1e-4
 # flow); PhysicalUnits 3 = centimetres.
 _US_2D_FORMAT = 1
 _US_UNITS_CM = 3
+#: plausible ultrasound pixel sizes (cm): 1 µm to 1 cm; anything else is a broken calibration
+#: (a delta of 1e-300 or inf would make the rings' working grid absurd or infinite)
+US_DELTA_CM = (1e-4, 1.0)
 
 
 @dataclass
@@ -221,17 +225,36 @@ def _check_size(path, size) -> None:
                          f"the {cap:,}-pixel limit (set HER2RADIOMICS_MAX_PIXELS to raise it)")
 
 
-def _nrrd_header(path: Path) -> dict:
-    """The fields of an NRRD header (``key: value`` lines up to the first blank line)."""
+#: longest NRRD/MetaImage header read (real headers are a few hundred bytes; a longer one
+#: is refused rather than half-read, so that no field is missed)
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _header_text(path: Path, magic: bytes, end: bytes) -> bytes:
+    """A text header up to ``end`` (or the whole file when it is a detached header)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(65536)
+            head = fh.read(MAX_HEADER_BYTES + 1)
     except OSError:
-        return {}
-    if not head.startswith(b"NRRD"):
+        return b""
+    if not head.startswith(magic):
+        return b""
+    cut = head.find(end)
+    if cut < 0:
+        if len(head) > MAX_HEADER_BYTES:
+            raise InputError(f"{path}: header longer than {MAX_HEADER_BYTES // 1024} KiB; not "
+                             "read (no real image header is this long)")
+        return head
+    return head[:cut]
+
+
+def _nrrd_header(path: Path) -> dict:
+    """The fields of an NRRD header (``key: value`` lines up to the first blank line)."""
+    head = _header_text(path, b"NRRD", b"\n\n")
+    if not head:
         return {}
     fields = {}
-    for raw in head.split(b"\n\n", 1)[0].split(b"\n")[1:]:
+    for raw in head.split(b"\n")[1:]:
         line = raw.decode("latin-1").strip()
         if line.startswith("#") or ": " not in line:
             continue
@@ -273,6 +296,20 @@ def _nrrd_spacing_problem(path: Path) -> str | None:
             if is_spatial and not (np.isfinite(v) and v != 0):
                 return f"spacing {t} of axis {i} is not a positive, finite number"
     return None
+
+
+def _header_has_spacing(path: Path) -> bool:
+    """Whether the file states a pixel spacing at all: an NRRD without ``space directions`` or
+    ``spacings`` and a MetaImage without ``ElementSpacing``/``ElementSize`` are read by ITK as
+    1 mm, a placeholder that must not pass as millimetres."""
+    suffix = _suffix(path)
+    if suffix in (".nrrd", ".nhdr"):
+        f = _nrrd_header(path)
+        return not f or "space directions" in f or "spacings" in f
+    if suffix in (".mha", ".mhd"):
+        head = _header_text(path, b"", b"ElementDataFile").decode("latin-1").lower()
+        return "elementspacing" in head or "elementsize" in head
+    return True
 
 
 def _check_header(path: Path, spacing: bool = True) -> None:
@@ -330,7 +367,12 @@ def parse_us_regions(ds) -> list:
             continue
         if fmt != _US_2D_FORMAT or ux != _US_UNITS_CM or uy != _US_UNITS_CM:
             continue
-        if not (dx > 0 and dy > 0):
+        if not all(math.isfinite(v) and US_DELTA_CM[0] <= abs(v) <= US_DELTA_CM[1]
+                   for v in (dx, dy)):
+            # a note (shown with -v, kept in the provenance), not a warning on stderr: the
+            # error that follows (spacing unknown) is the user's one line
+            log.info("ultrasound region with PhysicalDeltaX/Y %r/%r cm ignored: not a "
+                     "plausible pixel size", dx, dy)
             continue
         regions.append(UltrasoundRegion(
             int(item.RegionLocationMinX0), int(item.RegionLocationMinY0),
@@ -409,6 +451,17 @@ def read_image(path, spacing_mm=None, frame=None) -> LoadedImage:
     if ds is not None and int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 and frame is None:
         raise InputError(f"{path}: multi-frame DICOM ({int(ds.NumberOfFrames)} frames); "
                          "choose one with --frame N")
+    if ds is not None and spacing_mm is None:
+        for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+            val = getattr(ds, tag, None)
+            try:
+                bad = val is not None and not all(math.isfinite(float(v)) and float(v) > 0
+                                                   for v in val)
+            except (TypeError, ValueError):
+                bad = True
+            if bad:
+                raise InputError(f"{path}: DICOM {tag} {list(val) if val is not None else val} "
+                                 "is not two positive, finite numbers; give --spacing-mm X Y")
     raw = _read_sitk(path, check_spacing=spacing_mm is None and not is_dicom)
     img2d, used_frame = _to_2d(raw, path, frame)
     img = to_grey(img2d, prov)
@@ -457,8 +510,10 @@ def read_image(path, spacing_mm=None, frame=None) -> LoadedImage:
         loaded.set_spacing(_validate_spacing(sp, sidecar), "sidecar")
         prov["sidecar"] = str(sidecar)
         return loaded
-    if _suffix(path) in RASTER_SUFFIXES:
+    if _suffix(path) in RASTER_SUFFIXES or not _header_has_spacing(path):
         loaded.set_spacing((1.0, 1.0), "unknown")
+        if _suffix(path) not in RASTER_SUFFIXES:
+            prov["spacing_note"] = "the header states no pixel spacing"
     else:
         loaded.set_spacing(img.GetSpacing(), "header")
     return loaded
@@ -611,8 +666,38 @@ def load_case(image_path, mask_path=None, spacing_mm=None, frame=None, label=Non
         resolve_us_region(loaded, mask)
         mask.CopyInformation(loaded.image)
     if loaded.provenance.get("spacing_note") and not loaded.spacing_known:
-        log.warning("%s: %s; spacing unknown", loaded.path, loaded.provenance["spacing_note"])
+        # info, not a warning: an operation in mm then fails with its own one-line error
+        log.info("%s: %s; spacing unknown", loaded.path, loaded.provenance["spacing_note"])
     return loaded, mask
+
+
+def companion_files(path) -> list:
+    """Files an image's reading also depends on: its spacing sidecars (``<image>.json``,
+    ``<stem>.json``) and, for a MetaImage (``.mhd``) or detached NRRD (``.nhdr``) header, the
+    data file(s) it names. Those that exist, absolute."""
+    path = Path(path)
+    out = []
+    for cand in (Path(str(path) + ".json"), path.with_suffix(".json")):
+        if cand != path and cand.is_file():
+            out.append(cand)
+    suffix = _suffix(path)
+    if suffix in (".mhd", ".nhdr"):
+        key = "elementdatafile" if suffix == ".mhd" else "data file"
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 20).decode("latin-1")
+        except OSError:
+            head = ""
+        for line in head.splitlines():
+            k, sep, v = line.partition("=" if suffix == ".mhd" else ":")
+            if sep and k.strip().lower() in (key, "datafile"):
+                name = v.strip()
+                if name and name.upper() not in ("LOCAL", "LIST") and "%" not in name:
+                    cand = Path(name) if Path(name).is_absolute() else path.parent / name
+                    if cand.is_file():
+                        out.append(cand)
+                break
+    return out
 
 
 def _real_target(path) -> Path:
@@ -634,6 +719,8 @@ def write_image(img: sitk.Image, path, compress: bool = True) -> Path:
     os.close(fd)
     try:
         sitk.WriteImage(img, tmp, compress)
+        # mkstemp creates 0600; give the result the permissions a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except RuntimeError as exc:   # ITK reports a full disk or a lost folder this way
         detail = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "write failed"

@@ -58,6 +58,10 @@ class Identity:
     reader: str | None = None
 
 
+#: names a reader cannot have: the coordinator's role and token, the launcher's log names
+RESERVED_NAMES = frozenset({"coordinator", "all", "admin", "station", "logs"})
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -109,6 +113,11 @@ class StudyStore:
         if start not in START_SOURCES:
             raise InputError(f"start source {start!r}: choose {' or '.join(START_SOURCES)}")
         readers = list(dict.fromkeys(readers))
+        # names the station itself uses for its processes, logs and tokens
+        reserved = [r for r in readers if str(r).lower() in RESERVED_NAMES]
+        if reserved:
+            raise InputError(f"reader name {reserved[0]!r} is reserved (the station uses "
+                             f"{', '.join(sorted(RESERVED_NAMES))} itself); choose another")
         bad = [r for r in readers if not READER_NAME.fullmatch(str(r))]
         if bad or not readers:
             raise InputError(f"reader names {bad or readers}: letters, digits, '.', '-', '_' "

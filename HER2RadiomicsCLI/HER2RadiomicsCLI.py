@@ -50,7 +50,9 @@ def buildParser():
                    help="comma-separated region names in bit order (with --inputRegions)")
     p.add_argument("--spacingUnknown", action="store_true", default=False,
                    help="the image's spacing is a placeholder: features in pixel units")
-    p.add_argument("--manifest", help="cohort CSV: case_id,image[,mask,site,...]")
+    p.add_argument("--manifest", help="cohort CSV with columns case_id, image and mask (mask "
+                                      "cells may be empty: the CNN draws those), and "
+                                      "optionally site and clinical columns")
     p.add_argument("--spacingMm", type=str, help="X,Y pixel spacing in mm")
     p.add_argument("--rings", type=str, default="3,5,8")
     p.add_argument("--annuli", action="store_true", default=False)
@@ -144,11 +146,43 @@ def labelLikeInput(label, inputPath):
     return out
 
 
+def _refuseOverlaps(args):
+    """No output may be one of the inputs (a manifest, the image, its label map, the
+    manifest's files, their sidecars), nor two outputs one file."""
+    from HER2RadiomicsLib.imaging.io import companion_files
+    from HER2RadiomicsLib.outputs import refuse_overlaps
+    inputs = [getattr(args, n) for n in ("inputVolume", "inputLabel", "inputRegions",
+                                         "manifest", "paramsFile", "bundle")
+              if getattr(args, n, None)]
+    if args.manifest:
+        import csv
+        from pathlib import Path
+        base = Path(args.manifest).resolve().parent
+        try:
+            with open(args.manifest, newline="", encoding="utf-8-sig") as fh:
+                for r in csv.DictReader(fh):
+                    for col in ("image", "mask", "fov"):
+                        v = (r.get(col) or "").strip()
+                        if v:
+                            inputs.append(Path(v) if Path(v).is_absolute() else base / v)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            pass            # read_manifest says what is wrong with it, in one line
+    inputs += [c for f in list(inputs) for c in companion_files(f)]
+    outputs = [getattr(args, n) for n in ("outputTable", "outputErrors", "outputLabel",
+                                          "outputMask", "outputJson", "outputReport")
+               if getattr(args, n, None)]
+    refuse_overlaps(inputs, outputs)
+
+
 def _spacing(text):
     if not text:
         return None
-    parts = [float(v) for v in str(text).replace(" ", "").split(",") if v]
-    if len(parts) < 2 or min(parts[:2]) <= 0:
+    try:
+        parts = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"--spacingMm {text!r}: expected two positive numbers X,Y") from None
+    import math
+    if len(parts) < 2 or not all(math.isfinite(v) and v > 0 for v in parts[:2]):
         raise ValueError(f"--spacingMm {text!r}: expected two positive numbers X,Y")
     return tuple(parts[:2])
 
@@ -368,6 +402,8 @@ def _runManifestIn(work, rows, errors, args, spacing, clinical, bundle, out, ord
     res = run_batch(rows, work / "features.csv", cfg, jobs=max(1, int(args.jobs)),
                     resume=args.resume,
                     progress=lambda done, total: progress(0.3 + 0.65 * done / max(total, 1)))
+    if res.interrupted:              # the tables of a cohort cut short are never returned
+        raise KeyboardInterrupt
     byId = {str(r["case_id"]): r for r in rows}
     errors += [_failure(byId.get(str(e["case_id"]), e), e["error"]) for e in res.errors]
     # a resumed run that lost a case keeps the previous table aside: this run's is staged
@@ -387,33 +423,41 @@ def _runManifestIn(work, rows, errors, args, spacing, clinical, bundle, out, ord
         print(f"error: {args.manifest}: no case succeeded ({len(errors)} failed; see the "
               "failures table)", file=sys.stderr)
         return 1
-    sep = "," if out.suffix.lower() == ".csv" else "\t"
-    atomic_write_text(out, table.to_csv(index=False, sep=sep))
+    _writeTable(out, table)
     note(f"{len(table)} case(s) done, {len(errors)} failed")
     progress(1.0)
     return 0
 
 
 def _predictions(table, byId, bundle, args, clinical, errors):
-    """The bundle's prediction per row; a row whose prediction fails (a bad clinical cell)
-    becomes a failure and leaves the table."""
+    """The bundle's prediction per row; a row whose prediction fails (an unknown site, a bad
+    clinical cell) becomes a failure and leaves the table, the others are predicted."""
     import pandas as pd
+    from HER2RadiomicsLib.errors import HER2Error
     from HER2RadiomicsLib.modelling.predict import predict_rows
     site = bundle.meta.get("batch_col") or "site"
     table[site] = [byId[str(c)].get(site) or args.site or None for c in table["case_id"]]
     names = bundle.meta.get("clinical") or []
-    clin = pd.DataFrame([{k: byId[str(c)][k] if byId[str(c)].get(k) not in (None, "")
-                          else clinical.get(k) for k in names}
-                         for c in table["case_id"]]) if names else None
-    failed = []
-    preds = predict_rows(bundle, table, site=args.site or None, clinical=clin, errors=failed)
-    for e in failed:
-        errors.append(_failure(byId.get(str(e["case_id"]), e), e["error"]))
-    bad = {str(e["case_id"]) for e in failed}
-    keep = table[~table["case_id"].astype(str).isin(bad)].reset_index(drop=True)
-    extra = pd.DataFrame([{f"prediction_{k}": v for k, v in p.as_row().items()
-                           if k != "case_id"} for p in preds])
-    return pd.concat([keep, extra], axis=1)
+    keep, extra = [], []
+    for i in range(len(table)):
+        row = table.iloc[[i]].reset_index(drop=True)
+        cid = str(row["case_id"].iloc[0])
+        clin = pd.DataFrame([{k: byId[cid][k] if byId[cid].get(k) not in (None, "")
+                              else clinical.get(k) for k in names}]) if names else None
+        failed = []
+        try:
+            preds = predict_rows(bundle, row, site=args.site or None, clinical=clin,
+                                 errors=failed)
+        except HER2Error as exc:
+            failed = [{"case_id": cid, "error": str(exc)}]
+            preds = []
+        if failed or not preds:
+            errors += [_failure(byId.get(cid, {"case_id": cid}), e["error"]) for e in failed]
+            continue
+        keep.append(i)
+        extra.append({f"prediction_{k}": v for k, v in preds[0].as_row().items()
+                      if k != "case_id"})
+    return pd.concat([table.iloc[keep].reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
 def _writeErrors(path, errors):
@@ -422,9 +466,16 @@ def _writeErrors(path, errors):
         return
     import pandas as pd
     from HER2RadiomicsLib.imaging.io import atomic_write_text
+    _writeTable(path, pd.DataFrame(errors, columns=["case_id", "file", "error"]))
+
+
+def _writeTable(path, frame):
+    """A table for Slicer (TSV, or CSV by its name), written atomically, with text cells that
+    a spreadsheet would run as a formula quoted."""
+    from HER2RadiomicsLib.imaging.io import atomic_write_text
+    from HER2RadiomicsLib.outputs import spreadsheet_safe_frame
     sep = "," if str(path).lower().endswith(".csv") else "\t"
-    atomic_write_text(path, pd.DataFrame(errors, columns=["case_id", "file", "error"])
-                      .to_csv(index=False, sep=sep))
+    atomic_write_text(path, spreadsheet_safe_frame(frame).to_csv(index=False, sep=sep))
 
 
 def main(argv=None):
@@ -439,9 +490,18 @@ def main(argv=None):
         print(f"error: HER2RadiomicsLib cannot be imported ({type(exc).__name__}: {exc})",
               file=sys.stderr)
         return 2
+    import signal
+
+    def _terminated(signum, frame):      # Slicer's Cancel and a kill: clean up, write nothing
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, _terminated)
+    except (ValueError, OSError):        # not the main thread (tests)
+        pass
     try:
         if not args.inputVolume and not args.manifest:
             raise ValueError("give --inputVolume (one image) or --manifest (a cohort)")
+        _refuseOverlaps(args)
         spacing = _spacing(args.spacingMm)
         from HER2RadiomicsLib.modelling.predict import parse_clinical
         clinical = parse_clinical(args.clinical)
@@ -464,12 +524,14 @@ def main(argv=None):
                               bundle, args.site, clinical, spacing,
                               writeLabel=args.outputLabel, report=lambda f: progress(0.05 + 0.9 * f))
         if args.outputTable:
-            sep = "," if args.outputTable.lower().endswith(".csv") else "\t"
-            atomic_write_text(args.outputTable, pd.DataFrame([row]).to_csv(index=False,
-                                                                           sep=sep))
+            _writeTable(args.outputTable, pd.DataFrame([row]))
         _writeErrors(args.outputErrors, [])
         progress(1.0)
         return 0
+    except KeyboardInterrupt:
+        print("interrupted: no table written (rerun; --resume reuses the finished cases)",
+              file=sys.stderr)
+        return 130
     except (HER2Error, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -404,25 +404,9 @@ def _manifest_rows(path) -> list:
 
 def check_inputs_and_outputs(a) -> None:
     """Refuse an output that is (symbolic links followed) one of the command's inputs, or
-    the same file as another output: writing it would destroy the input, with exit 0."""
-    from .errors import InputError
-    from .outputs import resolved
-    inputs, outputs = io_paths(a)
-    ins = {}
-    for p in inputs:
-        ins.setdefault(resolved(p), p)
-    seen = {}
-    for o in outputs:
-        r = resolved(o)
-        if r in ins:
-            same = "" if str(ins[r]) == str(o) else f" ({o} is {ins[r]})"
-            raise InputError(f"{o}: output is also an input of this command{same}; writing it "
-                             "would destroy the input; choose another output (nothing was "
-                             "changed)")
-        if r in seen:
-            raise InputError(f"{o}: given for two outputs ({seen[r]} and {o}); choose two "
-                             "different files")
-        seen[r] = o
+    the same file as another output (:func:`~HER2RadiomicsLib.outputs.refuse_overlaps`)."""
+    from .outputs import refuse_overlaps
+    refuse_overlaps(*io_paths(a))
 
 
 def _run(a) -> int:

@@ -500,3 +500,37 @@ def write_csv(path, df, **kw) -> Path:
     """Write a DataFrame as CSV atomically (symlinks written through), formula cells quoted."""
     from .imaging.io import atomic_write_text
     return atomic_write_text(path, spreadsheet_safe_frame(df).to_csv(index=False, **kw))
+
+
+# -- an output is never an input ---------------------------------------------------------------
+
+def refuse_overlaps(inputs, outputs) -> None:
+    """Refuse an output that is (symbolic links followed) one of the inputs, or the same file
+    as another output: writing it would destroy the input, with exit 0.
+
+    Parameters
+    ----------
+    inputs, outputs : iterable of path
+        Every file the command reads (include :func:`~HER2RadiomicsLib.imaging.io.
+        companion_files`) and every file it writes.
+
+    Raises
+    ------
+    InputError
+        One line naming the output and the input it would destroy.
+    """
+    ins = {}
+    for p in inputs:
+        ins.setdefault(resolved(p), p)
+    seen = {}
+    for o in outputs:
+        r = resolved(o)
+        if r in ins:
+            same = "" if str(ins[r]) == str(o) else f" ({o} is {ins[r]})"
+            raise InputError(f"{o}: output is also an input of this command{same}; writing it "
+                             "would destroy the input; choose another output (nothing was "
+                             "changed)")
+        if r in seen:
+            raise InputError(f"{o}: given for two outputs ({seen[r]} and {o}); choose two "
+                             "different files")
+        seen[r] = o

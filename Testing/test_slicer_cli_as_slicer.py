@@ -207,3 +207,84 @@ def test_the_xml_accepts_colour_volumes_and_declares_the_failures_table():
     assert params["outputErrors"].findtext("channel") == "output"
     assert params["resume"].findtext("default") == "false"
     assert params["outputLabel"].get("reference") == "inputVolume"
+
+
+def test_outputs_that_are_inputs_are_refused(cohort, tmp_path):
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    vol, lab = tmp_path / "vol.nrrd", tmp_path / "lab.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(cohort / row.image)), str(vol))
+    sitk.WriteImage(sitk.ReadImage(str(cohort / row["mask"])), str(lab))
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"case_id": ["A"], "image": [str(vol)], "mask": [str(lab)]}).to_csv(
+        man, index=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for values in ({"manifest": man, "outputTable": man},
+                   {"manifest": man, "outputTable": tmp_path / "o.tsv", "outputErrors": lab},
+                   {"inputVolume": vol, "inputLabel": lab, "spacingMm": "0.12,0.12",
+                    "outputLabel": vol},
+                   {"inputVolume": vol, "inputLabel": lab, "spacingMm": "0.12,0.12",
+                    "outputTable": tmp_path / "t.tsv", "outputMask": lab}):
+        r = subprocess.run(slicer_argv(values), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (values, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "also an input" in r.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_interrupted_cohort_returns_no_table(cohort, slicer_tmp, tmp_path):
+    """Ctrl-C or a kill (Slicer's Cancel) in the middle of a cohort: exit 130, one line, and
+    the table of the previous run into the same name is not replaced by a partial one."""
+    import signal
+    import time
+    rows = pd.read_csv(cohort / "cohort.csv")
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"case_id": rows.case_id, "image": [str(cohort / p) for p in rows.image],
+                  "mask": [str(cohort / p) for p in rows["mask"]]}).to_csv(man, index=False)
+    out = slicer_temp_name(slicer_tmp, "vtkMRMLTableNode2", ".tsv")
+    values = {"manifest": man, "preset": "default", "rings": "3,5,8", "outputTable": out}
+    assert run_as_slicer({**values, "preset": "cui2023", "rings": "3"}, {"t": out})[0] == 0
+    previous = out.read_bytes()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen(slicer_argv(values), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "<filter-progress>0.3" not in seen and proc.poll() is None:
+            seen += proc.stdout.readline()                  # extraction has started
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+        assert out.read_bytes() == previous
+
+
+def test_a_row_the_bundle_cannot_predict_fails_alone(cohort, slicer_tmp, tmp_path):
+    """The shipped bundle harmonises sites A and B: a row of site Z is that row's failure;
+    the other rows are predicted (the whole cohort failed before)."""
+    rows = pd.read_csv(cohort / "cohort.csv").query("site in ['A', 'B']").iloc[:3].copy()
+    rows["image"] = [str(cohort / p) for p in rows.image]
+    rows["mask"] = [str(cohort / p) for p in rows["mask"]]
+    rows.iloc[1, rows.columns.get_loc("site")] = "Z"
+    man = tmp_path / "m.csv"
+    rows.drop(columns=["image_png"]).to_csv(man, index=False)
+    out = slicer_temp_name(slicer_tmp, "vtkMRMLTableNode3", ".tsv")
+    err = slicer_temp_name(slicer_tmp, "vtkMRMLTableNode4", ".tsv")
+    bundle = ROOT / "HER2Radiomics" / "Resources" / "Testing" / "model_bundle.zip"
+    rc, stderr, t = run_as_slicer({"manifest": man, "bundle": bundle, "outputTable": out,
+                                   "outputErrors": err}, {"table": out, "errors": err})
+    assert rc == 0 and stderr == ""
+    good = [rows.case_id.iloc[0], rows.case_id.iloc[2]]
+    assert t["table"].case_id.tolist() == good
+    assert t["table"]["prediction_predicted_class"].notna().all()
+    assert t["errors"].case_id.tolist() == [rows.case_id.iloc[1]]
+    assert "site" in t["errors"].error.iloc[0]
+
+
+def test_formula_cells_in_the_tables_are_quoted(cohort, slicer_tmp):
+    row = pd.read_csv(cohort / "cohort.csv").iloc[0]
+    out = slicer_temp_name(slicer_tmp, "vtkMRMLTableNode5", ".tsv")
+    rc, stderr, t = run_as_slicer({"inputVolume": cohort / row.image,
+                                   "inputLabel": cohort / row["mask"], "preset": "cui2023",
+                                   "rings": "3", "caseId": '=HYPERLINK("http://x","y")',
+                                   "outputTable": out}, {"table": out})
+    assert rc == 0, stderr
+    assert t["table"].case_id.iloc[0] == '\'=HYPERLINK("http://x","y")'

@@ -640,3 +640,36 @@ def test_station_create_never_writes_into_a_folder_it_did_not_make(small_manifes
                       "--readers", "R1,coordinator", "--start", "empty"])
     assert rc == 2
     one_error_line(err, "'coordinator' is reserved")
+
+
+def test_case_ids_that_would_collide_or_fail_as_file_names(small_manifest, tmp_path):
+    man, rows = small_manifest
+    r = rows[0]
+    extra = [dict(r, case_id="Caf\u00e9"), dict(r, case_id="Cafe\u0301"),        # NFC / NFD
+             dict(r, case_id="Lesion"), dict(r, case_id="lesion"),             # letter case
+             dict(r, case_id="A:B")]                                           # Windows
+    with open(man, "w", newline="") as fh:      # a blank line: rows keep the file's numbers
+        w = csv.DictWriter(fh, fieldnames=list(r))
+        w.writeheader()
+        fh.write("\n")
+        w.writerows(extra)
+    rc, text, _ = run(["extract", "--manifest", man, "--params", "cui2023",
+                       "--out", tmp_path / "f.csv", "--no-progress"])
+    assert rc == 1
+    errs = pd.read_csv(tmp_path / "f_errors.csv")
+    assert sorted(errs.case_id) == ["A:B", "Cafe\u0301", "lesion"]
+    assert any("row 4" in e and "Unicode form" in e for e in errs.error)   # line 4 of the file
+    assert any("Windows" in e for e in errs.error)
+
+
+def test_icc_names_its_table_and_drops_infinite_ratings(tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text("case_id,reader,f,g\nA,R1,1,inf\nA,R2,2,1\nB,R1,3,2\nB,R2,4,2\nC,R1,5,3\n"
+                 "C,R2,5,3\n")
+    rc, out, err = run(["icc", "--table", t, "--out", tmp_path / "icc.csv"])
+    assert rc == 0 and "RuntimeWarning" not in err and "listwise deletion" in err, err
+    icc = pd.read_csv(tmp_path / "icc.csv").set_index("feature")
+    assert icc.loc["g", "n_cases"] == 2 and icc.loc["f", "n_cases"] == 3
+    rc, _, err = run(["icc", "--table", t, "--case-col", "nope", "--out", tmp_path / "x.csv"])
+    assert rc == 2
+    one_error_line(err, t, "column 'nope'")

@@ -105,7 +105,10 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            rows = list(reader)
+            rows, lines = [], []
+            for r in reader:            # the file's own line numbers (blank lines skipped)
+                rows.append(r)
+                lines.append(reader.line_num)
             cols = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read manifest CSV ({exc})") from None
@@ -118,20 +121,26 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
     base = path.resolve().parent
     problems = []
     seen = {}
+    import unicodedata
     for i, r in enumerate(rows):
         r.pop(None, None)                       # cells beyond the header
         for k in list(r):
             r[k] = (r[k] or "").strip() if isinstance(r[k], str) else ""
         cid = r["case_id"]
-        where = f"row {i + 2}" + (f" ({cid[:60]})" if cid else "")
+        where = f"row {lines[i]}" + (f" ({cid[:60]})" if cid else "")
         mine = []
+        # one case per name as a file system sees it: letter case and Unicode forms of the
+        # same name would be one file on Windows/macOS (masks and parts are named after it)
+        key = unicodedata.normalize("NFC", cid).casefold()
         if not cid:
             mine.append("empty case_id")
-        elif cid in seen:
-            mine.append(f"duplicate case_id {cid[:60]!r} (first on row {seen[cid]})")
+        elif key in seen:
+            mine.append(f"duplicate case_id {cid[:60]!r} (first on row {seen[key]}"
+                        + (", differing only in letter case or Unicode form)"
+                           if cid not in {rows[j]["case_id"] for j in range(i)} else ")"))
         else:
             mine += case_id_problems(cid)
-        seen.setdefault(cid, i + 2)
+        seen.setdefault(key, lines[i])
         bad_file = None
         for col in ("image", "mask", "fov"):
             if r.get(col):
@@ -162,6 +171,10 @@ def case_id_problems(cid: str) -> list:
     out = []
     if any(c in cid for c in "/\\") or cid in (".", ".."):
         out.append(f"case_id {cid[:60]!r} must not contain path separators")
+    elif any(c in cid for c in '<>:"|?*') or cid.endswith((".", " ")):
+        # names files (masks, parts); Windows, where Slicer mostly runs, refuses these
+        out.append(f"case_id {cid[:60]!r} contains a character Windows file names cannot "
+                   "hold (< > : \" | ? * or a trailing dot); rename the case")
     if any(ord(c) < 32 for c in cid):
         out.append(f"case_id {cid[:60]!r} contains control characters")
     if cid.startswith(FORMULA_CHARS) and not _is_number(cid):

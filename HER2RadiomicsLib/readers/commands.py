@@ -53,7 +53,10 @@ def cmd_icc(a) -> int:
         df = pd.read_csv(a.table)
     except (OSError, ValueError) as exc:
         raise InputError(f"{a.table}: cannot read table ({exc})") from None
-    t = icc_table(df, a.case_col, a.reader_col, band_form=a.icc_form)
+    try:
+        t = icc_table(df, a.case_col, a.reader_col, band_form=a.icc_form)
+    except InputError as exc:               # name the table the problem is in
+        raise InputError(f"{a.table}: {exc}") from None
     from ..outputs import write_csv
     write_csv(a.out, t, float_format="%.10g")
     stable = stable_features(t, a.threshold, a.icc_form, a.lower_ci)

@@ -172,7 +172,8 @@ def wide_from_long(df: pd.DataFrame, case_col: str = "case_id", reader_col: str 
     ci = df[case_col].astype(str).map({c: i for i, c in enumerate(cases)}).to_numpy()
     ri = df[reader_col].astype(str).map({r: i for i, r in enumerate(readers)}).to_numpy()
     arr = np.full((len(features), len(cases), len(readers)), np.nan)
-    vals = df[features].to_numpy(dtype=np.float64).T
+    vals = df[features].to_numpy(dtype=np.float64, copy=True).T
+    vals[~np.isfinite(vals)] = np.nan       # an infinite rating is no rating: dropped, noted
     arr[:, ci, ri] = vals
     return arr, list(features), cases, readers
 

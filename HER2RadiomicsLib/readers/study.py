@@ -55,7 +55,8 @@ def read_reader_manifest(path, readers=None):
     bad = []
     for i, r in df.iterrows():
         why = case_id_problems(r.case_id) + [
-            m.replace("case_id", "reader") for m in case_id_problems(r.reader)]
+            m.replace("case_id", "reader").replace("rename the case", "rename the reader")
+            for m in case_id_problems(r.reader)]
         if not r.case_id or not r.reader:
             why.append("empty case_id or reader")
         if why:

@@ -26,6 +26,73 @@ def get_segmenter(model=None, device="cpu", threads=None):
     return _SEGMENTERS[key]
 
 
+#: train-segmenter's network has 4 poolings: its input size must divide by 2 ** 4
+NET_STRIDE = 16
+#: largest --size: the training set is held in memory at 2 bytes per pixel per image
+#: (3.4 GB for BUS-BRA's 1,635 images at 1024 px); the shipped model uses 160
+MAX_SIZE = 1024
+#: largest --base-channels: 64 is already a 31 M-parameter network (the shipped one is 12,
+#: 1.1 M); more is a typo, not a model a few thousand images can train
+MAX_BASE_CHANNELS = 64
+
+
+def _whole(lo, hi=None):
+    """An argparse type: a whole number from ``lo`` (to ``hi``); a bad value is one line."""
+    import argparse
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            rng = f"from {lo} to {hi}" if hi is not None else f"of {lo} or more"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number {rng}")
+        return v
+    return parse
+
+
+def _positive(text):
+    import argparse
+    import math
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number greater than 0")
+    return v
+
+
+def _fraction(text):
+    import argparse
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < 1:       # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a fraction between 0 and 1 "
+                                         "(both excluded)")
+    return v
+
+
+def _net_size(text):
+    import argparse
+    v = _whole(NET_STRIDE, MAX_SIZE)(text)
+    if v % NET_STRIDE:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a multiple of {NET_STRIDE} (the "
+                                         "network halves it 4 times)")
+    return v
+
+
+def _device(text):
+    import argparse
+    import re
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose cpu, cuda or cuda:N")
+    return text
+
+
 def register(sub):
     p = sub.add_parser("segment", help="CNN auto-mask of the lesion (one image or a manifest)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -40,7 +107,7 @@ def register(sub):
     p.add_argument("--prob-out", help="probability map output for --image")
     p.add_argument("--out-dir", help="output folder for --manifest (<case_id>.nrrd)")
     p.add_argument("--model", help="weights file (default: the shipped BUS-BRA model)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--frame", type=int)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--resume", action="store_true")
@@ -51,7 +118,7 @@ def register(sub):
     p.add_argument("--manifest", required=True, help="CSV with case_id,image,mask (reference)")
     p.add_argument("--pred-dir", help="folder of predicted <case_id>.nrrd (default: run the model)")
     p.add_argument("--model")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--out", required=True, help="per-case metrics CSV (summary JSON beside it)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -66,42 +133,23 @@ def register(sub):
                    help="additional training-only manifest(s), e.g. synthetic cases")
     p.add_argument("--out", required=True, help="run folder (checkpoints, history)")
     p.add_argument("--export", help="deployable weights path (default: OUT/model.pt)")
-    p.add_argument("--epochs", type=int, default=45)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--size", type=int, default=160, help="network input size (px)")
-    p.add_argument("--base-channels", type=int, default=12)
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--epochs", type=_whole(1), default=45)
+    p.add_argument("--batch-size", type=_whole(1), default=16)
+    p.add_argument("--lr", type=_positive, default=2e-3)
+    p.add_argument("--size", type=_net_size, default=160,
+                   help=f"network input size (px; a multiple of {NET_STRIDE} up to {MAX_SIZE})")
+    p.add_argument("--base-channels", type=_whole(1, MAX_BASE_CHANNELS), default=12)
+    p.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="share of patients held out for validation (between 0 and 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--patience", type=int, default=12)
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=_whole(1))
+    p.add_argument("--max-minutes", type=_positive)
+    p.add_argument("--patience", type=_whole(1), default=12)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--init-from", help="start from these weights (fine-tuning)")
     p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle")
     p.set_defaults(func=cmd_train)
-
-
-def _segment_one(row, model, device, box, click, threads=None):
-    from ..imaging.io import read_image, write_image
-    from .inference import check_ultrasound
-    try:
-        loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
-        flags = check_ultrasound(loaded)
-        seg = get_segmenter(model, device, threads)
-        res = seg.predict(loaded.image, box=box, click=click)
-        if not res.info["lesion_px"]:
-            raise InputError(f"{row['image']}: the model found no lesion (give a --box or "
-                             "--click prompt)")
-        write_image(res.mask, row["_out"])
-        return {"case_id": row["case_id"], "lesion_px": res.info["lesion_px"],
-                "cnn_confidence": round(res.info["confidence"], 4),
-                "cnn_flags": "; ".join(flags + res.info["flags"])}
-    except HER2Error as exc:
-        return {"case_id": row["case_id"], "error": str(exc)}
-    except Exception as exc:  # keep the cohort going; the error table names the case
-        return {"case_id": row["case_id"], "error": f"{row['image']}: {type(exc).__name__}: {exc}"}
 
 
 def cmd_segment(a) -> int:
@@ -130,73 +178,12 @@ def cmd_segment(a) -> int:
         raise InputError("--manifest needs --out-dir DIR")
     if a.box or a.click:
         raise InputError("--box/--click apply to a single --image, not a manifest")
-    get_segmenter(a.model, a.device)     # a bad --model is one error, not one per case
-    from ..extraction.batch import read_manifest
-    from ..imaging.io import atomic_write_text
-    import pandas as pd
-    from tqdm.auto import tqdm
-    rows = read_manifest(a.manifest, require_mask=False, per_row=True)
-    refused = [{"case_id": r["case_id"], "error": r["_error"]} for r in rows if r.get("_error")]
-    rows = [r for r in rows if not r.get("_error")]
-    out = Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model_id = _model_id(a.model)
-    todo = []
-    for r in rows:
-        r["_out"] = str(out / f"{r['case_id']}.nrrd")
-        r["_key"] = _mask_key(r, model_id)
-        # a mask is reused only if it was made from this very image (content), frame and model
-        if not (a.resume and _reusable(out, r)):
-            todo.append(r)
-    bar = tqdm(total=len(todo), desc="segment", unit="case", disable=a.no_progress,
-               file=sys.stderr)
-    results = []
-    keys = {r["case_id"]: r["_key"] for r in todo}
-    threads = 1 if a.jobs > 1 else None
-    try:
-        if a.jobs > 1 and len(todo) > 1:
-            from joblib import Parallel, delayed
-            gen = Parallel(n_jobs=a.jobs, return_as="generator_unordered")(
-                delayed(_segment_one)(r, a.model, a.device, None, None, threads) for r in todo)
-        else:
-            gen = (_segment_one(r, a.model, a.device, None, None) for r in todo)
-        for res in gen:
-            results.append(res)
-            if "error" not in res:
-                _record_mask(out, keys[res["case_id"]], res["case_id"])
-            bar.update()
-    except KeyboardInterrupt:
-        print("interrupted: finished masks are kept; rerun with --resume", file=sys.stderr)
-        return 130
-    finally:
-        bar.close()
-    errors = refused + [r for r in results if "error" in r]
-    err_ids = {e["case_id"] for e in errors}
-    done = {r["case_id"]: r for r in results if "error" not in r}
-    man = []
-    for r in rows:
-        if r["case_id"] in err_ids or not Path(r["_out"]).exists():
-            continue
-        row = {k: v for k, v in r.items() if not k.startswith("_")}
-        # relative to the manifest's own folder, which is how manifests are read; images keep
-        # the absolute paths read_manifest resolved, so the manifest works from any folder
-        row["mask"] = Path(r["_out"]).name
-        info = done.get(r["case_id"], {})
-        row["cnn_confidence"] = info.get("cnn_confidence", "")
-        row["cnn_flags"] = info.get("cnn_flags", "")
-        man.append(row)
-    from ..outputs import write_csv
-    # the manifest is the next command's input: its cells are the user's own, kept verbatim
-    atomic_write_text(out / "manifest.csv", pd.DataFrame(man).to_csv(index=False))
-    write_csv(out / "errors.csv", pd.DataFrame(errors, columns=["case_id", "error"]))
-    print(f"{len(man)}/{len(rows) + len(refused)} masks in {out} (manifest for extraction: "
-          f"{out / 'manifest.csv'})")
-    for e in errors[:20]:
-        print(f"  {e['case_id']}: {e['error']}")
-    return 1 if errors else 0
+    from .cohort import segment_manifest
+    return segment_manifest(a)
 
 
-#: per-case records of batch segmentation (what each mask was made from), for --resume
+#: per-case cache of batch segmentation: each mask as made and its record (what it was made
+#: from), for --resume and for telling a hand-edited mask from one segment made (cohort.py)
 MASK_RECORDS = ".segment-parts"
 
 
@@ -223,12 +210,18 @@ def _record_path(out: Path, case_id) -> Path:
     return out / MASK_RECORDS / part_name(case_id)
 
 
-def _record_mask(out: Path, key: str, case_id) -> None:
+def _record_mask(out: Path, key: str, case_id, mask=None, **info) -> None:
+    """Record that segment made ``mask`` (default ``out/<case_id>.nrrd``) for ``case_id`` from
+    the inputs ``key`` names; ``info`` (confidence, flags) is kept with it. The sha256s of the
+    masks made for the case before are remembered too (see cohort.made_by_segment)."""
     from ..extraction.batch import file_digest
     from ..imaging.io import atomic_write_text
+    from .cohort import MADE_REMEMBERED, made_by_segment, read_record
+    digest = file_digest(Path(mask) if mask is not None else out / f"{case_id}.nrrd")
+    made = [m for m in made_by_segment(read_record(out, case_id)) if m != digest]
     atomic_write_text(_record_path(out, case_id), json.dumps({
-        "case_id": case_id, "key": key,
-        "mask_sha256": file_digest(out / f"{case_id}.nrrd")}))
+        "case_id": case_id, "key": key, "mask_sha256": digest,
+        "made": (made + [digest])[-MADE_REMEMBERED:], **info}))
 
 
 def _reusable(out: Path, row) -> bool:
@@ -329,34 +322,79 @@ def cmd_eval(a) -> int:
     return 1 if summ["n_failed"] else 0
 
 
-def cmd_train(a) -> int:
+def _training_pairs(a) -> tuple:
+    """The (image, mask, case_id, patient_id) pairs a train-segmenter run names, with every
+    image and mask checked (found, within the pixel cap) from its header, before any is read."""
     from . import training as T
-    arch = {"name": "unet2d", "version": 1, "base_channels": a.base_channels, "depth": 4}
-    # a hostile or corrupt --init-from / last.pt is refused before any image is read
-    T.read_start_files(a.out, arch, a.init_from, resume=not a.no_resume, device=a.device)
+    if a.masks and not a.images:
+        raise InputError("--masks goes with --images (an image folder)")
     if a.busbra:
         pairs = list(T.busbra_pairs(a.busbra))
     elif a.manifest:
-        pairs = list(T.manifest_pairs(a.manifest))
+        pairs = T.manifest_pairs(a.manifest)
     else:
         if not a.masks:
             raise InputError("--images needs --masks")
-        pairs = list(T.folder_pairs(a.images, a.masks))
+        pairs = T.folder_pairs(a.images, a.masks)
+    extra = [p for m in a.extra_manifest for p in T.manifest_pairs(m)]
+    T.check_pairs(pairs + extra)
+    return pairs, extra
+
+
+def _pending(export: Path) -> Path:
+    """Where a run writes its model before it has succeeded (beside the final name, so the
+    rename at the end stays on one file system); the card goes to its ``.json``."""
+    import os
+    return export.with_name(f".{export.stem}.pending-{os.getpid()}.pt")
+
+
+def _swap_in_model(pending: Path, export: Path) -> None:
+    """Replace the model and its card together, with Ctrl-C held back for the two renames: a
+    reader then finds the previous pair or the new one (a crash in between leaves a card whose
+    sha256 refuses the weights, never a silent mismatch)."""
+    import os
+    from ..outputs import interrupts_held
+    from .inference import card_path
+    with interrupts_held():
+        os.replace(pending, export)
+        os.replace(card_path(pending), card_path(export))
+
+
+def cmd_train(a) -> int:
+    """``train-segmenter``: options are checked by the parser; here the start files, then every
+    image's header, then the images; the exported model replaces an earlier one only once the
+    whole command has succeeded (weights and card together)."""
+    from . import training as T
+    from ..imaging.io import atomic_write_text
+    from ..outputs import resolved
+    from .inference import _check_device
+    _check_device(a.device)
+    arch = {"name": "unet2d", "version": 1, "base_channels": a.base_channels, "depth": 4}
+    # a hostile or corrupt --init-from / last.pt is refused before any image is read
+    T.read_start_files(a.out, arch, a.init_from, resume=not a.no_resume, device=a.device)
+    pairs, extra_pairs = _training_pairs(a)
     print(f"loading {len(pairs)} images at {a.size} px ...", flush=True)
     ds = T.load_pairs(pairs, size=a.size)
     tr, va = T.patient_split(ds.patients, a.val_fraction, T.SPLIT_SEED)
+    source = ("BUS-BRA (1,635 B-mode images, 927 patients, 4 scanners; expert masks)"
+              if a.busbra else str(a.manifest or a.images))
+    if not len(tr) or not len(va):
+        n = len(set(ds.patients))
+        raise InputError(f"{a.busbra or a.manifest or a.images}: {n} patient(s) leave "
+                         f"{'no training' if not len(tr) else 'no validation'} patient with "
+                         f"--val-fraction {a.val_fraction:g}; give more patients or another "
+                         "--val-fraction")
     train_ds = ds.subset(tr)
-    if a.extra_manifest:
+    if extra_pairs:
         import numpy as _np
-        extra = T.load_pairs([p for m in a.extra_manifest for p in T.manifest_pairs(m)],
-                             size=a.size)
+        extra = T.load_pairs(extra_pairs, size=a.size)
         train_ds = T.SegDataset(_np.concatenate([train_ds.images, extra.images]),
                                 _np.concatenate([train_ds.masks, extra.masks]),
                                 train_ds.ids + extra.ids, train_ds.patients + extra.patients,
                                 a.size)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "split.json").write_text(json.dumps({
+    atomic_write_text(out / "split.json", json.dumps({
         "seed": T.SPLIT_SEED, "val_fraction": a.val_fraction,
         "val_ids": [ds.ids[i] for i in va], "train_ids": train_ds.ids}, indent=0))
     print(f"train {len(train_ds)} images, validation {len(va)} images "
@@ -366,20 +404,37 @@ def cmd_train(a) -> int:
                   device=a.device, threads=a.threads, max_minutes=a.max_minutes,
                   resume=not a.no_resume, init_from=a.init_from, schedule=a.schedule)
     print(json.dumps(res))
-    export = Path(a.export) if a.export else out / "model.pt"
-    from .inference import Segmenter, export_model
-    export_model(out / "best.pt", export, {"name": export.stem, "training": res})
-    seg = Segmenter.load(export, device=a.device)
+    export = resolved(a.export) if a.export else resolved(out) / "model.pt"
+    pending = _pending(export)
+    try:
+        summ = _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, source)
+        _swap_in_model(pending, export)
+    finally:
+        from .inference import card_path
+        for p in (pending, card_path(pending)):
+            if p.exists():
+                p.unlink()
+    print(json.dumps(summ, indent=2))
+    shown = Path(a.export) if a.export else out / "model.pt"
+    print(f"model: {shown} (+ model card {shown.with_suffix('.json').name})")
+    return 0
+
+
+def _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, source) -> dict:
+    """Export ``best.pt`` to the pending name, validate it on the held-out patients and
+    complete its card; returns the validation summary."""
+    from . import training as T
+    from ..imaging.io import read_image
+    from .inference import (BUSBRA_CITATION, Segmenter, export_model, measure_latency,
+                            update_model_card)
+    export_model(out / "best.pt", pending, {"name": export.stem, "training": res})
+    seg = Segmenter.load(pending, device=a.device)
     val_pairs = [pairs[i] for i in va]
     recs = evaluate([{"case_id": p[2], "image": str(p[0]), "mask": str(p[1])} for p in val_pairs],
                     seg)
     summ = summarize_metrics(recs)
-    from .inference import BUSBRA_CITATION, measure_latency, update_model_card
-    from ..imaging.io import read_image
-    source = ("BUS-BRA (1,635 B-mode images, 927 patients, 4 scanners; expert masks)"
-              if a.busbra else str(a.manifest or a.images))
     update_model_card(
-        export,
+        pending,
         validation={**summ, "images": len(val_pairs),
                     "patients": len({p[3] for p in val_pairs}),
                     "resolution": "original pixel grid (predictions mapped back)"},
@@ -390,8 +445,6 @@ def cmd_train(a) -> int:
                        "augmentation": "h-flip, rotation 12 deg, scale 0.8-1.2, shift 10%, gain, "
                                        "gamma, speckle, blur"},
         citation=BUSBRA_CITATION if a.busbra else "",
-        latency=measure_latency(export, [read_image(p[0]).image for p in val_pairs[:10]]),
+        latency=measure_latency(pending, [read_image(p[0]).image for p in val_pairs[:10]]),
         intended_use="lesion auto-mask proposal for human editing; research use only")
-    print(json.dumps(summ, indent=2))
-    print(f"model: {export} (+ model card {export.with_suffix('.json').name})")
-    return 0
+    return summ

@@ -415,11 +415,17 @@ def _as_int(v):
 
 
 def _check_device(device: str) -> str:
+    """``device`` if torch can use it: ``cpu``, ``cuda`` or ``cuda:N`` of an existing GPU."""
+    import re
     import torch
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device != "cpu" and not m:
+        raise ModelError(f"--device {device}: choose cpu, cuda or cuda:N")
+    if m and not torch.cuda.is_available():
         raise ModelError(f"--device {device}: CUDA is not available on this machine (use cpu)")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ModelError(f"--device {device}: choose cpu or cuda")
+    if m and m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ModelError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s), numbered from 0")
     return device
 
 
@@ -513,8 +519,12 @@ def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
     out_weights = Path(out_weights)
     out_weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_weights.with_name(out_weights.name + ".tmp")
-    torch.save({k: v.detach().clone() for k, v in state.items()}, tmp)
-    os.replace(tmp, out_weights)
+    try:
+        torch.save({k: v.detach().clone() for k, v in state.items()}, tmp)
+        os.replace(tmp, out_weights)
+    finally:                    # Ctrl-C or a full disk mid-save leaves no half file behind
+        if tmp.exists():
+            tmp.unlink()
     card = {"name": card_extra.pop("name", out_weights.stem),
             "architecture": arch, "input_size": size,
             "normalisation": "per image: 0.5th-99.5th percentile -> [0, 1], clipped",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from .preprocess import Letterbox, normalise_intensity
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,53 @@ class SegDataset:
         return len(self.ids)
 
 
-def _read_grey(path) -> np.ndarray:
+def check_pairs(pairs) -> None:
+    """Check every image and mask of ``pairs`` exists and is within the pixel cap, from its
+    header alone, before any pixel of any of them is decoded (one bad file among thousands is
+    refused at once, not after the others were loaded).
+
+    Raises
+    ------
+    InputError
+        One line naming the file: not found, or larger than the cap
+        (:func:`..imaging.io.max_pixels`).
+    """
     import SimpleITK as sitk
-    img = sitk.ReadImage(str(path))
+    from ..imaging.io import _check_size
+    for pair in pairs:
+        for path in pair[:2]:
+            path = Path(path)
+            if not path.is_file():
+                why = "a folder, not an image file" if path.is_dir() else "file not found"
+                raise InputError(f"{path}: {why}")
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError:
+                continue        # unreadable: the full read says so, in one line
+            _check_size(path, reader.GetSize())
+
+
+def _read_grey(path) -> np.ndarray:
+    """A 2D grey array of an image file, read through the library's header checks (pixel cap
+    before decoding, one-line errors naming the file)."""
+    import SimpleITK as sitk
+    from ..imaging.io import _read_sitk
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    img = _read_sitk(path)
     arr = sitk.GetArrayFromImage(img).astype(np.float32)
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        rgb = arr[..., :3]
-        arr = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.squeeze(arr)
+    if img.GetNumberOfComponentsPerPixel() >= 3:
+        arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    elif img.GetNumberOfComponentsPerPixel() == 2:     # grey + alpha
+        arr = arr[..., 0]
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise InputError(f"{path}: not a 2D image (pixel array of shape {arr.shape}); "
+                         "train-segmenter needs one frame per file")
+    return arr
 
 
 def _prepare(img: np.ndarray, mask: np.ndarray, size: int):
@@ -87,46 +126,100 @@ def load_pairs(pairs, size: int = DEFAULT_SIZE, progress: bool = True) -> SegDat
     xs = np.zeros((len(pairs), size, size), np.uint8)
     ys = np.zeros_like(xs)
     ids, pats = [], []
+    check_pairs(pairs)
     for i, (ip, mp, cid, pid) in enumerate(tqdm(pairs, desc="loading", disable=not progress)):
-        xs[i], ys[i] = _prepare(_read_grey(ip), _read_grey(mp), size)
+        img, mask = _read_grey(ip), _read_grey(mp)
+        if img.shape != mask.shape:
+            raise InputError(f"{mp}: mask of {mask.shape[1]} x {mask.shape[0]} px does not "
+                             f"match its image {ip} ({img.shape[1]} x {img.shape[0]} px)")
+        xs[i], ys[i] = _prepare(img, mask, size)
         ids.append(str(cid))
         pats.append(str(pid))
     return SegDataset(xs, ys, ids, pats, size)
 
 
 def busbra_pairs(root):
-    """Yield BUS-BRA ``(image, mask, ID, Case)`` tuples from its ``bus_data.csv``."""
-    root = Path(root)
-    with open(root / "bus_data.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            stem = row["ID"]
-            yield (root / "images" / f"{stem}.png",
-                   root / "masks" / f"{stem.replace('bus_', 'mask_')}.png", stem, row["Case"])
+    """Yield BUS-BRA ``(image, mask, ID, Case)`` tuples from its ``bus_data.csv``.
+
+    Raises
+    ------
+    InputError
+        One line naming ``bus_data.csv``: missing, unreadable, or without an ``ID`` or ``Case``
+        column.
+    """
+    table = Path(root) / "bus_data.csv"
+    rows = _read_csv(table, ("ID", "Case"), "BUS-BRA table")
+    for row in rows:
+        stem = row["ID"]
+        yield (table.parent / "images" / f"{stem}.png",
+               table.parent / "masks" / f"{stem.replace('bus_', 'mask_')}.png", stem, row["Case"])
+
+
+def _read_csv(path: Path, need, what: str) -> list:
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            cols = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc})") from None
+    missing = [c for c in need if c not in cols]
+    if missing:
+        raise InputError(f"{path}: {what} lacks column(s) {missing} (has {cols})")
+    if not rows:
+        raise InputError(f"{path}: {what} has no rows")
+    bad = next((i + 2 for i, r in enumerate(rows) if not all((r.get(c) or "").strip()
+                                                             for c in need)), None)
+    if bad:
+        raise InputError(f"{path}: row {bad}: empty {' or '.join(need)}")
+    return rows
 
 
 def manifest_pairs(manifest):
-    """Yield pairs from a CSV with columns ``case_id,image,mask`` (and optional ``patient_id``).
+    """Pairs from a CSV with columns ``case_id,image,mask`` (and optional ``patient_id``).
 
-    Relative paths are resolved against the manifest's folder.
+    Read with the library's manifest checks (:func:`..extraction.batch.read_manifest`):
+    relative paths are resolved against the manifest's folder; a missing column or file, an
+    empty or duplicate case ID is refused, one line per problem naming the manifest.
     """
-    manifest = Path(manifest)
-    with open(manifest, newline="") as fh:
-        for row in csv.DictReader(fh):
-            base = manifest.parent
-            yield (base / row["image"], base / row["mask"], row["case_id"],
-                   row.get("patient_id") or row["case_id"])
+    from ..extraction.batch import read_manifest
+    return [(Path(r["image"]), Path(r["mask"]), r["case_id"], r.get("patient_id") or r["case_id"])
+            for r in read_manifest(manifest)]
 
 
 def folder_pairs(image_dir, mask_dir):
-    """Pair ``image_dir/X.ext`` with the mask of the same stem (or ``mask_`` for ``bus_``)."""
+    """Pair ``image_dir/X.ext`` with the mask of the same stem (or ``mask_`` for ``bus_``).
+
+    Hidden files and JSON spacing sidecars (``X.png.json``) are not images and are skipped.
+
+    Raises
+    ------
+    InputError
+        A folder that does not exist or holds no image, or an image without a mask.
+    """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file()}
-    for ip in sorted(p for p in image_dir.iterdir() if p.is_file()):
+    for d, opt in ((image_dir, "--images"), (mask_dir, "--masks")):
+        if not d.is_dir():
+            raise InputError(f"{d}: {opt} folder not found")
+
+    def files(d):
+        return [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                and p.suffix.lower() != ".json"]
+    masks = {}
+    for p in sorted(files(mask_dir)):
+        masks.setdefault(p.stem, p)
+    out = []
+    for ip in sorted(files(image_dir)):
         stem = ip.stem
         mp = masks.get(stem) or masks.get(stem.replace("bus_", "mask_"))
         if mp is None:
-            raise FileNotFoundError(f"{ip}: no mask with the same name in {mask_dir}")
-        yield ip, mp, stem, stem
+            raise InputError(f"{ip}: no mask with the same name in {mask_dir}")
+        out.append((ip, mp, stem, stem))
+    if not out:
+        raise InputError(f"{image_dir}: no image files in the --images folder")
+    return out
 
 
 def patient_split(patients, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED):
@@ -438,8 +531,14 @@ def _check_plain(obj, where="checkpoint"):
 
 
 def _atomic_save(obj, path: Path):
+    """Save to ``<path>.tmp`` and rename; a save cut short (Ctrl-C, full disk) removes the
+    temporary file and leaves ``path`` as it was."""
     import torch
     _check_plain(obj)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

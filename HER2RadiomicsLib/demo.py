@@ -147,7 +147,14 @@ def run_demo(a) -> int:
     from .imaging.io import atomic_write_text
     from .imaging.synth import generate_cohort
     n, repeats = _demo_settings(a)
-    out = Path(a.out)
+    final = Path(a.out)
+    # the stages work (and cache) in a folder of their own; the finished run's files are then
+    # put in place as one set, so an interrupted or failed rerun with other settings never
+    # leaves a new cohort under an old report
+    from .outputs import check_folder_owner, claim_folder
+    check_folder_owner(final, "demo")       # the folder is the demo's, or new (one line)
+    claim_folder(final, "demo")
+    out = final / WORK_DIR
     out.mkdir(parents=True, exist_ok=True)
     cache = _Cache(out, _stage_keys(n, a.seed, repeats))
     times = {}
@@ -233,7 +240,7 @@ def run_demo(a) -> int:
                 "rings (mm)": "3, 5, 8 (expansions)", "recipes": ", ".join(runs),
                 "repeated splits": repeats, "external site": "C",
                 "CNN model": "HER2RadiomicsLib/models/busbra_unet.pt",
-                "output": str(out.resolve())}
+                "output": str(final.resolve())}
     with _stage(times, "7 report (HTML + PDF)"):
         from .reports.demo import write_demo_report
         rep = write_demo_report(out, _merge_timings(out / "timings.json", times), seg_summary,
@@ -241,15 +248,40 @@ def run_demo(a) -> int:
                                 pdf=not getattr(a, "no_pdf", False))
     timings = _merge_timings(out / "timings.json", times)
     atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
+    from .outputs import staged_dir
+    with staged_dir(final, "demo") as stage:
+        _publish(out, stage)
     print("\nstage times (s): " + ", ".join(
         f"{k} {v['seconds']}" + (" cached" if v["cached"] else "") for k, v in times.items())
           + f"; total {sum(timings['this_run'].values()):.1f}")
-    print(f"report: {rep['html']}")
+    print(f"report: {final / Path(rep['html']).name}")
     if rep["pdf"]:
-        print(f"pdf:    {rep['pdf']}")
+        print(f"pdf:    {final / Path(rep['pdf']).name}")
     elif rep["pdf_error"]:
         print(f"no PDF: {rep['pdf_error']}")
     return 0
+
+
+#: where the stages work and keep their caches, inside the demo's output folder
+WORK_DIR = ".work"
+
+
+def _publish(work: Path, stage: Path) -> None:
+    """This run's files (not its caches) into ``stage``, as hard links where the file system
+    allows (no copy of the images), else copies."""
+    import os
+    import shutil
+    for src in work.rglob("*"):
+        rel = src.relative_to(work)
+        if src.is_dir() or rel.name == CACHE_FILE or any(
+                part.endswith(".parts") or part.startswith(".") for part in rel.parts):
+            continue
+        dst = stage / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
 
 
 def _segment_all(rows, out: Path, jobs: int, cached: bool = False):

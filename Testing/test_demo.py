@@ -89,6 +89,8 @@ def test_demo_reduced(tmp_path):
         got.append(recipe["evaluation"]["repeats"])
         raise Stop
     real, study.run = study.run, fake_run
+    published = {r: (out / r).read_bytes() for r in ("report.html", "timings.json",
+                                                     "cohort/cohort.csv", "features.csv")}
     try:
         args.repeats = 0
         with pytest.raises(Stop):
@@ -98,6 +100,8 @@ def test_demo_reduced(tmp_path):
     assert got == [0]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()
                if "models" not in str(p))
+    # the run that failed in its models stage replaced nothing the previous run published
+    assert {r: (out / r).read_bytes() for r in published} == published
 
 
 def test_demo_refuses_a_cohort_below_its_minimum(tmp_path):
@@ -120,8 +124,10 @@ def test_demo_cache_is_keyed_on_its_settings(tmp_path, monkeypatch, cohort):
 
     import HER2RadiomicsLib.demo as demo
     import HER2RadiomicsLib.imaging.synth as synth
+    from HER2RadiomicsLib.outputs import claim_folder
     out = tmp_path / "demo"
-    shutil.copytree(cohort, out / "cohort")          # an earlier run's cohort (8 patients)
+    claim_folder(out, "demo")
+    shutil.copytree(cohort, out / demo.WORK_DIR / "cohort")   # an earlier run's (8 patients)
     calls = []
 
     class Stop(Exception):

@@ -412,6 +412,83 @@ def test_nan_threshold_and_classes_the_model_does_not_have(forest, tmp_path, cap
             load_bundle(bad)
 
 
+# -- the metadata that drives extraction (adversarial finding 22) ------------------------------
+
+EXTRACTION_EDITS = [
+    # (field, value, the field the one line names, words in it)
+    ("rings", "3,5,8", "rings", ["is not {rings_mm"]),
+    ("rings", {"rings_mm": [-3.0], "annuli": False, "combined": []}, "rings.rings_mm",
+     ["positive finite"]),
+    ("rings", {"rings_mm": [float("nan")]}, "rings.rings_mm", ["positive finite"]),
+    ("rings", {"rings_mm": [3.0], "annuli": "yes"}, "rings.annuli", ["'yes'"]),
+    ("rings", {"rings_mm": [3.0], "combined": [5.0]}, "rings.combined", ["[5.0]"]),
+    ("rings", {"rings_mm": list(range(1, 2001))}, "rings.rings_mm", ["2000 distances"]),
+    ("regions", ["tumor", "peri_0-999mm"], "regions", ["'peri_0-999mm'", "peri_0-3mm"]),
+    ("regions", ["tumor", "../../x"], "regions", ["'../../x'"]),
+    ("regions", ["tumor", "tumor"], "regions", ["twice"]),
+    ("engine", {"name": "os.system", "version": "1"}, "engine", ["'os.system'", "native"]),
+    ("engine", "native", "engine", ["not an engine"]),
+    ("params_yaml", "setting: {binWidth: [", "params_yaml", ["not valid YAML"]),
+    ("params_yaml", "setting: {binCount: 1000000}\n", "params_yaml",
+     ["binCount", "1000000", "5,000"]),
+    ("params_yaml", "setting: {binWidth: 25}\nimageType: {Original: {}, Wavelet: {level: "
+                    "1000}}\n", "params_yaml", ["level", "1000"]),
+    ("params_yaml", "setting: {distances: [100000]}\n", "params_yaml",
+     ["distances", "100000"]),
+]
+
+
+def test_extraction_metadata_is_checked_at_load_naming_the_field(shipped, tmp_path, capsys):
+    """Rings as text, a region the rings do not make (or a path), an engine that is not ours,
+    params that are not YAML or ask for grids no image needs: each is refused when the bundle
+    loads, one line naming the bundle file and the field (was: 'unexpected AttributeError /
+    KeyError', an error blamed on a --rings option never given or on a deleted temporary
+    file, or accepted)."""
+    bundle, csv = shipped
+    for field, value, named, words in EXTRACTION_EDITS:
+        bad = _with_meta(bundle, tmp_path / "x.zip", **{field: value})
+        rc, err = _cli_in_process(capsys, "predict", "--bundle", bad, "--features", csv)
+        _one_error_line(rc, err, bad, "refused", f"bundle.json {named}:", *words)
+        assert "h2r_bundle_" not in err[0] and "--rings" not in err[0], err
+
+
+def test_unknown_or_missing_site_names_the_bundle_and_lists_few_sites(shipped, tmp_path,
+                                                                     capsys):
+    """A bundle listing 200,000 sites printed them all in a 2 MB line; a missing site named
+    no file."""
+    bundle, csv = shipped
+    bad = _with_meta(bundle, tmp_path / "sites.zip", sites=[f"S{i}" for i in range(200_000)])
+    rc, err = _cli_in_process(capsys, "predict", "--bundle", bad, "--features", csv)
+    assert rc == 1 and len(err) == 1, err             # that row's error (the only row)
+    assert err[0].strip().startswith(f"P0001-1: {bad}: site 'A' is unknown"), err
+    assert "'S9', ... (200000 in all)" in err[0] and len(err[0]) < 400, err
+    no_site = tmp_path / "no_site.csv"
+    pd.read_csv(csv).drop(columns=["site"]).to_csv(no_site, index=False)
+    rc, err = _cli_in_process(capsys, "predict", "--bundle", bundle, "--features", no_site)
+    _one_error_line(rc, err, bundle, "harmonises sites with ComBat", "'A', 'B'")
+
+
+def test_bundle_params_resampling_to_a_giant_grid_is_refused_naming_the_image(shipped,
+                                                                            tmp_path):
+    """A bundle's params asking for 2e-4 mm pixels (a 6.9 Gpx grid on the shipped case) ended
+    in an ITK allocation error naming a header file, or took the machine's memory."""
+    import resource
+    bundle, _ = shipped
+    bad = _with_meta(bundle, tmp_path / "resample.zip", params_yaml=(
+        "setting: {binWidth: 25, resampledPixelSpacing: [0.0002, 0.0002]}\n"
+        "imageType: {Original: {}}\nfeatureClass: {firstorder: [Mean]}\n"))
+    image = SHIPPED / "case.nrrd"
+    r = subprocess.run([sys.executable, "-m", "HER2RadiomicsLib", "predict", "--bundle",
+                        str(bad), "--image", str(image), "--mask",
+                        str(SHIPPED / "case_mask.nrrd"), "--site", "A"],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS,
+                                                             (4 * 2**30, 4 * 2**30)))
+    line = _one_error_line(r.returncode, r.stderr.strip().splitlines(), image,
+                           "resampledPixelSpacing [0.0002, 0.0002]", "px grid")
+    assert f"{bad}: bundle.json params_yaml" in line and "h2r_bundle_" not in line
+
+
 # -- damaged archives (item 8): one line naming the file ----------------------------------------
 
 def _entry_data_offset(raw, info):

@@ -26,12 +26,12 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import platform
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import yaml
 
 from ..errors import Cancelled, InputError, SpacingUnknownError
 
@@ -62,39 +62,31 @@ def resolve_params(name_or_path) -> Path:
 
 # Grey levels per region above which we refuse (GLCM: levels^2 x 4 angles x 8 bytes, so 5,000
 # levels already need 0.8 GB per region); IBSI-style binning gives 16-256.
-MAX_GREY_LEVELS = 5000
+from .params import MAX_GREY_LEVELS  # noqa: E402 (kept here under its old name)
 
 
-_VALIDATED = set()
+_VALIDATED = {}
 
 
-def load_params(name_or_path="default") -> tuple:
+def load_params(name_or_path="default", label: str | None = None) -> tuple:
     """Load and validate a pyradiomics params file.
+
+    ``label`` names the params in error messages instead of the file's path (a model
+    bundle's params are written to a temporary file: the bundle is what the user can fix).
 
     Returns
     -------
     (dict, str, str)
         The parsed params, the file text (kept verbatim in model bundles) and its source path.
     """
+    from .params import parse_params
     path = resolve_params(name_or_path)
     text = path.read_text()
-    try:
-        params = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not text.strip() or params == {}:
-        raise InputError(f"{path}: the params file is empty; it must name imageType and "
-                         "featureClass (pyradiomics would silently extract its defaults)")
-    if not isinstance(params, dict):
-        raise InputError(f"{path}: params must be a mapping with setting/imageType/featureClass")
-    unknown = set(params) - {"setting", "imageType", "featureClass", "voxelSetting"}
-    if unknown:
-        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)}; pyradiomics params "
-                         "have setting, imageType, featureClass (and voxelSetting)")
-    if text not in _VALIDATED:   # once per text: batch workers load the same file per case
-        from .params import validate_params
-        validate_params(params, str(path))
-        _VALIDATED.add(text)
+    if text in _VALIDATED:   # once per text: batch workers load the same file per case
+        return copy.deepcopy(_VALIDATED[text]), text, str(path)
+    params = parse_params(text, label or str(path))
+    if len(_VALIDATED) < 64:         # a few params files per process; never grows unbounded
+        _VALIDATED[text] = copy.deepcopy(params)
     return params, text, str(path)
 
 
@@ -192,8 +184,10 @@ class FeatureExtractor:
     """
 
     def __init__(self, params="default", pixel_units: bool = False,
-                 engine: str = DEFAULT_ENGINE):
-        self.params, self.params_text, self.params_source = load_params(params)
+                 engine: str = DEFAULT_ENGINE, label: str | None = None):
+        self.params, self.params_text, self.params_source = load_params(params, label)
+        #: how error messages name the params (the file, or the bundle that carries them)
+        self.params_label = label or self.params_source
         self.params_hash = params_hash(self.params_text)
         self.pixel_units = pixel_units
         self._extractors = {}
@@ -205,7 +199,7 @@ class FeatureExtractor:
             _import_pyradiomics()        # fail now, with the install hint, not per case
         if engine == "native":   # refuses, by name, what it does not implement yet: fail fast
             from .native import NativeExtractor
-            self._native = NativeExtractor(self.params, source=self.params_source)
+            self._native = NativeExtractor(self.params, source=self.params_label)
 
     @property
     def name(self) -> str:
@@ -350,6 +344,7 @@ class FeatureExtractor:
             raise InputError(f"{path}: the image has {int(bad.sum())} NaN/Inf pixel(s); "
                              "radiomics needs finite grey values (fix or mask them first)")
         st = self.params.get("setting") or {}
+        self.check_resampling(image, regions, path)
         if st.get("binCount") or not regions:
             return
         width = float(st.get("binWidth", 25))
@@ -372,6 +367,46 @@ class FeatureExtractor:
                 f"{inside.max():.4g} gives {levels:,.0f} grey levels (at most "
                 f"{MAX_GREY_LEVELS:,}: the texture matrices would need "
                 f"~{4 * 8 * levels ** 2 / 2 ** 30:,.0f} GB); raise binWidth or use binCount")
+
+    def check_resampling(self, image: sitk.Image, regions: dict, path: str = "image") -> None:
+        """Refuse a ``resampledPixelSpacing`` whose grid for this image would be larger than
+        an image we read (:func:`~HER2RadiomicsLib.imaging.io.max_pixels`), before any
+        engine allocates it (ITK would answer with a MemoryError or an allocation failure).
+
+        Both engines resample around each region: its bounding box at the new spacing plus
+        ``padDistance`` pixels each side, clipped to the image; the regions' union box bounds
+        every one of them.
+        """
+        from ..imaging.io import max_pixels
+        st = self.params.get("setting") or {}
+        new = st.get("resampledPixelSpacing")
+        if not new or st.get("interpolator", "sitkBSpline") is None or not regions:
+            return
+        size, old = image.GetSize(), image.GetSpacing()
+        union = np.zeros(sitk.GetArrayViewFromImage(image).shape, bool)
+        for m in regions.values():
+            union |= sitk.GetArrayViewFromImage(m) > 0
+        if not union.any():
+            return
+        pad = int(st.get("padDistance", 5))
+        grid = []
+        for axis, (n, s_old, s_new) in enumerate(zip(size, old, new)):
+            # numpy's axes run the other way; an axis the regions span one pixel of, or a
+            # spacing of 0, is not resampled
+            inside = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim)
+                                                         if a != union.ndim - 1 - axis)))
+            extent = int(inside[-1] - inside[0] + 1)
+            ratio = s_old / s_new if s_new and extent > 1 else 1.0
+            grid.append(min(math.ceil(n * ratio), math.ceil(extent * ratio) + 2 * pad + 2))
+        px = math.prod(grid)
+        cap = max_pixels()
+        if px > cap:
+            raise InputError(
+                f"{path}: resampledPixelSpacing {list(new)} mm of {self.params_label} turns "
+                f"{' x '.join(f'{s:.4g}' for s in old)} mm pixels into a "
+                f"{' x '.join(f'{g:,}' for g in grid)} px grid ({px:,} px, more than the "
+                f"{cap:,}-pixel limit of an image; ~{8 * px / 2 ** 30:,.0f} GB a copy); give "
+                "a spacing near the image's own")
 
     @staticmethod
     def _shared_filters_ok(ex) -> bool:

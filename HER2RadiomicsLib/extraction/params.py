@@ -162,6 +162,94 @@ def _check_settings(where: str, settings, rules: dict, source: str) -> None:
             raise InputError(f"{source}: {where} '{name}' = {v!r} {problem}")
 
 
+TOP_LEVEL = ("setting", "imageType", "featureClass", "voxelSetting")
+
+# Settings that size the engines' working arrays, capped so that a params file (a user's, or
+# one a model bundle carries) cannot ask for memory or time that no image needs. pyradiomics'
+# schema bounds none of them from above.
+#: Grey levels per region: a texture matrix is levels^2 x angles x 8 bytes, so 5,000 levels
+#: already need 0.8 GB per region; IBSI-style binning gives 16-256.
+MAX_GREY_LEVELS = 5000
+#: Largest texture distance (px): studies use 1-3; distance d adds 4d angles (one matrix each)
+#: and (2d + 1)^2 offsets to enumerate, so 1,000,000 would never finish.
+MAX_DISTANCE = 32
+#: Wavelet decompositions (start_level + level): each adds three full-size images; 10 halve a
+#: 1,024-px axis down to one pixel, beyond any ultrasound frame's structure.
+MAX_WAVELET_LEVELS = 10
+#: LoG sigmas: each is one full-size filtered image kept for every region; studies use 1-5.
+MAX_SIGMAS = 16
+
+
+def parse_params(text: str, source: str = "params") -> dict:
+    """Parse a params YAML text and validate it (:func:`validate_params`).
+
+    ``source`` starts every error message: the params file, or the model bundle and field
+    that carry the text.
+
+    Raises
+    ------
+    InputError
+        Not YAML (or YAML that needs a Python tag), empty, not a mapping, an unknown
+        top-level key, or an invalid entry.
+    """
+    import yaml
+    try:
+        params = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:   # PyYAML builds nested collections recursively
+        raise InputError(f"{source}: not valid params (nested too deeply)") from None
+    if not str(text).strip() or params == {}:
+        raise InputError(f"{source}: the params file is empty; it must name imageType and "
+                         "featureClass (pyradiomics would silently extract its defaults)")
+    if not isinstance(params, dict):
+        raise InputError(f"{source}: params must be a mapping with setting/imageType/featureClass")
+    unknown = set(params) - set(TOP_LEVEL)
+    if unknown:
+        raise InputError(f"{source}: unknown top-level keys {sorted(map(str, unknown))}; "
+                         "pyradiomics params have setting, imageType, featureClass (and "
+                         "voxelSetting)")
+    validate_params(params, source)
+    check_resources(params, source)
+    return params
+
+
+def check_resources(params: dict, source: str = "params") -> None:
+    """Refuse settings that would size the engines' work beyond what any image needs (the
+    caps above), one line with the numbers; the resampled grid, which depends on the image,
+    is checked at extraction (:meth:`.features.FeatureExtractor.check_input`).
+
+    Raises
+    ------
+    InputError
+    """
+    base = params.get("setting") or {}
+    groups = [("setting", base)]      # an image type's own settings override the general ones
+    groups += [(f"imageType {k}", {**base, **v}) for k, v in
+               (params.get("imageType") or {}).items() if isinstance(v, dict) and v]
+    for where, st in groups:
+        n = st.get("binCount")
+        if n is not None and n > MAX_GREY_LEVELS:
+            raise InputError(f"{source}: {where} 'binCount' = {n} grey levels is more than "
+                             f"{MAX_GREY_LEVELS:,}: the texture matrices would need "
+                             f"~{4 * 8 * n ** 2 / 2 ** 30:,.1f} GB per region; use at most "
+                             f"{MAX_GREY_LEVELS:,} (16-256 is usual)")
+        d = max(st.get("distances") or [0])
+        if d > MAX_DISTANCE:
+            raise InputError(f"{source}: {where} 'distances' up to {d} px is more than "
+                             f"{MAX_DISTANCE}: each distance d adds 4d angles and (2d + 1)^2 "
+                             "offsets to the texture matrices (1-3 is usual)")
+        levels = int(st.get("start_level", 0)) + int(st.get("level", 1))
+        if levels > MAX_WAVELET_LEVELS:
+            raise InputError(f"{source}: {where} wavelet 'start_level' + 'level' = {levels} "
+                             f"is more than {MAX_WAVELET_LEVELS} decompositions (each adds "
+                             "three full-size images)")
+        sigmas = st.get("sigma") or []
+        if len(sigmas) > MAX_SIGMAS:
+            raise InputError(f"{source}: {where} 'sigma' lists {len(sigmas)} values, more than "
+                             f"{MAX_SIGMAS} (each is one full-size LoG image)")
+
+
 def validate_params(params: dict, source: str = "params") -> None:
     """Raise :class:`~HER2RadiomicsLib.errors.InputError` naming the first invalid entry.
 

@@ -15,7 +15,8 @@ Three groups, each refusing a file with one line that names it and the problem:
   owning estimator's inputs, finite thresholds, value arrays of the declared shape, and, for
   ensembles, sub-estimators that agree with the ensemble.
 * :func:`check_meta` — the metadata that drives decisions: threshold, classes (the task's and
-  the model's), training ranges, training spacing, research-use flag.
+  the model's), training ranges, training spacing, research-use flag; and the metadata that
+  drives extraction (:func:`check_extraction_meta`): rings, regions, engine, params.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ MAX_SCHEMA_NODES = 1_000_000
 # Objects nested inside objects, references followed. Our pipelines reach 19 levels; skops
 # audits and builds recursively, so this also keeps it far from Python's recursion limit.
 MAX_SCHEMA_DEPTH = 100
+# Ring distances a bundle may ask for: our recipes use at most 3 (3, 5, 8 mm); one ring every
+# mm out to 16 mm is 16. Each ring is a full-size mask of every image, built before any feature.
+MAX_BUNDLE_RINGS = 16
 
 
 class _Refused(ValueError):
@@ -356,6 +360,7 @@ def check_meta(meta: dict, path, model_classes=None) -> None:
             problem = _range_problem(ranges["rad_score"])
             if problem:
                 refuse("training_ranges.rad_score", problem)
+    check_extraction_meta(meta, path)
     spacing = meta.get("training_spacing")
     if spacing is not None:
         if not isinstance(spacing, dict):
@@ -369,3 +374,99 @@ def check_meta(meta: dict, path, model_classes=None) -> None:
                 problem = _range_problem(spacing[key], positive=True)
                 if problem:
                     refuse(f"training_spacing.{key}", problem)
+
+
+# -- the metadata that drives extraction ---------------------------------------------------------
+
+def region_names(rings: dict) -> list:
+    """The regions :func:`~HER2RadiomicsLib.imaging.rings.build_regions` makes for a bundle's
+    ``rings`` (``tumor``, ``peri_0-<d>mm`` per distance, ``peri_<a>-<b>mm`` between consecutive
+    distances with ``annuli``, ``tumor+peri_<d>mm`` per ``combined`` distance)."""
+    from ..imaging.rings import ring_specs
+    d = rings.get("rings_mm") or []
+    return (["tumor"] + [s.name for s in ring_specs(d, annuli=bool(rings.get("annuli")))]
+            + [f"tumor+peri_{v:g}mm" for v in rings.get("combined") or []])
+
+
+def _rings_problem(rings) -> tuple:
+    """``(field, problem)`` of a bundle's ``rings``, or ``(None, None)``."""
+    if not isinstance(rings, dict):
+        return "rings", (f"{str(rings)[:60]!r} is not {{rings_mm: [...], annuli: ..., "
+                         "combined: [...]}")
+    unknown = sorted(set(map(str, rings)) - {"rings_mm", "annuli", "combined"})
+    if unknown:
+        return "rings", f"unknown key(s) {unknown[:5]}"
+    d = rings.get("rings_mm", [])
+    if not (isinstance(d, list) and all(_number(v) and v > 0 for v in d)):
+        return "rings.rings_mm", f"{str(d)[:60]} is not a list of positive finite mm"
+    if len(set(d)) != len(d):
+        return "rings.rings_mm", f"{str(d)[:60]} repeats a distance"
+    if len(d) > MAX_BUNDLE_RINGS:
+        return "rings.rings_mm", f"{len(d)} distances (at most {MAX_BUNDLE_RINGS})"
+    if not isinstance(rings.get("annuli", False), bool):
+        return "rings.annuli", f"{rings['annuli']!r} is not true or false"
+    c = rings.get("combined", [])
+    if not (isinstance(c, list) and all(_number(v) for v in c)):
+        return "rings.combined", f"{str(c)[:60]} is not a list of distances in mm"
+    if not set(c) <= set(d):
+        return "rings.combined", f"{sorted(set(c) - set(d))[:5]} not among rings_mm {d}"
+    return None, None
+
+
+def check_extraction_meta(meta: dict, path) -> None:
+    """Refuse metadata that would drive extraction somewhere impossible, one line naming the
+    bundle file and the field.
+
+    Checked (each when present): ``rings`` a mapping of positive finite ``rings_mm`` (unique,
+    at most :data:`MAX_BUNDLE_RINGS`), boolean ``annuli`` and ``combined`` among
+    ``rings_mm``; ``regions`` unique names that those rings make (:func:`region_names`);
+    ``engine`` a mapping naming an engine of this library; ``params_yaml`` a valid params
+    text within the engines' caps (:func:`~HER2RadiomicsLib.extraction.params.parse_params`);
+    ``params_name``, ``batch_col`` text; ``sites`` and ``clinical`` lists of text.
+    """
+    from ..errors import HER2Error
+
+    def refuse(field, problem):
+        raise ModelError(f"{path}: refused: bundle.json {field}: {problem}")
+
+    rings = meta.get("rings")
+    if rings is not None:
+        field, problem = _rings_problem(rings)
+        if problem:
+            refuse(field, problem)
+    regions = meta.get("regions")
+    if regions is not None:
+        if not (isinstance(regions, list) and all(isinstance(r, str) for r in regions)):
+            refuse("regions", f"{str(regions)[:60]} is not a list of region names")
+        if len(set(regions)) != len(regions):
+            refuse("regions", "a region is named twice")
+        made = region_names(rings or {})
+        odd = [r for r in regions if r not in made]
+        if odd:
+            refuse("regions", f"{odd[0][:60]!r} is not a region the bundle's rings make "
+                              f"({', '.join(made)})")
+    engine = meta.get("engine")
+    if engine is not None:
+        from ..extraction.features import ENGINES
+        if not isinstance(engine, dict) or engine.get("name") not in ENGINES:
+            name = engine.get("name") if isinstance(engine, dict) else engine
+            refuse("engine", f"{str(name)[:60]!r} is not an engine of this library "
+                             f"({', '.join(ENGINES)})")
+        if not isinstance(engine.get("version", ""), str):
+            refuse("engine.version", f"{engine['version']!r} is not a version")
+    for key in ("params_name", "batch_col", "params_yaml"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            refuse(key, "not text")
+    for key in ("sites", "clinical"):
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            refuse(key, "not a list of names")
+    text = meta.get("params_yaml")
+    if text and text.strip():
+        from ..extraction.params import parse_params
+        try:
+            parse_params(text, "params")
+        except HER2Error as exc:
+            problem = str(exc)
+            refuse("params_yaml", problem[len("params: "):] if problem.startswith("params: ")
+                   else problem)

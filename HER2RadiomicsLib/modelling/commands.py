@@ -105,6 +105,7 @@ def cmd_predict(a) -> int:
     import pandas as pd
     from .bundle import load_bundle
     from ..imaging.io import atomic_write_text
+    from ..outputs import spreadsheet_safe_frame, write_csv
     from .predict import predict_case, predict_rows
     from .predict import clinical_inputs, parse_clinical
     clinical = parse_clinical(a.clinical)      # before the (seconds-long) bundle load
@@ -135,26 +136,37 @@ def cmd_predict(a) -> int:
         return 0
     names = [str(n) for n in b.nomogram.predictors[1:]] if b.nomogram is not None else []
     if a.features:
-        from .study import load_table
+        from .study import id_problems, load_table
         rows = load_table(a.features, "feature")
+        # a case id that extract would refuse (a spreadsheet formula, a path) is that row's
+        # error, as in a manifest; the other rows are predicted
+        errors, ok = [], []
+        for i, cid in enumerate(rows["case_id"]):
+            problems = id_problems(cid)
+            if problems:
+                errors.append({"case_id": cid, "error": f"{a.features}: row {i + 2}: "
+                                                        f"{'; '.join(problems)}"})
+            ok.append(not problems)
+        rows = rows[ok].reset_index(drop=True)
         # each row's own clinical cells, else the --clinical values; a row whose values are
         # refused is that row's error, the others are predicted
         clin = pd.DataFrame([{k: _cell(r.get(k), clinical.get(k)) for k in names}
                              for r in rows.to_dict("records")], index=rows.index)
-        errors = []
-        preds = predict_rows(b, rows, site=a.site, clinical=clin, errors=errors)
+        preds = predict_rows(b, rows, site=a.site, clinical=clin, errors=errors,
+                             source=a.features) if len(rows) else []
     else:
         preds, errors = _predict_manifest(a, b, clinical, names)
+    # case ids and feature names are the input's text: a cell a spreadsheet would run as a
+    # formula is quoted, in the file and on the screen (as in every CSV this library writes)
     table = pd.DataFrame([p.as_row() for p in preds])
-    text = table.to_csv(index=False, float_format="%.4f")
     if a.out and not preds:
         # nothing succeeded: an earlier table at --out is worth more than an empty one
         print(f"no case could be predicted; {a.out} was not written")
     elif a.out:
-        atomic_write_text(a.out, text)
+        write_csv(a.out, table, float_format="%.4f")
         print(f"{len(preds)} predictions -> {a.out}")
     else:
-        print(text)
+        print(spreadsheet_safe_frame(table).to_csv(index=False, float_format="%.4f"))
     for e in errors:
         print(f"  {e['case_id']}: {e['error']}", file=sys.stderr)
     return 1 if errors else 0

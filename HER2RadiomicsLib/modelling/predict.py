@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 TOP_CONTRIBUTIONS = 5
@@ -223,9 +223,15 @@ def bundle_params_file(bundle) -> Path:
 
 
 def extractor_for(bundle):
-    """A FeatureExtractor configured with the bundle's params text (verbatim)."""
+    """A FeatureExtractor configured with the bundle's params text (verbatim); its errors
+    name the bundle (the params file is a temporary copy the user never sees)."""
     from ..extraction.features import FeatureExtractor
-    return FeatureExtractor(str(bundle_params_file(bundle)))
+    if not isinstance(bundle.meta.get("params_yaml"), str) or \
+            not bundle.meta["params_yaml"].strip():
+        raise ModelError(f"{bundle.path}: bundle.json params_yaml is empty: this bundle "
+                         "cannot extract features (predict from a feature table instead)")
+    return FeatureExtractor(str(bundle_params_file(bundle)),
+                            label=f"{bundle.path}: bundle.json params_yaml")
 
 
 def check_spacing_units(bundle, loaded, pixel_units: bool = False) -> list:
@@ -281,6 +287,9 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
     from ..imaging.rings import build_regions
     if loaded is None:
         loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
+    if not bundle.meta.get("regions"):
+        raise ModelError(f"{bundle.path}: bundle.json names no regions: this bundle cannot "
+                         "extract features (predict from a feature table instead)")
     rings = bundle.meta.get("rings") or {}
     regs = build_regions(loaded.image, mask, rings.get("rings_mm", []),
                          annuli=rings.get("annuli", False), combined=rings.get("combined", []),
@@ -333,8 +342,32 @@ def out_of_distribution(bundle, row: pd.Series, rad_score=None) -> list:
     return out
 
 
+def listed(names, cap: int = 10) -> str:
+    """``names`` for a message: the first ``cap`` and how many more (a crafted bundle can
+    list 200,000 sites; a message is one readable line)."""
+    names = [str(n) for n in names or []]
+    shown = ", ".join(repr(n[:60]) for n in names[:cap])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > cap else shown or "none"
+
+
+def _site_problems(bundle, X: pd.DataFrame, batch: str) -> dict:
+    """``{row position: problem}`` for rows without a site or with one the bundle's ComBat
+    does not know."""
+    sites = bundle.meta.get("sites") or []
+    known = set(map(str, sites))
+    out = {}
+    for i, v in enumerate(X[batch]):
+        if _missing(v):
+            out[i] = (f"{bundle.path}: this bundle harmonises sites with ComBat; give the "
+                      f"scanner site (--site or a {batch} column; one of {listed(sites)})")
+        elif str(v) not in known:
+            out[i] = (f"{bundle.path}: site {str(v)[:60]!r} is unknown to the bundle (trained "
+                      f"on {listed(sites)}); choose the closest known scanner")
+    return out
+
+
 def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame | None = None,
-                 errors: list | None = None):
+                 errors: list | None = None, source=None):
     """Predict from a table that already holds the bundle's feature columns.
 
     Parameters
@@ -342,18 +375,22 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
     rows : DataFrame
         ``case_id`` + feature columns (extra columns ignored).
     site : str, optional
-        Site/scanner for ComBat when the rows have no site column.
+        Site/scanner for ComBat, for rows without one (no site column, or an empty cell).
     clinical : DataFrame, optional
         Clinical columns for the nomogram (same row order).
     errors : list, optional
-        When given, a row whose clinical values are refused (see :func:`clinical_inputs`) is
-        left out and ``{"case_id", "error"}`` appended here; otherwise the first such row
-        raises.
+        When given, a row whose site is missing or unknown to the bundle, or whose clinical
+        values are refused (see :func:`clinical_inputs`), is left out and ``{"case_id",
+        "error"}`` appended here; otherwise the first such row raises.
+    source : str, optional
+        The file the rows come from, named when features are missing (default: the bundle,
+        whose own extraction produced them).
 
     Raises
     ------
     InputError
-        Missing features or site; a refused clinical value when ``errors`` is None.
+        Missing features; a missing or unknown site or a refused clinical value when
+        ``errors`` is None.
     """
     from .transformers import rad_score_contributions, rad_score_per_class
     meta = bundle.meta
@@ -362,19 +399,31 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
     need = [c for c in meta["input_columns"] if c != batch]
     missing = [c for c in need if c not in X.columns]
     if missing:
-        raise InputError(f"{len(missing)} feature(s) required by the bundle are missing, e.g. "
-                         f"{missing[:5]}; extract with the bundle's params "
-                         f"({meta['params_name']}) and regions {meta['regions']}")
+        by = "" if source is None else f" {bundle.path}"
+        raise InputError(f"{source or bundle.path}: {len(missing)} feature(s) required by the "
+                         f"bundle{by} are missing, e.g. {listed(missing, 5)}; extract with the "
+                         f"bundle's params ({meta.get('params_name')}) and regions "
+                         f"{listed(meta.get('regions'))}")
+    bad = {}
     if batch in meta["input_columns"]:
         if site is not None:
-            X[batch] = str(site)
-        if batch not in X.columns or X[batch].isna().any():
-            raise InputError(f"this bundle harmonises sites with ComBat; give the scanner site "
-                             f"(--site, one of {meta.get('sites')})")
-        unknown = sorted(set(X[batch].astype(str)) - set(meta.get("sites") or []))
-        if unknown:
-            raise InputError(f"site(s) {unknown} unknown to the bundle (trained on "
-                             f"{meta.get('sites')}); choose the closest known scanner")
+            # an explicit site fills the rows that have none (as for a manifest's rows)
+            X[batch] = X[batch].where(~X[batch].map(_missing), str(site)) \
+                if batch in X.columns else str(site)
+        if batch not in X.columns:     # no row has a site: one line, not one per row
+            raise InputError(f"{bundle.path}: this bundle harmonises sites with ComBat; give "
+                             f"the scanner site (--site or a {batch} column; one of "
+                             f"{listed(meta.get('sites'))})")
+        bad = _site_problems(bundle, X, batch)
+        if bad and errors is None:
+            raise InputError(next(iter(bad.values())))
+    cases = [str(X["case_id"].iloc[i]) if "case_id" in X else str(i) for i in range(len(X))]
+    for i, problem in bad.items():
+        errors.append({"case_id": cases[i], "error": problem})
+    keep = [i for i in range(len(X)) if i not in bad]
+    if not keep:
+        return []
+    X = X.iloc[keep]
     pl = bundle.pipeline
     P = pl.predict_proba(X)
     classes = [str(c) for c in pl.classes_]
@@ -389,10 +438,10 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         per_class = rad_score_per_class(pl, X) if not binary else None
     except InputError:
         per_class = None
-    for i in range(len(X)):
-        case = str(X["case_id"].iloc[i]) if "case_id" in X else str(i)
+    for i, pos in enumerate(keep):
+        case = cases[pos]
         try:
-            have = clinical.iloc[i] if clinical is not None and i < len(clinical) else None
+            have = clinical.iloc[pos] if clinical is not None and pos < len(clinical) else None
             inputs, missing = clinical_inputs(bundle, have, what=f"case {case}")
         except InputError as exc:
             if errors is None:

@@ -344,6 +344,48 @@ def _check_label_cells(labels: pd.DataFrame, recipe: dict, name):
     return labels
 
 
+def id_problems(value, column: str = "case_id") -> list:
+    """What keeps ``value`` from being a ``case_id`` (or ``patient_id``) of our tables.
+
+    A case id follows extract's rules (:func:`~HER2RadiomicsLib.extraction.batch.
+    case_id_problems`: no path, control characters or spreadsheet formula, at most 200
+    characters), so a table extract would refuse is refused here too; a patient id names no
+    file, so only a formula or control characters are refused.
+    """
+    from ..extraction.batch import FORMULA_CHARS, case_id_problems
+    text = str(value)
+    if column == "case_id":
+        return case_id_problems(text)
+    out = []
+    if any(ord(c) < 32 for c in text):
+        out.append(f"{column} {text[:60]!r} contains control characters")
+    if text.startswith(FORMULA_CHARS) and not _is_number(text):
+        out.append(f"{column} {text[:60]!r} starts with {text[0]!r}, which a spreadsheet "
+                   "opening the result tables would run as a formula; rename the patient")
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_ids(table: pd.DataFrame, name) -> None:
+    """Refuse a case or patient id extract would refuse (one line naming the row)."""
+    for col in ("case_id", "patient_id"):
+        if col not in table.columns:
+            continue
+        for i, v in enumerate(table[col]):
+            if v is None or (isinstance(v, float) and v != v):
+                continue                     # an empty id is refused with its own message
+            problems = id_problems(v, col)
+            if problems:
+                raise InputError(f"{name}: row {i + 2}: {'; '.join(problems)}")
+
+
 def _check_unique_ids(df: pd.DataFrame, name):
     dup = df["case_id"][df["case_id"].duplicated()]
     if len(dup):
@@ -364,6 +406,8 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict, *, notes
     if label_col not in labels.columns:
         raise InputError(f"{labels_name}: no column {label_col!r} (the label of recipe "
                          f"{recipe.get('name')})")
+    _check_ids(features, features_name)
+    _check_ids(labels, labels_name)
     _check_unique_ids(features, features_name)
     _check_unique_ids(labels, labels_name)
     labels = _check_label_cells(labels, recipe, labels_name)
@@ -374,6 +418,9 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict, *, notes
         if "patient_id" not in labels.columns:
             raise InputError(f"{labels_name}: recipe {recipe.get('name')} aggregates per "
                              "patient but the labels have no patient_id column")
+        _check_patient_labels(labels, labels[label_col], labels_name,
+                              f"recipe {recipe.get('name')} averages a patient's images",
+                              "remove 'aggregate' from the recipe")
         pid = labels.set_index("case_id")["patient_id"].astype(str)
         missing = set(feats["case_id"]) - set(pid.index)
         if missing:
@@ -401,6 +448,21 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict, *, notes
     if "patient_id" not in df.columns:
         df["patient_id"] = df["case_id"]
     return df
+
+
+def _check_patient_labels(table: pd.DataFrame, y, name, why: str, fix: str) -> None:
+    """Refuse a patient whose images carry different labels where the patient is one
+    observation (``why``; ``fix`` says what else the user can do), naming the labels file;
+    missing labels are not compared."""
+    if "patient_id" not in table.columns:
+        return
+    lab = pd.Series(np.asarray(y, dtype=object), index=table.index).map(
+        lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
+    per = lab.groupby(table["patient_id"].astype(str)).nunique(dropna=True)
+    if (per > 1).any():
+        bad = list(per.index[per > 1])
+        raise InputError(f"{name}: patient(s) {', '.join(map(str, bad[:3]))} have images with "
+                         f"different labels, but {why}; correct the labels, or {fix}")
 
 
 def _label_text(v: pd.Series) -> pd.Series:
@@ -824,6 +886,11 @@ def run(recipe, features_csv, labels_csv, out_dir, *, icc=None, functions=None, 
     df = prepare(feats, labels, recipe, notes=notes, features_name=features_csv,
                  labels_name=labels_csv)
     df, y, classes, positive = make_target(df, recipe, notes=notes, labels_name=labels_csv)
+    if str(ev.get("unit", "patients")) == "patients":
+        # found now, not after every model was fitted (and then naming no file)
+        _check_patient_labels(df, y, labels_csv, "every patient is one observation (recipe "
+                              "evaluation unit: patients)", "evaluate per image (recipe "
+                              "evaluation: {unit: images})")
     binary = positive is not None
     icc_values = icc_values_from_table(icc) if icc is not None else None
     fsets = function_sets_from_table(functions) if functions is not None else None
@@ -1375,8 +1442,9 @@ def _summary(recipe, results, best, comparisons, rep, nomo_res, notes, classes, 
 def _write_predictions(out, preds, d: _Data, classes, positive, best, image_scores):
     """``predictions.csv``: the primary model's scores per evaluation unit (``id`` is the
     patient id, or the case id when the unit is images), with the unit's image count;
-    ``predictions_images.csv``: the same model's score of every image."""
-    from ..imaging.io import atomic_write_text
+    ``predictions_images.csv``: the same model's score of every image. Ids and labels are the
+    input tables' text: a cell a spreadsheet would run as a formula is quoted."""
+    from ..outputs import write_csv
 
     def scores(frame, p):
         if positive is not None:
@@ -1393,8 +1461,7 @@ def _write_predictions(out, preds, d: _Data, classes, positive, best, image_scor
                 "case_id": X["case_id"].astype(str).to_numpy(),
                 "patient_id": X["patient_id"].astype(str).to_numpy(), "split": split,
                 "label": y}), p))
-    atomic_write_text(out / "predictions_images.csv", pd.concat(images).to_csv(
-        index=False, float_format="%.10g"))
+    write_csv(out / "predictions_images.csv", pd.concat(images), float_format="%.10g")
     rows = []
     oof, pte, pext = preds[best]
     for split, X, p in (("train_oof", d.Xtr, oof), ("test", d.Xte, pte),
@@ -1407,8 +1474,7 @@ def _write_predictions(out, preds, d: _Data, classes, positive, best, image_scor
         n_img = key.value_counts().reindex(ids).to_numpy()
         rows.append(scores(pd.DataFrame({"id": ids, "unit": d.unit[:-1], "n_images": n_img,
                                          "split": split, "label": yy}), p))
-    atomic_write_text(out / "predictions.csv", pd.concat(rows).to_csv(index=False,
-                                                                     float_format="%.10g"))
+    write_csv(out / "predictions.csv", pd.concat(rows), float_format="%.10g")
 
 
 def _plots(pdir, results, preds, best, yte, yext, ytr, rep, nomo, binary, classes, recipe,

@@ -190,12 +190,27 @@ class StableFeatureFilter(_Selector):
         return self
 
 
+def _read_table(table, what: str) -> tuple:
+    """``(DataFrame, name for messages)`` of a CSV path or a DataFrame; an unreadable file is
+    one line naming it."""
+    if isinstance(table, pd.DataFrame):
+        return table, what
+    try:
+        return pd.read_csv(table), str(table)
+    except FileNotFoundError:
+        raise InputError(f"{table}: {what} not found") from None
+    except (OSError, ValueError) as exc:     # pandas' parser and decoding errors included
+        raise InputError(f"{table}: cannot read the {what} ({str(exc).splitlines()[0]})") \
+            from None
+
+
 def icc_values_from_table(icc, form: str = "ICC2", use_lower_ci: bool = False) -> dict:
     """``{feature: value}`` from an ``icc.csv`` table (path or DataFrame) for StableFeatureFilter."""
-    t = pd.read_csv(icc) if isinstance(icc, (str, bytes)) or hasattr(icc, "read_text") else icc
+    t, name = _read_table(icc, "ICC table")
     col = f"{form}_ci_low" if use_lower_ci else form
     if col not in t.columns or "feature" not in t.columns:
-        raise InputError(f"ICC table lacks columns feature and {col}")
+        raise InputError(f"{name}: ICC table lacks columns feature and {col} (the icc.csv of "
+                         "'her2radiomics icc' or 'reader-study')")
     return {str(f): (None if pd.isna(v) else float(v)) for f, v in zip(t["feature"], t[col])}
 
 
@@ -671,9 +686,9 @@ class URFModule(_Selector):
 
 def function_sets_from_table(table) -> dict:
     """``{feature: [functions]}`` from a CSV/DataFrame with columns ``feature,function``."""
-    t = pd.read_csv(table) if not isinstance(table, pd.DataFrame) else table
+    t, name = _read_table(table, "function table")
     if not {"feature", "function"} <= set(t.columns):
-        raise InputError("the function table needs columns feature,function")
+        raise InputError(f"{name}: the function table needs columns feature,function")
     return {str(k): sorted(map(str, v)) for k, v in t.groupby("feature")["function"]}
 
 

@@ -278,3 +278,29 @@ def test_train_segmenter_stopped_keeps_the_earlier_model(stop, cohort, tmp_path,
     card = json.loads((out / "model.json").read_text())
     assert card["sha256"] == inference.sha256_of(out / "model.pt")
     assert np.isfinite(card["validation"]["mean_dice"])
+
+
+def test_segment_folder_of_the_earlier_layout_is_taken_over(cases, tmp_path, monkeypatch):
+    """A folder the previous version wrote (masks straight into DIR, none listed in the
+    ownership record, records without a cached mask) is resumed without redrawing, and a rerun
+    replaces its files instead of calling them someone else's."""
+    from HER2RadiomicsLib.outputs import MARKER
+    man, ids, _ = cases
+    out = tmp_path / "cnn"
+    args = ["segment", "--manifest", str(man), "--out-dir", str(out), "--no-progress"]
+    use(monkeypatch, StandIn())
+    assert main(args) == 0
+    mark = json.loads((out / MARKER).read_text())
+    (out / MARKER).write_text(json.dumps({**mark, "files": []}))
+    for p in (out / ".segment-parts").iterdir():
+        if p.suffix == ".nrrd":
+            p.unlink()
+        else:
+            rec = json.loads(p.read_text())
+            p.write_text(json.dumps({k: rec[k] for k in ("case_id", "key", "mask_sha256")}))
+    net = use(monkeypatch, StandIn())
+    assert main(args + ["--resume"]) == 0
+    assert net.calls == 0
+    assert main(args) == 0 and net.calls == len(ids)
+    assert sorted(json.loads((out / MARKER).read_text())["files"]) == sorted(
+        [f"{c}.nrrd" for c in ids] + ["errors.csv", "manifest.csv"])

@@ -76,23 +76,30 @@ def edit_of(path: Path, rec) -> str | None:
     return None
 
 
-def _adopt_earlier_layout(out: Path, mark: dict) -> set:
-    """Files of an earlier version of segment, which wrote into DIR directly and listed none
-    in the ownership record: its manifest.csv, errors.csv and the masks its records prove it
-    wrote become ours, so that the staged swap may replace them."""
+def adopt_earlier_layout(out: Path, mark: dict, write: bool = False) -> set:
+    """Our files in DIR: those the ownership record lists, plus those of an earlier version of
+    segment, which wrote into DIR directly and listed none (its manifest.csv, errors.csv and
+    the masks its records prove it wrote). With ``write``, the record is brought up to date,
+    so that the staged swap may replace them."""
     ours = set(mark.get("files", []))
     add = [n for n in ("manifest.csv", "errors.csv") if (out / n).is_file()]
+    from ..extraction.batch import part_name
     for rec_path in cache_dir(out).glob("*.json") if cache_dir(out).is_dir() else []:
         try:
             cid = json.loads(rec_path.read_text(encoding="utf-8")).get("case_id")
         except (OSError, ValueError, AttributeError):
             continue
-        if isinstance(cid, str) and (out / f"{cid}.nrrd").is_file():
+        # a record is a file anyone can edit: only a plain name, recorded where segment
+        # records that case, can make a file ours
+        if isinstance(cid, str) and cid and cid == Path(cid).name and "\\" not in cid \
+                and not cid.startswith(".") and rec_path.name == part_name(cid) \
+                and (out / f"{cid}.nrrd").is_file():
             add.append(f"{cid}.nrrd")
     new = [n for n in add if n not in ours]
     if new and mark.get("command") == "segment":
-        from ..outputs import _write_marker
-        _write_marker(out, "segment", sorted(ours | set(new)))
+        if write:
+            from ..outputs import _write_marker
+            _write_marker(out, "segment", sorted(ours | set(new)))
         ours |= set(new)
     return ours
 
@@ -123,8 +130,8 @@ def plan(rows, out: Path, model_id: str, resume: bool):
     """
     from ..outputs import read_marker
     from .commands import _mask_key, _reusable
-    ours = _adopt_earlier_layout(out, read_marker(out) or {})
-    todo, reuse, kept = [], [], []
+    ours = adopt_earlier_layout(out, read_marker(out) or {})
+    todo, reuse, kept, rest = [], [], [], []
     for r in rows:
         cid = r["case_id"]
         r["_key"] = _mask_key(r, model_id)
@@ -142,12 +149,12 @@ def plan(rows, out: Path, model_id: str, resume: bool):
             if why:
                 kept.append(r)
                 continue
-            elif resume and not _reusable(out, r):
-                _cache_from_final(out, r, final)
-        if resume and _reusable(out, r):
-            reuse.append(r)
-        else:
-            todo.append(r)
+        rest.append(r)
+    for r in rest:      # nothing refused: the cache may be completed now
+        final = out / f"{r['case_id']}.nrrd"
+        if resume and not _reusable(out, r) and final.is_file():
+            _cache_from_final(out, r, final)
+        (reuse if resume and _reusable(out, r) else todo).append(r)
     done = {f"{r['case_id']}.nrrd" for r in rows}
     extra = sorted(n for n in ours if n.endswith(".nrrd") and "/" not in n and n not in done
                    and (out / n).is_file() and edit_of(out / n, read_record(out, n[:-5])))
@@ -205,7 +212,7 @@ def segment_manifest(a) -> int:
     from tqdm.auto import tqdm
     from ..extraction.batch import read_manifest
     from ..imaging.io import atomic_write_text
-    from ..outputs import staged_dir, write_csv
+    from ..outputs import read_marker, spreadsheet_safe, staged_dir, write_csv
     from . import commands
     rows = read_manifest(a.manifest, require_mask=False, per_row=True)
     refused = [{"case_id": r["case_id"], "error": r["_error"]} for r in rows if r.get("_error")]
@@ -248,6 +255,7 @@ def segment_manifest(a) -> int:
         info[r["case_id"]] = {k: rec.get(k, "") for k in ("cnn_confidence", "cnn_flags")}
     kept_ids = {r["case_id"] for r in kept}
     man = []
+    adopt_earlier_layout(out, read_marker(out) or {}, write=True)
     with staged_dir(out, "segment") as stage:
         for r in rows:
             cid = r["case_id"]
@@ -259,8 +267,11 @@ def segment_manifest(a) -> int:
             # relative to the manifest's own folder, which is how manifests are read; images
             # keep the absolute paths read_manifest resolved: it works from any folder
             row["mask"] = name
-            row["cnn_confidence"] = "" if cid in kept_ids else info[cid].get("cnn_confidence", "")
-            row["cnn_flags"] = EDITED_NOTE if cid in kept_ids else info[cid].get("cnn_flags", "")
+            # the cnn_* cells are ours (from the cache too): formula-like text is quoted
+            row["cnn_confidence"] = "" if cid in kept_ids else spreadsheet_safe(
+                info[cid].get("cnn_confidence", ""))
+            row["cnn_flags"] = EDITED_NOTE if cid in kept_ids else spreadsheet_safe(
+                info[cid].get("cnn_flags", ""))
             man.append(row)
         for name in extra:          # the user's masks are never removed with a stale case
             _place(out / name, stage / name)

@@ -105,12 +105,16 @@ def register(sub):
                     help="pixel inside the lesion (column, row)")
     p.add_argument("--out", help="output mask (NRRD) for --image")
     p.add_argument("--prob-out", help="probability map output for --image")
-    p.add_argument("--out-dir", help="output folder for --manifest (<case_id>.nrrd)")
+    p.add_argument("--out-dir", help="output folder for --manifest (<case_id>.nrrd, "
+                                     "manifest.csv, errors.csv; replaced as one set)")
     p.add_argument("--model", help="weights file (default: the shipped BUS-BRA model)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--frame", type=int)
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the masks an earlier run made from the same image, frame and "
+                        "model, and keep masks edited by hand (a run without it refuses to "
+                        "redraw an edited mask)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_segment)
 

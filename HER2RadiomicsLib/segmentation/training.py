@@ -12,6 +12,11 @@ both random generators' states included) and every weights file is read with
 (pure data, the right kind of file, fitting the network) without loading any image, and
 :func:`train` calls it before it writes anything.
 
+Images and masks are read through the library's readers (:func:`check_pairs` checks every
+file's existence and the pixel cap from its header before any pixel is decoded; manifests go
+through :func:`..extraction.batch.read_manifest`), so a bad input is one line naming its file,
+before training starts.
+
 Example
 -------
 >>> from HER2RadiomicsLib.segmentation import training  # doctest: +SKIP

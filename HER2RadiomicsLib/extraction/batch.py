@@ -167,11 +167,13 @@ FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
 MAX_CASE_ID = 200
 
 
-def case_id_problems(cid: str) -> list:
+def case_id_problems(cid: str, names_files: bool = True) -> list:
+    """Why a case id (or a reader name, ``names_files=False`` when it names no file of its
+    own) cannot be used; [] when it can."""
     out = []
     if any(c in cid for c in "/\\") or cid in (".", ".."):
         out.append(f"case_id {cid[:60]!r} must not contain path separators")
-    elif any(c in cid for c in '<>:"|?*') or cid.endswith((".", " ")):
+    elif names_files and (any(c in cid for c in '<>:"|?*') or cid.endswith((".", " "))):
         # names files (masks, parts); Windows, where Slicer mostly runs, refuses these
         out.append(f"case_id {cid[:60]!r} contains a character Windows file names cannot "
                    "hold (< > : \" | ? * or a trailing dot); rename the case")

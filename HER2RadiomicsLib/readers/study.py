@@ -56,7 +56,7 @@ def read_reader_manifest(path, readers=None):
     for i, r in df.iterrows():
         why = case_id_problems(r.case_id) + [
             m.replace("case_id", "reader").replace("rename the case", "rename the reader")
-            for m in case_id_problems(r.reader)]
+            for m in case_id_problems(r.reader, names_files=False)]
         if not r.case_id or not r.reader:
             why.append("empty case_id or reader")
         if why:

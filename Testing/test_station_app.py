@@ -161,5 +161,7 @@ def test_autosave_is_resumed_by_a_new_station_process(app, cohort):
     app._on_modified()                            # an edit: the contour in progress is kept
     assert app.store.autosaved("R1", case) is not None and not app.store.is_done("R1", case)
     again = ReaderStation(StudyStore(app.store.root), "R1", server=next(_names))
-    assert again.case_id == case and again._edits[0] == {"start": "autosave"}
+    assert again.case_id == case
+    assert again._edits[0] == {"start": "restored autosave (started from empty)"}
+    assert "Restored your contour in progress" in again.state.st_message
     assert np.array_equal(again.current_mask(), (sitk.GetArrayFromImage(ref) > 0).astype(np.uint8))

@@ -1,12 +1,15 @@
 """``her2radiomics station``: create a reader study and serve it in the browser.
 
-``station create`` writes the study (queues, token hashes) and prints each token once.
+``station create`` writes the study (queues, token hashes, and for a CNN start the CNN's
+proposal of every case, made once for all readers) and prints each token once.
 ``station serve`` starts one web process per reader and one for the coordinator on consecutive
 ports (the coordinator on ``--port``, reader *i* on ``--port + i``) and prints their addresses.
 ``station demo`` does both on a small synthetic cohort.
 
 The launcher only starts and watches processes: every request is answered by a process that
-serves a single reader (or the coordinator) and admits only that token (see :mod:`.web`).
+serves a single reader (or the coordinator) and admits only that sign-in (see :mod:`.gate`). A
+process that dies is started again on its port after a back-off (1, 2, 4 ... 30 s); the others
+keep serving, and the reader's page reconnects by itself.
 """
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ from ..errors import HER2Error, InputError
 
 #: seconds a station process may take to load Slicer's core and open its first case
 START_TIMEOUT_S = 120.0
+#: waits before restarting a process that died (s), one step longer per crash in a row; a
+#: process that served this long before dying starts the sequence again
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+STABLE_S = 60.0
 
 
 def register(sub):
@@ -47,6 +54,11 @@ def register(sub):
     s.add_argument("--bundle", help="model bundle: a prediction card for the current contour")
     s.add_argument("--tokens", help="tokens JSON from `station create --tokens-out`, to print "
                                     "ready-to-open addresses")
+    s.add_argument("--min-icc-cases", type=int, default=3,
+                   help="cases with two readers' contours below which the coordinator's "
+                        "reader study is refused (default 3)")
+    s.add_argument("--warn-icc-cases", type=int, default=10,
+                   help="below this many such cases the reader study warns (default 10)")
     s.set_defaults(func=cmd_serve)
 
     d = ss.add_parser("demo", help="a station on a small synthetic cohort (2 readers)")
@@ -68,6 +80,8 @@ def register(sub):
     o.add_argument("--port", type=int, required=True)
     o.add_argument("--bundle")
     o.add_argument("--ready-file")
+    o.add_argument("--min-icc-cases", type=int, default=3)
+    o.add_argument("--warn-icc-cases", type=int, default=10)
     o.set_defaults(func=cmd_one)
 
 
@@ -79,12 +93,40 @@ def _need_station():
                          "pip install 'HER2RadiomicsLib[station]'") from None
 
 
+def make_proposals(store, progress=True) -> int:
+    """The CNN's proposal of every case that lacks one (a study that starts from the CNN):
+    made once, for every reader, so that no reader's process loads the CNN (about 300 MB
+    each) and every next case opens at once. Returns how many were made."""
+    todo = store.missing_proposals()
+    if not todo:
+        return 0
+    import SimpleITK as sitk
+    from ..extraction.batch import progress_bar
+    from ..segmentation.commands import get_segmenter
+    seg = get_segmenter()
+    bar = progress_bar(total=len(todo), desc="CNN proposals", unit="case", file=sys.stderr,
+                       disable=not progress)
+    for case in todo:
+        loaded = store.load_image(case)
+        try:
+            mask = seg.predict(loaded.image).mask
+        except HER2Error as exc:       # the reader starts empty on this case, and is told
+            print(f"  {case}: no CNN proposal ({exc})", file=sys.stderr)
+            mask = sitk.Image(loaded.image.GetSize(), sitk.sitkUInt8)
+            mask.CopyInformation(loaded.image)
+        store.save_proposal(case, mask)
+        bar.update()
+    bar.close()
+    return len(todo)
+
+
 def cmd_create(a) -> int:
     from .store import StudyStore
     readers = [r.strip() for r in str(a.readers).split(",") if r.strip()]
     store, tokens = StudyStore.create(a.study, a.manifest, readers, start=a.start, seed=a.seed)
     if a.tokens_out:
         _write_private(a.tokens_out, tokens)
+    make_proposals(store)
     print(f"study {store.root}: {len(store.cases)} cases, readers {', '.join(readers)}, "
           f"start {a.start}, seed {store.meta['seed']}")
     print("tokens (shown once; only their SHA-256 is stored):")
@@ -111,43 +153,74 @@ def plan(store, port: int) -> list:
         ("reader", r, int(port) + i) for i, r in enumerate(store.readers, start=1)]
 
 
-def start_processes(study, host, port, bundle=None, log_dir=None, env=None):
+def check_ports(host, ports) -> None:
+    """Refuse ports that are taken, in one line, before any process loads Slicer."""
+    import socket
+    for role, reader, port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, int(port)))
+            except OSError as exc:
+                who = f"reader {reader}" if reader else "the coordinator"
+                raise InputError(f"port {port} on {host} ({who}): {exc.strerror or exc}; "
+                                 "choose another --port (reader i uses --port + i)") from None
+
+
+def _command(study, role, reader, host, port, ready, bundle=None, options=None):
+    cmd = [sys.executable, "-m", "HER2RadiomicsLib", "station", "one", "--study", str(study),
+           "--role", role, "--host", host, "--port", str(port), "--ready-file", str(ready)]
+    if reader:
+        cmd += ["--reader", reader]
+    if bundle and role == "reader":
+        cmd += ["--bundle", str(bundle)]
+    for k, v in (options or {}).items():
+        if role == "coordinator":
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    return cmd
+
+
+def _spawn(cmd, log_path, env=None):
+    # the child keeps its own copy of the log's descriptor; ours closes at once
+    with open(log_path, "ab") as logf:
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+
+
+def start_processes(study, host, port, bundle=None, log_dir=None, env=None, options=None):
     """Start the study's processes and wait until each serves; returns ``[(role, reader,
     port, Popen)]``. A process that fails to start stops the others."""
     from .store import StudyStore
     store = StudyStore(study)
     log_dir = Path(log_dir or Path(study) / "logs")
     log_dir.mkdir(parents=True, exist_ok=True)
+    planned = plan(store, port)
+    check_ports(host, planned)
     procs = []
     try:
-        for role, reader, p in plan(store, port):
+        for role, reader, p in planned:
             ready = log_dir / f"{role}-{reader or 'all'}.ready"
             ready.unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "HER2RadiomicsLib", "station", "one", "--study",
-                   str(study), "--role", role, "--host", host, "--port", str(p),
-                   "--ready-file", str(ready)]
-            if reader:
-                cmd += ["--reader", reader]
-            if bundle and role == "reader":
-                cmd += ["--bundle", str(bundle)]
-            # the child keeps its own copy of the log's descriptor; ours closes at once
-            with open(log_dir / f"{role}-{reader or 'all'}.log", "ab") as logf:
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            cmd = _command(study, role, reader, host, p, ready, bundle, options)
+            proc = _spawn(cmd, log_dir / f"{role}-{reader or 'all'}.log", env)
             procs.append((role, reader, p, proc, ready))
         deadline = time.monotonic() + START_TIMEOUT_S
         for role, reader, p, proc, ready in procs:
-            while not ready.exists():
-                if proc.poll() is not None:
-                    raise HER2Error(f"station {role} {reader or ''} on port {p} exited with "
-                                    f"code {proc.returncode}; see {log_dir}")
-                if time.monotonic() > deadline:
-                    raise HER2Error(f"station {role} {reader or ''} on port {p} did not start "
-                                    f"in {START_TIMEOUT_S:.0f} s; see {log_dir}")
-                time.sleep(0.2)
+            _wait_ready(role, reader, p, proc, ready, deadline, log_dir)
     except BaseException:
         stop_processes([(r, rd, p, pr) for r, rd, p, pr, _ in procs])
         raise
     return [(r, rd, p, pr) for r, rd, p, pr, _ in procs]
+
+
+def _wait_ready(role, reader, port, proc, ready, deadline, log_dir):
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise HER2Error(f"station {role} {reader or ''} on port {port} exited with "
+                            f"code {proc.returncode}; see {log_dir}")
+        if time.monotonic() > deadline:
+            raise HER2Error(f"station {role} {reader or ''} on port {port} did not start "
+                            f"in {START_TIMEOUT_S:.0f} s; see {log_dir}")
+        time.sleep(0.2)
 
 
 def stop_processes(procs, timeout_s: float = 10.0):
@@ -161,40 +234,89 @@ def stop_processes(procs, timeout_s: float = 10.0):
             proc.kill()
 
 
-def _serve(study, host, port, bundle=None, tokens=None) -> int:
+class Supervisor:
+    """Keeps every process of a study serving: one that dies is started again on its port
+    after a back-off (:data:`RESTART_BACKOFF_S`), the others go on; a line on the terminal
+    says so each time."""
+
+    def __init__(self, study, host, procs, bundle=None, options=None, env=None, out=None):
+        self.study, self.host, self.bundle = study, host, bundle
+        self.options, self.env = options or {}, env
+        self.out = out or sys.stderr
+        self.log_dir = Path(study) / "logs"
+        self.slots = [{"role": r, "reader": rd, "port": p, "proc": pr, "crashes": 0,
+                       "started": time.monotonic(), "due": None}
+                      for r, rd, p, pr in procs]
+
+    @property
+    def procs(self):
+        return [(s["role"], s["reader"], s["port"], s["proc"]) for s in self.slots]
+
+    def step(self):
+        """Look at every process once; restart those whose back-off is over."""
+        now = time.monotonic()
+        for s in self.slots:
+            proc = s["proc"]
+            if s["due"] is None and proc is not None and proc.poll() is not None:
+                if now - s["started"] > STABLE_S:
+                    s["crashes"] = 0
+                wait = RESTART_BACKOFF_S[min(s["crashes"], len(RESTART_BACKOFF_S) - 1)]
+                s["crashes"] += 1
+                s["due"] = now + wait
+                who = f"reader {s['reader']}" if s["reader"] else "coordinator"
+                print(f"station {who} on port {s['port']} stopped (code {proc.returncode}); "
+                      f"restarting in {wait:.0f} s (see {self.log_dir})", file=self.out,
+                      flush=True)
+            if s["due"] is not None and now >= s["due"]:
+                s["due"] = None
+                s["started"] = now
+                ready = self.log_dir / f"{s['role']}-{s['reader'] or 'all'}.ready"
+                ready.unlink(missing_ok=True)
+                cmd = _command(self.study, s["role"], s["reader"], self.host, s["port"],
+                               ready, self.bundle, self.options)
+                s["proc"] = _spawn(cmd, self.log_dir / f"{s['role']}-{s['reader'] or 'all'}"
+                                   ".log", self.env)
+
+    def stop(self):
+        stop_processes([(0, 0, 0, s["proc"]) for s in self.slots if s["proc"] is not None])
+
+
+def _serve(study, host, port, bundle=None, tokens=None, options=None) -> int:
     _need_station()
     if bundle:
         # refused here, naming the file, rather than as a reader process that fails to start
         from ..modelling.bundle import load_bundle
         load_bundle(bundle)
-    procs = start_processes(study, host, port, bundle=bundle)
+    from .store import StudyStore
+    if make_proposals(StudyStore(study)):      # a study created without them, or new cases
+        print("CNN proposals made for the cases that lacked one", file=sys.stderr)
+    procs = start_processes(study, host, port, bundle=bundle, options=options)
     tokens = tokens or {}
     print(f"reader station for {study} (Ctrl-C stops it):")
     for role, reader, p, _ in procs:
         who = reader or "coordinator"
         tok = tokens.get(who, "<token>")
         print(f"  {role:<11} {reader or '':<12} http://{host}:{p}/?secret={tok}")
+    print("  (each link signs its browser in once; then http://host:port/ is enough)")
+    sup = Supervisor(study, host, procs, bundle=bundle, options=options)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
         while not stop["now"]:
-            for role, reader, p, proc in procs:
-                if proc.poll() is not None:
-                    print(f"station {role} {reader or ''} on port {p} stopped "
-                          f"(code {proc.returncode}); see {Path(study) / 'logs'}",
-                          file=sys.stderr)
-                    return 1
+            sup.step()
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        stop_processes(procs)
+        sup.stop()
     return 0
 
 
 def cmd_serve(a) -> int:
     tokens = json.loads(Path(a.tokens).read_text()) if a.tokens else None
-    return _serve(a.study, a.host, a.port, bundle=a.bundle, tokens=tokens)
+    return _serve(a.study, a.host, a.port, bundle=a.bundle, tokens=tokens,
+                  options={"min_icc_cases": a.min_icc_cases,
+                           "warn_icc_cases": a.warn_icc_cases})
 
 
 def cmd_demo(a) -> int:
@@ -209,8 +331,9 @@ def cmd_demo(a) -> int:
         if not manifest:
             generate_cohort(out / "cohort", n_cases=a.cases, seed=11)
             manifest = out / "cohort" / "cohort.csv"
-        _, tokens = StudyStore.create(study, manifest, ["R1", "R2"], start="cnn", seed=11)
+        store, tokens = StudyStore.create(study, manifest, ["R1", "R2"], start="cnn", seed=11)
         _write_private(tokens_file, tokens)
+        make_proposals(store)
     return _serve(study, a.host, a.port, bundle=a.bundle,
                   tokens=json.loads(tokens_file.read_text()))
 
@@ -220,7 +343,8 @@ def cmd_one(a) -> int:
     sys.argv = sys.argv[:1]             # trame parses the command line; it is ours, not its
     from . import web
     if a.role == "coordinator":
-        web.serve_coordinator(a.study, host=a.host, port=a.port, ready_file=a.ready_file)
+        web.serve_coordinator(a.study, host=a.host, port=a.port, ready_file=a.ready_file,
+                              min_cases=a.min_icc_cases, warn_cases=a.warn_icc_cases)
     else:
         if not a.reader:
             raise InputError("station one --role reader needs --reader")

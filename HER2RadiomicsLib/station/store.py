@@ -251,16 +251,53 @@ class StudyStore:
         out.CopyInformation(loaded.image)
         return out
 
-    def autosave(self, reader, case_id, mask):
-        """Keep the contour in progress (not a result: the case is not done)."""
-        from ..imaging.io import write_image
-        return write_image(self._as_label(case_id, mask),
+    def autosave(self, reader, case_id, mask, info: dict | None = None):
+        """Keep the contour in progress (not a result: the case is not done), with what is
+        known of it so far (``info``: where it started, active seconds, edits), so that a
+        restarted station resumes it truthfully."""
+        from ..imaging.io import atomic_write_text, write_image
+        path = write_image(self._as_label(case_id, mask),
                            self._contour_path(reader, case_id, autosave=True))
+        atomic_write_text(self._contour_path(reader, case_id, ".json", autosave=True),
+                          json.dumps({**(info or {}), "autosaved": time.strftime(
+                              "%Y-%m-%dT%H:%M:%S")}))
+        return path
 
     def autosaved(self, reader, case_id):
         """The autosaved contour in progress, or None."""
         p = self._contour_path(reader, case_id, autosave=True)
         return sitk.ReadImage(str(p)) if p.exists() else None
+
+    def autosave_info(self, reader, case_id) -> dict:
+        """What the autosave recorded with the contour in progress ({} when nothing)."""
+        p = self._contour_path(reader, case_id, ".json", autosave=True)
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    # -- CNN proposals -------------------------------------------------------------------------
+
+    def _proposal_path(self, case_id) -> Path:
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", self._case(case_id)["case_id"])
+        return self.root / "proposals" / f"{name}.nrrd"
+
+    def proposal(self, case_id):
+        """The CNN's proposal for a case, made once for every reader (None when missing)."""
+        p = self._proposal_path(case_id)
+        return sitk.ReadImage(str(p)) if p.exists() else None
+
+    def missing_proposals(self) -> list:
+        """Cases of a study that starts from the CNN whose proposal is not made yet."""
+        if self.meta.get("start") != "cnn":
+            return []
+        return [c for c in self.cases if not self._proposal_path(c).exists()]
+
+    def save_proposal(self, case_id, mask) -> Path:
+        """Store the CNN's proposal of a case (an empty one when the CNN found nothing)."""
+        from ..imaging.io import write_image
+        return write_image(self._as_label(case_id, mask), self._proposal_path(case_id))
 
     def save_contour(self, reader, case_id, mask, *, start_source=None, seconds=None,
                      edits=None) -> Path:
@@ -273,13 +310,15 @@ class StudyStore:
         side = {"reader": reader, "case_id": self._case(case_id)["case_id"],
                 "start_source": start_source or self.meta["start"],
                 "seconds": None if seconds is None else float(seconds),
-                "edits": list(edits or []), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "edits": list(edits or []), "n_edits": len(list(edits or [])),
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "mask": path.name, "area_px": int(sitk.GetArrayViewFromImage(label).sum())}
         atomic_write_text(self._contour_path(reader, case_id, ".json"),
                           json.dumps(side, indent=1))
-        auto = self._contour_path(reader, case_id, autosave=True)
-        if auto.exists():
-            auto.unlink()
+        for auto in (self._contour_path(reader, case_id, autosave=True),
+                     self._contour_path(reader, case_id, ".json", autosave=True)):
+            if auto.exists():
+                auto.unlink()
         return path
 
     def load_contour(self, identity: Identity, reader, case_id):

@@ -2,14 +2,18 @@
 
 Needs the ``station`` extra (trame-slicer 2.0.0 on slicer-core 5.11); imported only by
 ``her2radiomics station``. All study rules (queues, blinding, atomic contours, access) live in
-:mod:`.store`; this module is the web front end on top of it.
+:mod:`.store`, who may connect and what a browser may send in :mod:`.gate`; this module is the
+reader's web front end (the coordinator's is :mod:`.coordinator`).
 
 Why one process per reader: a trame server shares its state (and its rendered views) with every
 client connected to it, so two readers in one process would see each other's contours. Each
-reader gets a port; the coordinator gets its own. A process admits a browser only when the
-websocket handshake carries that process's token (``?secret=<token>`` in the URL, which the
-trame client sends in wslink's hello and then removes from the address bar): without it the
-server sends nothing and runs no call.
+reader gets a port; the coordinator gets its own; the launcher restarts a process that dies,
+on its port, and the page reconnects by itself (``static/station.js``).
+
+No edit is lost: the contour in progress is autosaved at most :data:`AUTOSAVE_QUIET_S` after the
+last stroke, when the page is hidden and when the browser goes away; a restarted station opens
+it again and says so. Save writes the contour first; the next case's CNN proposal was made
+when the study was created (once, for every reader), so no reader process loads the CNN.
 
 Rendering: trame-slicer asks for 8x multisampling per view, which software (Mesa) rendering on a
 machine without a GPU pays about 6x for; a 2D slice view gains nothing from it, so it is off, and
@@ -17,9 +21,8 @@ frames are streamed as JPEG.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -27,39 +30,35 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .store import AccessDenied, StudyStore
+from . import gate
+from .store import StudyStore
 
 log = logging.getLogger(__name__)
 
 #: ring distances shown by the overlay (mm), the peritumoral design of the studies
 OVERLAY_RINGS_MM = (3.0, 5.0, 8.0)
+#: the overlay's colour per ring (RGB 0-1): distinct hues, legend on the page
+RING_COLOURS = {"0-3 mm": (0.95, 0.75, 0.10), "3-5 mm": (0.20, 0.80, 0.90),
+                "5-8 mm": (0.85, 0.35, 0.85)}
+#: the contour's look on every case: full outline, light fill (the image stays readable)
+CONTOUR_FILL_OPACITY = 0.4
 #: default brush diameter in mm (absolute, not relative to the screen: readers think in mm)
 DEFAULT_BRUSH_MM = 3.0
-#: autosave the contour in progress this often (seconds) when it changed
+#: the brush's range (mm): a lesion's detail to a whole lesion; anything a browser sends
+#: outside it is clamped (1e6 mm would allocate 347 TB)
+BRUSH_MM = (0.5, 20.0)
+#: autosave this long after the last stroke (s); the issue's bound is 2 s
+AUTOSAVE_QUIET_S = 1.5
+#: strokes closer than this (s) are one edit (a stroke fires several modified events)
+STROKE_GAP_S = 0.4
+#: a confirmation stays this long on the page (s); errors stay until the next action
+MESSAGE_S = 8.0
+#: a note longer than this (characters) is cut: a flag is a sentence, not a file
+MAX_NOTE = 500
+#: autosave every this many seconds of continuous editing even without a pause (s)
 AUTOSAVE_S = 20.0
 
-
-def _token_gate(store: StudyStore, role: str, reader: str | None):
-    """A wslink link protocol admitting only this process's token."""
-    from wslink.websocket import LinkProtocol
-
-    class TokenGate(LinkProtocol):
-        async def validateToken(self, token, client_id):          # noqa: N802 (wslink's name)
-            try:
-                who = store.authenticate(token)
-            except AccessDenied:
-                log.warning("refused a client with a wrong token")
-                return False
-            ok = who.role == role and (role == "coordinator" or who.reader == reader)
-            if not ok:
-                log.warning("refused %s token on the %s station", who.role, role)
-            return ok
-
-    return TokenGate()
-
-
-def _install_gate(server, gate):
-    server.add_protocol_to_configure(lambda root: root.registerLinkProtocol(gate))
+STATIC = Path(__file__).with_name("static")
 
 
 class ReaderStation:
@@ -69,7 +68,7 @@ class ReaderStation:
     ----------
     store : StudyStore
     reader : str
-        The reader this process serves (its token is the only one admitted).
+        The reader this process serves (its sign-in is the only one admitted).
     server : trame Server, optional
     bundle : str or Path, optional
         A model bundle: a prediction card for the current contour.
@@ -88,7 +87,8 @@ class ReaderStation:
         self.store, self.reader = store, reader
         self.server = get_server(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
-        _install_gate(self.server, _token_gate(store, "reader", reader))
+        self.server.enable_module({"serve": {"h2r_station": str(STATIC)},
+                                   "scripts": ["h2r_station/station.js"]})
         self.state, self.ctrl = self.server.state, self.server.controller
 
         self.slicer = SlicerApp()
@@ -110,10 +110,13 @@ class ReaderStation:
         self.volume_node = None
         self.segmentation_node = None
         self.rings_node = None
-        self._opened_at = time.monotonic()
         self._edits: list = []
+        self._last_edit = 0.0
+        self._last_modified = 0.0
         self._last_autosave = time.monotonic()
         self._dirty = False
+        self._active_s, self._active_since = 0.0, time.monotonic()
+        self._restored = ""
         self._bundle = None
         if bundle:
             from ..modelling.bundle import load_bundle
@@ -122,6 +125,10 @@ class ReaderStation:
         self._init_state()
         self._build_ui()
         self._set_brush_mm(DEFAULT_BRUSH_MM)
+        self.gate = gate.install(self.server, gate.Sessions(store, "reader", reader),
+                                 self._validators(), on_connect=self._on_connect,
+                                 on_close=self._on_close,
+                                 routes={("POST", "/h2r/beacon"): self._beacon})
         self.open_case(store.next_case(reader))
 
     # -- state and UI ----------------------------------------------------------------------------
@@ -137,19 +144,17 @@ class ReaderStation:
         s.st_rings = False
         s.st_flag_note = ""
         s.st_finished = False
+        s.st_summary = ""
         s.st_prediction = None
         s.st_has_bundle = self._bundle is not None
         s.st_spacing = ""
+        s.st_legend = [{"name": k, "rgb": "rgb(%d,%d,%d)" % tuple(int(255 * c) for c in v)}
+                       for k, v in RING_COLOURS.items()]
 
     def _build_ui(self):
         from trame.widgets import html
         from trame.widgets import vuetify3 as v
-        from trame_slicer.app.ui import (
-            SegmentEditorToolbarUI,
-            SegmentEditorUI,
-            SegmentEditorUndoRedoUI,
-            ViewerLayout,
-        )
+        from trame_slicer.app.ui import SegmentEditorUI, SegmentEditorUndoRedoUI, ViewerLayout
 
         with ViewerLayout(self.server, title="HER2Radiomics reader station",
                           is_drawer_visible=True) as layout:
@@ -163,50 +168,77 @@ class ReaderStation:
                           density="compact", classes="mx-2", id="st-rings",
                           style="flex: 0 0 auto;")
                 v.VBtn("Save", id="st-save", color="primary", variant="flat", classes="mx-1",
-                       click=self.ctrl.st_save, disabled=("st_finished",))
+                       click=self.ctrl.st_save, disabled=("st_finished",),
+                       prepend_icon="mdi-content-save")
                 v.VBtn("Skip", id="st-skip", variant="tonal", classes="mx-1",
-                       click=self.ctrl.st_skip, disabled=("st_finished",))
+                       click=self.ctrl.st_skip, disabled=("st_finished",),
+                       prepend_icon="mdi-skip-next")
                 v.VTextField(v_model=("st_flag_note",), placeholder="note", id="st-note",
                              density="compact", hide_details=True, style="max-width: 12em;",
-                             classes="mx-1")
+                             classes="mx-1", maxlength=MAX_NOTE)
                 v.VBtn("Flag", id="st-flag", variant="tonal", classes="mx-1",
-                       click=self.ctrl.st_flag, disabled=("st_finished",))
-            with layout.drawer:
-                self.editor_ui = SegmentEditorUI()
-                html.Div("Paint and Erase brush sizes are diameters in mm of the image.",
-                         classes="mx-4 text-caption")
-                with html.Div(classes="mx-4 mt-2"):
+                       click=self.ctrl.st_flag, disabled=("st_finished",),
+                       prepend_icon="mdi-flag")
+            with layout.drawer, html.Div(classes="d-flex flex-column"):
+                # the Segment Editor's own options come last; what a reader needs without
+                # scrolling at 1280 x 800 comes first: the tools (icon and word), the brush
+                # size in mm, window/level, the ring legend
+                with html.Div(style="order: 10;"):
+                    self.editor_ui = SegmentEditorUI()
+                with html.Div(classes="mx-3 mt-2", id="st-tools", style="order: 1;"):
+                    html.Div("Tools", classes="text-caption")
+                    self._tool_buttons(html, v)
+                    html.Div("Brush diameter: {{ %s }} mm (Paint, Erase)" % self._brush_key(),
+                             classes="text-caption mt-1", id="st-brush")
+                with html.Div(classes="mx-3 mt-2", style="order: 2;"):
                     html.Div("Window / level (grey values)", classes="text-caption")
                     v.VRangeSlider(v_model=("st_wl", [0, 255]), min=("st_wl_min", 0),
                                    max=("st_wl_max", 255), step=1, hide_details=True,
                                    density="compact", id="st-wl", thumb_label=True)
                     v.VBtn("Auto window", click=self.ctrl.st_wl_auto, size="small",
-                           variant="text", id="st-wl-auto")
-                v.VBtn("Predict HER2 for this contour", v_if=("st_has_bundle",),
-                       id="st-predict", click=self.ctrl.st_predict, classes="ma-2",
-                       variant="tonal")
-                with v.VCard(v_if=("st_prediction",), classes="ma-2", id="st-prediction"):
-                    v.VCardTitle("{{ st_prediction.cls }}")
-                    with v.VCardText():
-                        html.Div("P({{ p.k }}) = {{ p.p }}", v_for="p in st_prediction.probs",
-                                 key="p.k")
-                        html.Div("Rad-score {{ st_prediction.rad }}",
-                                 v_if=("st_prediction.rad",))
-                        html.Div("{{ w }}", v_for="w in st_prediction.warnings", key="w",
-                                 classes="text-warning")
-                        html.Div("{{ st_prediction.engine }}", classes="text-caption")
-                        html.Div("Research use only; not a diagnostic device.",
-                                 classes="text-caption")
-            with layout.toolbar:
-                SegmentEditorToolbarUI(editor_ui=self.editor_ui)
+                           variant="text", id="st-wl-auto", prepend_icon="mdi-contrast")
+                with html.Div(v_if=("st_rings",), classes="mx-3 mt-1 text-caption",
+                              id="st-legend", style="order: 3;"):
+                    with html.Span(v_for="r in st_legend", key="r.name", classes="mr-3"):
+                        html.Span(style=("{background: r.rgb, display: 'inline-block', "
+                                         "width: '12px', height: '12px', "
+                                         "marginRight: '4px'}",))
+                        html.Span("ring {{ r.name }}")
+                with html.Div(style="order: 4;"):
+                    v.VBtn("Predict HER2 for this contour", v_if=("st_has_bundle",),
+                           id="st-predict", click=self.ctrl.st_predict, classes="ma-2",
+                           variant="tonal", prepend_icon="mdi-chart-bar")
+                    with v.VCard(v_if=("st_prediction",), classes="ma-2", id="st-prediction"):
+                        v.VCardTitle("{{ st_prediction.cls }}")
+                        with v.VCardText():
+                            html.Div("P({{ p.k }}) = {{ p.p }}",
+                                     v_for="p in st_prediction.probs", key="p.k")
+                            html.Div("Rad-score {{ st_prediction.rad }}",
+                                     v_if=("st_prediction.rad",))
+                            html.Div("{{ w }}", v_for="w in st_prediction.warnings", key="w",
+                                     classes="text-warning")
+                            html.Div("{{ st_prediction.engine }}", classes="text-caption")
+                            html.Div("Research use only; not a diagnostic device.",
+                                     classes="text-caption")
             with layout.undo_redo:
                 SegmentEditorUndoRedoUI(editor_ui=self.editor_ui)
             with layout.content:
-                with html.Div(style="position: absolute; top: 4px; left: 8px; z-index: 10;"):
-                    html.Div("{{ st_message }}", id="st-message", classes="text-success")
-                    html.Div("{{ st_error }}", id="st-error", classes="text-error")
-                    html.Div("All cases of your queue are done.", v_if=("st_finished",),
-                             id="st-finished")
+                # every message above the app bar, top-most at the top centre of the page
+                with html.Div(id="st-banner", style=(
+                        "position: fixed; top: 6px; left: 50%; transform: translateX(-50%); "
+                        "z-index: 5000; max-width: 70vw; pointer-events: none;")):
+                    v.VAlert("{{ st_message }}", v_show=("st_message",), type="success",
+                             density="compact", id="st-message", classes="mb-1",
+                             style="pointer-events: auto;")
+                    v.VAlert("{{ st_error }}", v_show=("st_error",), type="error",
+                             density="compact", id="st-error",
+                             style="pointer-events: auto;")
+                with v.VCard(v_if=("st_finished",), id="st-finished", style=(
+                        "position: absolute; inset: 0; z-index: 20; display: flex; "
+                        "flex-direction: column; justify-content: center; "
+                        "align-items: center;")):
+                    v.VCardTitle("All cases of your queue are done.")
+                    v.VCardText("{{ st_summary }}", id="st-summary")
                 self.layout_manager.initialize_layout_grid(layout)
         self.editor_logic.set_ui(self.editor_ui)
         self.ctrl.st_save = self.save
@@ -216,7 +248,73 @@ class ReaderStation:
         self.state.change("st_rings")(self._on_rings)
         self.state.change("st_wl")(self._on_window)
         self.ctrl.st_wl_auto = self.auto_window
+        self.ctrl.trigger("h2r_hidden")(self._on_hidden)
+        self.ctrl.trigger("h2r_visible")(self._on_visible)
+        self.ctrl.trigger("h2r_reconnected")(self._on_reconnected)
         self.slicer.segmentation_editor.segmentation_modified.connect(self._on_modified)
+
+    def _tool_buttons(self, html, v):
+        from trame_slicer.segmentation import (SegmentationEffectDraw,
+                                               SegmentationEffectErase,
+                                               SegmentationEffectNoTool,
+                                               SegmentationEffectPaint,
+                                               SegmentationEffectScissors)
+        with html.Div(classes="d-flex flex-wrap"):
+            for name, icon, effect in (("Paint", "mdi-brush", SegmentationEffectPaint),
+                                       ("Erase", "mdi-eraser", SegmentationEffectErase),
+                                       ("Draw", "mdi-draw", SegmentationEffectDraw),
+                                       ("Scissors", "mdi-content-cut",
+                                        SegmentationEffectScissors),
+                                       ("View only", "mdi-cursor-default",
+                                        SegmentationEffectNoTool)):
+                with v.VBtn(size="small", variant="tonal", classes="ma-1",
+                            id=f"st-tool-{name.split()[0].lower()}",
+                            active=self.editor_ui.is_active_effect(effect),
+                            click=(lambda e=effect: self.editor_ui.effect_button_clicked(e))):
+                    v.VIcon(icon, start=True)
+                    html.Span(name)
+
+    def _brush_key(self):
+        keys = [k for k in self.state.to_dict()
+                if k.endswith("brush_diameter_slider__SliderState__value")]
+        paint = [k for k in keys if k.startswith("Paint")]
+        return (paint or keys or ["st_brush_unknown"])[0]
+
+    def _validators(self):
+        """What a browser may set, and how (:func:`.gate.install`)."""
+        lo_b, hi_b = BRUSH_MM
+
+        def brush(value):
+            return min(max(gate.finite(value), lo_b), hi_b)
+
+        def window(value):
+            lo, hi = (gate.finite(v) for v in value)
+            vmin, vmax = float(self.state.st_wl_min), float(self.state.st_wl_max)
+            return [min(max(lo, vmin), vmax), min(max(hi, vmin), vmax)]
+
+        def note(value):
+            return str(value)[:MAX_NOTE]
+
+        def flag(value):
+            return bool(value)
+        return {(lambda k: k.endswith("__SliderState__value") and "brush" in k): brush,
+                (lambda k: k == "st_wl"): window, (lambda k: k == "st_flag_note"): note,
+                (lambda k: k == "st_rings"): flag,
+                (lambda k: k.startswith("st_") and k not in (
+                    "st_wl", "st_flag_note", "st_rings")): _read_only}
+
+    def _say(self, message="", error=""):
+        """A confirmation (cleared after :data:`MESSAGE_S`) or an error, at the top centre."""
+        with self.state:
+            self.state.st_message, self.state.st_error = message, error
+        if message:
+            stamp = message
+
+            def clear():
+                if self.state.st_message == stamp:
+                    with self.state:
+                        self.state.st_message = ""
+            _later_if_loop(MESSAGE_S, clear)
 
     # -- cases -----------------------------------------------------------------------------------
 
@@ -227,9 +325,16 @@ class ReaderStation:
             return f"{done} of {len(queue)} done"
         return f"case {queue.index(self.case_id) + 1} of {len(queue)} ({done} done)"
 
+    def _summary(self):
+        queue = self.store.queue(self.reader)
+        q = self.store._read_queue(self.reader)
+        done = sum(self.store.is_done(self.reader, c) for c in queue)
+        return (f"{done} saved, {len(q['skipped'])} skipped, {len(q['flags'])} flagged, of "
+                f"{len(queue)} cases. Thank you. You can close this page.")
+
     def open_case(self, case_id):
         """Show a case of the reader's queue with the study's starting contour (or the
-        autosaved contour in progress)."""
+        autosaved contour in progress, said so on the page)."""
         scene = self.slicer.scene
         self.slicer.segmentation_editor.deactivate_effect()
         for node in (self.segmentation_node, self.volume_node, self.rings_node):
@@ -242,7 +347,10 @@ class ReaderStation:
             self.state.st_finished = case_id is None
             self.state.st_rings = False
             self.state.st_prediction = None
+            self.state.st_flag_note = ""         # a note belongs to the case it was written on
             self.state.st_position = self._position()
+            self.state.st_summary = self._summary() if case_id is None else ""
+        self._restored = ""
         if case_id is None:
             return
         loaded = self.store.load_image(case_id)
@@ -252,16 +360,23 @@ class ReaderStation:
         self.volume_node = self.slicer.io_manager.load_volumes(str(path))[0]
         self.volume_node.SetName(str(case_id))
         start = self.store.autosaved(self.reader, case_id)
-        source = "autosave"
-        if start is None:
+        info = self.store.autosave_info(self.reader, case_id) if start is not None else {}
+        if start is not None:
+            first = info.get("start_source", "unknown")
+            source = f"restored autosave (started from {first})"
+            when = str(info.get("autosaved", ""))[11:16]
+            self._restored = (f"restored your contour in progress of {case_id}"
+                              + (f" (autosaved at {when})" if when else ""))
+        else:
             source = self.store.meta["start"]
-            start = self._cnn_proposal(loaded) if source == "cnn" else None
+            start = self._cnn_proposal(case_id, loaded) if source == "cnn" else None
         self.segmentation_node = self._segmentation_from(start)
         editor = self.slicer.segmentation_editor
         editor.set_active_segmentation(self.segmentation_node, self.volume_node)
         if editor.n_segments == 0:
             editor.add_empty_segment(segment_name="lesion")
         editor.set_active_segment_id(editor.get_nth_segment_id(0))
+        self._style_contour()
         self.slicer.display_manager.show_volume_in_slice_background(self.volume_node)
         self.slicer.display_manager.reset_views()
         arr = sitk.GetArrayViewFromImage(loaded.image)
@@ -269,24 +384,49 @@ class ReaderStation:
             self.state.st_wl_min = float(np.floor(arr.min()))
             self.state.st_wl_max = float(np.ceil(arr.max()))
         self.auto_window()
-        self._opened_at = time.monotonic()
         self._edits = [{"start": source}]
+        self._last_edit = 0.0
+        self._active_s = float(info.get("seconds") or 0.0)
+        self._active_since = time.monotonic()
         self._dirty = False
+        if info.get("edits"):
+            self._edits += [dict(e) for e in info["edits"] if isinstance(e, dict)]
         sx, sy = loaded.image.GetSpacing()[:2]
         with self.state:
             self.state.st_spacing = f"{sx:.3g} x {sy:.3g} mm ({loaded.spacing_source})"
+        if self._restored:
+            self._say(self._restored[0].upper() + self._restored[1:] + ".")
         if self._bundle is not None and self.current_mask().any():
             self.predict()
 
-    def _cnn_proposal(self, loaded):
+    def _cnn_proposal(self, case_id, loaded):
+        """The study's CNN proposal (made once at creation, for every reader: the station's
+        processes never load the CNN); made here only for a study that lacks it."""
+        mask = self.store.proposal(case_id)
+        if mask is not None:
+            return mask if sitk.GetArrayViewFromImage(mask).any() else None
         try:
             from ..segmentation.commands import get_segmenter
-            return get_segmenter().predict(loaded.image).mask
+            mask = get_segmenter().predict(loaded.image).mask
+            self.store.save_proposal(case_id, mask)
+            return mask
         except Exception as exc:                      # noqa: BLE001 (the reader contours by hand)
-            log.warning("CNN proposal unavailable for %s: %s", self.case_id, exc)
-            with self.state:
-                self.state.st_error = f"No CNN proposal ({exc}); contour by hand."
+            log.warning("CNN proposal unavailable for %s: %s", case_id, exc)
+            self._say(error=f"No CNN proposal ({exc}); contour by hand.")
             return None
+
+    def _style_contour(self):
+        """The same look on every case: outline and a light fill (never opaque)."""
+        node = self.segmentation_node
+        display = node.GetDisplayNode() if node is not None else None
+        if display is None:
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+        display.SetVisibility2DOutline(True)
+        display.SetVisibility2DFill(True)
+        display.SetOpacity2DOutline(1.0)
+        display.SetOpacity2DFill(CONTOUR_FILL_OPACITY)
+        display.SetOpacity(1.0)
 
     def _segmentation_from(self, mask):
         """A segmentation node holding ``mask`` (or nothing) in the volume's geometry."""
@@ -328,8 +468,9 @@ class ReaderStation:
             if isinstance(logic, BrushEffectLogic):
                 data = logic._brush_state.data
                 data.brush_diameter_mode = BrushDiameterMode.Absolute
-                data.brush_diameter_slider = SliderState(min_value=0.5, max_value=20.0,
-                                                         step=0.5, value=float(diameter_mm))
+                data.brush_diameter_slider = SliderState(
+                    min_value=BRUSH_MM[0], max_value=BRUSH_MM[1], step=0.5,
+                    value=float(diameter_mm))
                 data.use_sphere_brush = False
 
     def current_mask(self) -> np.ndarray:
@@ -356,21 +497,80 @@ class ReaderStation:
             raise RuntimeError(f"contour grid {arr.shape} differs from the image's {shape}")
         return (arr > 0).astype(np.uint8)
 
+    # -- edits, active time, autosave --------------------------------------------------------------
+
     def _on_modified(self, *_):
+        now = time.monotonic()
         self._dirty = True
-        self._edits.append({"t_s": round(time.monotonic() - self._opened_at, 2),
-                            "effect": self.slicer.segmentation_editor.get_active_effect_name()})
-        if time.monotonic() - self._last_autosave > AUTOSAVE_S:
+        if now - self._last_edit > STROKE_GAP_S:        # a new stroke: one edit
+            self._edits.append({"t_s": round(self._seconds(), 2), "effect":
+                                self.slicer.segmentation_editor.get_active_effect_name()})
+        self._last_edit = self._last_modified = now
+        if now - self._last_autosave > AUTOSAVE_S:     # long continuous editing
             self.autosave()
+        _later_if_loop(AUTOSAVE_QUIET_S, self._autosave_when_quiet)
+
+    def _autosave_when_quiet(self):
+        if time.monotonic() - self._last_modified >= AUTOSAVE_QUIET_S - 0.05:
+            self.autosave()
+
+    def _seconds(self) -> float:
+        """Active time on the case: while its page is open and shown."""
+        run = time.monotonic() - self._active_since if self._active_since is not None else 0.0
+        return self._active_s + run
+
+    def _pause_clock(self):
+        if self._active_since is not None:
+            self._active_s += time.monotonic() - self._active_since
+            self._active_since = None
+
+    def _resume_clock(self):
+        if self._active_since is None:
+            self._active_since = time.monotonic()
 
     def autosave(self):
         if self.case_id is None or not self._dirty:
             return
         try:
-            self.store.autosave(self.reader, self.case_id, self.current_mask())
+            self._commit_pending()
+            start = self._edits[0]["start"] if self._edits else None
+            if isinstance(start, str) and start.startswith("restored autosave"):
+                start = start[start.find("from ") + 5:].rstrip(")")
+            self.store.autosave(self.reader, self.case_id, self.current_mask(), info={
+                "start_source": start, "seconds": round(self._seconds(), 1),
+                "edits": self._edits[1:]})
             self._last_autosave = time.monotonic()
+            self._dirty = False
         except Exception as exc:                      # noqa: BLE001 (keep the session alive)
             log.warning("autosave failed: %s", exc)
+
+    def _on_hidden(self, why="hidden"):
+        """The page was hidden (another tab, minimised) or is being left: keep the work."""
+        self.autosave()
+        self._pause_clock()
+        return "saved"
+
+    def _on_visible(self):
+        self._resume_clock()
+
+    def _on_connect(self):
+        self._resume_clock()
+
+    def _on_close(self):
+        """The browser went away (closed, reloaded, crashed, network): keep the work."""
+        self.autosave()
+        self._pause_clock()
+
+    async def _beacon(self, request):
+        """``navigator.sendBeacon`` from a page being left (signed in: the gate checked)."""
+        from aiohttp import web
+        await request.content.read(256)
+        self._on_hidden("pagehide")
+        return web.Response(status=204)
+
+    def _on_reconnected(self):
+        self._resume_clock()
+        return self._restored or "the station is back"
 
     # -- actions ---------------------------------------------------------------------------------
 
@@ -386,38 +586,39 @@ class ReaderStation:
                 widget.stop_painting()
 
     def save(self):
+        """Write the contour (before anything else), then open the next case."""
         if self.case_id is None:
             return
         self._commit_pending()
         try:
+            source = self._edits[0]["start"] if self._edits else None
             path = self.store.save_contour(
-                self.reader, self.case_id, self.current_mask(),
-                start_source=self._edits[0]["start"] if self._edits else None,
-                seconds=time.monotonic() - self._opened_at, edits=self._edits[1:])
+                self.reader, self.case_id, self.current_mask(), start_source=source,
+                seconds=round(self._seconds(), 1), edits=self._edits[1:])
         except Exception as exc:                      # noqa: BLE001 (shown, nothing lost)
-            with self.state:
-                self.state.st_error = f"Not saved: {exc}"
+            self._say(error=f"Not saved: {exc}")
             return
-        with self.state:
-            self.state.st_error = ""
-            self.state.st_message = f"Saved {self.case_id} ({path.name})"
+        saved = self.case_id
         self.open_case(self.store.next_case(self.reader))
+        self._say(f"Saved {saved} ({path.name})"
+                  + (f"; {self._restored}" if self._restored else ""))
 
     def skip(self):
         if self.case_id is None:
             return
-        self.store.skip(self.reader, self.case_id)
-        with self.state:
-            self.state.st_message = f"Skipped {self.case_id}"
+        skipped = self.case_id
+        self.autosave()                  # an edited contour stays for when the case is back
+        self.store.skip(self.reader, skipped)
         self.open_case(self.store.next_case(self.reader))
+        self._say(f"Skipped {skipped}" + (f"; {self._restored}" if self._restored else ""))
 
     def flag(self):
         if self.case_id is None:
             return
-        self.store.flag(self.reader, self.case_id, self.state.st_flag_note or "")
+        self.store.flag(self.reader, self.case_id, str(self.state.st_flag_note or "")[:MAX_NOTE])
         with self.state:
-            self.state.st_message = f"Flagged {self.case_id}"
             self.state.st_flag_note = ""
+        self._say(f"Flagged {self.case_id}")
 
     # -- overlays and prediction -----------------------------------------------------------------
 
@@ -435,9 +636,13 @@ class ReaderStation:
 
     def _on_window(self, st_wl=None, **_):
         d = self._display()
-        if d is None or not st_wl or len(st_wl) != 2:
+        try:
+            lo, hi = (float(v) for v in st_wl)
+        except (TypeError, ValueError):
             return
-        lo, hi = float(min(st_wl)), float(max(st_wl))
+        if d is None or not (math.isfinite(lo) and math.isfinite(hi)):
+            return
+        lo, hi = min(lo, hi), max(lo, hi)
         if (lo, hi) == (d.GetWindowLevelMin(), d.GetWindowLevelMax()):
             return
         d.AutoWindowLevelOff()
@@ -445,17 +650,35 @@ class ReaderStation:
         for view in self.slicer.view_manager.get_slice_views():
             view.schedule_render()
 
+    def _ring_colours(self, labels: dict):
+        """A colour table giving each ring label its legend colour."""
+        scene = self.slicer.scene
+        table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "station rings")
+        table.SetTypeToUser()
+        n = max(labels.values()) + 1 if labels else 1
+        table.SetNumberOfColors(n)
+        table.SetColor(0, "background", 0, 0, 0, 0)
+        for name, value in labels.items():
+            key = name.replace("peri_", "").replace("mm", " mm")
+            r, g, b = RING_COLOURS.get(key, (1.0, 1.0, 1.0))
+            table.SetColor(int(value), name, r, g, b, 1.0)
+        return table
+
     def _on_rings(self, st_rings=False, **_):
         scene = self.slicer.scene
         if self.rings_node is not None:
+            display = self.rings_node.GetDisplayNode()
+            colours = display.GetColorNode() if display is not None else None
             scene.RemoveNode(self.rings_node)
+            if colours is not None and colours.GetName() == "station rings":
+                scene.RemoveNode(colours)
             self.rings_node = None
         views = self.slicer.view_manager.get_slice_views()
         if st_rings and self.case_id is not None:
             mask = self.current_mask()
             if not mask.any():
+                self._say(error="Draw the lesion first: the rings grow from it.")
                 with self.state:
-                    self.state.st_error = "Draw the lesion first: the rings grow from it."
                     self.state.st_rings = False
                 return
             from ..imaging.rings import build_regions
@@ -465,6 +688,9 @@ class ReaderStation:
             arr[arr == regions.labels.get("tumor", 1)] = 0     # the reader's contour shows it
             self.rings_node = self._labelmap_node(arr, "rings")
             self.rings_node.CreateDefaultDisplayNodes()
+            rings = {k: v for k, v in regions.labels.items() if k != "tumor"}
+            self.rings_node.GetDisplayNode().SetAndObserveColorNodeID(
+                self._ring_colours(rings).GetID())
         for view in views:
             logic = view._logic                         # trame-slicer keeps the slice logic here
             logic.GetSliceCompositeNode().SetLabelVolumeID(
@@ -480,15 +706,13 @@ class ReaderStation:
         from ..modelling.predict import predict_case
         mask = self.current_mask()
         if not mask.any():
-            with self.state:
-                self.state.st_error = "Draw the lesion first: the prediction needs a contour."
+            self._say(error="Draw the lesion first: the prediction needs a contour.")
             return None
         try:
             pr = predict_case(self._bundle, None, self._mask_image(mask), loaded=self.loaded,
                               case_id=self.case_id)
         except Exception as exc:                      # noqa: BLE001 (shown, the case stays)
-            with self.state:
-                self.state.st_error = f"No prediction: {exc}"
+            self._say(error=f"No prediction: {exc}")
             return None
         card = {"cls": f"Predicted: {pr.predicted_class}",
                 "probs": [{"k": k, "p": f"{v:.3f}"} for k, v in pr.probabilities.items()],
@@ -500,135 +724,24 @@ class ReaderStation:
         return pr
 
 
-class CoordinatorStation:
-    """The coordinator's web app: progress per reader, flags, Dice / HD95 as soon as two
-    readers saved a case, the reader manifest and the full reader-study report (ICC per
-    feature, stable features) on the finished cases."""
-
-    def __init__(self, store: StudyStore, server=None, params="cui2023", rings="3,5,8"):
-        from trame.app import get_server
-        self.store = store
-        self.server = get_server(server, client_type="vue3")
-        _install_gate(self.server, _token_gate(store, "coordinator", None))
-        self.state, self.ctrl = self.server.state, self.server.controller
-        s = self.state
-        s.trame__title = "HER2Radiomics station: coordinator"
-        s.co_progress, s.co_agreement, s.co_flags, s.co_icc = [], [], [], []
-        s.co_params, s.co_rings = params, rings
-        s.co_message, s.co_error, s.co_running, s.co_summary = "", "", False, None
-        self._build_ui()
-        self.refresh()
-
-    def _build_ui(self):
-        from trame.ui.vuetify3 import SinglePageLayout
-        from trame.widgets import html
-        from trame.widgets import vuetify3 as v
-
-        def table(rows_var, cols, table_id):
-            with v.VTable(density="compact", id=table_id):
-                with html.Thead(), html.Tr():
-                    for c in cols:
-                        html.Th(c)
-                with html.Tbody():
-                    with html.Tr(v_for=f"row in {rows_var}", key="row.key"):
-                        for c in cols:
-                            html.Td(f"{{{{ row['{c}'] }}}}")
-
-        with SinglePageLayout(self.server) as layout:
-            layout.title.set_text("HER2Radiomics reader study: coordinator")
-            with layout.toolbar:
-                v.VSpacer()
-                v.VBtn("Refresh", id="co-refresh", click=self.ctrl.co_refresh, classes="mx-1")
-                v.VBtn("Export reader manifest", id="co-export", click=self.ctrl.co_export,
-                       classes="mx-1")
-                v.VBtn("Run reader study", id="co-run", click=self.ctrl.co_run,
-                       loading=("co_running",), classes="mx-1", color="primary")
-            with layout.content, v.VContainer(fluid=True):
-                html.Div("{{ co_message }}", id="co-message", classes="text-success")
-                html.Div("{{ co_error }}", id="co-error", classes="text-error")
-                html.H3("Progress per reader")
-                table("co_progress", ["reader", "done", "skipped", "flagged", "left", "total"],
-                      "co-progress")
-                html.H3("Contour agreement (cases two readers saved)", classes="mt-4")
-                table("co_agreement", ["case_id", "reader_a", "reader_b", "dice", "hd95_mm",
-                                       "area_diff_pct"], "co-agreement")
-                html.H3("Flags", classes="mt-4")
-                table("co_flags", ["reader", "case_id", "note"], "co-flags")
-                html.H3("Reader study (ICC per feature)", classes="mt-4")
-                html.Div("{{ co_summary }}", id="co-summary")
-                table("co_icc", ["feature", "ICC", "CI95", "band"], "co-icc")
-        self.ctrl.co_refresh = self.refresh
-        self.ctrl.co_export = self.export
-        self.ctrl.co_run = self.run_study
-
-    def refresh(self):
-        prog = self.store.progress()
-        agree = self.store.agreement()
-        flags = [{"key": f"{r}:{c}", "reader": r, "case_id": c, "note": n}
-                 for r, c, n in self.store.flags()]
-        with self.state:
-            self.state.co_progress = [dict(row, key=row["reader"])
-                                      for row in prog.to_dict("records")]
-            self.state.co_agreement = [
-                {"key": f"{r.case_id}:{r.reader_a}:{r.reader_b}", "case_id": r.case_id,
-                 "reader_a": r.reader_a, "reader_b": r.reader_b, "dice": f"{r.dice:.4f}",
-                 "hd95_mm": f"{r.hd95_mm:.2f}", "area_diff_pct": f"{r.area_diff_pct:.1f}"}
-                for r in agree.itertuples()]
-            self.state.co_flags = flags
-
-    def export(self):
-        path = self.store.root / "reader_manifest.csv"
-        self.store.export_reader_manifest(path)
-        with self.state:
-            self.state.co_message = f"Wrote {path}"
-        return path
-
-    async def run_study(self):
-        """Export the manifest and run the reader-study engine on it (in a worker thread, so
-        the page stays live); show the ICC table and the report's path."""
-        import asyncio
-
-        import pandas as pd
-
-        from ..readers.study import run_reader_study
-        if self.state.co_running:
-            return
-        with self.state:
-            self.state.co_running, self.state.co_error = True, ""
-        try:
-            manifest = self.export()
-            if len(pd.read_csv(manifest)) == 0:
-                raise RuntimeError("no case has two saved contours yet")
-            out = self.store.root / "reader_study"
-            doc = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: run_reader_study(manifest, out, params=self.state.co_params,
-                                               rings=self.state.co_rings, progress=False))
-            icc = pd.read_csv(out / "icc.csv")
-            form = doc.get("form", "ICC2")
-            rows = [{"key": r["feature"], "feature": r["feature"], "ICC": f"{r[form]:.3f}",
-                     "CI95": f"{r[form + '_ci_low']:.2f} to {r[form + '_ci_high']:.2f}",
-                     "band": str(r.get("band", ""))}
-                    for r in icc.to_dict("records")]
-            with self.state:
-                self.state.co_icc = rows
-                self.state.co_summary = (
-                    f"{doc['n_cases']} cases, {doc['n_readers']} readers, "
-                    f"{doc['n_stable']} of {doc['n_features']} features stable "
-                    f"({form} >= {doc['threshold']}); mean Dice {doc['mean_dice']:.3f}; "
-                    f"report {doc['html']}")
-                self.state.co_message = "Reader study done"
-        except Exception as exc:                      # noqa: BLE001 (shown to the coordinator)
-            with self.state:
-                self.state.co_error = f"Reader study failed: {exc}"
-        finally:
-            with self.state:
-                self.state.co_running = False
-            self.refresh()
+def _read_only(value):
+    raise ValueError("set by the station, not by the browser")
 
 
-def serve_coordinator(study, host="127.0.0.1", port=0, ready_file=None):
+def _later_if_loop(delay_s, fn):
+    """Call ``fn`` after ``delay_s`` on the server's event loop; nothing without a running
+    loop (a station used in process: its tests call the step themselves)."""
+    import asyncio
+    try:
+        asyncio.get_running_loop().call_later(delay_s, fn)
+    except RuntimeError:
+        pass
+
+
+def serve_coordinator(study, host="127.0.0.1", port=0, ready_file=None, **options):
     """Run the coordinator's station (blocking)."""
-    app = CoordinatorStation(StudyStore(study))
+    from .coordinator import CoordinatorStation
+    app = CoordinatorStation(StudyStore(study), **options)
     _start(app.server, host, port, ready_file)
 
 
@@ -640,10 +753,19 @@ def serve_reader(study, reader, host="127.0.0.1", port=0, bundle=None, ready_fil
 
 
 def _start(server, host, port, ready_file):
+    import json
+    import os
+
+    from ..errors import InputError
+
     @server.controller.add("on_server_ready")
     def _ready(**_):
         if ready_file:
             Path(ready_file).write_text(json.dumps({"port": server.port, "pid": os.getpid()}))
 
-    server.start(host=host, port=int(port), open_browser=False, show_connection_info=False,
-                 timeout=0, disable_logging=True)
+    try:
+        server.start(host=host, port=int(port), open_browser=False, show_connection_info=False,
+                     timeout=0, disable_logging=True)
+    except OSError as exc:        # a busy port: one line (the launcher checks first, too)
+        raise InputError(f"port {port} on {host}: {exc.strerror or exc}; choose another "
+                         "--port") from None

@@ -46,3 +46,25 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(cohort, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc != 0 and needle in err and "Traceback" not in err, (argv, err)
         assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+
+
+def test_a_cnn_start_makes_every_proposal_once_and_a_busy_port_is_one_line(cohort, tmp_path,
+                                                                           capsys):
+    """The CNN's proposals are made by `station create` (so no reader's process loads the
+    CNN); a port already taken is said in one line before any process starts."""
+    import socket
+    study = tmp_path / "study"
+    assert main(["station", "create", "--study", str(study), "--manifest",
+                 str(cohort / "cohort.csv"), "--readers", "A", "--start", "cnn"]) == 0
+    store = StudyStore(study)
+    assert store.missing_proposals() == []
+    assert all(store.proposal(c) is not None for c in store.cases)
+    capsys.readouterr()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        rc = main(["station", "serve", "--study", str(study), "--port", str(port)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1, err
+    assert f"port {port}" in err[0] and "coordinator" in err[0] and "--port" in err[0]

@@ -81,8 +81,8 @@ class CoordinatorStation:
                        loading=("co_running",), classes="mx-1", color="primary")
             with layout.content, v.VContainer(fluid=True):
                 with html.Div(style=(
-                        "position: fixed; top: 6px; left: 50%; transform: translateX(-50%); "
-                        "z-index: 5000; max-width: 70vw;")):
+                        "position: fixed; top: 72px; left: 50%; transform: translateX(-50%); "
+                        "z-index: 5000; max-width: 60vw;")):
                     v.VAlert("{{ co_message }}", v_show=("co_message",), type="success",
                              density="compact", id="co-message", classes="mb-1")
                     v.VAlert("{{ co_error }}", v_show=("co_error",), type="error",

@@ -44,6 +44,8 @@ RING_COLOURS = {"0-3 mm": (0.95, 0.75, 0.10), "3-5 mm": (0.20, 0.80, 0.90),
 CONTOUR_FILL_OPACITY = 0.4
 #: default brush diameter in mm (absolute, not relative to the screen: readers think in mm)
 DEFAULT_BRUSH_MM = 3.0
+#: where trame-slicer keeps the Paint brush's diameter (its PaintEffectState typed state)
+PAINT_BRUSH_KEY = "PaintEffectState__brush_diameter_slider__SliderState__value"
 #: the brush's range (mm): a lesion's detail to a whole lesion; anything a browser sends
 #: outside it is clamped (1e6 mm would allocate 347 TB)
 BRUSH_MM = (0.5, 20.0)
@@ -223,10 +225,11 @@ class ReaderStation:
             with layout.undo_redo:
                 SegmentEditorUndoRedoUI(editor_ui=self.editor_ui)
             with layout.content:
-                # every message above the app bar, top-most at the top centre of the page
+                # every message on top of everything (app bar, drawers, the view), centred
+                # just under the app bar: seen at once, and never over a button
                 with html.Div(id="st-banner", style=(
-                        "position: fixed; top: 6px; left: 50%; transform: translateX(-50%); "
-                        "z-index: 5000; max-width: 70vw; pointer-events: none;")):
+                        "position: fixed; top: 72px; left: 50%; transform: translateX(-50%); "
+                        "z-index: 5000; max-width: 60vw; pointer-events: none;")):
                     v.VAlert("{{ st_message }}", v_show=("st_message",), type="success",
                              density="compact", id="st-message", classes="mb-1",
                              style="pointer-events: auto;")
@@ -274,11 +277,10 @@ class ReaderStation:
                     v.VIcon(icon, start=True)
                     html.Span(name)
 
-    def _brush_key(self):
-        keys = [k for k in self.state.to_dict()
-                if k.endswith("brush_diameter_slider__SliderState__value")]
-        paint = [k for k in keys if k.startswith("Paint")]
-        return (paint or keys or ["st_brush_unknown"])[0]
+    @staticmethod
+    def _brush_key():
+        """The Paint brush's diameter in trame-slicer's state (its typed state's name)."""
+        return PAINT_BRUSH_KEY
 
     def _validators(self):
         """What a browser may set, and how (:func:`.gate.install`)."""

@@ -165,3 +165,15 @@ def test_autosave_is_resumed_by_a_new_station_process(app, cohort):
     assert again._edits[0] == {"start": "restored autosave (started from empty)"}
     assert "Restored your contour in progress" in again.state.st_message
     assert np.array_equal(again.current_mask(), (sitk.GetArrayFromImage(ref) > 0).astype(np.uint8))
+
+
+def test_every_case_shows_the_contour_the_same_way(app, cohort):
+    """An outline and a light fill on every case (the first case was opaque)."""
+    looks = []
+    for _ in range(2):
+        d = app.segmentation_node.GetDisplayNode()
+        looks.append((d.GetVisibility2DOutline(), d.GetVisibility2DFill(),
+                      d.GetOpacity2DOutline(), round(d.GetOpacity2DFill(), 3)))
+        _put(app, _reference_mask(cohort, app.case_id))
+        app.save()
+    assert looks[0] == looks[1] == (True, True, 1.0, 0.4)

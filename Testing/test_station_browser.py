@@ -232,6 +232,12 @@ def test_coordinator_runs_the_reader_study_on_the_finished_cases(station, browse
     row = _wait_text(page, "#co-icc", first["feature"])
     assert f"{first['ICC2']:.3f}" in [line for line in row.splitlines()
                                       if line.startswith(first["feature"])][0]
+    with page.context.expect_page() as opened:          # the report opens from the page
+        page.click("#co-report")
+    report = opened.value
+    report.wait_for_load_state()
+    assert "Reader study" in report.title() or "reader study" in report.content().lower()
+    report.close()
     page.close()
 
 

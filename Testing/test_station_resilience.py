@@ -162,11 +162,22 @@ def test_a_killed_reader_is_back_where_it_was_and_the_others_never_noticed(study
     old = _pid(study, "R1")
     os.kill(old, signal.SIGKILL)                       # ... and kill -9 within 3 s
     t_kill = time.monotonic()
-    # the others serve on: R2 skips a case, the coordinator's live progress moves
+    # the others serve on: R2 skips a case, and the coordinator's progress shows it without
+    # anyone pressing Refresh (pushed live)
+    skipped = len(store._read_queue("R2")["skipped"])
+    row = [ln for ln in p3.inner_text("#co-progress").splitlines() if ln.startswith("R2")][0]
     before = p2.inner_text("#st-case")
     p2.click("#st-skip")
     _wait_text(p2, "#st-message", f"Skipped {before}")
-    _wait_text(p3, "#co-progress", "R2")
+    t0 = time.monotonic()
+    while True:
+        now = [ln for ln in p3.inner_text("#co-progress").splitlines()
+               if ln.startswith("R2")][0]
+        if now != row:
+            break
+        assert time.monotonic() - t0 < 15, now
+        p3.wait_for_timeout(200)
+    assert str(skipped + 1) in now.split()
     # R1 comes back on its port and the page reconnects by itself, on the same case, with
     # the contour drawn before the kill and a notice that it was restored
     _wait_text(p1, "#h2r-banner", "Reconnected", timeout_s=90)
@@ -187,3 +198,35 @@ def test_a_killed_reader_is_back_where_it_was_and_the_others_never_noticed(study
     for c in (c1, c2, c3):
         c.close()
     assert back_s < 90
+
+
+def test_nothing_reaches_wslink_without_a_sign_in(study):
+    """A websocket upgrade without the session cookie (or from another origin) is answered
+    403 by the HTTP gate: no socket, nothing buffered or logged by wslink."""
+    import http.client
+    port = study["ports"]["R1"]
+    for headers in ({}, {"Origin": f"http://127.0.0.1:{port + 50}"}):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                            "Sec-WebSocket-Version": "13",
+                                            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                                            **headers})
+        assert conn.getresponse().status == 403
+        conn.close()
+
+
+def test_message_caps_after_sign_in():
+    from HER2RadiomicsLib.station import gate
+    gate.CappedUnChunker.install()
+    import wslink.protocol
+    u = wslink.protocol.UnChunker()
+    u.set_max_message_size(2 ** 32)                      # what wslink sets after sign-in
+    with pytest.raises(ValueError):
+        u.process_chunk((1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+                        + (gate.MAX_MESSAGE_BYTES + 1).to_bytes(4, "little") + b"x")
+    for i in range(gate.MAX_PENDING_MESSAGES):           # partial messages in flight
+        u.process_chunk(i.to_bytes(4, "little") + (0).to_bytes(4, "little")
+                        + (100).to_bytes(4, "little") + b"x")
+    with pytest.raises(ValueError, match="too many partial"):
+        u.process_chunk((999).to_bytes(4, "little") + (0).to_bytes(4, "little")
+                        + (100).to_bytes(4, "little") + b"x")

@@ -15,21 +15,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
-
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium not installed"),
-    pytest.mark.slow,
-]
 pytest.importorskip("playwright.sync_api")
 pytest.importorskip("trame_slicer")
 
-from HER2RadiomicsLib.station.commands import (Supervisor, start_processes,  # noqa: E402
-                                               stop_processes)
+from HER2RadiomicsLib.station.commands import Supervisor, start_processes  # noqa: E402
 from HER2RadiomicsLib.station.store import StudyStore  # noqa: E402
-from test_station_browser import _free_base_port, _stroke, _wait_text  # noqa: E402
+from test_station_browser import (ARGS, CHROMIUM, _free_base_port, _stroke,  # noqa: E402
+                                  _wait_text, pytestmark)
 
 BRUSH = "PaintEffectState__brush_diameter_slider__SliderState__value"
 

@@ -177,14 +177,21 @@ def case_id_problems(cid: str, names_files: bool = True) -> list:
         # names files (masks, parts); Windows, where Slicer mostly runs, refuses these
         out.append(f"case_id {cid[:60]!r} contains a character Windows file names cannot "
                    "hold (< > : \" | ? * or a trailing dot); rename the case")
-    if any(ord(c) < 32 for c in cid):
-        out.append(f"case_id {cid[:60]!r} contains control characters")
-    if cid.startswith(FORMULA_CHARS) and not _is_number(cid):
-        out.append(f"case_id {cid[:60]!r} starts with {cid[0]!r}, which a spreadsheet opening "
-                   "the result tables would run as a formula; rename the case")
+    out += text_cell_problems(cid, "case_id", "case")
     if len(cid) > MAX_CASE_ID:
         out.append(f"case_id of {len(cid)} characters is longer than {MAX_CASE_ID} (it names "
                    "the case's files)")
+    return out
+
+
+def text_cell_problems(text: str, what: str = "case_id", rename: str = "case") -> list:
+    """Control characters, or a start a spreadsheet would run as a formula, in an id."""
+    out = []
+    if any(ord(c) < 32 for c in text):
+        out.append(f"{what} {text[:60]!r} contains control characters")
+    if text.startswith(FORMULA_CHARS) and not _is_number(text):
+        out.append(f"{what} {text[:60]!r} starts with {text[0]!r}, which a spreadsheet "
+                   f"opening the result tables would run as a formula; rename the {rename}")
     return out
 
 

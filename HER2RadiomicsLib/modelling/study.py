@@ -352,25 +352,11 @@ def id_problems(value, column: str = "case_id") -> list:
     characters), so a table extract would refuse is refused here too; a patient id names no
     file, so only a formula or control characters are refused.
     """
-    from ..extraction.batch import FORMULA_CHARS, case_id_problems
+    from ..extraction.batch import case_id_problems, text_cell_problems
     text = str(value)
     if column == "case_id":
         return case_id_problems(text)
-    out = []
-    if any(ord(c) < 32 for c in text):
-        out.append(f"{column} {text[:60]!r} contains control characters")
-    if text.startswith(FORMULA_CHARS) and not _is_number(text):
-        out.append(f"{column} {text[:60]!r} starts with {text[0]!r}, which a spreadsheet "
-                   "opening the result tables would run as a formula; rename the patient")
-    return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    return text_cell_problems(text, column, "patient")
 
 
 def _check_ids(table: pd.DataFrame, name) -> None:

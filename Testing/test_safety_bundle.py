@@ -21,30 +21,18 @@ import pandas as pd
 import pytest
 
 from HER2RadiomicsLib.errors import ModelError
+from test_bundle_security import _entries, _reseal  # noqa: E402  (Testing/ is on sys.path)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing"
 
 
 # -- building hostile bundles from genuine ones --------------------------------------------------
 
-def _entries(path):
-    with zipfile.ZipFile(path) as z:
-        return {n: z.read(n) for n in z.namelist()}
-
-
 def _write(path, entries, method=zipfile.ZIP_DEFLATED):
     with zipfile.ZipFile(path, "w", method) as z:
         for n, b in entries.items():
             z.writestr(n, b)
     return path
-
-
-def _reseal(doc):
-    """Recompute per-field hashes and digest, as an attacker who knows the format would."""
-    from HER2RadiomicsLib.modelling.bundle import integrity_record
-    doc = {k: v for k, v in doc.items() if k != "integrity"}
-    doc["integrity"] = integrity_record(doc)
-    return doc
 
 
 def _with_model(src, out, files, method=zipfile.ZIP_STORED, **meta):

@@ -176,24 +176,32 @@ def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, ca
     pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), before)
 
 
-def test_manifest_with_a_bundle_extracts_its_features_and_predicts(cohort, tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).parent))
+def _tiny_bundle(path, feats):
+    """A five-feature tumour-only bundle whose features vary around one real case's values;
+    returns the bundle's path and its input columns."""
     from test_bundle_security import _pipeline
-    from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
-    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.extraction.features import load_params
     from HER2RadiomicsLib.modelling.bundle import save_bundle
-    rows = pd.read_csv(cohort / "cohort.csv").iloc[:2]
-    loaded, m = load_case(cohort / rows.image.iloc[0], cohort / rows["mask"].iloc[0])
-    feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": m})
     cols = [c for c in feats if "firstorder" in c][:5]
     rng = np.random.default_rng(0)
     X = pd.DataFrame([{c: feats[c] * (1 + 0.1 * rng.normal()) for c in cols} for _ in range(60)])
     y = (X[cols[0]] > X[cols[0]].median()).astype(int).to_numpy()
-    bundle = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
+    bundle = save_bundle(path, {"pipeline": _pipeline(X, y), "nomogram": None},
                          {"name": "t", "classes": ["zero", "low"], "positive_class": "1",
                           "input_columns": cols, "threshold": 0.5, "regions": ["tumor"],
                           "rings": {}, "params_name": "cui2023",
                           "params_yaml": load_params("cui2023")[1], "batch_col": None})
+    return bundle, cols
+
+
+def test_manifest_with_a_bundle_extracts_its_features_and_predicts(cohort, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.imaging.io import load_case
+    rows = pd.read_csv(cohort / "cohort.csv").iloc[:2]
+    loaded, m = load_case(cohort / rows.image.iloc[0], cohort / rows["mask"].iloc[0])
+    feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": m})
+    bundle, cols = _tiny_bundle(tmp_path / "b.zip", feats)
     pd.DataFrame({"case_id": rows.case_id, "image": [str(cohort / p) for p in rows.image],
                   "mask": [str(cohort / p) for p in rows["mask"]]}).to_csv(
         tmp_path / "m.csv", index=False)
@@ -233,24 +241,14 @@ def test_prediction_and_report_come_from_one_extraction(cohort, tmp_path, monkey
     features, the prediction and the report (before: the preset's features, then the bundle's
     again, then the report's a third time)."""
     import json
-    from test_bundle_security import _pipeline
-    from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
     from HER2RadiomicsLib.imaging.io import load_case
-    from HER2RadiomicsLib.modelling.bundle import save_bundle
     from HER2RadiomicsLib.modelling.predict import predict_case
     row = pd.read_csv(cohort / "cohort.csv").iloc[0]
     img, mask = cohort / row["image"], cohort / row["mask"]
     loaded, m = load_case(img, mask)
     feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": m})
-    cols = [c for c in feats if "firstorder" in c][:5]
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame([{c: feats[c] * (1 + 0.1 * rng.normal()) for c in cols} for _ in range(60)])
-    y = (X[cols[0]] > X[cols[0]].median()).astype(int).to_numpy()
-    bundle = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},
-                         {"name": "t", "classes": ["zero", "low"], "positive_class": "1",
-                          "input_columns": cols, "threshold": 0.5, "regions": ["tumor"],
-                          "rings": {}, "params_name": "cui2023",
-                          "params_yaml": load_params("cui2023")[1], "batch_col": None})
+    bundle, cols = _tiny_bundle(tmp_path / "b.zip", feats)
     calls = []
     real = FeatureExtractor.extract
     monkeypatch.setattr(FeatureExtractor, "extract",

@@ -56,14 +56,19 @@ def _free_base_port(n):
     raise RuntimeError("no free ports")
 
 
+def _new_study(root, cohort_seed, study_seed):
+    """Four synthetic cases, readers R1 and R2 from an empty start, three free ports."""
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
+    generate_cohort(root / "cohort", n_cases=4, seed=cohort_seed, second_view_fraction=0.0)
+    store, tokens = StudyStore.create(root / "study", root / "cohort" / "cohort.csv",
+                                      ["R1", "R2"], start="empty", seed=study_seed)
+    return store, tokens, _free_base_port(3)
+
+
 @pytest.fixture(scope="module")
 def station(tmp_path_factory):
-    from HER2RadiomicsLib.imaging.synth import generate_cohort
     root = tmp_path_factory.mktemp("station")
-    generate_cohort(root / "cohort", n_cases=4, seed=5, second_view_fraction=0.0)
-    store, tokens = StudyStore.create(root / "study", root / "cohort" / "cohort.csv",
-                                      ["R1", "R2"], start="empty", seed=4)
-    port = _free_base_port(3)
+    store, tokens, port = _new_study(root, cohort_seed=5, study_seed=4)
     # the test has two cases that both readers contour: the reader study's floor lowered to 2
     procs = start_processes(root / "study", "127.0.0.1", port,
                             options={"min_icc_cases": 2, "warn_icc_cases": 10})

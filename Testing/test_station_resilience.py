@@ -19,21 +19,16 @@ pytest.importorskip("playwright.sync_api")
 pytest.importorskip("trame_slicer")
 
 from HER2RadiomicsLib.station.commands import Supervisor, start_processes  # noqa: E402
-from HER2RadiomicsLib.station.store import StudyStore  # noqa: E402
-from test_station_browser import (ARGS, CHROMIUM, _free_base_port, _stroke,  # noqa: E402
-                                  _wait_text, pytestmark)
+from test_station_browser import (_new_study, _stroke, _wait_text, browser,  # noqa: E402,F401
+                                  pytestmark)
 
 BRUSH = "PaintEffectState__brush_diameter_slider__SliderState__value"
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from HER2RadiomicsLib.imaging.synth import generate_cohort
     root = tmp_path_factory.mktemp("resilience")
-    generate_cohort(root / "cohort", n_cases=4, seed=7, second_view_fraction=0.0)
-    store, tokens = StudyStore.create(root / "study", root / "cohort" / "cohort.csv",
-                                      ["R1", "R2"], start="empty", seed=3)
-    port = _free_base_port(3)
+    store, tokens, port = _new_study(root, cohort_seed=7, study_seed=3)
     procs = start_processes(root / "study", "127.0.0.1", port)
     sup = Supervisor(root / "study", "127.0.0.1", procs, out=open(os.devnull, "w"))
     stop = threading.Event()
@@ -49,15 +44,6 @@ def study(tmp_path_factory):
     stop.set()
     t.join(5)
     sup.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _signed_in(browser, port, token, selector="#st-case"):

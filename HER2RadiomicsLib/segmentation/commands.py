@@ -52,28 +52,24 @@ def _whole(lo, hi=None):
     return parse
 
 
-def _positive(text):
+def _number(ok, wanted):
+    """An argparse type: a float for which ``ok`` holds (NaN never does); else one line."""
     import argparse
     import math
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number greater than 0")
-    return v
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not (math.isfinite(v) and ok(v)):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {wanted}")
+        return v
+    return parse
 
 
-def _fraction(text):
-    import argparse
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 < v < 1:       # NaN fails this too
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a fraction between 0 and 1 "
-                                         "(both excluded)")
-    return v
+_positive = _number(lambda v: v > 0, "a number greater than 0")
+_fraction = _number(lambda v: 0 < v < 1, "a fraction between 0 and 1 (both excluded)")
 
 
 def _net_size(text):

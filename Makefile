@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Threads: 2-core machines; keep BLAS from oversubscribing when joblib runs workers in parallel.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test bench install-check clean
+.PHONY: install demo test lint bench install-check clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff with the rules in pyproject.toml (the same hook runs on commit: .pre-commit-config.yaml).
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py

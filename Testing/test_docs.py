@@ -140,7 +140,7 @@ def xml_flags() -> set:
 
 
 def scripted_cli_section(text: str) -> str:
-    m = re.search(r"^## Scripted CLI.*?(?=^## |\Z)", text, re.M | re.S)
+    m = re.search(r"^## Scripted CLI.*?(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
     return m.group(0) if m else ""
 
 

@@ -18,7 +18,7 @@ def test_weights_and_card_ship_together():
         assert key in card, key
     assert "Gómez-Flores" in card["citation"]
     v = card["validation"]
-    # the README's numbers; a retrained model that does worse must not ship silently
+    # the numbers in docs/segmentation.md; a retrained model that does worse must not ship silently
     assert v["n"] >= 300 and v["mean_dice"] >= 0.85 and v["median_dice"] >= 0.9
     assert v["miss_rate_dice_lt_0_1"] <= 0.03
 

@@ -1,7 +1,7 @@
 """The scripted CLI run exactly as Slicer runs it (issue 26, D1-D3, D5).
 
 What Slicer does, read in its sources (``Base/Logic/vtkSlicerCLIModuleLogic.cxx``, 5.8 to
-5.12; README, "Scripted CLI"):
+5.12; docs/slicer.md, "Scripted CLI"):
 
 * the command line is ``python-real HER2RadiomicsCLI.py`` and then the parameters in the
   XML's order: integers and enumerations always with their value, strings, files and vectors

@@ -496,7 +496,7 @@ def test_module_idioms_as_slicers_own_modules():
     """Reload reloads the helper package (as WebServer does, with importlib), cleanup stops the
     poll timer, a scene close cancels a running job and releases the segment editor, the
     dependencies name what the panel embeds, and the image selector takes colour volumes
-    (issue 26, D3 and D8; each checked against Slicer's sources, see the README)."""
+    (issue 26, D3 and D8; each checked against Slicer's sources, see docs/slicer.md)."""
     methods = _widget_methods()
     reload_ = ast.unparse(methods["onReload"])
     assert "importlib" in reload_ and "imp." not in reload_

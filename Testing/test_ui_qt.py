@@ -8,7 +8,7 @@ the module code uses exists under its name with the class the .ui declares, and 
 ``SlicerParameterName`` names a field of the parameter node. What it cannot prove: how the
 real CTK/MRML widgets look or behave (the rendering says "stand-in" on those).
 
-``python Testing/test_ui_qt.py OUT.png`` writes the 450-px rendering shown in the README.
+``python Testing/test_ui_qt.py OUT.png`` writes the 450-px rendering shown in docs/slicer.md.
 """
 from __future__ import annotations
 

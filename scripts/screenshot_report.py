@@ -1,4 +1,4 @@
-"""Render an HTML report to a PNG with headless Chromium, for visual review and the README.
+"""Render an HTML report to a PNG with headless Chromium, for visual review and the docs.
 
     python scripts/screenshot_report.py demo-output/report.html report.png --height 1800
 

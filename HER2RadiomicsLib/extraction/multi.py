@@ -20,7 +20,7 @@ the union of the regions is visited once:
   one atom); those that touch a same-level run or zone of another atom are joined per region
   (a handful at the atoms' borders), the others are counted per atom once;
 - the feature formulas run once for all regions (``engine.glcm_features``,
-  ``engine.family_features``).
+  ``engine.family.family_features``).
 
 Each region's features equal those of ``engine``'s one-region functions (tested to 1e-11 on
 the parity suite's edge cases, and against pyradiomics). A region this pass cannot share (a
@@ -192,14 +192,14 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
         if cls == "glcm":
             got = E.glcm_features(_glcm(u, regions, present, spacing, dist, st), levels, names)
         elif cls == "gldm":
-            got = E.family_features("gldm", _gldm(u, regions, present, dist,
-                                                  st.get("gldm_a", 0)), levels, names=names)
+            got = E.gldm_features(_gldm(u, regions, present, dist, st.get("gldm_a", 0)), levels,
+                                  names)
         elif cls == "glrlm":
             Ps, jv = _glrlm(u, regions, present, spacing, st.get("weightingNorm"))
-            got = E.family_features("glrlm", Ps, levels, names=names, jvector=jv)
+            got = E.glrlm_features(Ps, levels, names, jvector=jv)
         elif cls == "glszm":
             Ps, jv = _glszm(u, regions, present)
-            got = E.family_features("glszm", Ps, levels, names=names, jvector=jv)
+            got = E.glszm_features(Ps, levels, names, jvector=jv)
         else:
             got = _ngtdm(u, regions, present, dist, names)
         for r, vals in zip(regions, got):

@@ -10,10 +10,11 @@ the shipped presets. ``scripts/make_engine_reference.py`` wrote them.
 
 Each case is extracted with every region at once (the shared multi-region pass) and region
 by region (the one-region path); both must give pyradiomics' keys, in its order, and its
-values to a relative 1e-9 (absolute 1e-12 near zero). Why not exact: the engine sums in
+values to a relative 1e-11 (absolute 1e-12 near zero). Why not exact: the engine sums in
 another order than pyradiomics' C code, and a few features (Imc2, MCC's eigenvalues, sums of
-terms that cancel) amplify the last-bit differences; 1e-9 is far below any difference that
-changes a feature's meaning and far above rounding (typically 1e-15). The live comparison
+terms that cancel) amplify the last-bit differences. Measured: 83 % of the 59,712 values are
+bit-identical, the worst differs by 8e-14 relative; 1e-11 leaves a hundredfold margin for
+other numpy and LAPACK builds and still catches any change of a formula. The live comparison
 with pyradiomics itself stays in test_engine_parity.py (skipped without pyradiomics).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from HER2RadiomicsLib.extraction.features import FeatureExtractor
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "engine_reference"
 REF = json.loads((DATA / "reference.json").read_text())
-RTOL, ATOL = 1e-9, 1e-12
+RTOL, ATOL = 1e-11, 1e-12
 
 
 def _cases() -> dict:
@@ -123,11 +124,11 @@ def test_the_reference_covers_every_class_and_filter():
 
 
 def test_a_perturbed_value_is_caught():
-    """The comparison can fail: one value off by 1e-8 relative (ten times the tolerance)."""
+    """The comparison can fail: one value off by 1e-10 relative (ten times the tolerance)."""
     want = _expected("width25", "speckle_disk", "disk")
     key = "original_glcm_Imc2"
     got = dict(want)
-    got[key] = want[key] * (1 + 1e-8)
+    got[key] = want[key] * (1 + 1e-10)
     assert _mismatches(got, want, "x") == [
         f"x: {key} native {got[key]!r} pyradiomics {want[key]!r}"]
     assert _mismatches(dict(reversed(list(want.items()))), want, "x")     # order counts

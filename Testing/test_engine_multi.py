@@ -45,18 +45,11 @@ def _scene():
 
 
 def _one_region(img, m, sp, s):
-    kw = dict(bin_width=s.get("binWidth", 25))
-    d = s.get("distances", [1])
+    st = E.Settings.from_params(s)
+    region = E.Region.of(img, m, sp, st)
     out = {}
-    for cls, vals in (
-            ("firstorder", E.firstorder(img, m, sp, voxel_array_shift=s.get("voxelArrayShift", 0),
-                                        names=CLASSES["firstorder"], **kw)),
-            ("glcm", E.glcm(img, m, sp, distances=d, symmetrical=s.get("symmetricalGLCM", True),
-                            weighting_norm=s.get("weightingNorm"), **kw)),
-            ("glrlm", E.glrlm(img, m, sp, weighting_norm=s.get("weightingNorm"), **kw)),
-            ("glszm", E.glszm(img, m, sp, **kw)),
-            ("gldm", E.gldm(img, m, sp, distances=d, alpha=s.get("gldm_a", 0), **kw)),
-            ("ngtdm", E.ngtdm(img, m, sp, distances=d, **kw))):
+    for cls, names in CLASSES.items():
+        vals = E.CLASS_FUNCTIONS[cls](region, st, names if cls == "firstorder" else None)
         out.update({f"{cls}_{k}": v for k, v in vals.items()})
     return out
 
@@ -94,7 +87,7 @@ def test_runs_and_zones_join_across_region_borders():
         # one zone holding the whole region: ZonePercentage = 1 / pixels
         assert g["glszm_ZonePercentage"] == pytest.approx(1 / m.sum(), rel=1e-12)
         assert g["glszm_LargeAreaEmphasis"] == pytest.approx(m.sum() ** 2, rel=1e-12)
-        ref = E.glrlm(img, m, bin_width=25)
+        ref = E.glrlm(E.Region.of(img, m))
         for k, v in ref.items():
             assert _same(g[f"glrlm_{k}"], v), k
 

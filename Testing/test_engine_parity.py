@@ -78,21 +78,13 @@ def _reference(image, mask, spacing, settings):
 
 
 def _ours(image, mask, spacing, s):
-    kw = dict(bin_width=s.get("binWidth", 25), bin_count=s.get("binCount"))
-    fo = E.firstorder(image, mask, spacing, voxel_array_shift=s.get("voxelArrayShift", 0),
-                      names=E.FIRSTORDER + E.FIRSTORDER_OPTIONAL, **kw)
-    gl = E.glcm(image, mask, spacing, distances=s.get("distances", [1]),
-                symmetrical=s.get("symmetricalGLCM", True),
-                weighting_norm=s.get("weightingNorm"), **kw)
-    rl = E.glrlm(image, mask, spacing, weighting_norm=s.get("weightingNorm"), **kw)
-    sz = E.glszm(image, mask, spacing, **kw)
-    dm = E.gldm(image, mask, spacing, distances=s.get("distances", [1]),
-                alpha=s.get("gldm_a", 0), **kw)
-    nt = E.ngtdm(image, mask, spacing, distances=s.get("distances", [1]), **kw)
+    st = E.Settings.from_params(s)
+    region = E.Region.of(image, mask, spacing, st)
     out = {}
-    for cls, vals in (("firstorder", fo), ("glcm", gl), ("glrlm", rl), ("glszm", sz),
-                      ("gldm", dm), ("ngtdm", nt), ("shape2D", E.shape2d(mask, spacing))):
-        out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
+    for cls, f in E.CLASS_FUNCTIONS.items():
+        names = E.FIRSTORDER + E.FIRSTORDER_OPTIONAL if cls == "firstorder" else None
+        out.update({f"original_{cls}_{k}": v for k, v in f(region, st, names).items()})
+    out.update({f"original_shape2D_{k}": v for k, v in E.shape2d(mask, spacing).items()})
     return out
 
 
@@ -131,7 +123,7 @@ def test_glrlm_drops_angles_along_which_the_region_is_one_pixel_thick():
     line = np.zeros((12, 9), bool)
     line[2:10, 4] = True
     img = np.where(np.arange(12)[:, None] < 6, 10.0, 60.0) * np.ones((12, 9))
-    f = E.glrlm(img, line, bin_width=25)
+    f = E.glrlm(E.Region.of(img, line))
     # along (1, 0): two runs of length 4 (levels 1 and 3 of bins [0,25), [50,75))
     assert f["ShortRunEmphasis"] == pytest.approx(1 / 16)
     assert f["LongRunEmphasis"] == pytest.approx(16.0)
@@ -158,7 +150,7 @@ def test_glcm_matrix_counts_pairs_by_hand():
     """A 3 x 3 image worked by hand: angle (1, 1) pairs (1,3), (2,1), (2,1), (3,2)."""
     levels = np.array([[1, 2, 3], [2, 3, 1], [3, 1, 2]])
     assert E.angles_2d([1]).tolist() == [[1, 1], [1, 0], [1, -1], [0, 1]]
-    P, present = E.glcm_matrices(levels, symmetrical=False)
+    P, present = E.glcm_matrices(E.Region(levels), E.Settings(symmetrical=False))
     counts = P[:, :, 0] * 4                      # 4 pairs along (1, 1), normalised
     assert counts.tolist() == [[0, 0, 1], [2, 0, 0], [0, 1, 0]]
     assert present.tolist() == [1, 2, 3]

@@ -14,13 +14,49 @@ the union of the regions is visited once:
   a neighbour is a shifted view of a grid (no per-pixel index lookups), and runs are read from
   the grid laid out line by line (rows, columns, diagonals: no sorting);
 - co-occurrences are counted per atom pair, and each region's matrix is the sum over its
-  atoms; dependence counts of all regions are packed into one integer per pixel, a few bits
-  per region, and accumulated once per offset;
+  atoms; dependence counts and neighbour sums of all regions are packed into one integer per
+  pixel, one bit field per region, and accumulated once per offset (below);
 - runs and zones are first found per atom (runs or 8-connected zones of one grey level inside
   one atom); those that touch a same-level run or zone of another atom are joined per region
   (a handful at the atoms' borders), the others are counted per atom once;
 - the feature formulas run once for all regions (``engine.glcm_features``,
-  ``engine.family_features``).
+  ``engine.family.family_features``).
+
+Packed integers, and why they are exact
+---------------------------------------
+Three places put several small numbers into one integer; each is exact because every field
+is proven too small to carry into the next one (all integer arithmetic, no rounding):
+
+1. Region membership (``_Union.code``): bit r set when the pixel is in region r. Masks are
+   added as ``m * (1 << r)``; the bits are distinct, so the sum is the bitwise or. At most 62
+   regions (``texture_many`` refuses more): every code stays below 2^62, a non-negative
+   int64 whatever numpy casts it to.
+2. Mixed-radix keys: ``at * nr + level`` (atom and union level of a pixel; ``_Union.key``)
+   and the GLCM pair key ``((a_p A1 + a_q) nr + level_p) nr + level_q``. Each digit is below
+   its radix (atoms < A1 = A + 1, levels < nr), so the key is unique and decodes with // and
+   %. Bound: the MAX_CELLS guard keeps A1² nr² under 5e7 / 4 angles = 1.25e7, so the pair
+   key fits any integer type and ``_Union.key`` (below A1 nr <= 3,535) fits int16.
+3. Counters of several regions in one word (GLDM, NGTDM). L = the number of neighbour
+   offsets = 8 (d1 + d2 + ...) over the distances: 8 at distance 1, at most 4,224 (distances
+   1..32, params.MAX_DISTANCE). A pattern ``spread`` with bit ``width * j`` set for every
+   region j of an atom, times a per-offset increment, drops the increment into the field of
+   each region holding the neighbour; one array addition per offset then updates all of them.
+
+   - GLDM: per region, the number of similar neighbours, at most L, in ``bits =
+     L.bit_length()`` bits (4 at distance 1: 16 regions per uint64; 13 bits and 4 regions
+     in the worst case). The field never exceeds L < 2^bits: no carry.
+   - NGTDM: per region, ``count * 2^sbits + sum of the neighbours' levels``, with
+     ``sbits = (L (nr - 1)).bit_length()``: the sum is at most L (nr - 1) < 2^sbits, so it
+     never carries into the count; the count is at most L < 2^L.bit_length(), so the field,
+     below (L + 1) 2^sbits, fits ``width = sbits + L.bit_length()`` bits. At distance 1 with
+     100 union levels: sbits 10, width 14, 4 regions per uint64. Worst case: the MAX_CELLS
+     guard bounds nr by 1,767 ((A1 nr)² 4 angles <= 5e7 with A1 >= 2) and L by 4,224:
+     sbits 23, width 36 <= 64, so a field always fits in a word.
+
+   Unpacking is a shift by the field's offset and a mask. A plain loop over regions (one
+   accumulator per region) gives the same matrices but visits the union once per region and
+   offset: measured on four synthetic cases with the tumour and three nested rings (median of
+   15 timings each), GLDM 3.4 ms plain against 1.5 ms packed, NGTDM 5.4 against 2.5 ms.
 
 Each region's features equal those of ``engine``'s one-region functions (tested to 1e-11 on
 the parity suite's edge cases, and against pyradiomics). A region this pass cannot share (a
@@ -88,6 +124,7 @@ class _Union:
         R = len(masks)
         self.h, self.w = h, w = img.shape
         self.d = d = int(dmax)
+        # membership bits (packing 1 in the module docstring): R <= 62 bits
         self.code_t = code_t = _small_int((1 << R) - 1)
         self.code = np.zeros((h + 2 * d, w + 2 * d), dtype=code_t)
         code = self.code[d:d + h, d:d + w]
@@ -132,7 +169,8 @@ class _Union:
     def key(self):
         """Atom and level in one number (``at * nr + raw``; 0 outside), on the padded grid."""
         if self._key is None:
-            # int16 when it fits: half the bytes to copy and compare when laying out lines
+            # mixed radix (packing 2): at < A + 1 and raw < nr, so the key is unique; int16
+            # when it fits (always under MAX_CELLS): half the bytes to copy and compare
             t = np.int16 if (self.A + 1) * self.nr < 2 ** 15 else np.int32
             self._key = self.at.astype(t) * t(self.nr) + self.raw.astype(t)
         return self._key
@@ -192,14 +230,14 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
         if cls == "glcm":
             got = E.glcm_features(_glcm(u, regions, present, spacing, dist, st), levels, names)
         elif cls == "gldm":
-            got = E.family_features("gldm", _gldm(u, regions, present, dist,
-                                                  st.get("gldm_a", 0)), levels, names=names)
+            got = E.gldm_features(_gldm(u, regions, present, dist, st.get("gldm_a", 0)), levels,
+                                  names)
         elif cls == "glrlm":
             Ps, jv = _glrlm(u, regions, present, spacing, st.get("weightingNorm"))
-            got = E.family_features("glrlm", Ps, levels, names=names, jvector=jv)
+            got = E.glrlm_features(Ps, levels, names, jvector=jv)
         elif cls == "glszm":
             Ps, jv = _glszm(u, regions, present)
-            got = E.family_features("glszm", Ps, levels, names=names, jvector=jv)
+            got = E.glszm_features(Ps, levels, names, jvector=jv)
         else:
             got = _ngtdm(u, regions, present, dist, names)
         for r, vals in zip(regions, got):
@@ -212,8 +250,9 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
 def _glcm(u, regions, present, spacing, dist, st):
     angles = E.angles_2d(dist)
     A1, nr = u.A + 1, u.nr
-    # key = ((a_p A1 + a_q) nr + level_p) nr + level_q = pkey(p) + qkey(q); pairs with a pixel
-    # outside land in atom 0's rows or columns, which are dropped
+    # key = ((a_p A1 + a_q) nr + level_p) nr + level_q = pkey(p) + qkey(q) (packing 2: every
+    # digit below its radix, the key below A1² nr² <= 1.25e7); pairs with a pixel outside
+    # land in atom 0's rows or columns, which are dropped
     qkey = u.at.astype(np.intp) * (nr * nr) + u.raw
     pkey = u.shifted(u.at).astype(np.intp) * (A1 * nr * nr) + u.shifted(u.raw) * nr
     C = np.empty((A1, A1, nr, nr, len(angles)))
@@ -240,7 +279,9 @@ def _offsets(dist):
 
 def _gldm(u, regions, present, dist, alpha):
     offsets = list(_offsets(dist))
-    bits = len(offsets).bit_length()          # a region's count of similar neighbours
+    # packing 3: a region's count of similar neighbours is at most len(offsets), so it fits
+    # ``bits`` bits without carrying into the next region's field
+    bits = len(offsets).bit_length()
     per_word = 64 // bits
     raw_c = u.shifted(u.raw)
     similar = []
@@ -276,10 +317,12 @@ def _gldm(u, regions, present, dist, alpha):
 
 def _ngtdm(u, regions, present, dist, names):
     offsets = list(_offsets(dist))
-    # per region, a neighbour in the region adds (1 << sbits) + its level: the count of
-    # neighbours above, the sum of their levels below (the sum stays under 2 ** sbits), in one
-    # field of ``width`` bits; the fields of several regions share one 64-bit word, so one
-    # sum per offset serves them all (exact: integers)
+    # packing 3: per region, a neighbour in the region adds (1 << sbits) + its level: the
+    # count of neighbours above, the sum of their levels below. The sum is at most
+    # len(offsets) (nr - 1) < 2 ** sbits and the count at most len(offsets), so the field
+    # stays under 2 ** width and never carries into the next; several regions' fields share
+    # one 64-bit word (width <= 36 bits under the module's bounds), so one sum per offset
+    # serves them all
     sbits = (len(offsets) * (u.nr - 1)).bit_length()
     width = sbits + len(offsets).bit_length()
     per_word = max(64 // width, 1)

@@ -14,8 +14,7 @@ from ..errors import InputError
 from . import ENGINE_VERSION
 from . import engine as E
 
-CLASSES = {"firstorder": E.FIRSTORDER, "glcm": E.GLCM, "glrlm": E.GLRLM, "glszm": E.GLSZM,
-           "gldm": E.GLDM, "ngtdm": E.NGTDM, "shape2D": E.SHAPE2D}
+CLASSES = E.CLASSES
 OPTIONAL = {"firstorder": E.FIRSTORDER_OPTIONAL}
 # Settings that change nothing for a 2D original image, or that the driver implements.
 SETTINGS = {"label", "binWidth", "binCount", "voxelArrayShift", "distances", "symmetricalGLCM",
@@ -355,30 +354,13 @@ class NativeExtractor:
         return {n: results[n] for n in masks}
 
     def _texture(self, img, m, spacing, st, prefix) -> dict:
-        kw = dict(bin_width=st.get("binWidth", 25), bin_count=st.get("binCount"))
-        kw["levels"] = E.discretise(img, m, **kw)       # once, for every texture class
-        dist = st.get("distances", [1])
+        settings = E.Settings.from_params(st)
+        region = E.Region.of(img, m, spacing, settings)    # once, for every texture class
         out = {}
         for cls, names in self.classes.items():
             if cls == "shape2D":
                 continue
-            if cls == "firstorder":
-                vals = E.firstorder(img, m, spacing, voxel_array_shift=st.get(
-                    "voxelArrayShift", 0), names=names, **kw)
-            elif cls == "glcm":
-                vals = E.glcm(img, m, spacing, distances=dist,
-                              symmetrical=st.get("symmetricalGLCM", True),
-                              weighting_norm=st.get("weightingNorm"), names=names, **kw)
-            elif cls == "glrlm":
-                vals = E.glrlm(img, m, spacing, weighting_norm=st.get("weightingNorm"),
-                               names=names, **kw)
-            elif cls == "glszm":
-                vals = E.glszm(img, m, spacing, names=names, **kw)
-            elif cls == "gldm":
-                vals = E.gldm(img, m, spacing, distances=dist, alpha=st.get("gldm_a", 0),
-                              names=names, **kw)
-            else:
-                vals = E.ngtdm(img, m, spacing, distances=dist, names=names, **kw)
+            vals = E.CLASS_FUNCTIONS[cls](region, settings, names)
             out.update({f"{prefix}_{cls}_{k}": v for k, v in vals.items()})
         return out
 

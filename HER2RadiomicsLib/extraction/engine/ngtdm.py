@@ -1,0 +1,69 @@
+r"""Neighbouring grey-tone difference matrix (NGTDM): a pixel against its neighbours' mean.
+
+For each region pixel of level i, Ā is the mean level of its neighbours in the region (every
+offset at the ``distances``, both ways). Per grey level i present: n_i pixels, p_i = n_i / N_vp,
+s_i = Σ |i - Ā| over those pixels (a pixel without any neighbour in the region counts in n_i
+with a difference of 0, as pyradiomics counts it). N_gp levels present, N_vp pixels; sums
+over i, j run over the levels present.
+
+Each feature (pyradiomics' name), its formula and its IBSI name:
+
+- Coarseness: 1 / Σ p_i s_i; 10⁶ when Σ p_i s_i = 0. IBSI ngt_coarseness.
+- Contrast: (Σ_i Σ_j p_i p_j (i - j)² / (N_gp (N_gp - 1))) (Σ s_i / N_vp); 0 when N_gp = 1.
+  IBSI ngt_contrast.
+- Busyness: Σ p_i s_i / Σ_i Σ_j |i p_i - j p_j|; 0 when the denominator is 0.
+  IBSI ngt_busyness.
+- Complexity: Σ_i Σ_j |i - j| (p_i s_i + p_j s_j) / (p_i + p_j) / N_vp. IBSI ngt_complexity.
+- Strength: Σ_i Σ_j (p_i + p_j) (i - j)² / Σ s_i; 0 when Σ s_i = 0. IBSI ngt_strength.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .region import Region, Settings
+
+NGTDM = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
+
+
+def ngtdm(region: Region, settings: Settings = Settings(), names=None) -> dict:
+    """Neighbouring grey-tone difference features of one region (see the module's table)."""
+    count = np.zeros(region.lv.size, dtype=np.int64)    # neighbours in the region
+    total = np.zeros(count.size, dtype=np.float64)      # the sum of their levels
+    for b in region.neighbour_levels(settings.distances):
+        count += b > 0
+        total += b
+    return ngtdm_values(region.lv, count, total, region.present, names)
+
+
+def ngtdm_values(lv, c, total, present, names=None) -> dict:
+    """:func:`ngtdm` from each region pixel's level ``lv``, its number of neighbours in the
+    region ``c`` and the sum of their levels ``total``; ``present``: the levels present."""
+    diff = np.where(c > 0, np.abs(lv - total / np.maximum(c, 1)), 0.0)
+    # each pixel's index in ``present``: a lookup table over the level range (a binary search
+    # per pixel costs several times more)
+    lut = np.zeros(int(present[-1] - present[0]) + 1, np.intp)
+    lut[present - present[0]] = np.arange(len(present))
+    idx = lut[lv - present[0]]
+    n = np.bincount(idx, minlength=len(present)).astype(np.float64)
+    s = np.bincount(idx, weights=diff, minlength=len(present))
+    i = present.astype(np.float64)
+    nvp = n.sum()
+    p = n / nvp
+    ngp = len(present)
+    out = {}
+    ps = np.sum(p * s)
+    out["Coarseness"] = 1.0 / ps if ps != 0 else 1e6
+    div = ngp * (ngp - 1)
+    out["Contrast"] = (np.sum(p[:, None] * p[None, :] * (i[:, None] - i[None, :]) ** 2)
+                       * np.sum(s) / nvp / div) if div != 0 else 0.0
+    ip = i * p
+    absdiff = np.sum(np.abs(ip[:, None] - ip[None, :]))
+    out["Busyness"] = ps / absdiff if absdiff != 0 else 0.0
+    psi = p * s
+    denom = p[:, None] + p[None, :]
+    out["Complexity"] = np.sum(np.abs(i[:, None] - i[None, :]) * (psi[:, None] + psi[None, :])
+                               / np.where(denom == 0, 1, denom)) / nvp
+    ss = np.sum(s)
+    out["Strength"] = (np.sum((p[:, None] + p[None, :]) * (i[:, None] - i[None, :]) ** 2) / ss
+                       if ss != 0 else 0.0)
+    return {k: float(out[k]) for k in (names or NGTDM)}

@@ -323,8 +323,8 @@ def test_null_data_inner_cv_auc_stays_near_chance(name):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 p, _ = oof_predictions(
-                    lambda yt: build_pipeline(recipe, ["tumor"], recipe["primary"],
-                                              y_train=yt, seed=seed),
+                    lambda yt, seed=seed: build_pipeline(
+                        recipe, ["tumor"], recipe["primary"], y_train=yt, seed=seed),
                     X, y, g, np.unique(y), 1 if binary else None, seed)
             auc = roc_auc_score(y, p) if binary else roc_auc_score(y, p, multi_class="ovr")
         aucs.append(auc)

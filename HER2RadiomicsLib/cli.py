@@ -154,6 +154,11 @@ def _register_modelling(sub):
     modelcommands.register(sub)
 
 
+def _register_reports(sub):
+    from .reports import commands as reportcommands
+    reportcommands.register(sub)
+
+
 def _register_station(sub):
     # the web front end (trame-slicer, Slicer's core) is imported only when a station runs
     from .station import commands as stationcommands
@@ -161,7 +166,7 @@ def _register_station(sub):
 
 
 _EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_modelling,
-                   _register_station]
+                   _register_reports, _register_station]
 
 
 def cmd_synth(a) -> int:

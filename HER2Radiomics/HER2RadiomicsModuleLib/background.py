@@ -122,7 +122,7 @@ class CliJob:
 
     def check(self, what):
         """Raise ``Cancelled`` or ``ValueError`` (the CLI's one line) unless it completed."""
-        from HER2RadiomicsLib.errors import Cancelled
+        from HER2RadiomicsLib import Cancelled
         node = self.cliNode
         if node.GetStatus() == node.Cancelled:
             raise Cancelled(f"{what} cancelled")
@@ -195,7 +195,7 @@ class FeatureMemory:
 def bundleRegions(bundle, loaded, tumourMask):
     """The bundle's regions for this tumour, built as a prediction builds them (no features:
     a distance map, tens of milliseconds)."""
-    from HER2RadiomicsLib.imaging.rings import build_regions
+    from HER2RadiomicsLib import build_regions
     rings = bundle.meta.get("rings") or {}
     regs = build_regions(loaded.image, tumourMask, rings.get("rings_mm", []),
                          annuli=rings.get("annuli", False), combined=rings.get("combined", []),

@@ -187,14 +187,13 @@ def _segment_one(row, model, device, threads=None):
     for a bad case, so the cohort goes on)."""
     from ..imaging.io import _umask, read_image, write_image
     from . import commands
-    from .inference import check_ultrasound
+    from .inference import auto_mask, check_ultrasound
     try:
         loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
         flags = check_ultrasound(loaded)
-        res = commands.get_segmenter(model, device, threads).predict(loaded.image)
-        if not res.info["lesion_px"]:
-            raise InputError(f"{row['image']}: the model found no lesion (give a --box or "
-                             "--click prompt)")
+        res = auto_mask(loaded.image, segmenter=commands.get_segmenter(model, device, threads),
+                        no_lesion=f"{row['image']}: the model found no lesion (give a --box or "
+                                  "--click prompt)")
         write_image(res.mask, row["_out"])      # atomic: a new file, never one in place
         os.chmod(row["_out"], 0o666 & ~_umask())    # as any file the user writes (not 0600)
         return {"case_id": row["case_id"], "lesion_px": res.info["lesion_px"],
@@ -288,3 +287,56 @@ def segment_manifest(a) -> int:
     for e in errors[:20]:
         print(f"  {e['case_id']}: {e['error']}")
     return 1 if errors else 0
+
+
+def cnn_masks(rows, folder, *, device="cpu", resume=False, spacing_of=None, progress=None):
+    """CNN masks for the manifest rows that have none (the Slicer CLI's cohort), written to
+    ``folder``; with ``resume`` a mask of an earlier run is reused only for the same image
+    content, frame and model.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Manifest rows (``case_id``, ``image``, optional ``mask``, ``frame``); a row that gets a
+        mask has ``mask`` (the file) and ``mask_source`` (``CNN auto-mask``) set.
+    folder : str or Path
+        Where the masks go (``<case_id>.nrrd``, written atomically).
+    device : str
+        ``cpu`` or ``cuda``.
+    spacing_of : callable, optional
+        ``row -> (x, y) mm or None``: the spacing to read a row's image with.
+    progress : callable, optional
+        Called with the fraction of the rows done.
+
+    Returns
+    -------
+    list of (dict, str)
+        The rows that failed, each with its one-line error.
+    """
+    from . import commands
+    from ..imaging.io import read_image, write_image
+    from .inference import auto_mask
+    todo = [r for r in rows if not r.get("mask")]
+    if not todo:
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = commands._model_id(None)
+    segmenter, failed = None, []
+    for i, r in enumerate(todo):
+        path = folder / f"{r['case_id']}.nrrd"
+        r["_out"], r["_key"] = str(path), commands._mask_key(r, model)
+        try:
+            if not (resume and commands._reusable(folder, r)):
+                segmenter = segmenter or commands.get_segmenter(None, device)
+                loaded = read_image(r["image"], spacing_mm=spacing_of(r) if spacing_of else None)
+                res = auto_mask(loaded, segmenter=segmenter,
+                                no_lesion=f"{r['image']}: the CNN found no lesion; give a mask")
+                write_image(res.mask, path)    # atomic: a killed run leaves no half a mask
+                commands._record_mask(folder, r["_key"], r["case_id"])
+            r["mask"], r["mask_source"] = str(path), "CNN auto-mask"
+        except (HER2Error, ValueError) as exc:
+            failed.append((r, str(exc)))
+        if progress:
+            progress((i + 1) / len(todo))
+    return failed

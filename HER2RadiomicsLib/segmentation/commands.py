@@ -11,19 +11,13 @@ from ..errors import HER2Error, InputError
 
 log = logging.getLogger(__name__)
 
-_SEGMENTERS = {}
-
 
 def get_segmenter(model=None, device="cpu", threads=None):
-    """Cached per process (batch workers load the model once)."""
-    from .inference import DEFAULT_MODEL, Segmenter
-    key = (str(model or DEFAULT_MODEL), device)
-    if key not in _SEGMENTERS:
-        if threads:
-            import torch
-            torch.set_num_threads(int(threads))
-        _SEGMENTERS[key] = Segmenter.load(model or DEFAULT_MODEL, device=device)
-    return _SEGMENTERS[key]
+    """:func:`.inference.get_segmenter`, looked up here by the commands (and replaced here by
+    tests that give them a stand-in network); imported when called, since the CLI's start-up
+    must not import numpy and SimpleITK for every command."""
+    from .inference import get_segmenter as loaded_once
+    return loaded_once(model, device, threads)
 
 
 #: train-segmenter's network has 4 poolings: its input size must divide by 2 ** 4
@@ -154,17 +148,17 @@ def register(sub):
 
 def cmd_segment(a) -> int:
     from ..imaging.io import read_image, write_image
-    from .inference import check_ultrasound
+    from .inference import auto_mask, check_ultrasound
     if a.image:
         if not a.out:
             raise InputError("--image needs --out MASK.nrrd")
         loaded = read_image(a.image, frame=a.frame)
         flags = check_ultrasound(loaded)
         t = time.perf_counter()
-        res = get_segmenter(a.model, a.device).predict(loaded.image, box=a.box, click=a.click)
+        res = auto_mask(loaded.image, segmenter=get_segmenter(a.model, a.device), box=a.box,
+                        click=a.click, no_lesion=f"{a.image}: the model found no lesion "
+                                                 "(give a --box or --click)")
         dt = time.perf_counter() - t
-        if not res.info["lesion_px"]:
-            raise InputError(f"{a.image}: the model found no lesion (give a --box or --click)")
         write_image(res.mask, a.out)
         if a.prob_out:
             write_image(res.probability, a.prob_out)

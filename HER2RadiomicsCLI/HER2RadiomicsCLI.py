@@ -275,8 +275,8 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     elif args.outputReport:
         raise ValueError("--outputReport needs --bundle (the report shows the prediction)")
     elif args.outputTable or writeLabel:
-        regs = build_regions(loaded.image, maskImage, args.rings, annuli=args.annuli,
-                             spacing_known=loaded.spacing_known, path=str(image))
+        regs = build_regions(loaded, maskImage, args.rings, annuli=args.annuli,
+                             path=str(image))
         if args.outputTable:
             fx = FeatureExtractor(args.paramsFile or args.preset)
             feats, _ = fx.extract(loaded.image, regs.masks, spacing_known=loaded.spacing_known,

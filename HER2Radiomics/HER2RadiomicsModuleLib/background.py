@@ -197,9 +197,8 @@ def bundleRegions(bundle, loaded, tumourMask):
     a distance map, tens of milliseconds)."""
     from HER2RadiomicsLib import build_regions
     rings = bundle.meta.get("rings") or {}
-    regs = build_regions(loaded.image, tumourMask, rings.get("rings_mm", []),
-                         annuli=rings.get("annuli", False), combined=rings.get("combined", []),
-                         spacing_known=loaded.spacing_known, path=loaded.path)
+    regs = build_regions(loaded, tumourMask, rings.get("rings_mm", []),
+                         annuli=rings.get("annuli", False), combined=rings.get("combined", []))
     return {r: regs.masks[r] for r in bundle.meta["regions"]}
 
 

@@ -289,7 +289,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
         mask = self.tumourMask(volumeNode, segmentationNode)
         try:
             regs = build_regions(loaded.image, mask, list(rings_mm), annuli=bool(annuli),
-                                 spacing_known=True, path=volumeNode.GetName())
+                                 path=volumeNode.GetName())
         except HER2Error as exc:
             raise ValueError(str(exc)) from None
         M.addRegionSegments(regs, segmentationNode, volumeNode)

@@ -372,9 +372,8 @@ def features_for_case(bundle, image, mask=None, *, options: ReadOptions | None =
         raise ModelError(f"{bundle.path}: bundle.json names no regions: this bundle cannot "
                          "extract features (predict from a feature table instead)")
     rings = bundle.meta.get("rings") or {}
-    regs = build_regions(loaded.image, mask, rings.get("rings_mm", []),
-                         annuli=rings.get("annuli", False), combined=rings.get("combined", []),
-                         spacing_known=loaded.spacing_known, path=loaded.path)
+    regs = build_regions(loaded, mask, rings.get("rings_mm", []),
+                         annuli=rings.get("annuli", False), combined=rings.get("combined", []))
     needed = {r: regs.masks[r] for r in bundle.meta["regions"]}
     if features is not None:
         feats = dict(features)

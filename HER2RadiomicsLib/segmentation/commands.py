@@ -401,7 +401,8 @@ def cmd_train(a) -> int:
     export = resolved(a.export) if a.export else resolved(out) / "model.pt"
     pending = _pending(export)
     try:
-        summ = _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, source)
+        summ = _export_and_validate(a, out, export, pending, res, [pairs[i] for i in va],
+                                    train_ds, source)
         _swap_in_model(pending, export)
     finally:
         from .inference import card_path
@@ -414,7 +415,7 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, source) -> dict:
+def _export_and_validate(a, out, export, pending, res, val_pairs, train_ds, source) -> dict:
     """Export ``best.pt`` to the pending name, validate it on the held-out patients and
     complete its card; returns the validation summary."""
     from . import training as T
@@ -423,7 +424,6 @@ def _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, sour
                             update_model_card)
     export_model(out / "best.pt", pending, {"name": export.stem, "training": res})
     seg = Segmenter.load(pending, device=a.device)
-    val_pairs = [pairs[i] for i in va]
     recs = evaluate([{"case_id": p[2], "image": str(p[0]), "mask": str(p[1])} for p in val_pairs],
                     seg)
     summ = summarize_metrics(recs)

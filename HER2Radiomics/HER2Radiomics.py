@@ -4,6 +4,10 @@ A thin shell: the Widget only binds the .ui to a typed parameter node and displa
 controller (:mod:`HER2RadiomicsModuleLib.controller`) says can run; the Logic inherits every behaviour
 from :class:`HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (MRML only, tested on ``slicer-core``);
 all computation is in ``HER2RadiomicsLib``.
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 import os
 from pathlib import Path

@@ -356,7 +356,7 @@ def _runManifestIn(work, rows, errors, args, spacing, clinical, bundle, out, ord
     import contextlib
 
     import pandas as pd
-    from HER2RadiomicsLib import atomic_write_text, ExtractConfig, parse_rings, run_batch
+    from HER2RadiomicsLib import ExtractConfig, parse_rings, run_batch
     rows = _cnnMasks(rows, args, spacing, errors, lambda f: progress(0.02 + 0.28 * f),
                      work / "masks")
     with contextlib.ExitStack() as stack:
@@ -437,7 +437,6 @@ def _writeErrors(path, errors):
     if not path:
         return
     import pandas as pd
-    from HER2RadiomicsLib import atomic_write_text
     _writeTable(path, pd.DataFrame(errors, columns=["case_id", "file", "error"]))
 
 
@@ -455,7 +454,8 @@ def main(argv=None):
         _addLibraryPath()
         _warningsToStdout()
         import pandas as pd
-        from HER2RadiomicsLib import atomic_write_text, HER2Error
+        # the face imports lazily: asking for an imaging name loads numpy and SimpleITK now
+        from HER2RadiomicsLib import HER2Error, atomic_write_text  # noqa: F401
     except Exception as exc:    # a broken install: one line, not a traceback
         print(f"error: HER2RadiomicsLib cannot be imported ({type(exc).__name__}: {exc})",
               file=sys.stderr)
@@ -492,7 +492,8 @@ def main(argv=None):
         else:
             row = processCase(caseId, args.inputVolume, args.inputLabel or None, args,
                               bundle, args.site, clinical, spacing,
-                              writeLabel=args.outputLabel, report=lambda f: progress(0.05 + 0.9 * f))
+                              writeLabel=args.outputLabel,
+                              report=lambda f: progress(0.05 + 0.9 * f))
         if args.outputTable:
             _writeTable(args.outputTable, pd.DataFrame([row]))
         _writeErrors(args.outputErrors, [])

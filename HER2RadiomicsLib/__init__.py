@@ -36,7 +36,8 @@ _FACE = {
     # extraction: one case, or a cohort
     "FeatureExtractor": "extraction.features", "load_params": "extraction.features",
     "ExtractConfig": "extraction.batch", "read_manifest": "extraction.batch",
-    "run_batch": "extraction.batch", "json_default": "extraction.batch",
+    "run_batch": "extraction.batch", "BatchOptions": "extraction.batch",
+    "json_default": "extraction.batch",
     # segmentation: the CNN auto-mask
     "get_segmenter": "segmentation.inference", "auto_mask": "segmentation.inference",
     "check_ultrasound": "segmentation.inference", "DEFAULT_MODEL": "segmentation.inference",

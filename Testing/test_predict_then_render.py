@@ -98,7 +98,8 @@ def test_the_report_only_draws(counted, tmp_path, monkeypatch):
                               site=CASE["site"], clinical=CASE["clinical"])
     assert len(calls) == 1
     assert result.predicted_class == result.prediction.predicted_class    # reads through
-    assert set(result.features) >= set(bundle.meta["input_columns"]) - {"site"} - set(CASE["clinical"])
+    model_inputs = set(bundle.meta["input_columns"]) - {"site"} - set(CASE["clinical"])
+    assert set(result.features) >= model_inputs
     before = copy.deepcopy(result.prediction)
     monkeypatch.setattr(P, "predict_rows", lambda *a, **k: pytest.fail("predicted again"))
     out, shown = h2r.write_case_report(bundle, result, tmp_path / "case.html",

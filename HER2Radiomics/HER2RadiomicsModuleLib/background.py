@@ -9,6 +9,10 @@ with fingerprints of the pixels they came from (the image, each region mask, the
 and a prediction or report on the same pixels uses them in process, in milliseconds.
 
 MRML only (no Qt): the same code runs in Slicer and on ``slicer-core`` in the tests.
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 import hashlib
 import json

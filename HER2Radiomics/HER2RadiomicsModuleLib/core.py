@@ -14,6 +14,10 @@ Example (Slicer's Python console)::
     logic.buildRings(getNode("US"), seg, [3, 5, 8])       # ring segments + clipping QC
     bundle = logic.loadBundle("model_bundle.zip")
     prediction = logic.predict(bundle, getNode("US"), seg, site="A")
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 import importlib.util
 import logging

@@ -9,6 +9,10 @@ A mixin of :class:`~HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (which s
   an HTML report whose features were just extracted for the same pixels is made at once in
   process, without a second extraction (:class:`~HER2RadiomicsModuleLib.background.
   FeatureMemory`).
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 from .background import CliJob, bundleRegions, readJson, removeFiles, temporaryFile
 

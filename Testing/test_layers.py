@@ -30,9 +30,6 @@ KNOWN = {
     "HER2RadiomicsLib.modelling.study -> HER2RadiomicsLib.reports.study",
     # readers' summary page is drawn with the report helpers: the page moves to reports/
     "HER2RadiomicsLib.readers.study -> HER2RadiomicsLib.reports.html",
-    # the cohort's `segment --manifest` and its mask cache helpers live on both sides of
-    # segmentation/commands.py: the cache helpers move into cohort.py
-    "HER2RadiomicsLib.segmentation.cohort -> HER2RadiomicsLib.segmentation.commands",
 }
 
 

@@ -176,60 +176,6 @@ def cmd_segment(a) -> int:
     return segment_manifest(a)
 
 
-#: per-case cache of batch segmentation: each mask as made and its record (what it was made
-#: from), for --resume and for telling a hand-edited mask from one segment made (cohort.py)
-MASK_RECORDS = ".segment-parts"
-
-
-def _model_id(model) -> str:
-    """The weights' sha256 (from the file itself, so a replaced file is a different model)."""
-    from .inference import DEFAULT_MODEL, sha256_of
-    path = Path(model or DEFAULT_MODEL)
-    try:
-        return sha256_of(path)
-    except OSError:
-        return str(path)      # Segmenter.load will say what is wrong with it
-
-
-def _mask_key(row, model_id) -> str:
-    import hashlib
-    from ..extraction.batch import file_digest
-    blob = json.dumps({"image": file_digest(row["image"]), "frame": row.get("frame", ""),
-                       "model": model_id}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _record_path(out: Path, case_id) -> Path:
-    from ..extraction.batch import part_name
-    return out / MASK_RECORDS / part_name(case_id)
-
-
-def _record_mask(out: Path, key: str, case_id, mask=None, **info) -> None:
-    """Record that segment made ``mask`` (default ``out/<case_id>.nrrd``) for ``case_id`` from
-    the inputs ``key`` names; ``info`` (confidence, flags) is kept with it. The sha256s of the
-    masks made for the case before are remembered too (see cohort.made_by_segment)."""
-    from ..extraction.batch import file_digest
-    from ..imaging.io import atomic_write_text
-    from .cohort import MADE_REMEMBERED, made_by_segment, read_record
-    digest = file_digest(Path(mask) if mask is not None else out / f"{case_id}.nrrd")
-    made = [m for m in made_by_segment(read_record(out, case_id)) if m != digest]
-    atomic_write_text(_record_path(out, case_id), json.dumps({
-        "case_id": case_id, "key": key, "mask_sha256": digest,
-        "made": (made + [digest])[-MADE_REMEMBERED:], **info}))
-
-
-def _reusable(out: Path, row) -> bool:
-    """A mask from an earlier run may stand in for this row: same image content, frame and
-    model, and the mask file is the one that run wrote (not edited or replaced since)."""
-    from ..extraction.batch import file_digest
-    try:
-        rec = json.loads(_record_path(out, row["case_id"]).read_text())
-    except (OSError, ValueError):
-        return False
-    return (rec.get("key") == row["_key"] and rec.get("case_id") == row["case_id"]
-            and Path(row["_out"]).is_file() and rec.get("mask_sha256") == file_digest(row["_out"]))
-
-
 def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
     """Per-case Dice, IoU, HD95/HD/MSD (mm when spacing known, else px) against reference masks."""
     import numpy as np

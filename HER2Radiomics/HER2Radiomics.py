@@ -4,6 +4,10 @@ A thin shell: the Widget only binds the .ui to a typed parameter node and displa
 controller (:mod:`HER2RadiomicsModuleLib.controller`) says can run; the Logic inherits every behaviour
 from :class:`HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (MRML only, tested on ``slicer-core``);
 all computation is in ``HER2RadiomicsLib``.
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 import os
 from pathlib import Path
@@ -386,7 +390,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finish, self._job, self._jobFinish = self._jobFinish, None, None
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.visible = False
-        from HER2RadiomicsLib.errors import Cancelled
+        from HER2RadiomicsLib import Cancelled
         try:
             finish(job)
         except Cancelled:
@@ -427,7 +431,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.site = text
 
     def _clinical(self):
-        from HER2RadiomicsLib.modelling.predict import parse_clinical
+        from HER2RadiomicsLib import parse_clinical
         return parse_clinical(self._parameterNode.clinicalText, "clinical value")
 
     def onPredictButton(self):
@@ -640,7 +644,8 @@ class HER2RadiomicsTest(ScriptedLoadableModuleTest):
             self.assertAlmostEqual(pred.probabilities[k], v, places=9)
         self.delayDisplay("Report (from the prediction's features: no second extraction)")
         import tempfile
-        out = logic.saveReport(bundle, volume, seg, Path(tempfile.mkdtemp()) / "case.html",
-                               meta["site"], meta["clinical"])
-        self.assertIn("Research use only", Path(out).read_text())
+        with tempfile.TemporaryDirectory(prefix="HER2Radiomics-") as folder:   # removed after
+            out = logic.saveReport(bundle, volume, seg, Path(folder) / "case.html",
+                                   meta["site"], meta["clinical"])
+            self.assertIn("Research use only", Path(out).read_text())
         self.delayDisplay("Library test passed")

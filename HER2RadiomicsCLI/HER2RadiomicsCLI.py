@@ -5,7 +5,6 @@ Slicer runs it from the CLI module GUI or ``slicer.cli.run``; it also runs as a 
 (``python HER2RadiomicsCLI.py --inputVolume us.nrrd --outputTable out.tsv``). The parameters
 are declared in ``HER2RadiomicsCLI.xml``; ``Testing/test_slicer_cli.py`` pins the two together.
 Progress goes to stdout as ``<filter-progress>`` lines, which Slicer shows in its progress bar.
-Imports only HER2RadiomicsLib.
 
 What Slicer does with a CLI decides how this one reports (``vtkSlicerCLIModuleLogic``, 5.8 to
 5.12): output tables are read back only after exit code 0 (any other code discards and deletes
@@ -22,6 +21,10 @@ them), and anything on stderr is logged as an error even after a successful run.
 A manifest goes through the library's batch engine, as ``her2radiomics extract --manifest``
 does: parallel workers (``--jobs``), a bad row or image fails only its case. Cases without a
 mask get the CNN's.
+
+Imports only the public face of HER2RadiomicsLib (``from HER2RadiomicsLib import ...``), and
+inside the functions: the library's folder is found at run time (:func:`_addLibraryPath`) and
+``--help`` (Slicer asks it for the XML) must answer without loading numpy.
 """
 import argparse
 import os
@@ -149,8 +152,7 @@ def labelLikeInput(label, inputPath):
 def _refuseOverlaps(args):
     """No output may be one of the inputs (a manifest, the image, its label map, the
     manifest's files, their sidecars), nor two outputs one file."""
-    from HER2RadiomicsLib.imaging.io import companion_files
-    from HER2RadiomicsLib.outputs import refuse_overlaps
+    from HER2RadiomicsLib import companion_files, refuse_overlaps
     inputs = [getattr(args, n) for n in ("inputVolume", "inputLabel", "inputRegions",
                                          "manifest", "paramsFile", "bundle")
               if getattr(args, n, None)]
@@ -191,9 +193,7 @@ def processRegions(caseId, image, regionsPath, args, spacing=None, report=None):
     """Features of regions drawn elsewhere (the Slicer panel's tumour and ring segments,
     edits included) -> a table row; no ring is rebuilt and no CNN runs."""
     import SimpleITK as sitk
-    from HER2RadiomicsLib.extraction.features import FeatureExtractor
-    from HER2RadiomicsLib.imaging.io import read_image
-    from HER2RadiomicsLib.imaging.rings import decode_region_bits
+    from HER2RadiomicsLib import decode_region_bits, FeatureExtractor, read_image
     loaded = read_image(image, spacing_mm=spacing)
     try:
         label = sitk.ReadImage(str(regionsPath))
@@ -231,22 +231,20 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     ``--prompt``); with a bundle the prediction is made from one extraction of the bundle's
     own regions and params, which also gives the row's features and the report; otherwise the
     features of ``--rings`` and the preset are extracted when a table is asked for."""
-    from HER2RadiomicsLib.extraction.features import FeatureExtractor
-    from HER2RadiomicsLib.imaging.io import load_case, read_image, write_image
-    from HER2RadiomicsLib.imaging.rings import build_regions
+    from HER2RadiomicsLib import (FeatureExtractor, build_regions, load_case, read_image,
+                                  write_image)
     details = {"case_id": caseId}
     if mask:
         loaded, maskImage = load_case(image, mask, spacing_mm=spacing)
         source = "label map"
     else:
-        from HER2RadiomicsLib.segmentation.commands import get_segmenter
-        from HER2RadiomicsLib.segmentation.inference import check_ultrasound
+        from HER2RadiomicsLib import auto_mask, check_ultrasound, get_segmenter
         loaded = read_image(image, spacing_mm=spacing)
         flags = check_ultrasound(loaded)
         box, click = _prompt(args.prompt)
-        res = get_segmenter(None, args.device).predict(loaded.image, box=box, click=click)
-        if not res.info["lesion_px"]:
-            raise ValueError(f"{image}: the CNN found no lesion; give a prompt or draw it")
+        res = auto_mask(loaded, segmenter=get_segmenter(None, args.device), box=box,
+                        click=click, no_lesion=f"{image}: the CNN found no lesion; give a "
+                                               "prompt or draw it")
         maskImage = res.mask
         source = "CNN auto-mask"
         details["cnn"] = {"confidence": res.info.get("confidence"),
@@ -260,27 +258,25 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
     row = {"case_id": caseId, "mask_source": source, "spacing_source": loaded.spacing_source}
     regs = None
     if bundle is not None:
-        from HER2RadiomicsLib.modelling.predict import predict_case
-        ctx = {}
-        pr = predict_case(bundle, None, maskImage, site=site or None,
-                          clinical=clinical or None, case_id=caseId, loaded=loaded,
-                          context=ctx)
-        regs = ctx["regions"]
-        row.update(ctx["features"])
+        from HER2RadiomicsLib import predict_case
+        # one extraction gives the prediction, the row's features and the report
+        result = predict_case(bundle, loaded, maskImage, site=site or None,
+                              clinical=clinical or None, case_id=caseId)
+        pr = result.prediction
+        regs = result.regions
+        row.update(result.features)
         row.update({f"prediction_{k}": v for k, v in pr.as_row().items() if k != "case_id"})
         details["prediction"] = pr.__dict__
-        details["features"] = ctx["features"]    # the panel keeps them: no second extraction
+        details["features"] = result.features    # the panel keeps them: no second extraction
         if args.outputReport:
-            from HER2RadiomicsLib.reports.case import write_case_report
-            write_case_report(bundle, None, maskImage, args.outputReport, site=site or None,
-                              clinical=clinical or None, case_id=caseId, loaded=loaded,
-                              mask_source=source, prediction=pr, context=ctx,
+            from HER2RadiomicsLib import write_case_report
+            write_case_report(bundle, result, args.outputReport, mask_source=source,
                               mask_flags=(details.get("cnn") or {}).get("flags", ()))
     elif args.outputReport:
         raise ValueError("--outputReport needs --bundle (the report shows the prediction)")
     elif args.outputTable or writeLabel:
-        regs = build_regions(loaded.image, maskImage, args.rings, annuli=args.annuli,
-                             spacing_known=loaded.spacing_known, path=str(image))
+        regs = build_regions(loaded, maskImage, args.rings, annuli=args.annuli,
+                             path=str(image))
         if args.outputTable:
             fx = FeatureExtractor(args.paramsFile or args.preset)
             feats, _ = fx.extract(loaded.image, regs.masks, spacing_known=loaded.spacing_known,
@@ -292,8 +288,7 @@ def processCase(caseId, image, mask, args, bundle=None, site=None, clinical=None
         write_image(labelLikeInput(regs.label_map, image), writeLabel)
     if args.outputJson:
         import json
-        from HER2RadiomicsLib.extraction.batch import json_default
-        from HER2RadiomicsLib.imaging.io import atomic_write_text
+        from HER2RadiomicsLib import atomic_write_text, json_default
         atomic_write_text(args.outputJson, json.dumps(details, default=json_default))
     return row
 
@@ -302,34 +297,10 @@ def _cnnMasks(rows, args, spacing, errors, report, folder):
     """CNN masks for the rows without one, written to ``folder``; with ``--resume`` a mask
     of an earlier run is reused only for the same image content, frame and model. Failed cases
     go to ``errors`` and are dropped."""
-    from pathlib import Path
-
-    from HER2RadiomicsLib.errors import HER2Error
-    from HER2RadiomicsLib.imaging.io import read_image, write_image
-    from HER2RadiomicsLib.segmentation import commands as S
-    todo = [r for r in rows if not r.get("mask")]
-    if not todo:
-        return rows
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model = S._model_id(None)
-    segmenter = None
-    for i, r in enumerate(todo):
-        path = folder / f"{r['case_id']}.nrrd"
-        r["_out"], r["_key"] = str(path), S._mask_key(r, model)
-        try:
-            if not (args.resume and S._reusable(folder, r)):
-                segmenter = segmenter or S.get_segmenter(None, args.device)
-                loaded = read_image(r["image"], spacing_mm=_rowSpacing(r, spacing))
-                res = segmenter.predict(loaded.image)
-                if not res.info["lesion_px"]:
-                    raise ValueError(f"{r['image']}: the CNN found no lesion; give a mask")
-                write_image(res.mask, path)    # atomic: a killed run leaves no half a mask
-                S._record_mask(folder, r["_key"], r["case_id"])
-            r["mask"], r["mask_source"] = str(path), "CNN auto-mask"
-        except (HER2Error, ValueError) as exc:
-            errors.append(_failure(r, str(exc)))
-        report((i + 1) / len(todo))
+    from HER2RadiomicsLib import cnn_masks
+    failedRows = cnn_masks(rows, folder, device=args.device, resume=args.resume,
+                           spacing_of=lambda r: _rowSpacing(r, spacing), progress=report)
+    errors += [_failure(r, message) for r, message in failedRows]
     failed = {e["case_id"] for e in errors}
     return [r for r in rows if r["case_id"] not in failed]
 
@@ -356,7 +327,7 @@ def runManifest(args, spacing, clinical, bundle):
     import tempfile
     from pathlib import Path
 
-    from HER2RadiomicsLib.extraction.batch import read_manifest
+    from HER2RadiomicsLib import read_manifest
     if not args.outputTable:
         raise ValueError("--manifest needs --outputTable (one row per case)")
     # a bad row (missing file, bad value) is that case's failure; the others go on
@@ -382,26 +353,28 @@ def runManifest(args, spacing, clinical, bundle):
 
 
 def _runManifestIn(work, rows, errors, args, spacing, clinical, bundle, out, order):
+    import contextlib
+
     import pandas as pd
-    from HER2RadiomicsLib.extraction.batch import ExtractConfig, run_batch
-    from HER2RadiomicsLib.imaging.io import atomic_write_text
-    from HER2RadiomicsLib.imaging.rings import parse_rings
+    from HER2RadiomicsLib import ExtractConfig, parse_rings, run_batch
     rows = _cnnMasks(rows, args, spacing, errors, lambda f: progress(0.02 + 0.28 * f),
                      work / "masks")
-    if bundle is not None:
-        # the bundle's own params and rings, so its input columns are extracted
-        from HER2RadiomicsLib.modelling.predict import bundle_params_file
-        ring = bundle.meta.get("rings") or {}
-        cfg = ExtractConfig(params=str(bundle_params_file(bundle)),
-                            rings_mm=tuple(ring.get("rings_mm", [])),
-                            annuli=bool(ring.get("annuli", False)),
-                            combined=tuple(ring.get("combined", [])))
-    else:
-        cfg = ExtractConfig(params=args.paramsFile or args.preset,
-                            rings_mm=tuple(parse_rings(args.rings)), annuli=args.annuli)
-    res = run_batch(rows, work / "features.csv", cfg, jobs=max(1, int(args.jobs)),
-                    resume=args.resume,
-                    progress=lambda done, total: progress(0.3 + 0.65 * done / max(total, 1)))
+    with contextlib.ExitStack() as stack:
+        if bundle is not None:
+            # the bundle's own params and rings, so its input columns are extracted; the
+            # params file lives as long as the extraction (its workers read it)
+            from HER2RadiomicsLib import bundle_params_file
+            ring = bundle.meta.get("rings") or {}
+            cfg = ExtractConfig(params=str(stack.enter_context(bundle_params_file(bundle))),
+                                rings_mm=tuple(ring.get("rings_mm", [])),
+                                annuli=bool(ring.get("annuli", False)),
+                                combined=tuple(ring.get("combined", [])))
+        else:
+            cfg = ExtractConfig(params=args.paramsFile or args.preset,
+                                rings_mm=tuple(parse_rings(args.rings)), annuli=args.annuli)
+        res = run_batch(rows, work / "features.csv", cfg, jobs=max(1, int(args.jobs)),
+                        resume=args.resume,
+                        progress=lambda done, total: progress(0.3 + 0.65 * done / max(total, 1)))
     if res.interrupted:              # the tables of a cohort cut short are never returned
         raise KeyboardInterrupt
     byId = {str(r["case_id"]): r for r in rows}
@@ -433,8 +406,7 @@ def _predictions(table, byId, bundle, args, clinical, errors):
     """The bundle's prediction per row; a row whose prediction fails (an unknown site, a bad
     clinical cell) becomes a failure and leaves the table, the others are predicted."""
     import pandas as pd
-    from HER2RadiomicsLib.errors import HER2Error
-    from HER2RadiomicsLib.modelling.predict import predict_rows
+    from HER2RadiomicsLib import HER2Error, predict_rows
     site = bundle.meta.get("batch_col") or "site"
     table[site] = [byId[str(c)].get(site) or args.site or None for c in table["case_id"]]
     names = bundle.meta.get("clinical") or []
@@ -465,15 +437,13 @@ def _writeErrors(path, errors):
     if not path:
         return
     import pandas as pd
-    from HER2RadiomicsLib.imaging.io import atomic_write_text
     _writeTable(path, pd.DataFrame(errors, columns=["case_id", "file", "error"]))
 
 
 def _writeTable(path, frame):
     """A table for Slicer (TSV, or CSV by its name), written atomically, with text cells that
     a spreadsheet would run as a formula quoted."""
-    from HER2RadiomicsLib.imaging.io import atomic_write_text
-    from HER2RadiomicsLib.outputs import spreadsheet_safe_frame
+    from HER2RadiomicsLib import atomic_write_text, spreadsheet_safe_frame
     sep = "," if str(path).lower().endswith(".csv") else "\t"
     atomic_write_text(path, spreadsheet_safe_frame(frame).to_csv(index=False, sep=sep))
 
@@ -484,8 +454,8 @@ def main(argv=None):
         _addLibraryPath()
         _warningsToStdout()
         import pandas as pd
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.imaging.io import atomic_write_text
+        # the face imports lazily: asking for an imaging name loads numpy and SimpleITK now
+        from HER2RadiomicsLib import HER2Error, atomic_write_text  # noqa: F401
     except Exception as exc:    # a broken install: one line, not a traceback
         print(f"error: HER2RadiomicsLib cannot be imported ({type(exc).__name__}: {exc})",
               file=sys.stderr)
@@ -503,11 +473,11 @@ def main(argv=None):
             raise ValueError("give --inputVolume (one image) or --manifest (a cohort)")
         _refuseOverlaps(args)
         spacing = _spacing(args.spacingMm)
-        from HER2RadiomicsLib.modelling.predict import parse_clinical
+        from HER2RadiomicsLib import parse_clinical
         clinical = parse_clinical(args.clinical)
         bundle = None
         if args.bundle:
-            from HER2RadiomicsLib.modelling.bundle import load_bundle
+            from HER2RadiomicsLib import load_bundle
             bundle = load_bundle(args.bundle)
         progress(0.02)
         if args.manifest:
@@ -522,7 +492,8 @@ def main(argv=None):
         else:
             row = processCase(caseId, args.inputVolume, args.inputLabel or None, args,
                               bundle, args.site, clinical, spacing,
-                              writeLabel=args.outputLabel, report=lambda f: progress(0.05 + 0.9 * f))
+                              writeLabel=args.outputLabel,
+                              report=lambda f: progress(0.05 + 0.9 * f))
         if args.outputTable:
             _writeTable(args.outputTable, pd.DataFrame([row]))
         _writeErrors(args.outputErrors, [])

@@ -154,6 +154,11 @@ def _register_modelling(sub):
     modelcommands.register(sub)
 
 
+def _register_reports(sub):
+    from .reports import commands as reportcommands
+    reportcommands.register(sub)
+
+
 def _register_station(sub):
     # the web front end (trame-slicer, Slicer's core) is imported only when a station runs
     from .station import commands as stationcommands
@@ -161,7 +166,7 @@ def _register_station(sub):
 
 
 _EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_modelling,
-                   _register_station]
+                   _register_reports, _register_station]
 
 
 def cmd_synth(a) -> int:
@@ -195,9 +200,8 @@ def cmd_rings(a) -> int:
         fov = read_mask(fov, loaded, min_pixels=1)
     elif fov == "none":
         fov = None
-    regions = build_regions(loaded.image, mask, a.rings, annuli=not a.no_annuli,
-                            combined=a.combined, fov=fov, max_clip_fraction=a.max_clip_fraction,
-                            spacing_known=loaded.spacing_known, path=loaded.path)
+    regions = build_regions(loaded, mask, a.rings, annuli=not a.no_annuli,
+                            combined=a.combined, fov=fov, max_clip_fraction=a.max_clip_fraction)
     from .outputs import staged_dir
     # written as a set: a rerun with other rings leaves no stale ring file beside new ones
     with staged_dir(a.out_dir, "rings") as stage:
@@ -225,7 +229,8 @@ def _extract_config(a):
 
 
 def cmd_extract(a) -> int:
-    from .extraction.batch import case_id_problems, read_manifest, run_batch, summarize
+    from .extraction.batch import (BatchOptions, case_id_problems, read_manifest, run_batch,
+                                   summarize)
     from .errors import InputError
     cfg = _extract_config(a)
     if a.manifest:
@@ -242,9 +247,10 @@ def cmd_extract(a) -> int:
                  "image": str(Path(a.image).resolve()), "mask": str(Path(a.mask).resolve())}]
         if a.frame is not None:
             rows[0]["frame"] = a.frame
-    res = run_batch(rows, a.out, cfg, jobs=a.jobs, backend=a.backend, scheduler=a.scheduler,
-                    resume=a.resume, progress=not a.no_progress, global_spacing=a.spacing_mm,
-                    aggregate=a.aggregate)
+    res = run_batch(rows, a.out, cfg, jobs=a.jobs, resume=a.resume, progress=not a.no_progress,
+                    global_spacing=a.spacing_mm,
+                    options=BatchOptions(backend=a.backend, scheduler=a.scheduler,
+                                         aggregate=a.aggregate))
     if not a.manifest and res.errors and not res.interrupted:
         # single case: the failure is the command's failure (bad input), not a partial cohort:
         # one line on stderr (the previous result, if any, is kept: res.kept_previous)

@@ -300,7 +300,7 @@ def _segment_all(rows, out: Path, jobs: int, cached: bool = False):
         if not DEFAULT_MODEL.exists():
             print(f"[demo] no shipped CNN model at {DEFAULT_MODEL}; skipping auto-masks")
             return None
-        from .segmentation.commands import get_segmenter
+        from .segmentation.inference import get_segmenter
         seg = get_segmenter(None, "cpu")
         recs = []
         (out / "cnn_masks").mkdir(exist_ok=True)
@@ -340,22 +340,26 @@ def _predict_new_case(out: Path, seed: int, fresh: bool = True):
     mask = new / row["mask"]
     from .segmentation.inference import DEFAULT_MODEL
     if DEFAULT_MODEL.exists():
+        from .errors import InputError
         from .imaging.io import read_image
-        from .segmentation.commands import get_segmenter
+        from .segmentation.inference import auto_mask
         loaded = read_image(image)
-        res = get_segmenter(None, "cpu").predict(loaded.image)
-        if res.info["lesion_px"]:
+        try:
+            res = auto_mask(loaded)
+        except InputError:        # no lesion found: the generator's mask stands in
+            res = None
+        if res is not None:
             mask = new / "cnn_mask.nrrd"
             write_image(res.mask, mask)
     recipe = "peritumoral2025"
     bundle = load_bundle(out / "models" / recipe / "model_bundle.zip")
     clinical = {k: float(row[k]) for k in bundle.meta["clinical"]}
-    ctx = {}
-    pr = predict_case(bundle, image, mask, site=row.site, clinical=clinical,
-                      case_id=str(row.case_id), context=ctx)
+    result = predict_case(bundle, image, mask, site=row.site, clinical=clinical,
+                          case_id=str(row.case_id))
+    pr = result.prediction
     pr.qc = {"mask_source": "CNN auto-mask (not reviewed)" if mask.name == "cnn_mask.nrrd"
              else "generator ground truth", **pr.qc}
-    fig = overlay_figure(ctx["loaded"].image, {r: ctx["regions"].masks[r]
+    fig = overlay_figure(result.loaded.image, {r: result.regions.masks[r]
                                                for r in bundle.meta["regions"]})
     fig.savefig(new / "overlay.png", dpi=130, bbox_inches="tight")
     import matplotlib.pyplot as plt

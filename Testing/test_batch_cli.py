@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
+from HER2RadiomicsLib.extraction.batch import BatchOptions, ExtractConfig, read_manifest, run_batch
 from HER2RadiomicsLib.cli import main
 from HER2RadiomicsLib.errors import InputError
 
@@ -97,8 +97,8 @@ def test_parallel_and_dask_equal_sequential(manifest, tmp_path):
     from dask.distributed import LocalCluster
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=None) as lc:
-        dsk = run_batch(rows, tmp_path / "d.csv", cfg, backend="dask",
-                        scheduler=lc.scheduler_address, progress=False)
+        dsk = run_batch(rows, tmp_path / "d.csv", cfg, progress=False,
+                        options=BatchOptions(backend="dask", scheduler=lc.scheduler_address))
     assert seq.n_ok == par.n_ok == dsk.n_ok == 3
     a = pd.read_csv(tmp_path / "s.csv")
     pd.testing.assert_frame_equal(a, pd.read_csv(tmp_path / "p.csv"))
@@ -108,7 +108,7 @@ def test_parallel_and_dask_equal_sequential(manifest, tmp_path):
 def test_patient_aggregation_from_manifest(cohort, tmp_path):
     rows = read_manifest(cohort / "cohort.csv")
     res = run_batch(rows, tmp_path / "f.csv", ExtractConfig(params="cui2023"), progress=False,
-                    aggregate="mean")
+                    options=BatchOptions(aggregate="mean"))
     img = pd.read_csv(tmp_path / "f.csv")
     pat = pd.read_csv(tmp_path / "f_patients.csv")
     assert len(pat) == len({r["patient_id"] for r in rows}) < len(img)

@@ -334,10 +334,10 @@ def test_eval_segmenter_counts_images_without_lesion_as_misses(cohort, tmp_path)
 
 
 def test_segment_manifest_feeds_extract_from_another_folder(cohort, tmp_path, monkeypatch):
-    from HER2RadiomicsLib.segmentation import commands
+    from HER2RadiomicsLib.segmentation import inference
     from HER2RadiomicsLib.segmentation.inference import Segmenter
     from test_segmentation import DarknessNet
-    monkeypatch.setattr(commands, "get_segmenter",
+    monkeypatch.setattr(inference, "get_segmenter",
                         lambda *a, **k: Segmenter(DarknessNet(), size=96))
     work = tmp_path / "work"
     work.mkdir()

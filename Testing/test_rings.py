@@ -97,11 +97,12 @@ def test_ring_spec_validation():
 
 
 def test_unknown_spacing_refuses():
+    from HER2RadiomicsLib.imaging.io import LoadedImage
     img, mask = disk_scene((0.2, 0.2))
     with pytest.raises(SpacingUnknownError, match="--spacing-mm"):
-        build_regions(img, mask, "3", spacing_known=False, path="x.png")
+        build_regions(LoadedImage(img, "x.png", "unknown"), mask, "3")
     # tumour only needs no mm
-    assert build_regions(img, mask, "", spacing_known=False).names == ["tumor"]
+    assert build_regions(LoadedImage(img, "x.png", "unknown"), mask, "").names == ["tumor"]
 
 
 def test_fov_detection_on_synthetic_scans(cohort):

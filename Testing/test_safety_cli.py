@@ -419,7 +419,8 @@ def test_icc_forms_offered_are_the_ones_computed():
 
 def test_a_bundles_params_name_never_becomes_a_path(tmp_path):
     """The params file a prediction writes stays in its private folder, whatever the bundle's
-    params_name says (a crafted '../../x' or the absolute path of the training params)."""
+    params_name says (a crafted '../../x' or the absolute path of the training params), and
+    the folder is gone when the extraction is done."""
     from HER2RadiomicsLib.modelling.predict import bundle_params_file, params_file_name
 
     class B:
@@ -428,9 +429,10 @@ def test_a_bundles_params_name_never_becomes_a_path(tmp_path):
     assert params_file_name("/home/r/my params.yaml") == "my_params.yaml"
     for name in ("../../../" + str(tmp_path / "escaped"), str(tmp_path / "abs.yaml"), "..", ""):
         B.meta["params_name"] = name
-        p = bundle_params_file(B)
-        assert p.read_text() == B.meta["params_yaml"]
-        assert tmp_path not in p.parents and p.parent.parent.name.startswith("h2r_bundle_")
+        with bundle_params_file(B) as p:
+            assert p.read_text() == B.meta["params_yaml"]
+            assert tmp_path not in p.parents and p.parent.name.startswith("h2r_bundle_")
+        assert not p.parent.exists()
     assert list(tmp_path.iterdir()) == []
 
 

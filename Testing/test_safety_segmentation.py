@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from HER2RadiomicsLib.cli import main
 from HER2RadiomicsLib.errors import ModelError
-from HER2RadiomicsLib.segmentation import commands
+from HER2RadiomicsLib.segmentation import inference
 from HER2RadiomicsLib.segmentation.inference import Segmenter
 
 from test_safety_cli import one_error_line, run, snapshot, write_manifest
@@ -59,7 +59,7 @@ def cases(cohort, tmp_path):
 
 
 def use(monkeypatch, net):
-    monkeypatch.setattr(commands, "get_segmenter", lambda *a, **k: net)
+    monkeypatch.setattr(inference, "get_segmenter", lambda *a, **k: net)
     return net
 
 

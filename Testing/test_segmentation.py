@@ -183,8 +183,8 @@ def test_metrics_against_brute_force():
 
 def test_cli_segment_and_eval(cohort, tmp_path, capsys, monkeypatch):
     from HER2RadiomicsLib.cli import main
-    from HER2RadiomicsLib.segmentation import commands
-    monkeypatch.setattr(commands, "get_segmenter",
+    from HER2RadiomicsLib.segmentation import inference
+    monkeypatch.setattr(inference, "get_segmenter",
                         lambda *a, **k: Segmenter(DarknessNet(), size=96))
     # a phantom with known lesions: the CLI's mask is the main lesion (Dice), on its grid
     blobs, truth = blobs_image()

@@ -164,7 +164,7 @@ def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, ca
     computed = []
     real = B._safe_case
     monkeypatch.setattr(B, "_safe_case", lambda *a, **k: computed.append(1) or real(*a, **k))
-    import HER2RadiomicsLib.segmentation.commands as S
+    import HER2RadiomicsLib.segmentation.inference as S
     monkeypatch.setattr(S, "get_segmenter", lambda *a, **k: pytest.fail("CNN rerun"))
     before = t.copy()
     assert CLI.main(args) == 0

@@ -9,6 +9,10 @@ with fingerprints of the pixels they came from (the image, each region mask, the
 and a prediction or report on the same pixels uses them in process, in milliseconds.
 
 MRML only (no Qt): the same code runs in Slicer and on ``slicer-core`` in the tests.
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 import hashlib
 import json
@@ -122,7 +126,7 @@ class CliJob:
 
     def check(self, what):
         """Raise ``Cancelled`` or ``ValueError`` (the CLI's one line) unless it completed."""
-        from HER2RadiomicsLib.errors import Cancelled
+        from HER2RadiomicsLib import Cancelled
         node = self.cliNode
         if node.GetStatus() == node.Cancelled:
             raise Cancelled(f"{what} cancelled")
@@ -195,11 +199,10 @@ class FeatureMemory:
 def bundleRegions(bundle, loaded, tumourMask):
     """The bundle's regions for this tumour, built as a prediction builds them (no features:
     a distance map, tens of milliseconds)."""
-    from HER2RadiomicsLib.imaging.rings import build_regions
+    from HER2RadiomicsLib import build_regions
     rings = bundle.meta.get("rings") or {}
-    regs = build_regions(loaded.image, tumourMask, rings.get("rings_mm", []),
-                         annuli=rings.get("annuli", False), combined=rings.get("combined", []),
-                         spacing_known=loaded.spacing_known, path=loaded.path)
+    regs = build_regions(loaded, tumourMask, rings.get("rings_mm", []),
+                         annuli=rings.get("annuli", False), combined=rings.get("combined", []))
     return {r: regs.masks[r] for r in bundle.meta["regions"]}
 
 

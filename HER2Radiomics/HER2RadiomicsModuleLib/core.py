@@ -14,6 +14,10 @@ Example (Slicer's Python console)::
     logic.buildRings(getNode("US"), seg, [3, 5, 8])       # ring segments + clipping QC
     bundle = logic.loadBundle("model_bundle.zip")
     prediction = logic.predict(bundle, getNode("US"), seg, site="A")
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 import importlib.util
 import logging
@@ -148,7 +152,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
             key = (str(path), path.stat().st_mtime_ns)
             if key not in self._fileSpacing:
                 try:
-                    from HER2RadiomicsLib.imaging.io import read_image
+                    from HER2RadiomicsLib import read_image
                     loaded = read_image(path)
                     self._fileSpacing[key] = (tuple(float(s) for s in loaded.spacing_mm),
                                               loaded.spacing_source)
@@ -195,7 +199,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
         (:data:`HER2RadiomicsLib.imaging.io.GREY_FORMULA`, ITU-R BT.601 luma), as the command
         line converts a colour file; the conversion is recorded in the provenance.
         """
-        from HER2RadiomicsLib.imaging.io import LoadedImage, to_grey
+        from HER2RadiomicsLib import LoadedImage, to_grey
         if volumeNode is None:
             raise ValueError("select an image first")
         if not isImageNode(volumeNode):
@@ -217,7 +221,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
 
     def segmenter(self):
         if self._segmenter is None:
-            from HER2RadiomicsLib.segmentation.commands import get_segmenter
+            from HER2RadiomicsLib import get_segmenter
             self._segmenter = get_segmenter(None, "cpu")
         return self._segmenter
 
@@ -235,7 +239,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
                       for p in (here.parents[1], here.parents[2])
                       if (p / "HER2RadiomicsLib").is_dir()), here)
         try:
-            from HER2RadiomicsLib.segmentation.inference import DEFAULT_MODEL
+            from HER2RadiomicsLib import DEFAULT_MODEL
             model = DEFAULT_MODEL
         except ImportError:     # the library's own dependencies are not installed yet
             pass
@@ -281,8 +285,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
         consecutive distances (3-5, 5-8 mm) as the peritumoral studies compare both.
         """
         import pandas as pd
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.imaging.rings import build_regions
+        from HER2RadiomicsLib import build_regions, HER2Error
         loaded = self.loadedImage(volumeNode)
         if not loaded.spacing_known:
             raise ValueError(f"'{volumeNode.GetName()}': pixel spacing is unknown; rings are in "
@@ -290,7 +293,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
         mask = self.tumourMask(volumeNode, segmentationNode)
         try:
             regs = build_regions(loaded.image, mask, list(rings_mm), annuli=bool(annuli),
-                                 spacing_known=True, path=volumeNode.GetName())
+                                 path=volumeNode.GetName())
         except HER2Error as exc:
             raise ValueError(str(exc)) from None
         M.addRegionSegments(regs, segmentationNode, volumeNode)
@@ -318,8 +321,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
         The task touches only SimpleITK images, so it may run on a worker thread (MRML is not
         thread-safe). ``report(fraction, message)`` returning False cancels (``Cancelled``).
         """
-        from HER2RadiomicsLib.errors import Cancelled, HER2Error
-        from HER2RadiomicsLib.extraction.features import FeatureExtractor
+        from HER2RadiomicsLib import Cancelled, FeatureExtractor, HER2Error
 
         def task(report):
             def cb(done, total, region):
@@ -337,8 +339,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
 
     @staticmethod
     def _paramsText(params):
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.extraction.features import load_params
+        from HER2RadiomicsLib import HER2Error, load_params
         try:
             return load_params(params)[1]
         except HER2Error as exc:
@@ -374,8 +375,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
             CLI parameters (names as in ``HER2RadiomicsCLI.xml``) and the temporary nodes
             (hidden; removed by :meth:`finishFeatureExtraction`).
         """
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.imaging.rings import encode_region_bits
+        from HER2RadiomicsLib import encode_region_bits, HER2Error
         loaded = loaded or self.loadedImage(volumeNode)
         masks = masks or self.regionMasks(volumeNode, segmentationNode)
         try:
@@ -492,8 +492,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
     # -- 5. prediction -----------------------------------------------------------------------
 
     def loadBundle(self, path, trust=False):
-        from HER2RadiomicsLib.modelling.bundle import load_bundle
-        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib import HER2Error, load_bundle
         try:
             return load_bundle(path, trust=trust)
         except HER2Error as exc:
@@ -510,7 +509,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
     @staticmethod
     def modelCardText(bundle):
         """A few plain lines for the panel (the report has the full card)."""
-        from HER2RadiomicsLib.reports.case import task_text
+        from HER2RadiomicsLib import task_text
         meta = bundle.meta
         test = (meta.get("metrics") or {}).get("test") or {}
         lines = [f"Model: {meta.get('recipe')} — {task_text(meta)}"]
@@ -552,7 +551,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
 
         import pandas as pd
         import SimpleITK as sitk
-        from HER2RadiomicsLib.readers.metrics import compare_masks
+        from HER2RadiomicsLib import compare_masks
         if len(segmentationNodes) < 2:
             raise ValueError("pick at least two segmentations (one per reader)")
         info = self.spacingInfo(volumeNode)
@@ -578,9 +577,8 @@ def exampleBundle(workdir, nPatients=60, seed=5):
 
     Returns (bundle path, cohort folder). About 30 s on two cores.
     """
-    from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
-    from HER2RadiomicsLib.modelling.study import load_recipe, run
-    from HER2RadiomicsLib.imaging.synth import generate_cohort
+    from HER2RadiomicsLib import (ExtractConfig, generate_cohort, load_recipe, read_manifest,
+                                  run_batch, run_study)
     workdir = Path(workdir)
     cohort = workdir / "cohort"
     if not (cohort / "cohort.csv").exists():
@@ -594,5 +592,5 @@ def exampleBundle(workdir, nPatients=60, seed=5):
     recipe["params"] = "cui2023"
     recipe["scenarios"] = {"intra+peri3mm": ["tumor", "peri_0-3mm"]}   # one scenario: fast
     recipe["evaluation"] = {**recipe.get("evaluation", {}), "repeats": 0, "bootstrap": 200}
-    run(recipe, features, cohort / "cohort.csv", workdir / "model", progress=False)
+    run_study(recipe, features, cohort / "cohort.csv", workdir / "model", progress=False)
     return workdir / "model" / "model_bundle.zip", cohort

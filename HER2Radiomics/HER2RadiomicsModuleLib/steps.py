@@ -9,6 +9,10 @@ A mixin of :class:`~HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (which s
   an HTML report whose features were just extracted for the same pixels is made at once in
   process, without a second extraction (:class:`~HER2RadiomicsModuleLib.background.
   FeatureMemory`).
+
+Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
+methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
+scikit-learn) are installed on first use (:mod:`HER2RadiomicsModuleLib.dependencies`).
 """
 from .background import CliJob, bundleRegions, readJson, removeFiles, temporaryFile
 
@@ -39,8 +43,7 @@ class LongSteps:
     def autoSegment(self, volumeNode, segmentationNode, markupsNode=None, segmenter=None):
         """CNN auto-mask into the ``tumour`` segment (created or replaced); returns its id.
         In process: the panel runs :meth:`startAutoSegment` instead."""
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.segmentation.inference import check_ultrasound
+        from HER2RadiomicsLib import HER2Error, auto_mask, check_ultrasound
         from . import mrml as M
         loaded = self.loadedImage(volumeNode)
         try:
@@ -48,12 +51,14 @@ class LongSteps:
         except HER2Error as exc:
             raise ValueError(str(exc)) from None
         kind, values = M.markupsToPrompt(markupsNode, volumeNode)
-        seg = segmenter or self.segmenter()
-        res = seg.predict(loaded.image, box=values if kind == "box" else None,
-                          click=values if kind == "click" else None)
-        if not res.info.get("lesion_px"):
-            raise ValueError("the CNN found no lesion: place a point inside it (or two points "
-                             "around it) in the prompt markups, or draw it")
+        try:
+            res = auto_mask(loaded, segmenter=segmenter or self.segmenter(),
+                            box=values if kind == "box" else None,
+                            click=values if kind == "click" else None,
+                            no_lesion="the CNN found no lesion: place a point inside it (or two "
+                                      "points around it) in the prompt markups, or draw it")
+        except HER2Error as exc:
+            raise ValueError(str(exc)) from None
         return self._cnnSegment(res.mask, segmentationNode, volumeNode, kind,
                                 res.info.get("confidence"),
                                 flags + list(res.info.get("flags", [])))
@@ -113,7 +118,7 @@ class LongSteps:
 
     def _extracted(self, bundle, loaded, mask):
         """The bundle's features for these pixels if extracted already, else None."""
-        from HER2RadiomicsLib.errors import HER2Error
+        from HER2RadiomicsLib import HER2Error
         try:
             regions = bundleRegions(bundle, loaded, mask)
         except HER2Error as exc:
@@ -127,23 +132,31 @@ class LongSteps:
         mask = self.tumourMask(volumeNode, segmentationNode)
         return self._extracted(bundle, loaded, mask)[1] is not None
 
-    def predict(self, bundle, volumeNode, segmentationNode, site=None, clinical=None,
-                tableNode=None):
-        """Predict with the bundle from the tumour segment; fills ``tableNode`` if given.
-        Features extracted already for these pixels are used, not extracted again."""
-        from HER2RadiomicsLib.errors import HER2Error
-        from HER2RadiomicsLib.modelling.predict import predict_case
+    def predictCase(self, bundle, volumeNode, segmentationNode, site=None, clinical=None):
+        """The bundle's prediction for the tumour segment, with the image, regions and features
+        it was made from (what a report draws). Features extracted already for these pixels
+        are used, not extracted again; the ones extracted here are remembered."""
+        from HER2RadiomicsLib import HER2Error, predict_case
         loaded = self.loadedImage(volumeNode)
         mask = self.tumourMask(volumeNode, segmentationNode)
         regions, feats = self._extracted(bundle, loaded, mask)
-        ctx = {}
         try:
-            pred = predict_case(bundle, None, mask, site=site or None, clinical=clinical or None,
-                                case_id=volumeNode.GetName(), loaded=loaded, context=ctx,
-                                features=feats)
+            result = predict_case(bundle, loaded, mask, site=site or None,
+                                  clinical=clinical or None, case_id=volumeNode.GetName(),
+                                  features=feats)
         except HER2Error as exc:
             raise ValueError(str(exc)) from None
-        self.memory.remember(loaded, regions, bundle.meta["params_yaml"], ctx["features"])
+        self.memory.remember(loaded, regions, bundle.meta["params_yaml"], result.features)
+        return result
+
+    def predict(self, bundle, volumeNode, segmentationNode, site=None, clinical=None,
+                tableNode=None, result=None):
+        """Predict with the bundle from the tumour segment; fills ``tableNode`` if given.
+        ``result`` (from :meth:`predictCase`) shows a prediction made already."""
+        import copy
+        result = result or self.predictCase(bundle, volumeNode, segmentationNode, site,
+                                            clinical)
+        pred = copy.deepcopy(result.prediction)
         pred.qc = {"mask_source": self.maskSource(segmentationNode), **pred.qc}
         self.predictionTable(pred, tableNode)
         return pred
@@ -168,20 +181,17 @@ class LongSteps:
         rows += [{"item": "warning", "value": w} for w in pred.warnings]
         M.dataFrameToTableNode(pd.DataFrame(rows), tableNode)
 
-    def saveReport(self, bundle, volumeNode, segmentationNode, path, site=None, clinical=None):
-        """Write the per-patient HTML or PDF report (same code as ``her2radiomics report``),
+    def saveReport(self, bundle, volumeNode, segmentationNode, path, site=None, clinical=None,
+                   result=None):
+        """Write the per-patient HTML or PDF report (same code as ``her2radiomics report``).
+        ``result`` (from :meth:`predictCase`) is drawn as is; without it the prediction is made
         from features extracted already when there are some for these pixels."""
-        from HER2RadiomicsLib.reports.case import write_case_report
-        from HER2RadiomicsLib.errors import HER2Error
-        loaded = self.loadedImage(volumeNode)
-        mask = self.tumourMask(volumeNode, segmentationNode)
-        regions, feats = self._extracted(bundle, loaded, mask)
+        from HER2RadiomicsLib import HER2Error, write_case_report
+        result = result or self.predictCase(bundle, volumeNode, segmentationNode, site,
+                                            clinical)
         try:
-            out, pred = write_case_report(bundle, None, mask, path, site=site or None,
-                                          clinical=clinical or None,
-                                          case_id=volumeNode.GetName(),
-                                          mask_source=self.maskSource(segmentationNode),
-                                          loaded=loaded, features=feats)
+            out, _ = write_case_report(bundle, result, path,
+                                       mask_source=self.maskSource(segmentationNode))
         except HER2Error as exc:
             raise ValueError(str(exc)) from None
         return out
@@ -195,14 +205,17 @@ class LongSteps:
         its own process for the prediction, the features and the report together. Finished by
         :meth:`finishPrediction`.
         """
-        from HER2RadiomicsLib.modelling.predict import parse_clinical
+        from HER2RadiomicsLib import parse_clinical
         clinical = parse_clinical(clinicalText, "clinical value") if clinicalText else None
         html = reportPath is not None and str(reportPath).lower().endswith((".html", ".htm"))
         if runCli is None or (self.canPredictNow(bundle, volumeNode, segmentationNode)
                               and (reportPath is None or html)):
-            pred = self.predict(bundle, volumeNode, segmentationNode, site, clinical, tableNode)
-            out = self.saveReport(bundle, volumeNode, segmentationNode, reportPath, site,
-                                  clinical) if reportPath else None
+            # one result for the prediction and the report: nothing is extracted twice
+            result = self.predictCase(bundle, volumeNode, segmentationNode, site, clinical)
+            pred = self.predict(bundle, volumeNode, segmentationNode, tableNode=tableNode,
+                                result=result)
+            out = self.saveReport(bundle, volumeNode, segmentationNode, reportPath,
+                                  result=result) if reportPath else None
             return _Finished("prediction", (pred, out))
         loaded = self.loadedImage(volumeNode)
         mask = self.tumourMask(volumeNode, segmentationNode)
@@ -225,7 +238,7 @@ class LongSteps:
     def finishPrediction(self, job):
         """On the GUI thread: ``(prediction, report path or None)``; the features the CLI
         extracted are kept for the next prediction or report on the same pixels."""
-        from HER2RadiomicsLib.modelling.predict import Prediction
+        from HER2RadiomicsLib import Prediction
         if isinstance(job, _Finished):
             return job.result
         ctx = job.context

@@ -54,6 +54,30 @@ class ExtractConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch runs and what it writes besides the feature table (none of it changes a
+    case's features, so none of it is in the resume digest).
+
+    Attributes
+    ----------
+    backend : {"loky", "dask"}
+        joblib's process workers on this machine, or a Dask cluster.
+    scheduler : str, optional
+        Dask scheduler address, or ``"local"`` to start a LocalCluster with ``jobs`` workers.
+    aggregate : {"mean", "median", "first"}, optional
+        Also write ``<stem>_patients.csv``, one row per ``patient_id``.
+    parts_dir : path, optional
+        Where the per-case parts live (default ``<out_csv>.parts``): a command that stages its
+        tables keeps the parts where a resumed run finds them.
+    """
+
+    backend: str = "loky"
+    scheduler: str | None = None
+    aggregate: str | None = None
+    parts_dir: object = None
+
+
 @dataclass
 class BatchResult:
     features_csv: Path
@@ -260,10 +284,9 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
     # a user-supplied valid-area mask follows the same geometry rules as the lesion mask
     fov = (read_mask(row["fov"], loaded, min_pixels=1) if row.get("fov")
            else ("auto" if cfg.fov == "auto" else None))
-    regions = build_regions(loaded.image, mask, cfg.rings_mm, annuli=cfg.annuli,
+    regions = build_regions(loaded, mask, cfg.rings_mm, annuli=cfg.annuli,
                             combined=cfg.combined, fov=fov,
-                            max_clip_fraction=cfg.max_clip_fraction,
-                            spacing_known=loaded.spacing_known, path=loaded.path)
+                            max_clip_fraction=cfg.max_clip_fraction)
     feats, diags = fx.extract(loaded.image, regions.masks, spacing_known=loaded.spacing_known,
                               path=loaded.path)
     prov = {"case_id": row["case_id"], "image": loaded.path,
@@ -312,10 +335,9 @@ def _safe_case(row, cfg, global_spacing=None):
                 "error": f"{row.get('image', '')}: unexpected {type(exc).__name__}: {first}"}
 
 
-def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str = "loky",
-              scheduler: str | None = None, resume: bool = False, progress: bool = True,
-              global_spacing=None, aggregate: str | None = None,
-              parts_dir=None) -> BatchResult:
+def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, resume: bool = False,
+              progress: bool = True, global_spacing=None,
+              options: BatchOptions | None = None) -> BatchResult:
     """Extract features for every manifest row.
 
     Parameters
@@ -327,25 +349,24 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, backend: str 
         it, and per-case parts in ``<out_csv>.parts/``.
     cfg : ExtractConfig
     jobs : int
-        Parallel workers for the joblib backend.
-    backend : {"loky", "dask"}
-    scheduler : str, optional
-        Dask scheduler address, or ``"local"`` to start a LocalCluster with ``jobs`` workers.
+        Parallel workers (joblib processes, or a local Dask cluster's workers).
     resume : bool
         Keep parts of finished cases whose settings digest matches, and skip those cases.
     progress : bool or callable
         A progress bar on stderr, or ``progress(done, total)`` called after every case.
-    aggregate : {"mean", "median", "first"}, optional
-        Also write ``<stem>_patients.csv``, one row per ``patient_id``.
-    parts_dir : path, optional
-        Where the per-case parts live (default ``<out_csv>.parts``): a command that stages its
-        tables keeps the parts where a resumed run finds them.
+    global_spacing : (float, float), optional
+        Pixel spacing in mm for every image (overrides the rows' and the files').
+    options : BatchOptions, optional
+        Backend (joblib or Dask), a per-patient table, where the parts live.
 
     Returns
     -------
     BatchResult
     """
     from .features import load_params, params_hash
+    options = options or BatchOptions()
+    backend, scheduler = options.backend, options.scheduler
+    aggregate, parts_dir = options.aggregate, options.parts_dir
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     parts = Path(parts_dir) if parts_dir else Path(str(out_csv) + ".parts")

@@ -158,16 +158,19 @@ class RegionSet:
         return [k for k, v in self.qc.items() if v.get("flagged")]
 
 
-def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM, *,
+def build_regions(image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM, *,
                   annuli: bool = True, combined=(), fov="auto",
                   max_clip_fraction: float = DEFAULT_MAX_CLIP_FRACTION,
-                  spacing_known: bool = True, path: str = "image") -> RegionSet:
+                  path: str | None = None) -> RegionSet:
     """Build the tumour and peritumoral regions.
 
     Parameters
     ----------
-    image : SimpleITK.Image
-        2D image (used for FOV detection and geometry); spacing in mm.
+    image : LoadedImage or SimpleITK.Image
+        2D image (used for FOV detection and geometry); spacing in mm. A
+        :class:`~HER2RadiomicsLib.imaging.io.LoadedImage` also says whether its spacing is
+        known (rings, defined in mm, refuse a placeholder spacing) and names its file in
+        errors; a plain SimpleITK image's spacing is taken as known.
     mask : SimpleITK.Image
         2D binary tumour mask on the image grid.
     rings_mm : str or iterable of float
@@ -180,16 +183,17 @@ def build_regions(image: sitk.Image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM
         Valid-area mask: detected (``"auto"``), the whole image (``None``), or given.
     max_clip_fraction : float
         A ring losing more than this share of its area to clipping is flagged.
-    spacing_known : bool
-        False when the spacing is a placeholder; rings then refuse (they are defined in mm).
-    path : str
-        Image path for error messages.
+    path : str, optional
+        The image as errors name it (default: the loaded image's file, else ``image``).
 
     Returns
     -------
     RegionSet
     """
     from ..errors import SpacingUnknownError
+    spacing_known = getattr(image, "spacing_known", True)
+    path = path or getattr(image, "path", None) or "image"
+    image = getattr(image, "image", image)          # a LoadedImage gives its SimpleITK image
     distances = parse_rings(rings_mm)
     if distances and not spacing_known:
         raise SpacingUnknownError(path, "peritumoral rings")

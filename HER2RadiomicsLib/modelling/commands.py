@@ -1,4 +1,5 @@
-"""CLI commands of the modelling side: ``train``, ``predict``, ``recipes``."""
+"""CLI commands of the modelling side: ``train``, ``predict``, ``recipes`` (``report`` is in
+``reports/commands.py``)."""
 from __future__ import annotations
 
 import json
@@ -50,24 +51,6 @@ def register(sub):
     p.add_argument("--out", help="CSV (or JSON for --image) with the predictions")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("report", help="per-patient prediction report (HTML or PDF)")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--image", required=True)
-    p.add_argument("--mask", help="lesion mask (default: the shipped CNN's auto-mask)")
-    p.add_argument("--out", required=True, help="case.html or case.pdf")
-    p.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"))
-    p.add_argument("--frame", type=int, help="frame of a multi-frame image")
-    p.add_argument("--site", help="scanner site (for bundles that harmonise with ComBat)")
-    p.add_argument("--clinical", nargs="*", default=[], metavar="NAME=VALUE",
-                   help="clinical values for the nomogram points, e.g. age=52 ki67=30")
-    p.add_argument("--case-id")
-    p.add_argument("--pixel-units", action="store_true",
-                   help="treat the image as 1 px = 1 mm, as a bundle trained on uncalibrated "
-                        "images was")
-    p.add_argument("--trust", action="store_true",
-                   help="allow joblib/pickle bundles and untrusted types (runs code!)")
-    p.set_defaults(func=cmd_report)
-
 
 def cmd_recipes(a) -> int:
     from .study import list_recipes, load_recipe
@@ -106,7 +89,7 @@ def cmd_predict(a) -> int:
     from .bundle import load_bundle
     from ..imaging.io import atomic_write_text
     from ..outputs import spreadsheet_safe_frame, write_csv
-    from .predict import predict_case, predict_rows
+    from .predict import ReadOptions, predict_case, predict_rows
     from .predict import clinical_inputs, parse_clinical
     clinical = parse_clinical(a.clinical)      # before the (seconds-long) bundle load
     b = load_bundle(a.bundle, trust=a.trust)
@@ -117,8 +100,9 @@ def cmd_predict(a) -> int:
     if a.image:
         if not a.mask:
             raise InputError("--image needs --mask (draw or auto-segment the lesion first)")
-        pr = predict_case(b, a.image, a.mask, spacing_mm=a.spacing_mm, site=a.site,
-                          clinical=clinical, pixel_units=a.pixel_units)
+        pr = predict_case(b, a.image, a.mask, site=a.site, clinical=clinical,
+                          options=ReadOptions(spacing_mm=a.spacing_mm,
+                                              pixel_units=a.pixel_units)).prediction
         print(f"case {pr.case_id}: predicted {pr.predicted_class}")
         for k, v in pr.probabilities.items():
             print(f"  P({k}) = {v:.3f}")
@@ -184,7 +168,7 @@ def _predict_manifest(a, b, clinical: dict, names: list) -> tuple:
     (a bad cell, an unreadable image, a refused clinical value, an unforeseen failure) is
     that row's error; the other rows are predicted."""
     from ..extraction.batch import read_manifest
-    from .predict import clinical_inputs, predict_case
+    from .predict import ReadOptions, clinical_inputs, predict_case
     rows = read_manifest(a.manifest, per_row=True)
     batch = b.meta.get("batch_col", "site")
     preds, errors = [], []
@@ -198,41 +182,13 @@ def _predict_manifest(a, b, clinical: dict, names: list) -> tuple:
             clin = {k: _cell(r.get(k), clinical.get(k)) for k in names}
             clin = {k: v for k, v in clin.items() if v is not None}
             clinical_inputs(b, clin, what=f"{a.manifest}: case {case}")
-            preds.append(predict_case(b, r["image"], r["mask"], spacing_mm=sp,
-                                      site=r.get(batch) or a.site, clinical=clin,
-                                      case_id=case, pixel_units=a.pixel_units))
+            preds.append(predict_case(b, r["image"], r["mask"], site=r.get(batch) or a.site,
+                                      clinical=clin, case_id=case,
+                                      options=ReadOptions(spacing_mm=sp,
+                                                          pixel_units=a.pixel_units)).prediction)
         except HER2Error as exc:
             errors.append({"case_id": case, "error": str(exc)})
         except Exception as exc:  # one row's unforeseen failure never aborts the others
             errors.append({"case_id": case,
                            "error": f"unexpected {type(exc).__name__}: {exc}"})
     return preds, errors
-
-
-def cmd_report(a) -> int:
-    import tempfile
-    from .bundle import load_bundle
-    from ..reports.case import write_case_report
-    from .predict import parse_clinical
-    b = load_bundle(a.bundle, trust=a.trust)
-    mask, source, flags = a.mask, "reader", []
-    if mask is None:
-        from ..imaging.io import read_image, write_image
-        from ..segmentation.commands import get_segmenter
-        from ..segmentation.inference import check_ultrasound
-        loaded = read_image(a.image, spacing_mm=a.spacing_mm, frame=a.frame)
-        flags = check_ultrasound(loaded)
-        res = get_segmenter(None, "cpu").predict(loaded.image)
-        if not res.info["lesion_px"]:
-            raise InputError(f"{a.image}: the CNN found no lesion; draw a mask and pass --mask")
-        mask = Path(tempfile.mkdtemp(prefix="h2r_report_")) / "cnn_mask.nrrd"
-        write_image(res.mask, mask)
-        flags += res.info["flags"]
-        source = f"CNN auto-mask (not reviewed; confidence {res.info['confidence']:.2f})"
-    out, pr = write_case_report(b, a.image, mask, a.out, spacing_mm=a.spacing_mm, site=a.site,
-                                clinical=parse_clinical(a.clinical), case_id=a.case_id,
-                                frame=a.frame, mask_source=source, pixel_units=a.pixel_units,
-                                mask_flags=flags)
-    print(f"case {pr.case_id}: predicted {pr.predicted_class} "
-          f"(P = {pr.probabilities[pr.predicted_class]:.3f}) -> {out}")
-    return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,9 +189,6 @@ def clinical_inputs(bundle, values, what: str = "--clinical") -> tuple:
     return (None if missing else out), missing
 
 
-_PARAMS_DIR = []
-
-
 def params_file_name(name) -> str:
     """A safe file name for a bundle's params: the last part of ``params_name`` (a preset name
     or the training params file's path) without folders or odd characters, so that neither a
@@ -203,35 +201,34 @@ def params_file_name(name) -> str:
     return f"{stem or 'params'}.yaml"
 
 
-def bundle_params_file(bundle) -> Path:
-    """The bundle's params text (verbatim) as a file in this process's private temporary
-    folder (made once, removed at exit): the feature engine and its workers read params from a
-    path, and the file's stem names the params in the provenance."""
-    import atexit
-    import hashlib
-    import shutil
-    if not _PARAMS_DIR:
-        _PARAMS_DIR.append(Path(tempfile.mkdtemp(prefix="h2r_bundle_")))
-        atexit.register(shutil.rmtree, _PARAMS_DIR[0], True)
-    text = bundle.meta["params_yaml"]
-    sub = _PARAMS_DIR[0] / hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = sub / params_file_name(bundle.meta.get("params_name", "params"))
-    if not path.exists():
-        sub.mkdir(exist_ok=True)
-        path.write_text(text)
-    return path
+@contextmanager
+def bundle_params_file(bundle):
+    """The bundle's params text (verbatim) as a file, for as long as the ``with`` block runs.
+
+    The feature engine and its batch workers read params from a path, and the file's stem
+    names the params in the provenance; the private folder holding it is removed when the
+    block ends (also on an error or Ctrl-C), so no run leaves a temporary folder behind.
+
+    >>> with bundle_params_file(bundle) as path:                     # doctest: +SKIP
+    ...     run_batch(rows, out_csv, ExtractConfig(params=str(path)))
+    """
+    with tempfile.TemporaryDirectory(prefix="h2r_bundle_") as folder:
+        path = Path(folder) / params_file_name(bundle.meta.get("params_name", "params"))
+        path.write_text(bundle.meta["params_yaml"])
+        yield path
 
 
 def extractor_for(bundle):
     """A FeatureExtractor configured with the bundle's params text (verbatim); its errors
-    name the bundle (the params file is a temporary copy the user never sees)."""
+    name the bundle (the params file is a temporary copy the user never sees, removed once
+    the extractor has read it: the extractor keeps the parsed params)."""
     from ..extraction.features import FeatureExtractor
     if not isinstance(bundle.meta.get("params_yaml"), str) or \
             not bundle.meta["params_yaml"].strip():
         raise ModelError(f"{bundle.path}: bundle.json params_yaml is empty: this bundle "
                          "cannot extract features (predict from a feature table instead)")
-    return FeatureExtractor(str(bundle_params_file(bundle)),
-                            label=f"{bundle.path}: bundle.json params_yaml")
+    with bundle_params_file(bundle) as path:
+        return FeatureExtractor(str(path), label=f"{bundle.path}: bundle.json params_yaml")
 
 
 def check_spacing_units(bundle, loaded, pixel_units: bool = False) -> list:
@@ -275,29 +272,110 @@ def check_spacing_units(bundle, loaded, pixel_units: bool = False) -> list:
     return out
 
 
-def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, label=None,
-                      fx=None, loaded=None, context: dict | None = None, features=None):
+@dataclass(frozen=True)
+class ReadOptions:
+    """How one case's image and mask files are read and calibrated (the ``predict`` and
+    ``report`` commands' options; ignored for an image passed already loaded).
+
+    Attributes
+    ----------
+    spacing_mm : (float, float), optional
+        Pixel spacing in mm (column, row); overrides DICOM, header and sidecar.
+    frame : int, optional
+        Frame of a multi-frame image (from 0).
+    label : int, optional
+        The mask's label value (default: any non-zero pixel).
+    pixel_units : bool
+        Treat the image as 1 px = 1 mm, as a bundle trained on uncalibrated images was.
+    """
+
+    spacing_mm: tuple | None = None
+    frame: int | None = None
+    label: int | None = None
+    pixel_units: bool = False
+
+
+@dataclass
+class CasePrediction:
+    """One case's prediction and everything it was made from, so that a report, an overlay or
+    a table draws it without extracting or predicting again (in the spirit of scikit-learn's
+    ``Bunch``: plain attributes, no behaviour).
+
+    The prediction's own fields read through: ``result.predicted_class`` is
+    ``result.prediction.predicted_class`` (``probabilities``, ``rad_score``, ``qc``, ...).
+
+    Attributes
+    ----------
+    prediction : Prediction
+        Class, probabilities, Rad-score, contributions, nomogram, QC and warnings.
+    loaded : LoadedImage
+        The image as read (grey, spacing in mm and its source).
+    mask : SimpleITK.Image
+        The tumour mask on the image grid.
+    regions : RegionSet
+        The bundle's regions (tumour and peritumoral rings in mm) built from ``mask``.
+    features : dict
+        The extracted features, ``<region>__<pyradiomics key>``.
+    source : str
+        The image's file name (a report names it in its footer).
+    """
+
+    prediction: Prediction
+    loaded: object
+    mask: object
+    regions: object
+    features: dict
+    source: str = ""
+
+    def __getattr__(self, name):
+        # only called for names the result lacks: the prediction's fields read through
+        if name == "prediction":          # not yet set (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.prediction, name)
+
+
+def _load(image, mask, options: ReadOptions):
+    """``(LoadedImage, mask)``: ``image`` read with ``options`` unless it is loaded already
+    (a :class:`~HER2RadiomicsLib.imaging.io.LoadedImage`; then ``mask`` is a SimpleITK
+    image)."""
+    from ..imaging.io import LoadedImage, load_case
+    if isinstance(image, LoadedImage):
+        return image, mask
+    return load_case(image, mask, spacing_mm=options.spacing_mm, frame=options.frame,
+                     label=options.label)
+
+
+def features_for_case(bundle, image, mask=None, *, options: ReadOptions | None = None,
+                      fx=None, features=None):
     """Extract the bundle's regions and features for one image.
 
-    Returns ``(features, qc, loaded, mask)``; when ``context`` is a dict it also receives the
-    ``regions`` (a :class:`~HER2RadiomicsLib.imaging.rings.RegionSet`) for overlays, the
-    ``loaded`` image, the ``mask`` and the ``features``.
+    Parameters
+    ----------
+    image : str, Path or LoadedImage
+        The image file (read with ``options``), or an image loaded already (Slicer's
+        in-memory volume); then ``mask`` is a SimpleITK image on its grid.
+    fx : FeatureExtractor, optional
+        An extractor with the bundle's params (default: made from the bundle).
+    features : dict, optional
+        The bundle's regions' features, extracted already for exactly these pixels and
+        params (the Slicer panel keeps them with fingerprints of the pixels): nothing is
+        extracted again.
+
+    Returns
+    -------
+    (dict, dict, LoadedImage, SimpleITK.Image, RegionSet)
+        Features, QC entries, the loaded image, the mask and the regions.
     """
-    from ..imaging.io import load_case
     from ..imaging.rings import build_regions
-    if loaded is None:
-        loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
+    loaded, mask = _load(image, mask, options or ReadOptions())
     if not bundle.meta.get("regions"):
         raise ModelError(f"{bundle.path}: bundle.json names no regions: this bundle cannot "
                          "extract features (predict from a feature table instead)")
     rings = bundle.meta.get("rings") or {}
-    regs = build_regions(loaded.image, mask, rings.get("rings_mm", []),
-                         annuli=rings.get("annuli", False), combined=rings.get("combined", []),
-                         spacing_known=loaded.spacing_known, path=loaded.path)
+    regs = build_regions(loaded, mask, rings.get("rings_mm", []),
+                         annuli=rings.get("annuli", False), combined=rings.get("combined", []))
     needed = {r: regs.masks[r] for r in bundle.meta["regions"]}
     if features is not None:
-        # extracted already for exactly these regions and params (the Slicer panel keeps
-        # them with fingerprints of the pixels): nothing is extracted twice
         feats = dict(features)
     else:
         fx = fx or extractor_for(bundle)
@@ -311,9 +389,7 @@ def features_for_case(bundle, image, mask=None, spacing_mm=None, frame=None, lab
             qc[f"{r}_clipped"] = f"{100 * regs.qc[r]['clipped_fraction']:.0f}%"
     if regs.flagged:
         qc["flagged_rings"] = ",".join(regs.flagged)
-    if context is not None:
-        context.update(regions=regs, loaded=loaded, mask=mask, features=feats)
-    return feats, qc, loaded, mask
+    return feats, qc, loaded, mask, regs
 
 
 def out_of_distribution(bundle, row: pd.Series, rad_score=None) -> list:
@@ -482,27 +558,44 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
     return out
 
 
-def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict | None = None,
-                 case_id=None, frame=None, label=None, context: dict | None = None,
-                 loaded=None, pixel_units: bool = False, features=None):
+def predict_case(bundle, image, mask, *, site=None, clinical: dict | None = None,
+                 case_id=None, options: ReadOptions | None = None,
+                 features=None) -> CasePrediction:
     """Extract the bundle's features for one image + mask and predict.
 
-    ``context``, when a dict, receives the loaded image, mask and regions (see
-    :func:`features_for_case`). ``loaded`` (a :class:`~HER2RadiomicsLib.imaging.io.LoadedImage`) with a
-    SimpleITK ``mask`` skips reading files (the Slicer module passes in-memory volumes).
-    ``features`` (the bundle's regions' features, extracted already for these pixels and the
-    bundle's params) skips the extraction.
+    Parameters
+    ----------
+    image : str, Path or LoadedImage
+        The image file, or an image loaded already (the Slicer module passes in-memory
+        volumes); then ``mask`` is a SimpleITK image on its grid.
+    mask : str, Path or SimpleITK.Image
+        The tumour mask.
+    site : str, optional
+        Scanner site, for bundles that harmonise sites with ComBat.
+    clinical : dict, optional
+        Clinical values for the bundle's nomogram (see :func:`clinical_inputs`).
+    case_id : str, optional
+        Default: the image file's name without its extensions.
+    options : ReadOptions, optional
+        How the files are read (spacing, frame, label) and ``pixel_units``.
+    features : dict, optional
+        The bundle's regions' features, extracted already for these pixels and the bundle's
+        params: the extraction is skipped.
+
+    Returns
+    -------
+    CasePrediction
+        The prediction with the loaded image, mask, regions and features it was made from;
+        :func:`~HER2RadiomicsLib.reports.case.write_case_report` draws it as is.
     """
-    from ..imaging.io import load_case
+    options = options or ReadOptions()
     # clinical values first: a refused one costs no image reading or extraction
     clinical_inputs(bundle, clinical)
-    if loaded is None:
-        loaded, mask = load_case(image, mask, spacing_mm=spacing_mm, frame=frame, label=label)
-    spacing_warnings = check_spacing_units(bundle, loaded, pixel_units)
-    feats, qc, loaded, mask = features_for_case(bundle, image, mask, loaded=loaded,
-                                                context=context, features=features)
-    row = pd.DataFrame([{"case_id": case_id or Path(str(image or loaded.path)).name.split(".")[0],
-                         **feats}])
+    loaded, mask = _load(image, mask, options)
+    spacing_warnings = check_spacing_units(bundle, loaded, options.pixel_units)
+    feats, qc, loaded, mask, regs = features_for_case(bundle, loaded, mask, features=features)
+    source = Path(str(loaded.path if image is None or image is loaded else image)).name
+    row = pd.DataFrame([{"case_id": case_id or source.split(".")[0], **feats}])
     clin = pd.DataFrame([clinical]) if clinical else None
     pr = predict_rows(bundle, row, site=site, clinical=clin)[0]
     pr.qc.update(qc)
@@ -519,4 +612,4 @@ def predict_case(bundle, image, mask, spacing_mm=None, site=None, clinical: dict
     if bundle.meta.get("aggregate"):
         pr.warnings.append("the bundle was trained on per-patient mean features; one image is "
                            "used here")
-    return pr
+    return CasePrediction(pr, loaded, mask, regs, feats, source)

@@ -7,10 +7,11 @@ flags (spacing source, ring clipping, version warnings) and the model card.
 
 Usage
 -----
->>> from HER2RadiomicsLib.modelling.bundle import load_bundle                      # doctest: +SKIP
->>> from HER2RadiomicsLib.reports.case import write_case_report             # doctest: +SKIP
->>> write_case_report(load_bundle("model_bundle.zip"), "us.dcm", "mask.nrrd",
-...                   "case.pdf", site="A", clinical={"age": 52})         # doctest: +SKIP
+>>> from HER2RadiomicsLib import load_bundle, predict_case, write_case_report  # doctest: +SKIP
+>>> bundle = load_bundle("model_bundle.zip")                                  # doctest: +SKIP
+>>> result = predict_case(bundle, "us.dcm", "mask.nrrd", site="A",
+...                       clinical={"age": 52})                               # doctest: +SKIP
+>>> write_case_report(bundle, result, "case.pdf")                             # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -267,45 +268,52 @@ def case_report_html(pred, meta: dict, overlay_uri: str | None = None, true_labe
                   f"{task_text(meta)} · model {meta.get('recipe')}", sections, footer=source)
 
 
-def write_case_report(bundle, image, mask, out, *, spacing_mm=None, site=None,
-                      clinical: dict | None = None, case_id=None, frame=None, label=None,
-                      true_label=None, mask_source: str = "reader", loaded=None,
-                      pixel_units: bool = False, mask_flags=(), prediction=None,
-                      context: dict | None = None, features=None):
-    """Predict one patient with ``bundle`` and write the report to ``out`` (.html or .pdf).
+def write_case_report(bundle, result, out, *, true_label=None, mask_source: str = "reader",
+                      mask_flags=()):
+    """Draw one patient's prediction into a report at ``out`` (.html or .pdf).
+
+    Only draws: the prediction, image and regions come in ``result`` (see
+    :func:`~HER2RadiomicsLib.modelling.predict.predict_case`); nothing is extracted or
+    predicted here.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The bundle that made the prediction (its regions and model card are shown).
+    result : CasePrediction
+        What ``predict_case`` returned; it is not modified.
+    out : str or Path
+        ``.html``/``.htm`` (written atomically) or ``.pdf`` (printed by Chromium).
+    true_label : str, optional
+        A reference label to show beside the prediction (the demo's generator label).
+    mask_source : str
+        How the tumour mask was made (reader, CNN auto-mask ...), shown first in the QC table.
+    mask_flags : sequence of str
+        Doubts about an auto-mask, listed before the prediction's own warnings.
 
     Returns
     -------
     (Path, Prediction)
-        The written file and the prediction shown in it.
+        The written file and the prediction as shown in it (with the mask's QC entries).
 
-    ``loaded`` (LoadedImage) with a SimpleITK ``mask`` reports on in-memory data (Slicer).
-    ``prediction`` with the ``context`` that :func:`~HER2RadiomicsLib.modelling.predict.
-    predict_case` filled (``regions``, ``loaded``) renders a prediction already made, and
-    ``features`` (see ``predict_case``) predicts from features already extracted: nothing is
-    extracted again.
+    Raises
+    ------
+    InputError
+        ``out`` is not .html, .htm or .pdf.
     """
+    import copy
     from ..imaging.io import atomic_write_text
-    from ..modelling.predict import predict_case
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".pdf"):
         raise InputError(f"{out}: report must end in .html or .pdf")
-    if prediction is not None and context and "regions" in context and "loaded" in context:
-        import copy
-        ctx, pred = context, copy.deepcopy(prediction)
-    else:
-        ctx = {}
-        pred = predict_case(bundle, image, mask, spacing_mm=spacing_mm, site=site,
-                            clinical=clinical, case_id=case_id, frame=frame, label=label,
-                            context=ctx, loaded=loaded, pixel_units=pixel_units,
-                            features=features)
+    pred = copy.deepcopy(result.prediction)
     pred.qc = {"mask_source": mask_source, **pred.qc}
     pred.warnings = list(mask_flags) + pred.warnings      # auto-mask doubts come first
-    regs = ctx["regions"]
+    regs = result.regions
     masks = {r: regs.masks[r] for r in bundle.meta["regions"] if r in regs.masks}
-    fig = overlay_figure(ctx["loaded"].image, masks, spacing_known=ctx["loaded"].spacing_known)
+    fig = overlay_figure(result.loaded.image, masks, spacing_known=result.loaded.spacing_known)
     page = case_report_html(pred, bundle.meta, H.fig_to_data_uri(fig, dpi=130), true_label,
-                            source=f"image {Path(str(image or ctx['loaded'].path)).name}")
+                            source=f"image {result.source}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".pdf":
         tmp = out.with_suffix(".html.tmp.html")

@@ -34,9 +34,60 @@ EDITED_NOTE = "edited by hand since it was made: kept"
 #: realistic run history (a changed image or model each time)
 MADE_REMEMBERED = 16
 
+#: per-case cache of batch segmentation: each mask as made and its record (what it was made
+#: from), for --resume and for telling a hand-edited mask from one segment made (this module)
+MASK_RECORDS = ".segment-parts"
+
+
+def _model_id(model) -> str:
+    """The weights' sha256 (from the file itself, so a replaced file is a different model)."""
+    from .inference import DEFAULT_MODEL, sha256_of
+    path = Path(model or DEFAULT_MODEL)
+    try:
+        return sha256_of(path)
+    except OSError:
+        return str(path)      # Segmenter.load will say what is wrong with it
+
+
+def _mask_key(row, model_id) -> str:
+    import hashlib
+    from ..extraction.batch import file_digest
+    blob = json.dumps({"image": file_digest(row["image"]), "frame": row.get("frame", ""),
+                       "model": model_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _record_path(out: Path, case_id) -> Path:
+    from ..extraction.batch import part_name
+    return out / MASK_RECORDS / part_name(case_id)
+
+
+def _record_mask(out: Path, key: str, case_id, mask=None, **info) -> None:
+    """Record that segment made ``mask`` (default ``out/<case_id>.nrrd``) for ``case_id`` from
+    the inputs ``key`` names; ``info`` (confidence, flags) is kept with it. The sha256s of the
+    masks made for the case before are remembered too (see cohort.made_by_segment)."""
+    from ..extraction.batch import file_digest
+    from ..imaging.io import atomic_write_text
+    digest = file_digest(Path(mask) if mask is not None else out / f"{case_id}.nrrd")
+    made = [m for m in made_by_segment(read_record(out, case_id)) if m != digest]
+    atomic_write_text(_record_path(out, case_id), json.dumps({
+        "case_id": case_id, "key": key, "mask_sha256": digest,
+        "made": (made + [digest])[-MADE_REMEMBERED:], **info}))
+
+
+def _reusable(out: Path, row) -> bool:
+    """A mask from an earlier run may stand in for this row: same image content, frame and
+    model, and the mask file is the one that run wrote (not edited or replaced since)."""
+    from ..extraction.batch import file_digest
+    try:
+        rec = json.loads(_record_path(out, row["case_id"]).read_text())
+    except (OSError, ValueError):
+        return False
+    return (rec.get("key") == row["_key"] and rec.get("case_id") == row["case_id"]
+            and Path(row["_out"]).is_file() and rec.get("mask_sha256") == file_digest(row["_out"]))
+
 
 def cache_dir(out) -> Path:
-    from .commands import MASK_RECORDS
     return Path(out) / MASK_RECORDS
 
 
@@ -47,7 +98,6 @@ def cache_mask(out, case_id) -> Path:
 
 
 def read_record(out, case_id) -> dict | None:
-    from .commands import _record_path
     try:
         rec = json.loads(_record_path(Path(out), case_id).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -129,7 +179,6 @@ def plan(rows, out: Path, model_id: str, resume: bool):
         a mask the user edited that this run would redraw. Nothing was changed.
     """
     from ..outputs import read_marker
-    from .commands import _mask_key, _reusable
     ours = adopt_earlier_layout(out, read_marker(out) or {})
     todo, reuse, kept, rest = [], [], [], []
     for r in rows:
@@ -186,15 +235,13 @@ def _segment_one(row, model, device, threads=None):
     """Segment one row into its cache mask; a dict of results or of its error (never raises
     for a bad case, so the cohort goes on)."""
     from ..imaging.io import _umask, read_image, write_image
-    from . import commands
-    from .inference import check_ultrasound
+    from .inference import auto_mask, check_ultrasound, get_segmenter
     try:
         loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
         flags = check_ultrasound(loaded)
-        res = commands.get_segmenter(model, device, threads).predict(loaded.image)
-        if not res.info["lesion_px"]:
-            raise InputError(f"{row['image']}: the model found no lesion (give a --box or "
-                             "--click prompt)")
+        res = auto_mask(loaded.image, segmenter=get_segmenter(model, device, threads),
+                        no_lesion=f"{row['image']}: the model found no lesion (give a --box or "
+                                  "--click prompt)")
         write_image(res.mask, row["_out"])      # atomic: a new file, never one in place
         os.chmod(row["_out"], 0o666 & ~_umask())    # as any file the user writes (not 0600)
         return {"case_id": row["case_id"], "lesion_px": res.info["lesion_px"],
@@ -213,14 +260,14 @@ def segment_manifest(a) -> int:
     from ..extraction.batch import read_manifest
     from ..imaging.io import atomic_write_text
     from ..outputs import read_marker, spreadsheet_safe, staged_dir, write_csv
-    from . import commands
+    from .inference import get_segmenter
     rows = read_manifest(a.manifest, require_mask=False, per_row=True)
     refused = [{"case_id": r["case_id"], "error": r["_error"]} for r in rows if r.get("_error")]
     rows = [r for r in rows if not r.get("_error")]
     out = Path(a.out_dir)
-    todo, reuse, kept, extra = plan(rows, out, commands._model_id(a.model), a.resume)
+    todo, reuse, kept, extra = plan(rows, out, _model_id(a.model), a.resume)
     if todo:
-        commands.get_segmenter(a.model, a.device)   # a bad --model is one error, not one per case
+        get_segmenter(a.model, a.device)   # a bad --model is one error, not one per case
     bar = tqdm(total=len(todo), desc="segment", unit="case", disable=a.no_progress,
                file=sys.stderr)
     results = []
@@ -236,7 +283,7 @@ def segment_manifest(a) -> int:
             results.append(res)
             if "error" not in res:
                 cid = res["case_id"]
-                commands._record_mask(out, keys[cid], cid, mask=cache_mask(out, cid),
+                _record_mask(out, keys[cid], cid, mask=cache_mask(out, cid),
                                       **{k: v for k, v in res.items() if k != "case_id"})
             bar.update()
     except KeyboardInterrupt:
@@ -288,3 +335,55 @@ def segment_manifest(a) -> int:
     for e in errors[:20]:
         print(f"  {e['case_id']}: {e['error']}")
     return 1 if errors else 0
+
+
+def cnn_masks(rows, folder, *, device="cpu", resume=False, spacing_of=None, progress=None):
+    """CNN masks for the manifest rows that have none (the Slicer CLI's cohort), written to
+    ``folder``; with ``resume`` a mask of an earlier run is reused only for the same image
+    content, frame and model.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Manifest rows (``case_id``, ``image``, optional ``mask``, ``frame``); a row that gets a
+        mask has ``mask`` (the file) and ``mask_source`` (``CNN auto-mask``) set.
+    folder : str or Path
+        Where the masks go (``<case_id>.nrrd``, written atomically).
+    device : str
+        ``cpu`` or ``cuda``.
+    spacing_of : callable, optional
+        ``row -> (x, y) mm or None``: the spacing to read a row's image with.
+    progress : callable, optional
+        Called with the fraction of the rows done.
+
+    Returns
+    -------
+    list of (dict, str)
+        The rows that failed, each with its one-line error.
+    """
+    from ..imaging.io import read_image, write_image
+    from .inference import auto_mask, get_segmenter
+    todo = [r for r in rows if not r.get("mask")]
+    if not todo:
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _model_id(None)
+    segmenter, failed = None, []
+    for i, r in enumerate(todo):
+        path = folder / f"{r['case_id']}.nrrd"
+        r["_out"], r["_key"] = str(path), _mask_key(r, model)
+        try:
+            if not (resume and _reusable(folder, r)):
+                segmenter = segmenter or get_segmenter(None, device)
+                loaded = read_image(r["image"], spacing_mm=spacing_of(r) if spacing_of else None)
+                res = auto_mask(loaded, segmenter=segmenter,
+                                no_lesion=f"{r['image']}: the CNN found no lesion; give a mask")
+                write_image(res.mask, path)    # atomic: a killed run leaves no half a mask
+                _record_mask(folder, r["_key"], r["case_id"])
+            r["mask"], r["mask_source"] = str(path), "CNN auto-mask"
+        except (HER2Error, ValueError) as exc:
+            failed.append((r, str(exc)))
+        if progress:
+            progress((i + 1) / len(todo))
+    return failed

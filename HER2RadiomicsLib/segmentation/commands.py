@@ -11,19 +11,13 @@ from ..errors import HER2Error, InputError
 
 log = logging.getLogger(__name__)
 
-_SEGMENTERS = {}
-
 
 def get_segmenter(model=None, device="cpu", threads=None):
-    """Cached per process (batch workers load the model once)."""
-    from .inference import DEFAULT_MODEL, Segmenter
-    key = (str(model or DEFAULT_MODEL), device)
-    if key not in _SEGMENTERS:
-        if threads:
-            import torch
-            torch.set_num_threads(int(threads))
-        _SEGMENTERS[key] = Segmenter.load(model or DEFAULT_MODEL, device=device)
-    return _SEGMENTERS[key]
+    """:func:`.inference.get_segmenter`, looked up here by the commands (and replaced here by
+    tests that give them a stand-in network); imported when called, since the CLI's start-up
+    must not import numpy and SimpleITK for every command."""
+    from .inference import get_segmenter as loaded_once
+    return loaded_once(model, device, threads)
 
 
 #: train-segmenter's network has 4 poolings: its input size must divide by 2 ** 4
@@ -154,17 +148,17 @@ def register(sub):
 
 def cmd_segment(a) -> int:
     from ..imaging.io import read_image, write_image
-    from .inference import check_ultrasound
+    from .inference import auto_mask, check_ultrasound
     if a.image:
         if not a.out:
             raise InputError("--image needs --out MASK.nrrd")
         loaded = read_image(a.image, frame=a.frame)
         flags = check_ultrasound(loaded)
         t = time.perf_counter()
-        res = get_segmenter(a.model, a.device).predict(loaded.image, box=a.box, click=a.click)
+        res = auto_mask(loaded.image, segmenter=get_segmenter(a.model, a.device), box=a.box,
+                        click=a.click, no_lesion=f"{a.image}: the model found no lesion "
+                                                 "(give a --box or --click)")
         dt = time.perf_counter() - t
-        if not res.info["lesion_px"]:
-            raise InputError(f"{a.image}: the model found no lesion (give a --box or --click)")
         write_image(res.mask, a.out)
         if a.prob_out:
             write_image(res.probability, a.prob_out)
@@ -180,60 +174,6 @@ def cmd_segment(a) -> int:
         raise InputError("--box/--click apply to a single --image, not a manifest")
     from .cohort import segment_manifest
     return segment_manifest(a)
-
-
-#: per-case cache of batch segmentation: each mask as made and its record (what it was made
-#: from), for --resume and for telling a hand-edited mask from one segment made (cohort.py)
-MASK_RECORDS = ".segment-parts"
-
-
-def _model_id(model) -> str:
-    """The weights' sha256 (from the file itself, so a replaced file is a different model)."""
-    from .inference import DEFAULT_MODEL, sha256_of
-    path = Path(model or DEFAULT_MODEL)
-    try:
-        return sha256_of(path)
-    except OSError:
-        return str(path)      # Segmenter.load will say what is wrong with it
-
-
-def _mask_key(row, model_id) -> str:
-    import hashlib
-    from ..extraction.batch import file_digest
-    blob = json.dumps({"image": file_digest(row["image"]), "frame": row.get("frame", ""),
-                       "model": model_id}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _record_path(out: Path, case_id) -> Path:
-    from ..extraction.batch import part_name
-    return out / MASK_RECORDS / part_name(case_id)
-
-
-def _record_mask(out: Path, key: str, case_id, mask=None, **info) -> None:
-    """Record that segment made ``mask`` (default ``out/<case_id>.nrrd``) for ``case_id`` from
-    the inputs ``key`` names; ``info`` (confidence, flags) is kept with it. The sha256s of the
-    masks made for the case before are remembered too (see cohort.made_by_segment)."""
-    from ..extraction.batch import file_digest
-    from ..imaging.io import atomic_write_text
-    from .cohort import MADE_REMEMBERED, made_by_segment, read_record
-    digest = file_digest(Path(mask) if mask is not None else out / f"{case_id}.nrrd")
-    made = [m for m in made_by_segment(read_record(out, case_id)) if m != digest]
-    atomic_write_text(_record_path(out, case_id), json.dumps({
-        "case_id": case_id, "key": key, "mask_sha256": digest,
-        "made": (made + [digest])[-MADE_REMEMBERED:], **info}))
-
-
-def _reusable(out: Path, row) -> bool:
-    """A mask from an earlier run may stand in for this row: same image content, frame and
-    model, and the mask file is the one that run wrote (not edited or replaced since)."""
-    from ..extraction.batch import file_digest
-    try:
-        rec = json.loads(_record_path(out, row["case_id"]).read_text())
-    except (OSError, ValueError):
-        return False
-    return (rec.get("key") == row["_key"] and rec.get("case_id") == row["case_id"]
-            and Path(row["_out"]).is_file() and rec.get("mask_sha256") == file_digest(row["_out"]))
 
 
 def evaluate(rows, segmenter=None, pred_dir=None, progress=True):
@@ -407,7 +347,8 @@ def cmd_train(a) -> int:
     export = resolved(a.export) if a.export else resolved(out) / "model.pt"
     pending = _pending(export)
     try:
-        summ = _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, source)
+        summ = _export_and_validate(a, out, export, pending, res, [pairs[i] for i in va],
+                                    train_ds, source)
         _swap_in_model(pending, export)
     finally:
         from .inference import card_path
@@ -420,7 +361,7 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, source) -> dict:
+def _export_and_validate(a, out, export, pending, res, val_pairs, train_ds, source) -> dict:
     """Export ``best.pt`` to the pending name, validate it on the held-out patients and
     complete its card; returns the validation summary."""
     from . import training as T
@@ -429,7 +370,6 @@ def _export_and_validate(a, out, export, pending, res, pairs, va, train_ds, sour
                             update_model_card)
     export_model(out / "best.pt", pending, {"name": export.stem, "training": res})
     seg = Segmenter.load(pending, device=a.device)
-    val_pairs = [pairs[i] for i in va]
     recs = evaluate([{"case_id": p[2], "image": str(p[0]), "mask": str(p[1])} for p in val_pairs],
                     seg)
     summ = summarize_metrics(recs)

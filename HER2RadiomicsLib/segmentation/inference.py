@@ -265,6 +265,66 @@ LOW_CONFIDENCE = 0.8
 MIN_SPECKLE_CORRELATION = 0.3
 
 
+_SEGMENTERS = {}
+
+
+def get_segmenter(model=None, device="cpu", threads=None) -> "Segmenter":
+    """The CNN of ``model`` (default: the shipped weights) on ``device``, loaded once per
+    process and kept (batch workers and the Slicer panel segment many images with it).
+
+    ``threads`` caps torch's CPU threads (a worker of a parallel batch uses one).
+    """
+    key = (str(model or DEFAULT_MODEL), device)
+    if key not in _SEGMENTERS:
+        if threads:
+            import torch
+            torch.set_num_threads(int(threads))
+        _SEGMENTERS[key] = Segmenter.load(model or DEFAULT_MODEL, device=device)
+    return _SEGMENTERS[key]
+
+
+def auto_mask(image, *, segmenter=None, box=None, click=None, path=None,
+              no_lesion: str | None = None) -> SegmentationResult:
+    """The CNN's lesion mask of one image, refused when the CNN finds no lesion.
+
+    The one place that checks an empty auto-mask (the ``segment`` and ``report`` commands, the
+    cohort segmentation, the Slicer CLI and panel all come here).
+
+    Parameters
+    ----------
+    image : SimpleITK.Image or LoadedImage
+        2D grey image (its spacing is kept on the mask).
+    segmenter : Segmenter, optional
+        Default: :func:`get_segmenter` (the shipped CNN on the CPU).
+    box, click : sequence of float, optional
+        Prompts in pixels (column, row): ``(x0, y0, x1, y1)`` or ``(x, y)``.
+    path : str, optional
+        The image's file, named in the error (default: the loaded image's path).
+    no_lesion : str, optional
+        The whole error message when no lesion is found (each caller says what the user can do
+        next: give a prompt, draw a mask, pass ``--mask``).
+
+    Returns
+    -------
+    SegmentationResult
+        ``mask`` (0/1 on the image grid), ``probability`` and ``info`` (``lesion_px``,
+        ``confidence``, ``prompt``, ``flags``).
+
+    Raises
+    ------
+    InputError
+        No lesion found (one line: ``no_lesion``).
+    """
+    where = path or getattr(image, "path", None) or "image"
+    image = getattr(image, "image", image)          # a LoadedImage gives its SimpleITK image
+    seg = segmenter if segmenter is not None else get_segmenter()
+    res = seg.predict(image, box=box, click=click)
+    if not res.info["lesion_px"]:
+        raise InputError(no_lesion or f"{where}: the CNN found no lesion; give a prompt or "
+                                      "draw it")
+    return res
+
+
 def mask_confidence(prob: np.ndarray, mask: np.ndarray) -> float:
     """Mean lesion probability inside the mask (0 when the mask is empty): how sure the network
     is of the pixels it drew; near 1 for a clear lesion, near the 0.5 threshold for a guess."""

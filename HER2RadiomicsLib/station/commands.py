@@ -102,7 +102,7 @@ def make_proposals(store, progress=True) -> int:
         return 0
     import SimpleITK as sitk
     from ..extraction.batch import progress_bar
-    from ..segmentation.commands import get_segmenter
+    from ..segmentation.inference import get_segmenter
     seg = get_segmenter()
     bar = progress_bar(total=len(todo), desc="CNN proposals", unit="case", file=sys.stderr,
                        disable=not progress)

@@ -408,7 +408,7 @@ class ReaderStation:
         if mask is not None:
             return mask if sitk.GetArrayViewFromImage(mask).any() else None
         try:
-            from ..segmentation.commands import get_segmenter
+            from ..segmentation.inference import get_segmenter
             mask = get_segmenter().predict(loaded.image).mask
             self.store.save_proposal(case_id, mask)
             return mask
@@ -711,8 +711,8 @@ class ReaderStation:
             self._say(error="Draw the lesion first: the prediction needs a contour.")
             return None
         try:
-            pr = predict_case(self._bundle, None, self._mask_image(mask), loaded=self.loaded,
-                              case_id=self.case_id)
+            pr = predict_case(self._bundle, self.loaded, self._mask_image(mask),
+                              case_id=self.case_id).prediction
         except Exception as exc:                      # noqa: BLE001 (shown, the case stays)
             self._say(error=f"No prediction: {exc}")
             return None

@@ -104,7 +104,7 @@ def _study_into(stage: Path, out: Path, manifest, df, problems, params, rings, f
                 threshold, use_lower_ci, bland_altman, robustness, spacing_mm, jobs, resume,
                 progress) -> dict:
     """The study's steps, writing into ``stage``; feature parts are cached in ``out``."""
-    from ..extraction.batch import ExtractConfig, run_batch
+    from ..extraction.batch import BatchOptions, ExtractConfig, run_batch
     from ..imaging.io import atomic_write_text
     from ..outputs import write_csv
     from .reproducibility import icc_table, stable_features
@@ -114,7 +114,7 @@ def _study_into(stage: Path, out: Path, manifest, df, problems, params, rings, f
     cfg = ExtractConfig(params=params, rings_mm=tuple(parse_rings(rings)))
     res = run_batch(rows, stage / "features_by_reader.csv", cfg, jobs=jobs, resume=resume,
                     progress=progress, global_spacing=spacing_mm,
-                    parts_dir=out / "features_by_reader.csv.parts")
+                    options=BatchOptions(parts_dir=out / "features_by_reader.csv.parts"))
     if res.interrupted:
         raise KeyboardInterrupt
     for e in res.errors:

@@ -205,7 +205,8 @@ def run_demo(a) -> int:
 
     runs = {}
     with _stage(times, "5 models (" + ", ".join(DEMO_RECIPES) + ")") as st:
-        from .modelling.study import load_recipe, run
+        from .modelling.study import StudyOptions, load_recipe, run
+        from .reports.study import render_study
         st.cached = all(cache.valid(f"model:{m}", out / "models" / m / "metrics.json")
                         for m in DEMO_RECIPES)
         for name in DEMO_RECIPES:
@@ -223,9 +224,9 @@ def run_demo(a) -> int:
                                   f"params), not its own '{own}' preset: the demo's time "
                                   "budget")
             r["evaluation"] = {**r["evaluation"], "repeats": repeats}
-            runs[name] = run(r, out / "features.csv", cohort / "cohort.csv",
-                             out / "models" / name, icc=out / "reader_study" / "icc.csv",
-                             jobs=a.jobs, progress=True)
+            runs[name] = render_study(run(
+                r, out / "features.csv", cohort / "cohort.csv", out / "models" / name,
+                StudyOptions(icc=out / "reader_study" / "icc.csv", jobs=a.jobs, progress=True)))
             cache.finish(f"model:{name}")
 
     with _stage(times, "6 predict an unseen patient"):

@@ -579,7 +579,7 @@ def exampleBundle(workdir, nPatients=60, seed=5):
     Returns (bundle path, cohort folder). About 30 s on two cores.
     """
     from HER2RadiomicsLib.extraction.batch import ExtractConfig, read_manifest, run_batch
-    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, load_recipe, run
     from HER2RadiomicsLib.imaging.synth import generate_cohort
     workdir = Path(workdir)
     cohort = workdir / "cohort"
@@ -594,5 +594,6 @@ def exampleBundle(workdir, nPatients=60, seed=5):
     recipe["params"] = "cui2023"
     recipe["scenarios"] = {"intra+peri3mm": ["tumor", "peri_0-3mm"]}   # one scenario: fast
     recipe["evaluation"] = {**recipe.get("evaluation", {}), "repeats": 0, "bootstrap": 200}
-    run(recipe, features, cohort / "cohort.csv", workdir / "model", progress=False)
+    run(recipe, features, cohort / "cohort.csv", workdir / "model",
+        StudyOptions(progress=False))
     return workdir / "model" / "model_bundle.zip", cohort

@@ -190,15 +190,17 @@ def run_demo(a) -> int:
 
     rs_doc = None
     with _stage(times, "4 reader study") as st:
-        from .readers.study import run_reader_study
+        from .readers.study import ReaderStudyConfig, run_reader_study
+        from .reports.reader_study import render_reader_study
         summary = out / "reader_study" / "summary.json"
         st.cached = cache.valid("readers", summary, out / "reader_study" / "icc.csv")
         if not st.cached:
             resume = cache.resumable("readers")
             cache.start("readers")
             rs_doc = run_reader_study(cohort / "readers.csv", out / "reader_study",
-                                      params=DEMO_PARAMS, rings="3,5,8", jobs=a.jobs,
-                                      resume=resume, progress=False)
+                                      ReaderStudyConfig(params=DEMO_PARAMS, rings="3,5,8"),
+                                      jobs=a.jobs, resume=resume, progress=False,
+                                      render=render_reader_study)
             cache.finish("readers")
         else:
             rs_doc = json.loads(summary.read_text())

@@ -383,3 +383,28 @@ def test_an_external_site_lacking_a_class_falls_back_to_an_internal_split(study_
     assert test_ids and test_ids < set(dev.patient_id)
     assert abs(len(test_ids) / dev.patient_id.nunique() - 0.3) < 0.05
     assert s["repeated_splits"]["n"] == 2
+
+
+def test_run_returns_one_result_and_the_report_layer_draws_from_it(study_data, tmp_path):
+    """run() computes and writes the data outputs only; its StudyRun carries what the report
+    needs, and render_study draws the figures and report.html and records them last in
+    metrics.json (as before the split: figures, then report)."""
+    from HER2RadiomicsLib.modelling.study import StudyOptions, StudyRun, run
+    from HER2RadiomicsLib.reports.study import render_study
+    out = tmp_path / "r"
+    sr = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
+             study_data / "cohort" / "cohort.csv", out,
+             StudyOptions(repeats=0, progress=False, make_bundle=False))
+    assert isinstance(sr, StudyRun) and sr.out == out and sr.primary == "logistic"
+    assert sr.binary and sr.target.classes == [0, 1] and sr.nomogram is not None
+    assert sr.summary["primary"] == sr.primary and sr.summary["notes"] is sr.notes
+    assert set(sr.results) == set(sr.summary["models"]) == {"logistic"}
+    assert len(sr.data.Xtr) + len(sr.data.Xte) == len(sr.table)   # yin2024: C is the test set
+    assert not (out / "report.html").exists() and not (out / "plots").exists()
+    written = json.loads((out / "metrics.json").read_text())
+    assert "figures" not in written and "report" not in written
+    summary = render_study(sr)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert list(doc)[-2:] == ["figures", "report"] and doc["report"] == "report.html"
+    assert doc["figures"] == summary["figures"] and (out / doc["figures"]["roc_test"]).exists()
+    assert (out / "report.html").read_text().count("data:image/png;base64") >= 4

@@ -1,5 +1,9 @@
 """HTML report of one training run (``report.html`` beside ``metrics.json``).
 
+:func:`render_study` draws a run's figures (:mod:`.study_plots`) and its report from the
+:class:`~HER2RadiomicsLib.modelling.study.StudyRun` that ``run()`` returned; the ``train``
+command and the demo call it after the run.
+
 Recipe titles, label and class names, model and feature names, sites and notes are text from
 the recipe and the data: every one is escaped (see ``reports.html``); numbers are formatted
 only when they are numbers.

@@ -37,22 +37,21 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import InputError
-from .pipelines import build_pipeline, fit_grouped, _proba
+from .pipelines import _note_cap, _proba, build_pipeline, fit_grouped
 from .recipes import (UNITS, _has_step, _multiclass_notes, class_names, load_recipe,
                       validate_recipe)
 from .splits import (Design, ExternalSite, StudyData, Target, _assign_test_set,
                      _check_class_sizes, _hold_out_external, oof_predictions, repeated_splits)
+from .study_outputs import write_outputs
 from .tables import (_check_patient_labels, _check_sites, _check_varying_features, load_table,
                      make_target, prepare)
 
-# names that moved to the modules above when this file was split; other code and scripts
-# import them from here
-from .pipelines import _note_cap  # noqa: F401,E402
+# names that moved to the modules above when this file was split, imported from here by
+# other code, scripts and tests (HierarchicalClassifier stays here: bundles record its path)
 from .recipes import (RECIPES_DIR, STEP_NAMES, SUPERVISED_STEPS, TASKS,  # noqa: F401,E402
                       list_recipes, required_rings, task_spec)
 from .splits import MIN_PATIENTS_PER_CLASS, patient_split, unit_level  # noqa: F401,E402
-from .study_outputs import (training_engine, training_ranges,  # noqa: F401,E402
-                            training_spacing, write_outputs)
+from .study_outputs import training_engine, training_ranges, training_spacing  # noqa: F401
 from .tables import id_problems  # noqa: F401,E402
 
 

@@ -44,15 +44,18 @@ _FACE = {
     "cnn_masks": "segmentation.cohort",
     # readers: contour agreement and the reader study
     "compare_masks": "readers.metrics", "run_reader_study": "readers.study",
+    "ReaderStudyConfig": "readers.study",
     # modelling: bundles, prediction, the study run
     "load_bundle": "modelling.bundle",
     "predict_case": "modelling.predict", "CasePrediction": "modelling.predict",
     "ReadOptions": "modelling.predict", "Prediction": "modelling.predict",
     "predict_rows": "modelling.predict", "parse_clinical": "modelling.predict",
     "bundle_params_file": "modelling.predict",
-    "load_recipe": "modelling.study", "StudyRun": "modelling.study",
+    "load_recipe": "modelling.recipes", "StudyRun": "modelling.study",
+    "StudyOptions": "modelling.study",
     # reports: draw a prediction
     "write_case_report": "reports.case", "task_text": "reports.case",
+    "render_study": "reports.study", "render_reader_study": "reports.reader_study",
     # outputs: safe files for spreadsheets, no output over an input
     "refuse_overlaps": "outputs", "spreadsheet_safe_frame": "outputs",
 }

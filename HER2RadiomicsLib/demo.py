@@ -190,22 +190,25 @@ def run_demo(a) -> int:
 
     rs_doc = None
     with _stage(times, "4 reader study") as st:
-        from .readers.study import run_reader_study
+        from .readers.study import ReaderStudyConfig, run_reader_study
+        from .reports.reader_study import render_reader_study
         summary = out / "reader_study" / "summary.json"
         st.cached = cache.valid("readers", summary, out / "reader_study" / "icc.csv")
         if not st.cached:
             resume = cache.resumable("readers")
             cache.start("readers")
             rs_doc = run_reader_study(cohort / "readers.csv", out / "reader_study",
-                                      params=DEMO_PARAMS, rings="3,5,8", jobs=a.jobs,
-                                      resume=resume, progress=False)
+                                      ReaderStudyConfig(params=DEMO_PARAMS, rings="3,5,8"),
+                                      jobs=a.jobs, resume=resume, progress=False,
+                                      render=render_reader_study)
             cache.finish("readers")
         else:
             rs_doc = json.loads(summary.read_text())
 
     runs = {}
     with _stage(times, "5 models (" + ", ".join(DEMO_RECIPES) + ")") as st:
-        from .modelling.study import load_recipe, run
+        from .modelling.study import StudyOptions, load_recipe, run
+        from .reports.study import render_study
         st.cached = all(cache.valid(f"model:{m}", out / "models" / m / "metrics.json")
                         for m in DEMO_RECIPES)
         for name in DEMO_RECIPES:
@@ -223,9 +226,9 @@ def run_demo(a) -> int:
                                   f"params), not its own '{own}' preset: the demo's time "
                                   "budget")
             r["evaluation"] = {**r["evaluation"], "repeats": repeats}
-            runs[name] = run(r, out / "features.csv", cohort / "cohort.csv",
-                             out / "models" / name, icc=out / "reader_study" / "icc.csv",
-                             jobs=a.jobs, progress=True)
+            runs[name] = render_study(run(
+                r, out / "features.csv", cohort / "cohort.csv", out / "models" / name,
+                StudyOptions(icc=out / "reader_study" / "icc.csv", jobs=a.jobs, progress=True)))
             cache.finish(f"model:{name}")
 
     with _stage(times, "6 predict an unseen patient"):

@@ -106,7 +106,7 @@ def test_repeated_splits_choose_the_scenario_again_in_every_split():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from HER2RadiomicsLib.modelling.study import repeated_splits
+    from HER2RadiomicsLib.modelling.splits import Design, Target, repeated_splits
     from HER2RadiomicsLib.modelling.transformers import ColumnSelector
     rng = np.random.default_rng(4)
     n = 160
@@ -119,12 +119,12 @@ def test_repeated_splits_choose_the_scenario_again_in_every_split():
     def maker(region):
         return lambda yt=None: make_pipeline(ColumnSelector(regions=[region]),
                                              LogisticRegression())
+    design = Design(repeats=4, seed=1, test_size=0.3)
     aucs, chosen = repeated_splits({"useless": maker("noise"), "useful": maker("tumor")},
-                                   dev, y, [0, 1], "1", repeats=4, seed=1, test_size=0.3)
+                                   dev, y, Target([0, 1], "1"), design)
     assert chosen == ["useful"] * 4
     assert min(aucs) > 0.8
-    fixed, _ = repeated_splits(maker("noise"), dev, y, [0, 1], "1", repeats=4, seed=1,
-                               test_size=0.3)
+    fixed, _ = repeated_splits(maker("noise"), dev, y, Target([0, 1], "1"), design)
     assert max(abs(a - 0.5) for a in fixed) < 0.25
 
 
@@ -147,7 +147,7 @@ def test_unit_level_means_per_patient_and_refuses_mixed_labels():
 def test_fallbacks_not_in_the_papers_are_reported_when_they_fire(tmp_path):
     """A univariate filter that keeps its minimum because (almost) nothing passes is named in
     the run's notes and report; without the fallback firing, no such note."""
-    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, load_recipe, run
     rng = np.random.default_rng(5)
     n = 120
     y = rng.integers(0, 2, n)
@@ -165,15 +165,16 @@ def test_fallbacks_not_in_the_papers_are_reported_when_they_fire(tmp_path):
                      {"univariate": {"test": "mannwhitney", "p_threshold": 1e-9,
                                      "min_features": 5}},
                      {"lasso": {"cv": 5, "n_alphas": 8, "decades": 3}}]
-    s = run(r, tmp_path / "features.csv", tmp_path / "labels.csv", tmp_path / "a",
-            progress=False, make_bundle=False)
+    from HER2RadiomicsLib.reports.study import render_study
+    s = render_study(run(r, tmp_path / "features.csv", tmp_path / "labels.csv", tmp_path / "a",
+                         StudyOptions(progress=False, make_bundle=False)))
     fired = [n for n in s["notes"] if "fallback" in n]
     assert fired and "kept the 5 smallest p-values" in fired[0]
     assert "kept the 5 smallest p-values" in (tmp_path / "a" / "report.html").read_text()
     r["pipeline"][2] = {"univariate": {"test": "mannwhitney", "p_threshold": 1.0,
                                        "min_features": 5}}
     s = run(r, tmp_path / "features.csv", tmp_path / "labels.csv", tmp_path / "b",
-            progress=False, make_bundle=False)
+            StudyOptions(progress=False, make_bundle=False)).summary
     assert not [n for n in s["notes"] if "univariate filter" in n]
 
 
@@ -182,7 +183,8 @@ def test_clinical_variables_enter_by_univariate_logistic_p_values():
     training patients; p < 0.05 enters. p-values equal statsmodels' Logit."""
     import statsmodels.api as sm
 
-    from HER2RadiomicsLib.modelling.study import _Data, _univariate_clinical
+    from HER2RadiomicsLib.modelling.splits import StudyData
+    from HER2RadiomicsLib.modelling.study import _univariate_clinical
     rng = np.random.default_rng(8)
     n = 200
     strong = rng.normal(size=n)
@@ -190,8 +192,8 @@ def test_clinical_variables_enter_by_univariate_logistic_p_values():
     X = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)],
                       "patient_id": [f"p{i}" for i in range(n)],
                       "strong": strong, "noise": rng.normal(size=n)})
-    d = _Data(dev=X, ydev=y, dext=X.iloc[:0], yext=y[:0], Xtr=X, ytr=y, Xte=X.iloc[:0],
-              yte=y[:0])
+    d = StudyData(dev=X, ydev=y, dext=X.iloc[:0], yext=y[:0], Xtr=X, ytr=y, Xte=X.iloc[:0],
+                  yte=y[:0])
     kept, p = _univariate_clinical(d, ["strong", "noise"], 0.05)
     for c in ("strong", "noise"):
         ref = sm.Logit(y, sm.add_constant(X[[c]].to_numpy())).fit(disp=0).pvalues[1]
@@ -230,7 +232,7 @@ def test_preset_feature_counts_are_those_the_deviations_table_states(preset, ima
 
 
 def test_three_class_univariate_tests_are_named_in_the_notes(tmp_path):
-    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, load_recipe, run
     X, y = _three_class(n=150, p=12, seed=3)
     X.insert(0, "case_id", [f"c{i}" for i in range(len(X))])
     X.to_csv(tmp_path / "f.csv", index=False)
@@ -241,8 +243,8 @@ def test_three_class_univariate_tests_are_named_in_the_notes(tmp_path):
                      {"lasso": {"cv": 3, "n_alphas": 5, "decades": 2, "max_iter": 2000}}]
     r["evaluation"] = {"test_size": 0.3, "external_site": None, "repeats": 0,
                        "bootstrap": 50, "seed": 0}
-    s = run(r, tmp_path / "f.csv", tmp_path / "l.csv", tmp_path / "o", progress=False,
-            make_bundle=False)
+    s = run(r, tmp_path / "f.csv", tmp_path / "l.csv", tmp_path / "o",
+            StudyOptions(progress=False, make_bundle=False)).summary
     assert any("ttest runs as one-way ANOVA" in n for n in s["notes"])
     per = s["selected_features"]["per_class"]
     assert set(per) == {"zero", "low", "positive"}

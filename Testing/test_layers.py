@@ -22,15 +22,9 @@ GUI = {"slicer", "qt", "vtk", "ctk", "PythonQt", "sitkUtils", "trame", "trame_sl
        "slicer_core", "vtkmodules", "qSlicerBaseQTCore"}
 SLICER_LAYER = ["HER2Radiomics", "HER2RadiomicsCLI"]
 
-#: Imports that break the rules today and are being moved by the renovation; each names its
-#: fix. The lead empties this list; the test fails on any import not listed here, and on a
-#: listed one that is gone (so the list cannot go stale).
-KNOWN = {
-    # the study run is rendered by reports/ from its StudyRun result (issue 29, item 1)
-    "HER2RadiomicsLib.modelling.study -> HER2RadiomicsLib.reports.study",
-    # readers' summary page is drawn with the report helpers: the page moves to reports/
-    "HER2RadiomicsLib.readers.study -> HER2RadiomicsLib.reports.html",
-}
+#: Imports allowed to break the rules, each with its reason (none today). The test fails on any
+#: breach not listed here, and on a listed one that is gone (so the list cannot go stale).
+KNOWN: set = set()
 
 
 def module_name(path: Path, root: Path) -> str:

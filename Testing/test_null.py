@@ -95,10 +95,10 @@ def test_null_recipe_finds_nothing_and_a_leaky_variant_is_caught(tmp_path):
     """Noise features, random labels: the recipe's out-of-fold and test AUC CIs cover 0.5.
     Selecting features on all patients before the split (a classic leak) is caught by the
     same verdict."""
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     feats, labels = _cohort_tables(tmp_path)
     s = run(_recipe(), tmp_path / "features.csv", tmp_path / "labels.csv", tmp_path / "honest",
-            progress=False, make_bundle=False)
+            StudyOptions(progress=False, make_bundle=False)).summary
     assert s["unit"] == "patients" and s["n"]["all"] == 200
     assert not _finds_signal(s), s["models"][s["primary"]]["test"]
 
@@ -109,5 +109,5 @@ def test_null_recipe_finds_nothing_and_a_leaky_variant_is_caught(tmp_path):
     top = [cols[j] for j in np.argsort(p)[:20]]
     feats[["case_id"] + top].to_csv(tmp_path / "leaky.csv", index=False)
     leaky = run(_recipe(), tmp_path / "leaky.csv", tmp_path / "labels.csv", tmp_path / "leaky",
-                progress=False, make_bundle=False)
+                StudyOptions(progress=False, make_bundle=False)).summary
     assert _finds_signal(leaky), leaky["models"][leaky["primary"]]["test"]

@@ -34,7 +34,7 @@ def test_texture_profile_is_strongest_between_3_and_5_mm():
 @pytest.mark.slow
 def test_intra_plus_peri_5mm_beats_intra_alone(large_cohort, tmp_path):
     from HER2RadiomicsLib.modelling.evaluation import delong
-    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, load_recipe, run
     r = load_recipe("peritumoral2025")
     r["params"] = "cui2023"
     r["scenarios"] = {"intra": ["tumor"], "intra+peri5mm": ["tumor", "peri_0-5mm"]}
@@ -42,7 +42,8 @@ def test_intra_plus_peri_5mm_beats_intra_alone(large_cohort, tmp_path):
     r["evaluation"] = {"test_size": 0.5, "external_site": None, "repeats": 0,
                        "bootstrap": 200, "seed": 3}
     run(r, large_cohort / "features.csv", large_cohort / "cohort" / "cohort.csv",
-        tmp_path / "run", progress=False, make_bundle=False)
+        tmp_path / "run",
+        StudyOptions(progress=False, make_bundle=False))
     # the two scenarios' test scores per patient, from the run's own outputs
     import json
     s = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -227,3 +227,26 @@ def test_icc_cli_on_long_table(tmp_path, capsys):
     assert main(["icc", "--table", str(p), "--case-col", "nope", "--out",
                  str(tmp_path / "x.csv")]) == 2
     assert "column 'nope'" in capsys.readouterr().err
+
+
+def test_reader_study_computes_without_drawing_and_the_report_layer_draws(cohort, tmp_path):
+    """The readers layer computes and writes the tables; without a ``render`` it draws no plot
+    or page; the report layer's renderer, passed in, draws them before the swap."""
+    from HER2RadiomicsLib.readers.study import ReaderStudyConfig, run_reader_study
+    from HER2RadiomicsLib.reports.reader_study import render_reader_study
+    cfg = ReaderStudyConfig(params="cui2023", bland_altman="tumor__original_firstorder_Entropy")
+    bare = run_reader_study(cohort / "readers.csv", tmp_path / "bare", cfg, progress=False)
+    assert (tmp_path / "bare" / "icc.csv").exists() and "html" not in bare
+    assert not (tmp_path / "bare" / "summary.html").exists()
+    assert not (tmp_path / "bare" / "plots").exists()
+    drawn = run_reader_study(cohort / "readers.csv", tmp_path / "drawn", cfg, progress=False,
+                             render=render_reader_study)
+    assert drawn["html"] == str(tmp_path / "drawn" / "summary.html")
+    assert {p.name for p in (tmp_path / "drawn" / "plots").iterdir()} == {
+        "icc_by_class.png", "dice_per_pair.png", "bland_altman.png"}
+    assert "data:image/png;base64" in (tmp_path / "drawn" / "summary.html").read_text()
+    assert {k: v for k, v in drawn.items() if k != "html"} == bare
+    with pytest.raises(InputError, match="--bland-altman nothere: no such feature column"):
+        run_reader_study(cohort / "readers.csv", tmp_path / "bad",
+                         ReaderStudyConfig(params="cui2023", bland_altman="nothere"),
+                         progress=False)

@@ -260,7 +260,7 @@ def test_segment_resume_redraws_the_mask_of_a_changed_image(cohort, tmp_path):
 
 def test_interrupted_reader_study_keeps_the_previous_set(cohort, tmp_path, monkeypatch):
     from HER2RadiomicsLib.cli import main
-    import HER2RadiomicsLib.readers.study as study
+    import HER2RadiomicsLib.reports.reader_study as study
     out = tmp_path / "rs"
     args = ["reader-study", "--manifest", str(cohort / "readers.csv"), "--params", "cui2023",
             "--out", str(out), "--no-progress"]

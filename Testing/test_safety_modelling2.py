@@ -120,7 +120,7 @@ def test_train_errors_name_the_table_to_fix(tables, tmp_path, capsys):
 def test_prediction_tables_quote_formula_cells(tmp_path):
     """train's predictions.csv and predictions_images.csv go through the CSV writer that
     quotes formula cells (ids are refused up front; this is the second line of defence)."""
-    from HER2RadiomicsLib.modelling.study import _write_predictions
+    from HER2RadiomicsLib.modelling.study_outputs import _write_predictions
     X = pd.DataFrame({"case_id": ["=cmd|'/C calc'!A0", "+c2"], "patient_id": ["@p1", "-p2"]})
     none = X.iloc[:0]
     d = SimpleNamespace(Xtr=X, Xte=none, dext=none, ytr=np.array([0, 1]), yte=None, yext=None,

@@ -87,8 +87,8 @@ def genuine_run(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("genuine_run")
     ds = T.load_pairs(T.manifest_pairs(cohort / "cohort.csv"), size=32, progress=False)
     tr, va = T.patient_split(ds.patients, 0.3, seed=1)
-    T.train(ds.subset(tr), ds.subset(va), out, arch=ARCH, epochs=1, batch_size=4,
-            progress=False, threads=1)
+    T.train(ds.subset(tr), ds.subset(va), out,
+            T.TrainConfig(arch=ARCH, epochs=1, batch_size=4, progress=False, threads=1))
     return out
 
 
@@ -182,10 +182,10 @@ def test_resume_from_pure_data_checkpoint_reproduces_the_uninterrupted_run(cohor
     tr, va = T.patient_split(ds.patients, 0.3, seed=1)
     kw = dict(arch={**ARCH, "depth": 2}, epochs=2, batch_size=4, progress=False, threads=1)
     whole, split = tmp_path / "whole", tmp_path / "split"
-    T.train(ds.subset(tr), ds.subset(va), whole, **kw)
-    assert T.train(ds.subset(tr), ds.subset(va), split, max_minutes=1e-9, **kw)[
+    T.train(ds.subset(tr), ds.subset(va), whole, T.TrainConfig(**kw))
+    assert T.train(ds.subset(tr), ds.subset(va), split, T.TrainConfig(max_minutes=1e-9, **kw))[
         "stopped"] == "time-limit"
-    T.train(ds.subset(tr), ds.subset(va), split, **kw)
+    T.train(ds.subset(tr), ds.subset(va), split, T.TrainConfig(**kw))
     a = torch.load(whole / "last.pt", weights_only=True)
     b = torch.load(split / "last.pt", weights_only=True)
     assert a["state"]["epoch"] == b["state"]["epoch"] == 2
@@ -203,8 +203,9 @@ def test_init_from_accepts_checkpoint_and_exported_state_dict(genuine_run, cohor
     ref = torch.load(exported, weights_only=True)
     for src in (exported, genuine_run / "best.pt"):
         out = tmp_path / src.stem
-        r = T.train(ds.subset(tr), ds.subset(va), out, arch=ARCH, epochs=1, batch_size=4,
-                    progress=False, threads=1, init_from=src)
+        r = T.train(ds.subset(tr), ds.subset(va), out,
+                    T.TrainConfig(arch=ARCH, epochs=1, batch_size=4, progress=False, threads=1,
+                                  init_from=src))
         assert r["epochs_run"] == 1
         init, _ = T.read_start_files(out, ARCH, src)
         assert all(torch.equal(init[k], ref[k]) for k in ref)

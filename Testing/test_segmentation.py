@@ -147,11 +147,12 @@ def test_training_smoke_and_resume(cohort, tmp_path):
     ds = T.load_pairs(pairs, size=32, progress=False)
     tr, va = T.patient_split(ds.patients, 0.3, seed=1)
     assert not {ds.patients[i] for i in tr} & {ds.patients[i] for i in va}
-    r1 = T.train(ds.subset(tr), ds.subset(va), tmp_path, arch=TINY, epochs=3, batch_size=4,
-                 max_minutes=1e-9, progress=False)
+    r1 = T.train(ds.subset(tr), ds.subset(va), tmp_path,
+                 T.TrainConfig(arch=TINY, epochs=3, batch_size=4, max_minutes=1e-9,
+                               progress=False))
     assert r1["epochs_run"] == 1 and r1["stopped"] == "time-limit"
-    r2 = T.train(ds.subset(tr), ds.subset(va), tmp_path, arch=TINY, epochs=3, batch_size=4,
-                 progress=False)
+    r2 = T.train(ds.subset(tr), ds.subset(va), tmp_path,
+                 T.TrainConfig(arch=TINY, epochs=3, batch_size=4, progress=False))
     assert r2["epochs_run"] == 3
     hist = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2, 3]

@@ -35,7 +35,8 @@ def _recipe(name, **over):
 
 @pytest.mark.parametrize("name", ["yin2024", "peritumoral2025", "cui2023", "zhao2025"])
 def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
+    from HER2RadiomicsLib.reports.study import render_study
     over = {}
     if name == "cui2023":
         over["classifiers"] = ["logistic", "random_forest", "naive_bayes"]   # time in CI
@@ -45,8 +46,10 @@ def test_recipe_recovers_planted_signal(name, study_data, tmp_path):
         over["pipeline"] = [({"lasso": {**s["lasso"], "max_iter": 5000}}
                              if isinstance(s, dict) and "lasso" in s else s)
                             for s in r0["pipeline"]]
-    s = run(_recipe(name, **over), study_data / "features.csv",
-            study_data / "cohort" / "cohort.csv", tmp_path / name, progress=False)
+    # the run writes the data and the bundle; the report layer draws the figures and report
+    s = render_study(run(_recipe(name, **over), study_data / "features.csv",
+                         study_data / "cohort" / "cohort.csv", tmp_path / name,
+                         StudyOptions(progress=False)))
     prim = s["models"][s["primary"]]
     assert s["unit"] == "patients" and prim["test"]["unit"] == "patients"
     if s["positive"] is not None:
@@ -76,11 +79,12 @@ def test_no_leakage_between_patients_and_threshold_from_training(study_data, tmp
     """No patient on two sides (second views included); the external site in no fit; the
     threshold maximises Youden's J on the training patients' out-of-fold scores (found here
     by brute force over every cut, not with the library's function); metrics per patient."""
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     r = _recipe("yin2024", classifiers=["logistic"])
     r["evaluation"]["test_size"] = 0.3               # train / test / external: three sides
     s = run(r, study_data / "features.csv",
-            study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
+            study_data / "cohort" / "cohort.csv", tmp_path / "y",
+            StudyOptions(repeats=0, progress=False)).summary
     img = pd.read_csv(tmp_path / "y" / "predictions_images.csv", dtype={"patient_id": str})
     sides = img.groupby("patient_id")["split"].nunique()
     assert (sides == 1).all(), sides[sides > 1]
@@ -109,11 +113,11 @@ def test_no_leakage_between_patients_and_threshold_from_training(study_data, tmp
 def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
     from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.modelling.predict import predict_case
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     run(_recipe("peritumoral2025", evaluation={"test_size": 0.3, "external_site": "C",
                                                "repeats": 0, "bootstrap": 300, "seed": 42}),
         study_data / "features.csv", study_data / "cohort" / "cohort.csv", tmp_path / "p",
-        progress=False)
+        StudyOptions(progress=False))
     b = load_bundle(tmp_path / "p" / "model_bundle.zip")
     assert b.warnings == []
     preds = pd.read_csv(tmp_path / "p" / "predictions_images.csv")
@@ -151,9 +155,10 @@ def test_bundle_reloads_and_predicts_like_training(study_data, tmp_path):
 
 def test_predict_cli_and_errors(study_data, tmp_path, capsys):
     from HER2RadiomicsLib.cli import main
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
-        study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
+        study_data / "cohort" / "cohort.csv", tmp_path / "y",
+        StudyOptions(repeats=0, progress=False))
     bundle = str(tmp_path / "y" / "model_bundle.zip")
     c = pd.read_csv(study_data / "cohort" / "cohort.csv").iloc[0]
     img, mask = str(study_data / "cohort" / c.image), str(study_data / "cohort" / c["mask"])
@@ -216,7 +221,8 @@ def test_predict_cli_and_errors(study_data, tmp_path, capsys):
 
 
 def test_recipe_and_task_errors(study_data, tmp_path):
-    from HER2RadiomicsLib.modelling.study import load_recipe, required_rings, run
+    from HER2RadiomicsLib.modelling.study import (StudyOptions, load_recipe, required_rings,
+                                                  run)
     with pytest.raises(InputError, match="no such recipe"):
         load_recipe("nope")
     bad = tmp_path / "r.yaml"
@@ -227,7 +233,8 @@ def test_recipe_and_task_errors(study_data, tmp_path):
         "rings_mm": [3.0, 5.0, 8.0], "annuli": True, "combined": [8.0]}
     with pytest.raises(InputError, match="label"):
         run(_recipe("yin2024", label_col="nothere"), study_data / "features.csv",
-            study_data / "cohort" / "cohort.csv", tmp_path / "x", progress=False)
+            study_data / "cohort" / "cohort.csv", tmp_path / "x",
+            StudyOptions(progress=False))
 
 
 def test_bundle_records_engine_spacing_and_training_ranges(study_data, tmp_path, capsys):
@@ -236,9 +243,10 @@ def test_bundle_records_engine_spacing_and_training_ranges(study_data, tmp_path,
     from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.cli import main
     from HER2RadiomicsLib.modelling.predict import predict_case
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
-        study_data / "cohort" / "cohort.csv", tmp_path / "y", repeats=0, progress=False)
+        study_data / "cohort" / "cohort.csv", tmp_path / "y",
+        StudyOptions(repeats=0, progress=False))
     b = load_bundle(tmp_path / "y" / "model_bundle.zip")
     # the features came from the default engine, as their provenance records
     assert b.meta["engine"] == {"name": "native", "version": "1.0.0"}
@@ -320,7 +328,7 @@ def test_documented_chain_from_another_folder(study_data, tmp_path, monkeypatch)
 def test_zhao2025_sentinel_node_endpoint_with_clinical_selection(study_data, tmp_path):
     """zhao2025's second endpoint runs as its own recipe, with the paper's univariate ->
     multivariate clinical model; the planted association with lesion size is found."""
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     r0 = _recipe("zhao2025_sln")
     # a short penalty path: the test is about the endpoint and the clinical model
     over = {"pipeline": [({"lasso": {**s["lasso"], "max_iter": 2000, "cv": 5, "n_alphas": 8}}
@@ -328,7 +336,8 @@ def test_zhao2025_sentinel_node_endpoint_with_clinical_selection(study_data, tmp
                          for s in r0["pipeline"]],
             "evaluation": {**r0["evaluation"], "bootstrap": 200}}
     s = run(_recipe("zhao2025_sln", **over), study_data / "features.csv",
-            study_data / "cohort" / "cohort.csv", tmp_path / "sln", repeats=0, progress=False)
+            study_data / "cohort" / "cohort.csv", tmp_path / "sln",
+            StudyOptions(repeats=0, progress=False)).summary
     assert s["positive"] == "1" and s["label_col"] == "sln"
     uni = s["nomogram"]["clinical_univariate_p"]
     assert set(uni) == {"lesion_size_mm", "pr", "menopausal", "ki67", "age", "er"}
@@ -341,10 +350,10 @@ def test_yin2024_trains_on_the_development_sites_and_tests_on_the_external_one(s
                                                                                tmp_path):
     """The paper's design (centre 1 -> centre 2) is the recipe's default: every patient of
     sites A and B trains, site C is the test set; no internal split, no repeated splits."""
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     s = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
-            study_data / "cohort" / "cohort.csv", tmp_path / "y0", progress=False,
-            make_bundle=False)
+            study_data / "cohort" / "cohort.csv", tmp_path / "y0",
+            StudyOptions(progress=False, make_bundle=False)).summary
     img = pd.read_csv(tmp_path / "y0" / "predictions_images.csv", dtype={"patient_id": str})
     c = pd.read_csv(study_data / "cohort" / "cohort.csv", dtype={"patient_id": str})
     c = c[c.her2.isin(["low", "positive", "zero"])]
@@ -358,14 +367,14 @@ def test_an_external_site_lacking_a_class_falls_back_to_an_internal_split(study_
     """yin2024 tests on the external site; when that site holds one class only it cannot be
     the test set: the development patients are split 70/30 instead, said in the notes, and
     the repeated splits (which need a test fraction) run."""
-    from HER2RadiomicsLib.modelling.study import run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
     c = pd.read_csv(study_data / "cohort" / "cohort.csv", dtype={"patient_id": str})
     r = _recipe("yin2024", classifiers=["logistic"])
     r["evaluation"] = {**r["evaluation"], "repeats": 2}
     keep = c[(c.site != "C") | (c.her2 == "zero")]          # site C: HER2-zero only
     keep.to_csv(tmp_path / "labels.csv", index=False)
     s = run(r, study_data / "features.csv", tmp_path / "labels.csv", tmp_path / "y1",
-            progress=False, make_bundle=False)
+            StudyOptions(progress=False, make_bundle=False)).summary
     assert any("external site C lacks a class" in n for n in s["notes"])
     img = pd.read_csv(tmp_path / "y1" / "predictions_images.csv", dtype={"patient_id": str})
     test_ids = set(img[img.split == "test"].patient_id)
@@ -374,3 +383,28 @@ def test_an_external_site_lacking_a_class_falls_back_to_an_internal_split(study_
     assert test_ids and test_ids < set(dev.patient_id)
     assert abs(len(test_ids) / dev.patient_id.nunique() - 0.3) < 0.05
     assert s["repeated_splits"]["n"] == 2
+
+
+def test_run_returns_one_result_and_the_report_layer_draws_from_it(study_data, tmp_path):
+    """run() computes and writes the data outputs only; its StudyRun carries what the report
+    needs, and render_study draws the figures and report.html and records them last in
+    metrics.json (as before the split: figures, then report)."""
+    from HER2RadiomicsLib.modelling.study import StudyOptions, StudyRun, run
+    from HER2RadiomicsLib.reports.study import render_study
+    out = tmp_path / "r"
+    sr = run(_recipe("yin2024", classifiers=["logistic"]), study_data / "features.csv",
+             study_data / "cohort" / "cohort.csv", out,
+             StudyOptions(repeats=0, progress=False, make_bundle=False))
+    assert isinstance(sr, StudyRun) and sr.out == out and sr.primary == "logistic"
+    assert sr.binary and sr.target.classes == [0, 1] and sr.nomogram is not None
+    assert sr.summary["primary"] == sr.primary and sr.summary["notes"] is sr.notes
+    assert set(sr.results) == set(sr.summary["models"]) == {"logistic"}
+    assert len(sr.data.Xtr) + len(sr.data.Xte) == len(sr.table)   # yin2024: C is the test set
+    assert not (out / "report.html").exists() and not (out / "plots").exists()
+    written = json.loads((out / "metrics.json").read_text())
+    assert "figures" not in written and "report" not in written
+    summary = render_study(sr)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert list(doc)[-2:] == ["figures", "report"] and doc["report"] == "report.html"
+    assert doc["figures"] == summary["figures"] and (out / doc["figures"]["roc_test"]).exists()
+    assert (out / "report.html").read_text().count("data:image/png;base64") >= 4

@@ -69,7 +69,7 @@ def main(argv=None):
                     default=["cui2023", "yin2024", "zhao2025", "peritumoral2025"])
     ap.add_argument("--repeats", type=int, default=0)
     args = ap.parse_args(argv)
-    from HER2RadiomicsLib.modelling.study import load_recipe, run
+    from HER2RadiomicsLib.modelling.study import StudyOptions, load_recipe, run
     cohort = pd.read_csv(args.cohort)
     cohort["case_id"] = cohort["case_id"].astype(str)
     out = Path(args.out)
@@ -79,8 +79,8 @@ def main(argv=None):
         r = load_recipe(name)
         r["params"] = args.params
         r["evaluation"] = {**r.get("evaluation", {}), "repeats": args.repeats}
-        s = run(r, args.features, args.cohort, out / name, icc=args.icc, progress=False,
-                make_bundle=False)
+        s = run(r, args.features, args.cohort, out / name,
+                StudyOptions(icc=args.icc, progress=False, make_bundle=False)).summary
         # the per-image scores (runs before the patient-level change wrote them to
         # predictions.csv; later runs to predictions_images.csv)
         images = out / name / "predictions_images.csv"

@@ -577,8 +577,8 @@ def exampleBundle(workdir, nPatients=60, seed=5):
 
     Returns (bundle path, cohort folder). About 30 s on two cores.
     """
-    from HER2RadiomicsLib import (ExtractConfig, generate_cohort, load_recipe, read_manifest,
-                                  run_batch, run_study)
+    from HER2RadiomicsLib import (ExtractConfig, StudyOptions, generate_cohort, load_recipe,
+                                  read_manifest, run_batch, run_study)
     workdir = Path(workdir)
     cohort = workdir / "cohort"
     if not (cohort / "cohort.csv").exists():
@@ -592,5 +592,6 @@ def exampleBundle(workdir, nPatients=60, seed=5):
     recipe["params"] = "cui2023"
     recipe["scenarios"] = {"intra+peri3mm": ["tumor", "peri_0-3mm"]}   # one scenario: fast
     recipe["evaluation"] = {**recipe.get("evaluation", {}), "repeats": 0, "bootstrap": 200}
-    run_study(recipe, features, cohort / "cohort.csv", workdir / "model", progress=False)
+    run_study(recipe, features, cohort / "cohort.csv", workdir / "model",
+              StudyOptions(progress=False))
     return workdir / "model" / "model_bundle.zip", cohort

@@ -61,13 +61,15 @@ def cmd_recipes(a) -> int:
 
 def cmd_train(a) -> int:
     from ..outputs import staged_dir
-    from .study import run
+    from ..reports.study import render_study
+    from .study import StudyOptions, run
     ext = None if a.no_external else (a.external_site or "recipe")
+    opts = StudyOptions(icc=a.icc, functions=a.functions, repeats=a.repeats, external_site=ext,
+                        n_boot=a.bootstrap, jobs=a.jobs, seed=a.seed)
     # built aside and swapped in at the end: a failed run leaves an earlier model folder intact
     with staged_dir(a.out) as stage:
-        s = run(a.recipe, a.features, a.labels, stage, icc=a.icc, functions=a.functions,
-                repeats=a.repeats, external_site=ext, n_boot=a.bootstrap, jobs=a.jobs,
-                seed=a.seed)
+        # the run computes and writes its data and bundle; the report layer draws from it
+        s = render_study(run(a.recipe, a.features, a.labels, stage, opts))
     m = s["models"][s["primary"]]
     key = "auc" if s["positive"] is not None else "auc_macro"
     for split in ("test", "external"):

@@ -8,13 +8,13 @@
 * Calibration: binned and LOWESS-smoothed curves, Brier score, calibration slope and
   intercept (logistic recalibration; intercept with the model's logit as offset).
 * Decision-curve analysis: net benefit of the model vs treat-all / treat-none.
-* Plots (PNG + SVG) for all of the above.
+
+The plots of all of the above are drawn by :mod:`HER2RadiomicsLib.reports.study_plots`.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -262,122 +262,3 @@ def evaluate_multiclass(y, proba, classes, n_boot: int = 2000, seed: int = 0) ->
     pred = np.asarray(classes)[proba.argmax(axis=1)]
     out["accuracy"] = float((pred == y).mean())
     return out
-
-
-# -- plots -----------------------------------------------------------------------------------------
-
-def _save(fig, path: Path):
-    import matplotlib.pyplot as plt
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".png"), dpi=120, bbox_inches="tight")
-    fig.savefig(path.with_suffix(".svg"), bbox_inches="tight")
-    plt.close(fig)
-    return path.with_suffix(".png")
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_roc(curves: dict, path, n_boot: int = 500, seed: int = 0, title: str = "ROC"):
-    """ROC curves with bootstrap 95 % bands; ``curves`` = {label: (y, score)}."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    grid = np.linspace(0, 1, 101)
-    for i, (label, (y, s)) in enumerate(curves.items()):
-        y, s = np.asarray(y), np.asarray(s)
-        fpr, tpr, _ = roc_curve(y, s)
-        tprs = []
-        for idx in stratified_bootstrap_indices(y, n_boot, seed):
-            f, t, _ = roc_curve(y[idx], s[idx])
-            tprs.append(np.interp(grid, f, t))
-        lo, hi = np.percentile(tprs, [2.5, 97.5], axis=0)
-        color = plt.get_cmap("tab10")(i)
-        ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
-        d = auc_delong_ci(y, s)
-        ax.plot(fpr, tpr, color=color, lw=1.8,
-                label=f"{label}: AUC {d['auc']:.2f} ({d['ci_low']:.2f}–{d['ci_high']:.2f})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set_xlabel("1 − specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7.5, loc="lower right")
-    return _save(fig, path)
-
-
-def plot_calibration(curves: dict, path, title="Calibration"):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    for i, (label, (y, p)) in enumerate(curves.items()):
-        c = calibration(y, p)
-        color = plt.get_cmap("tab10")(i)
-        ax.plot(c["binned"]["mean_predicted"], c["binned"]["observed"], "o", color=color, ms=4)
-        ax.plot(c["smoothed"]["predicted"], c["smoothed"]["observed"], color=color,
-                label=f"{label}: slope {c['slope']:.2f}, Brier {c['brier']:.3f}")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("predicted probability")
-    ax.set_ylabel("observed frequency")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7.5, loc="upper left")
-    return _save(fig, path)
-
-
-def plot_decision_curve(curves: dict, path, title="Decision curve", xlim=(0.05, 0.8)):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 4.0))
-    ymax = 0
-    for i, (label, (y, p)) in enumerate(curves.items()):
-        d = decision_curve(y, p)
-        ax.plot(d.threshold, d.model, color=plt.get_cmap("tab10")(i), label=label)
-        ymax = max(ymax, d.treat_all.max(), d.model.max())
-    ax.plot(d.threshold, d.treat_all, color="grey", ls="--", label="treat all")
-    ax.axhline(0, color="black", lw=0.8, label="treat none")
-    ax.set_xlim(*xlim)
-    ax.set_ylim(-0.05, max(0.05, ymax) * 1.1)
-    ax.set_xlabel("threshold probability")
-    ax.set_ylabel("net benefit")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7.5)
-    return _save(fig, path)
-
-
-def plot_confusion(metrics: dict, path, labels=("negative", "positive"), title="Confusion"):
-    plt = _plt()
-    m = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    fig, ax = plt.subplots(figsize=(3.4, 3.0))
-    ax.imshow(m, cmap="Blues")
-    for i in range(2):
-        for j in range(2):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black", fontsize=12)
-    ax.set_xticks([0, 1], [f"pred {labels[0]}", f"pred {labels[1]}"], fontsize=8)
-    ax.set_yticks([0, 1], [f"true {labels[0]}", f"true {labels[1]}"], fontsize=8)
-    ax.set_title(f"{title}\nthreshold {metrics['threshold']:.3f} (Youden, training)", fontsize=9)
-    return _save(fig, path)
-
-
-def plot_auc_distribution(aucs, path, title="Repeated 70/30 splits"):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    aucs = np.asarray(aucs)
-    lo, hi = float(aucs.min()), float(aucs.max())
-    if hi - lo < 1e-3:
-        # (nearly) equal AUCs, e.g. 1.0 and 1.0 - 1e-16 on a tiny test set: numpy cannot cut
-        # a range that small into bins, so the bins span +-0.01 around them
-        lo, hi = lo - 0.01, hi + 0.01
-    ax.hist(aucs, bins=np.linspace(lo, hi, min(30, max(5, len(aucs) // 4)) + 1),
-            color="#16324f", alpha=0.8)
-    ax.axvline(np.median(aucs), color="#c0392b", label=f"median {np.median(aucs):.3f}")
-    ax.axvline(0.5, color="grey", ls=":")
-    ax.set_xlabel("test AUC")
-    ax.set_ylabel("splits")
-    ax.set_title(f"{title} (n = {len(aucs)})", fontsize=10)
-    ax.legend(fontsize=8)
-    return _save(fig, path)

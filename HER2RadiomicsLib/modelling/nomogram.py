@@ -2,7 +2,8 @@
 
 Odds ratios with 95 % Wald CIs come from the maximum-likelihood fit (statsmodels); the drawn
 nomogram gives each predictor a points scale (the predictor with the widest effect over its
-training range spans 0-100 points), sums them to total points and maps those to probability.
+training range spans 0-100 points), sums them to total points and maps those to probability;
+it is drawn by :func:`HER2RadiomicsLib.reports.study_plots.plot_nomogram`.
 """
 from __future__ import annotations
 
@@ -119,63 +120,3 @@ class NomogramModel(ClassifierMixin, BaseEstimator):
         lows = eff.min(axis=1)
         span = (eff.max(axis=1) - lows)
         return 100.0 / max(span.max(), 1e-12), lows
-
-
-def plot_nomogram(model: NomogramModel, path, labels: dict | None = None,
-                  title: str = "Nomogram") -> "Path":
-    """Draw the points scales, total points and probability axis (PNG + SVG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from .evaluation import _save
-    labels = labels or {}
-    scale, lows = model._scale()
-    preds = list(model.predictors)
-    rows = ["Points"] + [labels.get(p, p) for p in preds] + ["Total points", "Probability"]
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 0.8))
-    ax.set_xlim(-5, 105)
-    ax.set_ylim(-len(rows) + 0.5, 0.8)
-    ax.axis("off")
-
-    def axis_line(y, ticks, texts, x_of):
-        xs = [x_of(t) for t in ticks]
-        ax.plot([min(xs), max(xs)], [y, y], color="black", lw=1)
-        for x, txt in zip(xs, texts):
-            ax.plot([x, x], [y, y + 0.12], color="black", lw=1)
-            ax.text(x, y + 0.18, txt, ha="center", va="bottom", fontsize=7)
-
-    for i, name in enumerate(rows):
-        ax.text(-7, -i, name, ha="right", va="center", fontsize=8.5, fontweight="bold")
-    axis_line(0, np.linspace(0, 100, 11), [f"{v:.0f}" for v in np.linspace(0, 100, 11)],
-              lambda t: t)
-    spans = []
-    for i, (p, (lo, hi), c, low) in enumerate(zip(preds, model.ranges_, model.coef_, lows)):
-        binary = p in getattr(model, "binary_", ()) or (lo == 0 and hi == 1)
-        pts_span = abs(c) * (hi - lo) * scale
-        spans.append(pts_span)
-        # binary predictors: 0/1 only; short scales: ends only, so labels never collide
-        n_ticks = 2 if binary or pts_span < 25 else (3 if pts_span < 50 else 5)
-        vals = np.linspace(lo, hi, n_ticks)
-        axis_line(-(i + 1), vals, [f"{v:.3g}" for v in vals],
-                  lambda v, c=c, low=low: (c * v - low) * scale)
-    # the total-points axis spans what can actually be reached (sum of each maximum)
-    total_max = float(sum(spans)) or 100.0
-    tp = np.linspace(0, total_max, 6)
-    axis_line(-(len(preds) + 1), tp, [f"{v:.0f}" for v in tp], lambda t: t / total_max * 100)
-    # total points T -> linear predictor lp = T / scale + sum(lows) + intercept
-    base = model.intercept_ + lows.sum()
-    probs = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-    xs = [(np.log(p / (1 - p)) - base) * scale / total_max * 100 for p in probs]
-    keep, last = [], -1e9
-    for p, x in zip(probs, xs):
-        if -2 <= x <= 102 and x - last >= 6:      # at least 6 % of the width apart
-            keep.append((p, x))
-            last = x
-    if keep:
-        y = -(len(preds) + 2)
-        ax.plot([min(x for _, x in keep), max(x for _, x in keep)], [y, y], color="black", lw=1)
-        for p, x in keep:
-            ax.plot([x, x], [y, y + 0.12], color="black", lw=1)
-            ax.text(x, y + 0.18, f"{p:g}", ha="center", va="bottom", fontsize=7)
-    ax.set_title(title, fontsize=10)
-    return _save(fig, path)

@@ -448,6 +448,10 @@ class LassoSelector(_Selector):
         Chosen penalty (``C = 1 / alpha`` for the logistic form).
     """
 
+    # Documented exception to the library's "at most 8 parameters": a scikit-learn estimator
+    # lists every hyper-parameter in __init__ (get_params / set_params / clone, grid search
+    # and the recipes' step settings read them from this signature), so they cannot be
+    # grouped into a config object without breaking cloning and the recipe validation.
     def __init__(self, cv=10, n_alphas=30, decades=4.0, one_se=False, max_features=None,
                  estimator="logistic", max_iter=10000, tol=1e-4, random_state=15,
                  passthrough=(), min_features=1, screen=None, resample=None):

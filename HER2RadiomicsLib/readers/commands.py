@@ -71,13 +71,16 @@ def cmd_icc(a) -> int:
 
 
 def cmd_reader_study(a) -> int:
-    from .study import run_reader_study
-    res = run_reader_study(
-        a.manifest, a.out, params=a.params, rings=a.rings,
-        readers=a.readers.split(",") if a.readers else None, form=a.icc_form,
-        threshold=a.threshold, use_lower_ci=a.lower_ci, bland_altman=a.bland_altman,
-        robustness=a.robustness, spacing_mm=a.spacing_mm, jobs=a.jobs, resume=a.resume,
-        progress=not a.no_progress)
+    from ..reports.reader_study import render_reader_study
+    from .study import ReaderStudyConfig, run_reader_study
+    cfg = ReaderStudyConfig(params=a.params, rings=a.rings,
+                            readers=a.readers.split(",") if a.readers else None,
+                            form=a.icc_form, threshold=a.threshold, use_lower_ci=a.lower_ci,
+                            bland_altman=a.bland_altman, robustness=a.robustness,
+                            spacing_mm=a.spacing_mm)
+    # the study computes; the report layer draws its plots and page (before the swap)
+    res = run_reader_study(a.manifest, a.out, cfg, jobs=a.jobs, resume=a.resume,
+                           progress=not a.no_progress, render=render_reader_study)
     print(f"{res['n_cases']} cases x {res['n_readers']} readers; {res['n_features']} features; "
           f"{res['n_stable']} stable ({a.icc_form} > {a.threshold}); mean Dice "
           f"{res['mean_dice']:.3f}")

@@ -12,13 +12,15 @@ Output folder:
   and case, and summaries per pair, per reader and overall;
 * ``consensus/<case>_staple.nrrd`` and ``_majority.nrrd``;
 * optional ``icc_robustness.csv`` — single-reader robustness proxy (perturbed contours);
-* ``plots/*.png`` and ``summary.html`` — a page a coordinator can send around.
+* ``plots/*.png`` and ``summary.html`` — a page a coordinator can send around, drawn by
+  :func:`HER2RadiomicsLib.reports.reader_study.render_reader_study` from the study's
+  :class:`ReaderStudyRun` (passed as ``render`` by the commands that run a study).
 """
 from __future__ import annotations
 
 import json
 import logging
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,41 +81,140 @@ def read_reader_manifest(path, readers=None):
     return df, problems
 
 
-def run_reader_study(manifest, out_dir, params="default", rings="", readers=None,
-                     form="ICC2", threshold=0.75, use_lower_ci=False, bland_altman=None,
-                     robustness=False, spacing_mm=None, jobs=1, resume=False,
-                     progress=True) -> dict:
+@dataclass
+class ReaderStudyConfig:
+    """The settings of a reader study (the ``reader-study`` command's flags).
+
+    Attributes
+    ----------
+    params : str
+        Params preset or YAML the features are extracted with.
+    rings : str
+        Peritumoral ring distances in mm, e.g. ``"3,5,8"`` (empty: the tumour only).
+    readers : list of str, optional
+        The readers to use (default: every reader of the manifest).
+    form : str
+        ICC form of the stable list and the bands (``ICC2``: two-way, absolute agreement).
+    threshold : float
+        A feature is stable above this ICC (Koo & Li's "good": 0.75).
+    use_lower_ci : bool
+        Apply the threshold to the lower 95 % CI bound instead of the estimate.
+    bland_altman : str, optional
+        Feature of the Bland-Altman plot (default: the tumour's mean intensity).
+    robustness : bool
+        Also compute the single-reader robustness proxy (perturbed contours).
+    spacing_mm : (float, float), optional
+        Pixel spacing (x, y) in mm for images that do not record it.
+    """
+    params: str = "default"
+    rings: str = ""
+    readers: list | None = None
+    form: str = "ICC2"
+    threshold: float = 0.75
+    use_lower_ci: bool = False
+    bland_altman: str | None = None
+    robustness: bool = False
+    spacing_mm: tuple | None = None
+
+
+@dataclass
+class ReaderStudyRun:
+    """The result of a reader study: the tables it wrote and ``summary.json``'s content.
+
+    Attributes
+    ----------
+    config : ReaderStudyConfig
+    long : DataFrame
+        Features per case and reader (``case_id``, ``reader``, feature columns).
+    icc : DataFrame
+        One row per feature: the six ICC forms with 95 % CI, F and p, and the band.
+    stable : list of str
+        Features above the threshold.
+    agreement, agreement_summary : DataFrame
+        Contour agreement per reader pair and case, and its summaries.
+    robustness : DataFrame or None
+        The single-reader robustness ICCs (when asked for).
+    bland_altman : str
+        The feature of the Bland-Altman plot.
+    doc : dict
+        ``summary.json``: counts, settings and the problems met.
+    """
+    config: ReaderStudyConfig
+    long: pd.DataFrame
+    icc: pd.DataFrame
+    stable: list
+    agreement: pd.DataFrame
+    agreement_summary: pd.DataFrame
+    robustness: pd.DataFrame | None
+    bland_altman: str
+    doc: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    """One study being run: the manifest, its rows and problems so far, and how to run."""
+    manifest: object
+    rows: pd.DataFrame
+    problems: list
+    config: ReaderStudyConfig
+    jobs: int = 1
+    resume: bool = False
+    progress: bool = True
+
+
+def run_reader_study(manifest, out_dir, config: ReaderStudyConfig | None = None, *,
+                     jobs=1, resume=False, progress=True, render=None) -> dict:
     """Run the whole reader study; see the module docstring for the outputs.
 
     The outputs are written as one set: built in a staging folder and swapped in only when
     the study finished, so an interrupted or failed run leaves the previous set complete
     (never a new ``icc.csv`` beside an old summary). The per-case feature parts stay in
     ``out_dir`` so that ``resume`` finds them.
+
+    Parameters
+    ----------
+    manifest : path
+        CSV with ``case_id, image, reader, mask`` (paths relative to the CSV's folder).
+    out_dir : path
+        Output folder.
+    config : ReaderStudyConfig, optional
+        The study's settings (defaults: :class:`ReaderStudyConfig`).
+    jobs, resume, progress
+        Parallel extraction processes; reuse the per-case parts of an earlier run; show a
+        progress bar.
+    render : callable, optional
+        ``render(study_run, folder) -> path of summary.html``, called in the staging folder
+        before the swap (:func:`HER2RadiomicsLib.reports.reader_study.render_reader_study`);
+        without it no plots or page are drawn.
+
+    Returns
+    -------
+    dict
+        ``summary.json``'s content (with ``html``, the page's final path, when rendered).
     """
     from ..outputs import staged_dir
+    cfg = config or ReaderStudyConfig()
     out = Path(out_dir)
-    df, problems = read_reader_manifest(manifest, readers)
+    df, problems = read_reader_manifest(manifest, cfg.readers)
+    job = _Job(manifest, df, problems, cfg, jobs, resume, progress)
     with staged_dir(out, "reader-study") as stage:
-        doc = _study_into(stage, out, manifest, df, problems, params, rings, form, threshold,
-                          use_lower_ci, bland_altman, robustness, spacing_mm, jobs, resume,
-                          progress)
+        doc = _study_into(stage, out, job, render)
     return doc
 
 
-def _study_into(stage: Path, out: Path, manifest, df, problems, params, rings, form,
-                threshold, use_lower_ci, bland_altman, robustness, spacing_mm, jobs, resume,
-                progress) -> dict:
+def _study_into(stage: Path, out: Path, job: _Job, render=None) -> dict:
     """The study's steps, writing into ``stage``; feature parts are cached in ``out``."""
     from ..extraction.batch import BatchOptions, ExtractConfig, run_batch
     from ..imaging.io import atomic_write_text
     from ..outputs import write_csv
     from .reproducibility import icc_table, stable_features
     from ..imaging.rings import parse_rings
+    c, df, problems = job.config, job.rows, job.problems
     rows = [{"case_id": f"{r.case_id}{SEP}{r.reader}", "image": r.image, "mask": r.mask}
             for r in df.itertuples()]
-    cfg = ExtractConfig(params=params, rings_mm=tuple(parse_rings(rings)))
-    res = run_batch(rows, stage / "features_by_reader.csv", cfg, jobs=jobs, resume=resume,
-                    progress=progress, global_spacing=spacing_mm,
+    cfg = ExtractConfig(params=c.params, rings_mm=tuple(parse_rings(c.rings)))
+    res = run_batch(rows, stage / "features_by_reader.csv", cfg, jobs=job.jobs,
+                    resume=job.resume, progress=job.progress, global_spacing=c.spacing_mm,
                     options=BatchOptions(parts_dir=out / "features_by_reader.csv.parts"))
     if res.interrupted:
         raise KeyboardInterrupt
@@ -121,32 +222,47 @@ def _study_into(stage: Path, out: Path, manifest, df, problems, params, rings, f
         problems.append(f"{e['case_id'].replace(SEP, ' reader ')}: {e['error']}")
     feats = pd.read_csv(res.features_csv) if res.n_ok else pd.DataFrame()
     if feats.empty:
-        raise InputError(f"{manifest}: no case could be extracted; see {res.errors_csv}")
+        raise InputError(f"{job.manifest}: no case could be extracted; see {res.errors_csv}")
     long = _split_ids(feats, "reader")
     write_csv(stage / "features_long.csv", long, float_format="%.10g")
-    icc = icc_table(long, "case_id", "reader", band_form=form)
+    icc = icc_table(long, "case_id", "reader", band_form=c.form)
     write_csv(stage / "icc.csv", icc, float_format="%.10g")
-    stable = stable_features(icc, threshold, form, use_lower_ci)
+    stable = stable_features(icc, c.threshold, c.form, c.use_lower_ci)
     atomic_write_text(stage / "stable_features.txt", "\n".join(stable) + "\n")
 
-    agree = contour_agreement(df, stage, spacing_mm, problems)
+    agree = contour_agreement(df, stage, c.spacing_mm, problems)
     write_csv(stage / "agreement.csv", agree, float_format="%.6g")
     summary = agreement_summary(agree)
     write_csv(stage / "agreement_summary.csv", summary, float_format="%.6g")
     rob = None
-    if robustness:
-        rob = robustness_icc(df, stage, cfg, spacing_mm, jobs, progress, problems)
+    if c.robustness:
+        rob = robustness_icc(df, stage, cfg, c.spacing_mm, job.jobs, job.progress, problems)
         write_csv(stage / "icc_robustness.csv", rob, float_format="%.10g")
-    plots = make_plots(icc, agree, long, stage / "plots", form, bland_altman)
-    doc = {"n_cases": int(long["case_id"].nunique()), "n_readers": int(long["reader"].nunique()),
-           "n_features": int(len(icc)), "n_stable": len(stable),
-           "mean_dice": float(agree["dice"].mean()) if len(agree) else float("nan"),
-           "problems": problems, "form": form, "threshold": threshold,
-           "lower_ci": use_lower_ci, "params": params, "rings": rings}
-    write_summary_html(stage, doc, icc, agree, summary, plots, rob, stable)
-    doc["html"] = str(out / "summary.html")          # where it lands after the swap
+    result = ReaderStudyRun(config=c, long=long, icc=icc, stable=stable, agreement=agree,
+                            agreement_summary=summary, robustness=rob,
+                            bland_altman=_bland_altman_feature(long, c.bland_altman))
+    result.doc = doc = {
+        "n_cases": int(long["case_id"].nunique()), "n_readers": int(long["reader"].nunique()),
+        "n_features": int(len(icc)), "n_stable": len(stable),
+        "mean_dice": float(agree["dice"].mean()) if len(agree) else float("nan"),
+        "problems": problems, "form": c.form, "threshold": c.threshold,
+        "lower_ci": c.use_lower_ci, "params": c.params, "rings": c.rings}
+    if render is not None:
+        render(result, stage)
+        doc["html"] = str(out / "summary.html")          # where it lands after the swap
     atomic_write_text(stage / "summary.json", json.dumps(doc, indent=2))
     return doc
+
+
+def _bland_altman_feature(long: pd.DataFrame, asked=None) -> str:
+    """The feature of the Bland-Altman plot: the one asked for (refused when the table has no
+    such column), else the tumour's mean intensity, else the first feature."""
+    feat = asked or ("tumor__original_firstorder_Mean"
+                     if "tumor__original_firstorder_Mean" in long.columns
+                     else [c for c in long.columns if c not in ("case_id", "reader")][0])
+    if feat not in long.columns:
+        raise InputError(f"--bland-altman {feat}: no such feature column")
+    return feat
 
 
 def _split_ids(feats: pd.DataFrame, second: str) -> pd.DataFrame:
@@ -257,133 +373,3 @@ def _feature_class(name: str) -> tuple:
     region, key = name.split("__", 1) if "__" in name else ("", name)
     parts = key.split("_")
     return region, parts[1] if len(parts) >= 3 else "other"
-
-
-def make_plots(icc, agree, long, pdir: Path, form: str, bland_altman=None) -> dict:
-    """ICC distribution per class and region, Dice per reader pair, Bland-Altman. PNG files."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    pdir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    t = icc.copy()
-    t[["region", "fclass"]] = [list(_feature_class(f)) for f in t["feature"]]
-    classes = sorted(t["fclass"].unique())
-    regions = list(dict.fromkeys(t["region"]))
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(classes)), 3.8))
-    width = 0.8 / max(1, len(regions))
-    cmap = plt.get_cmap("tab10")
-    for j, reg in enumerate(regions):
-        data = [t[(t.fclass == c) & (t.region == reg)][form].dropna().to_numpy() for c in classes]
-        pos = np.arange(len(classes)) + (j - (len(regions) - 1) / 2) * width
-        ok = [i for i, d in enumerate(data) if len(d)]
-        if ok:
-            bp = ax.boxplot([data[i] for i in ok], positions=pos[ok], widths=width * 0.9,
-                            patch_artist=True, showfliers=False)
-            for b in bp["boxes"]:
-                b.set_facecolor(cmap(j % 10))
-                b.set_alpha(0.7)
-        ax.plot([], [], "s", color=cmap(j % 10), label=reg or "all")
-    for y, c in ((0.5, "#c0392b"), (0.75, "#e0a100"), (0.9, "#27ae60")):
-        ax.axhline(y, color=c, lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(classes)), classes, rotation=20)
-    ax.set_ylabel(f"{form}")
-    ax.set_ylim(min(-0.05, float(np.nanmin(t[form])) if t[form].notna().any() else 0), 1.02)
-    ax.set_title("Feature reproducibility by class and region (dashed: 0.5 / 0.75 / 0.9)")
-    ax.legend(fontsize=8, ncol=min(4, len(regions)), loc="lower left")
-    paths["icc_by_class"] = pdir / "icc_by_class.png"
-    fig.savefig(paths["icc_by_class"], dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-    if len(agree):
-        pairs = agree.groupby(["reader_a", "reader_b"])
-        fig, ax = plt.subplots(figsize=(max(4, 1.4 * pairs.ngroups), 3.4))
-        labels, data = [], []
-        for (a, b), g in pairs:
-            labels.append(f"{a}–{b}")
-            data.append(g["dice"].to_numpy())
-        ax.boxplot(data, showfliers=False)
-        for i, d in enumerate(data):
-            ax.scatter(np.full(len(d), i + 1) + np.linspace(-0.12, 0.12, len(d)), d, s=12,
-                       color="#16324f", zorder=3)
-        ax.set_xticks(range(1, len(labels) + 1), labels)
-        ax.set_ylabel("Dice")
-        ax.set_title("Contour agreement per reader pair")
-        paths["dice_pairs"] = pdir / "dice_per_pair.png"
-        fig.savefig(paths["dice_pairs"], dpi=110, bbox_inches="tight")
-        plt.close(fig)
-
-    feat = bland_altman or ("tumor__original_firstorder_Mean"
-                            if "tumor__original_firstorder_Mean" in long.columns
-                            else [c for c in long.columns if c not in ("case_id", "reader")][0])
-    if feat not in long.columns:
-        raise InputError(f"--bland-altman {feat}: no such feature column")
-    readers = sorted(long["reader"].unique())
-    if len(readers) >= 2:
-        w = long.pivot_table(index="case_id", columns="reader", values=feat)
-        a, b = w[readers[0]], w[readers[1]]
-        ok = a.notna() & b.notna()
-        mean, diff = (a[ok] + b[ok]) / 2, a[ok] - b[ok]
-        md, sd = diff.mean(), diff.std(ddof=1)
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
-        ax.scatter(mean, diff, s=16, color="#16324f")
-        for y, ls in ((md, "-"), (md + 1.96 * sd, "--"), (md - 1.96 * sd, "--")):
-            ax.axhline(y, color="#c0392b", ls=ls, lw=1)
-        ax.set_xlabel(f"mean of {readers[0]} and {readers[1]}")
-        ax.set_ylabel(f"{readers[0]} − {readers[1]}")
-        ax.set_title(f"Bland–Altman: {feat}\nbias {md:.3g}, limits ±{1.96 * sd:.3g}", fontsize=9)
-        paths["bland_altman"] = pdir / "bland_altman.png"
-        fig.savefig(paths["bland_altman"], dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    return paths
-
-
-def write_summary_html(out: Path, doc, icc, agree, summary, plots, rob, stable) -> Path:
-    """``summary.html``: every case id, reader, feature name and problem is escaped as text."""
-    from ..reports import html as H
-    from ..imaging.io import atomic_write_text
-    figs = H.cat(*(H.figure(H.png_file_uri(p), cap) for cap, p in (
-        ("ICC by feature class and region", plots.get("icc_by_class")),
-        ("Dice per reader pair", plots.get("dice_pairs")),
-        ("Bland–Altman", plots.get("bland_altman"))) if p))
-    bands = icc["band"].replace("", "undefined").value_counts().reindex(
-        ["excellent", "good", "moderate", "poor", "undefined"]).fillna(0).astype(int)
-    t = icc.copy()
-    t["region"] = [_feature_class(f)[0] for f in t["feature"]]
-    per_region = t.groupby("region").apply(
-        lambda g: pd.Series({"features": len(g), "stable": int((g["feature"].isin(stable)).sum()),
-                             f"median {doc['form']}": g[doc["form"]].median()}),
-        include_groups=False).reset_index()
-    worst = icc.sort_values(doc["form"]).head(15)[
-        ["feature", "n_cases", doc["form"], f"{doc['form']}_ci_low", f"{doc['form']}_ci_high",
-         "band", "note"]]
-    overall = summary[summary.level != "reader"] if len(summary) else summary
-    sections = [
-        ("Study", H.kpis([("cases", doc["n_cases"]), ("readers", doc["n_readers"]),
-                          ("features", doc["n_features"]),
-                          ("stable features", doc["n_stable"]),
-                          ("mean Dice", H.num(doc["mean_dice"]))])
-         + H.fmt("<p class='muted'>Params {params}; rings {rings}; stable = {form} {ci}&gt; "
-                 "{threshold}. ICC(2,1) = two-way, absolute agreement, single rater (the "
-                 "studies' 'two-way mixed, absolute agreement' has the same estimate).</p>",
-                 params=doc["params"], rings=str(doc["rings"]) or "none", form=doc["form"],
-                 ci="lower 95% CI " if doc["lower_ci"] else "", threshold=doc["threshold"])),
-        ("ICC bands (Koo & Li)", H.table(bands.rename_axis("band").reset_index(name="features"))
-         + H.table(per_region)),
-        ("Figures", H.el("div", figs, class_="figs")),
-        ("Contour agreement", H.table(overall.drop(columns=[c for c in overall.columns
-                                                           if c.endswith("_median")]))),
-        (f"Least reproducible features ({doc['form']})", H.table(worst)),
-    ]
-    if rob is not None:
-        sections.append(("Single-reader robustness (proxy)",
-                         H.el("p", rob["proxy"].iloc[0], class_="muted")
-                         + H.table(rob["band"].replace("", "undefined").value_counts()
-                                   .rename_axis("band").reset_index(name="features"))))
-    if doc["problems"]:
-        sections.append(("Problems", H.el("ul", *(H.el("li", p) for p in doc["problems"]))))
-    page = H.page("Reader study — inter-observer reproducibility",
-                  f"{doc['n_cases']} cases, {doc['n_readers']} readers", sections)
-    path = out / "summary.html"
-    atomic_write_text(path, page)
-    return path

@@ -1,5 +1,9 @@
 """HTML report of one training run (``report.html`` beside ``metrics.json``).
 
+:func:`render_study` draws a run's figures (:mod:`.study_plots`) and its report from the
+:class:`~HER2RadiomicsLib.modelling.study.StudyRun` that ``run()`` returned; the ``train``
+command and the demo call it after the run.
+
 Recipe titles, label and class names, model and feature names, sites and notes are text from
 the recipe and the data: every one is escaped (see ``reports.html``); numbers are formatted
 only when they are numbers.
@@ -158,3 +162,22 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
     path = out / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def render_study(sr) -> dict:
+    """Draw a study run's figures and ``report.html``, and record both in ``metrics.json``.
+
+    ``sr`` is the :class:`~HER2RadiomicsLib.modelling.study.StudyRun` that
+    :func:`~HER2RadiomicsLib.modelling.study.run` returned (its data outputs and bundle are
+    already written); returns its summary with the ``figures`` and ``report`` paths
+    (relative to the output folder, so the folder can be moved).
+    """
+    from ..modelling.study_outputs import write_metrics
+    from .study_plots import study_figures
+    out = sr.out
+    figs = study_figures(sr)
+    sr.summary["figures"] = {k: Path(v).relative_to(out).as_posix() for k, v in figs.items()}
+    sr.summary["report"] = write_report(out, sr.summary, sr.results, figs) \
+        .relative_to(out).as_posix()
+    write_metrics(out, sr.summary)
+    return sr.summary

@@ -339,10 +339,10 @@ def cmd_train(a) -> int:
         "val_ids": [ds.ids[i] for i in va], "train_ids": train_ds.ids}, indent=0))
     print(f"train {len(train_ds)} images, validation {len(va)} images "
           f"({len(set(ds.patients[i] for i in va))} patients)", flush=True)
-    res = T.train(train_ds, ds.subset(va), out, arch=arch, epochs=a.epochs,
-                  batch_size=a.batch_size, lr=a.lr, patience=a.patience, seed=a.seed,
-                  device=a.device, threads=a.threads, max_minutes=a.max_minutes,
-                  resume=not a.no_resume, init_from=a.init_from, schedule=a.schedule)
+    res = T.train(train_ds, ds.subset(va), out, T.TrainConfig(
+        arch=arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, patience=a.patience,
+        seed=a.seed, device=a.device, threads=a.threads, max_minutes=a.max_minutes,
+        resume=not a.no_resume, init_from=a.init_from, schedule=a.schedule))
     print(json.dumps(res))
     export = resolved(a.export) if a.export else resolved(out) / "model.pt"
     pending = _pending(export)

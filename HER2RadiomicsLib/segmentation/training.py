@@ -21,7 +21,8 @@ Example
 -------
 >>> from HER2RadiomicsLib.segmentation import training  # doctest: +SKIP
 >>> ds = training.load_busbra("../shared/datasets/busbra", size=192)  # doctest: +SKIP
->>> training.train(ds, out_dir="runs/seg", epochs=60)  # doctest: +SKIP
+>>> training.train(train_ds, val_ds, "runs/seg",
+...                training.TrainConfig(epochs=60))  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -361,11 +362,58 @@ def _check_fits(net, state, path, arch):
                          f"{arch.get('depth')}): {first}") from None
 
 
-def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | None = None,
-          epochs: int = 60, batch_size: int = 16, lr: float = 2e-3, patience: int = 12,
-          seed: int = 0, device: str = "cpu", threads: int | None = None,
-          max_minutes: float | None = None, resume: bool = True, progress: bool = True,
-          init_from=None, schedule: str = "onecycle") -> dict:
+@dataclass
+class TrainConfig:
+    """How the U-Net is trained (the ``train-segmenter`` command's flags).
+
+    Attributes
+    ----------
+    arch : dict, optional
+        Network architecture (default :data:`DEFAULT_ARCH`).
+    epochs : int
+        Most epochs to run (the one-cycle / cosine schedule spans them).
+    batch_size : int
+        Images per optimiser step.
+    lr : float
+        Peak (one-cycle) or starting (cosine) learning rate of AdamW.
+    patience : int
+        Stop after this many epochs without a better validation Dice.
+    seed : int
+        Seed of the weights, the augmentation and the batch order.
+    device : str
+        ``"cpu"`` or ``"cuda[:n]"`` (mixed precision on CUDA).
+    threads : int, optional
+        torch CPU threads (default: torch's own).
+    max_minutes : float, optional
+        Stop cleanly (checkpoint written) after this wall time; rerun to continue.
+    resume : bool
+        Continue from ``out_dir/last.pt`` when present.
+    progress : bool
+        Show a progress bar and one line per epoch.
+    init_from : path, optional
+        Start from these weights (a ``best.pt`` of an earlier run, or an exported
+        ``model.pt``): fine-tuning.  Read as pure data, see :func:`read_start_files`.
+    schedule : {"onecycle", "cosine"}
+        One-cycle warm-up/anneal for training from scratch; cosine decay from ``lr`` for
+        fine-tuning (e.g. to finish the annealing of a run stopped by its time limit).
+    """
+    arch: dict | None = None
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 2e-3
+    patience: int = 12
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    max_minutes: float | None = None
+    resume: bool = True
+    progress: bool = True
+    init_from: object = None
+    schedule: str = "onecycle"
+
+
+def train(train_ds: SegDataset, val_ds: SegDataset, out_dir,
+          config: TrainConfig | None = None) -> dict:
     """Train the U-Net; resumable, early-stopped on validation Dice.
 
     Parameters
@@ -375,14 +423,9 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
     out_dir : path
         Receives ``last.pt`` (full training state, rewritten atomically every epoch),
         ``best.pt`` (weights with the best validation Dice) and ``history.jsonl``.
-    max_minutes : float, optional
-        Stop cleanly (checkpoint written) after this wall time; rerun to continue.
-    init_from : path, optional
-        Start from these weights (a ``best.pt`` of an earlier run, or an exported
-        ``model.pt``): fine-tuning.  Read as pure data, see :func:`read_start_files`.
-    schedule : {"onecycle", "cosine"}
-        One-cycle warm-up/anneal for training from scratch; cosine decay from ``lr`` for
-        fine-tuning (e.g. to finish the annealing of a run stopped by its time limit).
+    config : TrainConfig, optional
+        Epochs, batch size, learning rate, schedule, device, time limit, start weights
+        (defaults: :class:`TrainConfig`).
 
     Returns
     -------
@@ -392,13 +435,17 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir, *, arch: dict | Non
     Raises
     ------
     ModelError
-        ``init_from`` or ``out_dir/last.pt`` is not a usable weights file (see
+        ``config.init_from`` or ``out_dir/last.pt`` is not a usable weights file (see
         :func:`read_start_files`); checked before anything is written.
     """
     import torch
     from tqdm.auto import tqdm
     from .networks import build_network
 
+    c = config or TrainConfig()
+    arch, epochs, batch_size, lr, patience = c.arch, c.epochs, c.batch_size, c.lr, c.patience
+    seed, device, threads, max_minutes = c.seed, c.device, c.threads, c.max_minutes
+    resume, progress, init_from, schedule = c.resume, c.progress, c.init_from, c.schedule
     arch = dict(arch or DEFAULT_ARCH)
     init_state, ck = read_start_files(out_dir, arch, init_from, resume, device)
     if threads:

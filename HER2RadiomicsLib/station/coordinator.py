@@ -155,7 +155,8 @@ class CoordinatorStation:
 
         import pandas as pd
 
-        from ..readers.study import run_reader_study
+        from ..readers.study import ReaderStudyConfig, run_reader_study
+        from ..reports.reader_study import render_reader_study
         if self.state.co_running:
             return
         with self.state:
@@ -170,8 +171,10 @@ class CoordinatorStation:
                     "confidence interval means something)")
             out = self.store.root / "reader_study"
             doc = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: run_reader_study(manifest, out, params=self.state.co_params,
-                                               rings=self.state.co_rings, progress=False))
+                None, lambda: run_reader_study(
+                    manifest, out, ReaderStudyConfig(params=self.state.co_params,
+                                                     rings=self.state.co_rings),
+                    progress=False, render=render_reader_study))
             icc = pd.read_csv(out / "icc.csv")
             form = doc.get("form", "ICC2")
             rows = [{"key": r["feature"], "feature": r["feature"], "ICC": f"{r[form]:.3f}",

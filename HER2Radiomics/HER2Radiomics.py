@@ -1,9 +1,9 @@
 """HER2Radiomics: the 3D Slicer panel (Module / Widget / Logic / Test).
 
 A thin shell: the Widget only binds the .ui to a typed parameter node and displays what the
-controller (:mod:`HER2RadiomicsModuleLib.controller`) says can run; the Logic inherits every behaviour
-from :class:`HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (MRML only, tested on ``slicer-core``);
-all computation is in ``HER2RadiomicsLib``.
+controller (:mod:`HER2RadiomicsModuleLib.controller`) says can run; the Logic inherits every
+behaviour from :class:`HER2RadiomicsModuleLib.core.HER2RadiomicsCoreLogic` (MRML only, tested on
+``slicer-core``); all computation is in ``HER2RadiomicsLib``.
 
 Library names come from its public face (``from HER2RadiomicsLib import ...``) inside the
 methods: Slicer loads this module before the library's dependencies (numpy, SimpleITK,
@@ -395,7 +395,7 @@ class HER2RadiomicsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             finish(job)
         except Cancelled:
             slicer.util.showStatusMessage(_("Cancelled: ") + job.name, 3000)
-        except Exception as exc:  # shown to the user as one line, not a traceback
+        except Exception as exc:  # noqa: BLE001 -- shown to the user as one line, not a traceback
             slicer.util.errorDisplay(_("Failed: ") + f"{job.name}: {exc}")
         self.updateGUI()
 

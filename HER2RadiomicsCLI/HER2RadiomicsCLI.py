@@ -456,7 +456,7 @@ def main(argv=None):
         import pandas as pd
         # the face imports lazily: asking for an imaging name loads numpy and SimpleITK now
         from HER2RadiomicsLib import HER2Error, atomic_write_text  # noqa: F401
-    except Exception as exc:    # a broken install: one line, not a traceback
+    except Exception as exc:  # noqa: BLE001 -- a broken install: one line, not a traceback
         print(f"error: HER2RadiomicsLib cannot be imported ({type(exc).__name__}: {exc})",
               file=sys.stderr)
         return 2
@@ -506,7 +506,7 @@ def main(argv=None):
     except (HER2Error, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:    # last line of defence: one line, never a traceback
+    except Exception as exc:  # noqa: BLE001 -- last line of defence: one line, never a traceback
         print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,6 @@ clean their staging folders and locks and replace nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

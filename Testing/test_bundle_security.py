@@ -31,7 +31,8 @@ def _frame(seed=0, n=120, p=8):
 def _pipeline(X, y):
     from imblearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-    from HER2RadiomicsLib.modelling.transformers import ColumnSelector, LassoSelector, make_classifier
+    from HER2RadiomicsLib.modelling.transformers import (ColumnSelector, LassoSelector,
+                                                         make_classifier)
     return Pipeline([("select", ColumnSelector()),
                      ("scale", StandardScaler().set_output(transform="pandas")),
                      ("lasso", LassoSelector(cv=3, n_alphas=5)),
@@ -384,7 +385,8 @@ def _pipelines_of_every_recipe():
     import warnings
     from HER2RadiomicsLib.modelling.transformers import CLASSIFIERS
     from HER2RadiomicsLib.modelling.nomogram import NomogramModel
-    from HER2RadiomicsLib.modelling.study import build_pipeline, list_recipes, load_recipe, task_spec
+    from HER2RadiomicsLib.modelling.study import (build_pipeline, list_recipes, load_recipe,
+                                                  task_spec)
     rng = np.random.default_rng(0)
     n = 72
     regions = ["tumor", "peri_0-3mm", "peri_0-5mm", "peri_0-8mm"]

@@ -31,7 +31,8 @@ def _regions():
     out.append(("small 3x4", speckle, (abs(yy - 20) <= 1) & (abs(xx - 30) <= 1.5), (0.1, 0.1)))
     ring = disk & ((yy - 32) ** 2 + (xx - 40) ** 2 > 9 ** 2)
     out.append(("concave annulus", speckle, ring, (0.08, 0.12)))
-    irregular = (np.hypot(yy - 30, (xx - 38) * 0.7) < 14 + 5 * np.sin(np.arctan2(yy - 30, xx - 38) * 5))
+    irregular = (np.hypot(yy - 30, (xx - 38) * 0.7)
+                 < 14 + 5 * np.sin(np.arctan2(yy - 30, xx - 38) * 5))
     out.append(("irregular lobulated", rng.normal(120, 35, (h, w)), irregular, (0.2, 0.1)))
     line = np.zeros((h, w), bool)
     line[10:50, 40] = True
@@ -215,7 +216,7 @@ def test_native_driver_equals_pyradiomics_on_cohort_rings(params, cohort, tmp_pa
         regs = build_regions(li.image, mask, "3,5,8")
         ref, _ = ref_fx.extract(li.image, regs.masks)
         together = ours.execute_many(li.image, regs.masks)    # the regions in one pass
-        for region, m in regs.masks.items():
+        for region in regs.masks:
             got = {k: v for k, v in together[region].items()
                    if not k.startswith("diagnostics_")}
             want = {k.split("__", 1)[1]: v for k, v in ref.items()

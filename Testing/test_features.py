@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from radiomics import featureextractor
 
 from HER2RadiomicsLib.errors import InputError, SpacingUnknownError
-from HER2RadiomicsLib.extraction.features import (FeatureExtractor, aggregate_patients, list_presets,
-                                       load_params)
+from HER2RadiomicsLib.extraction.features import (FeatureExtractor, aggregate_patients,
+                                                  list_presets, load_params)
 
 radiomics.setVerbosity(logging.ERROR)
 
@@ -209,7 +209,8 @@ def test_shared_filter_path_equals_separate_execute(preset, phantom):
         for k, v in ref.items():
             if k.startswith("diagnostics_"):
                 if "Versions" not in k and "Configuration" not in k:
-                    assert str(diags[f"{region}__{k}"]) == str(
-                        __import__("HER2RadiomicsLib.extraction.features", fromlist=["x"])._jsonable(v)), k
+                    features = __import__("HER2RadiomicsLib.extraction.features",
+                                          fromlist=["x"])
+                    assert str(diags[f"{region}__{k}"]) == str(features._jsonable(v)), k
             else:
                 assert ours[f"{region}__{k}"] == float(v), (region, k)

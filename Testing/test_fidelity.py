@@ -212,8 +212,8 @@ def test_synthetic_cohort_carries_ihc_fish_groups_and_sln(cohort):
 
 @pytest.mark.parametrize("preset, images, count", [("yin2024", 14, 1311), ("zhao2025", 10, 939)])
 def test_preset_feature_counts_are_those_the_deviations_table_states(preset, images, count):
-    """The Deviations table (docs/presets.md): 93 first-order and texture features per image plus 9 2D
-    shape features; neither paper's count (1,561, 1,409) minus 9 is a multiple of 93."""
+    """The Deviations table (docs/presets.md): 93 first-order and texture features per image plus
+    9 2D shape features; neither paper's count (1,561, 1,409) minus 9 is a multiple of 93."""
     from HER2RadiomicsLib.extraction.features import FeatureExtractor
     rng = np.random.default_rng(0)
     import SimpleITK as sitk

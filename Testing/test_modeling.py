@@ -1,6 +1,4 @@
 """Modelling building blocks: sklearn conventions, ComBat vs neuroCombat, selectors, bundles."""
-import io
-import json
 import zipfile
 
 import numpy as np
@@ -10,9 +8,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from HER2RadiomicsLib.errors import InputError, ModelError
 from HER2RadiomicsLib.modelling.harmonization import ComBat
-from HER2RadiomicsLib.modelling.transformers import (ColumnSelector, CorrelationFilter, LassoSelector,
-                                       MedianImputer, StableFeatureFilter, UnivariateFilter,
-                                       URFModule, VarianceFilter, make_classifier, rad_score)
+from HER2RadiomicsLib.modelling.transformers import (ColumnSelector, CorrelationFilter,
+                                                     LassoSelector, MedianImputer,
+                                                     StableFeatureFilter, UnivariateFilter,
+                                                     URFModule, VarianceFilter, make_classifier,
+                                                     rad_score)
 from HER2RadiomicsLib.modelling.nomogram import NomogramModel
 
 # ComBat needs a DataFrame with a site column and NomogramModel named predictors, so

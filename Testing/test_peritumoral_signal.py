@@ -5,7 +5,6 @@ features alone on the same test patients, with a paired DeLong CI of the differe
 excludes zero. Before the stroma texture was planted, no ring scenario could beat intra.
 """
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 

@@ -53,6 +53,10 @@ def test_formulas_from_anova_by_hand():
     r = icc_arrays(Y[None])
     assert r["ICC1"][0] == pytest.approx((msr - msw) / (msr + (k - 1) * msw), abs=1e-12)
     assert r["ICC3k"][0] == pytest.approx((msr - mse) / msr, abs=1e-12)
+    # ICC(2,1) and ICC(2,k) are the only forms that use the between-reader mean square
+    assert r["ICC2"][0] == pytest.approx(
+        (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n), abs=1e-12)
+    assert r["ICC2k"][0] == pytest.approx((msr - mse) / (msr + (msc - mse) / n), abs=1e-12)
     assert r["ICC2_F"][0] == pytest.approx(msr / mse, abs=1e-12)
     assert r["ICC1_p"][0] == pytest.approx(stats.f.sf(msr / msw, n - 1, n * (k - 1)), abs=1e-12)
 

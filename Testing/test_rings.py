@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from HER2RadiomicsLib.cli import main
 from HER2RadiomicsLib.errors import InputError, SpacingUnknownError
-from HER2RadiomicsLib.imaging.rings import RingSpec, build_regions, detect_fov, parse_rings, ring_specs
+from HER2RadiomicsLib.imaging.rings import (RingSpec, build_regions, detect_fov, parse_rings,
+                                            ring_specs)
 
 from conftest import disk_mask, make_image
 

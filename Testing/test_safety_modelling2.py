@@ -8,7 +8,6 @@ The tables are built here (30 patients, four features, a two-step recipe): a ref
 stops before any fit, so each CLI call takes about a second.
 """
 import csv
-import json
 import resource
 import subprocess
 import sys

@@ -166,7 +166,8 @@ def test_case_card_escapes_every_prediction_field():
         warnings=[SCRIPT])
     meta = {"recipe": SCRIPT, "classes": [IMG, SVG], "positive_class": SVG, "label_col": IMG,
             "threshold": 0.5, "regions": [SVG], "sites": [IMG], "clinical": [SCRIPT],
-            "versions": {IMG: SVG}, "params_name": SCRIPT, "params_hash": "0" * 12 + SVG, "created": IMG,
+            "versions": {IMG: SVG}, "params_name": SCRIPT, "params_hash": "0" * 12 + SVG,
+            "created": IMG,
             "training": {"n": {"train": IMG, "test": 1, "external": SVG}, "unit": SCRIPT,
                          "primary": IMG},
             "metrics": {"test": {"n": IMG, "unit": SCRIPT, "auc": SVG, "auc_delong_ci_low": IMG,

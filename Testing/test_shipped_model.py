@@ -71,7 +71,6 @@ def test_noise_is_flagged_not_trusted():
 
 
 def _dicom(path, modality, arr):
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     fm = FileMetaDataset()

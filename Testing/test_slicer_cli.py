@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2RadiomicsCLI"))
-import HER2RadiomicsCLI as CLI  # noqa: E402
+import HER2RadiomicsCLI as CLI
 
 
 def test_single_image_with_label(cohort, tmp_path, capsys):

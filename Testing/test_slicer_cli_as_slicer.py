@@ -14,7 +14,6 @@ What Slicer does, read in its sources (``Base/Logic/vtkSlicerCLIModuleLogic.cxx`
 Each test builds that command line from the XML, runs it as a separate process and reads the
 outputs back only as Slicer would.
 """
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET

@@ -121,7 +121,8 @@ def test_module_follows_the_template_roles():
     src = MODULE.read_text()
     assert "@parameterNodeWrapper" in src and "tryWithErrorDisplay" in src
     # the self-test runs the real logic (no skips)
-    test = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "HER2RadiomicsTest")
+    test = next(n for n in tree.body
+                if isinstance(n, ast.ClassDef) and n.name == "HER2RadiomicsTest")
     body = ast.unparse(test)
     for step in ("startAutoSegment", "buildRings", "startFeatureExtraction", "startPrediction",
                  "predict", "saveReport"):
@@ -327,7 +328,8 @@ def test_pytorch_is_asked_for_once_with_our_floor_and_fails_in_one_line(monkeypa
 
 
 ALLOWED_AT_IMPORT = {"os", "sys", "logging", "threading", "dataclasses", "pathlib", "typing",
-                     "importlib", "hashlib", "json", "tempfile", "numpy", "SimpleITK", "qt", "ctk", "vtk", "slicer",
+                     "importlib", "hashlib", "json", "tempfile", "numpy", "SimpleITK", "qt", "ctk",
+                     "vtk", "slicer",
                      "HER2RadiomicsModuleLib"}
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HER2Radiomics"))
-from HER2RadiomicsModuleLib.controller import STEPS, PanelState, parseRingsText, stepStatus  # noqa: E402
+from HER2RadiomicsModuleLib.controller import STEPS, PanelState, parseRingsText, stepStatus
 
 READY = PanelState(volumeSelected=True, spacingKnown=True, tumourSegment=True,
                    bundleLoaded=True, predictionDone=True, readerSegmentations=2)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 pytest.importorskip("trame_slicer")
 
-from HER2RadiomicsLib.station.store import StudyStore  # noqa: E402
+from HER2RadiomicsLib.station.store import StudyStore
 
 _names = (f"station-test-{i}" for i in itertools.count())
 

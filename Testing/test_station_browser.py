@@ -8,8 +8,6 @@ includes the stroke; the coordinator shows the Dice an independent computation g
 restarted reader process resumes the queue; a reader cannot open the coordinator view or
 another reader's station.
 """
-import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -11,15 +11,14 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
 pytest.importorskip("playwright.sync_api")
 pytest.importorskip("trame_slicer")
 
-from HER2RadiomicsLib.station.commands import Supervisor, start_processes  # noqa: E402
-from test_station_browser import (_new_study, _stroke, _wait_text, browser,  # noqa: E402,F401
+from HER2RadiomicsLib.station.commands import Supervisor, start_processes
+from test_station_browser import (_new_study, _stroke, _wait_text, browser,  # noqa: F401
                                   pytestmark)
 
 BRUSH = "PaintEffectState__brush_diameter_slider__SliderState__value"

@@ -14,7 +14,7 @@ from HER2RadiomicsLib.imaging.synth import SITES, generate_cohort
 def test_deterministic(tmp_path):
     a = generate_cohort(tmp_path / "a", n_cases=3, seed=11, reader_fraction=0)
     b = generate_cohort(tmp_path / "b", n_cases=3, seed=11, reader_fraction=0)
-    c = generate_cohort(tmp_path / "c", n_cases=3, seed=12, reader_fraction=0)
+    generate_cohort(tmp_path / "c", n_cases=3, seed=12, reader_fraction=0)
     assert a.read_text() == b.read_text()
     ia = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a/images/P0001-1.png")))
     ib = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b/images/P0001-1.png")))

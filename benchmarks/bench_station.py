@@ -25,7 +25,7 @@ from pathlib import Path
 
 # print the JSON, save it with --out (the same for every benchmark)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit  # noqa: E402
+from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -2,8 +2,9 @@
 
 For N images of ``../shared/datasets/busbra`` (every 16th image in the dataset's order, so all
 scanners and sizes are represented), spacing 0.1 mm, the tumour and the 3/5/8 mm rings as
-annuli (tumour, 0-3, 3-5, 5-8 mm) or, with ``--nested``, nested (0-3, 0-5, 0-8 mm): extracts every feature of each shipped preset with both
-engines and reports the worst relative difference per feature class and image type
+annuli (tumour, 0-3, 3-5, 5-8 mm) or, with ``--nested``, nested (0-3, 0-5, 0-8 mm): extracts
+every feature of each shipped preset with both engines and reports the worst relative
+difference per feature class and image type
 (``|a - b| / max(|a|, |b|)``, 0 where ``|a - b| <= 1e-12``) and where it occurs.
 
 Usage: python scripts/busbra_parity.py [--root ../shared/datasets/busbra] [--n 100]
@@ -16,12 +17,12 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -49,7 +49,7 @@ RINGS = "3,5,8"
 
 
 def pyenv_python(version: str) -> Path:
-    """pyenv's newest interpreter of ``version`` (e.g. 3.12 -> .../versions/3.12.1/bin/python3.12)."""
+    """pyenv's newest interpreter of ``version`` (e.g. 3.12 -> .../3.12.1/bin/python3.12)."""
     root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True,
                                check=True).stdout.strip())
     found = sorted((p for p in (root / "versions").glob(f"{version}.*")

@@ -11,7 +11,7 @@ import slicer
 try:
     import HER2Radiomics
     HER2Radiomics.HER2RadiomicsTest().runTest()
-except Exception:  # any failure must turn into a non-zero exit code for the caller
+except Exception:  # noqa: BLE001 -- any failure must turn into a non-zero exit code for the caller
     traceback.print_exc()
     slicer.util.exit(1)
 else:

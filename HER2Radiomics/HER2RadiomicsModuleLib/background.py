@@ -47,7 +47,7 @@ class Job:
     def _run(self):
         try:
             self.result = self._function(self)
-        except Exception as exc:  # reported to the GUI as a one-line message, never lost
+        except Exception as exc:  # noqa: BLE001 -- reported to the GUI as a one-line message, never lost
             self.error = exc
         finally:
             self.progress = 1.0 if self.error is None else self.progress

@@ -2,8 +2,8 @@
 
 ``HER2RadiomicsLogic`` (in ``HER2Radiomics.py``) inherits from :class:`HER2RadiomicsCoreLogic`;
 all computation is in HER2RadiomicsLib, and the node conversions are in
-:mod:`HER2RadiomicsModuleLib.mrml`. The same class runs in Slicer and, in the tests, on the PyPI package
-``slicer-core`` (``slicer.mrmlScene`` set by the caller; no ``slicer.app``).
+:mod:`HER2RadiomicsModuleLib.mrml`. The same class runs in Slicer and, in the tests, on the PyPI
+package ``slicer-core`` (``slicer.mrmlScene`` set by the caller; no ``slicer.app``).
 
 Example (Slicer's Python console)::
 
@@ -23,7 +23,6 @@ import importlib.util
 import logging
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +123,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
         if uids and self.dicomFileForInstance is not None:
             try:
                 found = self.dicomFileForInstance(uids.split()[0])
-            except Exception as exc:      # a database that cannot answer: spacing as loaded
+            except Exception as exc:  # noqa: BLE001 -- a database that cannot answer: spacing as loaded
                 log.info("%s: %s", uids, exc)
                 return None
             return Path(found) if found else None
@@ -156,7 +155,7 @@ class HER2RadiomicsCoreLogic(LongSteps):
                     loaded = read_image(path)
                     self._fileSpacing[key] = (tuple(float(s) for s in loaded.spacing_mm),
                                               loaded.spacing_source)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- any read failure: see below
                     # never cached: the read may work once the dependencies are installed.
                     # A DICOM's calibration is then unknown, not Slicer's 1 x 1 mm placeholder
                     log.info("%s: %s", path, exc)

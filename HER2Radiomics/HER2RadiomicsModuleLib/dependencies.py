@@ -38,7 +38,8 @@ def _requirementsModule():
     try:
         from HER2RadiomicsLib import requirements
     except ImportError:  # running from a source tree: the library sits beside this folder
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        here = os.path.abspath(__file__)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(here))))
         from HER2RadiomicsLib import requirements
     return requirements
 
@@ -142,7 +143,7 @@ class SlicerInstaller:
         accepted = inspect.signature(logic.installTorch).parameters
         try:
             torch = logic.installTorch(**{k: v for k, v in wanted.items() if k in accepted})
-        except Exception as exc:   # pip's CalledProcessError when offline: one line, no log
+        except Exception as exc:  # noqa: BLE001 -- pip's CalledProcessError when offline: one line, no log
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise RuntimeError("PyTorch could not be installed (no network, or no build for "
                                f"this computer?): {first}") from None

@@ -301,7 +301,7 @@ class FeatureExtractor:
                     res, filtered = _execute_shared(ex, image, m, filtered)
                 else:
                     res = ex.execute(image, m, label=label)
-            except Exception as exc:  # pyradiomics raises ValueError/RuntimeError/AssertionError
+            except Exception as exc:  # noqa: BLE001 -- pyradiomics raises ValueError/RuntimeError/AssertionError
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if region == "tumor" or len(regions) == 1:
                     raise InputError(f"{path}: feature extraction failed for region "
@@ -498,7 +498,6 @@ def aggregate_patients(features, patient_ids, how: str = "mean"):
     pandas.DataFrame
         One row per patient; ``case_id`` holds the patient ID, ``n_images`` the count.
     """
-    import pandas as pd
     if how not in AGGREGATIONS:
         raise InputError(f"--aggregate {how!r}: choose one of {', '.join(AGGREGATIONS)}")
     df = features.drop(columns=["case_id"]).copy()

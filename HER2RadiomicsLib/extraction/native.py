@@ -312,7 +312,7 @@ class NativeExtractor:
         for name, mask in masks.items():
             try:
                 ready[name] = self._prepare(image, mask)
-            except Exception as exc:   # that region fails; the others go on
+            except Exception as exc:  # noqa: BLE001 -- that region fails; the others go on
                 results[name] = exc
         if self.resamples or len(ready) < 2:
             for name, (out, im, arr, roi, box) in ready.items():
@@ -321,7 +321,7 @@ class NativeExtractor:
                         out.update(self._texture(full[box], roi[box], im.GetSpacing(), kw,
                                                  prefix))
                     results[name] = out
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- that region fails; the others go on
                     results[name] = exc
             return {n: results[n] for n in masks}
         names = list(ready)
@@ -345,7 +345,7 @@ class NativeExtractor:
                         res = self._texture(full[box], roi[box], spacing, kw, prefix)
                     else:
                         res = {f"{prefix}_{k}": v for k, v in res.items()}
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- that region fails; the others go on
                     failed[n] = exc
                     continue
                 out.update(res)

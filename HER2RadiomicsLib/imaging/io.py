@@ -349,7 +349,7 @@ def _dicom_meta(path: Path):
     import pydicom
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises several unrelated types for corrupt files
+    except Exception as exc:  # noqa: BLE001 -- pydicom raises several unrelated types for corrupt files
         raise InputError(f"{path}: not a readable DICOM file ({exc})") from None
 
 
@@ -609,8 +609,8 @@ def read_mask(path, ref: LoadedImage, label: int | None = None,
     has_geometry = _suffix(path) not in RASTER_SUFFIXES
     grid_only = (not has_geometry) or ref.spacing_source in ("user", "unknown", "sidecar") \
         or ref.provenance.get("format") == "dicom"
-    if tuple(m2d.GetSize()) != tuple(ref_img.GetSize()) or (not grid_only
-                                                             and not _geometry_matches(m2d, ref_img)):
+    if tuple(m2d.GetSize()) != tuple(ref_img.GetSize()) or (
+            not grid_only and not _geometry_matches(m2d, ref_img)):
         if has_geometry and tuple(m2d.GetSize()) != tuple(ref_img.GetSize()):
             lo_m, hi_m = _extent(m2d)
             lo_i, hi_i = _extent(ref_img)

@@ -67,8 +67,8 @@ def parse_rings(text) -> list:
     try:
         given = [float(v) for v in items if str(v).strip() != ""]
     except ValueError:
-        raise InputError(f"--rings {text!r}: expected comma-separated distances in mm, e.g. 3,5,8") \
-            from None
+        raise InputError(f"--rings {text!r}: expected comma-separated distances in mm, "
+                         "e.g. 3,5,8") from None
     vals = sorted(set(given))
     if len(vals) != len(given):
         raise InputError(f"--rings {text!r}: a distance is given twice")
@@ -276,7 +276,8 @@ def build_regions(image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM, *,
             q = out.qc[ring]
             out.masks[name] = _like(arr, mask)
             out.qc[name] = {"area_mm2": float(arr.sum() * px_area), "area_px": int(arr.sum()),
-                            "unclipped_area_mm2": q["unclipped_area_mm2"] + out.qc["tumor"]["area_mm2"],
+                            "unclipped_area_mm2": (q["unclipped_area_mm2"]
+                                                   + out.qc["tumor"]["area_mm2"]),
                             "clipped_fraction": q["clipped_fraction"], "flagged": q["flagged"]}
         lm = tum.astype(np.uint8)
         out.labels = {"tumor": 1}

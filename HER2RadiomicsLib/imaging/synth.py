@@ -289,7 +289,8 @@ def simulate_case(rng, site: Site, p: dict, view_seed: int | None = None):
     for _ in range(3):
         scat = (vr.standard_normal((H, W)) + 1j * vr.standard_normal((H, W))) / np.sqrt(2)
         field = scat * amp
-        power += (ndi.gaussian_filter(field.real, sig) ** 2 + ndi.gaussian_filter(field.imag, sig) ** 2)
+        power += (ndi.gaussian_filter(field.real, sig) ** 2
+                  + ndi.gaussian_filter(field.imag, sig) ** 2)
     env = np.sqrt(power / 3)
     atten = 10 ** (-site.residual_atten_db_per_cm * np.clip(Z, 0, None) / 10 / 20 * 2)
     env = env * atten
@@ -341,14 +342,14 @@ def reader_contour(rng, geom, rad, reader: str, fov):
     k[5:] *= 0.25   # readers smooth out fine spicules
     smooth = np.fft.irfft(k, n=len(rad))
     th = np.linspace(0, 2 * np.pi, len(rad), endpoint=False)
-    wob = sum(rng.normal(0, 0.02) * np.cos(m * th + rng.uniform(0, 2 * np.pi)) for m in (2, 3, 4, 5))
+    wob = sum(rng.normal(0, 0.02) * np.cos(m * th + rng.uniform(0, 2 * np.pi))
+              for m in (2, 3, 4, 5))
     scale = 1 + _READER_BIAS[reader] + rng.normal(0, 0.025)
     m, _ = _lesion_mask(X, Z, x0, z0, a, b, smooth * scale * (1 + wob), rot)
     return m & fov
 
 
 def _write_dicom(path, img, site: Site, fov_bbox, case_id, patient_id, seed):
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     grey = img if img.ndim == 2 else np.round(img[..., :3] @ [0.299, 0.587, 0.114]).astype(np.uint8)
@@ -477,7 +478,8 @@ def _generate_patient(i, seed, out: Path, with_readers: bool, second_view_fracti
     for v in range(n_views):
         rng.bit_generator.state = state      # same anatomy and lesion, new speckle per view
         cid = f"{pid}-{v + 1}"
-        img, les, fov, info, geom = simulate_case(rng, site, p, view_seed=int(np.random.SeedSequence([seed, i, v, 7]).generate_state(1)[0]))
+        view_seed = int(np.random.SeedSequence([seed, i, v, 7]).generate_state(1)[0])
+        img, les, fov, info, geom = simulate_case(rng, site, p, view_seed=view_seed)
         ys, xs = np.nonzero(fov)
         bbox = (xs.min(), ys.min(), xs.max(), ys.max())
         _write_dicom(out / "images" / f"{cid}.dcm", img, site, bbox, cid, pid, seed)

@@ -311,7 +311,7 @@ def _read_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, path="bundl
             data = fh.read(cap + 1)
     except MemoryError:
         raise
-    except Exception as exc:  # zlib.error, BadZipFile (CRC), encrypted, unknown method, ...
+    except Exception as exc:  # noqa: BLE001 -- zlib.error, BadZipFile (CRC), encrypted, unknown method, ...
         kind = type(exc).__name__ if type(exc).__module__ == "builtins" else \
             f"{type(exc).__module__}.{type(exc).__name__}"
         raise ModelError(f"{path}: corrupt bundle: entry {info.filename!r} does not "
@@ -335,7 +335,7 @@ def _open_zip(path):
         z = zipfile.ZipFile(path)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
-    except Exception as exc:  # BadZipFile, and whatever a damaged directory makes zipfile raise
+    except Exception as exc:  # noqa: BLE001 -- BadZipFile, and whatever a damaged directory makes zipfile raise
         raise ModelError(f"{path}: not a HER2Radiomics bundle ({exc or 'empty file'})") \
             from None
     return z
@@ -420,7 +420,7 @@ def _check_skops_archive(blob: bytes, path) -> dict:
     ratio, schema depth and object graph); returns the parsed schema."""
     try:
         inner = zipfile.ZipFile(io.BytesIO(blob))
-    except Exception:  # BadZipFile, or a damaged directory
+    except Exception:  # noqa: BLE001 -- BadZipFile, or a damaged directory
         raise ModelError(f"{path}: the model is not a skops file (corrupt or disguised "
                          "content)") from None
     with inner:
@@ -457,7 +457,7 @@ def audit_types(blob: bytes, path="model", checked: bool = False) -> tuple:
     import skops.io as sio
     try:
         types = sio.get_untrusted_types(data=blob)
-    except Exception as exc:  # skops raises several types for a malformed file
+    except Exception as exc:  # noqa: BLE001 -- skops raises several types for a malformed file
         raise ModelError(f"{path}: unreadable skops model ({type(exc).__name__}: {exc})") \
             from None
     return [t for t in types if current_type_name(t) not in ALLOWED_TYPES], types
@@ -474,7 +474,7 @@ def _within(seconds: float, work, path):
     def run():
         try:
             result["value"] = work()
-        except BaseException as exc:   # handed to the caller, whatever it is
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller, whatever it is
             result["error"] = exc
     old = threading.stack_size()
     try:
@@ -503,7 +503,7 @@ def _load_skops(blob: bytes, path, trust: bool):
         with _legacy_module_aliases():
             return sio.loads(blob, trusted=list(types) if trust else
                              [t for t in types if current_type_name(t) in ALLOWED_TYPES])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- skops raises many types for a damaged file
         raise ModelError(f"{path}: cannot load the model ({type(exc).__name__}: {exc})") \
             from None
 

@@ -305,7 +305,7 @@ def _classes_problem(meta: dict, model_classes) -> str | None:
         from .study import class_names
         try:
             want = [str(c) for c in class_names(meta["task"])]
-        except Exception:       # an unknown task name or a malformed task: refused below
+        except Exception:  # noqa: BLE001 -- an unknown task name or a malformed task: refused below
             return f"task {meta['task']!r} is not a task of this library"
         if (classes != want) if binary else (set(classes) != set(want)):
             return f"classes {classes} are not the task's {want}"

@@ -190,7 +190,7 @@ def _predict_manifest(a, b, clinical: dict, names: list) -> tuple:
                                                           pixel_units=a.pixel_units)).prediction)
         except HER2Error as exc:
             errors.append({"case_id": case, "error": str(exc)})
-        except Exception as exc:  # one row's unforeseen failure never aborts the others
+        except Exception as exc:  # noqa: BLE001 -- one row's unforeseen failure never aborts the others
             errors.append({"case_id": case,
                            "error": f"unexpected {type(exc).__name__}: {exc}"})
     return preds, errors

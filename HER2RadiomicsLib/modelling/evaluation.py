@@ -187,7 +187,7 @@ def calibration(y, prob, n_bins: int = 10) -> dict:
             fit0 = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(),
                           offset=logit).fit()
         out["intercept"] = float(fit0.params[0])
-    except Exception:  # perfect separation etc.: report as undefined rather than fail
+    except Exception:  # noqa: BLE001 -- perfect separation etc.: report as undefined rather than fail
         out["slope"] = out["intercept"] = math.nan
     bins = max(2, min(n_bins, int(len(y) // 10)))
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))

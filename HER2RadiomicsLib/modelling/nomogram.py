@@ -51,7 +51,7 @@ class NomogramModel(ClassifierMixin, BaseEstimator):
             warnings.simplefilter("ignore")
             try:
                 res = sm.Logit(y, A).fit(disp=0, maxiter=200)
-            except Exception:  # perfect separation
+            except Exception:  # noqa: BLE001 -- perfect separation
                 try:
                     res = sm.Logit(y, A).fit_regularized(alpha=1e-3, disp=0)
                 except np.linalg.LinAlgError:      # collinear predictors: no fit exists

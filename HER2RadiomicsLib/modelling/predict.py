@@ -141,7 +141,7 @@ def known_clinical_names(bundle) -> list:
         import yaml
         recipe = yaml.safe_load(bundle.meta.get("recipe_yaml") or "") or {}
         names += [str(n) for n in recipe.get("clinical") or []]
-    except Exception:  # a recipe text we cannot read adds no names; the rest still apply
+    except Exception:  # noqa: BLE001 -- a recipe text we cannot read adds no names; the rest still apply
         pass
     names += list(CLINICAL_RANGES)
     return list(dict.fromkeys(names))

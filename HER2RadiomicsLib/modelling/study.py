@@ -48,11 +48,11 @@ from .tables import (_check_patient_labels, _check_sites, _check_varying_feature
 
 # names that moved to the modules above when this file was split, imported from here by
 # other code, scripts and tests (HierarchicalClassifier stays here: bundles record its path)
-from .recipes import (RECIPES_DIR, STEP_NAMES, SUPERVISED_STEPS, TASKS,  # noqa: F401,E402
+from .recipes import (RECIPES_DIR, STEP_NAMES, SUPERVISED_STEPS, TASKS,  # noqa: F401
                       list_recipes, required_rings, task_spec)
-from .splits import MIN_PATIENTS_PER_CLASS, patient_split, unit_level  # noqa: F401,E402
+from .splits import MIN_PATIENTS_PER_CLASS, patient_split, unit_level  # noqa: F401
 from .study_outputs import training_engine, training_ranges, training_spacing  # noqa: F401
-from .tables import id_problems  # noqa: F401,E402
+from .tables import id_problems  # noqa: F401
 
 
 @dataclass
@@ -258,7 +258,7 @@ def run(recipe, features_csv, labels_csv, out_dir, options: StudyOptions | None 
     for key, r in results.items():
         # fallbacks not in the papers (minimum feature counts, LASSO keeping nothing) that
         # fired when the model was fitted on the training patients
-        for step_name, step in r["model"].named_steps.items():
+        for step in r["model"].named_steps.values():
             if getattr(step, "fallback_", None):
                 notes.append(f"{key}: {step.fallback_}")
         notes += [f"{key}: {n}" for n in r["fit_notes"]]

@@ -128,7 +128,7 @@ def training_ranges(pipeline, Xtr: pd.DataFrame) -> dict:
     from .transformers import model_feature_names, rad_score
     try:
         used = model_feature_names(pipeline, Xtr)
-    except Exception:  # an exotic pipeline: fall back to every input column
+    except Exception:  # noqa: BLE001 -- an exotic pipeline: fall back to every input column
         used = []
     used = [c for c in used if c in Xtr.columns] or [
         c for c in pipeline.named_steps["select"].selected_features_ if c in Xtr.columns]

@@ -205,7 +205,8 @@ def _read_table(table, what: str) -> tuple:
 
 
 def icc_values_from_table(icc, form: str = "ICC2", use_lower_ci: bool = False) -> dict:
-    """``{feature: value}`` from an ``icc.csv`` table (path or DataFrame) for StableFeatureFilter."""
+    """``{feature: value}`` from an ``icc.csv`` table (path or DataFrame) for
+    StableFeatureFilter."""
     t, name = _read_table(icc, "ICC table")
     col = f"{form}_ci_low" if use_lower_ci else form
     if col not in t.columns or "feature" not in t.columns:
@@ -706,7 +707,6 @@ def make_classifier(name: str, random_state: int = 0, **params):
     from sklearn.naive_bayes import GaussianNB
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
-    from sklearn.svm import SVC
     from sklearn.tree import DecisionTreeClassifier
     defaults = {
         "svm": (_calibrated_svc, dict(kernel="rbf", gamma="scale", C=1.0,
@@ -780,7 +780,7 @@ def model_feature_names(pipeline, X) -> list:
 def _lasso_input(pipeline, X):
     """(LassoSelector, the values of its selected features) for rows ``X``."""
     steps = list(pipeline.named_steps.items()) if hasattr(pipeline, "named_steps") else []
-    for i, (name, step) in enumerate(steps):
+    for i, (_name, step) in enumerate(steps):
         if isinstance(step, LassoSelector):
             Xt = X
             for _, prev in steps[:i]:

@@ -285,7 +285,8 @@ def perturb_contour(mask: np.ndarray, spacing=(1.0, 1.0), grow_mm: float = 1.0,
     from scipy import ndimage as ndi
     m = np.asarray(mask, bool)
     samp = (spacing[1], spacing[0])
-    sd = ndi.distance_transform_edt(~m, sampling=samp) - ndi.distance_transform_edt(m, sampling=samp)
+    sd = (ndi.distance_transform_edt(~m, sampling=samp)
+          - ndi.distance_transform_edt(m, sampling=samp))
     out = {"original": m, f"grow_{grow_mm:g}mm": sd <= grow_mm,
            f"shrink_{grow_mm:g}mm": sd <= -grow_mm}
     rng = np.random.default_rng(seed)

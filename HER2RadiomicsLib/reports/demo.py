@@ -41,7 +41,7 @@ def _examples_figure(cohort_dir: Path, cohort: pd.DataFrame):
     from ..imaging.rings import build_regions
     # one typical case per site: a mid-sized lesion whose 8 mm ring stays inside the scan
     picks = []
-    for site, g in cohort.groupby("site", sort=True):
+    for _site, g in cohort.groupby("site", sort=True):
         g = g.iloc[(g["lesion_size_mm"] - g["lesion_size_mm"].median()).abs().argsort()]
         for _, r in g.head(8).iterrows():
             loaded, mask = load_case(cohort_dir / r["image"], cohort_dir / r["mask"])

@@ -32,7 +32,7 @@ def _plt():
 
 def plot_roc(curves: dict, path, n_boot: int = 500, seed: int = 0, title: str = "ROC"):
     """ROC curves with bootstrap 95 % bands; ``curves`` = {label: (y, score)}."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     grid = np.linspace(0, 1, 101)

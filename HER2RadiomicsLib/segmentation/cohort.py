@@ -249,7 +249,7 @@ def _segment_one(row, model, device, threads=None):
                 "cnn_flags": "; ".join(flags + res.info["flags"])}
     except HER2Error as exc:
         return {"case_id": row["case_id"], "error": str(exc)}
-    except Exception as exc:  # keep the cohort going; the error table names the case
+    except Exception as exc:  # noqa: BLE001 -- keep the cohort going; the error table names the case
         return {"case_id": row["case_id"], "error": f"{row['image']}: {type(exc).__name__}: {exc}"}
 
 

@@ -156,7 +156,7 @@ def plan(store, port: int) -> list:
 def check_ports(host, ports) -> None:
     """Refuse ports that are taken, in one line, before any process loads Slicer."""
     import socket
-    for role, reader, port in ports:
+    for _role, reader, port in ports:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:

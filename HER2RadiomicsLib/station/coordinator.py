@@ -134,7 +134,7 @@ class CoordinatorStation:
                 await asyncio.sleep(PROGRESS_S)
                 try:
                     self.refresh()
-                except Exception:                    # noqa: BLE001 (a torn file: next time)
+                except Exception:                    # a torn file: next time
                     log.exception("progress refresh failed")
         from trame_server.utils.asynchronous import create_task
         create_task(loop())

@@ -230,20 +230,20 @@ def link_protocol(on_connect=None, on_close=None):
             self.signed_in: set = set()
             self.active: dict = {}               # client id -> time it said hello
 
-        def onConnect(self, request, client_id):            # noqa: N802 (wslink's name)
+        def onConnect(self, request, client_id):            # wslink's method name
             if request.get("h2r_signed_in"):
                 self.signed_in.add(client_id)
 
-        def onClose(self, client_id):                        # noqa: N802
+        def onClose(self, client_id):
             self.signed_in.discard(client_id)
             was_active = self.active.pop(client_id, None) is not None
             if was_active and not self.active and on_close is not None:
                 try:
                     on_close()
-                except Exception:                            # noqa: BLE001 (never crash)
+                except Exception:                            # never crash the server
                     log.exception("on_close failed")
 
-        async def validateToken(self, token, client_id):     # noqa: N802
+        async def validateToken(self, token, client_id):
             if client_id not in self.signed_in:
                 return False
             for old in [c for c in self.active if c != client_id]:
@@ -252,7 +252,7 @@ def link_protocol(on_connect=None, on_close=None):
             if on_connect is not None:
                 try:
                     on_connect()
-                except Exception:                            # noqa: BLE001
+                except Exception:
                     log.exception("on_connect failed")
             return True
 

@@ -183,10 +183,10 @@ def angle_weights(angles: np.ndarray, spacing, weighting_norm, kind: str) -> np.
     if kind == "glcm":
         w = np.empty(len(angles))
         for k, a in enumerate(np.abs(angles) * sp):
-            w[k] = {"infinity": lambda: math.exp(-max(a) ** 2),
-                    "euclidean": lambda: math.exp(-np.sum(a ** 2)),
-                    "manhattan": lambda: math.exp(-np.sum(a) ** 2)}.get(weighting_norm,
-                                                                         lambda: 1.0)()
+            w[k] = {"infinity": lambda a=a: math.exp(-max(a) ** 2),
+                    "euclidean": lambda a=a: math.exp(-np.sum(a ** 2)),
+                    "manhattan": lambda a=a: math.exp(-np.sum(a) ** 2)}.get(weighting_norm,
+                                                                             lambda: 1.0)()
         return w
     return np.array([{"infinity": lambda a: max(a),
                       "euclidean": lambda a: math.sqrt(np.sum(a ** 2)),

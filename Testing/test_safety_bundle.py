@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from HER2RadiomicsLib.errors import ModelError
-from test_bundle_security import _entries, _reseal  # Testing/ is on sys.path
+from test_bundle_allowlist import _entries, _reseal  # Testing/ is on sys.path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing"
 

@@ -149,7 +149,7 @@ def test_train_never_empties_a_folder_it_did_not_make(tiny_training, tmp_path):
     assert rc == 2
     one_error_line(err, "not empty and was not made")
     assert snapshot(data) == before
-    # (a rerun into a folder train made replaces only train's files: test_reliability's
+    # (a rerun into a folder train made replaces only train's files: test_outputs_atomic's
     # staged_dir tests) -- but such a folder is not another command's to write into
     from HER2RadiomicsLib.outputs import claim_folder
     model = claim_folder(tmp_path / "model", "train")

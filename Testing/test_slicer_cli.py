@@ -179,7 +179,7 @@ def test_manifest_runs_through_the_batch_engine_and_resumes(cohort, tmp_path, ca
 def _tiny_bundle(path, feats):
     """A five-feature tumour-only bundle whose features vary around one real case's values;
     returns the bundle's path and its input columns."""
-    from test_bundle_security import _pipeline
+    from test_bundle_allowlist import _pipeline
     from HER2RadiomicsLib.extraction.features import load_params
     from HER2RadiomicsLib.modelling.bundle import save_bundle
     cols = [c for c in feats if "firstorder" in c][:5]

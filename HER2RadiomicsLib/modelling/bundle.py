@@ -91,7 +91,7 @@ _LOAD_STACK_BYTES = 64 * 2**20
 # Exact type names our pipelines add to skops' own default-trusted set (scikit-learn
 # estimators, numpy arrays and dtypes, plain containers). Derived from what every shipped
 # recipe produces with each of the seven classifiers, tuned or not, flat or hierarchical
-# (Testing/test_bundle_security.py rebuilds them and checks the list covers them and holds
+# (Testing/test_bundle_allowlist.py rebuilds them and checks the list covers them and holds
 # nothing that can run code, open files or import modules).
 ALLOWED_TYPES = frozenset({
     "HER2RadiomicsLib.modelling.harmonization.ComBat",

@@ -356,7 +356,7 @@ def test_segment_manifest_feeds_extract_from_another_folder(cohort, tmp_path, mo
 
 
 def test_predict_manifest_with_no_success_keeps_previous_table(cohort, tmp_path, capsys):
-    from test_bundle_security import _frame, _meta, _pipeline
+    from test_bundle_allowlist import _frame, _meta, _pipeline
     from HER2RadiomicsLib.modelling.bundle import save_bundle
     X, y = _frame()
     b = save_bundle(tmp_path / "b.zip", {"pipeline": _pipeline(X, y), "nomogram": None},

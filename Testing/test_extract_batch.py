@@ -15,7 +15,7 @@ from HER2RadiomicsLib.errors import InputError
 def manifest(cohort, tmp_path):
     """The cohort manifest plus one broken case (unreadable mask file) and one empty-mask case.
 
-    (A missing file is refused for the whole manifest before any work: see test_reliability.)
+    (A missing file is refused for the whole manifest before any work: see test_outputs_atomic.)
     """
     rows = list(csv.DictReader(open(cohort / "cohort.csv")))[:4]
     for r in rows:

@@ -283,7 +283,7 @@ def test_region_bits_round_trip_overlapping_rings():
 def _small_bundle(tmp_path, loaded, truth):
     """A two-class bundle on the tumour's first-order features (cui2023, no rings)."""
     import pandas as pd
-    from test_bundle_security import _pipeline
+    from test_bundle_allowlist import _pipeline
     from HER2RadiomicsLib.extraction.features import FeatureExtractor, load_params
     from HER2RadiomicsLib.modelling.bundle import save_bundle
     feats, _ = FeatureExtractor("cui2023").extract(loaded.image, {"tumor": truth})

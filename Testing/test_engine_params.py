@@ -125,7 +125,7 @@ def test_bundle_from_the_other_engine_predicts_and_says_so(cohort, tmp_path):
     import numpy as np
     import pandas as pd
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_bundle_security import _pipeline
+    from test_bundle_allowlist import _pipeline
     from HER2RadiomicsLib.modelling.bundle import save_bundle
     from HER2RadiomicsLib.extraction.features import load_params
     res = _cli(["extract", "--manifest", cohort / "cohort.csv", "--params", "cui2023",

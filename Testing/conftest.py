@@ -58,3 +58,13 @@ def interrupt_at_call(monkeypatch, n: int):
         return real(row, cfg, gs)
     monkeypatch.setattr(batch, "_safe_case", flaky)
     return real
+
+
+@pytest.fixture
+def scene():
+    """A fresh MRML scene (slicer-core) set as ``slicer.mrmlScene``, cleared afterwards."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core provides MRML for these tests")
+    s = slicer.vtkMRMLScene()
+    slicer.mrmlScene = s
+    yield s
+    s.Clear(1)

@@ -14,13 +14,6 @@ from HER2RadiomicsModuleLib import core as C  # noqa: E402
 from HER2RadiomicsModuleLib import mrml as M  # noqa: E402
 
 
-@pytest.fixture
-def scene():
-    s = slicer.vtkMRMLScene()
-    slicer.mrmlScene = s
-    yield s
-    s.Clear(1)
-
 
 def _oblique_image(spacing=(0.2, 0.3)):
     rng = np.random.default_rng(1)

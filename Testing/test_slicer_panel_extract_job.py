@@ -121,13 +121,6 @@ class EmulatedCliNode(slicer.vtkMRMLCommandLineModuleNode):
         self.proc.kill()
 
 
-@pytest.fixture
-def scene():
-    s = slicer.vtkMRMLScene()
-    slicer.mrmlScene = s
-    yield s
-    s.Clear(1)
-
 
 def runCli(scene, started):
     def run(parameters):

@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from HER2RadiomicsLib.modelling.study import (build_pipeline, fit_grouped, list_recipes,
-                                              load_recipe, oof_predictions, run, task_spec)
+from HER2RadiomicsLib.modelling.splits import Target
+from HER2RadiomicsLib.modelling.study import (StudyOptions, build_pipeline, fit_grouped,
+                                              list_recipes, load_recipe, oof_predictions, run,
+                                              task_spec)
 from HER2RadiomicsLib.modelling.transformers import icc_values_from_table, transform_until
 
 RECIPES = list_recipes()
@@ -325,7 +327,7 @@ def test_null_data_inner_cv_auc_stays_near_chance(name):
                 p, _ = oof_predictions(
                     lambda yt, seed=seed: build_pipeline(
                         recipe, ["tumor"], recipe["primary"], y_train=yt, seed=seed),
-                    X, y, g, np.unique(y), 1 if binary else None, seed)
+                    X, y, g, Target(list(np.unique(y)), 1 if binary else None), seed)
             auc = roc_auc_score(y, p) if binary else roc_auc_score(y, p, multi_class="ovr")
         aucs.append(auc)
     assert np.mean(aucs) < NULL_AUC_BOUND, f"{name}: AUC on noise {np.round(aucs, 3)}"
@@ -483,8 +485,8 @@ def test_run_with_icc_keeps_what_the_named_form_and_threshold_keep(icc_csv, tmp_
     features, labels = _run_tables(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run(recipe, features, labels, tmp_path / "out", icc=icc_csv, repeats=0, n_boot=20,
-            make_bundle=False, progress=False)
+        run(recipe, features, labels, tmp_path / "out", StudyOptions(
+            icc=icc_csv, repeats=0, n_boot=20, make_bundle=False, progress=False))
     assert kept, "the run fitted no ICC filter"
     assert all(k == _expected_kept(threshold) for k in kept), (
         f"kept {kept[0]}; {EXPECTED_FORM} > {threshold} keeps {_expected_kept(threshold)}")

@@ -82,6 +82,8 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
             sel = UnivariateFilter(test=kw.pop("test", "mannwhitney"),
                                    p_threshold=kw.pop("p_threshold", 0.05),
                                    fold_change=kw.pop("fold_change", 1.0),
+                                   # cui2023: higher in the positive class
+                                   fold_change_direction=kw.pop("fold_change_direction", "up"),
                                    min_features=kw.pop("min_features", 3))
             target.append(("urf", URFModule(selector=sel, functions=functions, **kw)))
         elif name == "correlation":

@@ -38,6 +38,15 @@ SUPERVISED_STEPS = ("smote", "univariate", "urf", "correlation")
 UNITS = ("patients", "images")
 
 
+#: the imaging modality a recipe's paper used; the features here come from ultrasound
+#: whatever it says (a mammography protocol is run as written on ultrasound images)
+MODALITIES = ("ultrasound", "mammography")
+
+
+#: the columns of one ``deviations`` row (docs/presets.md's "paper -> ours -> why" table)
+DEVIATION_KEYS = ("paper", "ours", "why")
+
+
 def list_recipes() -> list:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
@@ -76,6 +85,7 @@ def load_recipe(name_or_path, _chain=()) -> dict:
     r.setdefault("label_col", "her2")
     r.setdefault("batch_col", "site")
     r.setdefault("clinical", [])
+    r.setdefault("modality", "ultrasound")
     if isinstance(r["classifiers"], list) and r["classifiers"]:
         r.setdefault("primary", r["classifiers"][0])
     r.setdefault("evaluation", {})
@@ -99,7 +109,7 @@ def _step_settings() -> dict:
             "combat": params(ComBat, "batch_col", "forbidden_covariates"),
             "univariate": params(UnivariateFilter),
             "urf": params(URFModule, "selector", "functions") | {
-                "test", "p_threshold", "fold_change", "min_features"},
+                "test", "p_threshold", "fold_change", "fold_change_direction", "min_features"},
             "correlation": params(CorrelationFilter),
             "lasso": params(LassoSelector, "screen", "resample")}
 
@@ -120,6 +130,7 @@ _SETTING_RULES = {
     "min_variance": (float, lambda v: v >= 0, "a number, 0 or more"),
     "test": (str, lambda v: v in ("ttest", "welch", "mannwhitney", "anova", "kruskal"),
              "ttest, welch, mannwhitney, anova or kruskal"),
+    "fold_change_direction": (str, lambda v: v in ("up", "either"), "up or either"),
     "estimator": (str, lambda v: v in ("logistic", "lasso"), "logistic or lasso"),
     "unknown_site": (str, lambda v: v in ("error", "estimate", "average"),
                      "error, estimate or average"),
@@ -232,6 +243,35 @@ def validate_recipe(r: dict, where=None) -> None:
             bad(f"evaluation {key} {v!r}: must be {what}")
     if ev.get("unit", "patients") not in UNITS:
         bad(f"evaluation unit {ev['unit']!r} (choose from {', '.join(UNITS)})")
+    _validate_provenance(r, bad)
+
+
+def _text(v) -> bool:
+    """A non-empty one-line string (reports and the model card print it as one line)."""
+    return isinstance(v, str) and bool(v.strip()) and "\n" not in v.strip()
+
+
+def _validate_provenance(r: dict, bad) -> None:
+    """The keys that say how a recipe differs from its paper (shown in every report and model
+    card): ``modality``, ``protocol_note``, ``assumed``, ``deviations``."""
+    if r.get("modality", "ultrasound") not in MODALITIES:
+        bad(f"modality {r['modality']!r}: choose {' or '.join(MODALITIES)}")
+    if r.get("protocol_note") is not None and not _text(r["protocol_note"]):
+        bad("protocol_note must be one line of text")
+    assumed = r.get("assumed")
+    if assumed is not None and (not isinstance(assumed, list)
+                                or not all(_text(a) for a in assumed)):
+        bad("assumed must be a list of one-line texts (the protocol steps the paper does "
+            "not give)")
+    devs = r.get("deviations")
+    if devs is None:
+        return
+    if not isinstance(devs, list):
+        bad("deviations must be a list of {paper: ..., ours: ..., why: ...}")
+    for i, d in enumerate(devs, 1):
+        if not isinstance(d, dict) or set(d) != set(DEVIATION_KEYS) or \
+                not all(_text(d[k]) for k in DEVIATION_KEYS):
+            bad(f"deviation {i} must have exactly paper, ours and why, each one line of text")
 
 
 def task_spec(task) -> dict:

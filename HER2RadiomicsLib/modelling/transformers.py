@@ -271,8 +271,15 @@ class UnivariateFilter(_Selector):
     fdr : bool
         Benjamini-Hochberg adjusted p-values instead of raw ones.
     fold_change : float, optional
-        Two classes only: also require max(m1/m0, m0/m1) > fold_change on class means (cui2023
-        uses 1). Features whose class means differ in sign or are 0 pass this rule.
+        Two classes only: also require a fold change of the class means above this value
+        (cui2023 uses 1), in the direction ``fold_change_direction`` says.
+    fold_change_direction : {"either", "up"}
+        ``"either"``: max(m1/m0, m0/m1) > fold_change, so a feature lower in the positive class
+        passes too (features whose class means differ in sign or are 0 pass this rule).
+        ``"up"``: m1/m0 > fold_change, with m1 the mean of the positive class (label 1, the
+        larger label) and m0 that of the negative one: the feature is higher in the positive
+        class (cui2023's rule). Where a class mean is 0 or negative the ratio is no fold
+        change; such a feature passes when m1 > m0 (the direction alone).
     min_features : int
         If fewer pass, keep the ``min_features`` smallest p-values (a warning says so), so that
         a pipeline never ends up with no feature.
@@ -281,11 +288,12 @@ class UnivariateFilter(_Selector):
     """
 
     def __init__(self, test="ttest", p_threshold=0.05, fdr=False, fold_change=None,
-                 min_features=1, passthrough=()):
+                 fold_change_direction="either", min_features=1, passthrough=()):
         self.test = test
         self.p_threshold = p_threshold
         self.fdr = fdr
         self.fold_change = fold_change
+        self.fold_change_direction = fold_change_direction
         self.min_features = min_features
         self.passthrough = passthrough
 
@@ -315,16 +323,30 @@ class UnivariateFilter(_Selector):
         keep = p < self.p_threshold
         if self.fold_change is not None and len(classes) == 2:
             m0, m1 = groups[0].mean(axis=0), groups[1].mean(axis=0)
+            # a model unpickled from before the setting existed used the symmetric rule
+            direction = getattr(self, "fold_change_direction", "either")
             with np.errstate(all="ignore"):
                 ratio = m1 / m0
-                fc = np.where(ratio > 0, np.maximum(ratio, 1 / ratio), np.inf)
-            keep &= fc > self.fold_change
+                if direction == "up":
+                    fc_ok = np.where((m0 > 0) & (m1 > 0), ratio > self.fold_change, m1 > m0)
+                elif direction == "either":
+                    fc = np.where(ratio > 0, np.maximum(ratio, 1 / ratio), np.inf)
+                    fc_ok = fc > self.fold_change
+                else:
+                    raise InputError("UnivariateFilter: fold_change_direction must be 'up' or "
+                                     f"'either', not {direction!r}")
+            keep &= fc_ok
         self.fallback_ = None
         if keep.sum() < self.min_features:
             order = np.argsort(p)[:self.min_features]
             # not in the papers: reported in the run's notes when it fires on the final fit
+            rule = f"p < {self.p_threshold:g}"
+            if self.fold_change is not None and len(classes) == 2:
+                rule += (f" and fold change > {self.fold_change:g}"
+                         + (" (higher in the positive class)"
+                            if getattr(self, "fold_change_direction", "either") == "up" else ""))
             self.fallback_ = (f"univariate filter: {int(keep.sum())} feature(s) passed "
-                              f"p < {self.p_threshold:g}; kept the {self.min_features} "
+                              f"{rule}; kept the {self.min_features} "
                               "smallest p-values (fallback, not in the paper)")
             # expected in small CV folds; INFO, not WARNING (shown with -v)
             log.info("UnivariateFilter: only %d feature(s) pass p < %g; keeping the %d "
@@ -650,7 +672,8 @@ class URFModule(_Selector):
     Parameters
     ----------
     selector : estimator
-        Finds the differential features (default: Mann-Whitney p < 0.05 and fold change > 1).
+        Finds the differential features (default: Mann-Whitney p < 0.05 and fold change > 1
+        of the positive over the negative class mean: higher in HER2-positive, cui2023's rule).
     functions : dict or None
         ``{feature: [function, ...]}`` (see :func:`function_sets_from_table`). None: no
         auxiliaries (plain differential features).
@@ -667,7 +690,7 @@ class URFModule(_Selector):
         from sklearn.base import clone
         X = self._validated(X, y, two=True)
         sel = clone(self.selector) if self.selector is not None else UnivariateFilter(
-            test="mannwhitney", p_threshold=0.05, fold_change=1.0)
+            test="mannwhitney", p_threshold=0.05, fold_change=1.0, fold_change_direction="up")
         sel.fit(X, y)
         diff = list(sel.selected_features_)
         self.fallback_ = getattr(sel, "fallback_", None)

@@ -207,7 +207,8 @@ def run_demo(a) -> int:
 
     runs = {}
     with _stage(times, "5 models (" + ", ".join(DEMO_RECIPES) + ")") as st:
-        from .modelling.study import StudyOptions, load_recipe, run
+        from .modelling.recipes import load_recipe
+        from .modelling.study import StudyOptions, run
         from .reports.study import render_study
         st.cached = all(cache.valid(f"model:{m}", out / "models" / m / "metrics.json")
                         for m in DEMO_RECIPES)

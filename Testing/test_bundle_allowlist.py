@@ -262,6 +262,39 @@ def test_bundle_saved_before_the_package_layout_still_loads(good, tmp_path, caps
     assert rc == 0, err
 
 
+def test_hierarchical_bundle_naming_the_class_by_its_old_module_still_loads(tmp_path):
+    """The hierarchical classifier moved from ``modelling.study`` to ``modelling.pipelines``;
+    a bundle whose schema names the old module loads (through the old module's export) and
+    predicts exactly what the new one does."""
+    from imblearn.pipeline import Pipeline
+    from HER2RadiomicsLib.modelling.bundle import load_bundle, save_bundle
+    from HER2RadiomicsLib.modelling.pipelines import HierarchicalClassifier
+    from HER2RadiomicsLib.modelling.transformers import ColumnSelector, make_classifier
+    X, _ = _frame(n=150)
+    y = np.array(["zero", "low", "positive"])[np.arange(len(X)) % 3]
+    pl = Pipeline([("select", ColumnSelector()),
+                   ("classifier", HierarchicalClassifier(make_classifier("logistic")))]).fit(X, y)
+    meta = _meta(X, classes=["zero", "low", "positive"], positive_class=None, task="three_class")
+    p = save_bundle(tmp_path / "new.zip", {"pipeline": pl, "nomogram": None}, meta)
+    e = _entries(p)
+    inner = zipfile.ZipFile(io.BytesIO(e["model.skops"]))
+    files = {n: inner.read(n) for n in inner.namelist()}
+    new, old = ('"HER2RadiomicsLib.modelling.pipelines"', '"HER2RadiomicsLib.modelling.study"')
+    assert new in files["schema.json"].decode()
+    files["schema.json"] = files["schema.json"].decode().replace(new, old).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    doc = json.loads(e["bundle.json"])
+    doc["model_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    old_path = _write(tmp_path / "old.zip", {"bundle.json": json.dumps(_reseal(doc)),
+                                              "model.skops": buf.getvalue()})
+    b = load_bundle(old_path)
+    assert type(b.pipeline[-1]) is HierarchicalClassifier
+    np.testing.assert_array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))
+
+
 def test_newer_format_and_format_without_digest(good, tmp_path, capsys):
     p, csv, _, _ = good
     e = _entries(p)

@@ -104,7 +104,7 @@ ALLOWED_TYPES = frozenset({
     "HER2RadiomicsLib.modelling.transformers.UnivariateFilter",
     "HER2RadiomicsLib.modelling.transformers.VarianceFilter",
     "HER2RadiomicsLib.modelling.nomogram.NomogramModel",
-    "HER2RadiomicsLib.modelling.study.HierarchicalClassifier",
+    "HER2RadiomicsLib.modelling.pipelines.HierarchicalClassifier",
     "imblearn.over_sampling._smote.base.SMOTE",
     "imblearn.pipeline.Pipeline",
     "sklearn.calibration._CalibratedClassifier",
@@ -128,10 +128,19 @@ LEGACY_MODULES = {
 }
 
 
+#: classes that moved between modules after bundles naming the old path were written; the old
+#: module still exports the class, so skops finds it there
+LEGACY_TYPES = {
+    "HER2RadiomicsLib.modelling.study.HierarchicalClassifier":
+        "HER2RadiomicsLib.modelling.pipelines.HierarchicalClassifier",
+}
+
+
 def current_type_name(name: str) -> str:
     """A type name with a pre-0.2 module path replaced by the module the class lives in now."""
     module, _, cls = name.rpartition(".")
-    return f"{LEGACY_MODULES.get(module, module)}.{cls}"
+    name = f"{LEGACY_MODULES.get(module, module)}.{cls}"
+    return LEGACY_TYPES.get(name, name)
 
 
 @contextlib.contextmanager

@@ -302,7 +302,7 @@ def _classes_problem(meta: dict, model_classes) -> str | None:
         return f"classes {classes!r} repeats a name"
     binary = meta.get("positive_class") is not None
     if "task" in meta:
-        from .study import class_names
+        from .recipes import class_names
         try:
             want = [str(c) for c in class_names(meta["task"])]
         except Exception:  # noqa: BLE001 -- an unknown task name or a malformed task: refused below

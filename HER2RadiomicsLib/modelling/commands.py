@@ -53,7 +53,7 @@ def register(sub):
 
 
 def cmd_recipes(a) -> int:
-    from .study import list_recipes, load_recipe
+    from .recipes import list_recipes, load_recipe
     for name in list_recipes():
         print(f"{name:26s} {load_recipe(name).get('title', '')}")
     return 0
@@ -122,7 +122,7 @@ def cmd_predict(a) -> int:
         return 0
     names = [str(n) for n in b.nomogram.predictors[1:]] if b.nomogram is not None else []
     if a.features:
-        from .study import id_problems, load_table
+        from .tables import id_problems, load_table
         rows = load_table(a.features, "feature")
         # a case id that extract would refuse (a spreadsheet formula, a path) is that row's
         # error, as in a manifest; the other rows are predicted

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import InputError
 from .recipes import SUPERVISED_STEPS, task_spec
@@ -109,7 +110,6 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
                            scoring="roc_auc" if "classes" not in task else "roc_auc_ovr")
     if task.get("hierarchical"):
         # defined in .study, which imports this module: bundles record its path there
-        from .study import HierarchicalClassifier
         clf = HierarchicalClassifier(clf)
     steps.append(("classifier", clf))
     return Pipeline(steps)
@@ -178,3 +178,41 @@ def _proba(model, X, classes, positive):
         return P[:, list(model.classes_).index(1)]
     order = [list(model.classes_).index(c) for c in classes]
     return P[:, order]
+
+
+class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
+    """Two binary stages: HER2-positive vs not, then HER2-low vs zero among the rest.
+
+    P(positive) = p1; P(low) = (1 - p1) p2; P(zero) = (1 - p1)(1 - p2).
+    """
+
+    def __init__(self, estimator=None, classes=("zero", "low", "positive")):
+        self.estimator = estimator
+        self.classes = classes
+
+    def fit(self, X, y):
+        from sklearn.base import clone
+        y = np.asarray(y).astype(str)
+        zero, low, pos = self.classes
+        from .transformers import cap_neighbors
+        neg = y != pos
+        Xn = X[neg] if hasattr(X, "iloc") else np.asarray(X)[neg]
+        stages, caps = [], []
+        for Xs, ys in ((X, (y == pos).astype(int)), (Xn, (y[neg] == low).astype(int))):
+            est = clone(self.estimator)
+            caps.append(cap_neighbors(est, len(ys)))     # stage 2 learns from fewer rows
+            stages.append(est.fit(Xs, ys))
+        self.stage1_, self.stage2_ = stages
+        caps = [c for c in caps if c]
+        if caps:
+            _note_cap(self, (caps[0][0], min(c[1] for c in caps)))
+        self.classes_ = np.array(self.classes)
+        return self
+
+    def predict_proba(self, X):
+        p1 = self.stage1_.predict_proba(X)[:, 1]
+        p2 = self.stage2_.predict_proba(X)[:, 1]
+        return np.column_stack([(1 - p1) * (1 - p2), (1 - p1) * p2, p1])
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

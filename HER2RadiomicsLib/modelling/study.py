@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import InputError
-from .pipelines import _note_cap, _proba, build_pipeline, fit_grouped
+from .pipelines import _proba, build_pipeline, fit_grouped
 from .recipes import (UNITS, _has_step, _multiclass_notes, class_names, load_recipe,
                       validate_recipe)
 from .splits import (Design, ExternalSite, StudyData, Target, _assign_test_set,
@@ -47,7 +46,9 @@ from .tables import (_check_patient_labels, _check_sites, _check_varying_feature
                      make_target, prepare)
 
 # names that moved to the modules above when this file was split, imported from here by
-# other code, scripts and tests (HierarchicalClassifier stays here: bundles record its path)
+# other code, scripts and tests; bundles saved before the split name the hierarchical
+# classifier by this module's path (bundle.LEGACY_TYPES)
+from .pipelines import HierarchicalClassifier  # noqa: F401
 from .recipes import (RECIPES_DIR, STEP_NAMES, SUPERVISED_STEPS, TASKS,  # noqa: F401
                       list_recipes, required_rings, task_spec)
 from .splits import MIN_PATIENTS_PER_CLASS, patient_split, unit_level  # noqa: F401
@@ -558,41 +559,3 @@ def _summary(sr: StudyRun, t0: float) -> dict:
                                         float(np.percentile(rep, 75))]} if rep else {})},
         "selected_features": sel, "nomogram": nomo_res, "notes": notes,
         "seconds": round(time.time() - t0, 1)}
-
-
-class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
-    """Two binary stages: HER2-positive vs not, then HER2-low vs zero among the rest.
-
-    P(positive) = p1; P(low) = (1 - p1) p2; P(zero) = (1 - p1)(1 - p2).
-    """
-
-    def __init__(self, estimator=None, classes=("zero", "low", "positive")):
-        self.estimator = estimator
-        self.classes = classes
-
-    def fit(self, X, y):
-        from sklearn.base import clone
-        y = np.asarray(y).astype(str)
-        zero, low, pos = self.classes
-        from .transformers import cap_neighbors
-        neg = y != pos
-        Xn = X[neg] if hasattr(X, "iloc") else np.asarray(X)[neg]
-        stages, caps = [], []
-        for Xs, ys in ((X, (y == pos).astype(int)), (Xn, (y[neg] == low).astype(int))):
-            est = clone(self.estimator)
-            caps.append(cap_neighbors(est, len(ys)))     # stage 2 learns from fewer rows
-            stages.append(est.fit(Xs, ys))
-        self.stage1_, self.stage2_ = stages
-        caps = [c for c in caps if c]
-        if caps:
-            _note_cap(self, (caps[0][0], min(c[1] for c in caps)))
-        self.classes_ = np.array(self.classes)
-        return self
-
-    def predict_proba(self, X):
-        p1 = self.stage1_.predict_proba(X)[:, 1]
-        p2 = self.stage2_.predict_proba(X)[:, 1]
-        return np.column_stack([(1 - p1) * (1 - p2), (1 - p1) * p2, p1])
-
-    def predict(self, X):
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]

@@ -145,7 +145,7 @@ def _model_section(out: Path, name: str, s: dict):
     from .study import model_table, threshold_table
     m = s["models"][s["primary"]]
     binary = s["positive"] is not None
-    from ..modelling.study import class_names
+    from ..modelling.recipes import class_names
     kp = [("task", task_text({"classes": class_names(s["task"]), "label_col": s["label_col"],
                               "positive_class": s["positive"]})),
           (f"train / test / external ({s.get('unit', 'images')})",

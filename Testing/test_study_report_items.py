@@ -385,3 +385,22 @@ def test_new_sections_escape_recipe_and_data_text(tmp_path):
     assert_inert(write_report(tmp_path, s, {}, {}, {"pipeline": [{SCRIPT: {IMG: SVG}}, SVG],
                                                     "classifiers": [SCRIPT]})
                  .read_text(encoding="utf-8"))
+
+
+def test_train_cli_lets_the_user_declare_synthetic_labels(monkeypatch, tmp_path):
+    """--synthetic-labels / --real-labels reach the run's options (None: recognise)."""
+    import HER2RadiomicsLib.modelling.study as study
+    from HER2RadiomicsLib.cli import build_parser
+    seen = []
+
+    def fake_run(recipe, features, labels, out, opts):
+        seen.append(opts.synthetic)
+        raise SystemExit(0)
+    monkeypatch.setattr(study, "run", fake_run)
+    base = ["train", "--recipe", "x", "--features", "f.csv", "--labels", "l.csv", "--out",
+            str(tmp_path / "o")]
+    for extra, want in (([], None), (["--synthetic-labels"], True), (["--real-labels"], False)):
+        a = build_parser().parse_args(base + extra)
+        with pytest.raises(SystemExit):
+            a.func(a)
+        assert seen[-1] is want

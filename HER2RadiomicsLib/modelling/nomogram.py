@@ -11,12 +11,17 @@ run`).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
+
+if TYPE_CHECKING:                      # annotations only: splits imports nothing from here
+    from .splits import StudyData
 
 
 class NomogramModel(ClassifierMixin, BaseEstimator):

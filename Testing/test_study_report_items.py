@@ -113,6 +113,8 @@ def test_bootstrap_count_actually_used_per_interval(full):
     assert m["nomogram"]["test"]["auc_boot_n"] == N_BOOT
     models = _section(full["html"], "Models")
     assert f"bootstrap: {N_BOOT} stratified resamples" in models
+    op = _section(full["html"], "Operating point (primary model)")
+    assert f"bootstrap: {N_BOOT} stratified" in op
     assert "2,000" not in full["html"] and "2000 " not in models
 
 

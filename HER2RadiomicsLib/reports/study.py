@@ -149,7 +149,7 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict, recipe=Non
         sections.append(("Operating point (primary model)", H.table(threshold_table(prim))
                          + H.fmt("<p class='muted'>Threshold {:.3f} (Youden on training "
                                  "out-of-fold predictions). Wilson 95% CIs; F1 by "
-                                 "bootstrap.</p>", prim["threshold"])))
+                                 "{}.</p>", prim["threshold"], _boot_text(summary))))
     sections += [x for x in (SS.sample_size_section(summary),
                              SS.multiple_testing_section(summary)) if x]
     order = [("roc_test", "ROC, test set (95% bootstrap bands)"),

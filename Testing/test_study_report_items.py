@@ -406,3 +406,22 @@ def test_train_cli_lets_the_user_declare_synthetic_labels(monkeypatch, tmp_path)
         with pytest.raises(SystemExit):
             a.func(a)
         assert seen[-1] is want
+
+
+def test_external_validation_status_when_the_external_site_is_the_test_set(tmp_path):
+    """yin2024's design (test_size 0): site B is the test set; the card says validated there
+    (it used to say "not done", the external metrics being empty), and so do the checklists."""
+    from HER2RadiomicsLib.modelling.study import StudyOptions, run
+    from HER2RadiomicsLib.reports.study import render_study
+    d = _tables(tmp_path / "t", with_prov=False, with_truth=False)
+    r = _recipe()
+    r["evaluation"] = {**r["evaluation"], "external_site": "B", "test_size": 0}
+    sr = run(r, d / "features.csv", d / "cohort.csv", d / "out",
+             StudyOptions(progress=False, make_bundle=False))
+    s = render_study(sr)
+    n_b = int((pd.read_csv(d / "cohort.csv")["site"] == "B").sum())
+    assert s["n"]["test"] == n_b and s["n"]["external"] == 0
+    assert s["model_card"]["external_validation"].startswith("done on site B")
+    assert str(n_b) in s["model_card"]["external_validation"]
+    rows = _checklist(d / "out", "tripod_ai_checklist.csv")
+    assert next(r for r in rows if "external validation" in r["topic"])["status"] == "reported"

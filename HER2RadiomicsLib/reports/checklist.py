@@ -34,11 +34,20 @@ def _where(*sections) -> str:
     return "; ".join(f"report.html: {s}" for s in sections)
 
 
+def _externally_validated(summary: dict) -> bool:
+    """An external site was evaluated: as an extra set, or as the test set (yin2024)."""
+    card = summary.get("model_card") or {}
+    if str(card.get("external_validation", "")).startswith("done"):
+        return True
+    return bool((summary.get("models", {}).get(summary.get("primary"), {}) or {})
+                .get("external"))
+
+
 def clear_rows(summary: dict, shown: set) -> list:
     """The 58 CLEAR items for this run; ``shown``: the report's section headings."""
     sel_sec = S_RADSCORE if S_RADSCORE in shown else S_SELECTED
     nomo = S_NOMO in shown
-    ext = bool((summary.get("models", {}).get(summary.get("primary"), {}) or {}).get("external"))
+    ext = _externally_validated(summary)
     icc = S_ICC in shown
     r = []
 
@@ -169,8 +178,8 @@ def tripod_rows(summary: dict, shown: set) -> list:
     """The TRIPOD+AI (Collins et al., BMJ 2024) modelling and evaluation items a training
     run answers or leaves open."""
     nomo = S_NOMO in shown
-    ext = bool((summary.get("models", {}).get(summary.get("primary"), {}) or {}).get("external"))
     card = summary.get("model_card") or {}
+    ext = _externally_validated(summary)
     r = []
 
     def add(no, item, status, where="", note=""):
@@ -190,8 +199,8 @@ def tripod_rows(summary: dict, shown: set) -> list:
     add("12f", "comparison with a clinical-only model", REPORTED if nomo else NOT_DONE,
         _where(S_NOMO) if nomo else "", "" if nomo else "no nomogram in this run")
     add("13", "external validation", REPORTED if ext else NOT_DONE,
-        _where(S_MODELS) if ext else "", "" if ext else str(card.get(
-            "external_validation", "not done")) + ": no external site was held out")
+        _where(S_MODELS, S_CARD) if ext else "", str(card.get("external_validation", ""))
+        if ext else "no external site was held out")
     add("20", "participants, flow and class counts", REPORTED, _where(S_SUMMARY, S_CARD))
     add("23", "model specification (coefficients, threshold)", REPORTED,
         _where(S_OPERATING if S_OPERATING in shown else S_MODELS))

@@ -30,6 +30,12 @@ def register(sub):
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int)
     p.add_argument("--jobs", type=int, default=1)
+    syn = p.add_mutually_exclusive_group()
+    syn.add_argument("--synthetic-labels", dest="synthetic", action="store_const", const=True,
+                     help="the labels are synthetic (stated in the model card and report); "
+                          "the built-in synthetic cohort is recognised by itself")
+    syn.add_argument("--real-labels", dest="synthetic", action="store_const", const=False,
+                     help="the labels are real (overrides the synthetic-cohort recognition)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predict new patients with a model bundle")
@@ -65,7 +71,8 @@ def cmd_train(a) -> int:
     from .study import StudyOptions, run
     ext = None if a.no_external else (a.external_site or "recipe")
     opts = StudyOptions(icc=a.icc, functions=a.functions, repeats=a.repeats, external_site=ext,
-                        n_boot=a.bootstrap, jobs=a.jobs, seed=a.seed)
+                        n_boot=a.bootstrap, jobs=a.jobs, seed=a.seed,
+                        synthetic=getattr(a, "synthetic", None))
     # built aside and swapped in at the end: a failed run leaves an earlier model folder intact
     with staged_dir(a.out) as stage:
         # the run computes and writes its data and bundle; the report layer draws from it

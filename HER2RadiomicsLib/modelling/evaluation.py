@@ -238,6 +238,9 @@ def evaluate_binary(y, prob, threshold: float, n_boot: int = 2000, seed: int = 0
     cal = calibration(y, prob)
     out.update(brier=cal["brier"], calibration_slope=cal["slope"],
                calibration_intercept=cal["intercept"])
+    # the resamples actually drawn, beside each bootstrap interval (metrics.json, report)
+    out["auc_boot_n"] = out["f1_boot_n"] = int(n_boot)
+    out["caveats"] = ci_caveats(out)
     return out
 
 
@@ -259,6 +262,52 @@ def evaluate_multiclass(y, proba, classes, n_boot: int = 2000, seed: int = 0) ->
     boots = [macro(i) for i in stratified_bootstrap_indices(y, n_boot, seed)]
     out["auc_macro_ci_low"], out["auc_macro_ci_high"] = (float(np.percentile(boots, 2.5)),
                                                          float(np.percentile(boots, 97.5)))
+    out["auc_macro_boot_n"] = int(n_boot)
+    out["class_counts"] = {str(c): int((y == c).sum()) for c in classes}
     pred = np.asarray(classes)[proba.argmax(axis=1)]
     out["accuracy"] = float((pred == y).mean())
+    out["caveats"] = ci_caveats(out)
+    return out
+
+
+# -- when an interval says little ---------------------------------------------------------------
+
+#: fewer cases than this in a set's smaller class: its AUC interval and calibration rest on a
+#: handful of events (the usual ~10-events rule of thumb, Peduzzi et al. 1996)
+MIN_EVENTS = 10
+#: a calibration slope outside this range comes from (near-)separated data, not from a
+#: miscalibration that a recalibration could fix
+SLOPE_RANGE = (0.1, 10.0)
+
+
+def ci_caveats(d: dict) -> list:
+    """Plain sentences on when the intervals of one evaluated set say little: a perfect (or
+    null-width) AUC, fewer than :data:`MIN_EVENTS` events, a calibration slope that is not
+    estimable or outside :data:`SLOPE_RANGE`."""
+    out = []
+    n = d.get("n")
+    auc = d.get("auc", d.get("auc_macro"))
+    lo = d.get("auc_boot_ci_low", d.get("auc_macro_ci_low"))
+    hi = d.get("auc_boot_ci_high", d.get("auc_macro_ci_high"))
+    width = hi - lo if lo is not None and hi is not None else None
+    if auc is not None and (auc in (0.0, 1.0) or width == 0):
+        out.append(f"AUC {auc:.3f} with a {width or 0:.3f}-wide bootstrap interval on {n} cases: "
+                   "the classes are separated in this small set, so the interval does not "
+                   "describe the real uncertainty")
+    if "n_pos" in d:
+        counts = {"positive": d["n_pos"], "negative": n - d["n_pos"]}
+    else:
+        counts = dict(d.get("class_counts") or {})
+    if counts and min(counts.values()) < MIN_EVENTS:
+        txt = ", ".join(f"{v} {k}" for k, v in counts.items())
+        out.append(f"only {min(counts.values())} cases of the smallest class ({txt}; fewer "
+                   f"than {MIN_EVENTS} events): the intervals are unreliable")
+    slope = d.get("calibration_slope")
+    if slope is not None:
+        if not math.isfinite(slope):
+            out.append("calibration slope not estimable (separated classes)")
+        elif not SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]:
+            out.append(f"calibration slope {slope:.2f} is outside [{SLOPE_RANGE[0]:g}, "
+                       f"{SLOPE_RANGE[1]:g}]: the fit is (near-)separated and the slope is "
+                       "not interpretable")
     return out

@@ -41,6 +41,7 @@ from .recipes import (UNITS, _has_step, _multiclass_notes, class_names, load_rec
                       validate_recipe)
 from .splits import (Design, ExternalSite, StudyData, Target, _assign_test_set,
                      _check_class_sizes, _hold_out_external, oof_predictions, repeated_splits)
+from .nomogram import _fit_logistic, _fit_nomogram, _univariate_clinical  # noqa: F401
 from .study_outputs import write_outputs
 from .tables import (_check_patient_labels, _check_sites, _check_varying_features, load_table,
                      make_target, prepare)
@@ -81,6 +82,9 @@ class StudyOptions:
         Write ``model_bundle.zip`` of the primary model.
     progress : bool
         Print each model's test AUC as it is fitted.
+    synthetic : bool, optional
+        The labels are synthetic (not real patients'); None: recognise the built-in synthetic
+        cohort by itself. Stated in the model card and the report.
     """
     icc: object = None
     functions: object = None
@@ -91,6 +95,7 @@ class StudyOptions:
     seed: int | None = None
     make_bundle: bool = True
     progress: bool = True
+    synthetic: bool | None = None
 
 
 @dataclass
@@ -140,6 +145,10 @@ class StudyRun:
     summary : dict
         The content of ``metrics.json``; the paths of the written files are added to it
         (``bundle``, then ``figures`` and ``report`` when the report is drawn).
+    icc_values : dict or None
+        The reader-study ICCs given (``--icc``), for the report's table of selected features.
+    options : StudyOptions or None
+        The run's options as given.
     """
     recipe: dict
     out: Path
@@ -161,6 +170,8 @@ class StudyRun:
     nomogram_results: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    icc_values: dict | None = None
+    options: StudyOptions | None = None
 
     @property
     def primary_result(self) -> dict:
@@ -265,7 +276,8 @@ def run(recipe, features_csv, labels_csv, out_dir, options: StudyOptions | None 
         notes += [f"{key}: {n}" for n in r["fit_notes"]]
     sr = StudyRun(recipe=recipe, out=out, features_csv=features_csv, labels_csv=labels_csv,
                   features=feats, table=df, target=target, data=data, design=design,
-                  external_site=ext, results=results, predictions=preds, notes=notes)
+                  external_site=ext, results=results, predictions=preds, notes=notes,
+                  icc_values=icc_values, options=opt)
     sr.primary = best = _choose_primary(results, recipe["primary"], binary)
     primary = results[best]
     sr.comparisons = _compare_with_primary(results, preds, best, data.y_unit("test")) \
@@ -377,118 +389,6 @@ def _compare_with_primary(results, preds, best, yte) -> list:
             for k in results if k != best]
 
 
-def _fit_nomogram(recipe, primary, d: StudyData, preds, best, n_boot, seed, notes):
-    """Rad-score + clinical nomogram fitted on the training patients' out-of-fold Rad-scores;
-    evaluated on the test and external cases. Returns ``(model, results)``."""
-    from . import evaluation as E
-    from .nomogram import NomogramModel
-    from .transformers import rad_score
-    clinical = list(recipe.get("clinical") or [])
-    missing = [c for c in clinical if c not in d.dev.columns]
-    if missing:
-        notes.append(f"clinical column(s) {missing} missing: nomogram without them")
-        clinical = [c for c in clinical if c in d.dev.columns]
-    screening = {}
-    p_max = (recipe.get("clinical_selection") or {}).get("univariate_p")
-    if p_max is not None and clinical:
-        # the papers' clinical model: each candidate in a univariate logistic regression on
-        # the training patients; those with p < p_max enter the multivariate model
-        clinical, screening = _univariate_clinical(d, clinical, float(p_max))
-        notes.append("clinical variables by univariate logistic regression (p < "
-                     f"{float(p_max):g}): kept {clinical or 'none'} of {list(screening)}")
-    preds_cols = ["rad_score"] + clinical
-
-    def per_unit(split, X, radscore):
-        """Rad-score and clinical values per evaluation unit (clinical values are the
-        patient's, equal on every image); rows with a missing value are left out."""
-        ids, y, rs = d.per_unit(split, radscore)
-        Z = pd.DataFrame({"rad_score": rs}, index=ids)
-        if clinical:
-            key = X["patient_id" if d.unit == "patients" else "case_id"].astype(str)
-            vals = X[clinical].astype(float).groupby(key.to_numpy()).mean()
-            Z = Z.join(vals)
-        Z = Z[preds_cols]
-        ok = ~Z.isna().any(axis=1).to_numpy()
-        return Z[ok], y[ok], ok
-
-    # out-of-fold image Rad-scores (training), averaged per unit like the probabilities
-    Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
-    const = [c for c in clinical if Ztr[c].nunique() < 2]
-    if const:
-        # e.g. every training patient postmenopausal in a small cohort: the variable is
-        # collinear with the intercept and the logistic fit has no unique solution
-        notes.append(f"nomogram: clinical variable(s) {', '.join(const)} take a single value "
-                     f"in the {len(ytr_ok)} training {d.unit}: left out")
-        clinical = [c for c in clinical if c not in const]
-        preds_cols = ["rad_score"] + clinical
-        Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
-    nomo = _fit_logistic(NomogramModel, preds_cols, Ztr, ytr_ok)
-    if nomo is None and clinical:
-        # few patients for many predictors (or a predictor that separates the classes):
-        # the information matrix is singular and the odds ratios have no standard error
-        notes.append(f"nomogram: Rad-score + {len(clinical)} clinical variable(s) cannot be "
-                     f"fitted on {len(ytr_ok)} training {d.unit} (separation or collinearity); "
-                     "fitted on the Rad-score alone")
-        clinical, preds_cols = [], ["rad_score"]
-        Ztr, ytr_ok, _ = per_unit("train", d.Xtr, primary["oof_radscore"])
-        nomo = _fit_logistic(NomogramModel, preds_cols, Ztr, ytr_ok)
-    if nomo is None:
-        notes.append(f"nomogram: not fitted; the Rad-score separates the {len(ytr_ok)} "
-                     f"training {d.unit} perfectly or is constant there")
-        return None, {}
-    thr_n = E.youden_threshold(ytr_ok, nomo.predict_proba(Ztr)[:, 1])
-    res = {"predictors": preds_cols, "threshold": thr_n, "unit": d.unit,
-           **({"clinical_univariate_p": screening} if screening else {}),
-           "odds_ratios": nomo.odds_ratios().to_dict(orient="records")}
-    for name, Xs in (("test", d.Xte), ("external", d.dext)):
-        if not len(Xs) or len(np.unique(d.y_unit(name))) != 2:
-            continue
-        Z, yz, ok = per_unit(name, Xs, rad_score(primary["model"], Xs))
-        pz = nomo.predict_proba(Z)[:, 1]
-        res[name] = E.evaluate_binary(yz, pz, thr_n, n_boot, seed)
-        res[name]["unit"] = d.unit
-        preds[f"nomogram:{name}"] = (yz, pz)
-        if name == "test":
-            preds["radscore:test"] = (yz, Z["rad_score"].to_numpy())
-            # the radiomics model's test scores on the same units (complete clinical data)
-            res["delong_vs_radiomics"] = E.delong_test(yz, preds[best][1][ok], pz)
-    return nomo, res
-
-
-def _fit_logistic(model_cls, predictors, Z, y):
-    """A fitted nomogram-type logistic model, or None where the maximum-likelihood fit has no
-    finite solution or covariance (perfect separation, collinear or constant predictors, a
-    single class: small training sets)."""
-    if len(np.unique(y)) < 2 or len(y) <= len(predictors) + 1:
-        return None
-    try:
-        m = model_cls(predictors=tuple(predictors)).fit(Z, y)
-    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
-        return None
-    if not np.isfinite(np.r_[m.intercept_, m.coef_]).all():
-        return None
-    return m
-
-
-def _univariate_clinical(d: StudyData, candidates, p_max):
-    """``(kept, {variable: p})``: univariate logistic regression of the label on each
-    clinical variable over the training units (a patient's value is the mean of its rows)."""
-    from .nomogram import NomogramModel
-    key = d.Xtr["patient_id" if d.unit == "patients" else "case_id"].astype(str).to_numpy()
-    ids, y, _ = d.per_unit("train", np.zeros(len(d.Xtr)))
-    vals = d.Xtr[candidates].astype(float).groupby(key).mean().loc[ids]
-    pvals = {}
-    for c in candidates:
-        ok = vals[c].notna().to_numpy()
-        if ok.sum() < 10 or vals[c][ok].nunique() < 2:
-            pvals[c] = float("nan")
-            continue
-        m = _fit_logistic(NomogramModel, [c], vals.loc[ok, [c]], y[ok])
-        pvals[c] = float(m.pvalues_[1]) if m is not None else float("nan")
-    kept = [c for c in candidates if pvals[c] == pvals[c] and pvals[c] < p_max]
-    return kept, pvals
-
-
 def _n_selected(model):
     for name in ("lasso", "urf", "correlation", "univariate"):
         if name in model.named_steps:
@@ -530,6 +430,17 @@ def _summary(sr: StudyRun, t0: float) -> dict:
         sel = {"features": list(u.selected_features_),
                "differential": list(u.differential_features_),
                "auxiliary": list(u.auxiliary_features_)}
+    from .study_report_items import model_card, report_items
+    opt = sr.options or StudyOptions()
+    items = report_items(sr, sr.icc_values, opt.synthetic)
+    synth = items.pop("_synthetic")
+    base = {"unit": d.unit, "external_site": ext,
+            "n": {"all": int(len(ytr) + len(yte) + len(yext)), "train": int(len(ytr)),
+                  "test": int(len(yte)), "external": int(len(yext))},
+            "n_images": {"all": int(len(df)), "train": int(len(d.Xtr)),
+                         "test": int(len(d.Xte)), "external": int(len(d.dext))},
+            "class_counts": {"train": counts(ytr), "test": counts(yte),
+                             "external": counts(yext) if len(yext) else {}}}
     return {
         "recipe": recipe["name"], "title": recipe.get("title", recipe["name"]),
         "params": recipe.get("params", "default"),
@@ -538,13 +449,8 @@ def _summary(sr: StudyRun, t0: float) -> dict:
         "classes": [str(c) for c in classes], "positive": positive,
         "class_names": class_names(recipe["task"]),
         # every count, metric and plot is per evaluation unit (patients by default)
-        "unit": d.unit,
-        "n": {"all": int(len(ytr) + len(yte) + len(yext)), "train": int(len(ytr)),
-              "test": int(len(yte)), "external": int(len(yext))},
-        "n_images": {"all": int(len(df)), "train": int(len(d.Xtr)), "test": int(len(d.Xte)),
-                     "external": int(len(d.dext))},
-        "class_counts": {"train": counts(ytr), "test": counts(yte),
-                         "external": counts(yext) if len(yext) else {}},
+        "unit": d.unit, "n": base["n"], "n_images": base["n_images"],
+        "class_counts": base["class_counts"],
         "external_site": ext, "primary": best, "models": models,
         "comparisons": comparisons,
         "repeated_splits": {"n": len(rep), "aucs": rep, "unit": d.unit,
@@ -558,4 +464,5 @@ def _summary(sr: StudyRun, t0: float) -> dict:
                                 "iqr": [float(np.percentile(rep, 25)),
                                         float(np.percentile(rep, 75))]} if rep else {})},
         "selected_features": sel, "nomogram": nomo_res, "notes": notes,
+        **items, "model_card": model_card(sr, base, synth, items["protocol"]),
         "seconds": round(time.time() - t0, 1)}

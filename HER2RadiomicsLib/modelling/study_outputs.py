@@ -204,6 +204,9 @@ def _bundle(sr) -> Path:
         "training": {"n": summary["n"], "unit": summary["unit"],
                      "n_images": summary["n_images"], "class_counts": summary["class_counts"],
                      "primary": summary["primary"], "external_site": summary["external_site"]},
+        # intended use, limitations, training data, calibration, external validation,
+        # synthetic data, protocol notes: shown by the per-patient report's model card
+        **({"model_card": summary["model_card"]} if summary.get("model_card") else {}),
         "research_use_only": True}
     return save_bundle(out / "model_bundle.zip", {"pipeline": primary["model"], "nomogram": nomo},
                        meta)

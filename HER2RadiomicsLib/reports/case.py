@@ -187,7 +187,50 @@ def model_card_html(meta: dict) -> H.Html:
              ("created", meta.get("created")),
              ("versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())),
              ("model sha256", str(meta.get("model_sha256", ""))[:16] + "…")]
-    return H.kv_table(rows)
+    return H.kv_table(rows) + card_details_html(meta.get("model_card"))
+
+
+def card_details_html(card) -> H.Html:
+    """The model card's statements (intended use, limitations, training data, calibration,
+    external validation, synthetic data, protocol) from a bundle or a training run; every
+    value is text from metadata and is escaped. Bundles written before cards: nothing."""
+    if not isinstance(card, dict):
+        return H.Html("")
+    out = H.Html("")
+    if card.get("synthetic_data"):
+        out += H.el("p", H.el("b", str(card.get("synthetic_statement") or
+                                       "The training data are synthetic: labels not real.")),
+                    class_="synthetic")
+    rows = [("intended use", card.get("intended_use")), ("limitations", card.get("limitations"))]
+    td = card.get("training_data")
+    if isinstance(td, dict):
+        n, ni = td.get("n") or {}, td.get("n_images") or {}
+        cc = td.get("class_counts") or {}
+        rows += [("modality", td.get("modality")),
+                 ("training data", f"{n.get('all')} {td.get('unit', '')} "
+                                   f"({ni.get('all')} images); sites: "
+                                   f"{', '.join(map(str, td.get('sites') or [])) or 'unrecorded'}"),
+                 ("class counts", "; ".join(f"{k}: " + ", ".join(f"{c} {v}" for c, v in
+                                                                  (d or {}).items())
+                                            for k, d in cc.items() if d))]
+    cal = card.get("calibration")
+    if isinstance(cal, dict):
+        rows.append(("calibration", H.Html("; ").join(H.fmt("{}: slope {:.2f}, intercept {:.2f}", k,
+                                                    (v or {}).get("slope"),
+                                                    (v or {}).get("intercept"))
+                                              for k, v in cal.items())))
+    elif cal:
+        rows.append(("calibration", cal))
+    rows += [("external validation", card.get("external_validation")),
+             ("synthetic training data", "yes" if card.get("synthetic_data") else "no"),
+             ("protocol note", card.get("protocol_note"))]
+    if card.get("assumed_protocol"):
+        rows.append(("assumed protocol", "; ".join(map(str, card["assumed_protocol"]))))
+    for d in card.get("deviations") or []:
+        if isinstance(d, dict):
+            rows.append(("deviation", f"paper: {d.get('paper')} → ours: {d.get('ours')} "
+                                      f"({d.get('why')})"))
+    return out + H.kv_table([(k, v) for k, v in rows if v not in (None, "", [])])
 
 
 def prediction_card_html(pred, meta: dict, overlay_uri: str | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import html as H
-from .case import overlay_figure, prediction_card_html, task_text
+from .case import card_details_html, overlay_figure, prediction_card_html, task_text
 
 log = logging.getLogger(__name__)
 _n = H.text_num      # numbers read from the stages' JSON; anything else shown as text
@@ -294,7 +294,10 @@ def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, run
                                 "through what the Slicer panel does: CNN auto-mask → rings → "
                                 "features → model bundle. <code>her2radiomics report</code> "
                                 "writes the same card for any image.</p>")
-                         + prediction_card_html(pred, meta, uri, card["true_label"])))
+                         + prediction_card_html(pred, meta, uri, card["true_label"])
+                         # the bundle's model card: intended use, training data, synthetic
+                         + (H.el("h3", "Model card") + card_details_html(meta["model_card"])
+                            if meta.get("model_card") else H.Html(""))))
     st = [(k, v) for k, v in settings.items()]
     t = pd.DataFrame([{"stage": k, "computed (s)": v, "this run (s)": timings["this_run"][k],
                        "": "cached" if k in timings["cached"] else ""}

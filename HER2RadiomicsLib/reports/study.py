@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import html as H
+from . import study_sections as SS
 
 _n = H.text_num      # table cells are plain text: H.table escapes them
 
@@ -31,7 +32,9 @@ def model_table(summary) -> pd.DataFrame:
     binary = summary["positive"] is not None
     for k, m in summary["models"].items():
         row = {"model": f"{k}" + (" ★" if k == summary["primary"] else ""),
-               "features": m.get("n_selected")}
+               # a count: "5", never "5.000" (a model without a selector has none)
+               "features": SS.count(m["n_selected"]) if m.get("n_selected") is not None
+               else ""}
         for split in ("train_oof", "test", "external"):
             d = m.get(split)
             if not d:
@@ -47,6 +50,11 @@ def model_table(summary) -> pd.DataFrame:
                 row[f"{split} macro AUC (95% CI)"] = (
                     f"{_n(d['auc_macro'])} ({_n(d['auc_macro_ci_low'])}–"
                     f"{_n(d['auc_macro_ci_high'])})")
+        # one plain sentence next to the numbers when an interval says little
+        cav = "  ".join(f"{split}: {SS.caveat_text(m.get(split))}" for split in
+                        ("test", "external") if SS.caveat_text(m.get(split)))
+        if cav:
+            row["caveat"] = cav
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -57,12 +65,13 @@ def threshold_table(m) -> pd.DataFrame:
         d = m.get(split)
         if not d or "sensitivity" not in d:
             continue
-        rows.append({"set": split, f"n ({d.get('unit', 'images')})": d["n"],
+        rows.append({"set": split, f"n ({d.get('unit', 'images')})": SS.count(d["n"]),
                      **{name: _ci(d, name) for name in ("sensitivity", "specificity", "ppv",
                                                         "npv", "accuracy", "f1")},
                      "Brier": _n(d["brier"]),
                      "cal. slope": _n(d["calibration_slope"], ".2f"),
-                     "cal. intercept": _n(d["calibration_intercept"], ".2f")})
+                     "cal. intercept": _n(d["calibration_intercept"], ".2f"),
+                     "caveat": SS.caveat_text(d)})
     return pd.DataFrame(rows)
 
 
@@ -80,14 +89,29 @@ def _unit_text(summary) -> H.Html:
                   "with several images per patient the intervals are too narrow.</p>")
 
 
-def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
+def _boot_text(summary) -> str:
+    """The bootstrap resamples actually drawn (the run's, or per interval in older runs)."""
+    b = (summary.get("bootstrap") or {}).get("n_boot")
+    if b is None:
+        prim = summary["models"].get(summary["primary"]) or {}
+        b = (prim.get("test") or {}).get("auc_boot_n", (prim.get("test") or {}).get(
+            "auc_macro_boot_n"))
+    if b is None:
+        return "bootstrap: stratified resamples (percentile; count not recorded)"
+    return f"bootstrap: {SS.count(b)} stratified resamples (percentile)"
+
+
+def write_report(out: Path, summary: dict, results: dict, figs: dict, recipe=None) -> Path:
+    """``report.html`` (and the checklists ``clear_checklist.csv`` and
+    ``tripod_ai_checklist.csv``, recorded in ``summary["checklists"]``)."""
     from ..imaging.io import atomic_write_text
+    from . import checklist as C
     binary = summary["positive"] is not None
     prim = summary["models"][summary["primary"]]
     n = summary["n"]
     unit = summary.get("unit", "images")        # runs before units were recorded: images
     kp = [(f"train / test / external ({unit})",
-           f"{n['train']} / {n['test']} / {n['external']}")]
+           f"{SS.count(n['train'])} / {SS.count(n['test'])} / {SS.count(n['external'])}")]
     if binary:
         kp += [("test AUC (primary)", _n(prim["test"]["auc"]))]
         if prim.get("external"):
@@ -96,7 +120,7 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
         kp += [("test macro AUC", _n(prim["test"]["auc_macro"]))]
     rs = summary["repeated_splits"]
     if rs.get("n"):
-        kp += [(f"median AUC, {rs['n']} random splits", _n(rs["median"]))]
+        kp += [(f"median AUC, {SS.count(rs['n'])} random splits", _n(rs["median"]))]
     sections = [("Summary", H.kpis(kp) + H.fmt(
         "<p>Recipe <b>{title}</b>. Task: <b>{task}</b> (label column <code>{label}</code>"
         "{positive}). External site: {site}. Thresholds are chosen on the training set's "
@@ -107,12 +131,16 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
         positive=f", positive = {summary['positive']}" if binary else "",
         site=summary["external_site"])
         + _unit_text(summary)
-        + H.table(pd.DataFrame([{"set": k, **v} for k, v in
-                                summary["class_counts"].items() if v]).fillna(0))),
+        + H.table(SS.int_frame(pd.DataFrame([{"set": k, **v} for k, v in
+                                             summary["class_counts"].items() if v])))),
         ("Models", H.table(model_table(summary))
          + H.fmt("<p class='muted'>★ primary model (bundle). Every n, AUC and interval is per "
-                 "<b>{}</b>. DeLong CI: normal approximation; bootstrap: 2,000 stratified "
-                 "resamples (percentile).</p>", str(unit)[:-1]))]
+                 "<b>{}</b>. DeLong CI: normal approximation; {}.</p>", str(unit)[:-1],
+                 _boot_text(summary)))]
+    # the reviewer's sections (CLEAR / TRIPOD+AI / IBSI), where the run recorded them
+    sections[1:1] = [x for x in (SS.protocol_section(summary), SS.card_section(summary),
+                                 SS.extraction_section(summary), SS.pipeline_section(recipe))
+                     if x]
     if summary["comparisons"]:
         comp = pd.DataFrame(summary["comparisons"])[["model_a", "model_b", "auc_a", "auc_b",
                                                      "z", "p"]]
@@ -121,7 +149,9 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
         sections.append(("Operating point (primary model)", H.table(threshold_table(prim))
                          + H.fmt("<p class='muted'>Threshold {:.3f} (Youden on training "
                                  "out-of-fold predictions). Wilson 95% CIs; F1 by "
-                                 "bootstrap.</p>", prim["threshold"])))
+                                 "{}.</p>", prim["threshold"], _boot_text(summary))))
+    sections += [x for x in (SS.sample_size_section(summary),
+                             SS.multiple_testing_section(summary)) if x]
     order = [("roc_test", "ROC, test set (95% bootstrap bands)"),
              ("roc_external", "ROC, external site"), ("calibration", "Calibration"),
              ("decision_curve", "Decision curves (net benefit)"),
@@ -143,6 +173,8 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
             "feature": sel["features"],
             "role": ["differential" if f in sel.get("differential", []) else "auxiliary"
                      for f in sel["features"]]}))))
+    if SS.icc_section(summary):
+        sections.append(SS.icc_section(summary))
     nom = summary.get("nomogram") or {}
     if nom.get("odds_ratios"):
         orr = pd.DataFrame(nom["odds_ratios"])
@@ -154,9 +186,21 @@ def write_report(out: Path, summary: dict, results: dict, figs: dict) -> Path:
             d = nom["delong_vs_radiomics"]
             txt += f"DeLong vs radiomics-only on the test set: p = {_n(d['p'])}"
         sections.append(("Clinical-radiomic nomogram (logistic regression)",
-                         H.el("p", txt) + H.table(orr)))
+                         H.el("p", txt) + H.table(orr) + SS.nomogram_comparator(nom)))
     if summary["notes"]:
         sections.append(("Notes", H.el("ul", *(H.el("li", n) for n in summary["notes"]))))
+    # the checklists name the sections above: built last, from the headings shown
+    cl = C.write_checklists(out, summary, {h for h, _ in sections})
+    summary["checklists"] = {"clear": cl["clear"], "tripod_ai": cl["tripod_ai"]}
+    sections.append(SS.checklist_section(
+        cl["rows"]["clear"], "CLEAR checklist",
+        "CLEAR (Kocak et al. 2023), 58 items: where this report answers each, or why not "
+        "(also clear_checklist.csv). 'manuscript': the authors' text; 'user': a property of "
+        "the user's data that the software cannot know."))
+    sections.append(SS.checklist_section(
+        cl["rows"]["tripod_ai"], "TRIPOD+AI checklist",
+        "TRIPOD+AI (Collins et al. 2024): the modelling and evaluation items a training run "
+        "answers or leaves open (also tripod_ai_checklist.csv)."))
     page = H.page(f"HER2Radiomics model report — {summary['recipe']}", summary["title"],
                   sections, footer=f"run time {summary['seconds']} s")
     path = out / "report.html"
@@ -177,7 +221,7 @@ def render_study(sr) -> dict:
     out = sr.out
     figs = study_figures(sr)
     sr.summary["figures"] = {k: Path(v).relative_to(out).as_posix() for k, v in figs.items()}
-    sr.summary["report"] = write_report(out, sr.summary, sr.results, figs) \
+    sr.summary["report"] = write_report(out, sr.summary, sr.results, figs, sr.recipe) \
         .relative_to(out).as_posix()
     write_metrics(out, sr.summary)
     return sr.summary

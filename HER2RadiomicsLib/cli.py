@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from .errors import HER2Error
+from .errors import HER2Error, InputError
+
+# Command functions import the library modules (and numpy, pandas, SimpleITK, matplotlib,
+# and standard modules the parser does not load, such as csv) when they run: the parser
+# imports this module, and `her2radiomics --help` must stay instant
+# (Testing/test_outputs_atomic.py checks what building the parser loads).
 
 log = logging.getLogger("HER2RadiomicsLib")
 
@@ -230,7 +238,6 @@ def _extract_config(a):
 def cmd_extract(a) -> int:
     from .extraction.batch import (BatchOptions, case_id_problems, read_manifest, run_batch,
                                    summarize)
-    from .errors import InputError
     cfg = _extract_config(a)
     if a.manifest:
         # a bad row is that case's error; the other cases are extracted
@@ -271,8 +278,6 @@ _DIR_OUT = {"synth", "demo", "train", "train-segmenter", "reader-study"}
 
 def validate_args(a) -> None:
     """Check option values before any work (one line each, exit 2), not deep inside a run."""
-    from .errors import InputError
-    import math
     checks = [
         ("jobs", lambda v: v >= 1, "must be at least 1"),
         ("n", lambda v: v >= 1, "must be at least 1"),
@@ -329,7 +334,7 @@ def output_targets(a) -> list:
 def _manifest_files(path) -> list:
     """Image, mask and valid-area files a manifest names (unreadable manifests name none:
     reading them properly is the command's job, with its own one-line errors)."""
-    import csv
+    import csv  # when run, as the module comment says
     base = Path(path).resolve().parent
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -399,7 +404,7 @@ def io_paths(a) -> tuple[list, list]:
 
 
 def _manifest_rows(path) -> list:
-    import csv
+    import csv  # when run, as the module comment says
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             return list(csv.DictReader(fh))
@@ -415,7 +420,6 @@ def check_inputs_and_outputs(a) -> None:
 
 
 def _run(a) -> int:
-    from contextlib import ExitStack
     from .outputs import check_output, claim_folder, output_lock
     validate_args(a)
     check_inputs_and_outputs(a)
@@ -468,7 +472,6 @@ def main(argv=None) -> int:
     if not getattr(a, "func", None):
         ap.print_help()
         return EXIT_BAD_INPUT
-    import signal
 
     def _terminated(signum, frame):      # SIGTERM: clean up as for Ctrl-C, then exit 143
         raise _Terminated

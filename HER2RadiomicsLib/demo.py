@@ -22,8 +22,16 @@ cohorts.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
+
+from .errors import InputError
+
+# Command functions import the library modules (and numpy, pandas, SimpleITK, matplotlib)
+# when they run: the parser imports this module, and `her2radiomics --help` must stay instant
+# (Testing/test_outputs_atomic.py checks what building the parser loads).
 
 DEMO_PARAMS = "cui2023"
 DEMO_RINGS_MM = (3.0, 5.0, 8.0)
@@ -128,7 +136,6 @@ def _stage_keys(n: int, seed: int, repeats: int) -> dict:
 
 def _demo_settings(a):
     """``(n, repeats)`` checked: ``--repeats 0`` means no repeated splits (not the default)."""
-    from .errors import InputError
     n = getattr(a, "n", None)
     n = 120 if n is None else int(n)
     if n < DEMO_MIN_PATIENTS:
@@ -275,8 +282,6 @@ WORK_DIR = ".work"
 def _publish(work: Path, stage: Path) -> None:
     """This run's files (not its caches) into ``stage``, as hard links where the file system
     allows (no copy of the images), else copies."""
-    import os
-    import shutil
     for src in work.rglob("*"):
         rel = src.relative_to(work)
         if src.is_dir() or rel.name == CACHE_FILE or any(
@@ -346,7 +351,6 @@ def _predict_new_case(out: Path, seed: int, fresh: bool = True):
     mask = new / row["mask"]
     from .segmentation.inference import DEFAULT_MODEL
     if DEFAULT_MODEL.exists():
-        from .errors import InputError
         from .imaging.io import read_image
         from .segmentation.inference import auto_mask
         loaded = read_image(image)

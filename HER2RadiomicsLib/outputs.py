@@ -30,7 +30,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from . import __version__
 from .errors import InputError
+from .imaging.io import atomic_write_text
 
 #: names a folder output as made by a command (and lists the files that command wrote there)
 MARKER = ".her2radiomics-output.json"
@@ -197,14 +199,13 @@ def _alive(pid: int) -> bool:
 
 
 def _write_marker(folder: Path, command: str, files) -> None:
-    from .imaging.io import atomic_write_text
-    from . import __version__
     atomic_write_text(folder / MARKER, json.dumps({
         "command": command, "files": sorted(set(files)), "version": __version__,
         "written": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
 
 
 # -- locks -------------------------------------------------------------------------------------
+# msvcrt and fcntl are imported where used: each exists on one platform only
 
 def _lock_fd(fh) -> None:
     if os.name == "nt":   # Windows (Slicer's most common platform) has no fcntl
@@ -423,7 +424,6 @@ def swap_in(stage, out, command: str) -> None:
     kept = sorted(f for f in old - set(new) if ".parts/" in f)
     plan = {"stage": stage.name, "command": command, "files": new, "remove": stale,
             "kept": kept}
-    from .imaging.io import atomic_write_text
     with interrupts_held():
         atomic_write_text(out / JOURNAL, json.dumps(plan))
         _apply(out, plan)
@@ -498,7 +498,6 @@ def spreadsheet_safe_frame(df):
 
 def write_csv(path, df, **kw) -> Path:
     """Write a DataFrame as CSV atomically (symlinks written through), formula cells quoted."""
-    from .imaging.io import atomic_write_text
     return atomic_write_text(path, spreadsheet_safe_frame(df).to_csv(index=False, **kw))
 
 

@@ -19,14 +19,25 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io as _io
 import json
 import logging
+import math
 import os
+import re
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import HER2Error, InputError, ManifestError
+from ..imaging.io import atomic_write_text, companion_files, load_case, read_mask
+from ..imaging.rings import build_regions
+from ..outputs import interrupts_held, resolved, spreadsheet_safe, write_csv
+from .features import (FeatureExtractor, aggregate_patients, engine_info, load_params,
+                       params_hash, versions)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +156,6 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
     base = path.resolve().parent
     problems = []
     seen = {}
-    import unicodedata
     for i, r in enumerate(rows):
         r.pop(None, None)                       # cells beyond the header
         for k in list(r):
@@ -228,7 +238,6 @@ def _is_number(text: str) -> bool:
 
 
 def _row_value_problems(r: dict) -> list:
-    import math
     out = []
     sx, sy = r.get("spacing_x_mm", ""), r.get("spacing_y_mm", "")
     if bool(sx) != bool(sy):
@@ -269,9 +278,6 @@ def process_case(row: dict, cfg: ExtractConfig, global_spacing=None) -> dict:
     HER2Error
         For any bad input of this case (the batch loop records it and goes on).
     """
-    from .features import engine_info, versions
-    from ..imaging.io import load_case, read_mask
-    from ..imaging.rings import build_regions
 
     fx = _extractor_cache(cfg.params, cfg.pixel_units, cfg.engine)
     spacing = global_spacing or _spacing_of(row)
@@ -314,7 +320,6 @@ _FX = {}
 
 
 def _extractor_cache(params, pixel_units, engine="native"):
-    from .features import FeatureExtractor
     key = (str(params), pixel_units, engine)
     if key not in _FX:
         _FX[key] = FeatureExtractor(params, pixel_units=pixel_units, engine=engine)
@@ -363,7 +368,6 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, resume: bool 
     -------
     BatchResult
     """
-    from .features import load_params, params_hash
     options = options or BatchOptions()
     backend, scheduler = options.backend, options.scheduler
     aggregate, parts_dir = options.aggregate, options.parts_dir
@@ -424,7 +428,7 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, resume: bool 
                     store(_safe_case(r, cfg, global_spacing))
                     bar.update()
             else:
-                from joblib import Parallel, delayed
+                from joblib import Parallel, delayed  # when run: one-case runs skip its import
                 gen = Parallel(n_jobs=jobs, backend="loky" if backend == "joblib" else backend,
                                return_as="generator_unordered")(
                     delayed(_safe_case)(r, cfg, global_spacing) for r in todo)
@@ -445,7 +449,6 @@ def run_batch(rows, out_csv, cfg: ExtractConfig, *, jobs: int = 1, resume: bool 
 def part_name(case_id: str) -> str:
     """File name of a case's part: the case_id when it is a plain, short name, else a
     readable prefix plus a hash (any case_id gives a valid, distinct file name)."""
-    import re
     cid = str(case_id)
     safe = re.sub(r"[^A-Za-z0-9._@-]", "_", cid)[:80]
     # Windows reserves device names whatever the extension
@@ -471,7 +474,6 @@ def file_digest(path) -> str:
 def file_digest_all(path) -> str:
     """sha256 of a file and of the files its reading also depends on (a MetaImage's or
     detached NRRD's data file; see :func:`~HER2RadiomicsLib.imaging.io.companion_files`)."""
-    from ..imaging.io import companion_files
     parts = [file_digest(path)] + [f"{c.name}:{file_digest(c)}" for c in companion_files(path)
                                    if c.suffix.lower() != ".json"]
     return parts[0] if len(parts) == 1 else hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -525,13 +527,13 @@ def progress_bar(disable: bool = False, **kw):
     a one-case ``extract``)."""
     if disable:
         return _NoBar()
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # when run: see the docstring
     return tqdm(**kw)
 
 
 def _run_dask(todo, cfg, global_spacing, scheduler, jobs, store, bar):
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, LocalCluster, as_completed  # optional package
     except ImportError:
         raise InputError("--backend dask needs the 'dask[distributed]' package "
                          "(pip install 'HER2RadiomicsLib[dask]')") from None
@@ -559,20 +561,15 @@ def _run_dask(todo, cfg, global_spacing, scheduler, jobs, store, bar):
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from ..imaging.io import atomic_write_text
     atomic_write_text(path, json.dumps(obj, default=json_default))
 
 
 def json_default(o):
     """``json.dumps`` fallback: numpy scalars and arrays as plain values, the rest as str."""
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:
-        pass
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
     return str(o)
 
 
@@ -584,7 +581,6 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate, refused=()):
     previous table held (of those still in the manifest). Otherwise the previous tables stay,
     this run's stay in the staging folder, and ``res.kept_previous`` says why.
     """
-    from ..imaging.io import atomic_write_text
     feats, provs, errs = [], [], list(refused)
     for r in rows:
         part = parts / part_name(r["case_id"])
@@ -610,14 +606,12 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate, refused=()):
     atomic_write_text(staged[res.errors_csv], csv_text(errs, ["case_id", "image", "error"]))
     atomic_write_text(staged[res.provenance_csv], csv_text(provs))
     if aggregate and feats:
-        import pandas as pd
-        from .features import aggregate_patients
+        import pandas as pd  # when run: a one-case extract must not pay for pandas (~0.3 s)
         fdf = pd.DataFrame(feats)
         pid = {r["case_id"]: (r.get("patient_id") or r["case_id"]) for r in rows}
         agg = aggregate_patients(fdf, [pid[c] for c in fdf["case_id"]], aggregate)
         path = res.features_csv.with_name(res.features_csv.stem + "_patients.csv")
         staged[path] = stage / path.name
-        from ..outputs import write_csv
         write_csv(staged[path], agg, float_format="%.10g")
         res.patients_csv = path
     # the feature table last: it is what a reader checks for, so it lands last
@@ -626,7 +620,6 @@ def _assemble(rows, parts: Path, res: BatchResult, aggregate, refused=()):
     if res.kept_previous:
         res.staged_dir = stage
         return
-    from ..outputs import interrupts_held, resolved
     # a table an earlier run wrote and this one does not (a _patients.csv of an --aggregate
     # run) would sit beside tables it does not belong to: it goes with the swap
     record = parts / "tables.json"
@@ -651,9 +644,6 @@ def csv_text(records: list, columns=None, float_format: str | None = None) -> st
     """CSV of a list of dicts, as ``pandas.DataFrame(records).to_csv(index=False)`` writes it
     (columns in order of first appearance, missing and NaN cells empty), without importing
     pandas: a one-case ``extract`` would spend a third of its time on that import."""
-    import io as _io
-    import math
-    from ..outputs import spreadsheet_safe
     if columns is None:
         columns = list(dict.fromkeys(k for r in records for k in r))
     buf = _io.StringIO()

@@ -28,12 +28,19 @@ import json
 import logging
 import math
 import platform
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import scipy
 import SimpleITK as sitk
 
+from .. import __version__
 from ..errors import Cancelled, InputError, SpacingUnknownError
+from ..imaging.io import max_pixels
+from . import ENGINE_VERSION
+from .native import NativeExtractor
+from .params import parse_params
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +86,6 @@ def load_params(name_or_path="default", label: str | None = None) -> tuple:
     (dict, str, str)
         The parsed params, the file text (kept verbatim in model bundles) and its source path.
     """
-    from .params import parse_params
     path = resolve_params(name_or_path)
     text = path.read_text()
     if text in _VALIDATED:   # once per text: batch workers load the same file per case
@@ -97,7 +103,7 @@ PYRADIOMICS_MISSING = ("the pyradiomics reference engine is not installed (pip i
 
 def _import_pyradiomics():
     try:
-        import radiomics
+        import radiomics  # optional reference engine (Python <= 3.11, a C compiler)
     except ImportError:
         raise InputError(PYRADIOMICS_MISSING) from None
     return radiomics
@@ -131,15 +137,12 @@ def uses_physical_units(params: dict) -> list:
 
 def versions(engine: str = "native") -> dict:
     """Versions of everything that changes feature values with ``engine``."""
-    import scipy
-    from .. import __version__
     out = {"python": platform.python_version(), "numpy": np.__version__,
            "SimpleITK": sitk.Version_VersionString(), "scipy": scipy.__version__,
            "HER2RadiomicsLib": __version__}
     if engine == "pyradiomics":
         out["pyradiomics"] = _import_pyradiomics().__version__
     else:   # the filters of the native engine; metadata, not imports (skimage costs 0.2 s)
-        from importlib.metadata import version
         out.update({"PyWavelets": version("PyWavelets"), "scikit-image": version("scikit-image")})
     return out
 
@@ -153,7 +156,6 @@ DEFAULT_ENGINE = "native"
 def engine_info(engine: str = DEFAULT_ENGINE) -> dict:
     """The feature engine and its version (recorded in bundles so features are reproducible)."""
     if engine == "native":
-        from . import ENGINE_VERSION
         return {"name": "native", "version": ENGINE_VERSION}
     return {"name": "pyradiomics", "version": _import_pyradiomics().__version__}
 
@@ -198,7 +200,6 @@ class FeatureExtractor:
         if engine == "pyradiomics":
             _import_pyradiomics()        # fail now, with the install hint, not per case
         if engine == "native":   # refuses, by name, what it does not implement yet: fail fast
-            from .native import NativeExtractor
             self._native = NativeExtractor(self.params, source=self.params_label)
 
     @property
@@ -215,7 +216,7 @@ class FeatureExtractor:
 
     def _extractor(self, dimension: int):
         if dimension not in self._extractors:
-            from radiomics import featureextractor
+            from radiomics import featureextractor  # optional: see _import_pyradiomics
             _quiet_pyradiomics()
             self._extractors[dimension] = featureextractor.RadiomicsFeatureExtractor(
                 self.effective_params(dimension))
@@ -377,7 +378,6 @@ class FeatureExtractor:
         ``padDistance`` pixels each side, clipped to the image; the regions' union box bounds
         every one of them.
         """
-        from ..imaging.io import max_pixels
         st = self.params.get("setting") or {}
         new = st.get("resampledPixelSpacing")
         if not new or st.get("interpolator", "sitkBSpline") is None or not regions:
@@ -428,7 +428,7 @@ def _execute_shared(ex, image, mask, filtered):
     identical to separate ``execute`` calls (tested).
     """
     _import_pyradiomics()
-    from radiomics import generalinfo, imageoperations
+    from radiomics import generalinfo, imageoperations  # optional: see _import_pyradiomics
     st = ex.settings.copy()
     label = st.get("label", 1)
     info = None

@@ -456,6 +456,8 @@ def _glrlm(u, regions, present, spacing, weighting_norm):
 
 
 def _glszm(u, regions, present):
+    # imported when used: a one-case extract loads scipy's and scikit-image's parts only for
+    # the classes its params name (start-up time; see engine/glszm.py)
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from skimage.measure import label

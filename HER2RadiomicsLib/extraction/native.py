@@ -7,12 +7,16 @@ types the engine does not implement yet are refused up front, by name.
 """
 from __future__ import annotations
 
+import hashlib
+import warnings
+
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
 from . import ENGINE_VERSION
 from . import engine as E
+from .multi import texture_many
 
 CLASSES = E.CLASSES
 OPTIONAL = {"firstorder": E.FIRSTORDER_OPTIONAL}
@@ -44,7 +48,7 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
             f.SetUseImageSpacing(bool(st.get("gradientUseSpacing", True)))
             yield "gradient", sitk.GetArrayFromImage(f.Execute(src))
         elif kind == "LBP2D":
-            import warnings
+            # when run: scikit-image's feature module costs ~0.2 s, LBP2D images only
             from skimage.feature import local_binary_pattern
             with warnings.catch_warnings():
                 # pyradiomics feeds LBP the float image too (same values; tested against it):
@@ -77,7 +81,7 @@ def wavelet_images(arr: np.ndarray, st: dict):
     wrapped row/column, ``start_level`` approximations skipped, then ``level`` single-level
     decompositions, each named after its (x, y) low/high pass (``wavelet-LH``, ``wavelet2-HL``
     ...), the last approximation (``wavelet-LL``) at the end; padding removed again."""
-    import pywt
+    import pywt  # when run: wavelet images only (one-case extract start-up)
     wavelet = pywt.Wavelet(st.get("wavelet", "coif1"))
     level, start = int(st.get("level", 1)), int(st.get("start_level", 0))
     axes = (1, 0)                              # x first, as pyradiomics orders the names
@@ -124,7 +128,6 @@ def _sha1(arr: np.ndarray) -> str:
     """``SimpleITK.Hash`` of an image (SHA1 of its pixel buffer), from its array: the same
     digest, ten times faster (hashlib instead of SimpleITK's filter pipeline; the buffer is
     read in place, not copied to bytes first)."""
-    import hashlib
     return hashlib.sha1(np.ascontiguousarray(arr)).hexdigest()
 
 
@@ -222,7 +225,7 @@ class NativeExtractor:
                 "diagnostics_Image-original_Minimum": float(np.min(arr)),
                 "diagnostics_Image-original_Maximum": float(np.max(arr))}
             self._diag_image = image
-        from scipy import ndimage
+        from scipy import ndimage  # when run: the engine loads scipy's parts where used
         mask_arr = sitk.GetArrayViewFromImage(mask)
         roi, ys, xs = region if region is not None else _region_pixels(mask_arr, label)
         out = dict(self._diag)
@@ -307,7 +310,6 @@ class NativeExtractor:
         fixed bin count, resampling around each region) are computed one by one.
         ``progress(done, total)`` is called before each filtered image; ``False`` stops.
         """
-        from .multi import texture_many
         results, ready = {}, {}
         for name, mask in masks.items():
             try:

@@ -8,6 +8,8 @@ verdicts. Whether our engine *implements* a valid setting is a separate question
 """
 from __future__ import annotations
 
+import yaml
+
 from ..errors import InputError
 
 # (type, lower bound, lower bound exclusive, upper bound); type "float" accepts ints too, "int"
@@ -125,7 +127,7 @@ def _check_value(name: str, v, rule) -> str | None:
         return None if v is None or v in WEIGHTINGS else \
             f"must be empty or one of {', '.join(WEIGHTINGS)}"
     if kind == "wavelet":
-        import pywt
+        import pywt  # when run: only a wavelet setting needs it (extract start-up)
         return None if isinstance(v, str) and v in pywt.wavelist() else \
             "must be a PyWavelets wavelet name (e.g. coif1)"
     if kind == "seq":
@@ -192,7 +194,6 @@ def parse_params(text: str, source: str = "params") -> dict:
         Not YAML (or YAML that needs a Python tag), empty, not a mapping, an unknown
         top-level key, or an invalid entry.
     """
-    import yaml
     try:
         params = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

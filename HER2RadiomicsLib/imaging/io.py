@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +273,6 @@ def _nrrd_spacing_problem(path: Path) -> str | None:
     kinds = f.get("kinds", "").split()
     spatial = [k.lower() in ("domain", "space", "time") for k in kinds] if kinds else None
     if "space directions" in f:
-        import re
         toks = re.findall(r"none|\([^)]*\)", f["space directions"])
         for i, t in enumerate(toks):
             is_spatial = spatial[i] if spatial and i < len(spatial) else True
@@ -346,7 +346,7 @@ def _read_sitk(path: Path, check_spacing: bool = False) -> sitk.Image:
 
 
 def _dicom_meta(path: Path):
-    import pydicom
+    import pydicom  # when run: DICOM inputs only; every writer imports this module
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 -- pydicom raises several unrelated types for corrupt files

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, SpacingUnknownError
+from .io import atomic_write_text, write_image
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,10 @@ def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Imag
     SimpleITK.Image
         uint8 {0, 1} with the image's geometry.
     """
-    from scipy import ndimage as ndi     # imported here: `parse_rings` alone must stay light
+    # imported when run: `parse_rings` alone must stay light, and a one-case extract without
+    # rings loads neither (scikit-image's morphology alone costs ~0.2 s; tested in
+    # test_outputs_atomic)
+    from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     h, w = arr.shape
@@ -190,7 +194,6 @@ def build_regions(image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM, *,
     -------
     RegionSet
     """
-    from ..errors import SpacingUnknownError
     spacing_known = getattr(image, "spacing_known", True)
     path = path or getattr(image, "path", None) or "image"
     image = getattr(image, "image", image)          # a LoadedImage gives its SimpleITK image
@@ -240,7 +243,7 @@ def build_regions(image, mask: sitk.Image, rings_mm=DEFAULT_RINGS_MM, *,
         raise InputError(f"combined regions tumour+{combined} mm need those distances in "
                          "--rings (no ring distances given)")
     if distances:
-        from scipy import ndimage as ndi
+        from scipy import ndimage as ndi  # when run: see detect_fov
         pad_x = int(math.ceil(max(distances) / sx)) + 1
         pad_y = int(math.ceil(max(distances) / sy)) + 1
         grid = (h + 2 * pad_y) * (w + 2 * pad_x)
@@ -306,7 +309,6 @@ def _like(arr: np.ndarray, ref: sitk.Image, binary: bool = True) -> sitk.Image:
 
 def write_regions(regions: RegionSet, out_dir, extra: dict | None = None) -> Path:
     """Write ``<region>.nrrd`` per region, ``labels.nrrd``, ``fov.nrrd`` and ``rings.json``."""
-    from .io import atomic_write_text, write_image
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, img in regions.masks.items():

@@ -60,13 +60,20 @@ random offset, and perturbed by a smooth random deformation.
 from __future__ import annotations
 
 import csv
+import io as _io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from joblib import Parallel, delayed
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage as ndi
+
+from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +357,6 @@ def reader_contour(rng, geom, rad, reader: str, fov):
 
 
 def _write_dicom(path, img, site: Site, fov_bbox, case_id, patient_id, seed):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     grey = img if img.ndim == 2 else np.round(img[..., :3] @ [0.299, 0.587, 0.114]).astype(np.uint8)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"   # Ultrasound Image Storage
@@ -400,7 +405,6 @@ def _write_dicom(path, img, site: Site, fov_bbox, case_id, patient_id, seed):
 
 
 def _png(path, arr):
-    import SimpleITK as sitk
     img = sitk.GetImageFromArray(arr, isVector=arr.ndim == 3)
     sitk.WriteImage(img, str(path))
 
@@ -429,7 +433,6 @@ def generate_cohort(out_dir, n_cases: int = 120, seed: int = 42, reader_fraction
     Path
         ``out_dir/cohort.csv``.
     """
-    from joblib import Parallel, delayed
     out = Path(out_dir)
     for sub in ("images", "masks", "readers"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -441,7 +444,6 @@ def generate_cohort(out_dir, n_cases: int = 120, seed: int = 42, reader_fraction
         rows += r
         rrows += rr
         truth.update(t)
-    from .io import atomic_write_text
     _write_csv(out / "cohort.csv", rows)
     _write_csv(out / "readers.csv", rrows, ["case_id", "image", "reader", "mask"])
     meta = {"seed": seed, "n_patients": n_cases, "n_images": len(rows), "classes": CLASSES,
@@ -457,8 +459,6 @@ def generate_cohort(out_dir, n_cases: int = 120, seed: int = 42, reader_fraction
 
 
 def _write_csv(path, rows, fields=None):
-    import io as _io
-    from .io import atomic_write_text
     buf = _io.StringIO()
     fields = fields or list(rows[0])
     w = csv.DictWriter(buf, fieldnames=fields)

@@ -24,8 +24,13 @@ import math
 from numbers import Real
 
 import numpy as np
+from sklearn.tree._tree import Tree
 
-from ..errors import ModelError
+from ..errors import HER2Error, ModelError
+from ..extraction.features import ENGINES
+from ..extraction.params import parse_params
+from ..imaging.rings import ring_specs
+from .recipes import class_names
 
 # The work skops' type audit does on a schema, counted as it counts it (every reference
 # followed again). Measured: every recipe with every classifier, tuned or not, needs at most
@@ -231,7 +236,6 @@ def check_trees(model, path) -> int:
     ModelError
         Naming ``path``, the estimator and the problem.
     """
-    from sklearn.tree._tree import Tree
     owned, n = {}, 0
     objs = list(_objects(model))
     for where, obj in objs:
@@ -302,7 +306,6 @@ def _classes_problem(meta: dict, model_classes) -> str | None:
         return f"classes {classes!r} repeats a name"
     binary = meta.get("positive_class") is not None
     if "task" in meta:
-        from .recipes import class_names
         try:
             want = [str(c) for c in class_names(meta["task"])]
         except Exception:  # noqa: BLE001 -- an unknown task name or a malformed task: refused below
@@ -382,7 +385,6 @@ def region_names(rings: dict) -> list:
     """The regions :func:`~HER2RadiomicsLib.imaging.rings.build_regions` makes for a bundle's
     ``rings`` (``tumor``, ``peri_0-<d>mm`` per distance, ``peri_<a>-<b>mm`` between consecutive
     distances with ``annuli``, ``tumor+peri_<d>mm`` per ``combined`` distance)."""
-    from ..imaging.rings import ring_specs
     d = rings.get("rings_mm") or []
     return (["tumor"] + [s.name for s in ring_specs(d, annuli=bool(rings.get("annuli")))]
             + [f"tumor+peri_{v:g}mm" for v in rings.get("combined") or []])
@@ -424,7 +426,6 @@ def check_extraction_meta(meta: dict, path) -> None:
     text within the engines' caps (:func:`~HER2RadiomicsLib.extraction.params.parse_params`);
     ``params_name``, ``batch_col`` text; ``sites`` and ``clinical`` lists of text.
     """
-    from ..errors import HER2Error
 
     def refuse(field, problem):
         raise ModelError(f"{path}: refused: bundle.json {field}: {problem}")
@@ -447,7 +448,6 @@ def check_extraction_meta(meta: dict, path) -> None:
                               f"({', '.join(made)})")
     engine = meta.get("engine")
     if engine is not None:
-        from ..extraction.features import ENGINES
         if not isinstance(engine, dict) or engine.get("name") not in ENGINES:
             name = engine.get("name") if isinstance(engine, dict) else engine
             refuse("engine", f"{str(name)[:60]!r} is not an engine of this library "
@@ -463,7 +463,6 @@ def check_extraction_meta(meta: dict, path) -> None:
             refuse(key, "not a list of names")
     text = meta.get("params_yaml")
     if text and text.strip():
-        from ..extraction.params import parse_params
         try:
             parse_params(text, "params")
         except HER2Error as exc:

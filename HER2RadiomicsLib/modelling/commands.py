@@ -8,6 +8,10 @@ from pathlib import Path
 
 from ..errors import HER2Error, InputError
 
+# Command functions import the library modules (and numpy, pandas, SimpleITK, matplotlib)
+# when they run: the parser imports this module, and `her2radiomics --help` must stay instant
+# (Testing/test_outputs_atomic.py checks what building the parser loads).
+
 
 def register(sub):
     p = sub.add_parser("recipes", help="list the study recipes")

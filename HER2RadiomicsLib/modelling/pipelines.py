@@ -3,23 +3,29 @@ every inner cross-validation grouped by patient.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+from imblearn.over_sampling import SMOTE
+from imblearn.pipeline import Pipeline
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import Pipeline as SkPipeline
+from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
+from .harmonization import ComBat
 from .recipes import SUPERVISED_STEPS, task_spec
+from .transformers import (TUNING_GRIDS, ColumnSelector, CorrelationFilter, LassoSelector,
+                           MedianImputer, StableFeatureFilter, UnivariateFilter, URFModule,
+                           VarianceFilter, cap_neighbors, make_classifier)
 
 
 def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, functions=None,
                    use_combat=True, y_train=None, seed: int = 0):
     """The recipe's pipeline for one classifier (an imbalanced-learn Pipeline)."""
-    from imblearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    from .harmonization import ComBat
-    from .transformers import (ColumnSelector, CorrelationFilter, LassoSelector, MedianImputer,
-                           StableFeatureFilter, UnivariateFilter, URFModule, VarianceFilter,
-                           make_classifier)
     batch = recipe["batch_col"]
     steps_cfg = [(s, {}) if isinstance(s, str) else next(iter(s.items())) for s in
                  recipe["pipeline"]]
@@ -46,7 +52,6 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
     screen, resample = [], None
 
     def smote():
-        from imblearn.over_sampling import SMOTE
         k = 5
         if y_train is not None:
             k = int(max(1, min(5, pd.Series(y_train).value_counts().min() - 1)))
@@ -92,7 +97,6 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
         elif name == "lasso":
             kw.setdefault("random_state", seed)
             if screen:
-                from sklearn.pipeline import Pipeline as SkPipeline
                 kw["screen"] = screen[0][1] if len(screen) == 1 else SkPipeline(screen)
             if resample is not None:
                 kw["resample"] = resample
@@ -103,8 +107,6 @@ def build_pipeline(recipe: dict, regions, classifier: str, *, icc_values=None, f
     clf = make_classifier(classifier, random_state=seed)
     if recipe.get("tune"):
         # nested CV: the inner grid search runs inside every outer training fit
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
-        from .transformers import TUNING_GRIDS
         clf = GridSearchCV(clf, TUNING_GRIDS[classifier],
                            cv=StratifiedKFold(3, shuffle=True, random_state=seed),
                            scoring="roc_auc" if "classes" not in task else "roc_auc_ovr")
@@ -123,10 +125,7 @@ def fit_grouped(pipeline, X, y, groups=None, seed: int = 0):
     stratified patient-grouped folds for this fit. Rows a sampler adds (SMOTE) get groups of
     their own. Without ``groups`` this is ``pipeline.fit(X, y)``.
     """
-    import inspect
 
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
     if groups is None:
         return pipeline.fit(X, y)
     Xt, yt, g = X, np.asarray(y), np.asarray(groups).astype(str)
@@ -142,7 +141,6 @@ def fit_grouped(pipeline, X, y, groups=None, seed: int = 0):
         kw = {"groups": g} if "groups" in inspect.signature(step.fit).parameters else {}
         Xt = step.fit(Xt, yt, **kw).transform(Xt)
     clf = pipeline.steps[-1][1]
-    from .transformers import cap_neighbors
     if isinstance(clf, (CalibratedClassifierCV, GridSearchCV)):
         old = clf.cv
         n = old if isinstance(old, int) else old.get_n_splits()
@@ -191,10 +189,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         self.classes = classes
 
     def fit(self, X, y):
-        from sklearn.base import clone
         y = np.asarray(y).astype(str)
         zero, low, pos = self.classes
-        from .transformers import cap_neighbors
         neg = y != pos
         Xn = X[neg] if hasattr(X, "iloc") else np.asarray(X)[neg]
         stages, caps = [], []

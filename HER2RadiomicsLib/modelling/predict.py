@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,8 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ..errors import InputError, ModelError
+from ..extraction.features import FeatureExtractor, engine_info
+from ..imaging.io import LoadedImage, load_case
+from ..imaging.rings import build_regions
+from .transformers import rad_score_contributions, rad_score_per_class
 
 log = logging.getLogger(__name__)
 TOP_CONTRIBUTIONS = 5
@@ -138,7 +144,6 @@ def known_clinical_names(bundle) -> list:
         else []
     names += [str(n) for n in bundle.meta.get("clinical") or []]
     try:
-        import yaml
         recipe = yaml.safe_load(bundle.meta.get("recipe_yaml") or "") or {}
         names += [str(n) for n in recipe.get("clinical") or []]
     except Exception:  # noqa: BLE001 -- a recipe text we cannot read adds no names; the rest still apply
@@ -193,7 +198,6 @@ def params_file_name(name) -> str:
     """A safe file name for a bundle's params: the last part of ``params_name`` (a preset name
     or the training params file's path) without folders or odd characters, so that neither a
     training path (``/home/x/my.yaml``) nor a crafted one (``../../x``) leaves the folder."""
-    import re
     stem = re.split(r"[\\/]", str(name))[-1]
     if stem.lower().endswith((".yaml", ".yml")):
         stem = stem.rsplit(".", 1)[0]
@@ -222,7 +226,6 @@ def extractor_for(bundle):
     """A FeatureExtractor configured with the bundle's params text (verbatim); its errors
     name the bundle (the params file is a temporary copy the user never sees, removed once
     the extractor has read it: the extractor keeps the parsed params)."""
-    from ..extraction.features import FeatureExtractor
     if not isinstance(bundle.meta.get("params_yaml"), str) or \
             not bundle.meta["params_yaml"].strip():
         raise ModelError(f"{bundle.path}: bundle.json params_yaml is empty: this bundle "
@@ -338,7 +341,6 @@ def _load(image, mask, options: ReadOptions):
     """``(LoadedImage, mask)``: ``image`` read with ``options`` unless it is loaded already
     (a :class:`~HER2RadiomicsLib.imaging.io.LoadedImage`; then ``mask`` is a SimpleITK
     image)."""
-    from ..imaging.io import LoadedImage, load_case
     if isinstance(image, LoadedImage):
         return image, mask
     return load_case(image, mask, spacing_mm=options.spacing_mm, frame=options.frame,
@@ -366,7 +368,6 @@ def features_for_case(bundle, image, mask=None, *, options: ReadOptions | None =
     (dict, dict, LoadedImage, SimpleITK.Image, RegionSet)
         Features, QC entries, the loaded image, the mask and the regions.
     """
-    from ..imaging.rings import build_regions
     loaded, mask = _load(image, mask, options or ReadOptions())
     if not bundle.meta.get("regions"):
         raise ModelError(f"{bundle.path}: bundle.json names no regions: this bundle cannot "
@@ -468,7 +469,6 @@ def predict_rows(bundle, rows: pd.DataFrame, site=None, clinical: pd.DataFrame |
         Missing features; a missing or unknown site or a refused clinical value when
         ``errors`` is None.
     """
-    from .transformers import rad_score_contributions, rad_score_per_class
     meta = bundle.meta
     batch = meta.get("batch_col", "site")
     X = rows.copy()
@@ -603,7 +603,6 @@ def predict_case(bundle, image, mask, *, site=None, clinical: dict | None = None
     if clinical and bundle.nomogram is None:
         pr.warnings.append("the bundle has no nomogram: the clinical values given are not used")
     if bundle.meta.get("engine"):
-        from ..extraction.features import engine_info
         used, trained = engine_info(), bundle.meta["engine"]
         pr.qc["engine"] = f"{used['name']} {used['version']}"
         if (used["name"], used["version"]) != (trained.get("name"), trained.get("version")):

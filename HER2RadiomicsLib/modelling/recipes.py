@@ -8,10 +8,16 @@ run. The run itself is :func:`HER2RadiomicsLib.modelling.study.run`.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
+import yaml
+
 from ..errors import InputError
+from .harmonization import ComBat
+from .transformers import (CLASSIFIERS, CorrelationFilter, LassoSelector, UnivariateFilter,
+                           URFModule)
 
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"   # package data, at the top
@@ -53,7 +59,6 @@ def list_recipes() -> list:
 
 def load_recipe(name_or_path, _chain=()) -> dict:
     """Load and validate a recipe (name of a shipped one, or a YAML path)."""
-    import yaml
     p = Path(str(name_or_path))
     if not (p.suffix in (".yaml", ".yml") and p.exists()):
         p = RECIPES_DIR / f"{name_or_path}.yaml"
@@ -97,10 +102,7 @@ def load_recipe(name_or_path, _chain=()) -> dict:
 
 def _step_settings() -> dict:
     """The settings each pipeline step accepts in a recipe (the others are set by the run)."""
-    import inspect
 
-    from .harmonization import ComBat
-    from .transformers import CorrelationFilter, LassoSelector, UnivariateFilter, URFModule
 
     def params(cls, *not_these):
         return set(inspect.signature(cls).parameters) - set(not_these)
@@ -160,7 +162,6 @@ def validate_recipe(r: dict, where=None) -> None:
     """Refuse a recipe whose settings cannot run, in one line naming the recipe file (a
     typo'd step setting or a test fraction of 1.5 would otherwise fail deep in a fit, or be
     ignored)."""
-    from .transformers import CLASSIFIERS
     where = where or r.get("_path") or f"recipe {r.get('name')}"
 
     def bad(msg):

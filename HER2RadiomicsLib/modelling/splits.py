@@ -9,10 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from ..errors import InputError
 from .pipelines import _proba, fit_grouped
 from .recipes import UNITS, class_names
+from .transformers import rad_score
 
 #: folds of the out-of-fold predictions (fewer when a class has fewer patients): the papers'
 #: five-fold cross-validation
@@ -77,7 +81,6 @@ class ExternalSite:
 
 def patient_split(df, y, test_size, seed):
     """Stratified train/test split of patients (all images of a patient on one side)."""
-    from sklearn.model_selection import train_test_split
     pats = pd.DataFrame({"p": df["patient_id"].astype(str).to_numpy(), "y": y}).groupby(
         "p", sort=True)["y"].first()
     tr, te = train_test_split(pats.index.to_numpy(), test_size=test_size, stratify=pats.to_numpy(),
@@ -128,8 +131,6 @@ def oof_predictions(make_model, X, y, groups, target: Target, seed: int, *,
     nomogram), so no pipeline is fitted twice. A list ``fitted`` receives the fold models (their
     fallbacks go into the run's notes). Returns (predictions, radscores or None).
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-    from .transformers import rad_score
     classes, positive = target.classes, target.positive
     k = int(max(2, min(OOF_FOLDS, pd.Series(y).value_counts().min())))
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -280,12 +281,10 @@ def repeated_splits(make, dev, ydev, target: Target, design: Design):
     the recipe compares region scenarios: each split then chooses its scenario again, as the
     main run does (best training out-of-fold AUC), so the spread includes that choice.
     """
-    from joblib import Parallel, delayed
     makers = make if isinstance(make, dict) else {"main": make}
     classes, positive, seed, unit = target.classes, target.positive, design.seed, design.unit
 
     def auc(yu, p):
-        from sklearn.metrics import roc_auc_score
         if positive is not None:
             return float(roc_auc_score(yu, p))
         return float(np.mean([roc_auc_score((yu == c).astype(int), p[:, j])

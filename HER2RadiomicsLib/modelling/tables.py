@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..extraction.batch import case_id_problems, text_cell_problems
+from ..extraction.features import aggregate_patients
 from .recipes import TASKS, _has_step, _recipe_regions, task_spec
 
 
@@ -102,7 +104,6 @@ def id_problems(value, column: str = "case_id") -> list:
     characters), so a table extract would refuse is refused here too; a patient id names no
     file, so only a formula or control characters are refused.
     """
-    from ..extraction.batch import case_id_problems, text_cell_problems
     text = str(value)
     if column == "case_id":
         return case_id_problems(text)
@@ -150,7 +151,6 @@ def prepare(features: pd.DataFrame, labels: pd.DataFrame, recipe: dict, *, notes
     feats = _check_feature_cells(features, features_name, notes)
     agg = recipe.get("aggregate")
     if agg:
-        from ..extraction.features import aggregate_patients
         if "patient_id" not in labels.columns:
             raise InputError(f"{labels_name}: recipe {recipe.get('name')} aggregates per "
                              "patient but the labels have no patient_id column")

@@ -16,12 +16,26 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import Lasso, LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.svm import SVC, l1_min_c
+from sklearn.tree import DecisionTreeClassifier
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import InputError
 
@@ -43,8 +57,6 @@ def _check_input(est, X, reset: bool, allow_nan: bool = False, y=None):
     (the site column passes through the selectors) but get the same checks on their numeric
     part.
     """
-    import scipy.sparse as sp
-    from sklearn.utils.validation import validate_data
     name = type(est).__name__
     if sp.issparse(X):
         raise TypeError(f"{name}: sparse input is not supported; pass a dense array or a "
@@ -495,7 +507,6 @@ class LassoSelector(_Selector):
     def _prepare(self, A, y, cols):
         """Resample then screen rows ``A`` (the fold's training part); returns the prepared
         matrix, its labels, the kept column indices and the fitted screen."""
-        from sklearn.base import clone
         if self.resample is not None:
             sampler = clone(self.resample)
             if "k_neighbors" in sampler.get_params():
@@ -516,10 +527,6 @@ class LassoSelector(_Selector):
         return A[:, keep], np.asarray(y), keep, screen
 
     def fit(self, X, y, groups=None):
-        from sklearn.linear_model import Lasso, LogisticRegression
-        from sklearn.metrics import roc_auc_score
-        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-        from sklearn.utils.multiclass import type_of_target
         type_of_target(y, input_name="y", raise_unknown=True)
         X = self._validated(X, y, two=True)
         cols = [c for c in X.columns if c not in (self.passthrough or ())]
@@ -558,7 +565,6 @@ class LassoSelector(_Selector):
             target = yy
         else:
             # C grid from the smallest C at which any feature enters, over `decades` decades
-            from sklearn.svm import l1_min_c
             c0 = min(l1_min_c(A, (y == c).astype(int), loss="log") for c in classes[1:])
             alphas = 1.0 / (c0 * np.logspace(0.05, self.decades, self.n_alphas))
 
@@ -570,7 +576,6 @@ class LassoSelector(_Selector):
                 if len(classes) == 2:
                     return lr
                 # one L1 model per class (liblinear is far faster than multinomial saga)
-                from sklearn.multiclass import OneVsRestClassifier
                 return OneVsRestClassifier(lr)
             target = y
 
@@ -586,7 +591,6 @@ class LassoSelector(_Selector):
                                      labels=classes)
             except ValueError:          # a fold without every class
                 return np.nan
-        import warnings
         means, ses = [], []
         best_so_far, since_best = -np.inf, 0
         with warnings.catch_warnings():
@@ -687,7 +691,6 @@ class URFModule(_Selector):
         self.threshold = threshold
 
     def fit(self, X, y):
-        from sklearn.base import clone
         X = self._validated(X, y, two=True)
         sel = clone(self.selector) if self.selector is not None else UnivariateFilter(
             test="mannwhitney", p_threshold=0.05, fold_change=1.0, fold_change_direction="up")
@@ -725,12 +728,6 @@ CLASSIFIERS = ("svm", "random_forest", "decision_tree", "logistic", "naive_bayes
 
 def make_classifier(name: str, random_state: int = 0, **params):
     """The seven classifiers of cui2023 with sensible defaults (params override them)."""
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.naive_bayes import GaussianNB
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.tree import DecisionTreeClassifier
     defaults = {
         "svm": (_calibrated_svc, dict(kernel="rbf", gamma="scale", C=1.0,
                                       random_state=random_state)),
@@ -754,8 +751,6 @@ def make_classifier(name: str, random_state: int = 0, **params):
 def _calibrated_svc(**kw):
     """RBF SVM with Platt-scaled probabilities (scikit-learn >= 1.9 deprecates
     ``SVC(probability=True)`` in favour of this equivalent)."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.svm import SVC
     return CalibratedClassifierCV(SVC(**kw), ensemble=False, cv=5)
 
 
@@ -858,8 +853,6 @@ def cap_neighbors(estimator, n_rows: int):
     tuple or None
         ``(configured, capped)`` when a cap applied (the largest configured count and the cap).
     """
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.neighbors import KNeighborsClassifier
     if isinstance(estimator, KNeighborsClassifier):
         k = int(estimator.n_neighbors)
         if k <= n_rows:

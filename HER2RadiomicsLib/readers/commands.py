@@ -8,6 +8,10 @@ from pathlib import Path
 
 from ..errors import InputError
 
+# Command functions import the library modules (and numpy, pandas, SimpleITK, matplotlib)
+# when they run: the parser imports this module, and `her2radiomics --help` must stay instant
+# (Testing/test_outputs_atomic.py checks what building the parser loads).
+
 #: reproducibility.FORMS, spelled out so that building the parser imports no numpy
 ICC_FORMS = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
 

@@ -44,9 +44,12 @@ import math
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage as ndi
 from scipy import stats
 
 from ..errors import InputError
+from .metrics import compare_masks
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +252,6 @@ def stable_features(icc: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
 
 def pairwise_agreement(masks: dict, spacing=(1.0, 1.0), unit: str = "mm") -> list:
     """All reader pairs of one case: list of dicts (reader_a, reader_b, metrics)."""
-    from .metrics import compare_masks
     readers = sorted(masks)
     out = []
     for i, a in enumerate(readers):
@@ -265,7 +267,6 @@ def consensus_masks(masks: list) -> dict:
     Strict majority: a pixel is included when more than half of the readers include it (with
     an even number of readers, ties are excluded).
     """
-    import SimpleITK as sitk
     arrs = [np.asarray(m, dtype=np.uint8) for m in masks]
     votes = np.sum(arrs, axis=0)
     majority = votes * 2 > len(arrs)
@@ -282,7 +283,6 @@ def perturb_contour(mask: np.ndarray, spacing=(1.0, 1.0), grow_mm: float = 1.0,
     shrinkage by ``grow_mm`` from the exact distance map, and smooth random boundary
     deformations (a low-pass random field of +-``amplitude_mm`` added to the signed distance).
     """
-    from scipy import ndimage as ndi
     m = np.asarray(mask, bool)
     samp = (spacing[1], spacing[0])
     sd = (ndi.distance_transform_edt(~m, sampling=samp)

@@ -25,8 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import HER2Error, InputError
+from ..extraction.batch import BatchOptions, ExtractConfig, case_id_problems, run_batch
+from ..imaging.io import atomic_write_text, load_case, write_image
+from ..imaging.rings import parse_rings
+from ..outputs import staged_dir, write_csv
+from .reproducibility import (consensus_masks, icc_table, pairwise_agreement, perturb_contour,
+                              stable_features)
 
 log = logging.getLogger(__name__)
 SEP = "@"     # joins case and reader into the batch engine's case_id
@@ -53,7 +60,6 @@ def read_reader_manifest(path, readers=None):
         absent = sorted(set(readers) - set(df["reader"]))
         if absent:
             raise InputError(f"{path}: --readers {absent} have no rows in the manifest")
-    from ..extraction.batch import case_id_problems
     bad = []
     for i, r in df.iterrows():
         why = case_id_problems(r.case_id) + [
@@ -192,7 +198,6 @@ def run_reader_study(manifest, out_dir, config: ReaderStudyConfig | None = None,
     dict
         ``summary.json``'s content (with ``html``, the page's final path, when rendered).
     """
-    from ..outputs import staged_dir
     cfg = config or ReaderStudyConfig()
     out = Path(out_dir)
     df, problems = read_reader_manifest(manifest, cfg.readers)
@@ -204,11 +209,6 @@ def run_reader_study(manifest, out_dir, config: ReaderStudyConfig | None = None,
 
 def _study_into(stage: Path, out: Path, job: _Job, render=None) -> dict:
     """The study's steps, writing into ``stage``; feature parts are cached in ``out``."""
-    from ..extraction.batch import BatchOptions, ExtractConfig, run_batch
-    from ..imaging.io import atomic_write_text
-    from ..outputs import write_csv
-    from .reproducibility import icc_table, stable_features
-    from ..imaging.rings import parse_rings
     c, df, problems = job.config, job.rows, job.problems
     rows = [{"case_id": f"{r.case_id}{SEP}{r.reader}", "image": r.image, "mask": r.mask}
             for r in df.itertuples()]
@@ -274,10 +274,6 @@ def _split_ids(feats: pd.DataFrame, second: str) -> pd.DataFrame:
 
 def contour_agreement(df, out: Path, spacing_mm, problems) -> pd.DataFrame:
     """Pairwise agreement per case; writes consensus masks. Bad reader masks are reported."""
-    import SimpleITK as sitk
-    from ..errors import HER2Error
-    from ..imaging.io import load_case, write_image
-    from .reproducibility import consensus_masks, pairwise_agreement
     recs = []
     (out / "consensus").mkdir(exist_ok=True)
     for cid, g in df.groupby("case_id", sort=False):
@@ -337,11 +333,6 @@ def robustness_icc(df, out: Path, cfg, spacing_mm, jobs, progress, problems) -> 
     Clearly a proxy (MIRP's idea): it measures sensitivity to contour changes of about 1 mm,
     not the variability of real readers.
     """
-    import SimpleITK as sitk
-    from ..extraction.batch import run_batch
-    from ..errors import HER2Error
-    from ..imaging.io import load_case, write_image
-    from .reproducibility import icc_table, perturb_contour
     first = sorted(df["reader"].unique())[0]
     rows = []
     mdir = out / "robustness" / "masks"

@@ -18,13 +18,22 @@ removed: ``--resume`` keeps it (stdout and the manifest's ``cnn_flags`` say so);
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
 from ..errors import HER2Error, InputError
+from ..extraction.batch import file_digest, part_name, read_manifest
+from ..imaging.io import _umask, atomic_write_text, read_image, write_image
+from ..outputs import _write_marker, read_marker, spreadsheet_safe, staged_dir
+from .inference import DEFAULT_MODEL, auto_mask, check_ultrasound, sha256_of
 
 #: the manifest's cnn_flags of a case whose mask the user edited (the CNN's numbers no longer
 #: describe it, so its cnn_confidence is left empty)
@@ -41,7 +50,6 @@ MASK_RECORDS = ".segment-parts"
 
 def _model_id(model) -> str:
     """The weights' sha256 (from the file itself, so a replaced file is a different model)."""
-    from .inference import DEFAULT_MODEL, sha256_of
     path = Path(model or DEFAULT_MODEL)
     try:
         return sha256_of(path)
@@ -50,15 +58,12 @@ def _model_id(model) -> str:
 
 
 def _mask_key(row, model_id) -> str:
-    import hashlib
-    from ..extraction.batch import file_digest
     blob = json.dumps({"image": file_digest(row["image"]), "frame": row.get("frame", ""),
                        "model": model_id}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def _record_path(out: Path, case_id) -> Path:
-    from ..extraction.batch import part_name
     return out / MASK_RECORDS / part_name(case_id)
 
 
@@ -66,8 +71,6 @@ def _record_mask(out: Path, key: str, case_id, mask=None, **info) -> None:
     """Record that segment made ``mask`` (default ``out/<case_id>.nrrd``) for ``case_id`` from
     the inputs ``key`` names; ``info`` (confidence, flags) is kept with it. The sha256s of the
     masks made for the case before are remembered too (see cohort.made_by_segment)."""
-    from ..extraction.batch import file_digest
-    from ..imaging.io import atomic_write_text
     digest = file_digest(Path(mask) if mask is not None else out / f"{case_id}.nrrd")
     made = [m for m in made_by_segment(read_record(out, case_id)) if m != digest]
     atomic_write_text(_record_path(out, case_id), json.dumps({
@@ -78,7 +81,6 @@ def _record_mask(out: Path, key: str, case_id, mask=None, **info) -> None:
 def _reusable(out: Path, row) -> bool:
     """A mask from an earlier run may stand in for this row: same image content, frame and
     model, and the mask file is the one that run wrote (not edited or replaced since)."""
-    from ..extraction.batch import file_digest
     try:
         rec = json.loads(_record_path(out, row["case_id"]).read_text())
     except (OSError, ValueError):
@@ -93,7 +95,6 @@ def cache_dir(out) -> Path:
 
 def cache_mask(out, case_id) -> Path:
     """The CNN's mask of a case in the cache (same stem as its record, any case_id safe)."""
-    from ..extraction.batch import part_name
     return cache_dir(out) / (part_name(case_id)[:-len(".json")] + ".nrrd")
 
 
@@ -117,7 +118,6 @@ def made_by_segment(rec) -> list:
 def edit_of(path: Path, rec) -> str | None:
     """Why the mask at ``path`` is the user's (edited by hand, or of unknown origin), or None
     when it is a mask segment made for this case."""
-    from ..extraction.batch import file_digest
     if rec is None:
         return ("segment has no record of making it (its cache .segment-parts is gone), so it "
                 "may hold edits")
@@ -133,7 +133,6 @@ def adopt_earlier_layout(out: Path, mark: dict, write: bool = False) -> set:
     so that the staged swap may replace them."""
     ours = set(mark.get("files", []))
     add = [n for n in ("manifest.csv", "errors.csv") if (out / n).is_file()]
-    from ..extraction.batch import part_name
     for rec_path in cache_dir(out).glob("*.json") if cache_dir(out).is_dir() else []:
         try:
             cid = json.loads(rec_path.read_text(encoding="utf-8")).get("case_id")
@@ -148,7 +147,6 @@ def adopt_earlier_layout(out: Path, mark: dict, write: bool = False) -> set:
     new = [n for n in add if n not in ours]
     if new and mark.get("command") == "segment":
         if write:
-            from ..outputs import _write_marker
             _write_marker(out, "segment", sorted(ours | set(new)))
         ours |= set(new)
     return ours
@@ -178,7 +176,6 @@ def plan(rows, out: Path, model_id: str, resume: bool):
         A mask file in DIR that segment never wrote (move it away), or, without ``--resume``,
         a mask the user edited that this run would redraw. Nothing was changed.
     """
-    from ..outputs import read_marker
     ours = adopt_earlier_layout(out, read_marker(out) or {})
     todo, reuse, kept, rest = [], [], [], []
     for r in rows:
@@ -214,7 +211,6 @@ def _cache_from_final(out: Path, row, final: Path) -> None:
     """A mask in DIR that is exactly the one its record describes, made from the same inputs,
     but missing from the cache (an earlier version kept no masks there): put it there, so that
     --resume reuses it instead of redrawing it."""
-    from ..extraction.batch import file_digest
     rec = read_record(out, row["case_id"])
     if not rec or rec.get("key") != row["_key"] or rec.get("mask_sha256") != file_digest(final):
         return
@@ -234,8 +230,7 @@ def _cache_from_final(out: Path, row, final: Path) -> None:
 def _segment_one(row, model, device, threads=None):
     """Segment one row into its cache mask; a dict of results or of its error (never raises
     for a bad case, so the cohort goes on)."""
-    from ..imaging.io import _umask, read_image, write_image
-    from .inference import auto_mask, check_ultrasound, get_segmenter
+    from .inference import get_segmenter  # when run: tests patch inference.get_segmenter
     try:
         loaded = read_image(row["image"], frame=int(row["frame"]) if row.get("frame") else None)
         flags = check_ultrasound(loaded)
@@ -255,11 +250,9 @@ def _segment_one(row, model, device, threads=None):
 
 def segment_manifest(a) -> int:
     """Run ``segment --manifest`` (see the module docstring); returns the exit code."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-    from ..extraction.batch import read_manifest
-    from ..imaging.io import atomic_write_text
-    from ..outputs import read_marker, spreadsheet_safe, staged_dir, write_csv
+    # looked up when run: tests patch inference.get_segmenter (a stand-in CNN) and
+    # outputs.write_csv (a full disk)
+    from ..outputs import write_csv
     from .inference import get_segmenter
     rows = read_manifest(a.manifest, require_mask=False, per_row=True)
     refused = [{"case_id": r["case_id"], "error": r["_error"]} for r in rows if r.get("_error")]
@@ -274,7 +267,6 @@ def segment_manifest(a) -> int:
     keys = {r["case_id"]: r["_key"] for r in todo}
     try:
         if a.jobs > 1 and len(todo) > 1:
-            from joblib import Parallel, delayed
             gen = Parallel(n_jobs=a.jobs, return_as="generator_unordered")(
                 delayed(_segment_one)(r, a.model, a.device, 1) for r in todo)
         else:
@@ -361,8 +353,7 @@ def cnn_masks(rows, folder, *, device="cpu", resume=False, spacing_of=None, prog
     list of (dict, str)
         The rows that failed, each with its one-line error.
     """
-    from ..imaging.io import read_image, write_image
-    from .inference import auto_mask, get_segmenter
+    from .inference import get_segmenter  # when run: tests patch inference.get_segmenter
     todo = [r for r in rows if not r.get("mask")]
     if not todo:
         return []

@@ -1,13 +1,22 @@
 """CLI commands of the segmentation CNN: ``segment``, ``eval-segmenter``, ``train-segmenter``."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import math
+import os
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import HER2Error, InputError
+
+# Command functions import the library modules and numpy, pandas, SimpleITK and tqdm when
+# they run: the parser imports this module, and `her2radiomics --help` must stay instant
+# (Testing/test_outputs_atomic.py checks what building the parser loads).
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,6 @@ MAX_BASE_CHANNELS = 64
 
 def _whole(lo, hi=None):
     """An argparse type: a whole number from ``lo`` (to ``hi``); a bad value is one line."""
-    import argparse
 
     def parse(text):
         try:
@@ -48,8 +56,6 @@ def _whole(lo, hi=None):
 
 def _number(ok, wanted):
     """An argparse type: a float for which ``ok`` holds (NaN never does); else one line."""
-    import argparse
-    import math
 
     def parse(text):
         try:
@@ -67,7 +73,6 @@ _fraction = _number(lambda v: 0 < v < 1, "a fraction between 0 and 1 (both exclu
 
 
 def _net_size(text):
-    import argparse
     v = _whole(NET_STRIDE, MAX_SIZE)(text)
     if v % NET_STRIDE:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a multiple of {NET_STRIDE} (the "
@@ -76,8 +81,6 @@ def _net_size(text):
 
 
 def _device(text):
-    import argparse
-    import re
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"{text!r}: choose cpu, cuda or cuda:N")
     return text
@@ -233,7 +236,6 @@ def summarize_metrics(recs) -> dict:
          # is undefined for them and is summarised over the others
          "n_no_lesion_found": sum(1 for r in ok if not r.get("lesion_found", True))}
     if ok:
-        import warnings
         with warnings.catch_warnings():     # no HD95 at all (every image a miss): NaN, quietly
             warnings.simplefilter("ignore", RuntimeWarning)
             hd_median, hd_mean = float(np.nanmedian(hd)), float(np.nanmean(hd))
@@ -284,7 +286,6 @@ def _training_pairs(a) -> tuple:
 def _pending(export: Path) -> Path:
     """Where a run writes its model before it has succeeded (beside the final name, so the
     rename at the end stays on one file system); the card goes to its ``.json``."""
-    import os
     return export.with_name(f".{export.stem}.pending-{os.getpid()}.pt")
 
 
@@ -292,7 +293,6 @@ def _swap_in_model(pending: Path, export: Path) -> None:
     """Replace the model and its card together, with Ctrl-C held back for the two renames: a
     reader then finds the previous pair or the new one (a crash in between leaves a card whose
     sha256 refuses the weights, never a silent mismatch)."""
-    import os
     from ..outputs import interrupts_held
     from .inference import card_path
     with interrupts_held():

@@ -30,17 +30,29 @@ import hashlib
 import json
 import logging
 import math
+import os
+import re
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+from pydicom.uid import UID
 from scipy import ndimage as ndi
 
 from ..errors import InputError, ModelError
+from ..imaging.io import atomic_write_text
+from ..imaging.rings import detect_fov
 from .networks import (ARCHITECTURE_NAME, ARCHITECTURE_VERSION, build_network, load_weights,
                        state_dict_from)
 from .preprocess import Letterbox, normalise_intensity
+
+# torch is imported inside the functions that run the network: it is optional (the [torch]
+# extra) and costs seconds, and check_ultrasound, DEFAULT_MODEL and the model card serve
+# callers without it
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +217,6 @@ class Segmenter:
             info.update(prompt="box", box=[x0, y0, x1, y1])
         fov = None
         if use_fov and box is None:
-            from ..imaging.rings import detect_fov
             fov = sitk.GetArrayFromImage(detect_fov(image)) > 0
             if not fov.any():
                 fov = None
@@ -372,7 +383,6 @@ VAGUE_MODALITIES = frozenset({"", "OT", "SC"})
 
 def _sop_name(uid: str) -> str:
     try:
-        from pydicom.uid import UID
         name = UID(uid).name
     except Exception:  # noqa: BLE001 - a malformed UID is shown as written
         name = uid
@@ -386,7 +396,6 @@ def _dicom_evidence(loaded) -> dict:
           "regions": bool(prov.get("us_regions")),
           "photometric": str(prov.get("photometric", "")).strip().upper()}
     try:
-        import pydicom
         ds = pydicom.dcmread(str(loaded.path), stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - header already read once by read_image; keep what it kept
         return ev
@@ -476,7 +485,6 @@ def _as_int(v):
 
 def _check_device(device: str) -> str:
     """``device`` if torch can use it: ``cpu``, ``cuda`` or ``cuda:N`` of an existing GPU."""
-    import re
     import torch
     m = re.fullmatch(r"cuda(?::(\d+))?", device)
     if device != "cpu" and not m:
@@ -564,7 +572,6 @@ def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
     ModelError
         The checkpoint is not pure data, is corrupt, or has no ``model`` weights or ``arch``.
     """
-    import os
     import torch
     ck = load_weights(best_ckpt)
     state = state_dict_from(ck, best_ckpt)
@@ -591,7 +598,6 @@ def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
             "letterbox": "aspect-preserving resize into a square canvas, black padding",
             "threshold": 0.5, "test_time_augmentation": "horizontal flip (mean of 2 passes)",
             **card_extra, "sha256": sha256_of(out_weights)}
-    from ..imaging.io import atomic_write_text
     atomic_write_text(card_path(out_weights), json.dumps(card, indent=2))
     return out_weights
 
@@ -608,14 +614,11 @@ def update_model_card(weights, **fields) -> dict:
     if card.get("sha256") != sha256_of(weights):
         raise ModelError(f"{weights}: sha256 does not match its card; re-export the model")
     card.update(fields)
-    from ..imaging.io import atomic_write_text
     atomic_write_text(cp, json.dumps(card, indent=2, ensure_ascii=False))
     return card
 
 
 def _median_predict_s(seg, images, repeats, sync=None) -> float:
-    import statistics
-    import time
     seg.predict(images[0])                      # warm-up
     ts = []
     for i in range(repeats):

@@ -16,6 +16,12 @@ Example
 """
 from __future__ import annotations
 
+import io
+import pickle
+import pickletools
+import re
+import warnings
+import zipfile
 from pathlib import Path
 
 from ..errors import ModelError
@@ -122,8 +128,6 @@ _SCAN_BYTES = 64 << 20
 def _names_code(pickle_bytes: bytes) -> bool:
     """True if ``pickle_bytes`` is a well-formed pickle that imports or calls anything beyond
     torch's tensor rebuilding (a broken stream is corruption, whatever its bytes spell)."""
-    import io
-    import pickletools
     code = False
     try:
         for op, arg, _pos in pickletools.genops(io.BytesIO(pickle_bytes)):
@@ -139,7 +143,6 @@ def _names_code(pickle_bytes: bytes) -> bool:
 
 def _pickle_of(path: Path) -> bytes:
     """The pickle stream of a weights file: ``*/data.pkl`` of a zip, else the raw file."""
-    import zipfile
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -182,9 +185,6 @@ def load_weights(path, map_location="cpu"):
         file (its pickle names a function or class other than torch's tensor rebuilding, e.g. a
         payload that would run ``os.system``).
     """
-    import pickle
-    import re
-    import warnings
     torch = _torch()
     path = Path(path)
     if not path.is_file():

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# torch is imported inside Letterbox's resampling methods: it is optional (the [torch] extra)
+# and costs seconds, and normalise_intensity and the geometry serve callers without it
+
 # Robust min-max: ultrasound screenshots carry saturated annotation text and a black background,
 # so plain min/max or z-scores are dominated by them; percentiles are not.
 LOW_PERCENTILE = 0.5

@@ -36,9 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from tqdm.auto import tqdm
 
 from ..errors import InputError, ModelError
+from ..extraction.batch import read_manifest
+from ..imaging.io import _check_size, _read_sitk
+from .networks import build_network, load_weights, state_dict_from
 from .preprocess import Letterbox, normalise_intensity
+
+# torch is imported inside the functions that train or save: it is optional (the [torch]
+# extra) and costs seconds, and the pair checks serve callers without it
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +88,6 @@ def check_pairs(pairs) -> None:
         One line naming the file: not found, or larger than the cap
         (:func:`..imaging.io.max_pixels`).
     """
-    import SimpleITK as sitk
-    from ..imaging.io import _check_size
     for pair in pairs:
         for path in pair[:2]:
             path = Path(path)
@@ -100,8 +106,6 @@ def check_pairs(pairs) -> None:
 def _read_grey(path) -> np.ndarray:
     """A 2D grey array of an image file, read through the library's header checks (pixel cap
     before decoding, one-line errors naming the file)."""
-    import SimpleITK as sitk
-    from ..imaging.io import _read_sitk
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
@@ -127,7 +131,6 @@ def _prepare(img: np.ndarray, mask: np.ndarray, size: int):
 
 def load_pairs(pairs, size: int = DEFAULT_SIZE, progress: bool = True) -> SegDataset:
     """Load ``(image_path, mask_path, case_id, patient_id)`` tuples into a :class:`SegDataset`."""
-    from tqdm.auto import tqdm
     pairs = list(pairs)
     xs = np.zeros((len(pairs), size, size), np.uint8)
     ys = np.zeros_like(xs)
@@ -190,7 +193,6 @@ def manifest_pairs(manifest):
     relative paths are resolved against the manifest's folder; a missing column or file, an
     empty or duplicate case ID is refused, one line per problem naming the manifest.
     """
-    from ..extraction.batch import read_manifest
     return [(Path(r["image"]), Path(r["mask"]), r["case_id"], r.get("patient_id") or r["case_id"])
             for r in read_manifest(manifest)]
 
@@ -332,7 +334,6 @@ def read_start_files(out_dir, arch: dict | None = None, init_from=None, resume: 
         One line naming the file: not pure data (refused unread), empty/truncated/corrupt, not
         weights or not a checkpoint of this command, or made for a different network.
     """
-    from .networks import build_network, load_weights, state_dict_from
     arch = dict(arch or DEFAULT_ARCH)
     init_state = ck = None
     if init_from is not None:
@@ -439,8 +440,6 @@ def train(train_ds: SegDataset, val_ds: SegDataset, out_dir,
         :func:`read_start_files`); checked before anything is written.
     """
     import torch
-    from tqdm.auto import tqdm
-    from .networks import build_network
 
     c = config or TrainConfig()
     arch, epochs, batch_size, lr, patience = c.arch, c.epochs, c.batch_size, c.lr, c.patience

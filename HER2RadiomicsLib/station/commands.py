@@ -23,6 +23,11 @@ from pathlib import Path
 
 from ..errors import HER2Error, InputError
 
+# Command functions import the library modules (and SimpleITK, trame, and standard modules
+# the parser does not load, such as socket) when they run: the parser imports this module,
+# and `her2radiomics --help` must stay instant (Testing/test_outputs_atomic.py checks what
+# building the parser loads).
+
 #: seconds a station process may take to load Slicer's core and open its first case
 START_TIMEOUT_S = 120.0
 #: waits before restarting a process that died (s), one step longer per crash in a row; a
@@ -155,7 +160,7 @@ def plan(store, port: int) -> list:
 
 def check_ports(host, ports) -> None:
     """Refuse ports that are taken, in one line, before any process loads Slicer."""
-    import socket
+    import socket  # when run, as the module comment says
     for _role, reader, port in ports:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

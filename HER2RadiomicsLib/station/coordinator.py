@@ -3,11 +3,19 @@ two readers saved a case, the reader manifest and the reader-study report (ICC p
 stable features) on the finished cases, opened from the page."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
+import pandas as pd
+
+from ..readers.study import ReaderStudyConfig, run_reader_study
+from ..reports.reader_study import render_reader_study
 from . import gate
 from .store import StudyStore
+
+# trame and aiohttp are imported inside the methods that build and serve the page: they come
+# with the optional [station] extra, which the study logic here does not need
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +135,6 @@ class CoordinatorStation:
                     for r in agree.itertuples()]
 
     def _start_live_progress(self, **_):
-        import asyncio
 
         async def loop():
             while True:
@@ -151,12 +158,8 @@ class CoordinatorStation:
     async def run_study(self):
         """Export the manifest and run the reader-study engine on it (in a worker thread, so
         the page stays live); show the ICC table and a link to the report."""
-        import asyncio
 
-        import pandas as pd
 
-        from ..readers.study import ReaderStudyConfig, run_reader_study
-        from ..reports.reader_study import render_reader_study
         if self.state.co_running:
             return
         with self.state:

@@ -25,6 +25,7 @@ the HTTP layer, before wslink sees anything:
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -34,6 +35,9 @@ import os
 import secrets
 import time
 from pathlib import Path
+
+# aiohttp, wslink and trame_server are imported inside the functions that install the gate:
+# they come with the optional [station] extra, and the signing helpers here serve without it
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +268,6 @@ def link_protocol(on_connect=None, on_close=None):
                 client_id=old)
 
             async def close_later():
-                import asyncio
                 await asyncio.sleep(0.3)                     # the message first
                 handler = self.ws_server._ws_handlers[0]     # wslink private attribute
                 ws = handler.connections.get(old)

@@ -35,9 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import SimpleITK as sitk
 
 from ..errors import HER2Error, InputError
+from ..extraction.batch import read_manifest
+from ..imaging.io import atomic_write_text, read_image, write_image
+from ..readers.metrics import compare_masks
 
 #: how a case starts: the CNN's proposal (edited by the reader) or an empty contour
 START_SOURCES = ("cnn", "empty")
@@ -106,7 +110,6 @@ class StudyStore:
         only as a hash. The manifest needs ``case_id`` and ``image``; every other column
         (labels!) stays out of the study, so readers are blind to it.
         """
-        from ..extraction.batch import read_manifest
         root = Path(root)
         if (root / STUDY_FILE).exists():
             raise InputError(f"{root}: a study exists already; open it instead of creating")
@@ -137,7 +140,6 @@ class StudyStore:
                               if r.get("spacing_x_mm") else {})} for r in rows],
                 "readers": {r: {"token_sha256": _hash(tokens[r])} for r in readers},
                 "coordinator_token_sha256": _hash(tokens["coordinator"])}
-        from ..imaging.io import atomic_write_text
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / STUDY_FILE, json.dumps(meta, indent=1))
         store = cls(root)
@@ -181,7 +183,6 @@ class StudyStore:
 
     def load_image(self, case_id):
         """The case's image (calibrated spacing), as the library reads it."""
-        from ..imaging.io import read_image
         row = self._case(case_id)
         spacing = ((row["spacing_x_mm"], row["spacing_y_mm"])
                    if "spacing_x_mm" in row else None)
@@ -196,7 +197,6 @@ class StudyStore:
         return json.loads(self._queue_path(reader).read_text())
 
     def _write_queue(self, reader, q):
-        from ..imaging.io import atomic_write_text
         atomic_write_text(self._queue_path(reader), json.dumps(q, indent=1))
 
     def queue(self, reader) -> list:
@@ -255,7 +255,6 @@ class StudyStore:
         """Keep the contour in progress (not a result: the case is not done), with what is
         known of it so far (``info``: where it started, active seconds, edits), so that a
         restarted station resumes it truthfully."""
-        from ..imaging.io import atomic_write_text, write_image
         path = write_image(self._as_label(case_id, mask),
                            self._contour_path(reader, case_id, autosave=True))
         atomic_write_text(self._contour_path(reader, case_id, ".json", autosave=True),
@@ -296,13 +295,11 @@ class StudyStore:
 
     def save_proposal(self, case_id, mask) -> Path:
         """Store the CNN's proposal of a case (an empty one when the CNN found nothing)."""
-        from ..imaging.io import write_image
         return write_image(self._as_label(case_id, mask), self._proposal_path(case_id))
 
     def save_contour(self, reader, case_id, mask, *, start_source=None, seconds=None,
                      edits=None) -> Path:
         """Save a reader's contour of a case (atomic; the JSON sidecar marks it done)."""
-        from ..imaging.io import atomic_write_text, write_image
         label = self._as_label(case_id, mask)
         if not sitk.GetArrayViewFromImage(label).any():
             raise InputError(f"case {case_id}: the contour is empty; draw the lesion or skip")
@@ -341,7 +338,6 @@ class StudyStore:
                          "flagged": len(q["flags"]), "total": len(q["order"]),
                          "left": sum(1 for c in q["order"] if c not in q["skipped"]
                                      and not self.is_done(r, c))})
-        import pandas as pd
         return pd.DataFrame(rows)
 
     def flags(self) -> list:
@@ -352,9 +348,7 @@ class StudyStore:
     def agreement(self):
         """Dice, HD95 (mm) and area difference of every pair of readers on every case that
         at least two readers saved."""
-        from ..readers.metrics import compare_masks
         rows = []
-        import pandas as pd
         for case in self.cases:
             done = [r for r in self.readers if self.is_done(r, case)]
             if len(done) < 2:
@@ -374,8 +368,6 @@ class StudyStore:
     def export_reader_manifest(self, path, min_readers: int = 2) -> Path:
         """``case_id,image,reader,mask`` of the saved contours of cases with at least
         ``min_readers`` readers: the manifest ``her2radiomics reader-study`` takes."""
-        from ..imaging.io import atomic_write_text
-        import pandas as pd
         rows = []
         for case in self.cases:
             done = [r for r in self.readers if self.is_done(r, case)]

@@ -21,8 +21,11 @@ frames are streamed as JPEG.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +33,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
+from ..imaging.rings import build_regions
+from ..modelling.bundle import load_bundle
+from ..modelling.predict import predict_case
+from ..segmentation.inference import get_segmenter
 from . import gate
+from .coordinator import CoordinatorStation
 from .store import StudyStore
+
+# trame, trame_slicer, vtk and aiohttp are imported inside the methods that build and serve
+# the app: they come with the optional [station] extra (Slicer's core), which the stores and
+# the rest of the command line never need
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +134,6 @@ class ReaderStation:
         self._restored = ""
         self._bundle = None
         if bundle:
-            from ..modelling.bundle import load_bundle
             self._bundle = load_bundle(bundle)     # a bad bundle stops the start, one line
 
         self._init_state()
@@ -408,7 +420,6 @@ class ReaderStation:
         if mask is not None:
             return mask if sitk.GetArrayViewFromImage(mask).any() else None
         try:
-            from ..segmentation.inference import get_segmenter
             mask = get_segmenter().predict(loaded.image).mask
             self.store.save_proposal(case_id, mask)
             return mask
@@ -683,7 +694,6 @@ class ReaderStation:
                 with self.state:
                     self.state.st_rings = False
                 return
-            from ..imaging.rings import build_regions
             regions = build_regions(self.image, self._mask_image(mask), OVERLAY_RINGS_MM,
                                     annuli=True)
             arr = sitk.GetArrayFromImage(regions.label_map).astype(np.uint8)
@@ -705,7 +715,6 @@ class ReaderStation:
         bundle's own params and regions)."""
         if self._bundle is None or self.case_id is None:
             return None
-        from ..modelling.predict import predict_case
         mask = self.current_mask()
         if not mask.any():
             self._say(error="Draw the lesion first: the prediction needs a contour.")
@@ -733,7 +742,6 @@ def _read_only(value):
 def _later_if_loop(delay_s, fn):
     """Call ``fn`` after ``delay_s`` on the server's event loop; nothing without a running
     loop (a station used in process: its tests call the step themselves)."""
-    import asyncio
     try:
         asyncio.get_running_loop().call_later(delay_s, fn)
     except RuntimeError:
@@ -742,7 +750,6 @@ def _later_if_loop(delay_s, fn):
 
 def serve_coordinator(study, host="127.0.0.1", port=0, ready_file=None, **options):
     """Run the coordinator's station (blocking)."""
-    from .coordinator import CoordinatorStation
     app = CoordinatorStation(StudyStore(study), **options)
     _start(app.server, host, port, ready_file)
 
@@ -755,10 +762,7 @@ def serve_reader(study, reader, host="127.0.0.1", port=0, bundle=None, ready_fil
 
 
 def _start(server, host, port, ready_file):
-    import json
-    import os
 
-    from ..errors import InputError
 
     @server.controller.add("on_server_ready")
     def _ready(**_):

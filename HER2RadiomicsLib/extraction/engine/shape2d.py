@@ -137,6 +137,7 @@ def _max_distance(V: np.ndarray) -> float:
     hull, so only those are compared (a ring's contour has thousands of vertices, its hull a
     few hundred); the same pairwise arithmetic as comparing all points, in blocks."""
     if len(V) > 64:
+        # when run: scipy.spatial only for contours this long (one-case extract start-up)
         from scipy.spatial import ConvexHull, QhullError
         try:
             V = V[ConvexHull(V).vertices]

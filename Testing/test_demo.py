@@ -50,6 +50,13 @@ def test_demo_reduced(tmp_path):
     assert "test AUC per patient" in html and "(patients)" in html
     assert html.count("on original-image features") >= 2
     assert "stroma texture" in html                          # the planted effects, documented
+    # what a CLEAR/TRIPOD reviewer asks, per model, on the demo's one page (issue 31)
+    for item in ("Protocol and deviations", "Assumed protocol", "Extraction settings",
+                 "Sample size (events per predictor)", "Multiple testing", "Comparators",
+                 "models/yin2024/clear_checklist.csv",
+                 "models/peritumoral2025/tripod_ai_checklist.csv"):
+        assert item in html, item
+    assert html.count("Deviations from the paper") == 2
     m = json.loads((out / "models" / "peritumoral2025" / "metrics.json").read_text())
     assert m["unit"] == "patients" and m["n"]["test"] < m["n_images"]["test"] + 1
     # the bundle reloads and predicts the probability the report shows

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import html as H
+from . import study_sections as SS
 from .case import card_details_html, overlay_figure, prediction_card_html, task_text
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,29 @@ def _model_section(out: Path, name: str, s: dict):
              + H.table(model_table(s)))
     if binary:
         inner += H.Html("<h3>At the Youden threshold</h3>") + H.table(threshold_table(m))
-    return inner + H.el("div", figs, class_="figs")
+    return inner + _reviewer_items(name, s) + H.el("div", figs, class_="figs")
+
+
+def _reviewer_items(name: str, s: dict) -> H.Html:
+    """What a CLEAR/TRIPOD reviewer asks of the model, from its metrics.json: the protocol and
+    its deviations, extraction settings, events per predictor, multiple testing, the
+    clinical-only comparator and the checklists (the full report has every section)."""
+    out = H.Html("")
+    for section in (SS.protocol_section, SS.extraction_section, SS.sample_size_section,
+                    SS.multiple_testing_section):
+        got = section(s)
+        if got:
+            heading, inner = got
+            out += H.el("h3", heading) + inner
+    nom = s.get("nomogram") or {}
+    if nom.get("clinical_only") or nom.get("radiomics_same_units"):
+        out += SS.nomogram_comparator(nom)
+    if s.get("checklists"):
+        base = f"models/{quote(str(name))}"
+        out += H.fmt("<p>Reporting checklists, item by item (where the report answers each, "
+                     "or why not): <a href='{a}'>CLEAR</a>, <a href='{b}'>TRIPOD+AI</a>.</p>",
+                     a=f"{base}/clear_checklist.csv", b=f"{base}/tripod_ai_checklist.csv")
+    return out
 
 
 def _cohort_section(cohort: pd.DataFrame, truth: dict) -> H.Html:

@@ -82,6 +82,26 @@ def _reseal(doc):
     return doc
 
 
+def _with_module_names(path, out, renames: dict):
+    """The bundle at ``path`` with module names in its skops schema renamed (new -> old), model
+    hash and digest recomputed: a bundle as an older release wrote it."""
+    e = _entries(path)
+    inner = zipfile.ZipFile(io.BytesIO(e["model.skops"]))
+    files = {n: inner.read(n) for n in inner.namelist()}
+    text = files["schema.json"].decode()
+    for new, old in renames.items():
+        assert f'"{new}"' in text, new
+        text = text.replace(f'"{new}"', f'"{old}"')
+    files["schema.json"] = text.encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    doc = json.loads(e["bundle.json"])
+    doc["model_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    return _write(out, {"bundle.json": json.dumps(_reseal(doc)), "model.skops": buf.getvalue()})
+
+
 def _with_skops_node(good_path, out, node, extra_files=None):
     """The genuine bundle with its pipeline replaced by ``node`` (a skops schema node),
     model hash and digest recomputed so that only the allow-list can stop it."""
@@ -239,22 +259,10 @@ def test_bundle_saved_before_the_package_layout_still_loads(good, tmp_path, caps
     import sys
     from HER2RadiomicsLib.modelling.bundle import LEGACY_MODULES, load_bundle
     p, csv, pl, X = good
-    e = _entries(p)
-    inner = zipfile.ZipFile(io.BytesIO(e["model.skops"]))
-    files = {n: inner.read(n) for n in inner.namelist()}
-    text = files["schema.json"].decode()
-    for old, new in LEGACY_MODULES.items():
-        text = text.replace(f'"{new}"', f'"{old}"')
-    assert '"HER2RadiomicsLib.modeling"' in text
-    files["schema.json"] = text.encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, b in files.items():
-            z.writestr(n, b)
-    doc = json.loads(e["bundle.json"])
-    doc["model_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
-    old = _write(tmp_path / "old.zip", {"bundle.json": json.dumps(_reseal(doc)),
-                                         "model.skops": buf.getvalue()})
+    text = zipfile.ZipFile(io.BytesIO(_entries(p)["model.skops"])).read("schema.json").decode()
+    used = {new: old for old, new in LEGACY_MODULES.items() if f'"{new}"' in text}
+    assert "HER2RadiomicsLib.modelling.transformers" in used
+    old = _with_module_names(p, tmp_path / "old.zip", used)
     b = load_bundle(old)
     assert not any(m in sys.modules for m in LEGACY_MODULES)
     np.testing.assert_array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))
@@ -276,20 +284,8 @@ def test_hierarchical_bundle_naming_the_class_by_its_old_module_still_loads(tmp_
                    ("classifier", HierarchicalClassifier(make_classifier("logistic")))]).fit(X, y)
     meta = _meta(X, classes=["zero", "low", "positive"], positive_class=None, task="three_class")
     p = save_bundle(tmp_path / "new.zip", {"pipeline": pl, "nomogram": None}, meta)
-    e = _entries(p)
-    inner = zipfile.ZipFile(io.BytesIO(e["model.skops"]))
-    files = {n: inner.read(n) for n in inner.namelist()}
-    new, old = ('"HER2RadiomicsLib.modelling.pipelines"', '"HER2RadiomicsLib.modelling.study"')
-    assert new in files["schema.json"].decode()
-    files["schema.json"] = files["schema.json"].decode().replace(new, old).encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, b in files.items():
-            z.writestr(n, b)
-    doc = json.loads(e["bundle.json"])
-    doc["model_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
-    old_path = _write(tmp_path / "old.zip", {"bundle.json": json.dumps(_reseal(doc)),
-                                              "model.skops": buf.getvalue()})
+    old_path = _with_module_names(p, tmp_path / "old.zip", {
+        "HER2RadiomicsLib.modelling.pipelines": "HER2RadiomicsLib.modelling.study"})
     b = load_bundle(old_path)
     assert type(b.pipeline[-1]) is HierarchicalClassifier
     np.testing.assert_array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))

@@ -23,9 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +30,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, SpacingUnknownError
+# moved to .files when this file was split by job; imported from here by others
+from .files import (  # noqa: F401
+    DICOM_SUFFIXES, HEADER_SUFFIXES, RASTER_SUFFIXES, _real_target, _suffix, _umask,
+    atomic_write_bytes, atomic_write_text, companion_files, write_image)
+# moved to .headers when this file was split by job; imported from here by others
+from .headers import (  # noqa: F401
+    max_pixels, _check_size, _header_text, _nrrd_header, _nrrd_spacing_problem,
+    _header_has_spacing, _check_header, _read_sitk, DEFAULT_MAX_PIXELS, MAX_HEADER_BYTES)
 
 log = logging.getLogger(__name__)
 
 GREY_FORMULA = "ITU-R BT.601 luma: 0.299 R + 0.587 G + 0.114 B (alpha ignored)"
 _GREY_WEIGHTS = np.array([0.299, 0.587, 0.114])
-DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-HEADER_SUFFIXES = {".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".nii.gz", ".gz"}
 DEFAULT_MIN_MASK_PIXELS = 16
 # Relative tolerance when comparing spacing/origin/direction of an image and its mask: below
 # float32 round-off of typical header values, far below any real geometry difference.
@@ -116,11 +118,6 @@ class LoadedImage:
         self.provenance["spacing_source"] = source
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
 
 
 def _is_dicom(path: Path) -> bool:
@@ -198,151 +195,6 @@ def _to_2d(img: sitk.Image, path, frame) -> tuple[sitk.Image, int | None]:
     out = sitk.Extract(img, size, [0, 0, idx])
     return out, (idx if nz > 1 else None)
 
-
-#: Largest image accepted, in pixels per frame, checked on the header before any pixel is
-#: decoded: 16k x 16k is beyond any ultrasound frame or mammogram (~4k x 5k) and keeps one
-#: float64 working copy under 2 GiB. Set HER2RADIOMICS_MAX_PIXELS to change it.
-DEFAULT_MAX_PIXELS = 16384 * 16384
-
-
-def max_pixels() -> int:
-    """The pixel cap in force (:data:`DEFAULT_MAX_PIXELS` unless the environment sets one)."""
-    v = os.environ.get("HER2RADIOMICS_MAX_PIXELS", "")
-    try:
-        return int(v) if v.strip() else DEFAULT_MAX_PIXELS
-    except ValueError:
-        raise InputError(f"HER2RADIOMICS_MAX_PIXELS={v!r}: must be a whole number of "
-                         "pixels") from None
-
-
-def _check_size(path, size) -> None:
-    dims = [int(d) for d in size]
-    plane = dims[0] * (dims[1] if len(dims) > 1 else 1)
-    frames = int(np.prod(dims[2:])) if len(dims) > 2 else 1
-    cap = max_pixels()
-    # a cine loop is read whole before one frame is taken: cap its total at 64 frames' worth
-    if plane > cap or plane * frames > 64 * cap:
-        raise InputError(f"{path}: image of {' x '.join(map(str, dims))} pixels is larger than "
-                         f"the {cap:,}-pixel limit (set HER2RADIOMICS_MAX_PIXELS to raise it)")
-
-
-#: longest NRRD/MetaImage header read (real headers are a few hundred bytes; a longer one
-#: is refused rather than half-read, so that no field is missed)
-MAX_HEADER_BYTES = 1 << 20
-
-
-def _header_text(path: Path, magic: bytes, end: bytes) -> bytes:
-    """A text header up to ``end`` (or the whole file when it is a detached header)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(MAX_HEADER_BYTES + 1)
-    except OSError:
-        return b""
-    if not head.startswith(magic):
-        return b""
-    cut = head.find(end)
-    if cut < 0:
-        if len(head) > MAX_HEADER_BYTES:
-            raise InputError(f"{path}: header longer than {MAX_HEADER_BYTES // 1024} KiB; not "
-                             "read (no real image header is this long)")
-        return head
-    return head[:cut]
-
-
-def _nrrd_header(path: Path) -> dict:
-    """The fields of an NRRD header (``key: value`` lines up to the first blank line)."""
-    head = _header_text(path, b"NRRD", b"\n\n")
-    if not head:
-        return {}
-    fields = {}
-    for raw in head.split(b"\n")[1:]:
-        line = raw.decode("latin-1").strip()
-        if line.startswith("#") or ": " not in line:
-            continue
-        k, v = line.split(": ", 1)
-        fields[k.strip().lower()] = v.strip()
-    return fields
-
-
-def _nrrd_spacing_problem(path: Path) -> str | None:
-    """Why an NRRD header's spacing of a spatial axis is unusable (NaN, zero, negative,
-    missing), or None. ITK replaces such values by 1 mm without a word, so read them here."""
-    f = _nrrd_header(path)
-    if not f:
-        return None
-    kinds = f.get("kinds", "").split()
-    spatial = [k.lower() in ("domain", "space", "time") for k in kinds] if kinds else None
-    if "space directions" in f:
-        toks = re.findall(r"none|\([^)]*\)", f["space directions"])
-        for i, t in enumerate(toks):
-            is_spatial = spatial[i] if spatial and i < len(spatial) else True
-            if t == "none":
-                if is_spatial and spatial is not None:
-                    return f"axis {i} has no space direction"
-                continue
-            try:
-                vec = [float(x) for x in t.strip("()").split(",")]
-            except ValueError:
-                return f"space direction {t} is not numbers"
-            if not all(np.isfinite(vec)) or float(np.hypot.reduce(vec)) <= 0:
-                return f"space direction {t} gives no positive, finite spacing"
-    if "spacings" in f:
-        for i, t in enumerate(f["spacings"].split()):
-            is_spatial = spatial[i] if spatial and i < len(spatial) else True
-            try:
-                v = float(t)
-            except ValueError:
-                return f"spacing {t!r} is not a number"
-            if is_spatial and not (np.isfinite(v) and v != 0):
-                return f"spacing {t} of axis {i} is not a positive, finite number"
-    return None
-
-
-def _header_has_spacing(path: Path) -> bool:
-    """Whether the file states a pixel spacing at all: an NRRD without ``space directions`` or
-    ``spacings`` and a MetaImage without ``ElementSpacing``/``ElementSize`` are read by ITK as
-    1 mm, a placeholder that must not pass as millimetres."""
-    suffix = _suffix(path)
-    if suffix in (".nrrd", ".nhdr"):
-        f = _nrrd_header(path)
-        return not f or "space directions" in f or "spacings" in f
-    if suffix in (".mha", ".mhd"):
-        head = _header_text(path, b"", b"ElementDataFile").decode("latin-1").lower()
-        return "elementspacing" in head or "elementsize" in head
-    return True
-
-
-def _check_header(path: Path, spacing: bool = True) -> None:
-    """Size (and, unless the user gives the spacing, spacing) from the header alone, before
-    the pixels are decoded."""
-    if spacing and _suffix(path) in (".nrrd", ".nhdr"):
-        why = _nrrd_spacing_problem(path)
-        if why:
-            raise InputError(f"{path}: the header's pixel spacing is unusable ({why}); fix the "
-                             "header or give --spacing-mm X Y")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return          # the full read below says what is wrong, in one line
-    _check_size(path, reader.GetSize())
-    sp = reader.GetSpacing()
-    if spacing and _suffix(path) not in RASTER_SUFFIXES | DICOM_SUFFIXES \
-            and not all(np.isfinite(v) and v > 0 for v in sp):
-        raise InputError(f"{path}: the header's pixel spacing {list(sp)} is not positive and "
-                         "finite; fix the header or give --spacing-mm X Y")
-
-
-def _read_sitk(path: Path, check_spacing: bool = False) -> sitk.Image:
-    _check_header(path, spacing=check_spacing)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()
-        detail = next((ln for ln in msg if "ERROR" in ln or "Unable" in ln or "Could not" in ln),
-                      msg[-1] if msg else "")
-        raise InputError(f"{path}: cannot read image ({detail.strip()[:160]})") from None
 
 
 def _dicom_meta(path: Path):
@@ -669,108 +521,6 @@ def load_case(image_path, mask_path=None, spacing_mm=None, frame=None, label=Non
         # info, not a warning: an operation in mm then fails with its own one-line error
         log.info("%s: %s; spacing unknown", loaded.path, loaded.provenance["spacing_note"])
     return loaded, mask
-
-
-def companion_files(path) -> list:
-    """Files an image's reading also depends on: its spacing sidecars (``<image>.json``,
-    ``<stem>.json``) and, for a MetaImage (``.mhd``) or detached NRRD (``.nhdr``) header, the
-    data file(s) it names. Those that exist, absolute."""
-    path = Path(path)
-    out = []
-    for cand in (Path(str(path) + ".json"), path.with_suffix(".json")):
-        if cand != path and cand.is_file():
-            out.append(cand)
-    suffix = _suffix(path)
-    if suffix in (".mhd", ".nhdr"):
-        key = "elementdatafile" if suffix == ".mhd" else "data file"
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(1 << 20).decode("latin-1")
-        except OSError:
-            head = ""
-        for line in head.splitlines():
-            k, sep, v = line.partition("=" if suffix == ".mhd" else ":")
-            if sep and k.strip().lower() in (key, "datafile"):
-                name = v.strip()
-                if name and name.upper() not in ("LOCAL", "LIST") and "%" not in name:
-                    cand = Path(name) if Path(name).is_absolute() else path.parent / name
-                    if cand.is_file():
-                        out.append(cand)
-                break
-    return out
-
-
-def _real_target(path) -> Path:
-    """Where a write to ``path`` lands: a symbolic link is written through to its target (the
-    link stays a link), never replaced by a file."""
-    return Path(os.path.realpath(os.fspath(path)))
-
-
-def write_image(img: sitk.Image, path, compress: bool = True) -> Path:
-    """Write an image atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    target = _real_target(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = _suffix(path) or ".nrrd"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=target.parent)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, compress)
-        # mkstemp creates 0600; give the result the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except RuntimeError as exc:   # ITK reports a full disk or a lost folder this way
-        detail = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "write failed"
-        raise InputError(f"{path}: cannot write the image ({detail})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write text atomically (temporary file then rename): readers never see half a file."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write bytes atomically (temporary file then rename); a symbolic link is written through
-    to its target. A failure (disk full, permission) names the file and leaves it as it was.
-
-    Raises
-    ------
-    InputError
-        The file cannot be written.
-    """
-    path = Path(path)
-    target = _real_target(path)
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        # mkstemp creates 0600; give the result the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc}); the previous file, if "
-                         "any, is unchanged") from None
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 _to_grey = to_grey      # the name earlier versions of the Slicer module imported

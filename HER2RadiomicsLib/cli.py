@@ -370,7 +370,7 @@ def io_paths(a) -> tuple[list, list]:
         if m:
             inputs += _manifest_files(m)
     # what reading an image also reads: spacing sidecars, a MetaImage's/.nhdr's data file
-    from .imaging.io import companion_files
+    from .imaging.files import companion_files
     inputs += [c for f in list(inputs) for c in companion_files(f)]
     if getattr(a, "pred_dir", None) and getattr(a, "manifest", None):
         inputs += [Path(a.pred_dir) / f"{(r.get('case_id') or '').strip()}.nrrd"

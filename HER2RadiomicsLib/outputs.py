@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from . import __version__
 from .errors import InputError
-from .imaging.io import atomic_write_text
+from .imaging.files import atomic_write_text
 
 #: names a folder output as made by a command (and lists the files that command wrote there)
 MARKER = ".her2radiomics-output.json"

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-
-import SimpleITK as sitk
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:            # the annotation only; write_image imports it when it runs
+    import SimpleITK as sitk
 
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -61,6 +63,9 @@ def _real_target(path) -> Path:
 
 def write_image(img: sitk.Image, path, compress: bool = True) -> Path:
     """Write an image atomically (temporary file in the same folder, then rename)."""
+    # imported here: every command writes text through this module, and SimpleITK's import
+    # (0.2 s) is only for the commands that write images
+    import SimpleITK as sitk
     path = Path(path)
     target = _real_target(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -50,13 +50,40 @@ def register(sub):
 
 
 def cmd_icc(a) -> int:
+    # A plain numeric table (what reader-study writes) is read, computed and written without
+    # pandas or scipy.stats: their imports cost a user more than the work (bench_icc.py).
+    # Any other table goes through pandas as it always has, errors included.
+    from ..imaging.files import atomic_write_text
+    from .icc import band, check_form, icc_columns, ratings_array, stable_names
+    from .plaincsv import counts_text, icc_csv_text, read_long_table
+    table = read_long_table(a.table, a.case_col, a.reader_col)
+    if table is None:
+        return _cmd_icc_pandas(a)
+    values, feats, case_keys, reader_keys = table
+    try:
+        arr, _, _ = ratings_array(case_keys, reader_keys, values)
+        cols, n_used, notes = icc_columns(arr, feats)
+    except InputError as exc:               # name the table the problem is in
+        raise InputError(f"{a.table}: {exc}") from None
+    bands = [band(v) for v in cols[a.icc_form]]
+    atomic_write_text(a.out, icc_csv_text(feats, n_used, arr.shape[2], cols, bands, notes))
+    col = check_form(a.icc_form) + ("_ci_low" if a.lower_ci else "")
+    stable = stable_names(feats, cols[col].tolist(), a.threshold)
+    sp = _write_stable(a, stable, atomic_write_text)
+    _report(a, len(feats), int(n_used.max()), arr.shape[2], stable, sp,
+            counts_text("band", bands))
+    return 0
+
+
+def _cmd_icc_pandas(a) -> int:
     import pandas as pd
-    from ..imaging.io import atomic_write_text
+    from ..imaging.files import atomic_write_text
     from .reproducibility import icc_table, stable_features
     try:
         df = pd.read_csv(a.table)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{a.table}: cannot read table ({exc})") from None
+    except (OSError, ValueError) as exc:    # pandas' messages may end in a line break
+        detail = " ".join(str(exc).split())
+        raise InputError(f"{a.table}: cannot read table ({detail})") from None
     try:
         t = icc_table(df, a.case_col, a.reader_col, band_form=a.icc_form)
     except InputError as exc:               # name the table the problem is in
@@ -64,14 +91,23 @@ def cmd_icc(a) -> int:
     from ..outputs import write_csv
     write_csv(a.out, t, float_format="%.10g")
     stable = stable_features(t, a.threshold, a.icc_form, a.lower_ci)
+    sp = _write_stable(a, stable, atomic_write_text)
+    _report(a, len(t), int(t["n_cases"].max()), int(t["n_readers"].max()), stable, sp,
+            t["band"].value_counts().to_string())
+    return 0
+
+
+def _write_stable(a, stable, atomic_write_text) -> Path:
     sp = Path(a.out).with_name(Path(a.out).stem + "_stable_features.txt")
     atomic_write_text(sp, "\n".join(stable) + "\n")
-    print(f"ICC for {len(t)} features ({int(t['n_cases'].max())} cases x "
-          f"{int(t['n_readers'].max())} readers) -> {a.out}")
+    return sp
+
+
+def _report(a, n_features, n_cases, n_readers, stable, sp, band_counts) -> None:
+    print(f"ICC for {n_features} features ({n_cases} cases x {n_readers} readers) -> {a.out}")
     print(f"{len(stable)} stable features ({a.icc_form} {'lower CI ' if a.lower_ci else ''}> "
           f"{a.threshold}) -> {sp}")
-    print(t["band"].value_counts().to_string())
-    return 0
+    print(band_counts)
 
 
 def cmd_reader_study(a) -> int:

@@ -33,7 +33,9 @@ _NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _NUMERIC_COLUMN = re.compile(rf"(?:{_NUM})?(?:\x00(?:{_NUM})?)*")
 #: numbers pandas types differently from ``float``: an integer minus zero (read as +0 in an
 #: integer column) and integers beyond int64 (read as unsigned or text)
-_AWKWARD = re.compile(r"(?:^|\x00)(?:-0+|[-+]?[0-9]{19,})(?=\x00|$)")
+#: (searched in NUL-joined values with a NUL in front: a leading NUL, not "^|", keeps the
+#: search fast, 0.03 s instead of 0.17 s on 270,000 values)
+_AWKWARD = re.compile(r"\x00(?:-0+|[-+]?[0-9]{19,})(?=\x00|$)")
 _PLAIN_CHARS = re.compile(r"[0-9eE.+\-\x00]*")
 #: characters of a value pandas might still read as a number (padded, signed, exponent)
 _NUMBERISH = frozenset("0123456789+-.eE \t\n\r\f\v")
@@ -106,7 +108,7 @@ def read_long_table(path, case_col: str, reader_col: str):
             continue
         joined = "\x00".join(col)
         if _NUMERIC_COLUMN.fullmatch(joined):
-            if _AWKWARD.search(joined):
+            if _AWKWARD.search("\x00" + joined):
                 return None
             features.append(header[j])
             numeric.append(col if "" not in col else tuple(v or "nan" for v in col))

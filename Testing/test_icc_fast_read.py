@@ -37,7 +37,7 @@ def _table(n_cases=8, readers=("R1", "R2", "R3"), seed=3):
             b = "%.10g" % (s * 1e-5 + rng.normal() * 1e-5)
             b = "" if (i, j) == (2, 1) else b            # a missing rating: listwise deletion
             integer = str(int(rng.integers(-500, 500)))
-            junk = "x7" if (i, j) == (4, 0) else "%.3f" % rng.normal()   # text: not a feature
+            junk = '"1,5"' if (i, j) == (4, 0) else "%.3f" % rng.normal()  # text: no feature
             few = "" if i > 1 else f"{rng.normal():.4E}"                 # too few cases
             lines.append(f'"P{i}, left",{r},"{a}",{b},{integer},Site {i % 2},{junk},2.5,'
                          f'{rng.normal() + s:.6e},{few}')

@@ -60,14 +60,15 @@ def cmd_icc(a) -> int:
     if table is None:
         return _cmd_icc_pandas(a)
     values, feats, case_keys, reader_keys = table
+    form = check_form(a.icc_form)
     try:
         arr, _, _ = ratings_array(case_keys, reader_keys, values)
         cols, n_used, notes = icc_columns(arr, feats)
     except InputError as exc:               # name the table the problem is in
         raise InputError(f"{a.table}: {exc}") from None
-    bands = [band(v) for v in cols[a.icc_form]]
+    bands = [band(v) for v in cols[form]]
     atomic_write_text(a.out, icc_csv_text(feats, n_used, arr.shape[2], cols, bands, notes))
-    col = check_form(a.icc_form) + ("_ci_low" if a.lower_ci else "")
+    col = form + ("_ci_low" if a.lower_ci else "")
     stable = stable_names(feats, cols[col].tolist(), a.threshold)
     sp = _write_stable(a, stable, atomic_write_text)
     _report(a, len(feats), int(n_used.max()), arr.shape[2], stable, sp,

@@ -8,13 +8,13 @@ The read is *checked, not guessed*. :func:`read_long_table` accepts only a table
 value pandas' default reader would read exactly as this reader does: UTF-8 without a byte-order
 mark, one header row of distinct non-empty names, every row as long as the header, no quote
 character inside a value, case and reader columns of plain text (no missing-value markers),
-feature columns of plain decimal numbers or empty cells. Anything else (``inf``, ``NA``, ``1,5``
-in quotes, padded numbers, booleans, a compressed file, a URL, ...) returns ``None``, and the
-caller reads the table with pandas as before, with pandas' own one-line errors. A feature column
-holding a value that is certainly not a number is skipped, as pandas types it as text and the
-ICC keeps only numeric columns. Numbers are parsed with Python's correctly rounded ``float``;
-pandas' default parser agrees on every decimal number (checked in
-``Testing/test_icc_fast_read.py``).
+feature columns of plain decimal numbers or empty cells. Anything else (``inf``, ``NA``, ``-0``,
+numbers padded with spaces, booleans, numeric case IDs, a compressed file, a URL, ...) returns
+``None``, and the caller reads the table with pandas as before, with pandas' own one-line
+errors. A feature column holding a value that is certainly not a number (``x7``, ``1,5``) is
+skipped, as pandas types it as text and the ICC keeps only numeric columns. Numbers are parsed
+with Python's correctly rounded ``float``; pandas' default parser agrees on every decimal number
+(checked in ``Testing/test_icc_fast_read.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ _NUMERIC_COLUMN = re.compile(rf"(?:{_NUM})?(?:\x00(?:{_NUM})?)*")
 #: (searched in NUL-joined values with a NUL in front: a leading NUL, not "^|", keeps the
 #: search fast, 0.03 s instead of 0.17 s on 270,000 values)
 _AWKWARD = re.compile(r"\x00(?:-0+|[-+]?[0-9]{19,})(?=\x00|$)")
+#: the characters of plain decimal numbers (and the NUL joining them): a quick first check
 _PLAIN_CHARS = re.compile(r"[0-9eE.+\-\x00]*")
 #: characters of a value pandas might still read as a number (padded, signed, exponent)
 _NUMBERISH = frozenset("0123456789+-.eE \t\n\r\f\v")

@@ -27,10 +27,6 @@ import numpy as np
 
 from ..outputs import spreadsheet_safe
 
-_NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
-#: a column of plain decimal numbers or empty cells, joined with NUL (the csv module refuses
-#: NUL in its input, so NUL cannot occur inside a value)
-_NUMERIC_COLUMN = re.compile(rf"(?:{_NUM})?(?:\x00(?:{_NUM})?)*")
 #: numbers pandas types differently from ``float``: an integer minus zero (read as +0 in an
 #: integer column) and integers beyond int64 (read as unsigned or text)
 #: (searched in NUL-joined values with a NUL in front: a leading NUL, not "^|", keeps the
@@ -99,30 +95,53 @@ def read_long_table(path, case_col: str, reader_col: str):
         ids.append(col)
     if len(set(zip(*ids))) != len(body):
         return None          # a repeated (case, reader): pandas' path names the first one
-    idx = [j for j, h in enumerate(header) if h not in (case_col, reader_col)]
-    values = _all_plain_numbers(body, idx)
-    if values is not None:
-        return values, [header[j] for j in idx], ids[0], ids[1]
-    features, numeric = [], []
-    for j, col in enumerate(zip(*body)):        # column by column: empty cells, text columns
-        if j not in idx:
+    id_cols = {header.index(case_col), header.index(reader_col)}
+    values = _all_plain_numbers(body, [j for j in range(width) if j not in id_cols])
+    if values is not None:                      # the usual table: done in one pass
+        return values, [h for j, h in enumerate(header) if j not in id_cols], ids[0], ids[1]
+    features, numeric, joined_all = [], [], [""]
+    for j, col in enumerate(zip(*body)):
+        if j in id_cols:
             continue
         joined = "\x00".join(col)
-        if _NUMERIC_COLUMN.fullmatch(joined):
-            if _AWKWARD.search("\x00" + joined):
-                return None
+        if _PLAIN_CHARS.fullmatch(joined):   # number characters only (the conversion checks
+            # the format) or empty cells
             features.append(header[j])
             numeric.append(col if "" not in col else tuple(v or "nan" for v in col))
+            joined_all.append(joined)
         elif '"' in joined or not any(_is_text(v) for v in col):
             return None      # a value pandas may read as a number, a marker or a boolean
         # else: a text column, as pandas types it: not a feature
-    if not features:
+    if not features or _AWKWARD.search("\x00".join(joined_all)):
         return None
-    return np.array(numeric, dtype=np.float64), features, ids[0], ids[1]
+    try:
+        # numpy parses each str with Python's float, correctly rounded as pandas' reader is; on
+        # these characters float's grammar is that of a plain decimal number, so "1-2", "e" or
+        # "." raise: neither numbers nor text to pandas, they go to pandas' path
+        values = np.array(numeric, dtype=np.float64)
+    except ValueError:
+        return None
+    return values, features, ids[0], ids[1]
+
+
+def _all_plain_numbers(body, idx):
+    """The columns ``idx`` as an array (n_columns, n_rows) when every cell holds a plain
+    decimal number, checked and converted row by row (1,500 columns: 15 % less time than
+    column by column); None otherwise (empty cells, text, awkward or malformed numbers)."""
+    pick = itemgetter(*idx)
+    cells = [pick(r) if len(idx) > 1 else (r[idx[0]],) for r in body]
+    joined = "\x00" + "\x00".join(map("\x00".join, cells))
+    if (not _PLAIN_CHARS.fullmatch(joined) or "\x00\x00" in joined or joined.endswith("\x00")
+            or _AWKWARD.search(joined)):
+        return None
+    try:
+        return np.array(cells, dtype=np.float64).T
+    except ValueError:
+        return None
 
 
 def _rows(text: str) -> list:
-    """The table's rows: split at line ends and commas when nothing is quoted (5x faster than
+    """The table's rows: split at line ends and commas when nothing is quoted (twice as fast as
     the csv module on 1,500 columns), with the csv module otherwise."""
     if '"' in text or "\r" in text or "\x00" in text:
         return list(csv.reader(io.StringIO(text), strict=True))
@@ -130,25 +149,6 @@ def _rows(text: str) -> list:
     if lines[-1] == "":
         lines.pop()
     return [ln.split(",") for ln in lines]
-
-
-def _all_plain_numbers(body, idx):
-    """The columns ``idx`` as an array (n_columns, n_rows) when every cell holds a plain
-    decimal number (the usual table: one check and one conversion for all cells), else None."""
-    if len(idx) < 2:
-        return None
-    pick = itemgetter(*idx)
-    cells = [pick(r) for r in body]
-    joined = "\x00" + "\x00".join(map("\x00".join, cells))
-    if (not _PLAIN_CHARS.fullmatch(joined) or "\x00\x00" in joined or joined.endswith("\x00")
-            or _AWKWARD.search(joined)):
-        return None          # empty cells, text, or numbers pandas types its own way
-    try:
-        # numpy parses each str with Python's float: correctly rounded, as pandas' reader is;
-        # a malformed token ("1-2", "e") raises, and the column-by-column check decides
-        return np.array(cells, dtype=np.float64).T
-    except ValueError:
-        return None
 
 
 def icc_csv_text(features, n_cases, n_readers: int, columns: dict, bands, notes) -> str:

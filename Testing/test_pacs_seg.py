@@ -48,7 +48,11 @@ def _image(tmp_path, name="us", rows=64, cols=80, seed=0, drop=()):
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     rng = np.random.default_rng(seed)
     ds.PixelData = rng.integers(0, 255, (rows, cols), dtype=np.uint8).tobytes()
-    ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    else:                                 # pydicom 2.4 (Python 3.9, Slicer 5.8)
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(tmp_path / f"{name}.dcm", write_like_original=False)
     return pydicom.dcmread(tmp_path / f"{name}.dcm")
 
 
@@ -128,13 +132,13 @@ def test_a_seg_of_another_image_is_refused_in_one_line(tmp_path):
 def test_a_foreign_single_segment_seg_is_read_as_the_lesion(tmp_path):
     """A SEG from another tool: one segment, not labelled 'tumor', coded Neoplasm."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
     image = _image(tmp_path)
     tumor, _ = _masks()
     desc = hd.seg.SegmentDescription(
         segment_number=1, segment_label="Lesion 1",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Neoplasm, algorithm_type="MANUAL")
+        segmented_property_category=Code("49755003", "SCT", "Morphologically Abnormal Structure"),
+        segmented_property_type=Code("108369006", "SCT", "Neoplasm"), algorithm_type="MANUAL")
     src = dseg._source_for_highdicom(image)
     ds = hd.seg.Segmentation([src], tumor[None, :, :, None].astype(np.uint8), "BINARY", [desc],
                              series_number=5, instance_number=1, manufacturer="Other",

@@ -164,7 +164,9 @@ def _segment_pixels(seg, image, numbers) -> dict:
                          f"{uid}")
     _check_single_frame(image)
     try:
-        parsed = hd.seg.Segmentation.from_dataset(seg, copy=True)
+        # one highdicom built is used as it is (highdicom 0.22 cannot deep-copy it)
+        parsed = (seg if isinstance(seg, hd.seg.Segmentation)
+                  else hd.seg.Segmentation.from_dataset(seg, copy=True))
         arr = parsed.get_pixels_by_source_instance(
             [uid], segment_numbers=list(numbers), combine_segments=False,
             ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
@@ -275,26 +277,39 @@ def _source_for_highdicom(image):
     return src
 
 
+def _code(value: str, scheme: str, meaning: str):
+    from pydicom.sr.coding import Code
+    return Code(value, scheme, meaning)
+
+
+# Spelled out rather than looked up in pydicom's code dictionary: pydicom 2.4's holds two
+# "Mass" codes (SCT 118538004, the quantity, and 4147007) and refuses the name.
+MASS = ("4147007", "SCT", "Mass")
+ABNORMAL = ("49755003", "SCT", "Morphologically Abnormal Structure")
+TISSUE = ("85756007", "SCT", "Tissue")
+BREAST = ("76752008", "SCT", "Breast")
+AI_FAMILY = ("123110", "DCM", "Artificial Intelligence")
+MORPHOLOGY_FAMILY = ("123104", "DCM", "Morphological Operations")
+
+
 def _description(hd, number: int, name: str, algorithm: Algorithm, parameters=None):
-    from pydicom.sr.codedict import codes
     ident = None
     if algorithm.kind != "MANUAL":
-        family = (codes.cid7162.MorphologicalOperations if name != LESION
-                  else codes.cid7162.ArtificialIntelligence)
+        family = _code(*(MORPHOLOGY_FAMILY if name != LESION else AI_FAMILY))
         ident = hd.AlgorithmIdentificationSequence(
             name=algorithm.name[:64], family=family, version=(algorithm.version or "1")[:64],
             parameters=parameters or None)
     if name == LESION:
         return hd.seg.SegmentDescription(
             segment_number=number, segment_label=name,
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Mass, algorithm_type=algorithm.kind,
+            segmented_property_category=_code(*ABNORMAL),
+            segmented_property_type=_code(*MASS), algorithm_type=algorithm.kind,
             algorithm_identification=ident)
     return hd.seg.SegmentDescription(
         segment_number=number, segment_label=name[:64],
-        segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
+        segmented_property_category=_code(*TISSUE), segmented_property_type=_code(*TISSUE),
         algorithm_type=algorithm.kind, algorithm_identification=ident,
-        anatomic_regions=[codes.SCT.Breast])
+        anatomic_regions=[_code(*BREAST)])
 
 
 def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: str,

@@ -149,3 +149,25 @@ def test_tls_is_verified_by_default(tmp_path):
         .client._session.verify == str(ca)
     bearer = dicomweb.Pacs("https://x/dicom-web", dicomweb.Auth("bearer", "tk"))
     assert bearer.client._session.headers["Authorization"] == "Bearer tk"
+
+
+def test_the_fast_document_equals_highdicoms_own(tmp_path):
+    """build_sr swaps the full content tree into a document built around a light one; the
+    result equals the document highdicom's constructor makes from the full tree."""
+    import highdicom as hd
+    image, seg, fast = _case(tmp_path)
+    pred = dsr.ModelPrediction("HER2-low", {"zero": 0.25, "HER2-low": 0.75}, "yin2024", "0.1.0",
+                               "ab" * 32, rad_score=1.5)
+    full = dsr.measurement_report(image, seg, FEATURES, uid_root=dsr.derived_uid("sr"),
+                                  prediction=pred)
+    slow = hd.sr.Comprehensive3DSR(
+        evidence=[dseg._source_for_highdicom(image), seg], content=full[0],
+        series_instance_uid=dsr.derived_uid("t"), series_number=901,
+        sop_instance_uid=dsr.derived_uid("sr"), instance_number=1, manufacturer="HER2Radiomics",
+        series_description=dsr.SR_SERIES_DESCRIPTION, coding_schemes=dsr.coding_schemes(hd))
+    skip = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+            "SeriesDate", "SeriesTime", "ContributingEquipmentSequence"}     # times of day
+    assert [e.keyword for e in slow] == [e.keyword for e in fast]
+    for elem in slow:
+        if elem.keyword not in skip:
+            assert fast[elem.tag] == elem, elem.keyword

@@ -163,9 +163,10 @@ def test_round_trip_seg_in_features_seg_and_sr_out(pacs, tmp_path, capsys):
     # a second run adds nothing to the archive
     before = _count(pacs, case["study"])
     capsys.readouterr()
-    assert _run(pacs, case, tmp_path / "run2") == 0
+    assert _run(pacs, case, tmp_path / "run1") == 0            # into the same folder
     assert _count(pacs, case["study"]) == before
     assert "SEG already there, SR already there" in capsys.readouterr().out
+    assert _read_csv(tmp_path / "run1" / "features.csv") == want
 
 
 def test_cnn_contour_and_prediction_are_stored(pacs, tmp_path):

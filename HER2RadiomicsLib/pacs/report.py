@@ -6,6 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _drawn(masks: dict) -> dict:
+    """The regions drawn: the tumour and non-overlapping rings (the first expansion and the
+    annuli between distances); wider expansions and tumour+ring regions would hide them."""
+    expansions = [n for n in masks if n.startswith("peri_0-")]
+    return {n: m for n, m in masks.items()
+            if n == "tumor" or (n.startswith("peri_") and (n not in expansions
+                                                           or n == expansions[0]))}
+
+
 def write_plain_report(path: Path, im: dict, out, regions) -> Path:
     """Write one case's HTML page atomically; returns its path."""
     import matplotlib.pyplot as plt
@@ -13,7 +22,7 @@ def write_plain_report(path: Path, im: dict, out, regions) -> Path:
     from ..reports import html as H
     from ..reports.case import overlay_figure
     loaded = read_image(im["path"])
-    fig = overlay_figure(loaded.image, dict(regions.masks), spacing_known=loaded.spacing_known)
+    fig = overlay_figure(loaded.image, _drawn(regions.masks), spacing_known=loaded.spacing_known)
     uri = H.fig_to_data_uri(fig, dpi=120)
     plt.close(fig)
     head = im["header"]
@@ -29,7 +38,8 @@ def write_plain_report(path: Path, im: dict, out, regions) -> Path:
     rows = [(name, f"{q[area]:.1f} {unit}, clipped {100 * q['clipped_fraction']:.0f}%"
              + (" (flagged)" if q.get("flagged") else ""))
             for name, q in regions.qc.items()]
-    sections = [("Image and regions", H.figure(uri, "lesion and rings as stored in the SEG")),
+    sections = [("Image and regions", H.figure(uri, "lesion and non-overlapping rings; every "
+                                                     "region is a segment of the SEG")),
                 ("Case", H.kv_table(facts)), ("Regions", H.kv_table(rows))]
     page = H.page(f"HER2Radiomics — image {out.case_id}",
                   "features stored as DICOM SR; no model was given, so no prediction", sections,

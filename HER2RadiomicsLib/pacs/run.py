@@ -268,7 +268,7 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
     objects = opts.out / "dicom"
     objects.mkdir(parents=True, exist_ok=True)
     for kind, ds in (("SEG", seg_ds), ("SR", sr_ds)):
-        ds.save_as(objects / f"{out.case_id}_{kind.lower()}.dcm")
+        _save(ds, objects / f"{out.case_id}_{kind.lower()}.dcm")
         if not opts.store:
             out.stored.append(f"{kind} written, not sent (--no-store)")
         elif pacs.exists(study, ds.SOPInstanceUID):
@@ -277,6 +277,18 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
             pacs.store([ds], study)
             out.stored.append(f"{kind} stored")
     out.report = str(_report(opts, im, out, regions, result))
+
+
+def _save(ds, path: Path) -> None:
+    """Written aside and renamed: an interrupted run never leaves half a file in place of a
+    good one."""
+    import os
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        ds.save_as(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _predict(opts, im, out):

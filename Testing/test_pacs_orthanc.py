@@ -252,3 +252,22 @@ def test_a_seg_of_another_image_is_one_line_and_the_rest_runs(pacs, tmp_path, ca
     line = _one_error_line(capsys)
     assert f"SEG {stray.SOPInstanceUID} references image {other['sop']}" in line
     assert len(_read_csv(tmp_path / "o" / "features.csv")) == 1
+
+
+def test_fetch_makes_a_manifest_extract_reads_as_files(pacs, tmp_path):
+    from HER2RadiomicsLib.cli import main
+    case = pacs["cases"][3]
+    seg, mask = _reader_seg(case)
+    pacs["client"].store_instances([seg])
+    out = tmp_path / "fetched"
+    assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study", case["study"],
+                 "--out", str(out)]) == 0
+    (row,) = _read_csv(out / "manifest.csv")
+    assert row["case_id"] == case["sop"] and row["mask"] == f"masks/{case['sop']}.png"
+    assert (out / row["image"]).read_bytes() != b""
+    common = ["--params", str(pacs["params"]), "--rings", RINGS, "--no-progress"]
+    assert main(["extract", "--manifest", str(out / "manifest.csv"), *common,
+                 "--out", str(tmp_path / "pacs.csv")]) == 0
+    assert main(["extract", "--image", str(case["image"]), "--mask", str(case["mask"]),
+                 "--case-id", case["sop"], *common, "--out", str(tmp_path / "files.csv")]) == 0
+    assert _read_csv(tmp_path / "pacs.csv") == _read_csv(tmp_path / "files.csv")

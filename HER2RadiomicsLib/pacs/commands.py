@@ -1,4 +1,4 @@
-"""CLI commands of the archive: ``pacs run``, ``pacs query`` and ``pacs demo``.
+"""CLI commands of the archive: ``pacs run``, ``pacs query``, ``pacs fetch`` and ``pacs demo``.
 
 Credentials come from the environment or a file, never from an option (see
 :mod:`.dicomweb`); ``--out`` is a folder (stored as ``out_dir`` so the command line's output
@@ -46,6 +46,15 @@ def register(sub):
     q.add_argument("--patient", help="only this Patient ID's studies")
     q.set_defaults(func=cmd_query)
 
+    f = ps.add_parser("fetch", help="studies' ultrasound images and SEG contours into a folder "
+                                    "with manifest.csv, for extract/segment/predict --manifest")
+    _add_connection(f)
+    f.add_argument("--study", required=True, action="append",
+                   help="Study Instance UID (repeat for several studies)")
+    f.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
+                   help="folder for images/, masks/ and manifest.csv")
+    f.set_defaults(func=cmd_fetch)
+
     d = ps.add_parser("demo", help="a local Orthanc with the synthetic cohort, then pacs run")
     d.add_argument("--out", dest="out_dir", default="pacs-demo-output", metavar="DIR")
     d.add_argument("--n", type=int, default=4, help="synthetic patients (default 4)")
@@ -83,6 +92,18 @@ def cmd_run(a) -> int:
     if done == 0:
         return 2
     return 1 if (failed or problems) else 0
+
+
+def cmd_fetch(a) -> int:
+    from .fetch import fetch_studies
+    auth, ca = _connection(a)
+    manifest, rows, problems = fetch_studies(a.url, a.study, a.out_dir, auth, ca)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    with_mask = sum(1 for r in rows if r["mask"])
+    print(f"{len(rows)} ultrasound images ({with_mask} with a SEG contour) -> {manifest}; "
+          f"her2radiomics extract --manifest {manifest} ... (segment --manifest draws the rest)")
+    return 1 if problems else 0
 
 
 def cmd_query(a) -> int:

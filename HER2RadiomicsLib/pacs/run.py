@@ -118,6 +118,36 @@ def _newest_contours(pacs, study, segs_meta, images: dict, problems: list) -> di
     return found
 
 
+def study_instances(pacs, study: str) -> list:
+    """QIDO-RS metadata of a study's instances; refuses an unknown study and one without an
+    ultrasound image (one line each)."""
+    instances = pacs.instances(study)
+    if not instances:
+        raise InputError(f"{pacs.url}: study {study} not found")
+    if not any(dicomweb.is_ultrasound(m) for m in instances):
+        kinds = sorted({m.get("Modality", "?") for m in instances})
+        raise InputError(f"{pacs.url}: study {study} has no ultrasound image (it holds "
+                         f"{', '.join(kinds)})")
+    return instances
+
+
+def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: list) -> tuple:
+    """Every ultrasound image of the study into ``folder/<SOP UID>.dcm`` (WADO-RS) and the
+    lesion of the newest SEG referencing each: ``({uid: {"header", "path", "series"}},
+    {uid: SegContour})``; a SEG that cannot be used adds a line to ``problems``."""
+    images = {}
+    for m in instances:
+        if not dicomweb.is_ultrasound(m):
+            continue
+        uid = m["SOPInstanceUID"]
+        ds = pacs.retrieve(study, m["SeriesInstanceUID"], uid)
+        path = folder / f"{uid}.dcm"
+        ds.save_as(path)
+        images[uid] = {"header": ds, "path": path, "series": m["SeriesInstanceUID"]}
+    segs = [m for m in instances if m.get("SOPClassUID") == dicomweb.SEG]
+    return images, _newest_contours(pacs, study, segs, images, problems)
+
+
 def _cnn_contour(loaded, segmenter):
     from ..segmentation.inference import auto_mask
     import SimpleITK as sitk
@@ -136,7 +166,7 @@ def _write_mask(mask: np.ndarray, path: Path) -> Path:
     return path
 
 
-def run_study(opts: RunOptions, progress=print) -> list:
+def run_study(opts: RunOptions, progress=print) -> tuple:
     """Run one study (see the module docstring).
 
     Returns ``(outcomes, problems)``: one :class:`CaseOutcome` per ultrasound image, and one
@@ -152,28 +182,13 @@ def run_study(opts: RunOptions, progress=print) -> list:
     from ..extraction.batch import run_batch
     from ..imaging.io import read_image
     pacs = dicomweb.Pacs(opts.url, opts.auth, opts.ca_bundle)
-    instances = pacs.instances(opts.study)
-    if not instances:
-        raise InputError(f"{pacs.url}: study {opts.study} not found")
-    us = [m for m in instances if dicomweb.is_ultrasound(m)]
-    if not us:
-        kinds = sorted({m.get("Modality", "?") for m in instances})
-        raise InputError(f"{pacs.url}: study {opts.study} has no ultrasound image (it holds "
-                         f"{', '.join(kinds)})")
+    instances = study_instances(pacs, opts.study)
     settings = settings_digest(opts.cfg)
     binfo = bundle_info(opts.bundle) if opts.bundle is not None else None
     problems, outcomes = [], {}
     with tempfile.TemporaryDirectory(prefix="her2radiomics-pacs-") as tmp:
         tmp = Path(tmp)
-        images = {}
-        for m in us:
-            uid = m["SOPInstanceUID"]
-            ds = pacs.retrieve(opts.study, m["SeriesInstanceUID"], uid)
-            path = tmp / f"{uid}.dcm"
-            ds.save_as(path)
-            images[uid] = {"header": ds, "path": path, "series": m["SeriesInstanceUID"]}
-        segs = [m for m in instances if m.get("SOPClassUID") == dicomweb.SEG]
-        contours = _newest_contours(pacs, opts.study, segs, images, problems)
+        images, contours = retrieve_study(pacs, opts.study, instances, tmp, problems)
         rows, sources, segmenter = [], {}, None
         for uid, im in images.items():
             out = outcomes[uid] = CaseOutcome(uid, im["series"])

@@ -113,6 +113,7 @@ def test_round_trip_seg_in_features_seg_and_sr_out(pacs, tmp_path, capsys):
     import SimpleITK as sitk
     case = pacs["cases"][0]
     seg_in, mask = _reader_seg(case)
+    seg_in.ContentDate = "20200101"                     # drawn long before this run
     pacs["client"].store_instances([seg_in])
     assert _run(pacs, case, tmp_path / "run1") == 0
     # features.csv: the same columns and values as `extract` on the image and mask files
@@ -167,6 +168,20 @@ def test_round_trip_seg_in_features_seg_and_sr_out(pacs, tmp_path, capsys):
     assert _count(pacs, case["study"]) == before
     assert "SEG already there, SR already there" in capsys.readouterr().out
     assert _read_csv(tmp_path / "run1" / "features.csv") == want
+    # a reader's new contour wins over the run's own SEG even when drawn (ContentDate) before it
+    import scipy.ndimage as ndi
+    from pydicom.uid import generate_uid
+    from HER2RadiomicsLib.pacs import seg as dseg
+    smaller = ndi.binary_erosion(mask, iterations=2)
+    late = dseg.build_seg(case["ds"], {"tumor": smaller}, dseg.Algorithm("MANUAL"),
+                          series_uid=generate_uid(), sop_uid=generate_uid())
+    late.ContentDate = "20210101"          # after the first contour, before this tool's SEG
+    assert str(late.ContentDate) < str(seg.ContentDate)
+    pacs["client"].store_instances([late])
+    assert _run(pacs, case, tmp_path / "run1") == 0
+    assert f"SEG {late.SOPInstanceUID} segment 1 (MANUAL); SEG stored, SR stored" \
+        in capsys.readouterr().out
+    assert _count(pacs, case["study"]) == before + 3          # the reader's, a SEG and an SR
 
 
 def test_cnn_contour_and_prediction_are_stored(pacs, tmp_path):

@@ -5,7 +5,8 @@ per image into a folder.
 Per ultrasound image of the study (single-frame):
 
 1. the contour: the lesion segment of the newest SEG in the study that references the image
-   (ContentDate/ContentTime), else the shipped CNN's auto-mask (AUTOMATIC);
+   (ContentDate/ContentTime; a SEG this command wrote only when no other one does), else the
+   shipped CNN's auto-mask (AUTOMATIC);
 2. features of the tumour and its rings (the same code and table as ``extract``);
 3. with a bundle, the prediction (the bundle's own params and rings, as ``predict``);
 4. a SEG of the lesion and every ring and an SR referencing it, stored with STOW-RS.
@@ -94,7 +95,12 @@ def bundle_info(bundle) -> dict:
 
 
 def _newest_contours(pacs, study, segs_meta, images: dict, problems: list) -> dict:
-    """``{image SOP UID: SegContour}`` from the newest SEG referencing each image."""
+    """``{image SOP UID: SegContour}`` from the newest SEG referencing each image.
+
+    A SEG this command wrote (lesion and rings, :func:`.seg.is_derived`) counts only when no
+    other SEG contours the image: a reader's contour drawn before the last run but stored after
+    it (an older ContentDate) still replaces the CNN's or an earlier copy.
+    """
     found = {}
     for meta in segs_meta:
         uid = meta.get("SOPInstanceUID", "")
@@ -112,10 +118,11 @@ def _newest_contours(pacs, study, segs_meta, images: dict, problems: list) -> di
             except InputError as exc:
                 problems.append(f"{pacs.url}: {exc}")
                 continue
+            rank = (not dseg.is_derived(ds), contour.content, contour.sop_uid)
             old = found.get(image_uid)
-            if old is None or (contour.content, contour.sop_uid) > (old.content, old.sop_uid):
-                found[image_uid] = contour
-    return found
+            if old is None or rank > old[0]:
+                found[image_uid] = (rank, contour)
+    return {uid: contour for uid, (_, contour) in found.items()}
 
 
 def study_instances(pacs, study: str) -> list:
@@ -270,7 +277,8 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
     seg_ds = dseg.build_seg(
         im["header"], arrays, algorithm, series_uid=_uid("seg-series", study, settings),
         sop_uid=out.seg_uid, ring_parameters=_ring_parameters(regions),
-        series_number=SEG_SERIES_NUMBER, software_version=__version__)
+        series_number=SEG_SERIES_NUMBER, software_version=__version__,
+        content_label=dseg.DERIVED_LABEL)
     prediction = result = None
     if opts.bundle is not None:
         result, prediction = _predict(opts, im, out)

@@ -134,6 +134,18 @@ def is_seg(ds) -> bool:
     return str(getattr(ds, "SOPClassUID", "")) == SEG_SOP_CLASS
 
 
+#: The Content Label of a SEG holding the lesion and its rings (a result of this library);
+#: a SEG of the lesion alone (a reader's contour) is labelled LESION.
+DERIVED_LABEL = "LESION_RINGS"
+
+
+def is_derived(ds) -> bool:
+    """Whether ``ds`` is a SEG of a lesion and its rings that this library wrote (not a
+    contour someone drew)."""
+    return (is_seg(ds) and str(getattr(ds, "Manufacturer", "")) == "HER2Radiomics"
+            and str(getattr(ds, "ContentLabel", "")) == DERIVED_LABEL)
+
+
 def _check_single_frame(image) -> None:
     frames = int(getattr(image, "NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -316,7 +328,8 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
               sop_uid: str, ring_algorithm: Algorithm | None = None,
               ring_parameters: dict | None = None, series_number: int = 900,
               series_description: str = "HER2Radiomics lesion and rings",
-              content_creator: str | None = None, software_version: str = ""):
+              content_creator: str | None = None, software_version: str = "",
+              content_label: str | None = None):
     """A DICOM SEG (binary) of a lesion and its rings on one 2D ultrasound image.
 
     Parameters
@@ -337,6 +350,9 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
         ``{region name: {parameter: value}}`` recorded with each ring's algorithm.
     content_creator : str, optional
         The reader's name (DICOM person name, ``Family^Given``) for a reader's contour.
+    content_label : str, optional
+        Default: ``LESION_RINGS`` (:data:`DERIVED_LABEL`, a result) when there are rings,
+        ``LESION`` (a contour) when the lesion is alone.
 
     Returns
     -------
@@ -380,7 +396,8 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
         instance_number=1, manufacturer="HER2Radiomics",
         manufacturer_model_name="HER2RadiomicsLib", software_versions=software_version or "0",
         device_serial_number="none", series_description=series_description[:64],
-        content_label="LESION_RINGS", content_description="lesion contour and rings",
+        content_label=content_label or (DERIVED_LABEL if len(names) > 1 else "LESION"),
+        content_description="lesion contour and rings" if len(names) > 1 else "lesion contour",
         # an empty ring (clipped away) stays a segment with an empty frame, so every region
         # the features name has its segment
         omit_empty_frames=False, **kw)

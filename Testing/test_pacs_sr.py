@@ -171,3 +171,45 @@ def test_the_fast_document_equals_highdicoms_own(tmp_path):
     for elem in slow:
         if elem.keyword not in skip:
             assert fast[elem.tag] == elem, elem.keyword
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An HTTPS server on a free loopback port with a self-signed certificate (openssl) that
+    answers every request with an empty DICOM JSON list."""
+    import http.server
+    import ssl
+    import threading
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+
+    class Empty(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *a):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Empty)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/dicom-web", cert
+    server.shutdown()
+
+
+def test_an_unknown_certificate_is_refused_and_a_given_ca_accepted(tls_server):
+    pytest.importorskip("dicomweb_client")
+    url, cert = tls_server
+    with pytest.raises(InputError, match="TLS failed .*certificate verify failed") as e:
+        dicomweb.Pacs(url).studies()
+    assert "\n" not in str(e.value)
+    assert dicomweb.Pacs(url, ca_bundle=cert).studies() == []

@@ -90,6 +90,14 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _tls_reason(exc) -> str:
+    """The SSL library's own words (``certificate verify failed: ...``, ``[SSL:
+    WRONG_VERSION_NUMBER] ...``) out of requests' long retry message."""
+    import re
+    m = re.search(r"(certificate verify failed[^'\")]*|\[SSL: [A-Z_]+\][^'\")]*)", str(exc))
+    return m.group(1).strip() if m else _first_line(exc)
+
+
 def _first_line(exc) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -135,8 +143,8 @@ class Pacs:
         try:
             return fn(*args, **kw)
         except req.exceptions.SSLError as exc:
-            raise InputError(f"{self.url}: TLS certificate not verified ({_first_line(exc)}); "
-                             "give the hospital's CA with --ca-bundle") from exc
+            raise InputError(f"{self.url}: TLS failed ({_tls_reason(exc)}); a hospital CA is "
+                             "given with --ca-bundle") from exc
         except (req.exceptions.ConnectionError, req.exceptions.Timeout) as exc:
             raise InputError(f"{self.url}: cannot reach the server ({_first_line(exc)})") \
                 from exc
@@ -195,8 +203,12 @@ def _timeout_session(requests):
     class TimeoutSession(requests.Session):
         """dicomweb-client sets no timeout of its own: an unreachable host must not hang."""
 
+
         def request(self, method, url, **kw):
             kw.setdefault("timeout", TIMEOUT_S)
+            # per request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a
+            # session's verify (psf/requests#4726), which would drop --ca-bundle
+            kw.setdefault("verify", self.verify)
             return super().request(method, url, **kw)
     return TimeoutSession
 

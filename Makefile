@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Threads: 2-core machines; keep BLAS from oversubscribing when joblib runs workers in parallel.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint bench install-check clean
+.PHONY: install demo pacs-demo test lint bench install-check clean
 
 install: $(STAMP)
 
@@ -23,11 +23,17 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --no-build-isolation pyradiomics==3.0.1 -c constraints.txt
 	# torch pinned to the local CPU wheel: an unpinned torch pulls gigabytes of CUDA packages.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e ".[dev,torch,pyradiomics,station]" -c constraints.txt
+	$(PIP) install -q --no-build-isolation -e ".[dev,torch,pyradiomics,station,pacs]" -c constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/her2radiomics demo --out demo-output
+
+# A local Orthanc (Debian's orthanc + orthanc-dicomweb; loopback, free ports, a temporary
+# folder) with the synthetic cohort's DICOM images, then `pacs run` over every study; Orthanc
+# stops when it ends (PACS_DEMO_ARGS=--keep keeps it until Enter).
+pacs-demo: $(STAMP)
+	$(VENV)/bin/her2radiomics pacs demo --out pacs-demo-output $(PACS_DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -54,4 +60,4 @@ install-check: $(STAMP)
 	$(PY) scripts/check_install.py --floors && exit $$newest
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info
+	rm -rf $(VENV) demo-output pacs-demo-output .pytest_cache build *.egg-info

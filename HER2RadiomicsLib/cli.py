@@ -172,8 +172,14 @@ def _register_station(sub):
     stationcommands.register(sub)
 
 
+# --- pacs (the hospital's archive, DICOMweb): registration only, the code is in pacs/ ---
+def _register_pacs(sub):
+    from .pacs import commands as pacscommands
+    pacscommands.register(sub)
+
+
 _EXTRA_COMMANDS = [_register_segmentation, _register_readerstudy, _register_modelling,
-                   _register_reports, _register_station]
+                   _register_reports, _register_station, _register_pacs]
 
 
 def cmd_synth(a) -> int:

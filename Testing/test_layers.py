@@ -16,7 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = "HER2RadiomicsLib"
-FLOORS = ["imaging", "extraction", "segmentation", "readers", "modelling", "reports"]
+# pacs: the archive's package builds on every floor (reads images, extracts, predicts, reports)
+# and none builds on it, so it is the top floor
+FLOORS = ["imaging", "extraction", "segmentation", "readers", "modelling", "reports", "pacs"]
 COMMAND_FILES = {"commands", "cli", "__main__", "demo"}
 GUI = {"slicer", "qt", "vtk", "ctk", "PythonQt", "sitkUtils", "trame", "trame_slicer",
        "slicer_core", "vtkmodules", "qSlicerBaseQTCore"}

@@ -1,0 +1,352 @@
+"""``pacs run``: one study's ultrasound images from a DICOMweb server in; features, a DICOM
+SEG (lesion + rings) and a DICOM SR (features, prediction) back; features.csv and a case report
+per image into a folder.
+
+Per ultrasound image of the study (single-frame):
+
+1. the contour: the lesion segment of the newest SEG in the study that references the image
+   (ContentDate/ContentTime; a SEG this command wrote only when no other one does), else the
+   shipped CNN's auto-mask (AUTOMATIC);
+2. features of the tumour and its rings (the same code and table as ``extract``);
+3. with a bundle, the prediction (the bundle's own params and rings, as ``predict``);
+4. a SEG of the lesion and every ring and an SR referencing it, stored with STOW-RS.
+
+Idempotent: the SEG's and SR's UIDs are derived from what they hold (the image, the contour's
+pixels and who drew it, the settings, the library version, the bundle's digest), and an
+instance the server already holds is not sent again. A second run with the same settings adds
+nothing; a new contour or other settings add a new SEG and SR (the newest SEG wins next time).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HER2Error, InputError
+from . import dicomweb
+from . import seg as dseg
+from . import sr as dsr
+
+log = logging.getLogger(__name__)
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 900, 901
+
+
+@dataclass
+class RunOptions:
+    """``pacs run``'s settings (the extraction's are an ExtractConfig)."""
+
+    url: str
+    study: str
+    out: Path
+    cfg: object                      # extraction.batch.ExtractConfig
+    bundle: object = None            # a loaded ModelBundle, or None
+    auth: object = None              # dicomweb.Auth
+    ca_bundle: str | None = None
+    store: bool = True               # False: compute and write files, send nothing
+    site: str | None = None          # scanner site, for bundles that harmonise sites
+
+
+@dataclass
+class CaseOutcome:
+    case_id: str
+    series_uid: str
+    contour: str = ""                # where the lesion came from
+    seg_uid: str = ""
+    sr_uid: str = ""
+    stored: list = field(default_factory=list)     # "SEG stored", "SR already there", ...
+    predicted_class: str = ""
+    report: str = ""
+    error: str = ""
+
+
+def _uid(*parts) -> str:
+    from .sr import derived_uid
+    return derived_uid(*parts)
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    m = np.asarray(mask, dtype=bool)
+    return hashlib.sha256(repr(m.shape).encode() + np.packbits(m).tobytes()).hexdigest()
+
+
+def settings_digest(cfg) -> str:
+    """What the features depend on: the extraction settings, the params file's text and this
+    library's version (a new version gets a new series, never a silent change)."""
+    from .. import __version__
+    from ..extraction.features import resolve_params
+    text = Path(resolve_params(cfg.params)).read_text(encoding="utf-8")
+    blob = json.dumps({"cfg": asdict(cfg), "params": text, "version": __version__},
+                      sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def bundle_info(bundle) -> dict:
+    meta = bundle.meta
+    return {"name": str(meta.get("recipe") or Path(str(bundle.path)).stem),
+            "version": str((meta.get("versions") or {}).get("HER2RadiomicsLib", "")),
+            "digest": str((meta.get("integrity") or {}).get("digest")
+                          or meta.get("model_sha256", ""))}
+
+
+def _newest_contours(pacs, study, segs_meta, images: dict, problems: list) -> dict:
+    """``{image SOP UID: SegContour}`` from the newest SEG referencing each image.
+
+    A SEG this command wrote (lesion and rings, :func:`.seg.is_derived`) counts only when no
+    other SEG contours the image: a reader's contour drawn before the last run but stored after
+    it (an older ContentDate) still replaces the CNN's or an earlier copy.
+    """
+    found = {}
+    for meta in segs_meta:
+        uid = meta.get("SOPInstanceUID", "")
+        ds = pacs.retrieve(study, meta.get("SeriesInstanceUID", ""), uid)
+        refs = dseg.referenced_images(ds)
+        ours = refs & set(images)
+        if not ours:
+            problems.append(f"{pacs.url}: SEG {uid} references image "
+                            f"{', '.join(sorted(refs)) or '(none)'}, which is not an "
+                            f"ultrasound image of study {study}")
+            continue
+        for image_uid in ours:
+            try:
+                contour = dseg.read_contour(ds, images[image_uid]["header"])
+            except InputError as exc:
+                problems.append(f"{pacs.url}: {exc}")
+                continue
+            rank = (not dseg.is_derived(ds), contour.content, contour.sop_uid)
+            old = found.get(image_uid)
+            if old is None or rank > old[0]:
+                found[image_uid] = (rank, contour)
+    return {uid: contour for uid, (_, contour) in found.items()}
+
+
+def study_instances(pacs, study: str) -> list:
+    """QIDO-RS metadata of a study's instances; refuses an unknown study and one without an
+    ultrasound image (one line each)."""
+    instances = pacs.instances(study)
+    if not instances:
+        raise InputError(f"{pacs.url}: study {study} not found")
+    if not any(dicomweb.is_ultrasound(m) for m in instances):
+        kinds = sorted({m.get("Modality", "?") for m in instances})
+        raise InputError(f"{pacs.url}: study {study} has no ultrasound image (it holds "
+                         f"{', '.join(kinds)})")
+    return instances
+
+
+def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: list) -> tuple:
+    """Every ultrasound image of the study into ``folder/<SOP UID>.dcm`` (WADO-RS) and the
+    lesion of the newest SEG referencing each: ``({uid: {"header", "path", "series"}},
+    {uid: SegContour})``; a SEG that cannot be used adds a line to ``problems``."""
+    images = {}
+    for m in instances:
+        if not dicomweb.is_ultrasound(m):
+            continue
+        uid = m["SOPInstanceUID"]
+        ds = pacs.retrieve(study, m["SeriesInstanceUID"], uid)
+        path = folder / f"{uid}.dcm"
+        ds.save_as(path)
+        images[uid] = {"header": ds, "path": path, "series": m["SeriesInstanceUID"]}
+    segs = [m for m in instances if m.get("SOPClassUID") == dicomweb.SEG]
+    return images, _newest_contours(pacs, study, segs, images, problems)
+
+
+def _cnn_contour(loaded, segmenter):
+    from ..segmentation.inference import auto_mask
+    import SimpleITK as sitk
+    res = auto_mask(loaded, segmenter=segmenter,
+                    no_lesion=f"{loaded.path}: the CNN found no lesion and the study holds no "
+                              "SEG of this image; store a reader's contour as a DICOM SEG")
+    card = segmenter.card or {}
+    algorithm = dseg.Algorithm("AUTOMATIC", f"HER2Radiomics CNN {card.get('name', 'unet')}",
+                               str(card.get("sha256", ""))[:16] or "1")
+    return sitk.GetArrayFromImage(res.mask) > 0, algorithm, res.info.get("confidence")
+
+
+def _write_mask(mask: np.ndarray, path: Path) -> Path:
+    import SimpleITK as sitk
+    sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8)), str(path))
+    return path
+
+
+def run_study(opts: RunOptions, progress=print) -> tuple:
+    """Run one study (see the module docstring).
+
+    Returns ``(outcomes, problems)``: one :class:`CaseOutcome` per ultrasound image, and one
+    line per SEG of the study that could not be used; writes features.csv, dicom/, reports/
+    and pacs_run.json into ``opts.out``.
+
+    Raises
+    ------
+    InputError
+        The server cannot be reached or refuses the credentials, the study is unknown or holds
+        no ultrasound image (one line each).
+    """
+    from ..extraction.batch import run_batch
+    from ..imaging.io import read_image
+    pacs = dicomweb.Pacs(opts.url, opts.auth, opts.ca_bundle)
+    instances = study_instances(pacs, opts.study)
+    settings = settings_digest(opts.cfg)
+    binfo = bundle_info(opts.bundle) if opts.bundle is not None else None
+    problems, outcomes = [], {}
+    with tempfile.TemporaryDirectory(prefix="her2radiomics-pacs-") as tmp:
+        tmp = Path(tmp)
+        images, contours = retrieve_study(pacs, opts.study, instances, tmp, problems)
+        rows, sources, segmenter = [], {}, None
+        for uid, im in images.items():
+            out = outcomes[uid] = CaseOutcome(uid, im["series"])
+            try:
+                dseg._check_single_frame(im["header"])
+                if uid in contours:
+                    c = contours[uid]
+                    mask, algorithm = c.mask, c.algorithm
+                    out.contour = f"SEG {c.sop_uid} segment {c.segment_number} ({algorithm.kind})"
+                else:
+                    if segmenter is None:
+                        from ..segmentation.inference import get_segmenter
+                        segmenter = get_segmenter()
+                    loaded = read_image(im["path"])
+                    mask, algorithm, conf = _cnn_contour(loaded, segmenter)
+                    out.contour = (f"CNN auto-mask (AUTOMATIC, not reviewed; confidence "
+                                   f"{conf:.2f})" if conf is not None else "CNN auto-mask")
+            except HER2Error as exc:
+                out.error = str(exc)
+                continue
+            sources[uid] = (mask, algorithm)
+            rows.append({"case_id": uid, "image": str(im["path"]),
+                         "mask": str(_write_mask(mask, tmp / f"{uid}_mask.png"))})
+        feats = {}
+        if rows:
+            res = run_batch(rows, opts.out / "features.csv", opts.cfg, progress=False)
+            for e in res.errors:
+                outcomes[e["case_id"]].error = e["error"]
+            feats = _read_features(opts.out / "features.csv")
+        for uid, row in feats.items():
+            out = outcomes[uid]
+            try:
+                _finish_case(pacs, opts, images[uid], out, row, sources[uid], settings, binfo)
+            except HER2Error as exc:
+                out.error = str(exc)
+            progress(_line(out))
+        for uid, out in outcomes.items():
+            if out.error:
+                progress(f"{uid}: {out.error}")
+    _write_summary(opts, pacs.url, outcomes, problems)
+    return list(outcomes.values()), problems
+
+
+def _read_features(path: Path) -> dict:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["case_id"]: {k: float(v) for k, v in r.items() if "__" in k and v != ""}
+                for r in csv.DictReader(fh)}
+
+
+def _region_arrays(opts, image_path: Path, mask: np.ndarray) -> dict:
+    """The regions ``extract`` built for this case (same function, same settings)."""
+    import SimpleITK as sitk
+    from ..imaging.io import load_case
+    from ..imaging.rings import build_regions
+    cfg = opts.cfg
+    mask_path = image_path.with_name(image_path.stem + "_mask.png")
+    loaded, m = load_case(image_path, mask_path, label=cfg.label, min_pixels=cfg.min_mask_pixels)
+    regions = build_regions(loaded, m, cfg.rings_mm, annuli=cfg.annuli, combined=cfg.combined,
+                            fov="auto" if cfg.fov == "auto" else None,
+                            max_clip_fraction=cfg.max_clip_fraction)
+    return {k: sitk.GetArrayFromImage(v) > 0 for k, v in regions.masks.items()}, regions
+
+
+def _ring_parameters(regions) -> dict:
+    return {name: {"clipped_fraction": f"{q['clipped_fraction']:.4f}",
+                   "fov": regions.fov_source}
+            for name, q in regions.qc.items() if name != dseg.LESION}
+
+
+def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
+    from .. import __version__
+    mask, algorithm = source
+    arrays, regions = _region_arrays(opts, im["path"], mask)
+    if not np.array_equal(arrays[dseg.LESION], mask):
+        raise InputError(f"image {out.case_id}: the lesion read back differs from the contour")
+    contour_id = (mask_digest(mask), algorithm.kind, algorithm.name, algorithm.version)
+    study = opts.study
+    out.seg_uid = _uid("seg", out.case_id, *contour_id, settings)
+    seg_ds = dseg.build_seg(
+        im["header"], arrays, algorithm, series_uid=_uid("seg-series", study, settings),
+        sop_uid=out.seg_uid, ring_parameters=_ring_parameters(regions),
+        series_number=SEG_SERIES_NUMBER, software_version=__version__,
+        content_label=dseg.DERIVED_LABEL)
+    prediction = result = None
+    if opts.bundle is not None:
+        result, prediction = _predict(opts, im, out)
+    digest = binfo["digest"] if binfo else ""
+    out.sr_uid = _uid("sr", out.seg_uid, digest)
+    sr_ds = dsr.build_sr(im["header"], seg_ds, row, prediction=prediction,
+                         series_uid=_uid("sr-series", study, settings, digest),
+                         sop_uid=out.sr_uid, series_number=SR_SERIES_NUMBER,
+                         software_version=__version__)
+    objects = opts.out / "dicom"
+    objects.mkdir(parents=True, exist_ok=True)
+    for kind, ds in (("SEG", seg_ds), ("SR", sr_ds)):
+        _save(ds, objects / f"{out.case_id}_{kind.lower()}.dcm")
+        if not opts.store:
+            out.stored.append(f"{kind} written, not sent (--no-store)")
+        elif pacs.exists(study, ds.SOPInstanceUID):
+            out.stored.append(f"{kind} already there")
+        else:
+            pacs.store([ds], study)
+            out.stored.append(f"{kind} stored")
+    out.report = str(_report(opts, im, out, regions, result))
+
+
+def _save(ds, path: Path) -> None:
+    """Written aside and renamed: an interrupted run never leaves half a file in place of a
+    good one."""
+    import os
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        ds.save_as(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _predict(opts, im, out):
+    from ..modelling.predict import predict_case
+    mask_path = im["path"].with_name(im["path"].stem + "_mask.png")
+    result = predict_case(opts.bundle, im["path"], mask_path, case_id=out.case_id,
+                          site=opts.site)
+    out.predicted_class = str(result.prediction.predicted_class)
+    info = bundle_info(opts.bundle)
+    return result, dsr.ModelPrediction(
+        predicted_class=out.predicted_class,
+        probabilities={str(k): float(v) for k, v in result.prediction.probabilities.items()},
+        model_name=info["name"], model_version=info["version"], model_digest=info["digest"],
+        rad_score=result.prediction.rad_score)
+
+
+def _report(opts, im, out, regions, result) -> Path:
+    path = opts.out / "reports" / f"{out.case_id}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if result is not None:
+        from ..reports.case import write_case_report
+        write_case_report(opts.bundle, result, path, mask_source=out.contour)
+        return path
+    from .report import write_plain_report
+    write_plain_report(path, im, out, regions)
+    return path
+
+
+def _line(out: CaseOutcome) -> str:
+    pred = f"; predicted {out.predicted_class}" if out.predicted_class else ""
+    return f"{out.case_id}: {out.contour}; {', '.join(out.stored)}{pred}"
+
+
+def _write_summary(opts, url, outcomes: dict, problems: list) -> Path:
+    from ..imaging.io import atomic_write_text
+    doc = {"url": url, "study": opts.study, "problems": problems,
+           "cases": [{k: v for k, v in asdict(o).items()} for o in outcomes.values()]}
+    return atomic_write_text(opts.out / "pacs_run.json", json.dumps(doc, indent=2))

@@ -1,0 +1,165 @@
+"""DICOM SEG of a 2D ultrasound image (HER2RadiomicsLib.pacs.seg): written by highdicom, checked
+with an independent validator (dciodvfy, Debian's dicom3tools) and read back pixel for pixel.
+
+The expected masks are the arrays given to the writer; the references read back are decoded by
+highdicom (not by our writer) and the header checks read pydicom attributes directly.
+"""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("highdicom", reason="the [pacs] extra (highdicom) is not installed")
+pydicom = pytest.importorskip("pydicom")
+
+from HER2RadiomicsLib.errors import InputError  # noqa: E402
+from HER2RadiomicsLib.pacs import seg as dseg  # noqa: E402
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def dciodvfy_errors(path) -> list:
+    """The lines dciodvfy reports as errors (it prints to stderr)."""
+    res = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+
+
+def _image(tmp_path, name="us", rows=64, cols=80, seed=0, drop=()):
+    """A minimal single-frame Ultrasound Image Storage file, as a scanner's export might be
+    (some type-2 attributes missing: ``drop``)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(tmp_path / f"{name}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "US", "P1", "TEST^ONE"
+    ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "", "F", "20260101", "1200"
+    ds.AccessionNumber, ds.StudyID, ds.ReferringPhysicianName = "", "1", ""
+    for kw in drop:
+        delattr(ds, kw)
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    rng = np.random.default_rng(seed)
+    ds.PixelData = rng.integers(0, 255, (rows, cols), dtype=np.uint8).tobytes()
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    else:                                 # pydicom 2.4 (Python 3.9, Slicer 5.8)
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(tmp_path / f"{name}.dcm", write_like_original=False)
+    return pydicom.dcmread(tmp_path / f"{name}.dcm")
+
+
+def _masks(rows=64, cols=80):
+    yy, xx = np.mgrid[:rows, :cols]
+    tumor = (yy - 30) ** 2 / 100 + (xx - 40) ** 2 / 200 <= 1
+    ring = ((yy - 30) ** 2 / 196 + (xx - 40) ** 2 / 324 <= 1) & ~tumor
+    return tumor, ring
+
+
+def _uids():
+    from pydicom.uid import generate_uid
+    return {"series_uid": generate_uid(), "sop_uid": generate_uid()}
+
+
+def test_lesion_and_rings_round_trip_pixel_for_pixel(tmp_path):
+    image = _image(tmp_path)
+    tumor, ring = _masks()
+    empty = np.zeros_like(tumor)                # a ring clipped away keeps its segment
+    ds = dseg.build_seg(image, {"tumor": tumor, "peri_0-3mm": ring, "peri_3-5mm": empty},
+                        dseg.Algorithm("AUTOMATIC", "HER2Radiomics CNN busbra_unet", "abc123"),
+                        software_version="0.1.0", **_uids())
+    ds.save_as(tmp_path / "seg.dcm")
+    back = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert back.Modality == "SEG" and back.StudyInstanceUID == image.StudyInstanceUID
+    contour = dseg.read_contour(back, image)
+    assert np.array_equal(contour.mask, tumor)
+    assert contour.algorithm == dseg.Algorithm("AUTOMATIC", "HER2Radiomics CNN busbra_unet",
+                                               "abc123")
+    segs = dseg.read_segments(back, image)
+    assert list(segs) == ["tumor", "peri_0-3mm", "peri_3-5mm"]
+    assert np.array_equal(segs["peri_0-3mm"], ring) and not segs["peri_3-5mm"].any()
+    # the coding, read from the header as any DICOM viewer would
+    first, second = back.SegmentSequence[0], back.SegmentSequence[1]
+    assert first.SegmentedPropertyTypeCodeSequence[0].CodeValue == "4147007"        # Mass
+    assert first.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert first.SegmentAlgorithmType == "AUTOMATIC"
+    assert second.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"      # Tissue
+    assert second.SegmentAlgorithmType == "AUTOMATIC"
+    assert dseg.referenced_images(back) == {image.SOPInstanceUID}
+
+
+def test_a_readers_contour_is_manual_with_its_creator(tmp_path):
+    image = _image(tmp_path)
+    tumor, _ = _masks()
+    ds = dseg.build_seg(image, {"tumor": tumor}, dseg.Algorithm("MANUAL"),
+                        content_creator="Reader^A", **_uids())
+    assert ds.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+    assert "SegmentationAlgorithmIdentificationSequence" not in ds.SegmentSequence[0]
+    assert str(ds.ContentCreatorName) == "Reader^A"
+    assert dseg.read_contour(ds, image).algorithm.kind == "MANUAL"
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian's dicom3tools) is not installed")
+def test_dciodvfy_reports_no_error_even_for_an_image_missing_type2_attributes(tmp_path):
+    image = _image(tmp_path, drop=("PatientBirthDate", "StudyDate", "StudyTime", "StudyID",
+                                   "AccessionNumber", "ReferringPhysicianName"))
+    tumor, ring = _masks()
+    ds = dseg.build_seg(image, {"tumor": tumor, "peri_0-3mm": ring}, dseg.Algorithm("MANUAL"),
+                        **_uids())
+    ds.save_as(tmp_path / "seg.dcm")
+    assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+    assert "StudyDate" not in image                      # the source itself was not changed
+
+
+def test_a_seg_of_another_image_is_refused_in_one_line(tmp_path):
+    image, other = _image(tmp_path, "a"), _image(tmp_path, "b", seed=1)
+    tumor, _ = _masks()
+    ds = dseg.build_seg(image, {"tumor": tumor}, dseg.Algorithm("MANUAL"), **_uids())
+    with pytest.raises(InputError, match=f"not image {other.SOPInstanceUID}") as e:
+        dseg.read_contour(ds, other)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="not a DICOM Segmentation"):
+        dseg.read_contour(image, image)
+
+
+def test_a_foreign_single_segment_seg_is_read_as_the_lesion(tmp_path):
+    """A SEG from another tool: one segment, not labelled 'tumor', coded Neoplasm."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+    image = _image(tmp_path)
+    tumor, _ = _masks()
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Lesion 1",
+        segmented_property_category=Code("49755003", "SCT", "Morphologically Abnormal Structure"),
+        segmented_property_type=Code("108369006", "SCT", "Neoplasm"), algorithm_type="MANUAL")
+    src = dseg._source_for_highdicom(image)
+    ds = hd.seg.Segmentation([src], tumor[None, :, :, None].astype(np.uint8), "BINARY", [desc],
+                             series_number=5, instance_number=1, manufacturer="Other",
+                             manufacturer_model_name="x", software_versions="1",
+                             device_serial_number="1", **{
+                                 "series_instance_uid": _uids()["series_uid"],
+                                 "sop_instance_uid": _uids()["sop_uid"]})
+    contour = dseg.read_contour(ds, image)
+    assert contour.label == "Lesion 1" and np.array_equal(contour.mask, tumor)
+
+
+def test_bad_requests_are_one_line_errors(tmp_path):
+    image = _image(tmp_path)
+    tumor, _ = _masks()
+    with pytest.raises(InputError, match="needs its algorithm's name"):
+        dseg.Algorithm("AUTOMATIC")
+    with pytest.raises(InputError, match="must be one of"):
+        dseg.Algorithm("ROBOT", "x")
+    with pytest.raises(InputError, match="no 'tumor'"):
+        dseg.build_seg(image, {"peri_0-3mm": tumor}, dseg.Algorithm(), **_uids())
+    with pytest.raises(InputError, match="region tumor is"):
+        dseg.build_seg(image, {"tumor": tumor[:10]}, dseg.Algorithm(), **_uids())
+    with pytest.raises(InputError, match="lesion mask is empty"):
+        dseg.build_seg(image, {"tumor": np.zeros_like(tumor)}, dseg.Algorithm(), **_uids())

@@ -22,6 +22,7 @@ pydicom = pytest.importorskip("pydicom")
 from us_dicom import lesion, us_image  # noqa: E402
 
 from HER2RadiomicsLib.cli import main  # noqa: E402
+from HER2RadiomicsLib.errors import InputError  # noqa: E402
 from HER2RadiomicsLib.pacs import orthanc  # noqa: E402
 from HER2RadiomicsLib.pacs.dicomweb import Auth, Pacs  # noqa: E402
 from HER2RadiomicsLib.station import archive, dicom_seg  # noqa: E402
@@ -151,16 +152,17 @@ def test_the_coordinator_page_says_what_was_saved_as_seg(dicom_study):
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
-    """An Orthanc holding study A (two ultrasound images and a secondary capture) and study B
-    (a secondary capture only)."""
+    """An Orthanc holding patient PA's study A (two ultrasound images and a secondary capture)
+    and study B (a secondary capture only)."""
     root = tmp_path_factory.mktemp("archive")
     with orthanc.LocalOrthanc() as server:
         client = Pacs(server.dicomweb_url)
-        a = [us_image(root / f"a{i}.dcm", seed=10 + i, study_uid="1.2.826.0.1.3680043.10.1")
-             for i in range(2)]
+        a = [us_image(root / f"a{i}.dcm", seed=10 + i, study_uid="1.2.826.0.1.3680043.10.1",
+                      patient="PA") for i in range(2)]
         a.append(us_image(root / "a_sc.dcm", study_uid="1.2.826.0.1.3680043.10.1",
-                          modality="OT"))
-        b = us_image(root / "b_sc.dcm", study_uid="1.2.826.0.1.3680043.10.2", modality="OT")
+                          modality="OT", patient="PA"))
+        b = us_image(root / "b_sc.dcm", study_uid="1.2.826.0.1.3680043.10.2", modality="OT",
+                     patient="PA")
         client.store([pydicom.dcmread(p) for p in a], "1.2.826.0.1.3680043.10.1")
         client.store([pydicom.dcmread(b)], "1.2.826.0.1.3680043.10.2")
         yield server, client, a
@@ -240,6 +242,41 @@ def test_a_failed_store_keeps_the_save_and_is_retried(pacs, dicom_study, tmp_pat
     assert up.step() == {"stored": 1, "pending": 0, "error": ""}
     assert client.exists(pydicom.dcmread(imgs[0]).StudyInstanceUID,
                          store.sidecar("R1", "c0")["dicom_seg"]["sop_uid"])
+
+
+@NEEDS_ORTHANC
+def test_a_patient_query_takes_the_studies_with_ultrasound_and_serve_stores(
+        pacs, tmp_path, capsys, no_env_credentials):
+    import argparse
+
+    from HER2RadiomicsLib.station.commands import _archive_sync
+    server, client, _ = pacs
+    study = tmp_path / "study"
+    assert main(["station", "create", "--study", str(study), "--dicomweb", server.dicomweb_url,
+                 "--patient-id", "PA", "--readers", "R1", "--start", "empty"]) == 0
+    store = StudyStore(study)                 # study B (no ultrasound) is left out
+    assert len(store.cases) == 2
+    assert store.meta["archive"]["studies"] == ["1.2.826.0.1.3680043.10.1"]
+    # what `station serve` runs: the launcher's thread stores a Save within its first pass
+    sync = _archive_sync(study, argparse.Namespace(auth_file=None, ca_bundle=None))
+    sync.out = open(tmp_path / "log", "w")
+    case = store.queue("R1")[0]
+    store.save_contour("R1", case, lesion().astype(np.uint8))
+    sync.start()
+    try:
+        for _ in range(100):
+            if not any(s["pending"] for s in store.dicom_segs()):
+                break
+            sync.stopped.wait(0.1)
+    finally:
+        sync.stop()
+    assert client.exists("1.2.826.0.1.3680043.10.1",
+                         store.sidecar("R1", case)["dicom_seg"]["sop_uid"])
+    bad = tmp_path / "auth"
+    bad.write_text("password123\n")
+    with pytest.raises(InputError) as exc:           # refused before anything starts
+        _archive_sync(study, argparse.Namespace(auth_file=str(bad), ca_bundle=None))
+    assert str(bad) in str(exc.value) and "password123" not in str(exc.value)
 
 
 @NEEDS_ORTHANC

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Threads: 2-core machines; keep BLAS from oversubscribing when joblib runs workers in parallel.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint bench install-check clean
+.PHONY: install demo pacs-demo test lint bench install-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/her2radiomics demo --out demo-output
+
+# A local Orthanc (Debian's orthanc + orthanc-dicomweb; loopback, free ports, a temporary
+# folder) with the synthetic cohort's DICOM images, then `pacs run` over every study; Orthanc
+# stops when it ends (PACS_DEMO_ARGS=--keep keeps it until Enter).
+pacs-demo: $(STAMP)
+	$(VENV)/bin/her2radiomics pacs demo --out pacs-demo-output $(PACS_DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -54,4 +60,4 @@ install-check: $(STAMP)
 	$(PY) scripts/check_install.py --floors && exit $$newest
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info
+	rm -rf $(VENV) demo-output pacs-demo-output .pytest_cache build *.egg-info

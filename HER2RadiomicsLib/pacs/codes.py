@@ -5,16 +5,23 @@ A column ``<region>__<image type>_<class>_<feature>`` (``tumor__wavelet-LH_glcm_
 becomes one numeric measurement in the region's measurement group:
 
 * concept name: ``(IBSI code, "IBSI", IBSI name)`` from :data:`IBSI` (codes of the IBSI
-  reference manual, Zwanenburg et al., Radiology 2020), else ``("<class>_<feature>", "99H2R",
-  "<class> <feature>")`` — pyradiomics' own name;
-* measurement method (SCT 370129005): ``("<image type>", "99H2R", "<image type> image")``
-  (``original``, ``wavelet-LH``, ``log-sigma-1-0-mm-3D``, ...).
+  reference manual, Zwanenburg et al., Radiology 2020), else
+  ``(private_value("<class>_<feature>"), "99H2R", "<class> <feature>")`` — pyradiomics' name;
+* measurement method (SCT 370129005): ``(private_value("<image type>"), "99H2R",
+  "<image type> image")`` (``original``, ``wavelet-LH``, ``log-sigma-1-0-mm-3D``, ...).
+
+A private code value is the name itself when it fits DICOM's 16-character Code Value, else
+``h`` + the first 15 hex digits of the name's SHA-256 (:func:`private_value`); the code meaning
+always carries the full name. (A longer value would need Long Code Value, which highdicom's own
+SR reader, among others, does not read.)
 
 Deliberately private (not IBSI) though IBSI names a feature of the same name: first-order
 ``Kurtosis`` (pyradiomics' is IBSI's excess kurtosis + 3), ``TotalEnergy`` (pyradiomics only),
 GLCM ``MCC`` (not in IBSI) and every ``shape2D`` feature (IBSI's morphology is 3D).
 """
 from __future__ import annotations
+
+import hashlib
 
 #: The private coding scheme of this library (DICOM reserves designators starting "99").
 PRIVATE = "99H2R"
@@ -135,6 +142,13 @@ UNITS = {"MeshSurface": ("mm2", "square millimeter"), "PixelSurface": ("mm2", "s
 NO_UNITS = ("1", "no units")
 
 
+def private_value(name: str) -> str:
+    """The 99H2R code value of ``name`` (see the module docstring)."""
+    if len(name) <= 16:
+        return name
+    return "h" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:15]
+
+
 def split_key(key: str) -> tuple:
     """``"wavelet-LH_glcm_Contrast"`` -> ``("wavelet-LH", "glcm", "Contrast")``."""
     rest, _, feature = key.rpartition("_")
@@ -152,19 +166,23 @@ def feature_code(key: str) -> tuple:
         code, meaning = IBSI[(cls, feature)]
         name = (code, IBSI_SCHEME, meaning)
     else:
-        name = (f"{cls}_{feature}", PRIVATE, f"{cls} {feature}")
+        name = (private_value(f"{cls}_{feature}"), PRIVATE, f"{cls} {feature}")
     unit = UNITS.get(feature, NO_UNITS) if cls.startswith("shape") else NO_UNITS
-    return name, (image_type, PRIVATE, f"{image_type} image"), unit
+    return name, (private_value(image_type), PRIVATE, f"{image_type} image"), unit
 
 
-def feature_key(name_value: str, name_scheme: str, image_type: str) -> str:
-    """The inverse of :func:`feature_code`: the feature key of a coded measurement."""
-    if name_scheme == IBSI_SCHEME:
-        if name_value not in _BY_IBSI:
-            raise ValueError(f"IBSI code {name_value!r} is not one this library writes")
-        cls, feature = _BY_IBSI[name_value]
-    elif name_scheme == PRIVATE:
-        cls, _, feature = name_value.partition("_")
+def feature_key(name: tuple, method_meaning: str) -> str:
+    """The inverse of :func:`feature_code`: the feature key of a coded measurement, from its
+    name ``(value, scheme, meaning)`` and its method's code meaning."""
+    value, scheme, meaning = name
+    if scheme == IBSI_SCHEME:
+        if value not in _BY_IBSI:
+            raise ValueError(f"IBSI code {value!r} is not one this library writes")
+        cls, feature = _BY_IBSI[value]
+    elif scheme == PRIVATE:
+        cls, _, feature = meaning.partition(" ")
     else:
-        raise ValueError(f"coding scheme {name_scheme!r} is not IBSI or {PRIVATE}")
+        raise ValueError(f"coding scheme {scheme!r} is not IBSI or {PRIVATE}")
+    image_type = method_meaning[:-len(" image")] if method_meaning.endswith(" image") \
+        else method_meaning
     return f"{image_type}_{cls}_{feature}"

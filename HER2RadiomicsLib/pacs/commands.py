@@ -29,6 +29,7 @@ def register(sub):
     _add_connection(r)
     r.add_argument("--study", required=True, help="Study Instance UID")
     r.add_argument("--bundle", help="model bundle: predict and store the prediction in the SR")
+    r.add_argument("--site", help="scanner site of the study (bundles that harmonise sites)")
     r.add_argument("--trust", action="store_true",
                    help="allow joblib/pickle bundles and untrusted types (runs code!)")
     r.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
@@ -68,7 +69,8 @@ def cmd_run(a) -> int:
         bundle = load_bundle(a.bundle, trust=a.trust)
     auth, ca = _connection(a)
     opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
-                      bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store)
+                      bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
+                      site=a.site)
     outcomes, problems = run_study(opts)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)

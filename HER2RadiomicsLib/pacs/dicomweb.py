@@ -26,6 +26,7 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 #: Seconds to wait for a server's answer: a PACS on a hospital network answers in seconds, an
 #: unreachable host should not hang a batch for minutes.
 TIMEOUT_S = 60
+RETRY_ATTEMPTS, RETRY_WAIT_MS = 3, 500
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,11 @@ class Pacs:
             session.headers["Authorization"] = f"Bearer {auth.secret}"
         self._requests = requests
         self.client = DICOMwebClient(self.url, session=session)
+        # dicomweb-client retries 5 times with exponential back-off, on 408/429/503/504 and on
+        # any exception (a refused connection too): 3 attempts, 1 s then 2 s apart, keep a busy
+        # server's retry and let an unreachable one fail in seconds, not half a minute
+        self.client.set_http_retry_params(retry=True, max_attempts=RETRY_ATTEMPTS,
+                                          wait_exponential_multiplier=RETRY_WAIT_MS)
 
     def _call(self, what: str, fn, *args, **kw):
         req = self._requests

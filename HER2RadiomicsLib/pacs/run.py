@@ -48,6 +48,7 @@ class RunOptions:
     auth: object = None              # dicomweb.Auth
     ca_bundle: str | None = None
     store: bool = True               # False: compute and write files, send nothing
+    site: str | None = None          # scanner site, for bundles that harmonise sites
 
 
 @dataclass
@@ -64,8 +65,8 @@ class CaseOutcome:
 
 
 def _uid(*parts) -> str:
-    from pydicom.uid import generate_uid
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    from .sr import derived_uid
+    return derived_uid(*parts)
 
 
 def mask_digest(mask: np.ndarray) -> str:
@@ -281,7 +282,8 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
 def _predict(opts, im, out):
     from ..modelling.predict import predict_case
     mask_path = im["path"].with_name(im["path"].stem + "_mask.png")
-    result = predict_case(opts.bundle, im["path"], mask_path, case_id=out.case_id)
+    result = predict_case(opts.bundle, im["path"], mask_path, case_id=out.case_id,
+                          site=opts.site)
     out.predicted_class = str(result.prediction.predicted_class)
     info = bundle_info(opts.bundle)
     return result, dsr.ModelPrediction(

@@ -1,0 +1,253 @@
+"""``pacs run`` and ``pacs query`` against a real Orthanc (Debian's orthanc + orthanc-dicomweb)
+started once for this module on a free loopback port.
+
+References are independent of the code under test: the features come from ``extract`` on the
+same image and mask files, the rings from the library's ``build_regions``, the SEG's pixels are
+decoded by highdicom and the SR's values read through highdicom's SR API; the stored objects are
+fetched with dicomweb-client directly and validated by dciodvfy.
+"""
+import csv
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("highdicom", reason="the [pacs] extra (highdicom) is not installed")
+pytest.importorskip("dicomweb_client", reason="the [pacs] extra (dicomweb-client) is not installed")
+pydicom = pytest.importorskip("pydicom")
+
+from HER2RadiomicsLib.pacs import orthanc as local  # noqa: E402
+
+pytestmark = pytest.mark.skipif(bool(local.missing_reason()), reason=local.missing_reason()
+                                or "Orthanc present")
+DCIODVFY = shutil.which("dciodvfy")
+SMALL_PARAMS = """\
+setting: {label: 1, binWidth: 5, minimumROIDimensions: 2, minimumROISize: 16}
+imageType: {Original: {}}
+featureClass: {shape2D: , firstorder: , glcm: }
+"""
+RINGS = "3,5"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc with the synthetic cohort's images (three patients, one image each used)."""
+    from dicomweb_client.api import DICOMwebClient
+    from HER2RadiomicsLib.imaging.synth import generate_cohort
+    root = tmp_path_factory.mktemp("pacs")
+    generate_cohort(root / "cohort", n_cases=4, seed=7, reader_fraction=0.0)
+    with open(root / "cohort" / "cohort.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    params = root / "small.yaml"
+    params.write_text(SMALL_PARAMS)
+    with local.LocalOrthanc() as server:
+        client = DICOMwebClient(server.dicomweb_url)
+        cases = {}
+        for r in rows:
+            ds = pydicom.dcmread(root / "cohort" / r["image"])
+            if ds.StudyInstanceUID in {c["study"] for c in cases.values()}:
+                continue                        # one image per study keeps the module fast
+            client.store_instances([ds])
+            cases[r["case_id"]] = {"study": ds.StudyInstanceUID, "sop": ds.SOPInstanceUID,
+                                   "image": root / "cohort" / r["image"],
+                                   "mask": root / "cohort" / r["mask"], "ds": ds}
+        yield {"server": server, "client": client, "cases": list(cases.values()),
+               "params": params, "root": root}
+
+
+def _reader_seg(case, study=None):
+    """The synthetic reader's contour as a MANUAL SEG of the case's image."""
+    import SimpleITK as sitk
+    from pydicom.uid import generate_uid
+    from HER2RadiomicsLib.pacs import seg as dseg
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case["mask"]))) > 0
+    ds = dseg.build_seg(case["ds"], {"tumor": mask}, dseg.Algorithm("MANUAL"),
+                        series_uid=generate_uid(), sop_uid=generate_uid(),
+                        series_description="Reader contour", content_creator="Reader^A")
+    if study:
+        ds.StudyInstanceUID = study
+    return ds, mask
+
+
+def _run(pacs, case, out, *extra):
+    from HER2RadiomicsLib.cli import main
+    return main(["pacs", "run", "--url", pacs["server"].dicomweb_url, "--study", case["study"],
+                 "--params", str(pacs["params"]), "--rings", RINGS, "--out", str(out), *extra])
+
+
+def _ours(pacs, study, modality):
+    """The instances of ``modality`` the tool stored in ``study``, fetched with
+    dicomweb-client."""
+    client = pacs["client"]
+    out = []
+    for s in client.search_for_series(study, search_filters={"Modality": modality}):
+        series = s["0020000E"]["Value"][0]
+        for i in client.search_for_instances(study, series):
+            ds = client.retrieve_instance(study, series, i["00080018"]["Value"][0])
+            if str(ds.SeriesDescription).startswith("HER2Radiomics"):
+                out.append(ds)
+    return out
+
+
+def _count(pacs, study) -> int:
+    return len(pacs["client"].search_for_instances(study))
+
+
+def _errors(path):
+    res = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_round_trip_seg_in_features_seg_and_sr_out(pacs, tmp_path, capsys):
+    import highdicom as hd
+    from HER2RadiomicsLib.cli import main
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
+    from HER2RadiomicsLib.pacs import codes
+    import SimpleITK as sitk
+    case = pacs["cases"][0]
+    seg_in, mask = _reader_seg(case)
+    pacs["client"].store_instances([seg_in])
+    assert _run(pacs, case, tmp_path / "run1") == 0
+    # features.csv: the same columns and values as `extract` on the image and mask files
+    ref = tmp_path / "extract.csv"
+    assert main(["extract", "--image", str(case["image"]), "--mask", str(case["mask"]),
+                 "--case-id", case["sop"], "--params", str(pacs["params"]), "--rings", RINGS,
+                 "--out", str(ref), "--no-progress"]) == 0
+    got, want = _read_csv(tmp_path / "run1" / "features.csv"), _read_csv(ref)
+    assert list(got[0]) == list(want[0]) and got == want
+    # the stored SEG: lesion = the input contour, rings = the library's rings
+    (seg,) = _ours(pacs, case["study"], "SEG")
+    parsed = hd.seg.Segmentation.from_dataset(seg)
+    labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]
+    pixels = parsed.get_pixels_by_source_instance(
+        [case["sop"]], segment_numbers=list(range(1, len(labels) + 1)))[0]
+    assert labels[0] == "tumor" and np.array_equal(pixels[..., 0] > 0, mask)
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+    loaded, m = load_case(case["image"], case["mask"])
+    regions = build_regions(loaded, m, [3.0, 5.0])
+    assert labels == list(regions.masks)
+    for i, name in enumerate(labels):
+        assert np.array_equal(pixels[..., i] > 0, sitk.GetArrayFromImage(regions.masks[name]) > 0)
+    # the stored SR: every CSV number, in its region's group, referencing that region's segment
+    (sr,) = _ours(pacs, case["study"], "SR")
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content \
+        .get_volumetric_roi_measurement_groups()
+    by_region = {}
+    for g in groups:
+        region = str(g.tracking_identifier)
+        ref_seg = g.referenced_segment[0].ReferencedSOPSequence[0]
+        assert ref_seg.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        assert labels[int(ref_seg.ReferencedSegmentNumber) - 1] == region
+        by_region[region] = {(str(x.name.value), str(x.name.scheme_designator),
+                              str(x.method.meaning)): x.value for x in g.get_measurements()}
+    n = 0
+    for column, value in want[0].items():
+        if "__" not in column or value == "":
+            continue
+        region, _, key = column.partition("__")
+        (cv, cs, _), (_, _, method), _ = codes.feature_code(key)
+        assert by_region[region][(cv, cs, method)] == float(value), column
+        n += 1
+    assert n == sum(len(v) for v in by_region.values())          # nothing more, nothing less
+    if DCIODVFY:
+        for name, ds in (("seg", seg), ("sr", sr)):
+            ds.save_as(tmp_path / f"{name}.dcm")
+            assert _errors(tmp_path / f"{name}.dcm") == [], name
+    # a second run adds nothing to the archive
+    before = _count(pacs, case["study"])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "run2") == 0
+    assert _count(pacs, case["study"]) == before
+    assert "SEG already there, SR already there" in capsys.readouterr().out
+
+
+def test_cnn_contour_and_prediction_are_stored(pacs, tmp_path):
+    pytest.importorskip("torch")
+    from pathlib import Path
+    from HER2RadiomicsLib.pacs import sr as dsr
+    bundle = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing" \
+        / "model_bundle.zip"
+    case = pacs["cases"][1]
+    assert _run(pacs, case, tmp_path / "out", "--bundle", str(bundle), "--site", "A") == 0
+    (seg,) = _ours(pacs, case["study"], "SEG")
+    lesion = seg.SegmentSequence[0]
+    assert lesion.SegmentAlgorithmType == "AUTOMATIC"
+    assert "CNN" in lesion.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+    (sr,) = _ours(pacs, case["study"], "SR")
+    content = dsr.read_sr(sr)
+    report = (tmp_path / "out" / "reports" / f"{case['sop']}.html").read_text()
+    assert content.prediction["predicted_class"] in content.prediction["probabilities"]
+    assert abs(sum(content.prediction["probabilities"].values()) - 1) < 1e-9
+    assert content.prediction["model"]["name"] == "peritumoral2025"
+    assert len(content.prediction["model"]["digest"]) == 64
+    assert "CNN auto-mask" in report
+
+
+def test_query_lists_what_the_tool_stored(pacs, capsys):
+    from HER2RadiomicsLib.cli import main
+    assert main(["pacs", "query", "--url", pacs["server"].dicomweb_url]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == len(pacs["cases"])
+    assert "modalities" in out and "US" in out
+    study = pacs["cases"][0]["study"]
+    assert main(["pacs", "query", "--url", pacs["server"].dicomweb_url, "--study", study]) == 0
+    out = capsys.readouterr().out
+    assert "[HER2Radiomics]" in out or "stored by HER2Radiomics: nothing" in out
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_unreachable_server_is_one_line(tmp_path, capsys):
+    port = local._free_port()                           # nothing listens there
+    from HER2RadiomicsLib.cli import main
+    assert main(["pacs", "run", "--url", f"http://127.0.0.1:{port}/dicom-web", "--study", "1.2.3",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "cannot reach the server" in _one_error_line(capsys)
+
+
+def test_wrong_credentials_are_one_line(tmp_path, capsys, monkeypatch):
+    from HER2RadiomicsLib.cli import main
+    with local.LocalOrthanc(users={"alice": "right"}) as server:
+        monkeypatch.setenv("HER2RADIOMICS_PACS_USER", "alice")
+        monkeypatch.setenv("HER2RADIOMICS_PACS_PASSWORD", "wrong")
+        assert main(["pacs", "query", "--url", server.dicomweb_url]) == 2
+        assert "refused the credentials (HTTP 401)" in _one_error_line(capsys)
+        monkeypatch.setenv("HER2RADIOMICS_PACS_PASSWORD", "right")
+        assert main(["pacs", "query", "--url", server.dicomweb_url]) == 0
+
+
+def test_a_study_without_ultrasound_is_one_line(pacs, tmp_path, capsys):
+    from pydicom.uid import generate_uid
+    ds = pydicom.Dataset(pacs["cases"][0]["ds"])
+    ds = pydicom.dcmread(pacs["cases"][0]["image"])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.Modality = "OT"                                   # a secondary capture, not ultrasound
+    pacs["client"].store_instances([ds])
+    from HER2RadiomicsLib.cli import main
+    assert main(["pacs", "run", "--url", pacs["server"].dicomweb_url, "--study",
+                 ds.StudyInstanceUID, "--out", str(tmp_path / "o")]) == 2
+    assert "has no ultrasound image (it holds OT)" in _one_error_line(capsys)
+
+
+def test_a_seg_of_another_image_is_one_line_and_the_rest_runs(pacs, tmp_path, capsys):
+    case, other = pacs["cases"][2], pacs["cases"][0]
+    stray, _ = _reader_seg(other, study=case["study"])  # in this study, of another's image
+    own, _ = _reader_seg(case)
+    pacs["client"].store_instances([stray, own])
+    assert _run(pacs, case, tmp_path / "o") == 1          # the image itself is done
+    line = _one_error_line(capsys)
+    assert f"SEG {stray.SOPInstanceUID} references image {other['sop']}" in line
+    assert len(_read_csv(tmp_path / "o" / "features.csv")) == 1

@@ -41,16 +41,10 @@ STATUS_FILE = "archive_status.json"
 
 
 def connect(url: str, auth_file=None, ca_bundle=None):
-    """A DICOMweb client for ``url`` with the credentials of the environment or ``auth_file``.
-
-    dicomweb-client's own retries are off: they retry every failure, an unreachable host
-    included, for about 30 s (5 tries, 2-16 s apart) before the error; the station retries
-    itself (:class:`ArchiveSync`), and ``station create`` is run again (what it copied
-    stays)."""
+    """A DICOMweb client for ``url`` with the credentials of the environment or ``auth_file``
+    (a request is tried 3 times within about 3 s; after that :class:`ArchiveSync` retries)."""
     from ..pacs.dicomweb import Pacs, auth_from
-    pacs = Pacs(url, auth=auth_from(auth_file=auth_file), ca_bundle=ca_bundle)
-    pacs.client.set_http_retry_params(retry=False)
-    return pacs
+    return Pacs(url, auth=auth_from(auth_file=auth_file), ca_bundle=ca_bundle)
 
 
 def _frames(meta: dict) -> int:

@@ -19,7 +19,11 @@ ICC_FORMS = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
 def register(sub):
     p = sub.add_parser("reader-study", help="inter-observer ICC, contour agreement, "
                                             "stable features")
-    p.add_argument("--manifest", required=True, help="CSV: case_id,image,reader,mask")
+    p.add_argument("--manifest", required=True,
+                   help="CSV: case_id,image,reader,mask (or seg: a DICOM SEG of the image)")
+    p.add_argument("--seg-dir", help="folder of DICOM SEGs: matched to the manifest's images by "
+                                     "the image each references, to readers by its content "
+                                     "creator (then the manifest needs only case_id,image)")
     p.add_argument("--params", default="default", help="params preset or YAML")
     p.add_argument("--rings", default="", help="peritumoral distances in mm, e.g. 3,5,8")
     p.add_argument("--readers", help="comma-separated readers to use (default: all)")
@@ -111,16 +115,34 @@ def _report(a, n_features, n_cases, n_readers, stable, sp, band_counts) -> None:
     print(band_counts)
 
 
+def _uses_segs(a) -> bool:
+    """Whether the readers' contours come (partly) from DICOM SEGs: --seg-dir, or a manifest
+    with a ``seg`` column (its header is read, nothing else)."""
+    if a.seg_dir:
+        return True
+    try:
+        with open(a.manifest, encoding="utf-8-sig") as fh:
+            header = fh.readline()
+    except OSError:
+        return False                      # the study's own reading names the problem
+    return "seg" in [c.strip().strip('"') for c in header.split(",")]
+
+
 def cmd_reader_study(a) -> int:
     from ..reports.reader_study import render_reader_study
     from .study import ReaderStudyConfig, run_reader_study
+    manifest = a.manifest
+    if _uses_segs(a):
+        # SEG contours become label maps under the study's folder, listed in a manifest
+        from ..pacs.reader_segs import seg_manifest
+        manifest = seg_manifest(a.manifest, a.out, seg_dir=a.seg_dir, spacing_mm=a.spacing_mm)
     cfg = ReaderStudyConfig(params=a.params, rings=a.rings,
                             readers=a.readers.split(",") if a.readers else None,
                             form=a.icc_form, threshold=a.threshold, use_lower_ci=a.lower_ci,
                             bland_altman=a.bland_altman, robustness=a.robustness,
                             spacing_mm=a.spacing_mm)
     # the study computes; the report layer draws its plots and page (before the swap)
-    res = run_reader_study(a.manifest, a.out, cfg, jobs=a.jobs, resume=a.resume,
+    res = run_reader_study(manifest, a.out, cfg, jobs=a.jobs, resume=a.resume,
                            progress=not a.no_progress, render=render_reader_study)
     print(f"{res['n_cases']} cases x {res['n_readers']} readers; {res['n_features']} features; "
           f"{res['n_stable']} stable ({a.icc_form} > {a.threshold}); mean Dice "

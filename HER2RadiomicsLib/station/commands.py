@@ -4,7 +4,10 @@
 proposal of every case, made once for all readers) and prints each token once.
 ``station serve`` starts one web process per reader and one for the coordinator on consecutive
 ports (the coordinator on ``--port``, reader *i* on ``--port + i``) and prints their addresses.
-``station demo`` does both on a small synthetic cohort.
+``station demo`` does both on a small synthetic cohort. With ``station create --dicomweb URL
+--study-uid UID ...`` the cases are an archive's ultrasound images, and ``station serve`` stores
+each saved contour back there as a DICOM SEG (``station push`` does it on demand); see
+:mod:`.archive`.
 
 The launcher only starts and watches processes: every request is answered by a process that
 serves a single reader (or the coordinator) and admits only that sign-in (see :mod:`.gate`). A
@@ -40,9 +43,20 @@ def register(sub):
     p = sub.add_parser("station", help="browser reader station (contour, reader study)")
     ss = p.add_subparsers(dest="station_cmd", metavar="ACTION", required=True)
 
-    c = ss.add_parser("create", help="create a reader study from a cohort manifest")
+    c = ss.add_parser("create", help="create a reader study from a cohort manifest or from "
+                                     "studies on a DICOMweb archive")
     c.add_argument("--study", required=True, help="study folder to create")
-    c.add_argument("--manifest", required=True, help="CSV with case_id,image (labels ignored)")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="CSV with case_id,image (labels ignored)")
+    src.add_argument("--dicomweb", metavar="URL",
+                     help="DICOMweb root of the archive (e.g. https://pacs/dicom-web): the "
+                          "cases are the single-frame ultrasound images of --study-uid / "
+                          "--patient-id, and the readers' contours are stored back as DICOM SEG")
+    c.add_argument("--study-uid", nargs="+", default=[], metavar="UID",
+                   help="Study Instance UID(s) on the archive (with --dicomweb)")
+    c.add_argument("--patient-id", help="take every study of this patient that holds an "
+                                        "ultrasound image (with --dicomweb)")
+    _archive_options(c)
     c.add_argument("--readers", required=True, help="comma-separated reader names")
     c.add_argument("--start", default="cnn", choices=("cnn", "empty"),
                    help="starting contour: the CNN's proposal or empty (default cnn)")
@@ -64,7 +78,13 @@ def register(sub):
                         "reader study is refused (default 3)")
     s.add_argument("--warn-icc-cases", type=int, default=10,
                    help="below this many such cases the reader study warns (default 10)")
+    _archive_options(s)
     s.set_defaults(func=cmd_serve)
+
+    u = ss.add_parser("push", help="store the readers' DICOM SEGs the archive lacks, now")
+    u.add_argument("--study", required=True)
+    _archive_options(u)
+    u.set_defaults(func=cmd_push)
 
     d = ss.add_parser("demo", help="a station on a small synthetic cohort (2 readers)")
     d.add_argument("--out-dir", default="station-demo",
@@ -88,6 +108,13 @@ def register(sub):
     o.add_argument("--min-icc-cases", type=int, default=3)
     o.add_argument("--warn-icc-cases", type=int, default=10)
     o.set_defaults(func=cmd_one)
+
+
+def _archive_options(p):
+    p.add_argument("--auth-file", help="archive credentials: a file holding 'bearer <token>' or "
+                                       "'basic <user>:<password>' (default: the environment's "
+                                       "HER2RADIOMICS_PACS_TOKEN or _USER/_PASSWORD)")
+    p.add_argument("--ca-bundle", help="CA certificate to verify the archive's TLS with")
 
 
 def _need_station():
@@ -128,7 +155,15 @@ def make_proposals(store, progress=True) -> int:
 def cmd_create(a) -> int:
     from .store import StudyStore
     readers = [r.strip() for r in str(a.readers).split(",") if r.strip()]
-    store, tokens = StudyStore.create(a.study, a.manifest, readers, start=a.start, seed=a.seed)
+    manifest, archive = a.manifest, None
+    if a.dicomweb:
+        StudyStore.check_readers(readers)          # before anything is downloaded
+        manifest, archive = _from_archive(a)
+    elif a.study_uid or a.patient_id:
+        raise InputError("--study-uid and --patient-id name studies on an archive: give "
+                         "--dicomweb URL too")
+    store, tokens = StudyStore.create(a.study, manifest, readers, start=a.start, seed=a.seed,
+                                      archive=archive)
     if a.tokens_out:
         _write_private(a.tokens_out, tokens)
     make_proposals(store)
@@ -137,6 +172,53 @@ def cmd_create(a) -> int:
     print("tokens (shown once; only their SHA-256 is stored):")
     for who, tok in tokens.items():
         print(f"  {who}: {tok}")
+    return 0
+
+
+def _from_archive(a):
+    """The archive's ultrasound images copied into the study folder: ``(manifest, archive)``."""
+    from . import archive
+    from .store import STUDY_FILE
+    if not (a.study_uid or a.patient_id):
+        raise InputError("--dicomweb needs the studies: --study-uid UID ... or --patient-id ID")
+    folder = Path(a.study)
+    if (folder / STUDY_FILE).exists():       # refused before anything is downloaded
+        raise InputError(f"{folder}: a study exists already; open it instead of creating")
+    pacs = archive.connect(a.dicomweb, a.auth_file, a.ca_bundle)
+    images = archive.find_images(pacs, a.study_uid, a.patient_id)
+    print(f"{pacs.url}: {len(images)} ultrasound image(s) in "
+          f"{len({i[0] for i in images})} study(ies); retrieving", file=sys.stderr)
+    manifest = archive.retrieve_cases(pacs, images, folder)
+    return manifest, {"url": pacs.url, "studies": sorted({i[0] for i in images})}
+
+
+def _archive_sync(study, a):
+    """The launcher's thread that stores the readers' SEGs (None: the study has no archive).
+    Malformed credentials are refused here, in one line, before anything starts."""
+    from . import archive
+    from .store import StudyStore
+    store = StudyStore(study)
+    url = (store.meta.get("archive") or {}).get("url")
+    if not url:
+        return None
+    from ..pacs.dicomweb import auth_from
+    auth_from(auth_file=getattr(a, "auth_file", None))
+    return archive.ArchiveSync(store, url, getattr(a, "auth_file", None),
+                               getattr(a, "ca_bundle", None))
+
+
+def cmd_push(a) -> int:
+    from . import archive
+    from .store import StudyStore
+    store = StudyStore(a.study)
+    url = (store.meta.get("archive") or {}).get("url")
+    if not url:
+        raise InputError(f"{a.study}: this study was not created from an archive "
+                         "(station create --dicomweb)")
+    res = archive.push_pending(store, archive.connect(url, a.auth_file, a.ca_bundle))
+    if res["error"]:
+        raise InputError(f"{res['error']} ({res['stored']} stored, {res['pending']} waiting)")
+    print(f"{url}: {res['stored']} DICOM SEG(s) stored; {res['pending']} waiting")
     return 0
 
 
@@ -286,7 +368,7 @@ class Supervisor:
         stop_processes([(0, 0, 0, s["proc"]) for s in self.slots if s["proc"] is not None])
 
 
-def _serve(study, host, port, bundle=None, tokens=None, options=None) -> int:
+def _serve(study, host, port, bundle=None, tokens=None, options=None, sync=None) -> int:
     _need_station()
     if bundle:
         # refused here, naming the file, rather than as a reader process that fails to start
@@ -303,6 +385,9 @@ def _serve(study, host, port, bundle=None, tokens=None, options=None) -> int:
         tok = tokens.get(who, "<token>")
         print(f"  {role:<11} {reader or '':<12} http://{host}:{p}/?secret={tok}")
     print("  (each link signs its browser in once; then http://host:port/ is enough)")
+    if sync is not None:
+        print(f"  DICOM SEGs of saved contours are stored in {sync.url}", file=sys.stderr)
+        sync.start()
     sup = Supervisor(study, host, procs, bundle=bundle, options=options)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -314,6 +399,8 @@ def _serve(study, host, port, bundle=None, tokens=None, options=None) -> int:
         pass
     finally:
         sup.stop()
+        if sync is not None:
+            sync.stop()
     return 0
 
 
@@ -321,7 +408,8 @@ def cmd_serve(a) -> int:
     tokens = json.loads(Path(a.tokens).read_text()) if a.tokens else None
     return _serve(a.study, a.host, a.port, bundle=a.bundle, tokens=tokens,
                   options={"min_icc_cases": a.min_icc_cases,
-                           "warn_icc_cases": a.warn_icc_cases})
+                           "warn_icc_cases": a.warn_icc_cases},
+                  sync=_archive_sync(a.study, a))
 
 
 def cmd_demo(a) -> int:

@@ -1,6 +1,7 @@
 """The coordinator's station: progress per reader (pushed live), flags, Dice / HD95 as soon as
-two readers saved a case, the reader manifest and the reader-study report (ICC per feature,
-stable features) on the finished cases, opened from the page."""
+two readers saved a case, the readers' DICOM SEGs (written, stored in the archive, waiting),
+the reader manifest and the reader-study report (ICC per feature, stable features) on the
+finished cases, opened from the page."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,7 @@ import pandas as pd
 
 from ..readers.study import ReaderStudyConfig, run_reader_study
 from ..reports.reader_study import render_reader_study
-from . import gate
+from . import archive, dicom_seg, gate
 from .store import StudyStore
 
 # trame and aiohttp are imported inside the methods that build and serve the page: they come
@@ -53,8 +54,11 @@ class CoordinatorStation:
         s.co_progress, s.co_agreement, s.co_flags, s.co_icc = [], [], [], []
         s.co_params, s.co_rings = params, rings
         s.co_message, s.co_error, s.co_running, s.co_summary = "", "", False, None
-        s.co_report = ""
+        s.co_report, s.co_archive = "", ""
         self._saved = None
+        # the DICOM SEG line is shown for a study on an archive or of DICOM images only
+        self._segs = bool(store.meta.get("archive")) or any(
+            dicom_seg.is_dicom_file(c["image"]) for c in store.cases.values())
         self._build_ui()
         self.refresh()
         self.gate = gate.install(
@@ -98,6 +102,8 @@ class CoordinatorStation:
                 html.H3("Progress per reader (live)")
                 table("co_progress", ["reader", "done", "skipped", "flagged", "left", "total"],
                       "co-progress")
+                html.Div("{{ co_archive }}", v_if=("co_archive",), id="co-archive",
+                         classes="text-body-2 mt-1")
                 html.H3("Contour agreement (cases two readers saved)", classes="mt-4")
                 table("co_agreement", ["case_id", "reader_a", "reader_b", "dice", "hd95_mm",
                                        "area_diff_pct"], "co-agreement")
@@ -124,6 +130,8 @@ class CoordinatorStation:
             self.state.co_progress = [dict(row, key=row["reader"])
                                       for row in prog.to_dict("records")]
             self.state.co_flags = flags
+            if self._segs:          # stored, waiting, the last error (see .archive)
+                self.state.co_archive = archive.status_line(self.store)
         if saved != self._saved:
             self._saved = saved
             agree = self.store.agreement()

@@ -21,6 +21,7 @@ Layout under the study folder::
     study.json                    manifest, start source, seed, token hashes
     queues/<reader>.json          order, skipped, flags
     contours/<reader>/<case>.nrrd + <case>.json
+    contours/<reader>/<case>.seg.dcm   the contour as a DICOM SEG (DICOM images; see .dicom_seg)
     contours/<reader>/.autosave/<case>.nrrd
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import time
@@ -42,6 +44,9 @@ from ..errors import HER2Error, InputError
 from ..extraction.batch import read_manifest
 from ..imaging.io import atomic_write_text, read_image, write_image
 from ..readers.metrics import compare_masks
+from . import dicom_seg
+
+log = logging.getLogger(__name__)
 
 #: how a case starts: the CNN's proposal (edited by the reader) or an empty contour
 START_SOURCES = ("cnn", "empty")
@@ -103,28 +108,22 @@ class StudyStore:
     # -- creation ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root, manifest, readers, start: str = "cnn", seed: int | None = None):
+    def create(cls, root, manifest, readers, start: str = "cnn", seed: int | None = None,
+               archive: dict | None = None):
         """Create a study from a cohort manifest; returns ``(store, tokens)``.
 
         ``tokens`` maps each reader and ``"coordinator"`` to its token: shown once, stored
         only as a hash. The manifest needs ``case_id`` and ``image``; every other column
-        (labels!) stays out of the study, so readers are blind to it.
+        (labels!) stays out of the study, so readers are blind to it. ``archive`` (``{"url":
+        DICOMweb root, "studies": [Study Instance UIDs]}``, no credentials) records the archive
+        the images came from: the readers' DICOM SEGs are stored back there.
         """
         root = Path(root)
         if (root / STUDY_FILE).exists():
             raise InputError(f"{root}: a study exists already; open it instead of creating")
         if start not in START_SOURCES:
             raise InputError(f"start source {start!r}: choose {' or '.join(START_SOURCES)}")
-        readers = list(dict.fromkeys(readers))
-        # names the station itself uses for its processes, logs and tokens
-        reserved = [r for r in readers if str(r).lower() in RESERVED_NAMES]
-        if reserved:
-            raise InputError(f"reader name {reserved[0]!r} is reserved (the station uses "
-                             f"{', '.join(sorted(RESERVED_NAMES))} itself); choose another")
-        bad = [r for r in readers if not READER_NAME.fullmatch(str(r))]
-        if bad or not readers:
-            raise InputError(f"reader names {bad or readers}: letters, digits, '.', '-', '_' "
-                             "(at most 64), and at least one reader")
+        readers = cls.check_readers(readers)
         rows = read_manifest(manifest, require_mask=False)      # labels are never copied
         ids = [str(r["case_id"]) for r in rows]
         if len(set(ids)) != len(ids):
@@ -139,13 +138,33 @@ class StudyStore:
                                "spacing_y_mm": float(r["spacing_y_mm"])}
                               if r.get("spacing_x_mm") else {})} for r in rows],
                 "readers": {r: {"token_sha256": _hash(tokens[r])} for r in readers},
-                "coordinator_token_sha256": _hash(tokens["coordinator"])}
+                "coordinator_token_sha256": _hash(tokens["coordinator"]),
+                # the study's part in the UIDs of its DICOM SEGs (.dicom_seg's replace rule)
+                "uid_key": secrets.token_hex(16)}
+        if archive:
+            meta["archive"] = {"url": str(archive["url"]),
+                               "studies": [str(s) for s in archive.get("studies", [])]}
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / STUDY_FILE, json.dumps(meta, indent=1))
         store = cls(root)
         for r in readers:
             store._write_queue(r, {"order": _order(ids, seed, r), "skipped": [], "flags": {}})
         return store, tokens
+
+    @staticmethod
+    def check_readers(readers) -> list:
+        """The reader names, once each; refuses a reserved or unusable name (one line)."""
+        readers = list(dict.fromkeys(readers))
+        # names the station itself uses for its processes, logs and tokens
+        reserved = [r for r in readers if str(r).lower() in RESERVED_NAMES]
+        if reserved:
+            raise InputError(f"reader name {reserved[0]!r} is reserved (the station uses "
+                             f"{', '.join(sorted(RESERVED_NAMES))} itself); choose another")
+        bad = [r for r in readers if not READER_NAME.fullmatch(str(r))]
+        if bad or not readers:
+            raise InputError(f"reader names {bad or readers}: letters, digits, '.', '-', '_' "
+                             "(at most 64), and at least one reader")
+        return readers
 
     # -- access --------------------------------------------------------------------------------
 
@@ -186,6 +205,8 @@ class StudyStore:
         row = self._case(case_id)
         spacing = ((row["spacing_x_mm"], row["spacing_y_mm"])
                    if "spacing_x_mm" in row else None)
+        if dicom_seg.is_dicom_file(row["image"]):
+            dicom_seg.warm_up()               # its Save writes a DICOM SEG too
         return read_image(row["image"], spacing_mm=spacing)
 
     # -- queues --------------------------------------------------------------------------------
@@ -304,12 +325,14 @@ class StudyStore:
         if not sitk.GetArrayViewFromImage(label).any():
             raise InputError(f"case {case_id}: the contour is empty; draw the lesion or skip")
         path = write_image(label, self._contour_path(reader, case_id))
+        seg = self._write_seg(reader, case_id, label, path)
         side = {"reader": reader, "case_id": self._case(case_id)["case_id"],
                 "start_source": start_source or self.meta["start"],
                 "seconds": None if seconds is None else float(seconds),
                 "edits": list(edits or []), "n_edits": len(list(edits or [])),
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "mask": path.name, "area_px": int(sitk.GetArrayViewFromImage(label).sum())}
+                "mask": path.name, "area_px": int(sitk.GetArrayViewFromImage(label).sum()),
+                **seg}
         atomic_write_text(self._contour_path(reader, case_id, ".json"),
                           json.dumps(side, indent=1))
         for auto in (self._contour_path(reader, case_id, autosave=True),
@@ -317,6 +340,51 @@ class StudyStore:
             if auto.exists():
                 auto.unlink()
         return path
+
+    def _write_seg(self, reader, case_id, label, path) -> dict:
+        """The contour as a DICOM SEG beside it when the case's image is DICOM: ``{"dicom_seg":
+        ...}`` for the sidecar, or ``{"dicom_seg_error": why}``. A SEG that cannot be written
+        never undoes the Save (the label map is the reader's result; the SEG a copy of it)."""
+        image = self.cases[str(case_id)]["image"]
+        if not dicom_seg.is_dicom_file(image):
+            return {}
+        try:
+            return {"dicom_seg": dicom_seg.write_reader_seg(
+                self.meta, image, reader, str(case_id), sitk.GetArrayViewFromImage(label),
+                path, self.readers)}
+        except Exception as exc:                 # noqa: BLE001 (the Save itself stands)
+            log.warning("case %s reader %s: DICOM SEG not written: %s", case_id, reader, exc)
+            # an older save's SEG would now be a contour the reader replaced
+            dicom_seg.paths(path)[0].unlink(missing_ok=True)
+            return {"dicom_seg_error": str(exc).splitlines()[0] if str(exc) else
+                    type(exc).__name__}
+
+    def sidecar(self, reader, case_id) -> dict:
+        """The saved contour's sidecar ({} when the case is not saved)."""
+        try:
+            doc = json.loads(self._contour_path(reader, case_id, ".json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def dicom_segs(self) -> list:
+        """Every saved contour's DICOM SEG: ``{"reader", "case_id", "path", "contour",
+        "sop_uid", "pending"}`` (``pending``: not yet stored in the archive), and the saves
+        whose SEG could not be written (``"error"``)."""
+        out = []
+        for r in self.readers:
+            for case in self.cases:
+                side = self.sidecar(r, case)
+                contour = self._contour_path(r, case)
+                if side.get("dicom_seg_error"):
+                    out.append({"reader": r, "case_id": case, "error": side["dicom_seg_error"]})
+                if not (side.get("dicom_seg") or {}).get("sop_uid"):
+                    continue
+                out.append({"reader": r, "case_id": case, "contour": contour,
+                            "path": dicom_seg.paths(contour)[0],
+                            "sop_uid": side["dicom_seg"]["sop_uid"],
+                            "pending": dicom_seg.pending(side, contour)})
+        return out
 
     def load_contour(self, identity: Identity, reader, case_id):
         """A saved contour: a reader gets only its own; the coordinator any."""

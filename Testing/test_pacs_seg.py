@@ -163,3 +163,25 @@ def test_bad_requests_are_one_line_errors(tmp_path):
         dseg.build_seg(image, {"tumor": tumor[:10]}, dseg.Algorithm(), **_uids())
     with pytest.raises(InputError, match="lesion mask is empty"):
         dseg.build_seg(image, {"tumor": np.zeros_like(tumor)}, dseg.Algorithm(), **_uids())
+
+
+def test_a_seg_of_an_image_with_pixel_spacing_reads_back(tmp_path):
+    """highdicom writes a Pixel Measures item without Slice Thickness for a 2D image that has
+    Pixel Spacing, and its own reader refuses that item: our reader must still give the lesion
+    and rings back, pixel for pixel, from the file as written (and leave the dataset as read)."""
+    from us_dicom import lesion, us_image
+    image = pydicom.dcmread(us_image(tmp_path / "spaced.dcm"))
+    assert "PixelSpacing" in image                      # the case this test is about
+    tumor = lesion()
+    ring = lesion(grow=4) & ~tumor
+    ds = dseg.build_seg(image, {"tumor": tumor, "peri_0-3mm": ring}, dseg.Algorithm("MANUAL"),
+                        content_creator="Reader^One", **_uids())
+    ds.save_as(tmp_path / "seg.dcm")
+    back = pydicom.dcmread(tmp_path / "seg.dcm")
+    shared = back.SharedFunctionalGroupsSequence[0]
+    assert "PixelMeasuresSequence" in shared            # what highdicom wrote
+    contour = dseg.read_contour(back, image)
+    assert np.array_equal(contour.mask, tumor)
+    segments = dseg.read_segments(back, image)
+    assert np.array_equal(segments["peri_0-3mm"], ring)
+    assert "PixelMeasuresSequence" in back.SharedFunctionalGroupsSequence[0]   # not altered

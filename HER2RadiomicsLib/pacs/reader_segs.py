@@ -139,26 +139,13 @@ def _from_folder(df, base: Path, seg_dir: Path, warn) -> list:
     return [(c, image, reader, seg) for (c, reader), (_, image, seg) in sorted(best.items())]
 
 
-def _readable(ds):
-    """``ds`` with what highdicom 0.28's reader wrongly refuses taken out: a Pixel Measures
-    item without Slice Thickness (highdicom writes one itself for a 2D image with Pixel Spacing,
-    and dciodvfy accepts it, but ``Segmentation.from_dataset`` requires the thickness). The
-    lesion is read by source image, not by position, so the measures are not needed."""
-    groups = list(getattr(ds, "SharedFunctionalGroupsSequence", []) or [])
-    groups += list(getattr(ds, "PerFrameFunctionalGroupsSequence", []) or [])
-    for item in groups:
-        measures = getattr(item, "PixelMeasuresSequence", None)
-        if measures and any("SliceThickness" not in m for m in measures):
-            del item.PixelMeasuresSequence
-    return ds
-
 
 def _read_lesion(seg_path, image, case_id, reader, spacing_mm):
     """``(lesion as a label image in the image's geometry)`` of one reader's SEG."""
     import SimpleITK as sitk
     from ..imaging.io import read_image
     try:
-        contour = dseg.read_contour(_readable(_dcm(seg_path)), _image_header(image))
+        contour = dseg.read_contour(_dcm(seg_path), _image_header(image))
     except HER2Error as exc:
         raise InputError(f"{seg_path}: case {case_id} reader {reader}: "
                          f"{str(exc).splitlines()[0]}") from None

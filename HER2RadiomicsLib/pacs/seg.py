@@ -24,6 +24,7 @@ Example
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,23 @@ def _segment_algorithm(item) -> Algorithm:
     return Algorithm(kind, name, version)
 
 
+def _without_partial_measures(ds):
+    """A copy of ``ds`` without Pixel Measures items that lack Slice Thickness.
+
+    highdicom writes such an item itself for a 2D image that has Pixel Spacing (dciodvfy
+    accepts it: the thickness is type 1C), yet its own reader refuses it. The lesion is read by
+    source image, not by position, so the measures are not needed to read it back.
+    """
+    ds = copy.deepcopy(ds)          # a plain pydicom Dataset: the caller's stays as it was
+    groups = list(getattr(ds, "SharedFunctionalGroupsSequence", []) or [])
+    groups += list(getattr(ds, "PerFrameFunctionalGroupsSequence", []) or [])
+    for item in groups:
+        measures = getattr(item, "PixelMeasuresSequence", None)
+        if measures and any("SliceThickness" not in m for m in measures):
+            del item.PixelMeasuresSequence
+    return ds
+
+
 def _segment_pixels(seg, image, numbers) -> dict:
     """``{segment number: bool (rows, cols)}`` of ``seg`` for ``image`` (highdicom decodes)."""
     hd = _hd()
@@ -178,7 +196,8 @@ def _segment_pixels(seg, image, numbers) -> dict:
     try:
         # one highdicom built is used as it is (highdicom 0.22 cannot deep-copy it)
         parsed = (seg if isinstance(seg, hd.seg.Segmentation)
-                  else hd.seg.Segmentation.from_dataset(seg, copy=True))
+                  else hd.seg.Segmentation.from_dataset(_without_partial_measures(seg),
+                                                        copy=False))
         arr = parsed.get_pixels_by_source_instance(
             [uid], segment_numbers=list(numbers), combine_segments=False,
             ignore_spatial_locations=True, assert_missing_frames_are_empty=True)

@@ -286,3 +286,38 @@ def test_fetch_makes_a_manifest_extract_reads_as_files(pacs, tmp_path):
     assert main(["extract", "--image", str(case["image"]), "--mask", str(case["mask"]),
                  "--case-id", case["sop"], *common, "--out", str(tmp_path / "files.csv")]) == 0
     assert _read_csv(tmp_path / "pacs.csv") == _read_csv(tmp_path / "files.csv")
+
+
+def test_reader_picks_that_readers_seg_among_several(pacs, tmp_path):
+    """Two readers' station SEGs of one image: the newest wins by default, ``--reader`` takes
+    the named reader's contour whatever its date, and a reader with none leaves no contour."""
+    import SimpleITK as sitk
+    from HER2RadiomicsLib.cli import main
+    case = pacs["cases"][1]
+    seg_a, mask_a = _reader_seg(case)                    # Reader^A: the synthetic contour
+    seg_b, _ = _reader_seg(case)
+    mask_b = np.zeros_like(mask_a)
+    ys, xs = np.nonzero(mask_a)
+    mask_b[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True   # Reader^B: its bounding box
+    from pydicom.uid import generate_uid
+    from HER2RadiomicsLib.pacs import seg as dseg
+    seg_b = dseg.build_seg(case["ds"], {"tumor": mask_b}, dseg.Algorithm("MANUAL"),
+                           series_uid=generate_uid(), sop_uid=generate_uid(),
+                           series_description="Reader contour", content_creator="Reader^B")
+    seg_a.ContentDate, seg_a.ContentTime = "20260101", "100000"
+    seg_b.ContentDate, seg_b.ContentTime = "20260102", "100000"      # B saved last
+    pacs["client"].store_instances([seg_a, seg_b])
+
+    def fetched(*extra):
+        out = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+        assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                     case["study"], "--out", str(out), *extra]) == 0
+        (row,) = _read_csv(out / "manifest.csv")
+        if not row["mask"]:
+            return None
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(out / row["mask"]))) > 0
+
+    assert np.array_equal(fetched(), mask_b)
+    assert np.array_equal(fetched("--reader", "Reader^A"), mask_a)
+    assert np.array_equal(fetched("--reader", "Reader^B"), mask_b)
+    assert fetched("--reader", "Reader^C") is None

@@ -34,6 +34,8 @@ def register(sub):
                    help="allow joblib/pickle bundles and untrusted types (runs code!)")
     r.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
                    help="folder for features.csv, reports/, dicom/ and pacs_run.json")
+    r.add_argument("--reader", help="take only this reader's SEGs (their Content Creator's "
+                                    "Name, as the station writes it) as contours")
     r.add_argument("--no-store", action="store_true",
                    help="write the SEG and SR into --out only, send nothing to the archive")
     _add_extract_options(r)
@@ -53,6 +55,7 @@ def register(sub):
                    help="Study Instance UID (repeat for several studies)")
     f.add_argument("--out", dest="out_dir", required=True, metavar="DIR",
                    help="folder for images/, masks/ and manifest.csv")
+    f.add_argument("--reader", help="take only this reader's SEGs as contours")
     f.set_defaults(func=cmd_fetch)
 
     d = ps.add_parser("demo", help="a local Orthanc with the synthetic cohort, then pacs run")
@@ -79,7 +82,7 @@ def cmd_run(a) -> int:
     auth, ca = _connection(a)
     opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
                       bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
-                      site=a.site)
+                      site=a.site, reader=a.reader)
     outcomes, problems = run_study(opts)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
@@ -97,7 +100,8 @@ def cmd_run(a) -> int:
 def cmd_fetch(a) -> int:
     from .fetch import fetch_studies
     auth, ca = _connection(a)
-    manifest, rows, problems = fetch_studies(a.url, a.study, a.out_dir, auth, ca)
+    manifest, rows, problems = fetch_studies(a.url, a.study, a.out_dir, auth, ca,
+                                             a.reader)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     with_mask = sum(1 for r in rows if r["mask"])

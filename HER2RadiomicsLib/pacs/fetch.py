@@ -19,7 +19,8 @@ from .run import _write_mask, retrieve_study, study_instances
 COLUMNS = ["case_id", "patient_id", "image", "mask", "study_uid", "series_uid", "contour"]
 
 
-def fetch_studies(url: str, studies: list, out, auth=None, ca_bundle=None) -> tuple:
+def fetch_studies(url: str, studies: list, out, auth=None, ca_bundle=None,
+                  reader: str | None = None) -> tuple:
     """Fetch ``studies`` into ``out``; returns ``(manifest path, rows, problems)``.
 
     Raises
@@ -39,7 +40,7 @@ def fetch_studies(url: str, studies: list, out, auth=None, ca_bundle=None) -> tu
         (stage / "masks").mkdir()
         for study, instances in found.items():
             images, contours = retrieve_study(pacs, study, instances, stage / "images",
-                                              problems)
+                                              problems, reader)
             for uid, im in images.items():
                 frames = int(getattr(im["header"], "NumberOfFrames", 1) or 1)
                 if frames > 1:

@@ -50,6 +50,7 @@ class RunOptions:
     ca_bundle: str | None = None
     store: bool = True               # False: compute and write files, send nothing
     site: str | None = None          # scanner site, for bundles that harmonise sites
+    reader: str | None = None        # only this content creator's SEGs are contours
 
 
 @dataclass
@@ -94,17 +95,27 @@ def bundle_info(bundle) -> dict:
                           or meta.get("model_sha256", ""))}
 
 
-def _newest_contours(pacs, study, segs_meta, images: dict, problems: list) -> dict:
+def creator(ds) -> str:
+    """The SEG's Content Creator's Name as text (the reader, for the station's SEGs)."""
+    return str(getattr(ds, "ContentCreatorName", "") or "").strip()
+
+
+def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
+                     reader: str | None = None) -> dict:
     """``{image SOP UID: SegContour}`` from the newest SEG referencing each image.
 
     A SEG this command wrote (lesion and rings, :func:`.seg.is_derived`) counts only when no
     other SEG contours the image: a reader's contour drawn before the last run but stored after
-    it (an older ContentDate) still replaces the CNN's or an earlier copy.
+    it (an older ContentDate) still replaces the CNN's or an earlier copy. With ``reader``,
+    only SEGs whose Content Creator's Name is ``reader`` count (a study holding several
+    readers' station contours would otherwise give whichever reader saved last).
     """
     found = {}
     for meta in segs_meta:
         uid = meta.get("SOPInstanceUID", "")
         ds = pacs.retrieve(study, meta.get("SeriesInstanceUID", ""), uid)
+        if reader is not None and creator(ds) != reader:
+            continue
         refs = dseg.referenced_images(ds)
         ours = refs & set(images)
         if not ours:
@@ -138,10 +149,12 @@ def study_instances(pacs, study: str) -> list:
     return instances
 
 
-def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: list) -> tuple:
+def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: list,
+                   reader: str | None = None) -> tuple:
     """Every ultrasound image of the study into ``folder/<SOP UID>.dcm`` (WADO-RS) and the
-    lesion of the newest SEG referencing each: ``({uid: {"header", "path", "series"}},
-    {uid: SegContour})``; a SEG that cannot be used adds a line to ``problems``."""
+    lesion of the newest SEG referencing each (``reader``'s only, when given):
+    ``({uid: {"header", "path", "series"}}, {uid: SegContour})``; a SEG that cannot be used
+    adds a line to ``problems``."""
     images = {}
     for m in instances:
         if not dicomweb.is_ultrasound(m):
@@ -152,7 +165,7 @@ def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: li
         ds.save_as(path)
         images[uid] = {"header": ds, "path": path, "series": m["SeriesInstanceUID"]}
     segs = [m for m in instances if m.get("SOPClassUID") == dicomweb.SEG]
-    return images, _newest_contours(pacs, study, segs, images, problems)
+    return images, _newest_contours(pacs, study, segs, images, problems, reader)
 
 
 def _cnn_contour(loaded, segmenter):
@@ -195,7 +208,8 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
     problems, outcomes = [], {}
     with tempfile.TemporaryDirectory(prefix="her2radiomics-pacs-") as tmp:
         tmp = Path(tmp)
-        images, contours = retrieve_study(pacs, opts.study, instances, tmp, problems)
+        images, contours = retrieve_study(pacs, opts.study, instances, tmp, problems,
+                                          opts.reader)
         rows, sources, segmenter = [], {}, None
         for uid, im in images.items():
             out = outcomes[uid] = CaseOutcome(uid, im["series"])

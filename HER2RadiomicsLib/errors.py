@@ -45,3 +45,10 @@ class ModelError(HER2Error):
 
 class Cancelled(HER2Error):
     """The user cancelled a running job (finished work is kept)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line: pandas, PyYAML and JSON errors break their messages over
+    lines (a CSV tokenising error ends in a line break), and the CLI prints one ``error:`` line
+    per line of a message."""
+    return " ".join(str(exc).split()) or type(exc).__name__

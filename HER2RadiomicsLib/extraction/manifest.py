@@ -8,7 +8,7 @@ import math
 import unicodedata
 from pathlib import Path
 
-from ..errors import InputError, ManifestError
+from ..errors import InputError, ManifestError, one_line
 
 
 REQUIRED_COLUMNS = ("case_id", "image")
@@ -52,7 +52,7 @@ def read_manifest(path, require_mask: bool = True, empty_mask_ok: bool = False,
                 lines.append(reader.line_num)
             cols = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot read manifest CSV ({exc})") from None
+        raise InputError(f"{path}: cannot read manifest CSV ({one_line(exc)})") from None
     if not rows:
         raise InputError(f"{path}: manifest has no rows")
     need = list(REQUIRED_COLUMNS) + (["mask"] if require_mask else [])

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, SpacingUnknownError
+from ..errors import InputError, one_line, SpacingUnknownError
 # moved to .files when this file was split by job; imported from here by others
 from .files import (  # noqa: F401
     DICOM_SUFFIXES, HEADER_SUFFIXES, RASTER_SUFFIXES, _real_target, _suffix, _umask,
@@ -202,7 +202,7 @@ def _dicom_meta(path: Path):
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 -- pydicom raises several unrelated types for corrupt files
-        raise InputError(f"{path}: not a readable DICOM file ({exc})") from None
+        raise InputError(f"{path}: not a readable DICOM file ({one_line(exc)})") from None
 
 
 def parse_us_regions(ds) -> list:

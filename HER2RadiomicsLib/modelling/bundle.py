@@ -58,7 +58,7 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, one_line
 from .bundle_checks import check_meta, check_schema_graph, check_trees
 # moved to .bundle_compat when this file was split by job; imported from here by others
 from .bundle_compat import (  # noqa: F401
@@ -264,7 +264,7 @@ def _safe_json(raw: bytes, what: str, path) -> object:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ModelError(f"{path}: {what} is not valid JSON ({exc})") from None
+        raise ModelError(f"{path}: {what} is not valid JSON ({one_line(exc)})") from None
 
 
 def _plain_name(name: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .harmonization import ComBat
 from .transformers import (CLASSIFIERS, CorrelationFilter, LassoSelector, UnivariateFilter,
                            URFModule)
@@ -70,7 +70,7 @@ def load_recipe(name_or_path, _chain=()) -> dict:
     except yaml.YAMLError as exc:
         raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: cannot read the recipe ({exc})") from None
+        raise InputError(f"{p}: cannot read the recipe ({one_line(exc)})") from None
     if not isinstance(r, dict):
         raise InputError(f"{p}: a recipe is a mapping of settings (task, pipeline, "
                          f"classifiers, ...), not a {type(r).__name__}")

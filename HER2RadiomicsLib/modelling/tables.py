@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..extraction.batch import case_id_problems, text_cell_problems
 from ..extraction.features import aggregate_patients
 from .recipes import TASKS, _has_step, _recipe_regions, task_spec
@@ -21,7 +21,7 @@ def load_table(path, what: str) -> pd.DataFrame:
     except FileNotFoundError:
         raise InputError(f"{path}: {what} table not found") from None
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read {what} table ({exc})") from None
+        raise InputError(f"{path}: cannot read {what} table ({one_line(exc)})") from None
     if "case_id" not in df.columns:
         raise InputError(f"{path}: {what} table needs a case_id column")
     ids = df["case_id"]

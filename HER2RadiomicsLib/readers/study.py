@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..errors import HER2Error, InputError
+from ..errors import HER2Error, InputError, one_line
 from ..extraction.batch import BatchOptions, ExtractConfig, case_id_problems, run_batch
 from ..imaging.io import atomic_write_text, load_case, write_image
 from ..imaging.rings import parse_rings
@@ -45,7 +45,7 @@ def read_reader_manifest(path, readers=None):
     try:
         df = pd.read_csv(path, dtype=str)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read manifest ({exc})") from None
+        raise InputError(f"{path}: cannot read manifest ({one_line(exc)})") from None
     missing = [c for c in ("case_id", "image", "reader", "mask") if c not in df.columns]
     if missing:
         raise InputError(f"{path}: reader-study manifest lacks column(s) {missing}")

@@ -43,7 +43,7 @@ import SimpleITK as sitk
 from pydicom.uid import UID
 from scipy import ndimage as ndi
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, one_line
 from ..imaging.io import atomic_write_text
 from ..imaging.rings import detect_fov
 from .networks import (ARCHITECTURE_NAME, ARCHITECTURE_VERSION, build_network, load_weights,
@@ -132,7 +132,7 @@ class Segmenter:
         try:
             card = json.loads(cp.read_text())
         except ValueError as exc:
-            raise ModelError(f"{cp}: model card is not valid JSON ({exc})") from None
+            raise ModelError(f"{cp}: model card is not valid JSON ({one_line(exc)})") from None
         if not isinstance(card, dict):
             raise ModelError(f"{cp}: model card is not a JSON object")
         digest = sha256_of(weights)
@@ -152,7 +152,7 @@ class Segmenter:
                 raise ValueError(f"input_size {size}, threshold {threshold}")
             net = build_network(arch)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{cp}: model card values are unusable ({exc})") from None
+            raise ModelError(f"{cp}: model card values are unusable ({one_line(exc)})") from None
         dev = _check_device(device)
         # unpickling problems (code, corruption) are told apart from shapes that do not fit
         state = state_dict_from(load_weights(weights), weights)

@@ -39,7 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, one_line
 from ..extraction.batch import read_manifest
 from ..imaging.io import _check_size, _read_sitk
 from .networks import build_network, load_weights, state_dict_from
@@ -173,7 +173,7 @@ def _read_csv(path: Path, need, what: str) -> list:
             rows = list(reader)
             cols = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot read the {what} ({exc})") from None
+        raise InputError(f"{path}: cannot read the {what} ({one_line(exc)})") from None
     missing = [c for c in need if c not in cols]
     if missing:
         raise InputError(f"{path}: {what} lacks column(s) {missing} (has {cols})")

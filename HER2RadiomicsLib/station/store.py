@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..errors import HER2Error, InputError
+from ..errors import HER2Error, InputError, one_line
 from ..extraction.batch import read_manifest
 from ..imaging.io import atomic_write_text, read_image, write_image
 from ..readers.metrics import compare_masks
@@ -100,7 +100,7 @@ class StudyStore:
         except FileNotFoundError:
             raise InputError(f"{path}: no station study here (create one first)") from None
         except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: unreadable study file ({exc})") from None
+            raise InputError(f"{path}: unreadable study file ({one_line(exc)})") from None
         # a dict, not a DataFrame: a reader's process then never imports pandas (41 MB of
         # its memory; the station's target is 700 MB per reader)
         self.cases = {str(c["case_id"]): c for c in self.meta["cases"]}

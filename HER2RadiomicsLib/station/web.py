@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -34,12 +33,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..imaging.rings import build_regions
 from ..modelling.bundle import load_bundle
 from ..modelling.predict import predict_case
 from ..segmentation.inference import get_segmenter
 from . import gate
 from .coordinator import CoordinatorStation
+from .reader_page import MAX_NOTE, ReaderPage
+from .reader_view import RING_COLOURS, ReaderView
 from .store import StudyStore
 
 # trame, trame_slicer, vtk and aiohttp are imported inside the methods that build and serve
@@ -48,35 +48,21 @@ from .store import StudyStore
 
 log = logging.getLogger(__name__)
 
-#: ring distances shown by the overlay (mm), the peritumoral design of the studies
-OVERLAY_RINGS_MM = (3.0, 5.0, 8.0)
-#: the overlay's colour per ring (RGB 0-1): distinct hues, legend on the page
-RING_COLOURS = {"0-3 mm": (0.95, 0.75, 0.10), "3-5 mm": (0.20, 0.80, 0.90),
-                "5-8 mm": (0.85, 0.35, 0.85)}
-#: the contour's look on every case: full outline, light fill (the image stays readable)
-CONTOUR_FILL_OPACITY = 0.4
 #: default brush diameter in mm (absolute, not relative to the screen: readers think in mm)
 DEFAULT_BRUSH_MM = 3.0
-#: where trame-slicer keeps the Paint brush's diameter (its PaintEffectState typed state)
-PAINT_BRUSH_KEY = "PaintEffectState__brush_diameter_slider__SliderState__value"
-#: the brush's range (mm): a lesion's detail to a whole lesion; anything a browser sends
-#: outside it is clamped (1e6 mm would allocate 347 TB)
-BRUSH_MM = (0.5, 20.0)
 #: autosave this long after the last stroke (s); the issue's bound is 2 s
 AUTOSAVE_QUIET_S = 1.5
 #: strokes closer than this (s) are one edit (a stroke fires several modified events)
 STROKE_GAP_S = 0.4
 #: a confirmation stays this long on the page (s); errors stay until the next action
 MESSAGE_S = 8.0
-#: a note longer than this (characters) is cut: a flag is a sentence, not a file
-MAX_NOTE = 500
 #: autosave every this many seconds of continuous editing even without a pause (s)
 AUTOSAVE_S = 20.0
 
 STATIC = Path(__file__).with_name("static")
 
 
-class ReaderStation:
+class ReaderStation(ReaderPage, ReaderView):
     """The reader's web app: queue, image, Segment Editor, rings, Save / Skip / Flag.
 
     Parameters
@@ -164,158 +150,6 @@ class ReaderStation:
         s.st_spacing = ""
         s.st_legend = [{"name": k, "rgb": "rgb(%d,%d,%d)" % tuple(int(255 * c) for c in v)}
                        for k, v in RING_COLOURS.items()]
-
-    def _build_ui(self):
-        from trame.widgets import html
-        from trame.widgets import vuetify3 as v
-        from trame_slicer.app.ui import SegmentEditorUI, SegmentEditorUndoRedoUI, ViewerLayout
-
-        with ViewerLayout(self.server, title="HER2Radiomics reader station",
-                          is_drawer_visible=True) as layout:
-            self.ui = layout
-            with layout.appbar:
-                html.Span("{{ st_reader }}", classes="mx-2 text-caption", id="st-reader")
-                html.Span("{{ st_case }}", classes="mx-2", id="st-case")
-                html.Span("{{ st_position }}", classes="mx-2", id="st-position")
-                html.Span("{{ st_spacing }}", classes="mx-2 text-caption", id="st-spacing")
-                v.VSwitch(v_model=("st_rings",), label="3/5/8 mm rings", hide_details=True,
-                          density="compact", classes="mx-2", id="st-rings",
-                          style="flex: 0 0 auto;")
-                v.VBtn("Save", id="st-save", color="primary", variant="flat", classes="mx-1",
-                       click=self.ctrl.st_save, disabled=("st_finished",),
-                       prepend_icon="mdi-content-save")
-                v.VBtn("Skip", id="st-skip", variant="tonal", classes="mx-1",
-                       click=self.ctrl.st_skip, disabled=("st_finished",),
-                       prepend_icon="mdi-skip-next")
-                v.VTextField(v_model=("st_flag_note",), placeholder="note", id="st-note",
-                             density="compact", hide_details=True, style="max-width: 12em;",
-                             classes="mx-1", maxlength=MAX_NOTE)
-                v.VBtn("Flag", id="st-flag", variant="tonal", classes="mx-1",
-                       click=self.ctrl.st_flag, disabled=("st_finished",),
-                       prepend_icon="mdi-flag")
-            with layout.drawer, html.Div(classes="d-flex flex-column"):
-                # the Segment Editor's own options come last; what a reader needs without
-                # scrolling at 1280 x 800 comes first: the tools (icon and word), the brush
-                # size in mm, window/level, the ring legend
-                with html.Div(style="order: 10;"):
-                    self.editor_ui = SegmentEditorUI()
-                with html.Div(classes="mx-3 mt-2", id="st-tools", style="order: 1;"):
-                    html.Div("Tools", classes="text-caption")
-                    self._tool_buttons(html, v)
-                    html.Div("Brush diameter: {{ %s }} mm (Paint, Erase)" % self._brush_key(),
-                             classes="text-caption mt-1", id="st-brush")
-                with html.Div(classes="mx-3 mt-2", style="order: 2;"):
-                    html.Div("Window / level (grey values)", classes="text-caption")
-                    v.VRangeSlider(v_model=("st_wl", [0, 255]), min=("st_wl_min", 0),
-                                   max=("st_wl_max", 255), step=1, hide_details=True,
-                                   density="compact", id="st-wl", thumb_label=True)
-                    v.VBtn("Auto window", click=self.ctrl.st_wl_auto, size="small",
-                           variant="text", id="st-wl-auto", prepend_icon="mdi-contrast")
-                with html.Div(v_if=("st_rings",), classes="mx-3 mt-1 text-caption",
-                              id="st-legend", style="order: 3;"):
-                    with html.Span(v_for="r in st_legend", key="r.name", classes="mr-3"):
-                        html.Span(style=("{background: r.rgb, display: 'inline-block', "
-                                         "width: '12px', height: '12px', "
-                                         "marginRight: '4px'}",))
-                        html.Span("ring {{ r.name }}")
-                with html.Div(style="order: 4;"):
-                    v.VBtn("Predict HER2 for this contour", v_if=("st_has_bundle",),
-                           id="st-predict", click=self.ctrl.st_predict, classes="ma-2",
-                           variant="tonal", prepend_icon="mdi-chart-bar")
-                    with v.VCard(v_if=("st_prediction",), classes="ma-2", id="st-prediction"):
-                        v.VCardTitle("{{ st_prediction.cls }}")
-                        with v.VCardText():
-                            html.Div("P({{ p.k }}) = {{ p.p }}",
-                                     v_for="p in st_prediction.probs", key="p.k")
-                            html.Div("Rad-score {{ st_prediction.rad }}",
-                                     v_if=("st_prediction.rad",))
-                            html.Div("{{ w }}", v_for="w in st_prediction.warnings", key="w",
-                                     classes="text-warning")
-                            html.Div("{{ st_prediction.engine }}", classes="text-caption")
-                            html.Div("Research use only; not a diagnostic device.",
-                                     classes="text-caption")
-            with layout.undo_redo:
-                SegmentEditorUndoRedoUI(editor_ui=self.editor_ui)
-            with layout.content:
-                # every message on top of everything (app bar, drawers, the view), centred
-                # just under the app bar: seen at once, and never over a button
-                with html.Div(id="st-banner", style=(
-                        "position: fixed; top: 72px; left: 50%; transform: translateX(-50%); "
-                        "z-index: 5000; max-width: 60vw; pointer-events: none;")):
-                    v.VAlert("{{ st_message }}", v_show=("st_message",), type="success",
-                             density="compact", id="st-message", classes="mb-1",
-                             style="pointer-events: auto;")
-                    v.VAlert("{{ st_error }}", v_show=("st_error",), type="error",
-                             density="compact", id="st-error",
-                             style="pointer-events: auto;")
-                with v.VCard(v_if=("st_finished",), id="st-finished", style=(
-                        "position: absolute; inset: 0; z-index: 20; display: flex; "
-                        "flex-direction: column; justify-content: center; "
-                        "align-items: center;")):
-                    v.VCardTitle("All cases of your queue are done.")
-                    v.VCardText("{{ st_summary }}", id="st-summary")
-                self.layout_manager.initialize_layout_grid(layout)
-        self.editor_logic.set_ui(self.editor_ui)
-        self.ctrl.st_save = self.save
-        self.ctrl.st_skip = self.skip
-        self.ctrl.st_flag = self.flag
-        self.ctrl.st_predict = self.predict
-        self.state.change("st_rings")(self._on_rings)
-        self.state.change("st_wl")(self._on_window)
-        self.ctrl.st_wl_auto = self.auto_window
-        self.ctrl.trigger("h2r_hidden")(self._on_hidden)
-        self.ctrl.trigger("h2r_visible")(self._on_visible)
-        self.ctrl.trigger("h2r_reconnected")(self._on_reconnected)
-        self.slicer.segmentation_editor.segmentation_modified.connect(self._on_modified)
-
-    def _tool_buttons(self, html, v):
-        from trame_slicer.segmentation import (SegmentationEffectDraw,
-                                               SegmentationEffectErase,
-                                               SegmentationEffectNoTool,
-                                               SegmentationEffectPaint,
-                                               SegmentationEffectScissors)
-        with html.Div(classes="d-flex flex-wrap"):
-            for name, icon, effect in (("Paint", "mdi-brush", SegmentationEffectPaint),
-                                       ("Erase", "mdi-eraser", SegmentationEffectErase),
-                                       ("Draw", "mdi-draw", SegmentationEffectDraw),
-                                       ("Scissors", "mdi-content-cut",
-                                        SegmentationEffectScissors),
-                                       ("View only", "mdi-cursor-default",
-                                        SegmentationEffectNoTool)):
-                with v.VBtn(size="small", variant="tonal", classes="ma-1",
-                            id=f"st-tool-{name.split()[0].lower()}",
-                            active=self.editor_ui.is_active_effect(effect),
-                            click=(lambda e=effect: self.editor_ui.effect_button_clicked(e))):
-                    v.VIcon(icon, start=True)
-                    html.Span(name)
-
-    @staticmethod
-    def _brush_key():
-        """The Paint brush's diameter in trame-slicer's state (its typed state's name)."""
-        return PAINT_BRUSH_KEY
-
-    def _validators(self):
-        """What a browser may set, and how (:func:`.gate.install`)."""
-        lo_b, hi_b = BRUSH_MM
-
-        def brush(value):
-            return min(max(gate.finite(value), lo_b), hi_b)
-
-        def window(value):
-            lo, hi = (gate.finite(v) for v in value)
-            vmin, vmax = float(self.state.st_wl_min), float(self.state.st_wl_max)
-            return [min(max(lo, vmin), vmax), min(max(hi, vmin), vmax)]
-
-        def note(value):
-            return str(value)[:MAX_NOTE]
-
-        def flag(value):
-            return bool(value)
-        return {(lambda k: k.endswith("__SliderState__value") and "brush" in k): brush,
-                (lambda k: k == "st_wl"): window, (lambda k: k == "st_flag_note"): note,
-                (lambda k: k == "st_rings"): flag,
-                (lambda k: k.startswith("st_") and k not in (
-                    "st_wl", "st_flag_note", "st_rings")): _read_only}
 
     def _say(self, message="", error=""):
         """A confirmation (cleared after :data:`MESSAGE_S`) or an error, at the top centre."""
@@ -427,88 +261,6 @@ class ReaderStation:
             log.warning("CNN proposal unavailable for %s: %s", case_id, exc)
             self._say(error=f"No CNN proposal ({exc}); contour by hand.")
             return None
-
-    def _style_contour(self):
-        """The same look on every case: outline and a light fill (never opaque)."""
-        node = self.segmentation_node
-        display = node.GetDisplayNode() if node is not None else None
-        if display is None:
-            node.CreateDefaultDisplayNodes()
-            display = node.GetDisplayNode()
-        display.SetVisibility2DOutline(True)
-        display.SetVisibility2DFill(True)
-        display.SetOpacity2DOutline(1.0)
-        display.SetOpacity2DFill(CONTOUR_FILL_OPACITY)
-        display.SetOpacity(1.0)
-
-    def _segmentation_from(self, mask):
-        """A segmentation node holding ``mask`` (or nothing) in the volume's geometry."""
-        editor = self.slicer.segmentation_editor
-        if mask is None:
-            return editor.create_empty_segmentation_node()
-        node = self._labelmap_node(np.squeeze(sitk.GetArrayFromImage(mask)) > 0, "lesion")
-        seg = editor.create_segmentation_node_from_labelmap(node)
-        self.slicer.scene.RemoveNode(node)
-        return seg
-
-    def _mask_image(self, arr) -> sitk.Image:
-        """A 2D array as a uint8 image in the case image's geometry."""
-        img = sitk.GetImageFromArray(np.asarray(arr).astype(np.uint8))
-        img.CopyInformation(self.image)
-        return img
-
-    def _labelmap_node(self, arr, name):
-        """A label-map node of ``arr`` in the image's geometry, read through Slicer's own
-        volume reader (it converts the file's LPS geometry to the scene's RAS)."""
-        path = Path(self._tmp.name) / f"{name}.nrrd"
-        sitk.WriteImage(self._mask_image(arr), str(path))
-        scene = self.slicer.scene
-        node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        node.SetName(name)
-        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        storage.SetFileName(str(path))
-        storage.ReadData(node)
-        scene.RemoveNode(storage)
-        return node
-
-    def _set_brush_mm(self, diameter_mm):
-        """Paint and Erase brushes in mm of the image (Slicer's default is a share of the
-        screen, which changes with zoom; readers think in mm)."""
-        from trame_slicer.app.logic.segmentation.brush_effect_logic import BrushEffectLogic
-        from trame_slicer.app.ui import SliderState
-        from trame_slicer.segmentation import BrushDiameterMode
-        for logic in self.editor_logic._effect_logic:
-            if isinstance(logic, BrushEffectLogic):
-                data = logic._brush_state.data
-                data.brush_diameter_mode = BrushDiameterMode.Absolute
-                data.brush_diameter_slider = SliderState(
-                    min_value=BRUSH_MM[0], max_value=BRUSH_MM[1], step=0.5,
-                    value=float(diameter_mm))
-                data.use_sphere_brush = False
-
-    def current_mask(self) -> np.ndarray:
-        """The reader's contour on the image grid (2D uint8).
-
-        Exported in the volume's reference geometry, so voxel (j, i) of the label map is pixel
-        (y, x) of the image as SimpleITK reads it (both keep the file's index order).
-        """
-        from vtkmodules.util.numpy_support import vtk_to_numpy
-        shape = sitk.GetArrayViewFromImage(self.image).shape
-        editor = self.slicer.segmentation_editor
-        node = editor.export_segmentation_to_labelmap(self.segmentation_node)
-        try:
-            data = node.GetImageData()
-            scalars = data.GetPointData().GetScalars() if data is not None else None
-            if scalars is None or data.GetNumberOfPoints() == 0:
-                return np.zeros(shape, np.uint8)                # nothing drawn yet
-            dims = data.GetDimensions()
-            arr = vtk_to_numpy(scalars).reshape(dims[::-1])
-            arr = np.squeeze(arr, axis=0) if arr.ndim == 3 else arr
-        finally:
-            self.slicer.scene.RemoveNode(node)
-        if arr.shape != shape:
-            raise RuntimeError(f"contour grid {arr.shape} differs from the image's {shape}")
-        return (arr > 0).astype(np.uint8)
 
     # -- edits, active time, autosave --------------------------------------------------------------
 
@@ -634,82 +386,6 @@ class ReaderStation:
         self._say(f"Flagged {self.case_id}")
 
     # -- overlays and prediction -----------------------------------------------------------------
-
-    def _display(self):
-        return self.volume_node.GetScalarVolumeDisplayNode() if self.volume_node else None
-
-    def auto_window(self):
-        """Slicer's automatic window/level for the image, shown on the slider."""
-        d = self._display()
-        if d is None:
-            return
-        d.AutoWindowLevelOn()
-        with self.state:
-            self.state.st_wl = [d.GetWindowLevelMin(), d.GetWindowLevelMax()]
-
-    def _on_window(self, st_wl=None, **_):
-        d = self._display()
-        try:
-            lo, hi = (float(v) for v in st_wl)
-        except (TypeError, ValueError):
-            return
-        if d is None or not (math.isfinite(lo) and math.isfinite(hi)):
-            return
-        lo, hi = min(lo, hi), max(lo, hi)
-        if (lo, hi) == (d.GetWindowLevelMin(), d.GetWindowLevelMax()):
-            return
-        d.AutoWindowLevelOff()
-        d.SetWindowLevelMinMax(lo, max(hi, lo + 1e-3))
-        for view in self.slicer.view_manager.get_slice_views():
-            view.schedule_render()
-
-    def _ring_colours(self, labels: dict):
-        """A colour table giving each ring label its legend colour."""
-        scene = self.slicer.scene
-        table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "station rings")
-        table.SetTypeToUser()
-        n = max(labels.values()) + 1 if labels else 1
-        table.SetNumberOfColors(n)
-        table.SetColor(0, "background", 0, 0, 0, 0)
-        for name, value in labels.items():
-            key = name.replace("peri_", "").replace("mm", " mm")
-            r, g, b = RING_COLOURS.get(key, (1.0, 1.0, 1.0))
-            table.SetColor(int(value), name, r, g, b, 1.0)
-        return table
-
-    def _on_rings(self, st_rings=False, **_):
-        scene = self.slicer.scene
-        if self.rings_node is not None:
-            display = self.rings_node.GetDisplayNode()
-            colours = display.GetColorNode() if display is not None else None
-            scene.RemoveNode(self.rings_node)
-            if colours is not None and colours.GetName() == "station rings":
-                scene.RemoveNode(colours)
-            self.rings_node = None
-        views = self.slicer.view_manager.get_slice_views()
-        if st_rings and self.case_id is not None:
-            mask = self.current_mask()
-            if not mask.any():
-                self._say(error="Draw the lesion first: the rings grow from it.")
-                with self.state:
-                    self.state.st_rings = False
-                return
-            regions = build_regions(self.image, self._mask_image(mask), OVERLAY_RINGS_MM,
-                                    annuli=True)
-            arr = sitk.GetArrayFromImage(regions.label_map).astype(np.uint8)
-            arr[arr == regions.labels.get("tumor", 1)] = 0     # the reader's contour shows it
-            self.rings_node = self._labelmap_node(arr, "rings")
-            self.rings_node.CreateDefaultDisplayNodes()
-            rings = {k: v for k, v in regions.labels.items() if k != "tumor"}
-            self.rings_node.GetDisplayNode().SetAndObserveColorNodeID(
-                self._ring_colours(rings).GetID())
-        for view in views:
-            logic = view._logic                         # trame-slicer keeps the slice logic here
-            logic.GetSliceCompositeNode().SetLabelVolumeID(
-                self.rings_node.GetID() if self.rings_node else None)
-            logic.GetSliceNode().SetUseLabelOutline(True)      # outlines keep the image visible
-            view.schedule_render()
-
     def predict(self):
         """The bundle's prediction card for the current contour (features extracted with the
         bundle's own params and regions)."""
@@ -733,10 +409,6 @@ class ReaderStation:
             self.state.st_prediction = card
             self.state.st_error = ""
         return pr
-
-
-def _read_only(value):
-    raise ValueError("set by the station, not by the browser")
 
 
 def _later_if_loop(delay_s, fn):

@@ -40,7 +40,7 @@ _FACE = {
     "json_default": "extraction.batch",
     # segmentation: the CNN auto-mask
     "get_segmenter": "segmentation.inference", "auto_mask": "segmentation.inference",
-    "check_ultrasound": "segmentation.inference", "DEFAULT_MODEL": "segmentation.inference",
+    "check_ultrasound": "segmentation.modality", "DEFAULT_MODEL": "segmentation.inference",
     "cnn_masks": "segmentation.cohort",
     # readers: contour agreement and the reader study
     "compare_masks": "readers.metrics", "run_reader_study": "readers.study",

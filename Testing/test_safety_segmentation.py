@@ -240,18 +240,18 @@ def test_train_segmenter_inputs_one_line_before_anything_is_written(problem, coh
 def test_train_segmenter_stopped_keeps_the_earlier_model(stop, cohort, tmp_path, monkeypatch,
                                                          capsys):
     import torch
-    from HER2RadiomicsLib.segmentation import inference
+    from HER2RadiomicsLib.segmentation import export
     out = tmp_path / "run"
     earlier_run(out)
     model = {n: (out / n).read_bytes() for n in ("model.pt", "model.json")}
     if stop == "interrupted-export":            # Ctrl-C while the new model is validated
         def boom(*a, **k):
             raise KeyboardInterrupt
-        monkeypatch.setattr(inference, "measure_latency", boom)
+        monkeypatch.setattr(export, "measure_latency", boom)
     elif stop == "failed-export":
         def boom(weights, **k):
             raise ModelError(f"{weights}: cannot complete the model card")
-        monkeypatch.setattr(inference, "update_model_card", boom)
+        monkeypatch.setattr(export, "update_model_card", boom)
     else:                                       # Ctrl-C in the middle of writing last.pt
         real = torch.save
 
@@ -272,11 +272,11 @@ def test_train_segmenter_stopped_keeps_the_earlier_model(stop, cohort, tmp_path,
     assert len(errs) == 1 and "cannot complete the model card" in errs[0], errs
     # and a run that completes replaces both, together (latency timing is not the point here)
     monkeypatch.undo()
-    monkeypatch.setattr(inference, "measure_latency", lambda *a, **k: {"not": "measured"})
+    monkeypatch.setattr(export, "measure_latency", lambda *a, **k: {"not": "measured"})
     assert main(["train-segmenter", "--manifest", str(cohort / "cohort.csv"), "--out",
                  str(out), *TRAIN, "--no-resume"]) == 0
     card = json.loads((out / "model.json").read_text())
-    assert card["sha256"] == inference.sha256_of(out / "model.pt")
+    assert card["sha256"] == export.sha256_of(out / "model.pt")
     assert np.isfinite(card["validation"]["mean_dice"])
 
 

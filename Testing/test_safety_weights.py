@@ -19,7 +19,8 @@ import torch
 
 from HER2RadiomicsLib.errors import ModelError
 from HER2RadiomicsLib.segmentation import training as T
-from HER2RadiomicsLib.segmentation.inference import Segmenter, export_model
+from HER2RadiomicsLib.segmentation.export import export_model
+from HER2RadiomicsLib.segmentation.inference import Segmenter
 from HER2RadiomicsLib.segmentation.networks import build_network
 
 # what train-segmenter builds from "--base-channels 4" (depth is fixed at 4 by the command)

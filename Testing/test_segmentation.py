@@ -9,8 +9,8 @@ import torch
 
 from HER2RadiomicsLib.errors import InputError, ModelError
 from HER2RadiomicsLib.readers.metrics import compare_masks
-from HER2RadiomicsLib.segmentation.inference import (Segmenter, export_model, postprocess,
-                                                     sha256_of)
+from HER2RadiomicsLib.segmentation.export import export_model
+from HER2RadiomicsLib.segmentation.inference import Segmenter, postprocess, sha256_of
 from HER2RadiomicsLib.segmentation.networks import build_network
 from HER2RadiomicsLib.segmentation.preprocess import Letterbox
 
@@ -277,7 +277,7 @@ def test_ultrasound_judged_by_the_whole_dicom_header(header, outcome, text, coho
     """Not the Modality tag alone: a mislabelled or missing Modality neither passes nor fails
     silently, and a SOP class of another kind of image is refused whatever Modality says."""
     from HER2RadiomicsLib.imaging.io import read_image
-    from HER2RadiomicsLib.segmentation.inference import check_ultrasound
+    from HER2RadiomicsLib.segmentation.modality import check_ultrasound
     p = _header_variant(cohort / "images" / "P0001-1.dcm", tmp_path / "x.dcm", *header)
     loaded = read_image(p)
     if outcome == "refuse":

@@ -100,7 +100,7 @@ def test_non_ultrasound_dicom_is_refused_colour_is_flagged(tmp_path, capsys):
     assert not (tmp_path / "m.nrrd").exists()
     # a grey scan saved as RGB with a coloured (Doppler-like) box
     from HER2RadiomicsLib.imaging.io import read_image
-    from HER2RadiomicsLib.segmentation.inference import check_ultrasound
+    from HER2RadiomicsLib.segmentation.modality import check_ultrasound
     grey = rng.rayleigh(40, (120, 160)).clip(0, 255)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     rgb[30:70, 40:100] = [200, 30, 30]

@@ -34,7 +34,8 @@ def _cnn_mask(a):
     from ..errors import InputError
     from ..imaging.io import (DEFAULT_MIN_MASK_PIXELS, MAX_LESION_FRACTION, read_image,
                               resolve_us_region)
-    from ..segmentation.inference import auto_mask, check_ultrasound
+    from ..segmentation.inference import auto_mask
+    from ..segmentation.modality import check_ultrasound
     loaded = read_image(a.image, spacing_mm=a.spacing_mm, frame=a.frame)
     flags = check_ultrasound(loaded)
     res = auto_mask(loaded, no_lesion=f"{a.image}: the CNN found no lesion; draw a mask and "

@@ -33,7 +33,8 @@ from ..errors import HER2Error, InputError
 from ..extraction.batch import file_digest, part_name, read_manifest
 from ..imaging.io import _umask, atomic_write_text, read_image, write_image
 from ..outputs import _write_marker, read_marker, spreadsheet_safe, staged_dir
-from .inference import DEFAULT_MODEL, auto_mask, check_ultrasound, sha256_of
+from .inference import DEFAULT_MODEL, auto_mask, sha256_of
+from .modality import check_ultrasound
 
 #: the manifest's cnn_flags of a case whose mask the user edited (the CNN's numbers no longer
 #: describe it, so its cnn_confidence is left empty)

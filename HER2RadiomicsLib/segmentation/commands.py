@@ -151,7 +151,8 @@ def register(sub):
 
 def cmd_segment(a) -> int:
     from ..imaging.io import read_image, write_image
-    from .inference import auto_mask, check_ultrasound
+    from .inference import auto_mask
+    from .modality import check_ultrasound
     if a.image:
         if not a.out:
             raise InputError("--image needs --out MASK.nrrd")
@@ -366,8 +367,8 @@ def _export_and_validate(a, out, export, pending, res, val_pairs, train_ds, sour
     complete its card; returns the validation summary."""
     from . import training as T
     from ..imaging.io import read_image
-    from .inference import (BUSBRA_CITATION, Segmenter, export_model, measure_latency,
-                            update_model_card)
+    from .export import BUSBRA_CITATION, export_model, measure_latency, update_model_card
+    from .inference import Segmenter
     export_model(out / "best.pt", pending, {"name": export.stem, "training": res})
     seg = Segmenter.load(pending, device=a.device)
     recs = evaluate([{"case_id": p[2], "image": str(p[0]), "mask": str(p[1])} for p in val_pairs],

@@ -30,21 +30,15 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
-from pydicom.uid import UID
 from scipy import ndimage as ndi
 
 from ..errors import InputError, ModelError, one_line
-from ..imaging.io import atomic_write_text
 from ..imaging.rings import detect_fov
 from .networks import (ARCHITECTURE_NAME, ARCHITECTURE_VERSION, build_network, load_weights,
                        state_dict_from)
@@ -360,122 +354,6 @@ def plausibility_flags(arr: np.ndarray, fov, confidence: float) -> list:
     return flags
 
 
-# DICOM storage classes (PS3.4 B.5) of ultrasound images: US Image and US Multi-frame Image
-# (current and retired UIDs) and Enhanced US Volume.
-US_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3.1",
-    "1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.6.2"})
-# Storage classes that are certainly something else: computed/digital radiography, mammography,
-# intra-oral, CT, MR, X-ray angiography/fluoroscopy, breast tomosynthesis and projection, NM, PET.
-# Secondary Capture and private classes are in neither set: screenshots of ultrasound are common.
-NON_US_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1",
-    "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1",
-    "1.2.840.10008.5.1.4.1.1.1.3", "1.2.840.10008.5.1.4.1.1.1.3.1",
-    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
-    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.12.1",
-    "1.2.840.10008.5.1.4.1.1.12.2", "1.2.840.10008.5.1.4.1.1.13.1.3",
-    "1.2.840.10008.5.1.4.1.1.13.1.4", "1.2.840.10008.5.1.4.1.1.13.1.5",
-    "1.2.840.10008.5.1.4.1.1.20", "1.2.840.10008.5.1.4.1.1.128"})
-# Modality values that name no modality ("other", "secondary capture"): like a missing tag.
-VAGUE_MODALITIES = frozenset({"", "OT", "SC"})
-
-
-def _sop_name(uid: str) -> str:
-    try:
-        name = UID(uid).name
-    except Exception:  # noqa: BLE001 - a malformed UID is shown as written
-        name = uid
-    return name or uid
-
-
-def _dicom_evidence(loaded) -> dict:
-    """Modality, SOP class, ultrasound regions and photometry of a DICOM ``LoadedImage``."""
-    prov = loaded.provenance
-    ev = {"modality": str(prov.get("modality", "")).strip().upper(), "sop": "",
-          "regions": bool(prov.get("us_regions")),
-          "photometric": str(prov.get("photometric", "")).strip().upper()}
-    try:
-        ds = pydicom.dcmread(str(loaded.path), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - header already read once by read_image; keep what it kept
-        return ev
-    meta = getattr(ds, "file_meta", None)
-    ev["sop"] = str(getattr(ds, "SOPClassUID", "") or
-                    getattr(meta, "MediaStorageSOPClassUID", "") or "").strip()
-    ev["modality"] = str(getattr(ds, "Modality", "") or "").strip().upper()
-    ev["regions"] = ev["regions"] or bool(getattr(ds, "SequenceOfUltrasoundRegions", None))
-    ev["photometric"] = str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper()
-    return ev
-
-
-def check_ultrasound(loaded) -> list:
-    """Refuse images the ultrasound CNN must not segment; return flags for doubtful ones.
-
-    A DICOM is judged by its whole header, not by the Modality tag alone:
-
-    * ultrasound marks: an ultrasound SOP class (:data:`US_SOP_CLASSES`) or a
-      SequenceOfUltrasoundRegions (a module only ultrasound has);
-    * refused: a SOP class that is certainly another kind of image (:data:`NON_US_SOP_CLASSES`:
-      mammography, radiographs, CT, MR, ...), whatever the Modality says; a specific
-      Modality other than US (MG, CR, CT, ...) with no ultrasound mark;
-    * passed with a flag: a specific non-US Modality contradicted by an ultrasound mark
-      (mislabelled export); a missing or vague Modality (empty, OT, SC) -- with the mark named
-      when there is one, else saying that nothing in the header shows ultrasound;
-      MONOCHROME1 (inverted grey, used by radiographs; ultrasound images are never stored so);
-    * passed: Modality US with nothing that contradicts it.
-
-    Images without a DICOM header (PNG, NRRD, ... or an image from a Slicer volume) are not
-    judged here; :func:`plausibility_flags` (speckle statistics) flags non-ultrasound content
-    in every auto-mask.  Colour (Doppler boxes, coloured overlays) over more than 1% of the
-    pixels is flagged for every format.
-
-    Raises
-    ------
-    InputError
-        The DICOM is another kind of image (see above).
-    """
-    prov = loaded.provenance
-    flags = []
-    if prov.get("format") == "dicom":
-        flags += _judge_dicom(loaded.path, _dicom_evidence(loaded))
-    colour = float(prov.get("colour_fraction", 0.0))
-    if colour > 0.01:
-        flags.append(f"colour in {100 * colour:.0f}% of the image (Doppler box or overlay): "
-                     "check that the mask outlines the lesion, not the flow")
-    return flags
-
-
-def _judge_dicom(path, ev: dict) -> list:
-    mod, sop = ev["modality"], ev["sop"]
-    marks = ([f"SOP class ({_sop_name(sop)})"] if sop in US_SOP_CLASSES else []) + (
-        ["ultrasound regions (SequenceOfUltrasoundRegions)"] if ev["regions"] else [])
-    other_modality = mod != "US" and mod not in VAGUE_MODALITIES     # MG, CR, CT, ...
-    advice = "the CNN segments B-mode ultrasound only; draw the lesion mask instead"
-    if sop in NON_US_SOP_CLASSES:
-        what = f"DICOM modality {mod}, not ultrasound (US)" if other_modality \
-            else f"DICOM Modality {mod or 'missing'}"
-        raise InputError(f"{path}: {what}, and its SOP class is {_sop_name(sop)}: not an "
-                         f"ultrasound image; {advice}")
-    if other_modality and not marks:
-        raise InputError(f"{path}: DICOM modality {mod}, not ultrasound (US), and nothing in "
-                         f"the header says ultrasound: {advice}")
-    flags = []
-    if other_modality:
-        flags.append(f"DICOM Modality {mod} but {' and '.join(marks)}: treated as ultrasound "
-                     "(mislabelled export?); check that this is a B-mode image")
-    elif mod != "US":
-        label = f"DICOM Modality {mod}" if mod else "no DICOM Modality"
-        flags.append(f"{label}: treated as ultrasound because of its {' and '.join(marks)}"
-                     if marks else
-                     f"{label}, SOP class {_sop_name(sop) if sop else 'missing'}, no ultrasound "
-                     "regions: nothing in the header says ultrasound; check that this is a "
-                     "B-mode image")
-    if ev["photometric"] == "MONOCHROME1":
-        flags.append("MONOCHROME1 grey (inverted, as radiographs are stored; ultrasound never "
-                     "is): check that this is a B-mode image")
-    return flags
-
-
 def _as_int(v):
     try:
         return int(v)
@@ -558,90 +436,3 @@ def postprocess(prob: np.ndarray, threshold: float = 0.5, seed=None,
 def _disk(r):
     y, x = np.ogrid[-r:r + 1, -r:r + 1]
     return x * x + y * y <= r * r
-
-
-def export_model(best_ckpt, out_weights, card_extra: dict) -> Path:
-    """Write deployable weights (state_dict only) + model card with sha256 from a checkpoint.
-
-    The checkpoint is read as pure data (:func:`.networks.load_weights`); the weights and the
-    card are each replaced atomically, weights first, so an interrupted export leaves either
-    the previous pair or a card whose sha256 refuses the new weights, never a silent mismatch.
-
-    Raises
-    ------
-    ModelError
-        The checkpoint is not pure data, is corrupt, or has no ``model`` weights or ``arch``.
-    """
-    import torch
-    ck = load_weights(best_ckpt)
-    state = state_dict_from(ck, best_ckpt)
-    arch = ck.get("arch") if isinstance(ck, dict) else None
-    if not isinstance(arch, dict):
-        raise ModelError(f"{best_ckpt}: training checkpoint without an 'arch' entry (export "
-                         "needs a best.pt written by train-segmenter)")
-    size = ck.get("size", 160)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ModelError(f"{best_ckpt}: checkpoint input size {size!r} is not a positive "
-                         "whole number of pixels")
-    out_weights = Path(out_weights)
-    out_weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_weights.with_name(out_weights.name + ".tmp")
-    try:
-        torch.save({k: v.detach().clone() for k, v in state.items()}, tmp)
-        os.replace(tmp, out_weights)
-    finally:                    # Ctrl-C or a full disk mid-save leaves no half file behind
-        if tmp.exists():
-            tmp.unlink()
-    card = {"name": card_extra.pop("name", out_weights.stem),
-            "architecture": arch, "input_size": size,
-            "normalisation": "per image: 0.5th-99.5th percentile -> [0, 1], clipped",
-            "letterbox": "aspect-preserving resize into a square canvas, black padding",
-            "threshold": 0.5, "test_time_augmentation": "horizontal flip (mean of 2 passes)",
-            **card_extra, "sha256": sha256_of(out_weights)}
-    atomic_write_text(card_path(out_weights), json.dumps(card, indent=2))
-    return out_weights
-
-
-BUSBRA_CITATION = ("W. Gómez-Flores, M. J. Gregorio-Calas, W. C. de Albuquerque Pereira, "
-                   "\"BUS-BRA: A breast ultrasound dataset for assessing computer-aided diagnosis "
-                   "systems\", Medical Physics 51(4):3110-3123, 2024, doi:10.1002/mp.16812")
-
-
-def update_model_card(weights, **fields) -> dict:
-    """Add/replace model-card fields (the sha256 of the weights is re-checked, not changed)."""
-    cp = card_path(weights)
-    card = json.loads(cp.read_text())
-    if card.get("sha256") != sha256_of(weights):
-        raise ModelError(f"{weights}: sha256 does not match its card; re-export the model")
-    card.update(fields)
-    atomic_write_text(cp, json.dumps(card, indent=2, ensure_ascii=False))
-    return card
-
-
-def _median_predict_s(seg, images, repeats, sync=None) -> float:
-    seg.predict(images[0])                      # warm-up
-    ts = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        seg.predict(images[i % len(images)])
-        if sync:
-            sync()
-        ts.append(time.perf_counter() - t)
-    return round(statistics.median(ts), 4)
-
-
-def measure_latency(weights, images, repeats: int = 20, threads: int = 2) -> dict:
-    """Median seconds of ``Segmenter.predict`` (pre/post-processing included), CPU and CUDA."""
-    import torch
-    torch.set_num_threads(threads)
-    out = {"cpu_threads": threads,
-           "cpu_predict_s_median": _median_predict_s(Segmenter.load(weights, device="cpu"),
-                                                     images, repeats),
-           "image_sizes": sorted({tuple(i.GetSize()) for i in images})[:3]}
-    if torch.cuda.is_available():
-        out["cuda_predict_s_median"] = _median_predict_s(
-            Segmenter.load(weights, device="cuda"), images, repeats, torch.cuda.synchronize)
-    else:
-        out["cuda_predict_s_median"] = None
-        out["cuda_note"] = "not measured: no GPU was available where the model was trained"
-    return out

@@ -49,7 +49,7 @@ _FACE = {
     "load_bundle": "modelling.bundle",
     "predict_case": "modelling.predict", "CasePrediction": "modelling.predict",
     "ReadOptions": "modelling.predict", "Prediction": "modelling.predict",
-    "predict_rows": "modelling.predict", "parse_clinical": "modelling.predict",
+    "predict_rows": "modelling.predict", "parse_clinical": "modelling.clinical",
     "bundle_params_file": "modelling.predict",
     "load_recipe": "modelling.recipes", "StudyRun": "modelling.study",
     "StudyOptions": "modelling.study",

@@ -88,7 +88,7 @@ def test_missing_clinical_values_are_reported_not_silent(capsys):
 def test_parse_clinical_checks_ranges_for_every_caller():
     """The Slicer CLI and panel parse with the same function: ranges apply there too."""
     from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.modelling.predict import parse_clinical
+    from HER2RadiomicsLib.modelling.clinical import parse_clinical
     assert parse_clinical("age=52, ki67=30") == {"age": 52.0, "ki67": 30.0}
     with pytest.raises(InputError, match="age = 520 is outside the plausible range 10 to 110"):
         parse_clinical("age=520")
@@ -179,7 +179,7 @@ def test_candidates_a_nomogram_did_not_select_are_accepted_not_used():
     from HER2RadiomicsLib.errors import InputError
     from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.modelling.nomogram import NomogramModel
-    from HER2RadiomicsLib.modelling.predict import clinical_inputs
+    from HER2RadiomicsLib.modelling.clinical import clinical_inputs
     b = load_bundle(BUNDLE)
     rng = np.random.default_rng(0)
     Z = pd.DataFrame({"rad_score": rng.normal(size=40), "age": rng.uniform(30, 80, 40),

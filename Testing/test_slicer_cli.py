@@ -91,7 +91,7 @@ def test_bad_arguments_exit_2_with_one_line(args, words, capsys):
 
 def test_clinical_values_in_every_accepted_form():
     from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.modelling.predict import parse_clinical
+    from HER2RadiomicsLib.modelling.clinical import parse_clinical
     want = {"age": 52.0, "er": 1.0, "ki67": 30.5}
     assert parse_clinical("age=52, er=1; ki67=30.5") == want          # panel / Slicer CLI
     assert parse_clinical(["age=52", "er=1", "ki67=30.5"]) == want    # her2radiomics --clinical

@@ -103,7 +103,7 @@ def cmd_predict(a) -> int:
     from ..imaging.io import atomic_write_text
     from ..outputs import spreadsheet_safe_frame, write_csv
     from .predict import ReadOptions, predict_case, predict_rows
-    from .predict import clinical_inputs, parse_clinical
+    from .clinical import clinical_inputs, parse_clinical
     clinical = parse_clinical(a.clinical)      # before the (seconds-long) bundle load
     b = load_bundle(a.bundle, trust=a.trust)
     if not a.image:   # one image: its warnings (bundle's included) are printed with it
@@ -181,7 +181,8 @@ def _predict_manifest(a, b, clinical: dict, names: list) -> tuple:
     (a bad cell, an unreadable image, a refused clinical value, an unforeseen failure) is
     that row's error; the other rows are predicted."""
     from ..extraction.batch import read_manifest
-    from .predict import ReadOptions, clinical_inputs, predict_case
+    from .clinical import clinical_inputs
+    from .predict import ReadOptions, predict_case
     rows = read_manifest(a.manifest, per_row=True)
     batch = b.meta.get("batch_col", "site")
     preds, errors = [], []

@@ -55,7 +55,8 @@ def _cnn_mask(a):
 
 def cmd_report(a) -> int:
     from ..modelling.bundle import load_bundle
-    from ..modelling.predict import ReadOptions, parse_clinical, predict_case
+    from ..modelling.clinical import parse_clinical
+    from ..modelling.predict import ReadOptions, predict_case
     from .case import write_case_report
     b = load_bundle(a.bundle, trust=a.trust)
     image, mask, source, flags = a.image, a.mask, "reader", []

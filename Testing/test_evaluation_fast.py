@@ -112,3 +112,21 @@ def test_median_imputer_fills_only_gaps_as_fillna_did():
     pd.testing.assert_frame_equal(out, ref)
     assert out is not Xt and Xt.isna().sum().sum() == 3      # the input is left alone
     pd.testing.assert_frame_equal(imp.transform(X.iloc[[0, 2]]), X.iloc[[0, 2]])
+
+
+def test_lasso_path_still_refuses_out_of_range_settings():
+    """The penalty path skips scikit-learn's per-fit checks after checking the settings once:
+    an out-of-range value is still the same InvalidParameterError (train: one line)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from HER2RadiomicsLib.modelling.transformers import LassoSelector
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 15)
+    X = pd.DataFrame(rng.normal(size=(30, 4)) + y[:, None],
+                     columns=[f"tumor__f{i}" for i in range(4)])
+    for bad in ({"tol": -1.0}, {"max_iter": -1}):
+        with pytest.raises(InvalidParameterError):
+            LassoSelector(cv=3, n_alphas=4, **bad).fit(X, y)
+    with pytest.raises(InvalidParameterError):
+        LassoSelector(cv=3, n_alphas=4, estimator="lasso", tol=-1.0).fit(X, y)
+    assert LassoSelector(cv=3, n_alphas=4).fit(X, y).coef_.size >= 1

@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_startup.py
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_station.py
+	$(PY) benchmarks/bench_models.py
 
 # Installs the Slicer requirements from wheels only on pyenv's Python 3.12 (numpy 2.0.x) and 3.9
 # (numpy 1.26.x), as Slicer 5.10+ and 5.8 would, and compares the features and the shipped

@@ -100,7 +100,11 @@ def read_marker(folder) -> dict | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("command"), str):
         return None
     files = doc.get("files") if isinstance(doc.get("files"), list) else []
-    doc["files"] = [r for r in files if _inside(f, r) is not None]
+    try:
+        base = os.path.realpath(f)      # once, not per listed file (~1,000 in a demo folder)
+    except OSError:
+        base = None                     # each file is then checked (and refused) on its own
+    doc["files"] = [r for r in files if _inside(f, r, base) is not None]
     return doc
 
 
@@ -113,10 +117,11 @@ def _entries(folder: Path) -> list:
 _STAGE_NAME = re.compile(r"\.staging-(\d+)")
 
 
-def _inside(folder: Path, rel) -> Path | None:
+def _inside(folder: Path, rel, base: str | None = None) -> Path | None:
     """``folder / rel`` when ``rel`` is a plain relative path that stays inside ``folder``
     (symbolic links followed), else None: a marker or journal is a file anyone can edit, so
-    no name in it may reach outside the folder."""
+    no name in it may reach outside the folder. ``base``: ``os.path.realpath(folder)`` when
+    the caller already has it."""
     if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel:
         return None
     pure = PurePosixPath(rel)
@@ -125,7 +130,7 @@ def _inside(folder: Path, rel) -> Path | None:
     target = folder / Path(*pure.parts)
     try:
         real = Path(os.path.realpath(target))
-        base = Path(os.path.realpath(folder))
+        base = Path(os.path.realpath(folder) if base is None else base)
     except OSError:
         return None
     if real != base and base not in real.parents:

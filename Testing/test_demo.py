@@ -19,7 +19,7 @@ def _card(html):
 
 
 @pytest.mark.slow
-def test_demo_reduced(tmp_path):
+def test_demo_reduced(tmp_path, capsys):
     import pandas as pd
     from HER2RadiomicsLib.modelling.bundle import load_bundle
     from HER2RadiomicsLib.demo import run_demo
@@ -57,6 +57,13 @@ def test_demo_reduced(tmp_path):
                  "models/peritumoral2025/tripod_ai_checklist.csv"):
         assert item in html, item
     assert html.count("Deviations from the paper") == 2
+    # what the demo runs differently from the recipes is said, in the report and the console
+    assert "Reduced or changed for the demo" in html
+    said = capsys.readouterr().out
+    for text in ("repeated random splits (peritumoral2025)", "feature params",
+                 "external site held out"):
+        assert text in html and text in said, text
+    assert "repeated random splits (peritumoral2025): 2 (real runs: 10)" in said
     m = json.loads((out / "models" / "peritumoral2025" / "metrics.json").read_text())
     assert m["unit"] == "patients" and m["n"]["test"] < m["n_images"]["test"] + 1
     # the bundle reloads and predicts the probability the report shows
@@ -73,14 +80,18 @@ def test_demo_reduced(tmp_path):
     assert f"{again.probabilities[again.predicted_class]:.3f}" in html
     if not args.no_pdf:
         assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
-    # rerun: cached stages are reused (files not rewritten), the report is rebuilt
+    # rerun: cached stages are reused (files not rewritten); with nothing recomputed the
+    # prediction card and the report are reused too
     stamps = {p: p.stat().st_mtime_ns for p in (out / "models" / "yin2024" / "metrics.json",
                                                  out / "segmentation_metrics.csv",
-                                                 out / "reader_study" / "summary.json")}
+                                                 out / "reader_study" / "summary.json",
+                                                 out / "new_patient" / "prediction.json",
+                                                 out / "report.html")}
     assert run_demo(args) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     t = json.loads((out / "timings.json").read_text())
-    assert set(t["cached"]) == {k for k in t["this_run"] if k[0] in "12345"}
+    assert set(t["cached"]) == set(t["this_run"]) and len(t["cached"]) == 7
+    assert (out / "report.html").read_text() == html
     assert all(t["computed"][k] >= t["this_run"][k] for k in t["cached"])
     # other settings into the same folder: --repeats 0 means no repeated split (it meant the
     # default 10), and only the stage it changes (the models) is recomputed: stages 1-4 come

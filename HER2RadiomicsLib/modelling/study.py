@@ -302,58 +302,76 @@ def run(recipe, features_csv, labels_csv, out_dir, options: StudyOptions | None 
 
 def _fit_and_evaluate(recipe, maker, d: StudyData, target: Target, design: Design):
     """Fit every scenario x classifier on the training patients; out-of-fold, test and
-    external metrics. Returns ``(results, preds)`` keyed ``scenario/classifier``."""
+    external metrics. Returns ``(results, preds)`` keyed ``scenario/classifier``.
+
+    The models are independent (each seeded by ``design.seed``), so with ``design.jobs > 1``
+    they are fitted in parallel processes; the results do not depend on the number of
+    processes (Testing/test_study_parallel.py).
+    """
+    from joblib import Parallel, delayed
+    scenarios = recipe.get("scenarios") or {"main": recipe.get("regions", ["tumor"])}
+    todo = [(f"{scen}/{clf}" if len(scenarios) > 1 else clf, scen, regions, clf,
+             maker(regions, clf))
+            for scen, regions in scenarios.items() for clf in recipe["classifiers"]]
+    jobs = max(1, min(int(design.jobs or 1), len(todo)))
+    done = Parallel(n_jobs=jobs)(delayed(_fit_one)(scen, regions, clf, mk, d, target, design)
+                                 for _, scen, regions, clf, mk in todo)
+    results, preds = {}, {}
+    for (key, *_, mk), r in zip(todo, done):
+        preds[key] = r.pop("_unit_scores")
+        # the factory stays in this process (the repeated splits use it); keys in the order
+        # they always had
+        head = ("scenario", "classifier", "regions", "model")
+        results[key] = r = {**{k: r[k] for k in head}, "make": mk,
+                            **{k: v for k, v in r.items() if k not in head}}
+        if design.progress:
+            auc = r["test"].get("auc", r["test"].get("auc_macro"))
+            print(f"  {key:28s} test AUC {auc:.3f}", flush=True)
+    return results, preds
+
+
+def _fit_one(scen, regions, clf, mk, d: StudyData, target: Target, design: Design) -> dict:
+    """One scenario x classifier: the model fitted on the training part, its out-of-fold
+    predictions, threshold and metrics (``_unit_scores``: its scores per evaluation unit)."""
     from . import evaluation as E
     classes, positive, binary = target.classes, target.positive, target.binary
     n_boot, seed = design.n_boot, design.seed
-    scenarios = recipe.get("scenarios") or {"main": recipe.get("regions", ["tumor"])}
     groups_tr = d.Xtr["patient_id"].astype(str).to_numpy()
-    results, preds = {}, {}
-    for scen, regions in scenarios.items():
-        for clf in recipe["classifiers"]:
-            key = f"{scen}/{clf}" if len(scenarios) > 1 else clf
-            mk = maker(regions, clf)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = fit_grouped(mk(d.ytr), d.Xtr, d.ytr, groups_tr, seed)
-                folds = []
-                oof, oof_rs = oof_predictions(mk, d.Xtr, d.ytr, groups_tr, target, seed,
-                                              with_radscore=binary and "lasso" in
-                                              model.named_steps, fitted=folds)
-            p_te = _proba(model, d.Xte, classes, positive)
-            p_ext = _proba(model, d.dext, classes, positive) if len(d.dext) else None
-            image_scores = (oof, p_te, p_ext)
-            # metrics per evaluation unit (a patient's images averaged by default)
-            _, y_o, oof = d.per_unit("train", oof)
-            _, y_te, p_te = d.per_unit("test", p_te)
-            _, y_ext, p_ext = d.per_unit("external", p_ext) if p_ext is not None else \
-                (None, d.yext, None)
-            r = {"scenario": scen, "classifier": clf, "regions": list(regions), "model": model,
-                 "make": mk, "oof_radscore": oof_rs, "image_scores": image_scores,
-                 "fit_notes": _fit_notes(model, folds)}
-            if binary:
-                thr = E.youden_threshold(y_o, oof)
-                r["threshold"] = thr
-                r["train_oof"] = E.evaluate_binary(y_o, oof, thr, n_boot, seed)
-                r["test"] = E.evaluate_binary(y_te, p_te, thr, n_boot, seed)
-                if p_ext is not None and len(np.unique(y_ext)) == 2:
-                    r["external"] = E.evaluate_binary(y_ext, p_ext, thr, n_boot, seed)
-            else:
-                r["train_oof"] = E.evaluate_multiclass(y_o, oof, classes, n_boot, seed)
-                r["test"] = E.evaluate_multiclass(y_te, p_te, classes, n_boot, seed)
-                if p_ext is not None and len(np.unique(y_ext)) == len(classes):
-                    r["external"] = E.evaluate_multiclass(y_ext, p_ext, classes, n_boot,
-                                                          seed)
-            for part in ("train_oof", "test", "external"):
-                if part in r:
-                    r[part]["unit"] = d.unit
-            r["n_selected"] = _n_selected(model)
-            results[key] = r
-            preds[key] = (oof, p_te, p_ext)
-            if design.progress:
-                auc = r["test"].get("auc", r["test"].get("auc_macro"))
-                print(f"  {key:28s} test AUC {auc:.3f}", flush=True)
-    return results, preds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fit_grouped(mk(d.ytr), d.Xtr, d.ytr, groups_tr, seed)
+        folds = []
+        oof, oof_rs = oof_predictions(mk, d.Xtr, d.ytr, groups_tr, target, seed,
+                                      with_radscore=binary and "lasso" in model.named_steps,
+                                      fitted=folds)
+    p_te = _proba(model, d.Xte, classes, positive)
+    p_ext = _proba(model, d.dext, classes, positive) if len(d.dext) else None
+    image_scores = (oof, p_te, p_ext)
+    # metrics per evaluation unit (a patient's images averaged by default)
+    _, y_o, oof = d.per_unit("train", oof)
+    _, y_te, p_te = d.per_unit("test", p_te)
+    _, y_ext, p_ext = d.per_unit("external", p_ext) if p_ext is not None else \
+        (None, d.yext, None)
+    r = {"scenario": scen, "classifier": clf, "regions": list(regions), "model": model,
+         "oof_radscore": oof_rs, "image_scores": image_scores,
+         "fit_notes": _fit_notes(model, folds), "_unit_scores": (oof, p_te, p_ext)}
+    if binary:
+        thr = E.youden_threshold(y_o, oof)
+        r["threshold"] = thr
+        r["train_oof"] = E.evaluate_binary(y_o, oof, thr, n_boot, seed)
+        r["test"] = E.evaluate_binary(y_te, p_te, thr, n_boot, seed)
+        if p_ext is not None and len(np.unique(y_ext)) == 2:
+            r["external"] = E.evaluate_binary(y_ext, p_ext, thr, n_boot, seed)
+    else:
+        r["train_oof"] = E.evaluate_multiclass(y_o, oof, classes, n_boot, seed)
+        r["test"] = E.evaluate_multiclass(y_te, p_te, classes, n_boot, seed)
+        if p_ext is not None and len(np.unique(y_ext)) == len(classes):
+            r["external"] = E.evaluate_multiclass(y_ext, p_ext, classes, n_boot, seed)
+    for part in ("train_oof", "test", "external"):
+        if part in r:
+            r[part]["unit"] = d.unit
+    r["n_selected"] = _n_selected(model)
+    return r
 
 
 def _fit_notes(model, folds) -> list:

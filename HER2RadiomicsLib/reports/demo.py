@@ -259,8 +259,12 @@ def _versions() -> list:
 
 
 def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, runs: dict,
-                      card: dict | None, settings: dict, pdf: bool = True) -> dict:
+                      card: dict | None, settings: dict, pdf: bool = True,
+                      reductions: list | None = None) -> dict:
     """Write ``report.html`` (and ``report.pdf`` when Chromium is available).
+
+    ``reductions``: the settings the demo runs differently from the recipes' defaults
+    (``demo.reductions``), listed beside the settings.
 
     Returns
     -------
@@ -306,8 +310,9 @@ def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, run
         sections.append((f"Model {name}{what}", _model_section(out, name, s)))
     if card:
         from types import SimpleNamespace
-        from ..modelling.bundle import load_bundle
-        meta = load_bundle(out / "models" / card["bundle_recipe"] / "model_bundle.zip").meta
+        from ..modelling.bundle import read_meta
+        # the metadata only (checked): loading the model itself cost ~1 s of every rerun
+        meta = read_meta(out / "models" / card["bundle_recipe"] / "model_bundle.zip")
         pred = SimpleNamespace(**{k: card[k] for k in (
             "case_id", "predicted_class", "probabilities", "rad_score", "contributions",
             "nomogram_probability", "nomogram_points", "qc", "warnings")})
@@ -325,11 +330,17 @@ def write_demo_report(out, timings: dict, seg: dict | None, rs: dict | None, run
     t = pd.DataFrame([{"stage": k, "computed (s)": v, "this run (s)": timings["this_run"][k],
                        "": "cached" if k in timings["cached"] else ""}
                       for k, v in timings["computed"].items()])
+    red = H.Html("")
+    if reductions:
+        red = (H.el("h3", "Reduced or changed for the demo")
+               + H.fmt("<p>The demo's time budget; <code>her2radiomics train</code> uses each "
+                       "recipe's own settings (right column) on real cohorts.</p>")
+               + H.table(pd.DataFrame(reductions)))
     sections.append(("Versions and settings",
                      H.fmt("<div style='display:flex;gap:28px;flex-wrap:wrap'><div><h3>Software"
                            "</h3>{}</div><div><h3>Settings</h3>{}</div><div><h3>Stage times"
                            "</h3>{}</div></div>", H.kv_table(_versions()), H.kv_table(st),
-                           H.table(t, "{:.1f}"))))
+                           H.table(t, "{:.1f}")) + red))
     anchors = ["", "cohort", "examples", "seg", "readers", *[f"m-{n}" for n in runs],
                *(["card"] if card else []), "settings"]
     page = H.page("HER2Radiomics demo report",

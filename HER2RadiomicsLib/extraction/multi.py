@@ -344,9 +344,9 @@ def _ngtdm(u, regions, present, dist, names):
             c = (f >> np.uint64(sbits)).astype(np.int64)
             # the shift to the region's own levels, on integers: no rounding changes
             total = ((f & low).astype(np.int64) - u.shift[r] * c).astype(np.float64)
-            out.append(E.ngtdm_values(raw_c[inr].astype(np.int64) - u.shift[r], c, total,
-                                      present[r][0] - u.shift[r], names))
-    return out
+            out.append((raw_c[inr].astype(np.int64) - u.shift[r], c, total,
+                        present[r][0] - u.shift[r]))
+    return E.ngtdm_features(out, names)      # the formulas once for every region
 
 
 def _pieces_histogram(u, regions, present, atom, level, size, linked, joined):

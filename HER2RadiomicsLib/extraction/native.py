@@ -8,6 +8,7 @@ types the engine does not implement yet are refused up front, by name.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 
 import numpy as np
@@ -34,8 +35,10 @@ PREFIX = {"Square": "square", "SquareRoot": "squareroot", "Logarithm": "logarith
           "Exponential": "exponential"}
 
 
-def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
-    """``(key prefix, array)`` for each image one image type yields (LoG: one per sigma)."""
+def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict, box=None):
+    """``(key prefix, array)`` for each image one image type yields (LoG: one per sigma).
+    ``box`` (row and column slices): the part of a local filter's image that is used (see
+    :func:`lbp_image`); the whole image when not given."""
     if kind == "Original":
         yield "original", arr
     elif kind in PREFIX:
@@ -48,17 +51,7 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
             f.SetUseImageSpacing(bool(st.get("gradientUseSpacing", True)))
             yield "gradient", sitk.GetArrayFromImage(f.Execute(src))
         elif kind == "LBP2D":
-            # when run: scikit-image's feature module costs ~0.2 s, LBP2D images only
-            from skimage.feature import local_binary_pattern
-            with warnings.catch_warnings():
-                # pyradiomics feeds LBP the float image too (same values; tested against it):
-                # scikit-image's "floating-point input" warning is expected, not news
-                warnings.filterwarnings("ignore", "Applying `local_binary_pattern` to "
-                                        "floating-point", UserWarning)
-                lbp = local_binary_pattern(arr, P=st.get("lbp2DSamples", 8),
-                                           R=st.get("lbp2DRadius", 1),
-                                           method=st.get("lbp2DMethod", "uniform"))
-            yield "lbp-2D", lbp
+            yield "lbp-2D", lbp_image(arr, st, box)
         elif kind == "Wavelet":
             yield from wavelet_images(arr, st)
         elif kind == "LoG":
@@ -74,6 +67,35 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict):
                     f.SetSigma(sigma)
                     name = "log-sigma-%s-mm-3D" % str(sigma).replace(".", "-")
                     yield name, sitk.GetArrayFromImage(f.Execute(src))
+
+
+def lbp_image(arr: np.ndarray, st: dict, box=None) -> np.ndarray:
+    """scikit-image's local binary pattern of ``arr`` (as pyradiomics' LBP2D), computed on
+    ``box`` only, plus the ceil(radius) pixels around it that its samples read, the rest NaN.
+
+    Exact: a pixel's pattern reads its samples on a circle of the radius (bilinear, between
+    the pixels at most ceil(radius) away; outside the image a constant 0), so inside the box
+    it sees the same pixels as on the whole image, and at the image's own border the same
+    border. Measured on BUS-BRA tumour + 3 rings: the whole frame 18 ms, the rings' box 8 ms.
+    """
+    # when run: scikit-image's feature module costs ~0.2 s, LBP2D images only
+    from skimage.feature import local_binary_pattern
+    radius = st.get("lbp2DRadius", 1)
+    if box is None:
+        box = (slice(0, arr.shape[0]), slice(0, arr.shape[1]))
+    m = int(math.ceil(radius))
+    crop = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, n in zip(box, arr.shape))
+    with warnings.catch_warnings():
+        # pyradiomics feeds LBP the float image too (same values; tested against it):
+        # scikit-image's "floating-point input" warning is expected, not news
+        warnings.filterwarnings("ignore", "Applying `local_binary_pattern` to "
+                                "floating-point", UserWarning)
+        lbp = local_binary_pattern(arr[crop], P=st.get("lbp2DSamples", 8), R=radius,
+                                   method=st.get("lbp2DMethod", "uniform"))
+    out = np.full(arr.shape, np.nan)
+    # the margin saw a cut-off neighbourhood (unless at the image border): NaN, not used
+    out[box] = lbp[tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))]
+    return out
 
 
 def wavelet_images(arr: np.ndarray, st: dict):
@@ -151,7 +173,7 @@ class NativeExtractor:
     def __init__(self, params: dict, source: str = "params"):
         params = params or {}
         self.settings = dict(params.get("setting") or {})
-        self._cache_image, self._cache = None, []
+        self._cache_image, self._cache, self._cache_box = None, [], None
         self._diag_image, self._diag = None, {}
         self._array_image, self._array = None, None
         unknown = sorted(set(self.settings) - SETTINGS
@@ -184,15 +206,33 @@ class NativeExtractor:
                 raise InputError(f"{source}: {cls} has no feature {wrong[0]!r}")
             self.classes[cls] = names
 
-    def _filtered(self, image, arr):
-        """Every filtered image of ``image``, computed once for all its regions."""
+    def _filtered(self, image, arr, box=None):
+        """Every filtered image of ``image``, computed once for all its regions. Local
+        filters (LBP2D) are computed on ``box`` (row and column slices; the whole image when
+        not given) and computed again only for a box outside the one they were computed on."""
         if self._cache_image is not image:
-            self._cache = [(prefix, full, {**self.settings, **custom})
-                           for kind, custom in self.image_types.items()
-                           for prefix, full in filtered_images(
-                               image, arr, kind, {**self.settings, **custom})]
+            self._cache, self._cache_box = [], None
+            for kind, custom in self.image_types.items():
+                kw = {**self.settings, **custom}
+                if kind == "LBP2D":
+                    self._cache.append([kind, "lbp-2D", None, kw])     # below, on the box
+                    continue
+                self._cache += [[kind, prefix, full, kw] for prefix, full in
+                                filtered_images(image, arr, kind, kw)]
             self._cache_image = image   # held, so the identity check cannot be fooled
-        return self._cache
+        if box is None:
+            box = (slice(0, arr.shape[0]), slice(0, arr.shape[1]))
+        old = self._cache_box
+        if any(e[0] == "LBP2D" for e in self._cache) and not (
+                old and all(o.start <= b.start and b.stop <= o.stop for o, b in zip(old, box))):
+            if old:       # a box outside the last one: both (regions of one image overlap)
+                box = tuple(slice(min(o.start, b.start), max(o.stop, b.stop))
+                            for o, b in zip(old, box))
+            for e in self._cache:
+                if e[0] == "LBP2D":
+                    e[2] = lbp_image(arr, e[3], box)
+            self._cache_box = box
+        return [(prefix, full, kw) for _, prefix, full, kw in self._cache]
 
     def _image_array(self, image: sitk.Image) -> np.ndarray:
         st = self.settings
@@ -297,7 +337,7 @@ class NativeExtractor:
         """Features of one region (``mask == label``) of a 2D image, diagnostics first."""
         out, image, arr, roi, box = self._prepare(image, mask)
         spacing = image.GetSpacing()
-        for prefix, full, kw in self._filtered(image, arr):
+        for prefix, full, kw in self._filtered(image, arr, box):
             out.update(self._texture(full[box], roi[box], spacing, kw, prefix))
         return out
 
@@ -319,7 +359,7 @@ class NativeExtractor:
         if self.resamples or len(ready) < 2:
             for name, (out, im, arr, roi, box) in ready.items():
                 try:
-                    for prefix, full, kw in self._filtered(im, arr):
+                    for prefix, full, kw in self._filtered(im, arr, box):
                         out.update(self._texture(full[box], roi[box], im.GetSpacing(), kw,
                                                  prefix))
                     results[name] = out
@@ -332,7 +372,7 @@ class NativeExtractor:
         union_box = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes))
                           for d in range(2))
         failed = {}
-        filtered = self._filtered(image, self._array)
+        filtered = self._filtered(image, self._array, union_box)
         for step, (prefix, full, kw) in enumerate(filtered):
             if progress is not None and progress(step, len(filtered)) is False:
                 return None

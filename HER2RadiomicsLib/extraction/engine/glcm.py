@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .region import (EPS, Region, Settings, angle_means, angle_weights, angles_2d,
+from .region import (EPS, Region, Settings, angle_means_many, angle_weights, angles_2d,
                      pad_stack)
 
 GLCM = ("Autocorrelation", "JointAverage", "ClusterProminence", "ClusterShade",
@@ -174,8 +174,9 @@ def glcm_features(Ps, presents, names=None) -> list:
     out["SumSquares"] = np.sum(P * (i - ux4) ** 2, (1, 2))
     keys = [k for k in names if k != "MCC"]
     res = []
+    means = angle_means_many(out, keys)                       # (features, regions)
     for r in range(R):
-        got = dict(zip(keys, angle_means([out[k][r] for k in keys])))
+        got = {k: float(means[f, r]) for f, k in enumerate(keys)}
         if "MCC" in names:
             Pr = Ps[r][:, :, ~np.isnan(Ps[r].sum((0, 1)))]      # the region's own angles
             got["MCC"] = _mcc(Pr, Pr.sum(1, keepdims=True), Pr.sum(0, keepdims=True))

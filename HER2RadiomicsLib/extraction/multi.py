@@ -68,6 +68,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import engine as E
+from . import fast
 
 # Atom x atom x level x level co-occurrence counts above this size (about 400 MB) are not
 # shared: the caller computes those regions one by one.
@@ -216,6 +217,8 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
     if len(regions) < 2 or (u.A + 1) ** 2 * u.nr ** 2 * len(E.angles_2d(dist)) > MAX_CELLS:
         return out
     present = {r: u.present_raw(r) for r in regions}
+    # numba's GLRLM pass (the [fast] extra; the same matrices) where it pays
+    compiled = fast.available() and fast.glrlm_fits(u, len(regions))
     levels = [present[r][0] - u.shift[r] for r in regions]   # each region's own levels
     res = {r: {} for r in regions}
     for cls in texture:
@@ -233,7 +236,7 @@ def texture_many(img: np.ndarray, masks: list, spacing, classes: dict, st: dict,
             got = E.gldm_features(_gldm(u, regions, present, dist, st.get("gldm_a", 0)), levels,
                                   names)
         elif cls == "glrlm":
-            Ps, jv = _glrlm(u, regions, present, spacing, st.get("weightingNorm"))
+            Ps, jv = _glrlm(u, regions, present, spacing, st.get("weightingNorm"), compiled)
             got = E.glrlm_features(Ps, levels, names, jvector=jv)
         elif cls == "glszm":
             Ps, jv = _glszm(u, regions, present)
@@ -393,8 +396,11 @@ def _lines(g, dy, dx):
     return skew.ravel()[:H * (W + H - 1)].reshape(H, W + H - 1).T.ravel(), H
 
 
-def _glrlm(u, regions, present, spacing, weighting_norm):
+def _glrlm(u, regions, present, spacing, weighting_norm, compiled=False):
     angles = E.angles_2d([1])
+    if compiled:
+        Ps, jvector = fast.glrlm_matrices(u, regions, present, angles)
+        return [E.glrlm_normalise(P, angles, spacing, weighting_norm) for P in Ps], jvector
     A1, nr = u.A + 1, u.nr
     per_angle = []
     for dy, dx in angles:

@@ -60,13 +60,18 @@ def ngtdm_features(regions, names=None) -> list:
     cost more numpy calls than arithmetic). A padded level has p = s = 0 and is masked out
     of the pairwise sums where a term would not vanish with it (Busyness, Complexity,
     Strength)."""
-    ns, ss = zip(*(_counts(*r) for r in regions))
-    R, G = len(regions), max(len(r[3]) for r in regions)
+    return ngtdm_from_counts([_counts(*r) + (r[3],) for r in regions], names)
+
+
+def ngtdm_from_counts(counts, names=None) -> list:
+    """:func:`ngtdm_features` from each region's ``(n, s, present)``: pixels and summed
+    differences per level present (float64), and those levels."""
+    R, G = len(counts), max(len(c[2]) for c in counts)
     n, s, i = np.zeros((R, G)), np.zeros((R, G)), np.zeros((R, G))
     valid = np.zeros((R, G), bool)
-    for k, (r, nk, sk) in enumerate(zip(regions, ns, ss)):
-        g = len(r[3])
-        n[k, :g], s[k, :g], i[k, :g], valid[k, :g] = nk, sk, r[3], True
+    for k, (nk, sk, lk) in enumerate(counts):
+        g = len(lk)
+        n[k, :g], s[k, :g], i[k, :g], valid[k, :g] = nk, sk, lk, True
     nvp = n.sum(1)
     p = n / nvp[:, None]
     ngp = valid.sum(1).astype(np.float64)

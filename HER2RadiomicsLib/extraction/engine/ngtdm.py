@@ -44,13 +44,11 @@ def ngtdm_values(lv, c, total, present, names=None) -> dict:
 def _counts(lv, c, total, present):
     """Per level present: the pixel count n_i and the summed difference s_i."""
     diff = np.where(c > 0, np.abs(lv - total / np.maximum(c, 1)), 0.0)
-    # each pixel's index in ``present``: a lookup table over the level range (a binary search
-    # per pixel costs several times more)
-    lut = np.zeros(int(present[-1] - present[0]) + 1, np.intp)
-    lut[present - present[0]] = np.arange(len(present))
-    idx = lut[lv - present[0]]
-    n = np.bincount(idx, minlength=len(present)).astype(np.float64)
-    return n, np.bincount(idx, weights=diff, minlength=len(present))
+    # counted per level (levels start at 1), then the levels present picked: each bin adds
+    # the same pixels in the same order as counting by the level's position would
+    top = int(present[-1]) + 1
+    n = np.bincount(lv, minlength=top)[present].astype(np.float64)
+    return n, np.bincount(lv, weights=diff, minlength=top)[present]
 
 
 def ngtdm_features(regions, names=None) -> list:

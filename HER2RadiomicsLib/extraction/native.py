@@ -71,12 +71,16 @@ def filtered_images(image: sitk.Image, arr: np.ndarray, kind: str, st: dict, box
 
 def lbp_image(arr: np.ndarray, st: dict, box=None) -> np.ndarray:
     """scikit-image's local binary pattern of ``arr`` (as pyradiomics' LBP2D), computed on
-    ``box`` only, plus the ceil(radius) pixels around it that its samples read, the rest NaN.
+    the image up to the end of ``box`` plus the ceil(radius) pixels its samples read; outside
+    ``box`` NaN.
 
     Exact: a pixel's pattern reads its samples on a circle of the radius (bilinear, between
     the pixels at most ceil(radius) away; outside the image a constant 0), so inside the box
-    it sees the same pixels as on the whole image, and at the image's own border the same
-    border. Measured on BUS-BRA tumour + 3 rings: the whole frame 18 ms, the rings' box 8 ms.
+    it sees the same pixels as on the whole image. The crop keeps the image's first row and
+    column: scikit-image interpolates at absolute coordinates (row + offset), whose rounding
+    depends on the row's magnitude, so a crop that moved the origin changed near-tie patterns
+    (20 of 160,000 pixels on one BUS-BRA image). Only the rows and columns after the box are
+    cut: BUS-BRA, tumour + 3 rings, median of six images, 12.0 -> 7.8 ms per image.
     """
     # when run: scikit-image's feature module costs ~0.2 s, LBP2D images only
     from skimage.feature import local_binary_pattern
@@ -84,7 +88,7 @@ def lbp_image(arr: np.ndarray, st: dict, box=None) -> np.ndarray:
     if box is None:
         box = (slice(0, arr.shape[0]), slice(0, arr.shape[1]))
     m = int(math.ceil(radius))
-    crop = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, n in zip(box, arr.shape))
+    crop = tuple(slice(0, min(b.stop + m, n)) for b, n in zip(box, arr.shape))
     with warnings.catch_warnings():
         # pyradiomics feeds LBP the float image too (same values; tested against it):
         # scikit-image's "floating-point input" warning is expected, not news

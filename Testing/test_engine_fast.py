@@ -4,7 +4,8 @@ The numpy path is the reference (itself checked against pyradiomics in test_engi
 and test_engine_multi.py); with numba installed the shared pass must give the very same
 floating-point values, bit for bit, on regions that nest, touch, are one pixel wide or
 diagonal, with every setting the parity suite uses. Skipped where numba is not installed;
-the numpy path then runs everywhere (test_engine_multi.py).
+the numpy path (the default, also with numba installed) runs everywhere
+(test_engine_multi.py).
 """
 import numpy as np
 import pytest
@@ -60,8 +61,10 @@ def test_the_comparison_can_fail(monkeypatch):
     assert got[0]["glrlm_ShortRunEmphasis"] != want[0]["glrlm_ShortRunEmphasis"]
 
 
-def test_switched_off_or_too_many_cells_uses_numpy(monkeypatch):
+def test_off_unless_asked_or_too_many_cells(monkeypatch):
     images, masks = _scene()
+    monkeypatch.delenv("HER2RADIOMICS_NUMBA", raising=False)
+    assert not fast.available()                # installed is not enough: opt-in
     monkeypatch.setenv("HER2RADIOMICS_NUMBA", "0")
     assert not fast.available()
     monkeypatch.setenv("HER2RADIOMICS_NUMBA", "1")

@@ -121,9 +121,11 @@ def engine_run(a) -> dict:
     import SimpleITK as sitk
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)   # ITK's filters: one thread too
     from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.extraction import fast
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": _load(),
            "repeats": a.repeats, "threads": 1, "clock": "process_time (CPU), per case the "
-           "fastest of the repeats, median over cases"}
+           "fastest of the repeats, median over cases",
+           "compiled_glrlm": fast.available()}     # the [fast] extra (numba) in use
     with tempfile.TemporaryDirectory() as tmp:
         cases, res["source"] = _cases(a, Path(tmp))
     res["cases"] = len(cases)

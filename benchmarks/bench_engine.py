@@ -17,6 +17,9 @@ case's fastest repeat:
   them one at a time (filtered images computed once in both);
 - microseconds of native CPU time per 1,000 pixels of the regions' union.
 
+``--per-class`` instead splits one case's CPU time (tumour + 3 rings, ``--case``-th of the
+cases) by feature class, ours against pyradiomics': where the remaining time goes.
+
 ``--whole-process`` instead times two whole processes on ``--wp-images`` real images:
 ``python -m HER2RadiomicsLib extract --manifest M --params cui2023 --rings 3,5,8 --jobs 1``
 against a plain Python script calling pyradiomics' ``RadiomicsFeatureExtractor`` on the same
@@ -27,7 +30,8 @@ case, zhao2025 >= 7x, shared pass >= 1.5x faster than one region at a time; whol
 <= 0.12 of the plain pyradiomics script.
 
 Usage: python benchmarks/bench_engine.py [--cases 12] [--repeats 3] [--synthetic]
-       [--presets cui2023 zhao2025] [--whole-process [--wp-images 48]] [--out results.json]
+       [--presets cui2023 zhao2025] [--whole-process [--wp-images 48]]
+       [--per-class [--case 1]] [--out results.json]
 """
 from __future__ import annotations
 
@@ -288,6 +292,80 @@ def whole_process(a) -> dict:
     return {"whole_process": res}
 
 
+def _timer(acc: dict, label: str, fn):
+    """``fn`` adding its CPU seconds to ``acc[label]`` on every call."""
+    def timed(*args, **kw):
+        c0 = time.process_time()
+        try:
+            return fn(*args, **kw)
+        finally:
+            acc[label] = acc.get(label, 0.0) + time.process_time() - c0
+    return timed
+
+
+def per_class(a) -> dict:
+    """CPU ms per feature class of one case (tumour + 3 rings), both engines: where the time
+    goes. Our passes are timed where the shared pass calls them (matrices and formulas
+    together); pyradiomics' per class around each class's construction and ``execute``.
+    pyradiomics' filters are generators run between classes, so they fall in its remainder
+    (with its diagnostics); ours in "filters"."""
+    import warnings
+    warnings.filterwarnings("ignore", "Applying `local_binary_pattern`", UserWarning)
+    import logging
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    import radiomics
+    from radiomics import featureextractor, imageoperations
+    from HER2RadiomicsLib.extraction import engine as E
+    from HER2RadiomicsLib.extraction import multi, native
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    acc = {}
+    for mod, names in ((multi, ("_glcm", "_gldm", "_glrlm", "_glszm", "_ngtdm", "_Union")),
+                       (E, ("glcm_features", "gldm_features", "glrlm_features",
+                            "glszm_features", "firstorder_values", "shape2d"))):
+        for n in names:
+            label = {"_Union": "union set-up", "firstorder_values": "firstorder",
+                     "shape2d": "shape2D"}.get(n, n.strip("_").replace("_features", ""))
+            setattr(mod, n, _timer(acc, "native " + label, getattr(mod, n)))
+    for n, label in (("diagnostics", "diagnostics"), ("_filtered", "filters")):
+        setattr(native.NativeExtractor, n, _timer(acc, "native " + label,
+                                                  getattr(native.NativeExtractor, n)))
+    classes = radiomics.getFeatureClasses()       # pyradiomics looks them up here per call
+    for name, cls in list(classes.items()):
+        sub = type(cls.__name__, (cls,), {})
+        sub.__init__ = _timer(acc, f"pyradiomics {name}", cls.__init__)
+        sub.execute = _timer(acc, f"pyradiomics {name}", cls.execute)
+        classes[name] = sub
+    rfe = featureextractor.RadiomicsFeatureExtractor
+    rfe.computeShape = _timer(acc, "pyradiomics shape2D", rfe.computeShape)
+    rfe.loadImage = staticmethod(_timer(acc, "pyradiomics load and normalise",
+                                        rfe.loadImage))
+    imageoperations.checkMask = _timer(acc, "pyradiomics checkMask", imageoperations.checkMask)
+    with tempfile.TemporaryDirectory() as tmp:
+        cases, source = _cases(a, Path(tmp))
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": _load(),
+           "source": source, "repeats": a.repeats, "clock": "process_time (CPU), mean over "
+           "the repeats; total: median", "case": a.case}
+    image, masks = cases[min(a.case, len(cases) - 1)]
+    for preset in a.presets:
+        for engine in ("native", "pyradiomics"):
+            fx = FeatureExtractor(preset, engine=engine)
+            fx.extract(*_fresh(image, masks))                  # imports and caches warm
+            acc.clear()
+            runs = [_fresh(image, masks) for _ in range(a.repeats)]
+            total = sorted(_timed(lambda: fx.extract(im, ms))[0] for im, ms in runs)
+            ms_ = {k.split(" ", 1)[1]: round(v / a.repeats * 1e3, 2)
+                   for k, v in sorted(acc.items(), key=lambda kv: -kv[1])
+                   if k.startswith(engine + " ")}
+            ms_["total"] = round(total[len(total) // 2] * 1e3, 2)
+            ms_["remainder"] = round(ms_["total"] - sum(
+                v for k, v in ms_.items() if k != "total"), 2)
+            res[f"{preset}/{engine}_ms"] = ms_
+    res["load_after"] = _load()
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=12)
@@ -300,9 +378,13 @@ def main(argv=None):
     ap.add_argument("--presets", nargs="+", default=["cui2023", "zhao2025"])
     ap.add_argument("--whole-process", action="store_true")
     ap.add_argument("--wp-images", type=int, default=48)
+    ap.add_argument("--per-class", action="store_true", help="CPU ms per feature class of "
+                    "one case (--case), both engines")
+    ap.add_argument("--case", type=int, default=1)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    emit(whole_process(a) if a.whole_process else engine_run(a), a.out)
+    emit(whole_process(a) if a.whole_process else per_class(a) if a.per_class
+         else engine_run(a), a.out)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,37 @@
-"""Feature-engine benchmark: our numpy engine against pyradiomics (prints JSON).
+"""Feature-engine benchmark: our numpy engine against pyradiomics 3.0.1, measured fairly.
 
-Single thread (OMP_NUM_THREADS=1 is set before numpy loads). Both engines run on the same
-cases in one run, interleaved case by case (each case ``--repeats`` times, the fastest kept),
-through HER2RadiomicsLib's FeatureExtractor (the native engine computes a case's regions in
-one pass; the pyradiomics path shares filtered images across regions). Reports the median
-seconds per case and the ratios for:
-- cui2023, tumour only;
-- cui2023, tumour + 3 rings (0-3, 0-5, 0-8 mm);
-- zhao2025, tumour only and tumour + 3 rings;
-- cui2023, the 0-8 mm ring alone (what its pixels cost, shared or not), and the native engine's
-  shared pass against the same four regions computed one by one.
-Targets (issue 12): >= 5x faster than pyradiomics for cui2023 tumour + 3 rings, >= 3x for
-zhao2025 tumour + 3 rings, tumour + 3 rings <= 2.5x the cost of tumour alone.
+Fair means (issue 30): every timed call gets a *fresh* image and fresh masks (deep copies made
+before the clock starts, so no engine reuses filtered images cached by an earlier repeat), the
+clock is the process's CPU time (``time.process_time``; wall time is reported beside it),
+numpy and ITK run on one thread (``OMP_NUM_THREADS=1`` before numpy loads,
+``SetGlobalDefaultNumberOfThreads(1)``), and both engines run on the same masks in the same
+run, interleaved case by case, so a ratio never mixes two machine states.
 
-Usage: python benchmarks/bench_engine.py [--cases 20] [--repeats 3] [--out results.json]
+Cases: real BUS-BRA images (every k-th of ``--root``, spacing 0.1 mm, the tumour and nested
+0-3/0-5/0-8 mm rings) when the dataset is there, synthetic ones otherwise (or with
+``--synthetic``). Per preset (cui2023, zhao2025) it reports, as medians over the cases of each
+case's fastest repeat:
+
+- tumour alone and tumour + 3 rings, native vs pyradiomics, CPU and wall seconds and ratios;
+- the native engine's shared pass over the four regions against the same engine computing
+  them one at a time (filtered images computed once in both);
+- microseconds of native CPU time per 1,000 pixels of the regions' union.
+
+``--per-class`` instead splits one case's CPU time (tumour + 3 rings, ``--case``-th of the
+cases) by feature class, ours against pyradiomics': where the remaining time goes.
+
+``--whole-process`` instead times two whole processes on ``--wp-images`` real images:
+``python -m HER2RadiomicsLib extract --manifest M --params cui2023 --rings 3,5,8 --jobs 1``
+against a plain Python script calling pyradiomics' ``RadiomicsFeatureExtractor`` on the same
+region masks (written to files beforehand, outside the clock), children's CPU time and wall.
+
+Targets (issue 30): cui2023 tumour + 3 rings >= 12x faster than pyradiomics in CPU time per
+case, zhao2025 >= 7x, shared pass >= 1.5x faster than one region at a time; whole process
+<= 0.12 of the plain pyradiomics script.
+
+Usage: python benchmarks/bench_engine.py [--cases 12] [--repeats 3] [--synthetic]
+       [--presets cui2023 zhao2025] [--whole-process [--wp-images 48]]
+       [--per-class [--case 1]] [--out results.json]
 """
 from __future__ import annotations
 
@@ -22,102 +40,351 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import csv
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-import sys
 from pathlib import Path
 
-# print the JSON, save it with --out (the same for every benchmark)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit
+
+REPO = Path(__file__).resolve().parents[1]
+BUSBRA = REPO.parent / "shared" / "datasets" / "busbra"
+SPACING_MM = (0.1, 0.1)       # BUS-BRA has no calibration; the parity script's value
+
+
+def _load():
+    """uptime's three load averages: other processes share this machine's cores."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def _busbra(root: Path, n: int) -> list:
+    """``(image, mask, id)`` of every k-th BUS-BRA image (all scanners and sizes)."""
+    with open(root / "bus_data.csv", newline="", encoding="utf-8-sig") as fh:
+        ids = [r["ID"] for r in csv.DictReader(fh)]
+    step = max(1, len(ids) // max(n, 1))
+    return [(root / "images" / f"{s}.png", root / "masks" / f"{s.replace('bus_', 'mask_')}.png",
+             s) for s in ids[::step][:n]]
+
+
+def _cases(a, tmp: Path) -> tuple:
+    """Loaded cases ``(image, {region: mask})`` and where they came from."""
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
+    if not a.synthetic and (Path(a.root) / "bus_data.csv").is_file():
+        files, source, spacing = _busbra(Path(a.root), a.cases), "BUS-BRA", SPACING_MM
+    else:
+        from HER2RadiomicsLib.imaging.synth import generate_cohort
+        generate_cohort(tmp, n_cases=a.cases, seed=9, reader_fraction=0,
+                        second_view_fraction=0)
+        with open(tmp / "cohort.csv") as fh:
+            files = [(tmp / r["image"], tmp / r["mask"], r["image"])
+                     for r in list(csv.DictReader(fh))[:a.cases]]
+        source, spacing = "synthetic", None
+    cases = []
+    for img, msk, _ in files:
+        try:
+            li, m = load_case(img, msk, spacing_mm=spacing)
+            regs = build_regions(li.image, m, "3,5,8", fov=None, annuli=False)
+        except InputError:
+            continue              # a case the command line would refuse: not a timing
+        cases.append((li.image, regs.masks))
+    return cases, source
+
+
+def _fresh(image, masks: dict):
+    """Deep copies: new pixel buffers and new objects, so no cache keyed on either hits."""
+    import SimpleITK as sitk
+
+    def copy(im):
+        out = sitk.GetImageFromArray(sitk.GetArrayFromImage(im))
+        out.CopyInformation(im)
+        return out
+    return copy(image), {r: copy(m) for r, m in masks.items()}
+
+
+def _timed(fn) -> tuple:
+    c0, w0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - c0, time.perf_counter() - w0
+
+
+def _median(rows, i):
+    return statistics.median(r[i] for r in rows)
+
+
+def engine_run(a) -> dict:
+    import warnings
+    # pyradiomics feeds LBP a float image; scikit-image warns each time (not news here)
+    warnings.filterwarnings("ignore", "Applying `local_binary_pattern`", UserWarning)
+    import numpy as np
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)   # ITK's filters: one thread too
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    from HER2RadiomicsLib.extraction import fast
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": _load(),
+           "repeats": a.repeats, "threads": 1, "clock": "process_time (CPU), per case the "
+           "fastest of the repeats, median over cases",
+           "compiled_glrlm": fast.available()}     # the [fast] extra (numba) in use
+    with tempfile.TemporaryDirectory() as tmp:
+        cases, res["source"] = _cases(a, Path(tmp))
+    res["cases"] = len(cases)
+    union = [int(np.logical_or.reduce([sitk.GetArrayViewFromImage(m) > 0
+                                       for m in masks.values()]).sum()) for _, masks in cases]
+    tum = [int(sitk.GetArrayViewFromImage(masks["tumor"]).sum()) for _, masks in cases]
+    res["median_pixels"] = {"tumour": statistics.median(tum),
+                            "union_tumour_3rings": statistics.median(union)}
+    for preset in a.presets:
+        engines = {e: FeatureExtractor(preset, engine=e) for e in ("pyradiomics", "native")}
+        for scope in ("tumour", "tumour+3rings"):
+            per = {e: [] for e in engines}      # per case: (cpu, wall) of the fastest repeat
+            for image, masks in cases:
+                regions = {"tumor": masks["tumor"]} if scope == "tumour" else masks
+                best = {e: (float("inf"), float("inf")) for e in engines}
+                for _ in range(a.repeats):
+                    for e, fx in engines.items():           # interleaved, same case
+                        im, ms = _fresh(image, regions)
+                        t = _timed(lambda: fx.extract(im, ms))
+                        best[e] = min(best[e], t)
+                for e in engines:
+                    per[e].append(best[e])
+            py, nat = per["pyradiomics"], per["native"]
+            row = {"pyradiomics_cpu_s": round(_median(py, 0), 4),
+                   "native_cpu_s": round(_median(nat, 0), 4),
+                   "speedup_cpu": round(_median(py, 0) / _median(nat, 0), 2),
+                   "pyradiomics_wall_s": round(_median(py, 1), 4),
+                   "native_wall_s": round(_median(nat, 1), 4),
+                   "speedup_wall": round(_median(py, 1) / _median(nat, 1), 2),
+                   # the median of the per-case ratios (each case against itself)
+                   "speedup_cpu_median_per_case": round(statistics.median(
+                       p[0] / n[0] for p, n in zip(py, nat)), 2)}
+            if scope != "tumour":
+                row["native_us_per_1000_union_px"] = round(statistics.median(
+                    n[0] / u * 1e9 for n, u in zip(nat, union)), 1)
+                row["pyradiomics_us_per_1000_union_px"] = round(statistics.median(
+                    p[0] / u * 1e9 for p, u in zip(py, union)), 1)
+            res[f"{preset}/{scope}"] = row
+        # the shared pass against the same engine one region at a time (one fresh image per
+        # repeat, its filtered images computed once in both)
+        fx = engines["native"]
+        per = {"together": [], "one_by_one": []}
+        for image, masks in cases:
+            best = {k: (float("inf"),) * 2 for k in per}
+            for _ in range(a.repeats):
+                im, ms = _fresh(image, masks)
+                best["together"] = min(best["together"], _timed(lambda: fx.extract(im, ms)))
+                im, ms = _fresh(image, masks)
+                best["one_by_one"] = min(best["one_by_one"], _timed(
+                    lambda: [fx.extract(im, {n: m}) for n, m in ms.items()]))
+            for k in per:
+                per[k].append(best[k])
+        res[f"{preset}/native_shared_vs_one_by_one"] = {
+            "together_cpu_s": round(_median(per["together"], 0), 4),
+            "one_by_one_cpu_s": round(_median(per["one_by_one"], 0), 4),
+            "speedup_cpu": round(_median(per["one_by_one"], 0) / _median(per["together"], 0),
+                                 2)}
+    res["load_after"] = _load()
+    res["targets"] = {
+        "cui2023 tumour+3rings >= 12x (CPU)": res.get("cui2023/tumour+3rings", {}).get(
+            "speedup_cpu", 0) >= 12,
+        "zhao2025 tumour+3rings >= 7x (CPU)": res.get("zhao2025/tumour+3rings", {}).get(
+            "speedup_cpu", 0) >= 7,
+        "shared pass >= 1.5x one by one (cui2023)": res.get(
+            "cui2023/native_shared_vs_one_by_one", {}).get("speedup_cpu", 0) >= 1.5}
+    return res
+
+
+PLAIN = '''"""A plain pyradiomics script: one extractor, every region of every image, one CSV."""
+import csv, logging, sys
+import SimpleITK as sitk
+from radiomics import featureextractor
+logging.getLogger("radiomics").setLevel(logging.ERROR)
+params, listing, out = sys.argv[1:4]
+ex = featureextractor.RadiomicsFeatureExtractor(params)
+rows = []
+with open(listing, newline="") as fh:
+    for r in csv.DictReader(fh):
+        image = sitk.ReadImage(r["image"])
+        feats = {"case_id": r["case_id"], "region": r["region"]}
+        res = ex.execute(image, sitk.ReadImage(r["mask"]))
+        feats.update({k: float(v) for k, v in res.items() if not k.startswith("diagnostics")})
+        rows.append(feats)
+with open(out, "w", newline="") as fh:
+    w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+'''
+
+
+def _child(cmd, env) -> tuple:
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    w0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - w0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime), wall
+
+
+def whole_process(a) -> dict:
+    import SimpleITK as sitk
+    from HER2RadiomicsLib.errors import InputError
+    from HER2RadiomicsLib.extraction.features import resolve_params
+    from HER2RadiomicsLib.imaging.io import load_case
+    from HER2RadiomicsLib.imaging.rings import build_regions
+    root = Path(a.root)
+    if not (root / "bus_data.csv").is_file():
+        return {"whole_process": f"skipped: no BUS-BRA images at {root}"}
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": _load()}
+    env = dict(os.environ, OMP_NUM_THREADS="1", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1",
+               PYTHONPATH=str(REPO))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        man, listing, n = [], [], 0
+        for img, msk, stem in _busbra(root, 4 * a.wp_images):
+            if n == a.wp_images:
+                break
+            try:
+                li, m = load_case(img, msk, spacing_mm=SPACING_MM)
+                # the regions the command builds: rings 3,5,8 with annuli, detected field
+                regs = build_regions(li, m, "3,5,8", fov="auto")
+            except InputError:
+                continue
+            n += 1
+            man.append({"case_id": stem, "image": str(img), "mask": str(msk)})
+            sitk.WriteImage(li.image, str(tmp / f"{stem}.nrrd"))
+            for r, rm in regs.masks.items():
+                sitk.WriteImage(rm, str(tmp / f"{stem}__{r}.nrrd"))
+                listing.append({"case_id": stem, "region": r, "image": str(tmp / f"{stem}.nrrd"),
+                                "mask": str(tmp / f"{stem}__{r}.nrrd")})
+        for name, rows in (("manifest.csv", man), ("regions.csv", listing)):
+            with open(tmp / name, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        (tmp / "plain.py").write_text(PLAIN)
+        ours = [sys.executable, "-m", "HER2RadiomicsLib", "extract", "--manifest",
+                str(tmp / "manifest.csv"), "--params", "cui2023", "--rings", "3,5,8",
+                "--spacing-mm", *map(str, SPACING_MM), "--jobs", "1", "--no-progress",
+                "--out", str(tmp / "ours.csv")]
+        plain = [sys.executable, str(tmp / "plain.py"), str(resolve_params("cui2023")),
+                 str(tmp / "regions.csv"), str(tmp / "plain.csv")]
+        t = {"ours": [], "plain_pyradiomics": []}
+        for _ in range(a.repeats):
+            for k, cmd in (("ours", ours), ("plain_pyradiomics", plain)):   # interleaved
+                t[k].append(_child(cmd, env))
+    best = {k: min(v) for k, v in t.items()}
+    res.update({"images": n, "regions": len(listing), "repeats": a.repeats,
+                "ours_cpu_s": round(best["ours"][0], 2),
+                "plain_pyradiomics_cpu_s": round(best["plain_pyradiomics"][0], 2),
+                "ratio_cpu": round(best["ours"][0] / best["plain_pyradiomics"][0], 3),
+                "ours_wall_s": round(best["ours"][1], 2),
+                "plain_pyradiomics_wall_s": round(best["plain_pyradiomics"][1], 2),
+                "ratio_wall": round(best["ours"][1] / best["plain_pyradiomics"][1], 3),
+                "all_runs": {k: [[round(c, 2), round(w, 2)] for c, w in v]
+                             for k, v in t.items()},
+                "target": "ratio <= 0.12", "load_after": _load()})
+    return {"whole_process": res}
+
+
+def _timer(acc: dict, label: str, fn):
+    """``fn`` adding its CPU seconds to ``acc[label]`` on every call."""
+    def timed(*args, **kw):
+        c0 = time.process_time()
+        try:
+            return fn(*args, **kw)
+        finally:
+            acc[label] = acc.get(label, 0.0) + time.process_time() - c0
+    return timed
+
+
+def per_class(a) -> dict:
+    """CPU ms per feature class of one case (tumour + 3 rings), both engines: where the time
+    goes. Our passes are timed where the shared pass calls them (matrices and formulas
+    together); pyradiomics' per class around each class's construction and ``execute``.
+    pyradiomics' filters are generators run between classes, so they fall in its remainder
+    (with its diagnostics); ours in "filters"."""
+    import warnings
+    warnings.filterwarnings("ignore", "Applying `local_binary_pattern`", UserWarning)
+    import logging
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    import radiomics
+    from radiomics import featureextractor, imageoperations
+    from HER2RadiomicsLib.extraction import engine as E
+    from HER2RadiomicsLib.extraction import multi, native
+    from HER2RadiomicsLib.extraction.features import FeatureExtractor
+    acc = {}
+    for mod, names in ((multi, ("_glcm", "_gldm", "_glrlm", "_glszm", "_ngtdm", "_Union")),
+                       (E, ("glcm_features", "gldm_features", "glrlm_features",
+                            "glszm_features", "firstorder_values", "shape2d"))):
+        for n in names:
+            label = {"_Union": "union set-up", "firstorder_values": "firstorder",
+                     "shape2d": "shape2D"}.get(n, n.strip("_").replace("_features", ""))
+            setattr(mod, n, _timer(acc, "native " + label, getattr(mod, n)))
+    for n, label in (("diagnostics", "diagnostics"), ("_filtered", "filters")):
+        setattr(native.NativeExtractor, n, _timer(acc, "native " + label,
+                                                  getattr(native.NativeExtractor, n)))
+    classes = radiomics.getFeatureClasses()       # pyradiomics looks them up here per call
+    for name, cls in list(classes.items()):
+        sub = type(cls.__name__, (cls,), {})
+        sub.__init__ = _timer(acc, f"pyradiomics {name}", cls.__init__)
+        sub.execute = _timer(acc, f"pyradiomics {name}", cls.execute)
+        classes[name] = sub
+    rfe = featureextractor.RadiomicsFeatureExtractor
+    rfe.computeShape = _timer(acc, "pyradiomics shape2D", rfe.computeShape)
+    rfe.loadImage = staticmethod(_timer(acc, "pyradiomics load and normalise",
+                                        rfe.loadImage))
+    imageoperations.checkMask = _timer(acc, "pyradiomics checkMask", imageoperations.checkMask)
+    with tempfile.TemporaryDirectory() as tmp:
+        cases, source = _cases(a, Path(tmp))
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": _load(),
+           "source": source, "repeats": a.repeats, "clock": "process_time (CPU), mean over "
+           "the repeats; total: median", "case": a.case}
+    image, masks = cases[min(a.case, len(cases) - 1)]
+    for preset in a.presets:
+        for engine in ("native", "pyradiomics"):
+            fx = FeatureExtractor(preset, engine=engine)
+            fx.extract(*_fresh(image, masks))                  # imports and caches warm
+            acc.clear()
+            runs = [_fresh(image, masks) for _ in range(a.repeats)]
+            total = sorted(_timed(lambda: fx.extract(im, ms))[0] for im, ms in runs)
+            ms_ = {k.split(" ", 1)[1]: round(v / a.repeats * 1e3, 2)
+                   for k, v in sorted(acc.items(), key=lambda kv: -kv[1])
+                   if k.startswith(engine + " ")}
+            ms_["total"] = round(total[len(total) // 2] * 1e3, 2)
+            ms_["remainder"] = round(ms_["total"] - sum(
+                v for k, v in ms_.items() if k != "total"), 2)
+            res[f"{preset}/{engine}_ms"] = ms_
+    res["load_after"] = _load()
+    return res
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3,
-                    help="timings per case and engine; the fastest counts (a shared 2-core "
-                         "machine adds noise of the order of the effects measured)")
+                    help="fresh-image timings per case and engine; the fastest counts (a "
+                         "shared 2-core machine adds noise of the order of the effects)")
+    ap.add_argument("--root", default=str(BUSBRA))
+    ap.add_argument("--synthetic", action="store_true", help="synthetic cases even when the "
+                    "BUS-BRA images are there")
+    ap.add_argument("--presets", nargs="+", default=["cui2023", "zhao2025"])
+    ap.add_argument("--whole-process", action="store_true")
+    ap.add_argument("--wp-images", type=int, default=48)
+    ap.add_argument("--per-class", action="store_true", help="CPU ms per feature class of "
+                    "one case (--case), both engines")
+    ap.add_argument("--case", type=int, default=1)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    import csv
-    from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.extraction.features import FeatureExtractor
-    from HER2RadiomicsLib.imaging.io import load_case
-    from HER2RadiomicsLib.imaging.rings import build_regions
-    from HER2RadiomicsLib.imaging.synth import generate_cohort
-    import SimpleITK as sitk
-    res = {"cases": a.cases, "repeats": a.repeats, "threads": os.environ["OMP_NUM_THREADS"]}
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        generate_cohort(d, n_cases=a.cases, seed=9, reader_fraction=0,
-                        second_view_fraction=0)
-        cases = []
-        for r in list(csv.DictReader(open(d / "cohort.csv")))[:a.cases]:
-            li, m = load_case(d / r["image"], d / r["mask"])
-            regs = build_regions(li.image, m, "3,5,8", annuli=False)
-            cases.append((li, regs.masks))
-        for preset in ("cui2023", "zhao2025"):
-            try:
-                engines = {e: FeatureExtractor(preset, engine=e)
-                           for e in ("pyradiomics", "native")}
-            except InputError as exc:
-                res[f"{preset}"] = {"native": f"not supported yet: {exc}"}
-                continue
-            scopes = {"tumour": ["tumor"], "tumour+3rings": None}
-            if preset == "cui2023":
-                # the largest ring alone: what any engine pays for its pixels, shared or not
-                scopes["ring0-8mm"] = ["peri_0-8mm"]
-            for scope, names in scopes.items():
-                t = {e: [] for e in engines}
-                for li, masks in cases:
-                    regions = masks if names is None else {n: masks[n] for n in names}
-                    best = {e: float("inf") for e in engines}
-                    for _ in range(a.repeats):
-                        for e, fx in engines.items():      # interleaved, same case
-                            t0 = time.perf_counter()
-                            fx.extract(li.image, regions, spacing_known=li.spacing_known)
-                            best[e] = min(best[e], time.perf_counter() - t0)
-                    for e in engines:
-                        t[e].append(best[e])
-                med = {e: statistics.median(v) for e, v in t.items()}
-                res[f"{preset}/{scope}"] = {
-                    "pyradiomics_s": round(med["pyradiomics"], 4),
-                    "native_s": round(med["native"], 4),
-                    "speedup": round(med["pyradiomics"] / med["native"], 2)}
-        for e in ("pyradiomics", "native"):
-            k1, k2, k3 = "cui2023/tumour", "cui2023/tumour+3rings", "cui2023/ring0-8mm"
-            if k1 in res and k2 in res:
-                res[f"cui2023_rings_cost_over_tumour_{e}"] = round(
-                    res[k2][f"{e}_s"] / res[k1][f"{e}_s"], 2)
-                res[f"cui2023_ring8_alone_cost_over_tumour_{e}"] = round(
-                    res[k3][f"{e}_s"] / res[k1][f"{e}_s"], 2)
-        # the shared pass against the same engine computing the four regions one by one
-        fx = FeatureExtractor("cui2023", engine="native")
-        t = {"together": [], "one_by_one": []}
-        for li, masks in cases:
-            best = {k: float("inf") for k in t}
-            for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                fx.extract(li.image, masks, spacing_known=li.spacing_known)
-                best["together"] = min(best["together"], time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                for n, m in masks.items():
-                    fx.extract(li.image, {n: m}, spacing_known=li.spacing_known)
-                best["one_by_one"] = min(best["one_by_one"], time.perf_counter() - t0)
-            for k in t:
-                t[k].append(best[k])
-        med = {k: statistics.median(v) for k, v in t.items()}
-        res["cui2023/tumour+3rings_native_shared_vs_one_by_one"] = {
-            "together_s": round(med["together"], 4), "one_by_one_s": round(med["one_by_one"], 4),
-            "speedup": round(med["one_by_one"] / med["together"], 2)}
-        # pixels, for the ratios above: the rings' union is what the shared pass visits
-        px = [(int(sitk.GetArrayViewFromImage(m["tumor"]).sum()),
-               int(sitk.GetArrayViewFromImage(m["peri_0-8mm"]).sum())) for _, m in cases]
-        res["median_pixels"] = {"tumour": statistics.median(p for p, _ in px),
-                                "ring0-8mm": statistics.median(q for _, q in px)}
-    emit(res, a.out)
+    emit(whole_process(a) if a.whole_process else per_class(a) if a.per_class
+         else engine_run(a), a.out)
 
 
 if __name__ == "__main__":

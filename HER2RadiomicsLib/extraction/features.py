@@ -340,8 +340,8 @@ class FeatureExtractor:
         (pyradiomics answers "Maximum allowed size exceeded" or MemoryError).
         """
         arr = sitk.GetArrayViewFromImage(image)
-        bad = ~np.isfinite(arr)
-        if bad.any():
+        if not np.isfinite(arr).all():     # counted only when there is something to say
+            bad = ~np.isfinite(arr)
             raise InputError(f"{path}: the image has {int(bad.sum())} NaN/Inf pixel(s); "
                              "radiomics needs finite grey values (fix or mask them first)")
         st = self.params.get("setting") or {}
@@ -360,12 +360,15 @@ class FeatureExtractor:
             vals = float(st.get("normalizeScale", 1)) * (vals - vals.mean()) / (sd or 1.0)
             inside = vals[union]
         else:
-            inside = arr[union].astype(np.float64)
-        levels = (inside.max() - inside.min()) / width
+            # no float64 copy: the conversion is exact and monotone, so the extremes and
+            # their difference (in Python floats, i.e. float64) are the same
+            inside = arr[union]
+        lo, hi = float(inside.min()), float(inside.max())
+        levels = (hi - lo) / width
         if levels > MAX_GREY_LEVELS:
             raise InputError(
-                f"{path}: binWidth {width:g} on grey values spanning {inside.min():.4g} to "
-                f"{inside.max():.4g} gives {levels:,.0f} grey levels (at most "
+                f"{path}: binWidth {width:g} on grey values spanning {lo:.4g} to "
+                f"{hi:.4g} gives {levels:,.0f} grey levels (at most "
                 f"{MAX_GREY_LEVELS:,}: the texture matrices would need "
                 f"~{4 * 8 * levels ** 2 / 2 ** 30:,.0f} GB); raise binWidth or use binCount")
 

@@ -26,7 +26,7 @@ from .glcm import GLCM, glcm, glcm_features, glcm_matrices, glcm_normalise
 from .gldm import GLDM, gldm, gldm_features
 from .glrlm import GLRLM, glrlm, glrlm_features, glrlm_normalise
 from .glszm import GLSZM, glszm, glszm_features
-from .ngtdm import NGTDM, ngtdm, ngtdm_values
+from .ngtdm import NGTDM, ngtdm, ngtdm_features, ngtdm_from_counts, ngtdm_values
 from .region import EPS, Region, Settings, angles_2d, bin_edges, discretise
 from .shape2d import SHAPE2D, shape2d
 
@@ -42,4 +42,5 @@ __all__ = ["CLASSES", "CLASS_FUNCTIONS", "EPS", "FIRSTORDER", "FIRSTORDER_OPTION
            "bin_edges", "discretise", "family_features", "firstorder", "firstorder_values",
            "glcm", "glcm_features", "glcm_matrices", "glcm_normalise", "gldm",
            "gldm_features", "glrlm", "glrlm_features", "glrlm_normalise", "glszm",
-           "glszm_features", "ngtdm", "ngtdm_values", "shape2d"]
+           "glszm_features", "ngtdm", "ngtdm_features",
+           "ngtdm_from_counts", "ngtdm_values", "shape2d"]

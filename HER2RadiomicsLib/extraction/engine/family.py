@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .region import EPS, angle_means, pad_stack
+from .region import EPS, angle_means_many, pad_stack
 
 #: the shared features, in the order each class lists its names
 FAMILY = ("Small", "Large", "GLN", "GLNN", "SizeNU", "SizeNUN", "Percentage", "GLV",
@@ -104,10 +104,8 @@ def family_features(table: dict, Ps, presents, N=None, Np=None, names=None,
         Np = np.sum(P.sum(1) * jvector[None, :, None], 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         vals = _family(P, ivector, jvector, N, Np)
-    return [_named(table, {k: v[r] for k, v in vals.items()}, names) for r in range(R)]
-
-
-def _named(table: dict, values: dict, names) -> dict:
-    keys = [k for k in values if k in table]
-    got = dict(zip((table[k] for k in keys), angle_means([values[k] for k in keys])))
-    return {k: got[k] for k in (names or table.values())}
+    keys = [k for k in vals if k in table]
+    means = angle_means_many(vals, keys)                     # (features, regions)
+    wanted = list(names or table.values())
+    row = {table[k]: f for f, k in enumerate(keys)}
+    return [{n: float(means[row[n], r]) for n in wanted} for r in range(R)]

@@ -63,7 +63,8 @@ def firstorder_values(x: np.ndarray, counts: np.ndarray, spacing=(1.0, 1.0),
     pixel count of each grey level present (``counts``)."""
     p = counts / counts.sum()
     n = x.size
-    shifted = x + voxel_array_shift
+    # x + 0.0 is x: no pass over the pixels when there is no shift
+    shifted = x + voxel_array_shift if voxel_array_shift else x
     mean = x.mean()
     dev = x - mean
     dev2 = dev * dev          # products, not ** 3 / ** 4: numpy's pow is ~20x slower
@@ -73,7 +74,9 @@ def firstorder_values(x: np.ndarray, counts: np.ndarray, spacing=(1.0, 1.0),
     median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
     inner = x[(x >= p10) & (x <= p90)]
     energy = float(np.sum(shifted * shifted))
-    sd = x.std()
+    # numpy's std is the square root of this very mean of squared deviations (the same
+    # operations in the same order): no second pass for it
+    sd = np.sqrt(m2)
     flat = m2 == 0
     out = {
         "10Percentile": p10, "90Percentile": p90,

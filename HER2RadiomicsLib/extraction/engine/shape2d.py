@@ -62,6 +62,31 @@ def _oriented(a, b, set_corners):
     return (a, b) if cross > 0 else (b, a)
 
 
+def _segment_table():
+    """Each corner pattern's oriented segments as arrays: ``ends[code, k]`` = (start, end)
+    (row, col) of its k-th segment (two for the saddles 5 and 10, one for the others), and
+    ``two[code]``: the pattern has a second segment."""
+    table = _cell_segments(saddle_joined=False)    # diagonal neighbours: separate contours
+    ends = np.zeros((16, 2, 2, 2))
+    two = np.zeros(16, bool)
+    for c in range(1, 15):
+        on = np.array([(c >> k) & 1 for k in range(4)], bool)
+        for k_seg, (e0, e1) in enumerate(table[c]):
+            a, b = _EDGE_MID[e0], _EDGE_MID[e1]
+            # the set corners on this segment's side: those nearer to it than the others
+            if c in (5, 10):
+                k = e1 if (e1 - e0) % 4 == 1 else e0
+                side = _CORNERS[[k]] if on[k] else _CORNERS[on]
+            else:
+                side = _CORNERS[on]
+            ends[c, k_seg] = _oriented(a, b, side)
+        two[c] = len(table[c]) == 2
+    return ends, two
+
+
+_ENDS, _TWO = _segment_table()
+
+
 def shape2d(mask: np.ndarray, spacing=(1.0, 1.0), names=None):
     """2D shape features of a region: marching-squares contour (perimeter, enclosed area,
     largest vertex distance) and the principal axes of the pixel centres.
@@ -70,49 +95,39 @@ def shape2d(mask: np.ndarray, spacing=(1.0, 1.0), names=None):
     """
     m = np.pad(np.asarray(mask, bool), 1)
     sp = np.array([spacing[1], spacing[0]], dtype=np.float64)       # (row, col)
-    table = _cell_segments(saddle_joined=False)     # diagonal neighbours: separate contours
     mb = m.view(np.uint8)
     code = mb[:-1, :-1] | (mb[:-1, 1:] << 1) | (mb[1:, 1:] << 2) | (mb[1:, :-1] << 3)
-    # the boundary cells, grouped by pattern, each group in row-major order (one pass over
-    # the box instead of one per pattern)
+    # every boundary cell's segments at once, looked up by its corner pattern (one pass,
+    # no loop over the patterns): the first segment of each cell, then the saddles' second
     flat = code.ravel()
     cells = np.flatnonzero((flat > 0) & (flat < 15))
     kinds = flat[cells]
-    order = np.argsort(kinds, kind="stable")
-    cells, kinds = cells[order], kinds[order]
-    starts = np.searchsorted(kinds, np.arange(1, 16))
-    width = code.shape[1]
-    # contour vertices, doubled to integers (they lie on half-pixel positions), marked on a
-    # grid: the distinct vertices in (row, column) order without sorting
-    marks = np.zeros((2 * code.shape[0] + 1, 2 * width + 1), bool)
-    area2 = 0.0
-    perimeter = 0.0
-    for c in range(1, 15):
-        ys, xs = np.divmod(cells[starts[c - 1]:starts[c]], width)
-        if ys.size == 0:
-            continue
-        base = np.stack([ys, xs], 1).astype(np.float64)
-        on = np.array([(c >> k) & 1 for k in range(4)], bool)
-        for e0, e1 in table[c]:
-            a, b = _EDGE_MID[e0], _EDGE_MID[e1]
-            # the set corners on this segment's side: those nearer to it than the others
-            if c in (5, 10):
-                k = e1 if (e1 - e0) % 4 == 1 else e0
-                side = _CORNERS[[k]] if on[k] else _CORNERS[on]
-            else:
-                side = _CORNERS[on]
-            a, b = _oriented(a, b, side)
-            A = (base + a) * sp
-            B = (base + b) * sp
-            # shoelace in (x, y) = (col, row)
-            area2 += np.sum(A[:, 1] * B[:, 0] - B[:, 1] * A[:, 0])
-            perimeter += np.sum(np.hypot(*(B - A).T))
-            for v in (a, b):
-                marks[2 * ys + int(2 * v[0]), 2 * xs + int(2 * v[1])] = True
+    ys, xs = np.divmod(cells, code.shape[1])
+    base = np.stack([ys, xs], 1).astype(np.float64)
+    two = _TWO[kinds]
+    base = np.concatenate([base, base[two]])
+    ends = np.concatenate([_ENDS[kinds, 0], _ENDS[kinds[two], 1]])        # (segments, 2, 2)
+    A = (base + ends[:, 0]) * sp
+    B = (base + ends[:, 1]) * sp
+    # shoelace in (x, y) = (col, row)
+    area2 = np.sum(A[:, 1] * B[:, 0] - B[:, 1] * A[:, 0])
+    perimeter = np.sum(np.hypot(*(B - A).T))
+    # contour vertices, doubled to integers (they lie on half-pixel positions); only the
+    # leftmost and rightmost of each row can be corners of the convex hull, on which the
+    # farthest pair lies: the others are dropped before the hull is sought
+    vy = (2 * np.concatenate([base[:, 0] + ends[:, 0, 0], base[:, 0] + ends[:, 1, 0]])
+          ).astype(np.intp)
+    vx = (2 * np.concatenate([base[:, 1] + ends[:, 0, 1], base[:, 1] + ends[:, 1, 1]])
+          ).astype(np.intp)
+    lo = np.full(2 * code.shape[0] + 1, np.iinfo(np.intp).max)
+    hi = np.full(lo.size, -1)
+    np.minimum.at(lo, vy, vx)
+    np.maximum.at(hi, vy, vx)
+    rows = np.flatnonzero(hi >= 0)
+    V = np.concatenate([np.stack([rows, lo[rows]], 1), np.stack([rows, hi[rows]], 1)])
     area = abs(area2) / 2.0
     # (base + a) * spacing, as the segments' ends were computed: halves are exact
-    V = np.argwhere(marks).astype(np.float64) / 2.0 * sp
-    diameter = _max_distance(V)
+    diameter = _max_distance(V.astype(np.float64) / 2.0 * sp)
     coords = np.argwhere(m).astype(np.float64) * sp
     coords -= coords.mean(0)
     coords /= math.sqrt(len(coords))

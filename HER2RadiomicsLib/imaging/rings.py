@@ -111,7 +111,6 @@ def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Imag
     # rings loads neither (scikit-image's morphology alone costs ~0.2 s; tested in
     # test_outputs_atomic)
     from scipy import ndimage as ndi
-    from skimage.morphology import convex_hull_image
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     h, w = arr.shape
     # Work at <= 256 px: the FOV is a large smooth shape and morphology cost grows with size^2.
@@ -127,13 +126,72 @@ def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Imag
     if n == 0:
         out = np.ones_like(arr, dtype=np.uint8)
     else:
-        sizes = ndi.sum(fg, lab, index=np.arange(1, n + 1))
+        # pixel counts per label; argmax takes the first of equal sizes, as ndi.sum's did
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
         keep = lab == (1 + int(np.argmax(sizes)))
-        hull = convex_hull_image(keep)
+        hull = _convex_hull_mask(keep)
         out = np.repeat(np.repeat(hull, f, axis=0), f, axis=1)[:h, :w].astype(np.uint8)
     res = sitk.GetImageFromArray(out)
     res.CopyInformation(image)
     return res
+
+
+def _convex_hull_mask(keep: np.ndarray) -> np.ndarray:
+    """The pixels inside or on the convex hull of ``keep``'s pixels taken as diamonds.
+
+    The same set as scikit-image's ``convex_hull_image(keep)`` (hull of the pixel-edge
+    midpoints, borders included; Testing/test_fov_hull.py compares them), without importing
+    scikit-image's morphology and scipy's spatial package (~0.3 s a process). All coordinates
+    are kept doubled, as integers, so every inside/on-edge decision is exact.
+    """
+    rows = np.flatnonzero(keep.any(axis=1))
+    left = keep[rows].argmax(axis=1)
+    right = keep.shape[1] - 1 - keep[rows, ::-1].argmax(axis=1)
+    # every pixel lies between its row's first and last one, so these rows' diamonds span
+    # the hull of all the pixels' diamonds
+    r2, lo2, hi2 = 2 * rows, 2 * left, 2 * right
+    pts = np.concatenate([np.stack([r2 - 1, lo2], 1), np.stack([r2 + 1, lo2], 1),
+                          np.stack([r2, lo2 - 1], 1), np.stack([r2 - 1, hi2], 1),
+                          np.stack([r2 + 1, hi2], 1), np.stack([r2, hi2 + 1], 1)])
+    hull = _monotone_chain(sorted(set(map(tuple, pts.tolist()))))
+    # a counter-clockwise hull (in (row, col) axes): a pixel (y, x) is kept when for every
+    # edge v -> w, cross(w - v, p - v) = ey*(px - vx) - ex*(py - vy) >= 0 (0: on the edge)
+    v = np.array(hull, dtype=np.int64)
+    e = np.roll(v, -1, axis=0) - v
+    vy, vx, ey, ex = v[:, 0:1], v[:, 1:2], e[:, 0:1], e[:, 1:2]
+    py = 2 * np.arange(keep.shape[0], dtype=np.int64)[None, :]
+    a = ey                                       # cross = a * px - c >= 0
+    c = ex * (py - vy) + ey * vx
+    big = np.int64(4 * (keep.shape[1] + 2))
+    pos, neg = a > 0, a < 0
+    safe = np.where(a == 0, 1, a)
+    lo = np.where(pos, -((-c) // safe), -big)    # px >= ceil(c / a)
+    hi = np.where(neg, c // safe, big)           # px <= floor(c / a)
+    empty = ((a == 0) & (c > 0)).any(axis=0)     # a row beyond a horizontal edge
+    lo_px = (lo.max(axis=0) + 1) // 2            # doubled -> pixel columns, rounded inwards
+    hi_px = np.floor_divide(hi.min(axis=0), 2)
+    cols = np.arange(keep.shape[1])[None, :]
+    out = (cols >= lo_px[:, None]) & (cols <= hi_px[:, None])
+    out[empty] = False
+    return out
+
+
+def _monotone_chain(points: list) -> list:
+    """Convex hull (Andrew's monotone chain) of sorted integer points, collinear ones dropped,
+    counter-clockwise in (row, col) axes."""
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in points:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(points):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The field of view's convex hull without scikit-image's morphology: the same pixels.
+"""The field of view's hull and morphology, computed faster: the same pixels.
 
 ``rings._convex_hull_mask`` replaces scikit-image's ``convex_hull_image`` (whose import pulls
-scipy's spatial package into every extract). The reference here is scikit-image itself, and
+scipy's spatial package into every extract), ``rings._disk_morphology`` scipy's binary
+closing and opening by a disk. The references are scikit-image and scipy themselves, and
 the whole detection is checked against the previous implementation written out below (scipy's
 morphology, ``ndi.sum`` sizes, scikit-image's hull) on the synthetic scans.
 """
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HER2RadiomicsLib.imaging.rings import _convex_hull_mask, _disk, build_regions, detect_fov
+from HER2RadiomicsLib.imaging.rings import (_convex_hull_mask, _disk, _disk_morphology,
+                                            build_regions, detect_fov)
 
 convex_hull_image = pytest.importorskip("skimage.morphology").convex_hull_image
 
@@ -52,6 +54,26 @@ def test_hull_of_sector_shapes():
     for m in ((r > 60) & (r < 210) & (np.abs(a) < 0.6),
               (y > 10) & (y < 170) & (np.abs(x - 110) < 40 + 0.4 * y)):
         np.testing.assert_array_equal(_convex_hull_mask(m), convex_hull_image(m))
+
+
+def test_disk_morphology_equals_scipy():
+    from scipy import ndimage as ndi
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        r = int(rng.integers(1, 9))
+        a = rng.random((h, w)) < rng.uniform(0.05, 0.95)
+        se = _disk(r)
+        np.testing.assert_array_equal(_disk_morphology(a, r, dilate=True),
+                                      ndi.binary_dilation(a, structure=se, border_value=0))
+        np.testing.assert_array_equal(_disk_morphology(a, r, dilate=False),
+                                      ndi.binary_erosion(a, structure=se, border_value=0))
+        np.testing.assert_array_equal(
+            _disk_morphology(_disk_morphology(a, r, dilate=True), r, dilate=False),
+            ndi.binary_closing(a, structure=se, iterations=1, border_value=0))
+        np.testing.assert_array_equal(
+            _disk_morphology(_disk_morphology(a, r, dilate=False), r, dilate=True),
+            ndi.binary_opening(a, structure=se))
 
 
 def _previous_detect_fov(image, threshold_fraction=0.03):

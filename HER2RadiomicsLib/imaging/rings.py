@@ -119,9 +119,9 @@ def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Imag
     hi = float(np.percentile(small, 99))
     fg = small > max(threshold_fraction * hi, 1e-6)
     r = max(1, round(min(small.shape) * 0.015))
-    fg = ndi.binary_closing(fg, structure=_disk(r), iterations=1, border_value=0)
+    fg = _disk_morphology(_disk_morphology(fg, r, dilate=True), r, dilate=False)   # closing
     fg = ndi.binary_fill_holes(fg)
-    fg = ndi.binary_opening(fg, structure=_disk(2 * r))
+    fg = _disk_morphology(_disk_morphology(fg, 2 * r, dilate=False), 2 * r, dilate=True)
     lab, n = ndi.label(fg)
     if n == 0:
         out = np.ones_like(arr, dtype=np.uint8)
@@ -134,6 +134,38 @@ def detect_fov(image: sitk.Image, threshold_fraction: float = 0.03) -> sitk.Imag
     res = sitk.GetImageFromArray(out)
     res.CopyInformation(image)
     return res
+
+
+def _disk_morphology(a: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
+    """Binary dilation or erosion by :func:`_disk`, pixels outside the image counting as 0.
+
+    What scipy's ``binary_dilation``/``binary_erosion`` give with ``border_value=0`` (so
+    ``binary_closing``/``binary_opening`` as the detection used them; Testing/test_fov_hull.py
+    compares), in row runs: the disk is a stack of centred horizontal segments, so each of
+    its rows costs one shifted AND/OR of a segment result computed once per half-width,
+    ~4 r array operations instead of the disk's ~3 r^2 pixels per image pixel.
+    """
+    disk = _disk(radius)
+    r = disk.shape[0] // 2
+    h, w = a.shape
+    ap = np.pad(a, r)                                    # zeros outside, as border_value=0
+    comb = np.logical_or if dilate else np.logical_and
+    seg = {0: ap}                                        # half-width -> segment result
+    half = [int(row.sum()) // 2 for row in disk]
+    for k in range(1, max(half) + 1):
+        prev = seg[k - 1]
+        cur = prev.copy()
+        comb(cur[:, k:], ap[:, :-k], out=cur[:, k:])     # the pixel k to the left
+        comb(cur[:, :-k], ap[:, k:], out=cur[:, :-k])    # the pixel k to the right
+        if not dilate:
+            cur[:, :k] = False                           # their left neighbour is outside
+            cur[:, -k:] = False
+        seg[k] = cur
+    out = None
+    for dy, k in enumerate(half):
+        part = seg[k][dy:dy + h, r:r + w]
+        out = part.copy() if out is None else comb(out, part, out=out)
+    return out
 
 
 def _convex_hull_mask(keep: np.ndarray) -> np.ndarray:
@@ -179,19 +211,17 @@ def _convex_hull_mask(keep: np.ndarray) -> np.ndarray:
 def _monotone_chain(points: list) -> list:
     """Convex hull (Andrew's monotone chain) of sorted integer points, collinear ones dropped,
     counter-clockwise in (row, col) axes."""
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    lower, upper = [], []
-    for p in points:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    for p in reversed(points):
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return lower[:-1] + upper[:-1]
+    def half(seq):
+        out = []
+        for p in seq:
+            # cross(o, a, p) <= 0: a is no left turn, drop it (written out: this loop is the
+            # hull's cost)
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out[:-1]
+    return half(points) + half(reversed(points))
 
 
 @dataclass

@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_icc.py
 	$(PY) benchmarks/bench_startup.py
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_whole.py
 	$(PY) benchmarks/bench_station.py
 	$(PY) benchmarks/bench_models.py
 

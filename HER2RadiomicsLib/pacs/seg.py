@@ -23,18 +23,18 @@ source-image references, and our reader (:func:`read_contour`, :func:`read_segme
 those. dcmqi, which 3D Slicer's QuantitativeReporting uses to load a SEG
 (``segimage2itkimage``), refuses a SEG without plane orientation and position. So
 :func:`build_seg` gives the SEG a *nominal* geometry, the one 3D Slicer gives the image when it
-loads it: origin (0, 0, 0), identity orientation (rows along +x, columns along +y, LPS), pixel
-spacing from the image's calibration (:func:`nominal_spacing`: Pixel Spacing, else the one
+loads it: origin (0, 0, 0), identity orientation (a row runs along +x, a column along +y; LPS),
+pixel spacing from the image's calibration (:func:`nominal_spacing`: Pixel Spacing, else the one
 calibration of its Sequence of Ultrasound Regions, cm -> mm, else 1 mm, Slicer's placeholder)
 and a slice thickness of :data:`NOMINAL_SLICE_THICKNESS_MM`. The label images dcmqi makes then
 overlay the image in Slicer pixel for pixel. The geometry is written through highdicom (on the
 copy of the image's header it is given), with a Frame of Reference of the SEG's own
-(:func:`frame_of_reference_uid`: derived from the image's SOP Instance UID, so a rerun writes the
-same SEG) and an empty Position Reference Indicator (no anatomical reference). DICOM (PS3.3,
-Segmentation IOD) allows this: the Frame of Reference module is conditional, and with it present
-the SEG carries the Plane Position and Plane Orientation (Patient) and Pixel Measures
-functional groups, as here (dciodvfy: no error). The positions are nominal, not anatomical:
-they place the SEG on its image, nothing more. SEGs written before (no geometry) still read.
+(:func:`frame_of_reference_uid`: derived from the image's SOP Instance UID, so a rerun writes
+the same geometry) and an empty Position Reference Indicator (no anatomical reference). DICOM
+(PS3.3, Segmentation IOD) allows this: the Frame of Reference module is conditional, and with it
+present the SEG carries the Plane Position and Plane Orientation (Patient) and Pixel Measures
+functional groups, as here (dciodvfy: no error). The positions are nominal, not anatomical: they
+place the SEG on its image, nothing more. SEGs written before (no geometry) still read.
 
 Example
 -------
@@ -75,7 +75,7 @@ _TYPE2_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
 NOMINAL_SLICE_THICKNESS_MM = 1.0
 #: Pixel spacing (mm) when the image states no calibration: 3D Slicer's placeholder then.
 UNKNOWN_SPACING_MM = 1.0
-#: Identity orientation (LPS): rows along +x, columns along +y, as Slicer places the image.
+#: Identity orientation (LPS): a row runs along +x, a column along +y, as Slicer places the image.
 _IDENTITY_ORIENTATION = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
@@ -370,7 +370,7 @@ def nominal_spacing(image) -> tuple:
 def frame_of_reference_uid(image) -> str:
     """The Frame of Reference UID of the nominal geometry of a SEG of ``image``: derived from
     the image's SOP Instance UID alone, so every SEG of one image shares it (they overlay) and a
-    rerun writes the same SEG."""
+    rerun writes the same one."""
     from .sr import derived_uid        # sr imports this module: import when used
     return derived_uid("seg-frame-of-reference", _uid_of(image))
 

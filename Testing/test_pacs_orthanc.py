@@ -161,6 +161,16 @@ def test_round_trip_seg_in_features_seg_and_sr_out(pacs, tmp_path, capsys):
         for name, ds in (("seg", seg), ("sr", sr)):
             ds.save_as(tmp_path / f"{name}.dcm")
             assert _errors(tmp_path / f"{name}.dcm") == [], name
+    # Slicer's converter (dcmqi) gives the archive's SEG back on the image's calibration
+    from test_pacs_dcmqi import SEG2ITK, _labels
+    if SEG2ITK:
+        seg.save_as(tmp_path / "seg_dcmqi.dcm")
+        converted = _labels(tmp_path / "seg_dcmqi.dcm", tmp_path / "dcmqi")
+        assert list(converted) == labels
+        for name, (img, value) in converted.items():
+            assert img.GetSpacing()[:2] == pytest.approx(loaded.image.GetSpacing(), rel=1e-9)
+            assert np.array_equal(sitk.GetArrayFromImage(img)[0] == value,
+                                  sitk.GetArrayFromImage(regions.masks[name]) > 0), name
     # a second run adds nothing to the archive
     before = _count(pacs, case["study"])
     capsys.readouterr()

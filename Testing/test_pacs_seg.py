@@ -165,23 +165,91 @@ def test_bad_requests_are_one_line_errors(tmp_path):
         dseg.build_seg(image, {"tumor": np.zeros_like(tumor)}, dseg.Algorithm(), **_uids())
 
 
-def test_a_seg_of_an_image_with_pixel_spacing_reads_back(tmp_path):
-    """highdicom writes a Pixel Measures item without Slice Thickness for a 2D image that has
-    Pixel Spacing, and its own reader refuses that item: our reader must still give the lesion
-    and rings back, pixel for pixel, from the file as written (and leave the dataset as read)."""
+def test_an_older_seg_without_geometry_of_an_image_with_pixel_spacing_reads_back(
+        tmp_path, monkeypatch):
+    """SEGs written before the nominal geometry have none, and for an image with Pixel Spacing
+    highdicom wrote a Pixel Measures item without Slice Thickness, which its own reader
+    refuses: our reader must still give the lesion and rings back, pixel for pixel, from the
+    file as written (and leave the dataset as read)."""
     from us_dicom import lesion, us_image
     image = pydicom.dcmread(us_image(tmp_path / "spaced.dcm"))
     assert "PixelSpacing" in image                      # the case this test is about
     tumor = lesion()
     ring = lesion(grow=4) & ~tumor
+    # the writer as it was: highdicom given the image's header without a geometry
+    monkeypatch.setattr(dseg, "_add_nominal_geometry", lambda src, image: None)
     ds = dseg.build_seg(image, {"tumor": tumor, "peri_0-3mm": ring}, dseg.Algorithm("MANUAL"),
                         content_creator="Reader^One", **_uids())
     ds.save_as(tmp_path / "seg.dcm")
     back = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert "FrameOfReferenceUID" not in back            # an older SEG
     shared = back.SharedFunctionalGroupsSequence[0]
-    assert "PixelMeasuresSequence" in shared            # what highdicom wrote
+    assert "SliceThickness" not in shared.PixelMeasuresSequence[0]   # what highdicom wrote
     contour = dseg.read_contour(back, image)
     assert np.array_equal(contour.mask, tumor)
     segments = dseg.read_segments(back, image)
     assert np.array_equal(segments["peri_0-3mm"], ring)
     assert "PixelMeasuresSequence" in back.SharedFunctionalGroupsSequence[0]   # not altered
+
+
+def _calibrated(tmp_path, name, pixel_spacing=None, delta_cm=None):
+    """A test image with Pixel Spacing ``pixel_spacing`` (row, column mm), or else one
+    calibrated 2D ultrasound region of ``delta_cm`` (x, y cm), or neither."""
+    from pydicom.dataset import Dataset
+    from us_dicom import us_image
+    image = pydicom.dcmread(us_image(tmp_path / f"{name}.dcm"))
+    del image.PixelSpacing
+    if pixel_spacing is not None:
+        image.PixelSpacing = list(pixel_spacing)
+    if delta_cm is not None:
+        region = Dataset()
+        region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+        region.RegionLocationMaxX1 = int(image.Columns) - 1
+        region.RegionLocationMaxY1 = int(image.Rows) - 1
+        region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3      # cm
+        region.PhysicalDeltaX, region.PhysicalDeltaY = delta_cm
+        image.SequenceOfUltrasoundRegions = [region]
+    return image
+
+
+@pytest.mark.parametrize("calibration, spacing", [
+    ({"pixel_spacing": (0.15, 0.1)}, [0.15, 0.1]),        # DICOM order: rows, columns
+    ({"delta_cm": (0.02, 0.03)}, [0.3, 0.2]),             # x, y cm -> rows (y), columns (x) mm
+    ({}, [1.0, 1.0])])                                    # none: Slicer's 1 mm placeholder
+def test_a_seg_has_the_nominal_geometry_of_slicers_placement_of_its_image(
+        tmp_path, calibration, spacing):
+    from us_dicom import lesion
+    image = _calibrated(tmp_path, "us", **calibration)
+    assert "FrameOfReferenceUID" not in image and "ImagePositionPatient" not in image
+    ds = dseg.build_seg(image, {"tumor": lesion()}, dseg.Algorithm("MANUAL"), **_uids())
+    ds.save_as(tmp_path / "seg.dcm")
+    back = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert back.PositionReferenceIndicator in ("", None)
+    shared = back.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == \
+        [1, 0, 0, 0, 1, 0]
+    measures = shared.PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == pytest.approx(spacing, rel=1e-9)
+    assert float(measures.SliceThickness) == 1.0
+    frame = back.PerFrameFunctionalGroupsSequence[0]
+    assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [0, 0, 0]
+    assert np.array_equal(dseg.read_contour(back, image).mask, lesion())
+    if DCIODVFY:
+        assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+
+
+def test_the_frame_of_reference_depends_on_the_image_alone(tmp_path):
+    """A rerun (new UIDs given, same image) writes the same Frame of Reference; another
+    image gets another one; neither is a UID of the image."""
+    from us_dicom import lesion
+    image = _calibrated(tmp_path, "a", pixel_spacing=(0.1, 0.1))
+    other = _calibrated(tmp_path, "b", pixel_spacing=(0.1, 0.1))
+    first = dseg.build_seg(image, {"tumor": lesion()}, dseg.Algorithm(), **_uids())
+    again = dseg.build_seg(image, {"tumor": lesion(grow=2)}, dseg.Algorithm(), **_uids())
+    elsewhere = dseg.build_seg(other, {"tumor": lesion()}, dseg.Algorithm(), **_uids())
+    assert first.FrameOfReferenceUID == again.FrameOfReferenceUID
+    assert first.FrameOfReferenceUID != elsewhere.FrameOfReferenceUID
+    assert first.FrameOfReferenceUID not in (image.SOPInstanceUID, image.StudyInstanceUID,
+                                             image.SeriesInstanceUID)
+    assert pydicom.uid.UID(first.FrameOfReferenceUID).is_valid

@@ -15,6 +15,27 @@ Segments written
   family *Morphological operations*, named ``HER2Radiomics rings`` with the region's
   distances as a parameter.
 
+Patient geometry of the SEG
+---------------------------
+A 2D ultrasound image has no patient geometry (no Frame of Reference, no Image Position or
+Orientation (Patient)), and a SEG of it needs none in DICOM: it is tied to the image by its
+source-image references, and our reader (:func:`read_contour`, :func:`read_segments`) goes by
+those. dcmqi, which 3D Slicer's QuantitativeReporting uses to load a SEG
+(``segimage2itkimage``), refuses a SEG without plane orientation and position. So
+:func:`build_seg` gives the SEG a *nominal* geometry, the one 3D Slicer gives the image when it
+loads it: origin (0, 0, 0), identity orientation (a row runs along +x, a column along +y; LPS),
+pixel spacing from the image's calibration (:func:`nominal_spacing`: Pixel Spacing, else the one
+calibration of its Sequence of Ultrasound Regions, cm -> mm, else 1 mm, Slicer's placeholder)
+and a slice thickness of :data:`NOMINAL_SLICE_THICKNESS_MM`. The label images dcmqi makes then
+overlay the image in Slicer pixel for pixel. The geometry is written through highdicom (on the
+copy of the image's header it is given), with a Frame of Reference of the SEG's own
+(:func:`frame_of_reference_uid`: derived from the image's SOP Instance UID, so a rerun writes
+the same geometry) and an empty Position Reference Indicator (no anatomical reference). DICOM
+(PS3.3, Segmentation IOD) allows this: the Frame of Reference module is conditional, and with it
+present the SEG carries the Plane Position and Plane Orientation (Patient) and Pixel Measures
+functional groups, as here (dciodvfy: no error). The positions are nominal, not anatomical: they
+place the SEG on its image, nothing more. SEGs written before (no geometry) still read.
+
 Example
 -------
 >>> from HER2RadiomicsLib.pacs import seg as dseg                              # doctest: +SKIP
@@ -25,11 +46,15 @@ Example
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: The region name of the lesion segment (the library's region name for the tumour).
 LESION = "tumor"
@@ -45,6 +70,13 @@ LESION_TYPE_CODES = {"4147007", "108369006", "52988006"}
 _TYPE2_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                  "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
                  "ReferringPhysicianName")
+#: Slice thickness (mm) of the nominal geometry: a 2D image has none, and 1 mm is the third
+#: spacing ITK (and so 3D Slicer) gives a single slice, so dcmqi's label image matches it.
+NOMINAL_SLICE_THICKNESS_MM = 1.0
+#: Pixel spacing (mm) when the image states no calibration: 3D Slicer's placeholder then.
+UNKNOWN_SPACING_MM = 1.0
+#: Identity orientation (LPS): a row runs along +x, a column along +y, as Slicer places the image.
+_IDENTITY_ORIENTATION = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
 @dataclass(frozen=True)
@@ -308,6 +340,59 @@ def _source_for_highdicom(image):
     return src
 
 
+def nominal_spacing(image) -> tuple:
+    """The image's pixel spacing, as 3D Slicer places it: ``((row, column) mm, source)``.
+
+    Pixel Spacing (DICOM order: between rows, between columns) when it holds two positive
+    finite numbers; else the Sequence of Ultrasound Regions when its calibrated 2D regions agree
+    on one spacing (PhysicalDeltaY, PhysicalDeltaX, cm -> mm, read as
+    :func:`HER2RadiomicsLib.imaging.io.parse_us_regions` does); else
+    :data:`UNKNOWN_SPACING_MM` (source ``"unknown"``, logged).
+    """
+    from ..imaging.io import parse_us_regions
+    val = image.get("PixelSpacing", None)
+    try:
+        spacing = [float(v) for v in val] if val is not None else []
+    except (TypeError, ValueError):
+        spacing = []
+    if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing):
+        return (spacing[0], spacing[1]), "PixelSpacing"
+    regions = parse_us_regions(image)
+    if regions and all(np.allclose(r.spacing_mm, regions[0].spacing_mm, rtol=1e-6)
+                       for r in regions):
+        dx_mm, dy_mm = regions[0].spacing_mm
+        return (dy_mm, dx_mm), "SequenceOfUltrasoundRegions"
+    log.info("image %s: no pixel calibration; the SEG's nominal pixel spacing is %g mm",
+             _uid_of(image), UNKNOWN_SPACING_MM)
+    return (UNKNOWN_SPACING_MM, UNKNOWN_SPACING_MM), "unknown"
+
+
+def frame_of_reference_uid(image) -> str:
+    """The Frame of Reference UID of the nominal geometry of a SEG of ``image``: derived from
+    the image's SOP Instance UID alone, so every SEG of one image shares it (they overlay) and a
+    rerun writes the same one."""
+    from .sr import derived_uid        # sr imports this module: import when used
+    return derived_uid("seg-frame-of-reference", _uid_of(image))
+
+
+def _add_nominal_geometry(src, image) -> None:
+    """Give ``src`` (highdicom's copy of ``image``'s header) the nominal patient geometry, so
+    highdicom writes the Frame of Reference and the plane and pixel-measures functional groups
+    (see the module's docstring). An image with a geometry of its own keeps it."""
+    if all(k in image for k in ("FrameOfReferenceUID", "ImagePositionPatient",
+                                "ImageOrientationPatient")):
+        return
+    (row_mm, col_mm), _ = nominal_spacing(image)
+    # the SEG's own frame: an image's Frame of Reference without positions is not the one the
+    # nominal positions are in
+    src.FrameOfReferenceUID = frame_of_reference_uid(image)
+    src.PositionReferenceIndicator = ""      # type 2: no anatomical reference point
+    src.ImagePositionPatient = [0.0, 0.0, 0.0]
+    src.ImageOrientationPatient = list(_IDENTITY_ORIENTATION)
+    src.PixelSpacing = [row_mm, col_mm]
+    src.SliceThickness = NOMINAL_SLICE_THICKNESS_MM
+
+
 def _code(value: str, scheme: str, meaning: str):
     from pydicom.sr.coding import Code
     return Code(value, scheme, meaning)
@@ -355,7 +440,8 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
     ----------
     image : pydicom.Dataset
         The source image (single frame); the SEG references it, copies its patient and study,
-        and needs no frame of reference (ultrasound has none).
+        and gets the nominal geometry of Slicer's placement of it when it has none (see the
+        module's docstring).
     regions : dict
         ``{region name: bool or 0/1 array (rows, columns)}``; must hold ``"tumor"`` (written as
         segment 1); the other regions follow in the dict's order.
@@ -408,8 +494,10 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
     kw = {}
     if content_creator:
         kw["content_creator_name"] = content_creator
+    src = _source_for_highdicom(image)
+    _add_nominal_geometry(src, image)
     seg = hd.seg.Segmentation(
-        source_images=[_source_for_highdicom(image)], pixel_array=pixels,
+        source_images=[src], pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
         series_instance_uid=series_uid, series_number=series_number, sop_instance_uid=sop_uid,
         instance_number=1, manufacturer="HER2Radiomics",
@@ -420,10 +508,6 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
         # an empty ring (clipped away) stays a segment with an empty frame, so every region
         # the features name has its segment
         omit_empty_frames=False, **kw)
-    # General Image's PatientOrientation is type 2C: required when the image has no Image
-    # Orientation (Patient), as a SEG of a 2D ultrasound image (no frame of reference) has
-    # none; highdicom 0.28 leaves it out (dciodvfy: "Missing attribute Type 2C"). Copy the
-    # source's, or write it empty (type 2: present, value unknown).
-    if "PatientOrientation" not in seg:
-        seg.PatientOrientation = image.get("PatientOrientation", None) or ""
+    # General Image's PatientOrientation (type 2C) is not required: every SEG written here has
+    # an Image Orientation (Patient), the image's own or the nominal one
     return seg

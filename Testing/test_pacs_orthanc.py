@@ -358,3 +358,27 @@ def test_reader_names_the_station_writes_match_and_others_are_left_out(pacs, tmp
     assert f"image {case['sop']} of study {case['study']}: no SEG of reader R9" in line
     assert not (tmp_path / "r9" / "features.csv").exists()
 
+
+def test_another_site_gives_another_sr_and_the_same_site_no_duplicate(pacs, tmp_path):
+    """The SR's UID follows its content: ``--site B`` after ``--site A`` stores a second SR
+    (each equal to the run's local file); the same site again stores nothing."""
+    from pathlib import Path
+    bundle = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing" \
+        / "model_bundle.zip"
+    case = pacs["cases"][3]
+    seg, _ = _reader_seg(case)
+    pacs["client"].store_instances([seg])
+    outs = {}
+    for site in ("A", "B"):
+        outs[site] = tmp_path / site
+        assert _run(pacs, case, outs[site], "--bundle", str(bundle), "--site", site) == 0
+    srs = {str(ds.SOPInstanceUID): ds for ds in _ours(pacs, case["study"], "SR")}
+    local_files = {site: pydicom.dcmread(outs[site] / "dicom" / f"{case['sop']}_sr.dcm")
+                   for site in outs}
+    assert len(srs) == 2
+    for site, ds in local_files.items():
+        assert ds.SOPInstanceUID in srs
+        assert srs[ds.SOPInstanceUID].ContentSequence == ds.ContentSequence, site
+    before = _count(pacs, case["study"])
+    assert _run(pacs, case, tmp_path / "A2", "--bundle", str(bundle), "--site", "A") == 0
+    assert _count(pacs, case["study"]) == before

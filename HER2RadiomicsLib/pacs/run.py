@@ -11,10 +11,12 @@ Per ultrasound image of the study (single-frame):
 3. with a bundle, the prediction (the bundle's own params and rings, as ``predict``);
 4. a SEG of the lesion and every ring and an SR referencing it, stored with STOW-RS.
 
-Idempotent: the SEG's and SR's UIDs are derived from what they hold (the image, the contour's
-pixels and who drew it, the settings, the library version, the bundle's digest), and an
-instance the server already holds is not sent again. A second run with the same settings adds
-nothing; a new contour or other settings add a new SEG and SR (the newest SEG wins next time).
+Idempotent: the SEG's and SR's UIDs are derived from a digest of what they hold (SEG: the
+image, every segment's pixels, the contour's algorithm, the settings and library version; SR:
+the SEG, every measurement, the prediction, the site and the bundle's digest; never a
+timestamp), and an instance the server already holds is not sent again. A second run with the
+same settings adds nothing; a new contour or other settings add a new SEG and SR (the newest
+SEG wins next time).
 """
 from __future__ import annotations
 
@@ -75,6 +77,12 @@ def _uid(*parts) -> str:
 def mask_digest(mask: np.ndarray) -> str:
     m = np.asarray(mask, dtype=bool)
     return hashlib.sha256(repr(m.shape).encode() + np.packbits(m).tobytes()).hexdigest()
+
+
+def content_digest(*parts) -> str:
+    """A digest of an object's content (numbers as their ``repr``: exact)."""
+    blob = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def settings_digest(cfg) -> str:
@@ -297,9 +305,12 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
     arrays, regions = _region_arrays(opts, im["path"], mask)
     if not np.array_equal(arrays[dseg.LESION], mask):
         raise InputError(f"image {out.case_id}: the lesion read back differs from the contour")
-    contour_id = (mask_digest(mask), algorithm.kind, algorithm.name, algorithm.version)
     study = opts.study
-    out.seg_uid = _uid("seg", out.case_id, *contour_id, settings)
+    # UIDs from a digest of what the object holds (never its timestamps): the same content
+    # gives the same UID (a rerun sends nothing), any other content a new one
+    out.seg_uid = _uid("seg", content_digest(
+        out.case_id, [(name, mask_digest(a)) for name, a in arrays.items()],
+        algorithm.kind, algorithm.name, algorithm.version, settings))
     seg_ds = dseg.build_seg(
         im["header"], arrays, algorithm, series_uid=_uid("seg-series", study, settings),
         sop_uid=out.seg_uid, ring_parameters=_ring_parameters(regions),
@@ -309,7 +320,9 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
     if opts.bundle is not None:
         result, prediction = _predict(opts, im, out)
     digest = binfo["digest"] if binfo else ""
-    out.sr_uid = _uid("sr", out.seg_uid, digest)
+    out.sr_uid = _uid("sr", content_digest(
+        out.seg_uid, sorted(row.items()), asdict(prediction) if prediction else None,
+        opts.site, digest, settings))
     sr_ds = dsr.build_sr(im["header"], seg_ds, row, prediction=prediction,
                          series_uid=_uid("sr-series", study, settings, digest),
                          sop_uid=out.sr_uid, series_number=SR_SERIES_NUMBER,

@@ -382,3 +382,49 @@ def test_another_site_gives_another_sr_and_the_same_site_no_duplicate(pacs, tmp_
     before = _count(pacs, case["study"])
     assert _run(pacs, case, tmp_path / "A2", "--bundle", str(bundle), "--site", "A") == 0
     assert _count(pacs, case["study"]) == before
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_failed_or_interrupted_run_leaves_the_previous_folder_as_it_was(pacs, tmp_path,
+                                                                          capsys, monkeypatch):
+    from HER2RadiomicsLib.cli import main
+    from HER2RadiomicsLib.pacs import run as prun
+    case, other = pacs["cases"][0], pacs["cases"][1]
+    out = tmp_path / "out"
+    assert _run(pacs, case, out, "--no-store") == 0
+    good = _snapshot(out)
+    assert "features.csv" in good and "pacs_run.json" in good
+    assert not any(".parts" in name for name in good)        # the batch's parts stay aside
+    # a report path is relative to --out (the run was built in a staging folder)
+    doc = __import__("json").loads(good["pacs_run.json"])
+    assert doc["cases"][0]["report"] == f"reports/{case['sop']}.html"
+    # no image done (exit 2): nothing replaced
+    capsys.readouterr()
+    assert _run(pacs, case, out, "--no-store", "--reader", "Nobody") == 2
+    assert _snapshot(out) == good
+    # interrupted after features.csv was written: nothing replaced, exit 130
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prun, "_finish_case", interrupted)
+    assert _run(pacs, case, out, "--no-store", "--rings", "3") == 130
+    assert _snapshot(out) == good
+    monkeypatch.undo()
+    # another study into the same folder: refused, one line, nothing changed
+    capsys.readouterr()
+    assert _run(pacs, other, out, "--no-store") == 2
+    assert f"holds the pacs run of study {case['study']}" in _one_error_line(capsys)
+    assert _snapshot(out) == good
+    # a pacs fetch folder is not a pacs run folder, nor the other way round
+    fetched = tmp_path / "fetched"
+    assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                 case["study"], "--out", str(fetched)]) == 0
+    assert _run(pacs, case, fetched, "--no-store") == 2
+    assert "written by 'her2radiomics pacs fetch'" in _one_error_line(capsys)
+    assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                 case["study"], "--out", str(out)]) == 2
+    assert "written by 'her2radiomics pacs run'" in _one_error_line(capsys)

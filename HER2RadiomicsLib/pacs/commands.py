@@ -74,7 +74,7 @@ def _connection(a):
 def cmd_run(a) -> int:
     from pathlib import Path
     from ..cli import _extract_config
-    from .run import RunOptions, run_study
+    from .run import RunOptions, run_into
     bundle = None
     if a.bundle:
         from ..modelling.bundle import load_bundle
@@ -83,17 +83,18 @@ def cmd_run(a) -> int:
     opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
                       bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
                       site=a.site, reader=a.reader)
-    outcomes, problems = run_study(opts)
+    outcomes, problems, published = run_into(opts)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     failed = [o for o in outcomes if o.error]
     for o in failed:
         print(f"error: {o.case_id}: {o.error}", file=sys.stderr)
     done = len(outcomes) - len(failed)
+    if not published:
+        print(f"0/{len(outcomes)} ultrasound images done; {a.out_dir} was not changed")
+        return 2
     print(f"{done}/{len(outcomes)} ultrasound images done -> {a.out_dir} (features.csv, "
           "reports/, dicom/, pacs_run.json)")
-    if done == 0:
-        return 2
     return 1 if (failed or problems) else 0
 
 

@@ -211,7 +211,7 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
 
     Returns ``(outcomes, problems)``: one :class:`CaseOutcome` per ultrasound image, and one
     line per SEG of the study that could not be used; writes features.csv, dicom/, reports/
-    and pacs_run.json into ``opts.out``.
+    and pacs_run.json into ``opts.out`` (a staging folder: see :func:`run_into`).
 
     Raises
     ------
@@ -255,7 +255,12 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
                          "mask": str(_write_mask(mask, tmp / f"{uid}_mask.png"))})
         feats = {}
         if rows:
-            res = run_batch(rows, opts.out / "features.csv", opts.cfg, progress=False)
+            from ..extraction.batch import BatchOptions
+            # the per-case parts live in the temporary folder: --out gets the tables only
+            res = run_batch(rows, opts.out / "features.csv", opts.cfg, progress=False,
+                            options=BatchOptions(parts_dir=tmp / "parts"))
+            if res.interrupted:         # the batch keeps Ctrl-C's parts; this run is over
+                raise KeyboardInterrupt
             for e in res.errors:
                 outcomes[e["case_id"]].error = e["error"]
             feats = _read_features(opts.out / "features.csv")
@@ -266,11 +271,48 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
             except HER2Error as exc:
                 out.error = str(exc)
             progress(_line(out))
-        for uid, out in outcomes.items():
-            if out.error:
-                progress(f"{uid}: {out.error}")
     _write_summary(opts, pacs.url, outcomes, problems)
     return list(outcomes.values()), problems
+
+
+#: the command that owns a ``pacs run`` output folder (its ownership marker names it)
+RUN_COMMAND = "pacs run"
+
+
+class _NothingDone(Exception):
+    """No image was done: the staged set is dropped and --out stays as it was."""
+
+
+def check_out_study(out: Path, study: str) -> None:
+    """Refuse an ``--out`` that holds another study's run: its tables would be replaced by
+    this study's, silently dropping the other's (one line, before any work)."""
+    try:
+        held = json.loads((Path(out) / "pacs_run.json").read_text(encoding="utf-8"))["study"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if held and held != study:
+        raise InputError(f"{out}: holds the pacs run of study {held}; give another --out for "
+                         f"study {study} (nothing was changed)")
+
+
+def run_into(opts: RunOptions, progress=print) -> tuple:
+    """:func:`run_study` into a staged copy of ``opts.out`` that replaces the previous set
+    (features.csv, dicom/, reports/, pacs_run.json) in one swap, only when at least one image
+    was done: a failed or interrupted run leaves the previous folder as it was.
+
+    Returns ``(outcomes, problems, published)``.
+    """
+    from dataclasses import replace
+    from ..outputs import staged_dir
+    check_out_study(opts.out, opts.study)
+    try:
+        with staged_dir(opts.out, RUN_COMMAND) as stage:
+            outcomes, problems = run_study(replace(opts, out=Path(stage)), progress)
+            if all(o.error for o in outcomes):
+                raise _NothingDone
+    except _NothingDone:
+        return outcomes, problems, False
+    return outcomes, problems, True
 
 
 def _read_features(path: Path) -> dict:
@@ -338,7 +380,7 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
         else:
             pacs.store([ds], study)
             out.stored.append(f"{kind} stored")
-    out.report = str(_report(opts, im, out, regions, result))
+    out.report = _report(opts, im, out, regions, result).relative_to(opts.out).as_posix()
 
 
 def _save(ds, path: Path) -> None:

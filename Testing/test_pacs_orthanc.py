@@ -428,3 +428,19 @@ def test_a_failed_or_interrupted_run_leaves_the_previous_folder_as_it_was(pacs, 
     assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
                  case["study"], "--out", str(out)]) == 2
     assert "written by 'her2radiomics pacs run'" in _one_error_line(capsys)
+
+
+def test_a_url_that_is_not_dicomweb_is_one_line_naming_the_fix(pacs, tmp_path, capsys):
+    """Orthanc's own root (its REST API, not DICOMweb): query, run and fetch say so (and
+    suggest /dicom-web) instead of a crash or 'study not found'."""
+    from HER2RadiomicsLib.cli import main
+    root, case = pacs["server"].url, pacs["cases"][0]
+    capsys.readouterr()
+    assert main(["pacs", "query", "--url", root]) == 2
+    line = _one_error_line(capsys)
+    assert "does not answer DICOMweb QIDO-RS" in line and f"{root}/dicom-web?" in line
+    for cmd in ("run", "fetch"):
+        assert main(["pacs", cmd, "--url", root, "--study", case["study"],
+                     "--out", str(tmp_path / cmd)]) == 2
+        line = _one_error_line(capsys)
+        assert "does not answer DICOMweb QIDO-RS" in line and "not found" not in line, cmd

@@ -151,8 +151,12 @@ def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
 def study_instances(pacs, study: str) -> list:
     """QIDO-RS metadata of a study's instances; refuses an unknown study and one without an
     ultrasound image (one line each)."""
-    instances = pacs.instances(study)
+    try:
+        instances = pacs.instances(study)
+    except dicomweb.NotFound:
+        instances = []
     if not instances:
+        pacs.probe()        # a URL that is no DICOMweb root is not "study not found"
         raise InputError(f"{pacs.url}: study {study} not found")
     if not any(dicomweb.is_ultrasound(m) for m in instances):
         kinds = sorted({m.get("Modality", "?") for m in instances})

@@ -444,3 +444,23 @@ def test_a_url_that_is_not_dicomweb_is_one_line_naming_the_fix(pacs, tmp_path, c
                      "--out", str(tmp_path / cmd)]) == 2
         line = _one_error_line(capsys)
         assert "does not answer DICOMweb QIDO-RS" in line and "not found" not in line, cmd
+
+
+def test_an_image_whose_only_seg_is_unusable_is_an_error_not_a_cnn_case(pacs, tmp_path,
+                                                                          capsys):
+    """A reader's SEG cut short: one error line, nothing stored for the image (no CNN)."""
+    from pydicom.uid import generate_uid
+    ds = pydicom.dcmread(pacs["cases"][0]["image"])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    case = {**pacs["cases"][0], "ds": ds, "study": ds.StudyInstanceUID, "sop": ds.SOPInstanceUID}
+    seg, _ = _reader_seg(case)
+    seg.PixelData = bytes(seg.PixelData)[:len(seg.PixelData) // 3]
+    pacs["client"].store_instances([ds, seg])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "o") == 2
+    captured = capsys.readouterr()
+    assert "CNN" not in captured.out + captured.err
+    (line,) = [ln for ln in captured.err.splitlines() if ln.startswith("error: ")]
+    assert seg.SOPInstanceUID in line and f"image {case['sop']} left out" in line
+    assert _count(pacs, case["study"]) == 2                 # the image and the reader's SEG

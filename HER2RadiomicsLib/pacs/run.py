@@ -113,7 +113,8 @@ def creator(ds) -> str:
 
 def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
                      reader: str | None = None) -> dict:
-    """``{image SOP UID: SegContour}`` from the newest SEG referencing each image.
+    """``({image SOP UID: SegContour}, {image SOP UID whose SEGs are all unusable})`` from
+    the newest SEG referencing each image.
 
     A SEG this command wrote (lesion and rings, :func:`.seg.is_derived`) counts only when no
     other SEG contours the image: a reader's contour drawn before the last run but stored after
@@ -121,7 +122,7 @@ def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
     only SEGs whose Content Creator's Name is ``reader`` count (a study holding several
     readers' station contours would otherwise give whichever reader saved last).
     """
-    found = {}
+    found, unusable = {}, {}
     for meta in segs_meta:
         uid = meta.get("SOPInstanceUID", "")
         ds = pacs.retrieve(study, meta.get("SeriesInstanceUID", ""), uid)
@@ -139,13 +140,18 @@ def _newest_contours(pacs, study, segs_meta, images: dict, problems: list,
             try:
                 contour = dseg.read_contour(ds, images[image_uid]["header"])
             except InputError as exc:
-                problems.append(f"{pacs.url}: {exc}")
+                unusable.setdefault(image_uid, []).append(f"{pacs.url}: {exc}")
                 continue
             rank = (not dseg.is_derived(ds), contour.content, contour.sop_uid)
             old = found.get(image_uid)
             if old is None or rank > old[0]:
                 found[image_uid] = (rank, contour)
-    return {uid: contour for uid, (_, contour) in found.items()}
+    for image_uid, lines in unusable.items():
+        if image_uid not in found:      # its contour exists but cannot be read: not a CNN case
+            lines[-1] += (f"; image {image_uid} left out (no usable SEG of it; no automatic "
+                          "contour in its place)")
+        problems.extend(lines)
+    return {uid: contour for uid, (_, contour) in found.items()}, set(unusable) - set(found)
 
 
 def study_instances(pacs, study: str) -> list:
@@ -181,7 +187,9 @@ def retrieve_study(pacs, study: str, instances: list, folder: Path, problems: li
         ds.save_as(path)
         images[uid] = {"header": ds, "path": path, "series": m["SeriesInstanceUID"]}
     segs = [m for m in instances if m.get("SOPClassUID") == dicomweb.SEG]
-    contours = _newest_contours(pacs, study, segs, images, problems, reader)
+    contours, unusable = _newest_contours(pacs, study, segs, images, problems, reader)
+    for uid in unusable:                # reported by _newest_contours
+        images.pop(uid)["path"].unlink(missing_ok=True)
     if reader is not None:
         # a user asking for a reader's contours expects that reader's: an image the reader did
         # not contour is reported and left out, not given the CNN's (or another's) contour

@@ -464,3 +464,20 @@ def test_an_image_whose_only_seg_is_unusable_is_an_error_not_a_cnn_case(pacs, tm
     (line,) = [ln for ln in captured.err.splitlines() if ln.startswith("error: ")]
     assert seg.SOPInstanceUID in line and f"image {case['sop']} left out" in line
     assert _count(pacs, case["study"]) == 2                 # the image and the reader's SEG
+
+
+def test_a_missing_or_unknown_site_is_refused_before_any_work(pacs, tmp_path, capsys,
+                                                             monkeypatch):
+    from pathlib import Path
+    from HER2RadiomicsLib.pacs import dicomweb
+    bundle = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing" \
+        / "model_bundle.zip"
+
+    def no_server(*a, **kw):
+        raise AssertionError("the server was asked before the site was checked")
+    monkeypatch.setattr(dicomweb.Pacs, "instances", no_server)
+    capsys.readouterr()
+    for extra, words in (((), "give the scanner site"), (("--site", "Z"), "unknown")):
+        assert _run(pacs, pacs["cases"][0], tmp_path / "o", "--bundle", str(bundle),
+                    *extra) == 2
+        assert words in _one_error_line(capsys)

@@ -79,6 +79,7 @@ def cmd_run(a) -> int:
     if a.bundle:
         from ..modelling.bundle import load_bundle
         bundle = load_bundle(a.bundle, trust=a.trust)
+        check_site(bundle, a.site)
     auth, ca = _connection(a)
     opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
                       bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
@@ -96,6 +97,21 @@ def cmd_run(a) -> int:
     print(f"{done}/{len(outcomes)} ultrasound images done -> {a.out_dir} (features.csv, "
           "reports/, dicom/, pacs_run.json)")
     return 1 if (failed or problems) else 0
+
+
+def check_site(bundle, site) -> None:
+    """A bundle that harmonises sites needs a --site it knows: refused before the study is
+    downloaded and extracted (one line, as ``predict`` says it)."""
+    import pandas as pd
+    from ..errors import InputError
+    from ..modelling.predict import _site_problems
+    meta = bundle.meta
+    batch = meta.get("batch_col", "site")
+    if batch not in (meta.get("input_columns") or []):
+        return
+    bad = _site_problems(bundle, pd.DataFrame({batch: [site]}), batch)
+    if bad:
+        raise InputError(bad[0])
 
 
 def cmd_fetch(a) -> int:

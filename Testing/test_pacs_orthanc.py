@@ -481,3 +481,25 @@ def test_a_missing_or_unknown_site_is_refused_before_any_work(pacs, tmp_path, ca
         assert _run(pacs, pacs["cases"][0], tmp_path / "o", "--bundle", str(bundle),
                     *extra) == 2
         assert words in _one_error_line(capsys)
+
+
+def test_an_image_without_calibration_takes_spacing_mm_and_is_named_by_uid(pacs, tmp_path,
+                                                                           capsys):
+    from pydicom.uid import generate_uid
+    ds = pydicom.dcmread(pacs["cases"][1]["image"])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for kw in ("SequenceOfUltrasoundRegions", "PixelSpacing"):
+        if kw in ds:
+            delattr(ds, kw)
+    case = {**pacs["cases"][1], "ds": ds, "study": ds.StudyInstanceUID, "sop": ds.SOPInstanceUID}
+    seg, _ = _reader_seg(case)
+    pacs["client"].store_instances([ds, seg])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "a", "--no-store") == 2
+    line = _one_error_line(capsys)
+    assert f"image {case['sop']}" in line and "--spacing-mm" in line
+    assert "her2radiomics-pacs-" not in line                  # not the deleted temporary copy
+    assert _run(pacs, case, tmp_path / "b", "--no-store", "--spacing-mm", "0.1", "0.1") == 0
+    (prov,) = _read_csv(tmp_path / "b" / "features_provenance.csv")
+    assert float(prov["spacing_x_mm"]) == 0.1 and float(prov["spacing_y_mm"]) == 0.1

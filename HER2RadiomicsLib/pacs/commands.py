@@ -36,6 +36,9 @@ def register(sub):
                    help="folder for features.csv, reports/, dicom/ and pacs_run.json")
     r.add_argument("--reader", help="take only this reader's SEGs (their Content Creator's "
                                     "Name, as the station writes it) as contours")
+    r.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"),
+                   help="pixel spacing in mm (column, row) for images whose DICOM states no "
+                        "calibration (their own calibration wins)")
     r.add_argument("--no-store", action="store_true",
                    help="write the SEG and SR into --out only, send nothing to the archive")
     _add_extract_options(r)
@@ -83,7 +86,8 @@ def cmd_run(a) -> int:
     auth, ca = _connection(a)
     opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
                       bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
-                      site=a.site, reader=a.reader)
+                      site=a.site, reader=a.reader,
+                      spacing_mm=tuple(a.spacing_mm) if a.spacing_mm else None)
     outcomes, problems, published = run_into(opts)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)

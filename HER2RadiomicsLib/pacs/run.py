@@ -54,6 +54,7 @@ class RunOptions:
     store: bool = True               # False: compute and write files, send nothing
     site: str | None = None          # scanner site, for bundles that harmonise sites
     reader: str | None = None        # only this content creator's SEGs are contours
+    spacing_mm: tuple | None = None  # (x, y) for images whose DICOM states no calibration
 
 
 @dataclass
@@ -247,6 +248,7 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
             out = outcomes[uid] = CaseOutcome(uid, im["series"])
             try:
                 dseg._check_single_frame(im["header"])
+                im["spacing_mm"] = _spacing_for(im["path"], opts.spacing_mm)
                 if uid in contours:
                     c = contours[uid]
                     mask, algorithm = c.mask, c.algorithm
@@ -255,16 +257,18 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
                     if segmenter is None:
                         from ..segmentation.inference import get_segmenter
                         segmenter = get_segmenter()
-                    loaded = read_image(im["path"])
+                    loaded = read_image(im["path"], spacing_mm=im["spacing_mm"])
                     mask, algorithm, conf = _cnn_contour(loaded, segmenter)
                     out.contour = (f"CNN auto-mask (AUTOMATIC, not reviewed; confidence "
                                    f"{conf:.2f})" if conf is not None else "CNN auto-mask")
             except HER2Error as exc:
-                out.error = str(exc)
+                out.error = _named(str(exc), im)
                 continue
             sources[uid] = (mask, algorithm)
             rows.append({"case_id": uid, "image": str(im["path"]),
                          "mask": str(_write_mask(mask, tmp / f"{uid}_mask.png"))})
+            if im["spacing_mm"]:
+                rows[-1]["spacing_x_mm"], rows[-1]["spacing_y_mm"] = im["spacing_mm"]
         feats = {}
         if rows:
             from ..extraction.batch import BatchOptions
@@ -274,14 +278,14 @@ def run_study(opts: RunOptions, progress=print) -> tuple:
             if res.interrupted:         # the batch keeps Ctrl-C's parts; this run is over
                 raise KeyboardInterrupt
             for e in res.errors:
-                outcomes[e["case_id"]].error = e["error"]
+                outcomes[e["case_id"]].error = _named(e["error"], images[e["case_id"]])
             feats = _read_features(opts.out / "features.csv")
         for uid, row in feats.items():
             out = outcomes[uid]
             try:
                 _finish_case(pacs, opts, images[uid], out, row, sources[uid], settings, binfo)
             except HER2Error as exc:
-                out.error = str(exc)
+                out.error = _named(str(exc), images[uid])
             progress(_line(out))
     _write_summary(opts, pacs.url, outcomes, problems)
     return list(outcomes.values()), problems
@@ -327,20 +331,38 @@ def run_into(opts: RunOptions, progress=print) -> tuple:
     return outcomes, problems, True
 
 
+def _spacing_for(path: Path, spacing_mm) -> tuple | None:
+    """``--spacing-mm`` for an image whose DICOM states no calibration (no Pixel Spacing,
+    no calibrated ultrasound region), else None: the file's own calibration wins."""
+    if not spacing_mm:
+        return None
+    from ..imaging.io import read_image
+    loaded = read_image(path)
+    return tuple(spacing_mm) if loaded.spacing_source == "unknown" and not loaded.us_regions \
+        else None
+
+
+def _named(error: str, im: dict) -> str:
+    """An error that names the image by its SOP Instance UID, not by the temporary copy
+    (deleted when the run ends)."""
+    return error.replace(str(im["path"]), f"image {im['header'].SOPInstanceUID}")
+
+
 def _read_features(path: Path) -> dict:
     with open(path, newline="", encoding="utf-8") as fh:
         return {r["case_id"]: {k: float(v) for k, v in r.items() if "__" in k and v != ""}
                 for r in csv.DictReader(fh)}
 
 
-def _region_arrays(opts, image_path: Path, mask: np.ndarray) -> dict:
+def _region_arrays(opts, image_path: Path, mask: np.ndarray, spacing_mm=None) -> dict:
     """The regions ``extract`` built for this case (same function, same settings)."""
     import SimpleITK as sitk
     from ..imaging.io import load_case
     from ..imaging.rings import build_regions
     cfg = opts.cfg
     mask_path = image_path.with_name(image_path.stem + "_mask.png")
-    loaded, m = load_case(image_path, mask_path, label=cfg.label, min_pixels=cfg.min_mask_pixels)
+    loaded, m = load_case(image_path, mask_path, label=cfg.label, min_pixels=cfg.min_mask_pixels,
+                          spacing_mm=spacing_mm)
     regions = build_regions(loaded, m, cfg.rings_mm, annuli=cfg.annuli, combined=cfg.combined,
                             fov="auto" if cfg.fov == "auto" else None,
                             max_clip_fraction=cfg.max_clip_fraction)
@@ -356,7 +378,7 @@ def _ring_parameters(regions) -> dict:
 def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
     from .. import __version__
     mask, algorithm = source
-    arrays, regions = _region_arrays(opts, im["path"], mask)
+    arrays, regions = _region_arrays(opts, im["path"], mask, im.get("spacing_mm"))
     if not np.array_equal(arrays[dseg.LESION], mask):
         raise InputError(f"image {out.case_id}: the lesion read back differs from the contour")
     study = opts.study
@@ -408,10 +430,10 @@ def _save(ds, path: Path) -> None:
 
 
 def _predict(opts, im, out):
-    from ..modelling.predict import predict_case
+    from ..modelling.predict import ReadOptions, predict_case
     mask_path = im["path"].with_name(im["path"].stem + "_mask.png")
     result = predict_case(opts.bundle, im["path"], mask_path, case_id=out.case_id,
-                          site=opts.site)
+                          site=opts.site, options=ReadOptions(spacing_mm=im.get("spacing_mm")))
     out.predicted_class = str(result.prediction.predicted_class)
     info = bundle_info(opts.bundle)
     return result, dsr.ModelPrediction(

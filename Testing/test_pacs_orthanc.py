@@ -239,12 +239,22 @@ def test_unreachable_server_is_one_line(tmp_path, capsys):
     from HER2RadiomicsLib.cli import main
     assert main(["pacs", "run", "--url", f"http://127.0.0.1:{port}/dicom-web", "--study", "1.2.3",
                  "--out", str(tmp_path / "o")]) == 2
-    assert "cannot reach the server" in _one_error_line(capsys)
+    assert "cannot reach the server (connection refused)" in _one_error_line(capsys)
+    # a query string (a token, say) in --url is refused and never echoed back
+    assert main(["pacs", "query", "--url",
+                 f"http://127.0.0.1:{port}/dicom-web?access_token=SECRET"]) == 2
+    line = _one_error_line(capsys)
+    assert "SECRET" not in line and "no query string" in line
 
 
 def test_wrong_credentials_are_one_line(tmp_path, capsys, monkeypatch):
     from HER2RadiomicsLib.cli import main
+    for name in ("HER2RADIOMICS_PACS_TOKEN", "HER2RADIOMICS_PACS_USER"):
+        monkeypatch.delenv(name, raising=False)
     with local.LocalOrthanc(users={"alice": "right"}) as server:
+        assert main(["pacs", "query", "--url", server.dicomweb_url]) == 2
+        assert "the server requires credentials (HTTP 401): set HER2RADIOMICS_PACS_TOKEN" \
+            in _one_error_line(capsys)
         monkeypatch.setenv("HER2RADIOMICS_PACS_USER", "alice")
         monkeypatch.setenv("HER2RADIOMICS_PACS_PASSWORD", "wrong")
         assert main(["pacs", "query", "--url", server.dicomweb_url]) == 2

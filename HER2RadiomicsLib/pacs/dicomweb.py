@@ -91,10 +91,18 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"{url}: not an http(s) DICOMweb URL (e.g. "
                          "https://pacs.example.org/dicom-web)")
+    shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") \
+        + parts.path
     if parts.username or parts.password:
         raise InputError(f"{parts.scheme}://{parts.hostname}: credentials in the URL would sit "
                          "on the command line; use HER2RADIOMICS_PACS_USER/_PASSWORD, "
                          "HER2RADIOMICS_PACS_TOKEN or --auth-file")
+    if parts.query or parts.fragment:
+        # a DICOMweb root has no query string; one such as ?access_token=... would carry a
+        # credential on the command line and into every error line: refused, never echoed
+        raise InputError(f"{shown}: a DICOMweb root URL has no query string (?...) or "
+                         "fragment (#...); credentials go in HER2RADIOMICS_PACS_TOKEN, "
+                         "HER2RADIOMICS_PACS_USER/_PASSWORD or --auth-file")
     return url.rstrip("/")
 
 
@@ -107,8 +115,27 @@ def _tls_reason(exc) -> str:
 
 
 def _first_line(exc) -> str:
+    """The message's first line, shortened at a word (never mid-word) past 200 characters."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text[0]
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
+
+
+#: what a refused/unresolvable/timed-out connection says, out of requests' long retry message
+_CONN_REASONS = ("Connection refused", "Name or service not known",
+                 "Temporary failure in name resolution", "nodename nor servname provided",
+                 "No route to host", "Network is unreachable", "Connection reset by peer",
+                 "Remote end closed connection without response", "timed out")
+
+
+def _conn_reason(exc) -> str:
+    text = str(exc)
+    for reason in _CONN_REASONS:
+        if reason.lower() in text.lower():
+            return reason[0].lower() + reason[1:]
+    return _first_line(exc)
 
 
 class Pacs:
@@ -132,6 +159,7 @@ class Pacs:
             raise InputError("PACS access needs dicomweb-client: pip install "
                              "'HER2RadiomicsLib[pacs]'") from exc
         self.url = check_url(url)
+        self.auth = auth
         session = _timeout_session(requests)()
         session.verify = str(ca_bundle) if ca_bundle else True
         if auth is not None and auth.kind == "basic":
@@ -154,10 +182,14 @@ class Pacs:
             raise InputError(f"{self.url}: TLS failed ({_tls_reason(exc)}); a hospital CA is "
                              "given with --ca-bundle") from exc
         except (req.exceptions.ConnectionError, req.exceptions.Timeout) as exc:
-            raise InputError(f"{self.url}: cannot reach the server ({_first_line(exc)})") \
+            raise InputError(f"{self.url}: cannot reach the server ({_conn_reason(exc)})") \
                 from exc
         except req.exceptions.HTTPError as exc:
             code = getattr(exc.response, "status_code", None)
+            if code == 401 and self.auth is None:
+                raise InputError(f"{self.url}: the server requires credentials (HTTP 401): set "
+                                 "HER2RADIOMICS_PACS_TOKEN or HER2RADIOMICS_PACS_USER/_PASSWORD, "
+                                 "or --auth-file") from exc
             if code in (401, 403):
                 raise InputError(f"{self.url}: the server refused the credentials (HTTP {code}); "
                                  "check HER2RADIOMICS_PACS_USER/_PASSWORD, "

@@ -226,6 +226,34 @@ def test_query_lists_what_the_tool_stored(pacs, capsys):
     assert main(["pacs", "query", "--url", pacs["server"].dicomweb_url, "--study", study]) == 0
     out = capsys.readouterr().out
     assert "[HER2Radiomics]" in out or "stored by HER2Radiomics: nothing" in out
+    ours = [ln for ln in out.splitlines() if ln.endswith("[HER2Radiomics]")]
+    assert ours and not any(" date - " in ln for ln in ours)     # the tool's series are dated
+
+
+def test_a_killed_parent_takes_its_orthanc_with_it(tmp_path):
+    """``kill -9`` of the process that started Orthanc (``pacs demo``) stops Orthanc too."""
+    import os
+    import signal
+    import sys
+    import time
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    code = ("from HER2RadiomicsLib.pacs.orthanc import LocalOrthanc; import time\n"
+            "s = LocalOrthanc().start(); print(s.process.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("Orthanc outlived its parent")
 
 
 def _one_error_line(capsys) -> str:

@@ -403,6 +403,8 @@ def _finish_case(pacs, opts, im, out, row, source, settings, binfo) -> None:
                          series_uid=_uid("sr-series", study, settings, digest),
                          sop_uid=out.sr_uid, series_number=SR_SERIES_NUMBER,
                          software_version=__version__)
+    # Series Date/Time (type 3) as the content's: `pacs query` lists the series with a date
+    sr_ds.SeriesDate, sr_ds.SeriesTime = sr_ds.ContentDate, sr_ds.ContentTime
     objects = opts.out / "dicom"
     objects.mkdir(parents=True, exist_ok=True)
     for kind, ds in (("SEG", seg_ds), ("SR", sr_ds)):

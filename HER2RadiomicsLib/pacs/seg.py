@@ -510,4 +510,7 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
         omit_empty_frames=False, **kw)
     # General Image's PatientOrientation (type 2C) is not required: every SEG written here has
     # an Image Orientation (Patient), the image's own or the nominal one
+    # Series Date/Time (type 3) as the content's: a series listing (`pacs query`, a PACS
+    # viewer) shows when it was made instead of nothing
+    seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
     return seg

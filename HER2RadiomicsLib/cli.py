@@ -322,7 +322,7 @@ def validate_args(a) -> None:
 
 
 def command_name(a) -> str:
-    sub = getattr(a, "station_cmd", None)
+    sub = getattr(a, "station_cmd", None) or getattr(a, "pacs_cmd", None)
     return f"{a.command} {sub}" if sub else a.command
 
 

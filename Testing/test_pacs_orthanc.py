@@ -226,6 +226,34 @@ def test_query_lists_what_the_tool_stored(pacs, capsys):
     assert main(["pacs", "query", "--url", pacs["server"].dicomweb_url, "--study", study]) == 0
     out = capsys.readouterr().out
     assert "[HER2Radiomics]" in out or "stored by HER2Radiomics: nothing" in out
+    ours = [ln for ln in out.splitlines() if ln.endswith("[HER2Radiomics]")]
+    assert ours and not any(" date - " in ln for ln in ours)     # the tool's series are dated
+
+
+def test_a_killed_parent_takes_its_orthanc_with_it(tmp_path):
+    """``kill -9`` of the process that started Orthanc (``pacs demo``) stops Orthanc too."""
+    import os
+    import signal
+    import sys
+    import time
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    code = ("from HER2RadiomicsLib.pacs.orthanc import LocalOrthanc; import time\n"
+            "s = LocalOrthanc().start(); print(s.process.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("Orthanc outlived its parent")
 
 
 def _one_error_line(capsys) -> str:
@@ -239,12 +267,22 @@ def test_unreachable_server_is_one_line(tmp_path, capsys):
     from HER2RadiomicsLib.cli import main
     assert main(["pacs", "run", "--url", f"http://127.0.0.1:{port}/dicom-web", "--study", "1.2.3",
                  "--out", str(tmp_path / "o")]) == 2
-    assert "cannot reach the server" in _one_error_line(capsys)
+    assert "cannot reach the server (connection refused)" in _one_error_line(capsys)
+    # a query string (a token, say) in --url is refused and never echoed back
+    assert main(["pacs", "query", "--url",
+                 f"http://127.0.0.1:{port}/dicom-web?access_token=SECRET"]) == 2
+    line = _one_error_line(capsys)
+    assert "SECRET" not in line and "no query string" in line
 
 
 def test_wrong_credentials_are_one_line(tmp_path, capsys, monkeypatch):
     from HER2RadiomicsLib.cli import main
+    for name in ("HER2RADIOMICS_PACS_TOKEN", "HER2RADIOMICS_PACS_USER"):
+        monkeypatch.delenv(name, raising=False)
     with local.LocalOrthanc(users={"alice": "right"}) as server:
+        assert main(["pacs", "query", "--url", server.dicomweb_url]) == 2
+        assert "the server requires credentials (HTTP 401): set HER2RADIOMICS_PACS_TOKEN" \
+            in _one_error_line(capsys)
         monkeypatch.setenv("HER2RADIOMICS_PACS_USER", "alice")
         monkeypatch.setenv("HER2RADIOMICS_PACS_PASSWORD", "wrong")
         assert main(["pacs", "query", "--url", server.dicomweb_url]) == 2
@@ -320,8 +358,11 @@ def test_reader_picks_that_readers_seg_among_several(pacs, tmp_path):
 
     def fetched(*extra):
         out = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
-        assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
-                     case["study"], "--out", str(out), *extra]) == 0
+        rc = main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                   case["study"], "--out", str(out), *extra])
+        if rc == 1:
+            return None
+        assert rc == 0
         (row,) = _read_csv(out / "manifest.csv")
         if not row["mask"]:
             return None
@@ -330,4 +371,173 @@ def test_reader_picks_that_readers_seg_among_several(pacs, tmp_path):
     assert np.array_equal(fetched(), mask_b)
     assert np.array_equal(fetched("--reader", "Reader^A"), mask_a)
     assert np.array_equal(fetched("--reader", "Reader^B"), mask_b)
-    assert fetched("--reader", "Reader^C") is None
+    assert fetched("--reader", "Reader^A") is not None
+
+
+def test_reader_names_the_station_writes_match_and_others_are_left_out(pacs, tmp_path, capsys):
+    """The station writes ``R1^`` (a DICOM PN): ``--reader R1`` takes it; a reader who did not
+    contour the image gets one error line and the image is left out (no CNN contour)."""
+    from pydicom.uid import generate_uid
+    from HER2RadiomicsLib.pacs import seg as dseg
+    from HER2RadiomicsLib.pacs.reader_segs import person_name
+    case = pacs["cases"][2]
+    import SimpleITK as sitk
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case["mask"]))) > 0
+    seg = dseg.build_seg(case["ds"], {"tumor": mask}, dseg.Algorithm("MANUAL"),
+                         series_uid=generate_uid(), sop_uid=generate_uid(),
+                         content_creator=person_name("R1"))
+    assert str(seg.ContentCreatorName) == "R1^"
+    pacs["client"].store_instances([seg])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "r1", "--reader", "R1", "--no-store") == 0
+    assert f"SEG {seg.SOPInstanceUID} segment 1 (MANUAL)" in capsys.readouterr().out
+    assert _run(pacs, case, tmp_path / "r9", "--reader", "R9", "--no-store") == 2
+    line = _one_error_line(capsys)
+    assert f"image {case['sop']} of study {case['study']}: no SEG of reader R9" in line
+    assert not (tmp_path / "r9" / "features.csv").exists()
+
+
+def test_another_site_gives_another_sr_and_the_same_site_no_duplicate(pacs, tmp_path):
+    """The SR's UID follows its content: ``--site B`` after ``--site A`` stores a second SR
+    (each equal to the run's local file); the same site again stores nothing."""
+    from pathlib import Path
+    bundle = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing" \
+        / "model_bundle.zip"
+    case = pacs["cases"][3]
+    seg, _ = _reader_seg(case)
+    pacs["client"].store_instances([seg])
+    outs = {}
+    for site in ("A", "B"):
+        outs[site] = tmp_path / site
+        assert _run(pacs, case, outs[site], "--bundle", str(bundle), "--site", site) == 0
+    srs = {str(ds.SOPInstanceUID): ds for ds in _ours(pacs, case["study"], "SR")}
+    local_files = {site: pydicom.dcmread(outs[site] / "dicom" / f"{case['sop']}_sr.dcm")
+                   for site in outs}
+    assert len(srs) == 2
+    for site, ds in local_files.items():
+        assert ds.SOPInstanceUID in srs
+        assert srs[ds.SOPInstanceUID].ContentSequence == ds.ContentSequence, site
+    before = _count(pacs, case["study"])
+    assert _run(pacs, case, tmp_path / "A2", "--bundle", str(bundle), "--site", "A") == 0
+    assert _count(pacs, case["study"]) == before
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_failed_or_interrupted_run_leaves_the_previous_folder_as_it_was(pacs, tmp_path,
+                                                                          capsys, monkeypatch):
+    from HER2RadiomicsLib.cli import main
+    from HER2RadiomicsLib.pacs import run as prun
+    case, other = pacs["cases"][0], pacs["cases"][1]
+    out = tmp_path / "out"
+    assert _run(pacs, case, out, "--no-store") == 0
+    good = _snapshot(out)
+    assert "features.csv" in good and "pacs_run.json" in good
+    assert not any(".parts" in name for name in good)        # the batch's parts stay aside
+    # a report path is relative to --out (the run was built in a staging folder)
+    doc = __import__("json").loads(good["pacs_run.json"])
+    assert doc["cases"][0]["report"] == f"reports/{case['sop']}.html"
+    # no image done (exit 2): nothing replaced
+    capsys.readouterr()
+    assert _run(pacs, case, out, "--no-store", "--reader", "Nobody") == 2
+    assert _snapshot(out) == good
+    # interrupted after features.csv was written: nothing replaced, exit 130
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prun, "_finish_case", interrupted)
+    assert _run(pacs, case, out, "--no-store", "--rings", "3") == 130
+    assert _snapshot(out) == good
+    monkeypatch.undo()
+    # another study into the same folder: refused, one line, nothing changed
+    capsys.readouterr()
+    assert _run(pacs, other, out, "--no-store") == 2
+    assert f"holds the pacs run of study {case['study']}" in _one_error_line(capsys)
+    assert _snapshot(out) == good
+    # a pacs fetch folder is not a pacs run folder, nor the other way round
+    fetched = tmp_path / "fetched"
+    assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                 case["study"], "--out", str(fetched)]) == 0
+    assert _run(pacs, case, fetched, "--no-store") == 2
+    assert "written by 'her2radiomics pacs fetch'" in _one_error_line(capsys)
+    assert main(["pacs", "fetch", "--url", pacs["server"].dicomweb_url, "--study",
+                 case["study"], "--out", str(out)]) == 2
+    assert "written by 'her2radiomics pacs run'" in _one_error_line(capsys)
+
+
+def test_a_url_that_is_not_dicomweb_is_one_line_naming_the_fix(pacs, tmp_path, capsys):
+    """Orthanc's own root (its REST API, not DICOMweb): query, run and fetch say so (and
+    suggest /dicom-web) instead of a crash or 'study not found'."""
+    from HER2RadiomicsLib.cli import main
+    root, case = pacs["server"].url, pacs["cases"][0]
+    capsys.readouterr()
+    assert main(["pacs", "query", "--url", root]) == 2
+    line = _one_error_line(capsys)
+    assert "does not answer DICOMweb QIDO-RS" in line and f"{root}/dicom-web?" in line
+    for cmd in ("run", "fetch"):
+        assert main(["pacs", cmd, "--url", root, "--study", case["study"],
+                     "--out", str(tmp_path / cmd)]) == 2
+        line = _one_error_line(capsys)
+        assert "does not answer DICOMweb QIDO-RS" in line and "not found" not in line, cmd
+
+
+def test_an_image_whose_only_seg_is_unusable_is_an_error_not_a_cnn_case(pacs, tmp_path,
+                                                                          capsys):
+    """A reader's SEG cut short: one error line, nothing stored for the image (no CNN)."""
+    from pydicom.uid import generate_uid
+    ds = pydicom.dcmread(pacs["cases"][0]["image"])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    case = {**pacs["cases"][0], "ds": ds, "study": ds.StudyInstanceUID, "sop": ds.SOPInstanceUID}
+    seg, _ = _reader_seg(case)
+    seg.PixelData = bytes(seg.PixelData)[:len(seg.PixelData) // 3]
+    pacs["client"].store_instances([ds, seg])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "o") == 2
+    captured = capsys.readouterr()
+    assert "CNN" not in captured.out + captured.err
+    (line,) = [ln for ln in captured.err.splitlines() if ln.startswith("error: ")]
+    assert seg.SOPInstanceUID in line and f"image {case['sop']} left out" in line
+    assert _count(pacs, case["study"]) == 2                 # the image and the reader's SEG
+
+
+def test_a_missing_or_unknown_site_is_refused_before_any_work(pacs, tmp_path, capsys,
+                                                             monkeypatch):
+    from pathlib import Path
+    from HER2RadiomicsLib.pacs import dicomweb
+    bundle = Path(__file__).resolve().parents[1] / "HER2Radiomics" / "Resources" / "Testing" \
+        / "model_bundle.zip"
+
+    def no_server(*a, **kw):
+        raise AssertionError("the server was asked before the site was checked")
+    monkeypatch.setattr(dicomweb.Pacs, "instances", no_server)
+    capsys.readouterr()
+    for extra, words in (((), "give the scanner site"), (("--site", "Z"), "unknown")):
+        assert _run(pacs, pacs["cases"][0], tmp_path / "o", "--bundle", str(bundle),
+                    *extra) == 2
+        assert words in _one_error_line(capsys)
+
+
+def test_an_image_without_calibration_takes_spacing_mm_and_is_named_by_uid(pacs, tmp_path,
+                                                                           capsys):
+    from pydicom.uid import generate_uid
+    ds = pydicom.dcmread(pacs["cases"][1]["image"])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for kw in ("SequenceOfUltrasoundRegions", "PixelSpacing"):
+        if kw in ds:
+            delattr(ds, kw)
+    case = {**pacs["cases"][1], "ds": ds, "study": ds.StudyInstanceUID, "sop": ds.SOPInstanceUID}
+    seg, _ = _reader_seg(case)
+    pacs["client"].store_instances([ds, seg])
+    capsys.readouterr()
+    assert _run(pacs, case, tmp_path / "a", "--no-store") == 2
+    line = _one_error_line(capsys)
+    assert f"image {case['sop']}" in line and "--spacing-mm" in line
+    assert "her2radiomics-pacs-" not in line                  # not the deleted temporary copy
+    assert _run(pacs, case, tmp_path / "b", "--no-store", "--spacing-mm", "0.1", "0.1") == 0
+    (prov,) = _read_csv(tmp_path / "b" / "features_provenance.csv")
+    assert float(prov["spacing_x_mm"]) == 0.1 and float(prov["spacing_y_mm"]) == 0.1

@@ -106,6 +106,29 @@ def test_a_readers_contour_is_manual_with_its_creator(tmp_path):
     assert dseg.read_contour(ds, image).algorithm.kind == "MANUAL"
 
 
+def test_a_vendors_over_long_algorithm_name_reads_as_64_characters_without_warnings(tmp_path):
+    import io
+    import warnings
+    import pydicom
+    image = _image(tmp_path)
+    tumor, _ = _masks()
+    ds = dseg.build_seg(image, {"tumor": tumor}, dseg.Algorithm("AUTOMATIC", "VendorAI", "1"),
+                        **_uids())
+    name = "VendorAI " + "x" * 70                 # LO holds 64: as a vendor's SEG may hold
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.SegmentSequence[0].SegmentAlgorithmName = name
+        buf = io.BytesIO()
+        ds.save_as(buf)
+    stored = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # pydicom's over-length warning fails here
+        contour = dseg.read_contour(stored, image)
+        again = dseg.build_seg(image, {"tumor": contour.mask}, contour.algorithm, **_uids())
+    assert contour.algorithm.name == name[:64]
+    assert again.SegmentSequence[0].SegmentAlgorithmName == name[:64]
+
+
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian's dicom3tools) is not installed")
 def test_dciodvfy_reports_no_error_even_for_an_image_missing_type2_attributes(tmp_path):
     image = _image(tmp_path, drop=("PatientBirthDate", "StudyDate", "StudyTime", "StudyID",

@@ -36,6 +36,9 @@ def register(sub):
                    help="folder for features.csv, reports/, dicom/ and pacs_run.json")
     r.add_argument("--reader", help="take only this reader's SEGs (their Content Creator's "
                                     "Name, as the station writes it) as contours")
+    r.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"),
+                   help="pixel spacing in mm (column, row) for images whose DICOM states no "
+                        "calibration (their own calibration wins)")
     r.add_argument("--no-store", action="store_true",
                    help="write the SEG and SR into --out only, send nothing to the archive")
     _add_extract_options(r)
@@ -74,27 +77,45 @@ def _connection(a):
 def cmd_run(a) -> int:
     from pathlib import Path
     from ..cli import _extract_config
-    from .run import RunOptions, run_study
+    from .run import RunOptions, run_into
     bundle = None
     if a.bundle:
         from ..modelling.bundle import load_bundle
         bundle = load_bundle(a.bundle, trust=a.trust)
+        check_site(bundle, a.site)
     auth, ca = _connection(a)
     opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
                       bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
-                      site=a.site, reader=a.reader)
-    outcomes, problems = run_study(opts)
+                      site=a.site, reader=a.reader,
+                      spacing_mm=tuple(a.spacing_mm) if a.spacing_mm else None)
+    outcomes, problems, published = run_into(opts)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     failed = [o for o in outcomes if o.error]
     for o in failed:
         print(f"error: {o.case_id}: {o.error}", file=sys.stderr)
     done = len(outcomes) - len(failed)
+    if not published:
+        print(f"0/{len(outcomes)} ultrasound images done; {a.out_dir} was not changed")
+        return 2
     print(f"{done}/{len(outcomes)} ultrasound images done -> {a.out_dir} (features.csv, "
           "reports/, dicom/, pacs_run.json)")
-    if done == 0:
-        return 2
     return 1 if (failed or problems) else 0
+
+
+def check_site(bundle, site) -> None:
+    """A bundle that harmonises sites needs a --site it knows: refused before the study is
+    downloaded and extracted (one line, as ``predict`` says it)."""
+    import pandas as pd
+    from ..errors import InputError
+    from ..modelling.predict import _site_problems
+    meta = bundle.meta
+    batch = meta.get("batch_col", "site")
+    if batch not in (meta.get("input_columns") or []):
+        return
+    bad = _site_problems(bundle, pd.DataFrame({batch: [site]}), batch)
+    if bad:
+        raise InputError(bad[0])
 
 
 def cmd_fetch(a) -> int:

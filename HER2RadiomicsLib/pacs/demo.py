@@ -35,7 +35,7 @@ def run_demo(a) -> int:
     from .dicomweb import Pacs
     from .orthanc import LocalOrthanc
     from .query import query_lines
-    from .run import RunOptions, run_study
+    from .run import RunOptions, run_into
     out = Path(a.out_dir)
     with tempfile.TemporaryDirectory(prefix="her2radiomics-pacs-demo-") as tmp, \
             LocalOrthanc() as orthanc:
@@ -59,9 +59,10 @@ def run_demo(a) -> int:
                                           "--study", "x", "--out", str(out)])
         cfg = _extract_config(args)
         for study, patient in studies.items():
-            outcomes, problems = run_study(RunOptions(
+            # each patient's folder is a pacs run's own (marked): `pacs run --out` takes it
+            outcomes, problems, _ = run_into(RunOptions(
                 url=orthanc.dicomweb_url, study=study, out=out / patient, cfg=cfg))
-            for line in problems:
+            for line in problems + [f"{o.case_id}: {o.error}" for o in outcomes if o.error]:
                 print(f"  problem: {line}")
         print()
         for line in query_lines(orthanc.dicomweb_url):

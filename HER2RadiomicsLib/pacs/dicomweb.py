@@ -29,6 +29,14 @@ TIMEOUT_S = 60
 RETRY_ATTEMPTS, RETRY_WAIT_MS = 3, 500
 
 
+class NotFound(InputError):
+    """The server answered 404 for a study or an instance."""
+
+
+class _NotQido(Exception):
+    """An answer that is not a QIDO-RS result (HTML, other JSON, 404 on the root query)."""
+
+
 @dataclass(frozen=True)
 class Auth:
     """How to sign in: ``kind`` "basic" (``user``, ``secret`` = password) or "bearer"
@@ -83,10 +91,18 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"{url}: not an http(s) DICOMweb URL (e.g. "
                          "https://pacs.example.org/dicom-web)")
+    shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") \
+        + parts.path
     if parts.username or parts.password:
         raise InputError(f"{parts.scheme}://{parts.hostname}: credentials in the URL would sit "
                          "on the command line; use HER2RADIOMICS_PACS_USER/_PASSWORD, "
                          "HER2RADIOMICS_PACS_TOKEN or --auth-file")
+    if parts.query or parts.fragment:
+        # a DICOMweb root has no query string; one such as ?access_token=... would carry a
+        # credential on the command line and into every error line: refused, never echoed
+        raise InputError(f"{shown}: a DICOMweb root URL has no query string (?...) or "
+                         "fragment (#...); credentials go in HER2RADIOMICS_PACS_TOKEN, "
+                         "HER2RADIOMICS_PACS_USER/_PASSWORD or --auth-file")
     return url.rstrip("/")
 
 
@@ -99,8 +115,27 @@ def _tls_reason(exc) -> str:
 
 
 def _first_line(exc) -> str:
+    """The message's first line, shortened at a word (never mid-word) past 200 characters."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text[0]
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
+
+
+#: what a refused/unresolvable/timed-out connection says, out of requests' long retry message
+_CONN_REASONS = ("Connection refused", "Name or service not known",
+                 "Temporary failure in name resolution", "nodename nor servname provided",
+                 "No route to host", "Network is unreachable", "Connection reset by peer",
+                 "Remote end closed connection without response", "timed out")
+
+
+def _conn_reason(exc) -> str:
+    text = str(exc)
+    for reason in _CONN_REASONS:
+        if reason.lower() in text.lower():
+            return reason[0].lower() + reason[1:]
+    return _first_line(exc)
 
 
 class Pacs:
@@ -124,6 +159,7 @@ class Pacs:
             raise InputError("PACS access needs dicomweb-client: pip install "
                              "'HER2RadiomicsLib[pacs]'") from exc
         self.url = check_url(url)
+        self.auth = auth
         session = _timeout_session(requests)()
         session.verify = str(ca_bundle) if ca_bundle else True
         if auth is not None and auth.kind == "basic":
@@ -146,40 +182,81 @@ class Pacs:
             raise InputError(f"{self.url}: TLS failed ({_tls_reason(exc)}); a hospital CA is "
                              "given with --ca-bundle") from exc
         except (req.exceptions.ConnectionError, req.exceptions.Timeout) as exc:
-            raise InputError(f"{self.url}: cannot reach the server ({_first_line(exc)})") \
+            raise InputError(f"{self.url}: cannot reach the server ({_conn_reason(exc)})") \
                 from exc
         except req.exceptions.HTTPError as exc:
             code = getattr(exc.response, "status_code", None)
+            if code == 401 and self.auth is None:
+                raise InputError(f"{self.url}: the server requires credentials (HTTP 401): set "
+                                 "HER2RADIOMICS_PACS_TOKEN or HER2RADIOMICS_PACS_USER/_PASSWORD, "
+                                 "or --auth-file") from exc
             if code in (401, 403):
                 raise InputError(f"{self.url}: the server refused the credentials (HTTP {code}); "
                                  "check HER2RADIOMICS_PACS_USER/_PASSWORD, "
                                  "HER2RADIOMICS_PACS_TOKEN or --auth-file") from exc
             if code == 404:
-                raise InputError(f"{self.url}: {what}: not found (HTTP 404)") from exc
+                raise NotFound(f"{self.url}: {what}: not found (HTTP 404)") from exc
             raise InputError(f"{self.url}: {what}: HTTP {code} ({_first_line(exc)})") from exc
         except (ValueError, OSError) as exc:
             raise InputError(f"{self.url}: {what}: {_first_line(exc)}") from exc
 
     # QIDO-RS
+    def not_dicomweb(self) -> InputError:
+        """The one line for a URL whose answers are not QIDO-RS results (a web page, another
+        REST API such as Orthanc's own root, a login page answering 200)."""
+        hint = "" if self.url.rstrip("/").endswith("/dicom-web") else \
+            f"; did you mean {self.url}/dicom-web?"
+        return InputError(f"{self.url}: the URL does not answer DICOMweb QIDO-RS (its answer "
+                          f"is not a list of DICOM JSON objects{hint})")
+
+    def _search(self, what: str, fn, *args, root: bool = False, **kw) -> list:
+        """A QIDO-RS search whose answer is checked to be a JSON list of objects; ``root``:
+        the server's /studies, which every DICOMweb server answers (400/404/405 there: not
+        one)."""
+        req = self._requests
+
+        def checked():
+            try:
+                res = fn(*args, **kw)
+            except ValueError as exc:              # not JSON (an HTML page, say)
+                raise _NotQido from exc
+            except req.exceptions.HTTPError as exc:
+                # the standard's /studies search (with limit) refused as unknown, malformed
+                # or not allowed: not a QIDO-RS root (Orthanc's REST root says 400 to limit)
+                if root and getattr(exc.response, "status_code", None) in (400, 404, 405):
+                    raise _NotQido from exc
+                raise
+            if not isinstance(res, list) or not all(isinstance(d, dict) for d in res):
+                raise _NotQido
+            return res
+        try:
+            return self._call(what, checked)
+        except _NotQido:
+            raise self.not_dicomweb() from None
+
+    def probe(self) -> None:
+        """Check that the server answers QIDO-RS at all (before saying a study is missing)."""
+        self._search("search studies", self.client.search_for_studies, root=True, limit=1)
+
     def studies(self, patient_id: str | None = None) -> list:
         filters = {"PatientID": patient_id} if patient_id else None
-        return [_plain(d) for d in self._call("search studies", self.client.search_for_studies,
-                                              search_filters=filters,
-                                              fields=["StudyDescription", "ModalitiesInStudy"])]
+        return [_plain(d) for d in self._search(
+            "search studies", self.client.search_for_studies, root=True,
+            search_filters=filters, fields=["StudyDescription", "ModalitiesInStudy"])]
 
     def series(self, study: str) -> list:
-        return [_plain(d) for d in self._call(
+        return [_plain(d) for d in self._search(
             f"study {study}", self.client.search_for_series, study,
             fields=["SeriesDescription", "SeriesDate", "Manufacturer"])]
 
     def instances(self, study: str) -> list:
-        return [_plain(d) for d in self._call(
+        return [_plain(d) for d in self._search(
             f"study {study}", self.client.search_for_instances, study,
             fields=["ContentDate", "ContentTime", "NumberOfFrames"])]
 
     def exists(self, study: str, sop_uid: str) -> bool:
-        found = self._call(f"study {study}", self.client.search_for_instances, study,
-                           search_filters={"SOPInstanceUID": sop_uid})
+        found = self._search(f"study {study}", self.client.search_for_instances, study,
+                             search_filters={"SOPInstanceUID": sop_uid})
         return any(_plain(d).get("SOPInstanceUID") == sop_uid for d in found)
 
     # WADO-RS

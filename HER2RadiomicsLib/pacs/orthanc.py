@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -47,6 +48,17 @@ def missing_reason() -> str:
         return ""
     return ("Orthanc with its DICOMweb plugin is not installed (Debian: apt-get install "
             "orthanc orthanc-dicomweb)")
+
+
+def _die_with_parent() -> None:
+    """In the child, before Orthanc starts: ask Linux for SIGTERM when the parent dies
+    (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))   # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:
@@ -114,8 +126,12 @@ class LocalOrthanc:
             cfg = self.folder / "orthanc.json"
             cfg.write_text(json.dumps(self.config(), indent=2))
             log = open(self.log_path, "ab")
+            # its own process group (a Ctrl-C at the terminal reaches us, and we stop it) and,
+            # on Linux, a SIGTERM when we die: a killed `pacs demo` leaves no Orthanc behind
             self.process = subprocess.Popen([exe, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent
+                                            if sys.platform.startswith("linux") else None)
             log.close()
             if self._wait_ready(deadline):
                 return self

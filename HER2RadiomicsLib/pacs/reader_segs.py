@@ -58,6 +58,13 @@ def reader_of(person) -> str:
     return " ".join(p for p in str(person or "").split("=")[0].split("^") if p).strip()
 
 
+def same_reader(person, reader) -> bool:
+    """Whether a SEG's content creator (a DICOM PN, ``R1^``) names ``reader`` (as a user
+    types it: ``R1``, ``R1^`` or ``Family^Given``): both read as :func:`reader_of`, the
+    rule the station writes and ``reader-study`` reads by."""
+    return bool(reader_of(reader)) and reader_of(person) == reader_of(reader)
+
+
 def _dcm(path, header_only=False):
     import pydicom
     try:

@@ -21,7 +21,7 @@ def write_plain_report(path: Path, im: dict, out, regions) -> Path:
     from ..imaging.io import atomic_write_text, read_image
     from ..reports import html as H
     from ..reports.case import overlay_figure
-    loaded = read_image(im["path"])
+    loaded = read_image(im["path"], spacing_mm=im.get("spacing_mm"))
     fig = overlay_figure(loaded.image, _drawn(regions.masks), spacing_known=loaded.spacing_known)
     uri = H.fig_to_data_uri(fig, dpi=120)
     plt.close(fig)

@@ -187,16 +187,20 @@ def _check_single_frame(image) -> None:
 
 
 def _segment_algorithm(item) -> Algorithm:
-    kind = str(getattr(item, "SegmentAlgorithmType", "MANUAL") or "MANUAL")
-    kind = kind if kind in ALGORITHM_TYPES else "MANUAL"
-    name = str(getattr(item, "SegmentAlgorithmName", "") or "")
-    version = ""
-    for alg in getattr(item, "SegmentationAlgorithmIdentificationSequence", []) or []:
-        name = name or str(getattr(alg, "AlgorithmName", "") or "")
-        version = str(getattr(alg, "AlgorithmVersion", "") or "")
+    import pydicom
+    # a vendor's over-long name (LO holds 64 characters) is cut to 64 once, here, instead of
+    # pydicom warning at each element it is read from and copied into
+    with pydicom.config.disable_value_validation():
+        kind = str(getattr(item, "SegmentAlgorithmType", "MANUAL") or "MANUAL")
+        kind = kind if kind in ALGORITHM_TYPES else "MANUAL"
+        name = str(getattr(item, "SegmentAlgorithmName", "") or "")
+        version = ""
+        for alg in getattr(item, "SegmentationAlgorithmIdentificationSequence", []) or []:
+            name = name or str(getattr(alg, "AlgorithmName", "") or "")
+            version = str(getattr(alg, "AlgorithmVersion", "") or "")
     if kind != "MANUAL" and not name:
         name = "unnamed algorithm"
-    return Algorithm(kind, name, version)
+    return Algorithm(kind, name[:64], version[:64])
 
 
 def _without_partial_measures(ds):
@@ -510,4 +514,7 @@ def build_seg(image, regions: dict, lesion_algorithm: Algorithm, *, series_uid: 
         omit_empty_frames=False, **kw)
     # General Image's PatientOrientation (type 2C) is not required: every SEG written here has
     # an Image Orientation (Patient), the image's own or the nominal one
+    # Series Date/Time (type 3) as the content's: a series listing (`pacs query`, a PACS
+    # viewer) shows when it was made instead of nothing
+    seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
     return seg

@@ -20,10 +20,8 @@ case's fastest repeat:
 ``--per-class`` instead splits one case's CPU time (tumour + 3 rings, ``--case``-th of the
 cases) by feature class, ours against pyradiomics': where the remaining time goes.
 
-``--whole-process`` instead times two whole processes on ``--wp-images`` real images:
-``python -m HER2RadiomicsLib extract --manifest M --params cui2023 --rings 3,5,8 --jobs 1``
-against a plain Python script calling pyradiomics' ``RadiomicsFeatureExtractor`` on the same
-region masks (written to files beforehand, outside the clock), children's CPU time and wall.
+``--whole-process`` instead runs ``bench_whole.py`` on ``--wp-images`` real images: the whole
+``her2radiomics extract`` process against a plain pyradiomics script on the same region masks.
 
 Targets (issue 30): cui2023 tumour + 3 rings >= 12x faster than pyradiomics in CPU time per
 case, zhao2025 >= 7x, shared pass >= 1.5x faster than one region at a time; whole process
@@ -42,7 +40,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import argparse
 import csv
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -198,98 +195,14 @@ def engine_run(a) -> dict:
     return res
 
 
-PLAIN = '''"""A plain pyradiomics script: one extractor, every region of every image, one CSV."""
-import csv, logging, sys
-import SimpleITK as sitk
-from radiomics import featureextractor
-logging.getLogger("radiomics").setLevel(logging.ERROR)
-params, listing, out = sys.argv[1:4]
-ex = featureextractor.RadiomicsFeatureExtractor(params)
-rows = []
-with open(listing, newline="") as fh:
-    for r in csv.DictReader(fh):
-        image = sitk.ReadImage(r["image"])
-        feats = {"case_id": r["case_id"], "region": r["region"]}
-        res = ex.execute(image, sitk.ReadImage(r["mask"]))
-        feats.update({k: float(v) for k, v in res.items() if not k.startswith("diagnostics")})
-        rows.append(feats)
-with open(out, "w", newline="") as fh:
-    w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-'''
-
-
-def _child(cmd, env) -> tuple:
-    import resource
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    w0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - w0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime), wall
-
-
-def whole_process(a) -> dict:
-    import SimpleITK as sitk
-    from HER2RadiomicsLib.errors import InputError
-    from HER2RadiomicsLib.extraction.features import resolve_params
-    from HER2RadiomicsLib.imaging.io import load_case
-    from HER2RadiomicsLib.imaging.rings import build_regions
-    root = Path(a.root)
-    if not (root / "bus_data.csv").is_file():
-        return {"whole_process": f"skipped: no BUS-BRA images at {root}"}
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": _load()}
-    env = dict(os.environ, OMP_NUM_THREADS="1", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1",
-               PYTHONPATH=str(REPO))
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        man, listing, n = [], [], 0
-        for img, msk, stem in _busbra(root, 4 * a.wp_images):
-            if n == a.wp_images:
-                break
-            try:
-                li, m = load_case(img, msk, spacing_mm=SPACING_MM)
-                # the regions the command builds: rings 3,5,8 with annuli, detected field
-                regs = build_regions(li, m, "3,5,8", fov="auto")
-            except InputError:
-                continue
-            n += 1
-            man.append({"case_id": stem, "image": str(img), "mask": str(msk)})
-            sitk.WriteImage(li.image, str(tmp / f"{stem}.nrrd"))
-            for r, rm in regs.masks.items():
-                sitk.WriteImage(rm, str(tmp / f"{stem}__{r}.nrrd"))
-                listing.append({"case_id": stem, "region": r, "image": str(tmp / f"{stem}.nrrd"),
-                                "mask": str(tmp / f"{stem}__{r}.nrrd")})
-        for name, rows in (("manifest.csv", man), ("regions.csv", listing)):
-            with open(tmp / name, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        (tmp / "plain.py").write_text(PLAIN)
-        ours = [sys.executable, "-m", "HER2RadiomicsLib", "extract", "--manifest",
-                str(tmp / "manifest.csv"), "--params", "cui2023", "--rings", "3,5,8",
-                "--spacing-mm", *map(str, SPACING_MM), "--jobs", "1", "--no-progress",
-                "--out", str(tmp / "ours.csv")]
-        plain = [sys.executable, str(tmp / "plain.py"), str(resolve_params("cui2023")),
-                 str(tmp / "regions.csv"), str(tmp / "plain.csv")]
-        t = {"ours": [], "plain_pyradiomics": []}
-        for _ in range(a.repeats):
-            for k, cmd in (("ours", ours), ("plain_pyradiomics", plain)):   # interleaved
-                t[k].append(_child(cmd, env))
-    best = {k: min(v) for k, v in t.items()}
-    res.update({"images": n, "regions": len(listing), "repeats": a.repeats,
-                "ours_cpu_s": round(best["ours"][0], 2),
-                "plain_pyradiomics_cpu_s": round(best["plain_pyradiomics"][0], 2),
-                "ratio_cpu": round(best["ours"][0] / best["plain_pyradiomics"][0], 3),
-                "ours_wall_s": round(best["ours"][1], 2),
-                "plain_pyradiomics_wall_s": round(best["plain_pyradiomics"][1], 2),
-                "ratio_wall": round(best["ours"][1] / best["plain_pyradiomics"][1], 3),
-                "all_runs": {k: [[round(c, 2), round(w, 2)] for c, w in v]
-                             for k, v in t.items()},
-                "target": "ratio <= 0.12", "load_after": _load()})
-    return {"whole_process": res}
+def whole_process(a):
+    """The whole-process comparison lives in ``bench_whole.py`` (medians, a baseline tree,
+    stages); ``--whole-process`` runs it with ``--wp-images`` images."""
+    import bench_whole
+    argv = ["--images", str(a.wp_images), "--root", str(a.root)] + (
+        ["--out", a.out] if a.out else [])
+    bench_whole.main(argv)
+    return None
 
 
 def _timer(acc: dict, label: str, fn):
@@ -383,8 +296,10 @@ def main(argv=None):
     ap.add_argument("--case", type=int, default=1)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    emit(whole_process(a) if a.whole_process else per_class(a) if a.per_class
-         else engine_run(a), a.out)
+    if a.whole_process:
+        whole_process(a)
+        return
+    emit(per_class(a) if a.per_class else engine_run(a), a.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .errors import HER2Error, InputError
+from .extraction.options import add_extract_options, extract_config
 
 # Command functions import the library modules (and numpy, pandas, SimpleITK, matplotlib,
 # and standard modules the parser does not load, such as csv) when they run: the parser
@@ -43,33 +44,6 @@ class _Parser(argparse.ArgumentParser):
 def _add_spacing(p):
     p.add_argument("--spacing-mm", nargs=2, type=float, metavar=("X", "Y"),
                    help="pixel spacing in mm (column, row); overrides DICOM/header/sidecar")
-
-
-def _add_extract_options(p):
-    p.add_argument("--params", default="default",
-                   help="params preset name (default, cui2023, yin2024, zhao2025) or a "
-                        "pyradiomics params YAML file (default: %(default)s)")
-    p.add_argument("--rings", default="", help="peritumoral distances in mm, e.g. 3,5,8")
-    p.add_argument("--no-annuli", action="store_true",
-                   help="only expansions 0-d, no annuli between consecutive distances")
-    p.add_argument("--combined", default="",
-                   help="distances d for tumour+ring regions 'tumor+peri_<d>mm' ('all' or 5,8)")
-    p.add_argument("--fov", choices=("auto", "none"), default="auto",
-                   help="clip rings to the detected ultrasound field of view (auto) or only to "
-                        "the image border (none)")
-    p.add_argument("--max-clip-fraction", type=float, default=0.5,
-                   help="flag a ring that loses more than this share to clipping (default 0.5)")
-    p.add_argument("--pixel-units", action="store_true",
-                   help="allow mm-based settings on images of unknown spacing (1 px = 1 mm)")
-    p.add_argument("--label", type=int, help="mask label value (default: any non-zero pixel)")
-    p.add_argument("--min-mask-pixels", type=int, default=16,
-                   help="smallest accepted lesion in pixels (default 16)")
-    p.add_argument("--frame", type=int, help="frame of a multi-frame/cine image")
-    p.add_argument("--engine", choices=("native", "pyradiomics"), default="native",
-                   help="feature engine: native (default; ours, no compiled code) or "
-                        "pyradiomics (the optional reference engine, same values; install "
-                        "HER2RadiomicsLib[pyradiomics]); native covers every shipped preset, "
-                        "not resegmentation, LBP3D or voxel-based settings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="lesion mask for --image")
     p.add_argument("--case-id", help="case_id for --image (default: image file name)")
     _add_spacing(p)
-    _add_extract_options(p)
+    add_extract_options(p)
     p.add_argument("--aggregate", choices=("mean", "median", "first"),
                    help="also write one row per patient_id (<out>_patients.csv)")
     p.add_argument("--jobs", type=int, default=1, help="parallel workers (default 1)")
@@ -231,21 +205,10 @@ def cmd_rings(a) -> int:
     return EXIT_OK
 
 
-def _extract_config(a):
-    from .extraction.batch import ExtractConfig
-    from .imaging.rings import parse_rings
-    combined = a.combined
-    return ExtractConfig(
-        params=a.params, rings_mm=tuple(parse_rings(a.rings)), annuli=not a.no_annuli,
-        combined="all" if combined == "all" else tuple(parse_rings(combined)),
-        fov=a.fov, max_clip_fraction=a.max_clip_fraction, pixel_units=a.pixel_units,
-        min_mask_pixels=a.min_mask_pixels, label=a.label, engine=a.engine)
-
-
 def cmd_extract(a) -> int:
     from .extraction.batch import (BatchOptions, case_id_problems, read_manifest, run_batch,
                                    summarize)
-    cfg = _extract_config(a)
+    cfg = extract_config(a)
     if a.manifest:
         # a bad row is that case's error; the other cases are extracted
         rows = read_manifest(a.manifest, per_row=True)

@@ -12,3 +12,6 @@ in the library needs it.
 * :mod:`.run` — ``pacs run``: a study's images in, features, SEG and SR out.
 * :mod:`.orthanc` — a local Orthanc for the tests and ``make pacs-demo``.
 """
+
+#: the rings ``pacs run`` builds unless told otherwise (the studies' 3/5/8 mm)
+DEFAULT_RINGS = "3,5,8"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from . import DEFAULT_RINGS
+
 
 def _add_connection(p):
     p.add_argument("--url", required=True,
@@ -20,7 +22,7 @@ def _add_connection(p):
 
 
 def register(sub):
-    from ..cli import _add_extract_options
+    from ..extraction.options import add_extract_options
     p = sub.add_parser("pacs", help="work against a PACS (DICOMweb): run, query, demo")
     ps = p.add_subparsers(dest="pacs_cmd", metavar="ACTION", required=True)
 
@@ -41,8 +43,8 @@ def register(sub):
                         "calibration (their own calibration wins)")
     r.add_argument("--no-store", action="store_true",
                    help="write the SEG and SR into --out only, send nothing to the archive")
-    _add_extract_options(r)
-    r.set_defaults(func=cmd_run, rings="3,5,8")
+    add_extract_options(r)
+    r.set_defaults(func=cmd_run, rings=DEFAULT_RINGS)
 
     q = ps.add_parser("query", help="list studies (or one study's series) with modality, "
                                     "date and what this tool stored")
@@ -76,7 +78,7 @@ def _connection(a):
 
 def cmd_run(a) -> int:
     from pathlib import Path
-    from ..cli import _extract_config
+    from ..extraction.options import extract_config
     from .run import RunOptions, run_into
     bundle = None
     if a.bundle:
@@ -84,7 +86,7 @@ def cmd_run(a) -> int:
         bundle = load_bundle(a.bundle, trust=a.trust)
         check_site(bundle, a.site)
     auth, ca = _connection(a)
-    opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=_extract_config(a),
+    opts = RunOptions(url=a.url, study=a.study, out=Path(a.out_dir), cfg=extract_config(a),
                       bundle=bundle, auth=auth, ca_bundle=ca, store=not a.no_store,
                       site=a.site, reader=a.reader,
                       spacing_mm=tuple(a.spacing_mm) if a.spacing_mm else None)

@@ -30,11 +30,14 @@ def _reader_seg(image_path: Path, mask_path: Path):
 
 def run_demo(a) -> int:
     import pydicom
-    from ..cli import _extract_config, build_parser
+    import argparse
+
+    from ..extraction.options import add_extract_options, extract_config
     from ..imaging.synth import generate_cohort
     from .dicomweb import Pacs
     from .orthanc import LocalOrthanc
     from .query import query_lines
+    from . import DEFAULT_RINGS
     from .run import RunOptions, run_into
     out = Path(a.out_dir)
     with tempfile.TemporaryDirectory(prefix="her2radiomics-pacs-demo-") as tmp, \
@@ -55,9 +58,10 @@ def run_demo(a) -> int:
         print(f"Orthanc {orthanc.url} holds {len(rows)} ultrasound images of {len(studies)} "
               "studies (one with a reader's SEG)")
         # pacs run's own defaults (rings 3,5,8, the default params)
-        args = build_parser().parse_args(["pacs", "run", "--url", orthanc.dicomweb_url,
-                                          "--study", "x", "--out", str(out)])
-        cfg = _extract_config(args)
+        parser = argparse.ArgumentParser()
+        add_extract_options(parser)
+        parser.set_defaults(rings=DEFAULT_RINGS)
+        cfg = extract_config(parser.parse_args([]))
         for study, patient in studies.items():
             # each patient's folder is a pacs run's own (marked): `pacs run --out` takes it
             outcomes, problems, _ = run_into(RunOptions(

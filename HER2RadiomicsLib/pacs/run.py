@@ -71,8 +71,7 @@ class CaseOutcome:
 
 
 def _uid(*parts) -> str:
-    from .sr import derived_uid
-    return derived_uid(*parts)
+    return dseg.derived_uid(*parts)
 
 
 def mask_digest(mask: np.ndarray) -> str:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,14 @@ def _hd():
         raise InputError("DICOM SEG/SR needs highdicom: pip install "
                          "'HER2RadiomicsLib[pacs]'") from exc
     return highdicom
+
+
+def derived_uid(*parts) -> str:
+    """A UID that depends only on ``parts``: ``2.25.`` + a name-based (version 5) UUID as an
+    integer (DICOM PS3.5 B.2). pydicom's ``generate_uid(prefix=None)`` ignores its entropy
+    sources and is random, so it cannot make a second run find the first one's objects."""
+    name = "\x1f".join(str(p) for p in parts)
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'her2radiomics:' + name).int}"
 
 
 def _uid_of(ds) -> str:
@@ -375,7 +384,6 @@ def frame_of_reference_uid(image) -> str:
     """The Frame of Reference UID of the nominal geometry of a SEG of ``image``: derived from
     the image's SOP Instance UID alone, so every SEG of one image shares it (they overlay) and a
     rerun writes the same one."""
-    from .sr import derived_uid        # sr imports this module: import when used
     return derived_uid("seg-frame-of-reference", _uid_of(image))
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 from . import codes as fc
-from .seg import _code, _source_for_highdicom, _uid_of
+from .seg import _code, _source_for_highdicom, _uid_of, derived_uid
 
 SR_SERIES_DESCRIPTION = "HER2Radiomics features and prediction"
 #: Private codes of the prediction group (scheme 99H2R, documented in docs/pacs.md).
@@ -109,15 +109,6 @@ def _region_groups(hd, image, seg, features: dict, uid_root: str, limit=None):
             finding_type=_code(finding.CodeValue, finding.CodingSchemeDesignator,
                                finding.CodeMeaning)))
     return groups
-
-
-def derived_uid(*parts) -> str:
-    """A UID that depends only on ``parts``: ``2.25.`` + a name-based (version 5) UUID as an
-    integer (DICOM PS3.5 B.2). pydicom's ``generate_uid(prefix=None)`` ignores its entropy
-    sources and is random, so it cannot make a second run find the first one's objects."""
-    import uuid
-    name = "\x1f".join(str(p) for p in parts)
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'her2radiomics:' + name).int}"
 
 
 def _prediction_group(hd, pred: ModelPrediction, uid_root: str):

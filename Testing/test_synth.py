@@ -80,3 +80,22 @@ def test_planted_signal_documented_and_present(tmp_path):
     assert 0.65 < auc < 0.99
     noisy = sum(truth["cases"][r["case_id"]]["her2_true"] != r["her2"] for r in rows)
     assert 0 < noisy < 0.3 * len(rows)
+
+
+def test_same_files_for_any_number_of_processes(tmp_path):
+    # the demo generates its cohort with --jobs processes: every file (DICOM included, UIDs
+    # and all) must be the same bytes as a one-process run, or cached stages downstream and
+    # published figures would depend on the machine's core count
+    import hashlib
+
+    def digests(root):
+        return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    for jobs in (1, 2):
+        generate_cohort(tmp_path / str(jobs), n_cases=5, seed=5, reader_fraction=0.5,
+                        second_view_fraction=0.5, jobs=jobs)
+    one, two = digests(tmp_path / "1"), digests(tmp_path / "2")
+    assert any(k.endswith("-2.dcm") for k in one), "no second view: the test covers too little"
+    assert any(k.startswith("readers/") for k in one)
+    assert one == two

@@ -290,24 +290,41 @@ def repeated_splits(make, dev, ydev, target: Target, design: Design):
         return float(np.mean([roc_auc_score((yu == c).astype(int), p[:, j])
                               for j, c in enumerate(classes)]))
 
-    def one(r):
+    groups = dev["patient_id"].astype(str).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = [patient_split(dev, ydev, design.test_size, seed + 1000 + r)
+                 for r in range(design.repeats)]
+
+    def score(r, scen):
+        # one scenario's training out-of-fold AUC in split r: the 4 scenarios x repeats are
+        # independent tasks, so two processes stay busy (3 repeats alone left one idle a third
+        # of the time); the same seeds as before, so the same choice
+        tr = parts[r][0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tr, te = patient_split(dev, ydev, design.test_size, seed + 1000 + r)
-            groups = dev["patient_id"].astype(str).to_numpy()
-            chosen = next(iter(makers))
-            if len(makers) > 1:
-                scores = {}
-                for scen, mk in makers.items():
-                    oof, _ = oof_predictions(mk, dev.iloc[tr], ydev[tr], groups[tr], target,
-                                             seed + r)
-                    _, yo, po = unit_level(dev.iloc[tr], ydev[tr], oof, unit)
-                    scores[scen] = auc(yo, po)
-                chosen = max(scores, key=scores.get)
+            oof, _ = oof_predictions(makers[scen], dev.iloc[tr], ydev[tr], groups[tr], target,
+                                     seed + r)
+            _, yo, po = unit_level(dev.iloc[tr], ydev[tr], oof, unit)
+            return auc(yo, po)
+
+    def one(r, chosen):
+        tr, te = parts[r]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             m = fit_grouped(makers[chosen](ydev[tr]), dev.iloc[tr], ydev[tr], groups[tr],
                             seed + r)
             _, yu, p = unit_level(dev.iloc[te], ydev[te],
                                   _proba(m, dev.iloc[te], classes, positive), unit)
             return auc(yu, p), chosen
-    out = list(Parallel(n_jobs=design.jobs)(delayed(one)(r) for r in range(design.repeats)))
+
+    chosen = [next(iter(makers))] * design.repeats
+    if len(makers) > 1:
+        todo = [(r, scen) for r in range(design.repeats) for scen in makers]
+        got = Parallel(n_jobs=design.jobs)(delayed(score)(r, scen) for r, scen in todo)
+        for r in range(design.repeats):
+            scores = {scen: a for (rr, scen), a in zip(todo, got) if rr == r}
+            chosen[r] = max(scores, key=scores.get)
+    out = list(Parallel(n_jobs=design.jobs)(delayed(one)(r, chosen[r])
+                                            for r in range(design.repeats)))
     return [a for a, _ in out], [c for _, c in out]

@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --no-build-isolation pyradiomics==3.0.1 -c constraints.txt
 	# torch pinned to the local CPU wheel: an unpinned torch pulls gigabytes of CUDA packages.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e ".[dev,torch,pyradiomics,station,pacs]" -c constraints.txt
+	# [fast] too: the tests compare the optional compiled pass with the numpy path bit for bit
+	$(PIP) install -q --no-build-isolation -e ".[dev,torch,pyradiomics,station,pacs,fast]" -c constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -291,6 +291,27 @@ def test_hierarchical_bundle_naming_the_class_by_its_old_module_still_loads(tmp_
     np.testing.assert_array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))
 
 
+@pytest.mark.parametrize("old", ["HER2RadiomicsLib.modelling.transformers",
+                                 "HER2RadiomicsLib.modeling"])
+def test_bundle_naming_the_lasso_by_its_old_module_still_loads(good, tmp_path, capsys, old):
+    """``LassoSelector`` moved from ``modelling.transformers`` (and, before the package layout,
+    ``modeling``) to ``modelling.lasso``: a bundle whose schema names an old module passes the
+    allow-list, loads as the same class and predicts exactly what the new one does."""
+    from HER2RadiomicsLib.modelling.bundle import LEGACY_MODULES, load_bundle
+    from HER2RadiomicsLib.modelling.lasso import LassoSelector
+    p, csv, pl, X = good
+    renames = {"HER2RadiomicsLib.modelling.lasso": old}
+    if old == "HER2RadiomicsLib.modeling":      # a 0.1 bundle named every module the old way
+        text = zipfile.ZipFile(io.BytesIO(_entries(p)["model.skops"])).read(
+            "schema.json").decode()
+        renames.update({new: o for o, new in LEGACY_MODULES.items() if f'"{new}"' in text})
+    b = load_bundle(_with_module_names(p, tmp_path / "old.zip", renames))
+    assert type(b.pipeline.named_steps["lasso"]) is LassoSelector
+    np.testing.assert_array_equal(b.pipeline.predict_proba(X), pl.predict_proba(X))
+    rc, err = _cli(capsys, tmp_path / "old.zip", csv)
+    assert rc == 0, err
+
+
 def test_newer_format_and_format_without_digest(good, tmp_path, capsys):
     p, csv, _, _ = good
     e = _entries(p)

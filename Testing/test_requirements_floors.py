@@ -85,7 +85,7 @@ def test_one_floor_per_package_on_every_python(python):
     assert set(chosen) == names, f"no floor on {python}: {names - set(chosen)}"
     # the pipeline imports sklearn.utils.validation.validate_data, new in scikit-learn 1.6:
     # an older floor let another extension's 1.3-1.5 break every prediction
-    src = (ROOT / "HER2RadiomicsLib" / "modelling" / "transformers.py").read_text()
+    src = (ROOT / "HER2RadiomicsLib" / "modelling" / "selector_base.py").read_text()
     assert re.search(r"^from sklearn\.utils\.validation import [\w, ]*\bvalidate_data\b", src,
                      re.M)
     assert chosen["scikit-learn"] >= Version("1.6"), chosen["scikit-learn"]

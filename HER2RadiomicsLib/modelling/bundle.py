@@ -96,9 +96,9 @@ _LOAD_STACK_BYTES = 64 * 2**20
 # nothing that can run code, open files or import modules).
 ALLOWED_TYPES = frozenset({
     "HER2RadiomicsLib.modelling.harmonization.ComBat",
+    "HER2RadiomicsLib.modelling.lasso.LassoSelector",
     "HER2RadiomicsLib.modelling.transformers.ColumnSelector",
     "HER2RadiomicsLib.modelling.transformers.CorrelationFilter",
-    "HER2RadiomicsLib.modelling.transformers.LassoSelector",
     "HER2RadiomicsLib.modelling.transformers.MedianImputer",
     "HER2RadiomicsLib.modelling.transformers.StableFeatureFilter",
     "HER2RadiomicsLib.modelling.transformers.URFModule",

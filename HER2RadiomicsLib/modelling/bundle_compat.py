@@ -22,6 +22,8 @@ LEGACY_MODULES = {
 LEGACY_TYPES = {
     "HER2RadiomicsLib.modelling.study.HierarchicalClassifier":
         "HER2RadiomicsLib.modelling.pipelines.HierarchicalClassifier",
+    "HER2RadiomicsLib.modelling.transformers.LassoSelector":
+        "HER2RadiomicsLib.modelling.lasso.LassoSelector",
 }
 
 

@@ -37,10 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit
+from bench_engine import BUSBRA, REPO, SPACING_MM, _busbra, _load
 
-REPO = Path(__file__).resolve().parents[1]
-BUSBRA = REPO.parent / "shared" / "datasets" / "busbra"
-SPACING_MM = (0.1, 0.1)       # BUS-BRA has no calibration; the parity script's value
 
 PLAIN = '''"""A plain pyradiomics script: one extractor, every region of every image, one CSV."""
 import csv, logging, sys
@@ -62,20 +60,6 @@ with open(out, "w", newline="") as fh:
     w.writeheader()
     w.writerows(rows)
 '''
-
-
-def _load():
-    """uptime's three load averages: other processes share this machine's cores."""
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def _busbra(root: Path, n: int) -> list:
-    """``(image, mask, id)`` of every k-th BUS-BRA image (all scanners and sizes)."""
-    with open(root / "bus_data.csv", newline="", encoding="utf-8-sig") as fh:
-        ids = [r["ID"] for r in csv.DictReader(fh)]
-    step = max(1, len(ids) // max(n, 1))
-    return [(root / "images" / f"{s}.png", root / "masks" / f"{s.replace('bus_', 'mask_')}.png",
-             s) for s in ids[::step][:n]]
 
 
 def _child(cmd, env, cwd=None) -> tuple:
